@@ -1,0 +1,133 @@
+"""Allocation maths: P(network is best), share-constraint projection, and the per-segment
+decision table that turns an allocation into sampled decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import log_ndtr
+
+#: Columns of ``SegmentTable.summary`` (per network).
+SUMMARY_FIELDS = (
+    "floor_cpm",
+    "floor_p10_cpm",
+    "floor_p90_cpm",
+    "expected_revenue_cpm",
+    "revenue_sd_cpm",
+    "fill_rate",
+    "auction",
+)
+AUCTION_CODES = ("auto", "first", "second")
+
+
+def prob_best_normal(mean: NDArray[np.float64], sd: NDArray[np.float64], n_grid: int = 512) -> NDArray[np.float64]:
+    """P(arm i has the highest value) for independent normals ``N(mean[i], sd[i]²)``, shape [N].
+
+    Computed by quadrature of ``∫ φ_i(x) Π_{j≠i} Φ_j(x) dx`` on a common grid; arms
+    with sd → 0 are treated as nearly point masses. Deterministic and smooth in the inputs.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    n = len(mean)
+    if n == 1:
+        return np.ones(1)
+    scale = max(float(np.max(np.abs(mean))), 1e-12)
+    sd = np.maximum(np.asarray(sd, dtype=np.float64), 1e-6 * scale + 1e-12)
+    lo = float(np.min(mean - 8 * sd))
+    hi = float(np.max(mean + 8 * sd))
+    x = np.linspace(lo, hi, n_grid)
+    z = (x[None, :] - mean[:, None]) / sd[:, None]  # [N, G]
+    log_cdf = log_ndtr(z)
+    total = log_cdf.sum(axis=0)
+    pdf = np.exp(-0.5 * z**2) / (np.sqrt(2 * np.pi) * sd[:, None])
+    integrand = pdf * np.exp(total[None, :] - log_cdf)
+    p = np.trapezoid(integrand, x, axis=1)
+    # Arms narrower than the grid step are integrated poorly: fall back to their CDF mass.
+    p = np.clip(p, 0.0, None)
+    s = p.sum()
+    if not np.isfinite(s) or s <= 0:
+        p = (mean == mean.max()).astype(float)
+        s = p.sum()
+    return p / s
+
+
+def project_shares(p: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Closest weights to ``p`` (Euclidean) with ``lo <= w <= hi`` and ``sum(w) == 1``.
+
+    Solves ``w = clip(p - tau, lo, hi)`` for the scalar ``tau`` by bisection; the
+    constraints must be feasible (``sum(lo) <= 1 <= sum(hi)``, checked by the config).
+    """
+    p = np.asarray(p, dtype=np.float64)
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    if np.all(lo <= p) and np.all(p <= hi) and abs(p.sum() - 1.0) < 1e-12:
+        return p.copy()
+    a, b = float(np.min(p - hi)) - 1.0, float(np.max(p - lo)) + 1.0
+    for _ in range(100):
+        tau = 0.5 * (a + b)
+        if np.clip(p - tau, lo, hi).sum() > 1.0:
+            a = tau
+        else:
+            b = tau
+    w = np.clip(p - 0.5 * (a + b), lo, hi)
+    # Put the last rounding error on a network with slack so the sum is exactly 1.
+    err = 1.0 - w.sum()
+    slack = (hi - w) if err > 0 else (w - lo)
+    w[int(np.argmax(slack))] += err
+    return w
+
+
+@dataclass
+class SegmentTable:
+    """How one segment's requests are decided: P(network) and a floor sampler per network.
+
+    weights [N] sum to 1; floors [N, M] are candidate floors with probabilities
+    floor_probs [N, M] (rows sum to 1); floor_propensity [N, M] is the probability of the
+    candidate's floor *bin* given the network (what off-policy evaluation needs);
+    summary [N, len(SUMMARY_FIELDS)] describes the allocation for humans and dashboards.
+    """
+
+    weights: NDArray[np.float64]
+    floors: NDArray[np.float64]
+    floor_probs: NDArray[np.float64]
+    floor_propensity: NDArray[np.float64]
+    summary: NDArray[np.float64]
+    cum: NDArray[np.float64] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        n, m = self.floors.shape
+        joint = (self.weights[:, None] * self.floor_probs).ravel()
+        self.cum = np.cumsum(joint)
+        self.cum /= self.cum[-1]
+        self._n_candidates = m
+        # Plain lists make the one-request path fast (no numpy scalar overhead).
+        self._cum_list = self.cum.tolist()
+        self._floors_list = self.floors.ravel().tolist()
+        self._weights_list = self.weights.tolist()
+        self._fprop_list = self.floor_propensity.ravel().tolist()
+
+    def sample(self, u: NDArray[np.float64]) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+        """Decisions for uniforms ``u`` [k]: (network, floor_cpm, propensity, floor_propensity)."""
+        flat = np.minimum(np.searchsorted(self.cum, u, side="right"), len(self.cum) - 1)
+        net = flat // self._n_candidates
+        return net, self.floors.ravel()[flat], self.weights[net], self.floor_propensity.ravel()[flat]
+
+    def sample_one(self, u: float) -> tuple[int, float, float, float]:
+        from bisect import bisect_right
+
+        flat = min(bisect_right(self._cum_list, u), len(self._cum_list) - 1)
+        net = flat // self._n_candidates
+        return net, self._floors_list[flat], self._weights_list[net], self._fprop_list[flat]
+
+
+def floor_bin_propensity(floors: NDArray[np.float64], probs: NDArray[np.float64], bins: NDArray[np.int64]) -> NDArray[np.float64]:
+    """For each candidate [N, M], the total probability of candidates in the same bin and row."""
+    out = np.empty_like(probs)
+    for i in range(floors.shape[0]):
+        same = bins[i][:, None] == bins[i][None, :]
+        out[i] = same.astype(float) @ probs[i]
+    return out
+
+

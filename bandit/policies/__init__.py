@@ -1,0 +1,1 @@
+"""Policies, one module each; :mod:`bandit.registry` maps names to classes."""

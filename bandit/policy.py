@@ -1,0 +1,277 @@
+"""The policy interface shared by the simulator and the live service.
+
+A policy owns the sufficient statistics of one placement and, per segment, a
+:class:`SegmentTable` rebuilt after each ``update``. Decisions are draws from the table,
+so one decision costs a table look-up and one uniform, and a batch is vectorised.
+
+Subclasses implement :meth:`Policy._build_table` (statistics → table) and may keep
+learned state through :meth:`Policy._extra_state` / :meth:`Policy._load_extra_state`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable, project_shares
+from bandit.errors import InvalidDecisionRequest, InvalidState
+from bandit.events import EventBatch
+from bandit.stats import SufficientStats
+from bandit.types import ALL_SEGMENTS, Allocation, Decision, NetworkAllocation, OutcomeEvent, PlacementConfig
+
+STATE_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionBatch:
+    """Decisions for a batch of requests, arrays of shape [n] in request order."""
+
+    network: NDArray[np.int64]
+    floor_cpm: NDArray[np.float64]
+    propensity: NDArray[np.float64]
+    floor_propensity: NDArray[np.float64]
+    segments: tuple[str, ...]
+    segment_index: NDArray[np.int64]
+    model_version: str
+
+    def __len__(self) -> int:
+        return len(self.network)
+
+    def decision(self, i: int, network_ids: Sequence[str]) -> Decision:
+        return Decision(
+            network=network_ids[int(self.network[i])],
+            floor_cpm=float(self.floor_cpm[i]),
+            propensity=float(self.propensity[i]),
+            floor_propensity=float(self.floor_propensity[i]),
+            segment=self.segments[int(self.segment_index[i])],
+            model_version=self.model_version,
+        )
+
+
+class Policy:
+    """Base class: statistics, tables, decisions, state. See the module docstring."""
+
+    name: ClassVar[str] = "policy"
+
+    def __init__(
+        self,
+        placement: PlacementConfig,
+        *,
+        half_life_hours: float = math.inf,
+        seed: int | None = None,
+        **params: Any,
+    ) -> None:
+        if not (half_life_hours > 0):
+            raise InvalidState(f"half_life_hours must be > 0 (inf for no discounting), got {half_life_hours}")
+        self.placement = placement
+        self.half_life_hours = float(half_life_hours)
+        self.seed = seed
+        self.params = dict(params)
+        self.stats = SufficientStats(len(placement.networks), self.half_life_hours * 3600.0)
+        self.updates = 0
+        self._rng = np.random.default_rng(seed)
+        self._tables: dict[str, SegmentTable] = {}
+        self._lo = np.array([n.min_share for n in placement.networks])
+        self._hi = np.array([n.max_share for n in placement.networks])
+        self._refresh([])
+
+    # ------------------------------------------------------------------ learning
+    def update(self, events: EventBatch | Sequence[OutcomeEvent] | Any) -> None:
+        """Learn from outcome events: an :class:`EventBatch`, a list of events, or a polars frame."""
+        batch = as_event_batch(self.placement, events)
+        if len(batch) == 0:
+            return
+        rows = self.stats.add(batch)
+        self.updates += 1
+        self._refresh([self.stats.segments[r] for r in rows])
+
+    def merge(self, other: Policy) -> None:
+        """Add statistics learned elsewhere (another worker) and refresh the tables."""
+        self.stats.merge(other.stats)
+        self.updates += 1
+        self._refresh(list(other.stats.segments))
+
+    def _refresh(self, segments: Sequence[str]) -> None:
+        """Rebuild the tables of ``segments`` and of the whole placement."""
+        pooled = self.stats.placement_level()
+        self._tables[ALL_SEGMENTS] = self._build_table(ALL_SEGMENTS, pooled, pooled)
+        for seg in segments:
+            if seg != ALL_SEGMENTS:
+                row = self.stats.segment_row(seg)
+                self._tables[seg] = self._build_table(seg, self.stats.data[row], pooled)
+
+    def _build_table(self, segment: str, stats: NDArray[np.float64], pooled: NDArray[np.float64]) -> SegmentTable:
+        """Segment statistics [N, F, B] (and the placement's) → decision table."""
+        raise NotImplementedError
+
+    def _constrain(self, p: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Project P(network) onto the placement's min/max share contract."""
+        return project_shares(p, self._lo, self._hi)
+
+    # ----------------------------------------------------------------- deciding
+    @property
+    def model_version(self) -> str:
+        return f"{self.name}.{self.updates}"
+
+    def table(self, segment: str) -> SegmentTable:
+        """The table serving ``segment``; an unseen segment uses the placement's."""
+        return self._tables.get(segment) or self._tables[ALL_SEGMENTS]
+
+    def decide(
+        self,
+        context: Mapping[str, object] | None = None,
+        *,
+        segment: str | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> Decision:
+        """One decision for a request with this context (or this segment key)."""
+        seg = segment if segment is not None else self.placement.segment_of(context)
+        u = (rng or self._rng).random()
+        net, floor, prop, fprop = self.table(seg).sample_one(u)
+        return Decision(self.placement.networks[net].id, floor, prop, fprop, seg, self.model_version)
+
+    def decide_batch(
+        self,
+        segments: Sequence[str] | None = None,
+        *,
+        n: int | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> DecisionBatch:
+        """Decisions for many requests, given their segment keys (or ``n`` whole-placement requests)."""
+        if segments is None:
+            if n is None or n < 0:
+                raise InvalidDecisionRequest("give the requests' segments or a count n >= 0")
+            keys, index = (ALL_SEGMENTS,), np.zeros(n, dtype=np.int64)
+        else:
+            lookup: dict[str, int] = {}
+            index = np.fromiter((lookup.setdefault(s, len(lookup)) for s in segments), np.int64, len(segments))
+            keys = tuple(lookup)
+        return self.decide_indexed(keys, index, rng=rng)
+
+    def decide_indexed(
+        self,
+        segments: Sequence[str],
+        segment_index: NDArray[np.int64],
+        *,
+        rng: np.random.Generator | None = None,
+    ) -> DecisionBatch:
+        """Decisions for requests given as indexes into distinct segment keys (fastest form)."""
+        rng = rng or self._rng
+        k = len(segment_index)
+        u = rng.random(k)
+        net = np.empty(k, dtype=np.int64)
+        floor = np.empty(k)
+        prop = np.empty(k)
+        fprop = np.empty(k)
+        if len(segments) == 1:
+            groups: list[tuple[int, Any]] = [(0, slice(None))]
+        else:
+            groups = [(s, np.flatnonzero(segment_index == s)) for s in range(len(segments))]
+        for s, rows in groups:
+            out = self.table(segments[s]).sample(u[rows])
+            net[rows], floor[rows], prop[rows], fprop[rows] = out
+        return DecisionBatch(net, floor, prop, fprop, tuple(segments), np.asarray(segment_index), self.model_version)
+
+    def allocation(self, segment: str = ALL_SEGMENTS) -> Allocation:
+        """Current weights and floors (with uncertainty) of a segment."""
+        table = self.table(segment)
+        row = self.stats.segment_row(segment)
+        if segment == ALL_SEGMENTS:
+            effective = float(self.stats.data[:, :, 0].sum())
+        else:
+            effective = float(self.stats.data[row, :, 0].sum()) if row is not None else 0.0
+        cols = {name: i for i, name in enumerate(SUMMARY_FIELDS)}
+        networks = tuple(
+            NetworkAllocation(
+                network=cfg.id,
+                weight=float(table.weights[i]),
+                floor_cpm=float(table.summary[i, cols["floor_cpm"]]),
+                floor_p10_cpm=float(table.summary[i, cols["floor_p10_cpm"]]),
+                floor_p90_cpm=float(table.summary[i, cols["floor_p90_cpm"]]),
+                expected_revenue_cpm=float(table.summary[i, cols["expected_revenue_cpm"]]),
+                revenue_sd_cpm=float(table.summary[i, cols["revenue_sd_cpm"]]),
+                fill_rate=float(table.summary[i, cols["fill_rate"]]),
+                auction=AUCTION_CODES[int(table.summary[i, cols["auction"]])],
+            )
+            for i, cfg in enumerate(self.placement.networks)
+        )
+        return Allocation(self.placement.id, segment, networks, self.model_version, effective)
+
+    @property
+    def segments(self) -> list[str]:
+        """Segments that have their own table (have been seen in outcome events)."""
+        return [s for s in self._tables if s != ALL_SEGMENTS]
+
+    # -------------------------------------------------------------------- state
+    def state(self) -> dict[str, np.ndarray]:
+        """Plain arrays (no pickle) from which :func:`bandit.registry.policy_from_state` rebuilds
+        this policy exactly, including its random generator and decision tables."""
+        meta = {
+            "schema_version": STATE_SCHEMA_VERSION,
+            "policy": self.name,
+            "placement_id": self.placement.id,
+            "placement": self.placement.to_dict(),
+            "half_life_hours": self.half_life_hours if math.isfinite(self.half_life_hours) else "inf",
+            "seed": self.seed,
+            "params": self.params,
+            "updates": self.updates,
+            "rng": self._rng.bit_generator.state,
+        }
+        segs = list(self._tables)
+        tables = [self._tables[s] for s in segs]
+        state = {
+            "meta": np.array(json.dumps(meta)),
+            "table_segments": np.array(segs, dtype=np.str_),
+            "table_weights": np.stack([t.weights for t in tables]),
+            "table_floors": np.stack([t.floors for t in tables]),
+            "table_floor_probs": np.stack([t.floor_probs for t in tables]),
+            "table_floor_propensity": np.stack([t.floor_propensity for t in tables]),
+            "table_summary": np.stack([t.summary for t in tables]),
+            **self.stats.state(),
+        }
+        state.update(self._extra_state())
+        return state
+
+    def _extra_state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
+        return None
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, np.ndarray], meta: dict) -> Policy:
+        placement = PlacementConfig.from_dict(meta["placement_id"], meta["placement"])
+        half_life = math.inf if meta["half_life_hours"] == "inf" else float(meta["half_life_hours"])
+        policy = cls(placement, half_life_hours=half_life, seed=meta["seed"], **meta["params"])
+        policy.stats = SufficientStats.from_state(dict(state))
+        policy.updates = int(meta["updates"])
+        policy._rng.bit_generator.state = meta["rng"]
+        policy._load_extra_state(state)
+        policy._tables = {
+            str(seg): SegmentTable(
+                weights=np.array(state["table_weights"][i]),
+                floors=np.array(state["table_floors"][i]),
+                floor_probs=np.array(state["table_floor_probs"][i]),
+                floor_propensity=np.array(state["table_floor_propensity"][i]),
+                summary=np.array(state["table_summary"][i]),
+            )
+            for i, seg in enumerate(state["table_segments"])
+        }
+        return policy
+
+
+def as_event_batch(placement: PlacementConfig, events: Any) -> EventBatch:
+    """Accept an EventBatch, a sequence of OutcomeEvent, or a polars/Arrow frame."""
+    if isinstance(events, EventBatch):
+        return events
+    if isinstance(events, Sequence) and (len(events) == 0 or isinstance(events[0], OutcomeEvent)):
+        return EventBatch.from_events(placement, list(events))
+    from bandit.io import batch_from_frame  # polars is only needed for frames
+
+    return batch_from_frame(placement, events)

@@ -1,0 +1,41 @@
+"""Policy names → classes, and rebuilding a policy from its saved state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from bandit.errors import InvalidConfig, InvalidState
+from bandit.io import state_meta
+from bandit.policies.static import StaticPolicy
+from bandit.policy import STATE_SCHEMA_VERSION, Policy
+from bandit.types import PlacementConfig
+
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (StaticPolicy,)}
+
+
+def make_policy(name: str, placement: PlacementConfig, **params: Any) -> Policy:
+    """Build the policy called ``name`` (see :data:`POLICIES`) for a placement."""
+    try:
+        cls = POLICIES[name]
+    except KeyError:
+        raise InvalidConfig(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}") from None
+    try:
+        return cls(placement, **params)
+    except TypeError as exc:
+        raise InvalidConfig(f"bad parameters for policy {name!r}: {exc}") from None
+
+
+def policy_from_state(state: Mapping[str, np.ndarray]) -> Policy:
+    """Rebuild a policy exactly from :meth:`Policy.state` (checks the schema version)."""
+    meta = state_meta(state)
+    if meta.get("schema_version") != STATE_SCHEMA_VERSION:
+        raise InvalidState(
+            f"policy state has schema version {meta.get('schema_version')}, this build reads {STATE_SCHEMA_VERSION}"
+        )
+    cls = POLICIES.get(meta.get("policy"))
+    if cls is None:
+        raise InvalidState(f"policy state names unknown policy {meta.get('policy')!r}")
+    return cls._from_state(state, meta)
