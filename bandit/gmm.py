@@ -1,0 +1,387 @@
+"""Censored Gaussian-mixture price model of one network's auction, fitted by EM.
+
+Model. A request reaches a network with a Poisson number of bidders, mean ``lam``, whose
+values have log-price density ``g(x) = Σ_k pi_k N(x; mu_k, sd_k²)`` (x = log CPM).
+Bidders then form a Poisson process on the log-price axis with intensity ``lam·g``; with
+``S(x) = 1 - G(x)`` (G the mixture CDF) the auction at floor ``f`` (``a = log f``) gives
+
+- no fill:                         P = exp(-lam·S(a))            → "top bid < f"
+- first price, fill at price p:    density lam·g(x)·exp(-lam·S(x)), x = log p ≥ a
+- second price, price at floor:    P = lam·S(a)·exp(-lam·S(a))  → exactly one bid ≥ f
+- second price, price p above f:   density lam²·S(x)·g(x)·exp(-lam·S(x))  (second bid at p, one above)
+
+so a no-fill is used as the censored observation it is, never dropped.
+
+EM. The complete data are all bidders' values. Given an observation, the Poisson points
+below the revealed threshold are still a Poisson process of mean ``lam·G(t)`` with the
+mixture truncated below ``t``; a revealed price is one point; "one bid above t" is one point
+of the mixture truncated above ``t``. The E-step therefore needs only truncated-normal
+moments; the M-step is weighted Gaussian-mixture algebra plus ``lam = E[points] / requests``,
+with conjugate-style priors (MAP) so empty data still give a proper model.
+
+Everything is vectorised over a leading "draw" axis D, so the maximum-likelihood fit (D = 1)
+and the bootstrap posterior draws used for Thompson sampling (D = M) share one code path.
+Data arrive binned (see :mod:`bandit.stats`): each bin contributes its weight at the mean
+log floor / log price of the events in it, so the cost is O(bins), not O(events).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import log_ndtr, ndtr
+
+from bandit.stats import (
+    ATFLOOR,
+    ATFLOOR_LOGF,
+    FILLS,
+    LOG_CENTERS,
+    LOG_PRICE_MIN,
+    NOFILL_LOGF,
+    PRICE,
+    PRICE_LOGP,
+    REQUESTS,
+)
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+MIN_SD = 0.05
+#: Log-price grid for revenue integrals, wide enough that tails beyond it are negligible.
+X_GRID = np.linspace(math.log(0.002), math.log(5000.0), 600)
+
+
+@dataclass(frozen=True, slots=True)
+class GmmParams:
+    """Mixture parameters, each with a leading draw axis: lam [D], pi/mu/sd [D, K]."""
+
+    lam: NDArray[np.float64]
+    pi: NDArray[np.float64]
+    mu: NDArray[np.float64]
+    sd: NDArray[np.float64]
+
+    @property
+    def n_draws(self) -> int:
+        return len(self.lam)
+
+    def pack(self) -> NDArray[np.float64]:
+        """[D, 1 + 3K] rows of (lam, pi..., mu..., sd...)."""
+        return np.concatenate([self.lam[:, None], self.pi, self.mu, self.sd], axis=1)
+
+    @classmethod
+    def unpack(cls, rows: NDArray[np.float64]) -> GmmParams:
+        rows = np.atleast_2d(rows)
+        k = (rows.shape[1] - 1) // 3
+        return cls(rows[:, 0].copy(), rows[:, 1 : 1 + k].copy(), rows[:, 1 + k : 1 + 2 * k].copy(), rows[:, 1 + 2 * k :].copy())
+
+    def repeat(self, d: int) -> GmmParams:
+        return GmmParams.unpack(np.repeat(self.pack()[:1], d, axis=0))
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """Weak MAP prior: ``strength`` pseudo-requests with ``lam0`` bidders whose log values
+    spread as N(center_k, spread²) around component centres ``center`` [D, K]."""
+
+    lam0: float
+    center: NDArray[np.float64]
+    spread: float
+    strength: float
+
+
+@dataclass(frozen=True, slots=True)
+class CensoredData:
+    """One network's binned observations in log price, each with weights [D, L] (D draws).
+
+    ``nofill_at``: thresholds of no-fills (top bid below); ``atfloor_at``: floors of
+    second-price fills at the floor; ``price_at``: revealed prices (first price: top bid;
+    second price: second bid, one bid above). ``requests`` [D] is the total weight.
+    """
+
+    second_price: bool
+    nofill_at: NDArray[np.float64]
+    nofill_w: NDArray[np.float64]
+    atfloor_at: NDArray[np.float64]
+    atfloor_w: NDArray[np.float64]
+    price_at: NDArray[np.float64]
+    price_w: NDArray[np.float64]
+    requests: NDArray[np.float64]
+
+    def reweighted(self, rng: np.random.Generator, n_draws: int) -> CensoredData:
+        """Bayesian-bootstrap copies: every bin weight w becomes Gamma(w, 1) (mean w, var w)."""
+
+        def draw(w: NDArray[np.float64]) -> NDArray[np.float64]:
+            base = np.broadcast_to(w[:1], (n_draws, w.shape[1]))
+            return np.where(base > 0, rng.gamma(np.maximum(base, 1e-12)), 0.0)
+
+        nf, af, pw = draw(self.nofill_w), draw(self.atfloor_w), draw(self.price_w)
+        total_obs = self.nofill_w[0].sum() + self.atfloor_w[0].sum() + self.price_w[0].sum()
+        scale = self.requests[0] / total_obs if total_obs > 0 else 1.0
+        requests = (nf.sum(axis=1) + af.sum(axis=1) + pw.sum(axis=1)) * scale
+        return CensoredData(self.second_price, self.nofill_at, nf, self.atfloor_at, af, self.price_at, pw, requests)
+
+
+def _mean_position(weight: NDArray, log_sum: NDArray) -> NDArray:
+    return np.where(weight > 0, log_sum / np.where(weight > 0, weight, 1.0), LOG_CENTERS)
+
+
+def censored_data(stats: NDArray[np.float64], second_price: bool) -> CensoredData:
+    """Binned statistics of one network [F, B] → observations for EM (D = 1)."""
+    nofill_w = np.maximum(stats[REQUESTS] - stats[FILLS], 0.0)
+    nofill_at = _mean_position(nofill_w, stats[NOFILL_LOGF])
+    atfloor_w = stats[ATFLOOR]
+    atfloor_at = _mean_position(atfloor_w, stats[ATFLOOR_LOGF])
+    price_w = stats[PRICE]
+    price_at = _mean_position(price_w, stats[PRICE_LOGP])
+    if not second_price:
+        # A first-price "fill at the floor" is a top bid equal to the floor: a revealed price.
+        price_at = np.concatenate([price_at, atfloor_at])
+        price_w = np.concatenate([price_w, atfloor_w])
+        atfloor_at, atfloor_w = atfloor_at[:0], atfloor_w[:0]
+    keep = lambda at, w: (at[w > 0], w[w > 0][None, :])  # noqa: E731 - drop empty bins
+    nf = keep(nofill_at, nofill_w)
+    af = keep(atfloor_at, atfloor_w)
+    pr = keep(price_at, price_w)
+    requests = np.array([nf[1].sum() + af[1].sum() + pr[1].sum()])
+    return CensoredData(second_price, nf[0], nf[1], af[0], af[1], pr[0], pr[1], requests)
+
+
+# --------------------------------------------------------------------------- E-step pieces
+def _z(at: NDArray, p: GmmParams) -> NDArray:
+    """Standardised thresholds [D, L, K]."""
+    return (at[None, :, None] - p.mu[:, None, :]) / p.sd[:, None, :]
+
+
+def _tail_moments(z: NDArray, p: GmmParams, upper: bool) -> tuple[NDArray, NDArray, NDArray]:
+    """Mass Φ (or 1-Φ) and E[X], E[X²] of each component truncated below (or above) a threshold.
+
+    For Y ~ N(0,1) truncated to Y < z: E[Y] = -φ/Φ, E[Y²] = 1 - zφ/Φ; above z the mirror
+    image. Ratios are computed in log space so far tails stay finite.
+    """
+    log_phi = -0.5 * z * z - _LOG_SQRT_2PI
+    if upper:
+        log_mass = log_ndtr(-z)
+        ratio = np.exp(log_phi - log_mass)
+        ey, ey2 = ratio, 1.0 + z * ratio
+    else:
+        log_mass = log_ndtr(z)
+        ratio = np.exp(log_phi - log_mass)
+        ey, ey2 = -ratio, 1.0 - z * ratio
+    mu = p.mu[:, None, :]
+    sd = p.sd[:, None, :]
+    ex = mu + sd * ey
+    ex2 = mu * mu + 2 * mu * sd * ey + sd * sd * ey2
+    return np.exp(log_mass), ex, ex2
+
+
+def _log_components(x: NDArray, p: GmmParams) -> NDArray:
+    """log(pi_k φ_k(x)) [D, L, K]."""
+    z = _z(x, p)
+    return np.log(p.pi[:, None, :]) - 0.5 * z * z - _LOG_SQRT_2PI - np.log(p.sd[:, None, :])
+
+
+def _survival(at: NDArray, p: GmmParams) -> NDArray:
+    """S(at) = 1 - G(at), [D, L]."""
+    return np.einsum("dlk,dk->dl", ndtr(-_z(at, p)), p.pi)
+
+
+class _Moments:
+    """Accumulates expected points per component: count N, Σx, Σx² (each [D, K])."""
+
+    def __init__(self, d: int, k: int) -> None:
+        self.n = np.zeros((d, k))
+        self.s1 = np.zeros((d, k))
+        self.s2 = np.zeros((d, k))
+
+    def add(self, mass: NDArray, ex: NDArray, ex2: NDArray) -> None:
+        """``mass`` [D, L, K] expected points with conditional moments ``ex``/``ex2``."""
+        self.n += mass.sum(axis=1)
+        self.s1 += (mass * ex).sum(axis=1)
+        self.s2 += (mass * ex2).sum(axis=1)
+
+
+def em_step(data: CensoredData, p: GmmParams, prior: Prior) -> GmmParams:
+    """One EM (MAP) iteration for every draw at once."""
+    d, k = p.pi.shape
+    acc = _Moments(d, k)
+    lam_pi = (p.lam[:, None] * p.pi)[:, None, :]  # [D, 1, K]
+
+    def points_below(at: NDArray, w: NDArray) -> None:
+        if at.size:
+            mass, ex, ex2 = _tail_moments(_z(at, p), p, upper=False)
+            acc.add(w[:, :, None] * lam_pi * mass, ex, ex2)
+
+    def one_point_above(at: NDArray, w: NDArray) -> None:
+        if at.size:
+            mass, ex, ex2 = _tail_moments(_z(at, p), p, upper=True)
+            share = p.pi[:, None, :] * mass
+            share /= np.maximum(share.sum(axis=2, keepdims=True), 1e-300)
+            acc.add(w[:, :, None] * share, ex, ex2)
+
+    # No fill at a: only points below a.
+    points_below(data.nofill_at, data.nofill_w)
+    # Revealed price x: one point at x, the Poisson points below x, and (second price) one above.
+    if data.price_at.size:
+        logc = _log_components(data.price_at, p)
+        resp = np.exp(logc - logc.max(axis=2, keepdims=True))
+        resp /= resp.sum(axis=2, keepdims=True)
+        x = data.price_at[None, :, None]
+        acc.add(data.price_w[:, :, None] * resp, np.broadcast_to(x, resp.shape), np.broadcast_to(x * x, resp.shape))
+        points_below(data.price_at, data.price_w)
+        if data.second_price:
+            one_point_above(data.price_at, data.price_w)
+    # Second price at the floor: exactly one point above a, the rest below a.
+    points_below(data.atfloor_at, data.atfloor_w)
+    one_point_above(data.atfloor_at, data.atfloor_w)
+
+    # M-step with the prior's pseudo-observations (strength split over components).
+    kappa = prior.strength / k
+    total = acc.n.sum(axis=1)
+    lam = (total + prior.strength * prior.lam0) / (data.requests + prior.strength)
+    pi = (acc.n + kappa) / (total[:, None] + prior.strength)
+    mu = (acc.s1 + kappa * prior.center) / (acc.n + kappa)
+    resid = acc.s2 - 2 * mu * acc.s1 + acc.n * mu * mu
+    var = (resid + kappa * ((mu - prior.center) ** 2 + prior.spread**2)) / (acc.n + kappa)
+    sd = np.sqrt(np.maximum(var, MIN_SD**2))
+    return GmmParams(lam, pi, mu, sd)
+
+
+def log_likelihood(data: CensoredData, p: GmmParams) -> NDArray[np.float64]:
+    """Observed-data log-likelihood per draw [D] (log-price densities for revealed prices)."""
+    ll = np.zeros(p.n_draws)
+    lam = p.lam[:, None]
+    if data.nofill_at.size:
+        ll += (data.nofill_w * -lam * _survival(data.nofill_at, p)).sum(axis=1)
+    if data.price_at.size:
+        logc = _log_components(data.price_at, p)
+        m = logc.max(axis=2)
+        log_g = m + np.log(np.exp(logc - m[:, :, None]).sum(axis=2))
+        s = _survival(data.price_at, p)
+        term = np.log(lam) + log_g - lam * s
+        if data.second_price:
+            term = term + np.log(lam) + np.log(np.maximum(s, 1e-300))
+        ll += (data.price_w * term).sum(axis=1)
+    if data.atfloor_at.size:
+        s = _survival(data.atfloor_at, p)
+        ll += (data.atfloor_w * (np.log(lam) + np.log(np.maximum(s, 1e-300)) - lam * s)).sum(axis=1)
+    return ll
+
+
+def fit(data: CensoredData, start: GmmParams, prior: Prior, *, max_iter: int = 200, tol: float = 1e-6) -> GmmParams:
+    """Run EM from ``start`` until parameters move less than ``tol`` (or ``max_iter``)."""
+    p = start
+    for _ in range(max_iter):
+        q = em_step(data, p, prior)
+        delta = max(
+            float(np.max(np.abs(q.mu - p.mu))),
+            float(np.max(np.abs(q.sd - p.sd))),
+            float(np.max(np.abs(q.pi - p.pi))),
+            float(np.max(np.abs(np.log(q.lam) - np.log(p.lam)))),
+        )
+        p = q
+        if delta < tol:
+            break
+    return p
+
+
+def initial_params(prior: Prior) -> GmmParams:
+    """Start of EM with no earlier fit: the prior's own mode."""
+    d, k = prior.center.shape
+    return GmmParams(
+        lam=np.full(d, prior.lam0),
+        pi=np.full((d, k), 1.0 / k),
+        mu=prior.center.copy(),
+        sd=np.full((d, k), prior.spread),
+    )
+
+
+# --------------------------------------------------------------------------- revenue
+@dataclass(frozen=True, slots=True)
+class RevenueCurve:
+    """Expected revenue per request R(f) and fill rate as continuous functions of the floor.
+
+    Precomputed tail integrals on ``X_GRID`` for every draw; evaluation at any log floor
+    interpolates them. Shapes: [D, len(X_GRID)].
+    """
+
+    second_price: bool
+    lam: NDArray[np.float64]
+    survival: NDArray[np.float64]
+    tail: NDArray[np.float64]
+
+    @classmethod
+    def of(cls, p: GmmParams, second_price: bool) -> RevenueCurve:
+        x = X_GRID
+        z = (x[None, :, None] - p.mu[:, None, :]) / p.sd[:, None, :]
+        comp = p.pi[:, None, :] * np.exp(-0.5 * z * z - _LOG_SQRT_2PI) / p.sd[:, None, :]
+        g = comp.sum(axis=2)
+        s = np.einsum("dxk,dk->dx", ndtr(-z), p.pi)
+        lam = p.lam[:, None]
+        top = np.exp(-lam * s)
+        # Price density (in log price) times price: first price pays the top bid, second
+        # price the second bid (when above the floor).
+        integrand = np.exp(x)[None, :] * lam * g * top * (lam * s if second_price else 1.0)
+        step = np.diff(x)[None, :] * 0.5 * (integrand[:, 1:] + integrand[:, :-1])
+        tail = np.concatenate([np.cumsum(step[:, ::-1], axis=1)[:, ::-1], np.zeros((len(lam), 1))], axis=1)
+        return cls(second_price, p.lam, s, tail)
+
+    def _interp(self, table: NDArray, log_floor: NDArray) -> NDArray:
+        """Row-wise linear interpolation of ``table`` [D, X] at ``log_floor`` [D, G]."""
+        pos = np.clip((log_floor - X_GRID[0]) / (X_GRID[1] - X_GRID[0]), 0, len(X_GRID) - 1 - 1e-9)
+        i = pos.astype(np.int64)
+        frac = pos - i
+        rows = np.arange(table.shape[0])[:, None]
+        return table[rows, i] * (1 - frac) + table[rows, i + 1] * frac
+
+    def fill_rate(self, log_floor: NDArray) -> NDArray:
+        """P(fill | floor) [D, G]."""
+        return 1.0 - np.exp(-self.lam[:, None] * self._interp(self.survival, log_floor))
+
+    def revenue(self, log_floor: NDArray) -> NDArray:
+        """Expected revenue per request (CPM) at log floors [D, G]."""
+        r = self._interp(self.tail, log_floor)
+        if self.second_price:
+            ls = self.lam[:, None] * self._interp(self.survival, log_floor)
+            r = r + np.exp(log_floor) * ls * np.exp(-ls)
+        return r
+
+
+def best_floor(curve: RevenueCurve, floor_min: float, floor_max: float, n_grid: int = 48) -> tuple[NDArray, NDArray]:
+    """Floor maximising each draw's R(f) within [floor_min, floor_max], and that revenue ([D] each).
+
+    A log-spaced grid finds the best region; golden-section search on the continuous
+    curve then refines inside the bracket, so floors are not restricted to grid points.
+    A floor of 0 (no floor) is a candidate when floor_min is 0.
+    """
+    d = len(curve.lam)
+    lo = math.log(max(floor_min, math.exp(LOG_PRICE_MIN)))
+    hi = math.log(max(floor_max, math.exp(lo)))
+    grid = np.linspace(lo, hi, n_grid) if hi > lo else np.array([lo])
+    values = curve.revenue(np.broadcast_to(grid, (d, len(grid))))
+    j = np.argmax(values, axis=1)
+    if len(grid) > 1:
+        step = grid[1] - grid[0]
+        a = np.maximum(grid[j] - step, lo)
+        b = np.minimum(grid[j] + step, hi)
+        ratio = (math.sqrt(5) - 1) / 2
+        for _ in range(24):
+            c1 = b - ratio * (b - a)
+            c2 = a + ratio * (b - a)
+            r1 = curve.revenue(c1[:, None])[:, 0]
+            r2 = curve.revenue(c2[:, None])[:, 0]
+            left = r1 >= r2
+            b = np.where(left, c2, b)
+            a = np.where(left, a, c1)
+        best_log = 0.5 * (a + b)
+    else:
+        best_log = grid[j]
+    best_rev = curve.revenue(best_log[:, None])[:, 0]
+    floor = np.clip(np.exp(best_log), floor_min, floor_max)
+    if floor_min <= 0.0:
+        # "No floor" is a genuine option: compare with the floor at the bottom of the price range.
+        no_floor = curve.revenue(np.full((d, 1), X_GRID[0]))[:, 0]
+        use_zero = no_floor > best_rev
+        floor = np.where(use_zero, 0.0, floor)
+        best_rev = np.where(use_zero, no_floor, best_rev)
+    return floor, best_rev

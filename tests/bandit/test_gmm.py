@@ -1,0 +1,131 @@
+"""Censored EM and revenue curves against brute-force auctions with known parameters."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bandit.gmm import (
+    GmmParams,
+    Prior,
+    RevenueCurve,
+    best_floor,
+    censored_data,
+    em_step,
+    fit,
+    initial_params,
+    log_likelihood,
+)
+from bandit.stats import FILLS, REQUESTS, accumulate
+from tests.bandit.auctions import sample_auctions
+
+TRUE = dict(lam=3.0, pi=[0.6, 0.4], mu=[math.log(0.5), math.log(3.0)], sd=[0.5, 0.4])
+
+
+def _stats(rng, n, second_price, floors=None, **truth):
+    if floors is None:
+        floors = np.exp(rng.uniform(math.log(0.05), math.log(20.0), n))
+        floors[rng.random(n) < 0.2] = 0.0
+    filled, revenue = sample_auctions(rng, floors, second_price=second_price, **truth)
+    return accumulate(np.zeros(n, np.int64), 1, floors, filled, revenue, np.ones(n))[0]
+
+
+def _prior(strength=1.0):
+    return Prior(lam0=2.0, center=np.array([[math.log(0.3), math.log(3.0)]]), spread=1.0, strength=strength)
+
+
+def _fit(stats, second_price, strength=1.0):
+    prior = _prior(strength)
+    return fit(censored_data(stats, second_price), initial_params(prior), prior, max_iter=2000, tol=1e-8)
+
+
+@pytest.mark.parametrize("second_price", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_censored_em_recovers_known_mixture(seed, second_price):
+    rng = np.random.default_rng(seed)
+    p = _fit(_stats(rng, 150_000, second_price, **TRUE), second_price)
+    order = np.argsort(p.mu[0])
+    assert p.lam[0] == pytest.approx(TRUE["lam"], rel=0.06)
+    np.testing.assert_allclose(p.pi[0, order], TRUE["pi"], atol=0.04)
+    np.testing.assert_allclose(p.mu[0, order], TRUE["mu"], atol=0.06)
+    np.testing.assert_allclose(p.sd[0, order], TRUE["sd"], atol=0.05)
+
+
+def test_no_fills_enter_the_likelihood():
+    """Dropping the censored no-fills biases the model: the revenue it predicts goes wrong."""
+    rng = np.random.default_rng(7)
+    stats = _stats(rng, 100_000, True, **TRUE)
+    dropped = stats.copy()
+    dropped[REQUESTS] = dropped[FILLS]  # as if no-fills had been thrown away
+    truth = GmmParams(np.array([TRUE["lam"]]), np.array([TRUE["pi"]]), np.array([TRUE["mu"]]), np.array([TRUE["sd"]]))
+    at = np.log([[0.3, 1.0, 2.0, 4.0]])
+    expected = RevenueCurve.of(truth, True).revenue(at)
+    error = lambda p: np.max(np.abs(RevenueCurve.of(p, True).revenue(at) / expected - 1))  # noqa: E731
+    assert error(_fit(stats, True)) < 0.02
+    assert error(_fit(dropped, True)) > 0.10
+
+
+@pytest.mark.parametrize("second_price", [False, True])
+def test_em_never_decreases_the_likelihood(second_price):
+    rng = np.random.default_rng(3)
+    data = censored_data(_stats(rng, 30_000, second_price, **TRUE), second_price)
+    prior = _prior(strength=1e-9)
+    p = initial_params(prior)
+    previous = -np.inf
+    for _ in range(40):
+        p = em_step(data, p, prior)
+        ll = float(log_likelihood(data, p)[0])
+        assert ll >= previous - 1e-6 * abs(ll)
+        previous = ll
+
+
+@pytest.mark.parametrize("second_price", [False, True])
+@pytest.mark.parametrize("floor", [0.0, 0.5, 1.5, 4.0])
+def test_revenue_curve_matches_brute_force_auctions(second_price, floor):
+    truth = GmmParams(
+        np.array([TRUE["lam"]]), np.array([TRUE["pi"]]), np.array([TRUE["mu"]]), np.array([TRUE["sd"]])
+    )
+    curve = RevenueCurve.of(truth, second_price)
+    rng = np.random.default_rng(11)
+    n = 400_000
+    filled, revenue = sample_auctions(rng, np.full(n, floor), second_price=second_price, **TRUE)
+    at = np.array([[math.log(floor) if floor > 0 else -50.0]])
+    se = revenue.std() / math.sqrt(n)
+    assert curve.revenue(at)[0, 0] == pytest.approx(revenue.mean(), abs=4 * se + 2e-3)
+    assert curve.fill_rate(at)[0, 0] == pytest.approx(filled.mean(), abs=0.004)
+
+
+def test_best_floor_is_continuous_inside_bounds_and_beats_a_dense_grid():
+    truth = GmmParams(np.array([3.0]), np.array([TRUE["pi"]]), np.array([TRUE["mu"]]), np.array([TRUE["sd"]]))
+    curve = RevenueCurve.of(truth, second_price=True)
+    floor, revenue = best_floor(curve, 0.2, 20.0)
+    dense = np.linspace(math.log(0.2), math.log(20.0), 20_001)
+    brute = curve.revenue(dense[None, :])[0]
+    assert 0.2 < floor[0] < 20.0
+    assert revenue[0] >= brute.max() - 1e-6
+    assert abs(math.log(floor[0]) - dense[np.argmax(brute)]) < 2e-3
+    # Bounds bind when the optimum lies outside them.
+    clipped, _ = best_floor(curve, 0.2, 1.0)
+    assert clipped[0] == pytest.approx(1.0, rel=1e-3)
+
+
+def test_first_price_floor_only_cuts_fills():
+    truth = GmmParams(np.array([2.0]), np.array([[1.0]]), np.array([[0.4]]), np.array([[0.6]]))
+    curve = RevenueCurve.of(truth, second_price=False)
+    grid = np.log(np.linspace(0.05, 10.0, 200))[None, :]
+    assert np.all(np.diff(curve.revenue(grid)[0]) <= 1e-12)
+
+
+def test_bootstrap_draws_spread_shrinks_with_data():
+    rng = np.random.default_rng(5)
+    spreads = []
+    for n in (2_000, 50_000):
+        data = censored_data(_stats(rng, n, True, **TRUE), True)
+        prior = _prior()
+        mle = fit(data, initial_params(prior), prior, max_iter=500, tol=1e-7)
+        draws = fit(data.reweighted(rng, 32), mle.repeat(32), prior, max_iter=20)
+        _, revenue = best_floor(RevenueCurve.of(draws, True), 0.0, 20.0)
+        spreads.append(revenue.std())
+    assert spreads[1] < 0.5 * spreads[0]
