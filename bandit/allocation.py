@@ -79,6 +79,50 @@ def project_shares(p: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[
     return w
 
 
+_Z_CACHE: dict[int, NDArray[np.float64]] = {}
+
+
+def _fixed_normals(n_arms: int, n_samples: int = 4096) -> NDArray[np.float64]:
+    """Standard normal samples [n_samples, n_arms] from a fixed seed (deterministic weights)."""
+    if n_arms not in _Z_CACHE:
+        _Z_CACHE[n_arms] = np.random.default_rng(20261121).standard_normal((n_samples, n_arms))
+    return _Z_CACHE[n_arms]
+
+
+def greedy_fill(values: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Revenue-maximising shares for each row of arm values [D, N] under the share contract.
+
+    The LP "max Σ w·v s.t. lo <= w <= hi, Σ w = 1" is solved by giving every arm its minimum
+    and then the rest to arms in decreasing order of value, each up to its maximum.
+    """
+    d, n = values.shape
+    w = np.broadcast_to(lo, (d, n)).copy()
+    remaining = np.full(d, 1.0 - lo.sum())
+    order = np.argsort(-values, axis=1)
+    rows = np.arange(d)
+    for r in range(n):
+        j = order[:, r]
+        add = np.minimum(hi[j] - lo[j], remaining)
+        w[rows, j] += add
+        remaining -= add
+    return w
+
+
+def allocate_shares(
+    mean: NDArray[np.float64], sd: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Exposure weights [N]: P(network is best) when the share contract does not bind; otherwise
+    the posterior average of the contract-constrained optimal allocation (Thompson sampling
+    with constraints), which meets min/max shares exactly and sends traffic a capped network
+    cannot take to the next-best networks rather than spreading it evenly.
+    """
+    if np.all(lo <= 0.0) and np.all(hi >= 1.0):
+        return prob_best_normal(mean, sd)
+    samples = mean[None, :] + np.maximum(sd, 1e-12)[None, :] * _fixed_normals(len(mean))
+    w = greedy_fill(samples, lo, hi).mean(axis=0)
+    return project_shares(w / w.sum(), lo, hi)
+
+
 @dataclass
 class SegmentTable:
     """How one segment's requests are decided: P(network) and a floor sampler per network.
@@ -97,7 +141,7 @@ class SegmentTable:
     cum: NDArray[np.float64] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        n, m = self.floors.shape
+        _n, m = self.floors.shape
         joint = (self.weights[:, None] * self.floor_probs).ravel()
         self.cum = np.cumsum(joint)
         self.cum /= self.cum[-1]
@@ -122,12 +166,12 @@ class SegmentTable:
         return net, self._floors_list[flat], self._weights_list[net], self._fprop_list[flat]
 
 
-def floor_bin_propensity(floors: NDArray[np.float64], probs: NDArray[np.float64], bins: NDArray[np.int64]) -> NDArray[np.float64]:
+def floor_bin_propensity(
+    floors: NDArray[np.float64], probs: NDArray[np.float64], bins: NDArray[np.int64]
+) -> NDArray[np.float64]:
     """For each candidate [N, M], the total probability of candidates in the same bin and row."""
     out = np.empty_like(probs)
     for i in range(floors.shape[0]):
         same = bins[i][:, None] == bins[i][None, :]
         out[i] = same.astype(float) @ probs[i]
     return out
-
-

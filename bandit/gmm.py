@@ -73,7 +73,9 @@ class GmmParams:
     def unpack(cls, rows: NDArray[np.float64]) -> GmmParams:
         rows = np.atleast_2d(rows)
         k = (rows.shape[1] - 1) // 3
-        return cls(rows[:, 0].copy(), rows[:, 1 : 1 + k].copy(), rows[:, 1 + k : 1 + 2 * k].copy(), rows[:, 1 + 2 * k :].copy())
+        return cls(
+            rows[:, 0].copy(), rows[:, 1 : 1 + k].copy(), rows[:, 1 + k : 1 + 2 * k].copy(), rows[:, 1 + 2 * k :].copy()
+        )
 
     def repeat(self, d: int) -> GmmParams:
         return GmmParams.unpack(np.repeat(self.pack()[:1], d, axis=0))
@@ -147,6 +149,43 @@ def censored_data(stats: NDArray[np.float64], second_price: bool) -> CensoredDat
     return CensoredData(second_price, nf[0], nf[1], af[0], af[1], pr[0], pr[1], requests)
 
 
+@dataclass(frozen=True, slots=True)
+class ObservationSets:
+    """The three kinds of evidence every observation reduces to (positions [L], weights [D, L]).
+
+    - below: Poisson points lie below t (all observations: no-fill at the floor, revealed
+      prices, second-price fills at the floor) — contributes ``-lam·S(t)``;
+    - above: exactly one point lies above t (second-price prices and at-floor fills) —
+      contributes ``log lam + log S(t)``;
+    - points: one point at x (revealed prices) — contributes ``log lam + log g(x)``.
+    """
+
+    below_at: NDArray[np.float64]
+    below_w: NDArray[np.float64]
+    above_at: NDArray[np.float64]
+    above_w: NDArray[np.float64]
+    point_at: NDArray[np.float64]
+    point_w: NDArray[np.float64]
+    requests: NDArray[np.float64]
+
+    @classmethod
+    def of(cls, data: CensoredData) -> ObservationSets:
+        cat = np.concatenate
+        if data.second_price:
+            above_at, above_w = cat([data.price_at, data.atfloor_at]), cat([data.price_w, data.atfloor_w], axis=1)
+        else:
+            above_at, above_w = data.atfloor_at, data.atfloor_w
+        return cls(
+            cat([data.nofill_at, data.price_at, data.atfloor_at]),
+            cat([data.nofill_w, data.price_w, data.atfloor_w], axis=1),
+            above_at,
+            above_w,
+            data.price_at,
+            data.price_w,
+            data.requests,
+        )
+
+
 # --------------------------------------------------------------------------- E-step pieces
 def _z(at: NDArray, p: GmmParams) -> NDArray:
     """Standardised thresholds [D, L, K]."""
@@ -186,93 +225,77 @@ def _survival(at: NDArray, p: GmmParams) -> NDArray:
     return np.einsum("dlk,dk->dl", ndtr(-_z(at, p)), p.pi)
 
 
-class _Moments:
-    """Accumulates expected points per component: count N, Σx, Σx² (each [D, K])."""
+def em_step(obs: ObservationSets, p: GmmParams, prior: Prior) -> GmmParams:
+    """One EM (MAP) iteration for every draw at once.
 
-    def __init__(self, d: int, k: int) -> None:
-        self.n = np.zeros((d, k))
-        self.s1 = np.zeros((d, k))
-        self.s2 = np.zeros((d, k))
+    E-step: expected bidders per component and their first two moments — the Poisson
+    points below each threshold (mean ``lam·pi_k·Φ_k(t)``, truncated below t), one point
+    above each "one bid above" threshold (component share ∝ ``pi_k·(1-Φ_k(t))``, truncated
+    above t) and one point at each revealed price (responsibilities). M-step: MAP update.
+    """
+    k = p.pi.shape[1]
+    n = np.zeros_like(p.pi)
+    s1 = np.zeros_like(p.pi)
+    s2 = np.zeros_like(p.pi)
 
-    def add(self, mass: NDArray, ex: NDArray, ex2: NDArray) -> None:
-        """``mass`` [D, L, K] expected points with conditional moments ``ex``/``ex2``."""
-        self.n += mass.sum(axis=1)
-        self.s1 += (mass * ex).sum(axis=1)
-        self.s2 += (mass * ex2).sum(axis=1)
+    def add(mass: NDArray, ex: NDArray, ex2: NDArray) -> None:
+        nonlocal n, s1, s2
+        n = n + mass.sum(axis=1)
+        s1 = s1 + (mass * ex).sum(axis=1)
+        s2 = s2 + (mass * ex2).sum(axis=1)
 
-
-def em_step(data: CensoredData, p: GmmParams, prior: Prior) -> GmmParams:
-    """One EM (MAP) iteration for every draw at once."""
-    d, k = p.pi.shape
-    acc = _Moments(d, k)
-    lam_pi = (p.lam[:, None] * p.pi)[:, None, :]  # [D, 1, K]
-
-    def points_below(at: NDArray, w: NDArray) -> None:
-        if at.size:
-            mass, ex, ex2 = _tail_moments(_z(at, p), p, upper=False)
-            acc.add(w[:, :, None] * lam_pi * mass, ex, ex2)
-
-    def one_point_above(at: NDArray, w: NDArray) -> None:
-        if at.size:
-            mass, ex, ex2 = _tail_moments(_z(at, p), p, upper=True)
-            share = p.pi[:, None, :] * mass
-            share /= np.maximum(share.sum(axis=2, keepdims=True), 1e-300)
-            acc.add(w[:, :, None] * share, ex, ex2)
-
-    # No fill at a: only points below a.
-    points_below(data.nofill_at, data.nofill_w)
-    # Revealed price x: one point at x, the Poisson points below x, and (second price) one above.
-    if data.price_at.size:
-        logc = _log_components(data.price_at, p)
+    if obs.below_at.size:
+        mass, ex, ex2 = _tail_moments(_z(obs.below_at, p), p, upper=False)
+        add(obs.below_w[:, :, None] * (p.lam[:, None] * p.pi)[:, None, :] * mass, ex, ex2)
+    if obs.above_at.size:
+        mass, ex, ex2 = _tail_moments(_z(obs.above_at, p), p, upper=True)
+        share = p.pi[:, None, :] * mass
+        share /= np.maximum(share.sum(axis=2, keepdims=True), 1e-300)
+        add(obs.above_w[:, :, None] * share, ex, ex2)
+    if obs.point_at.size:
+        logc = _log_components(obs.point_at, p)
         resp = np.exp(logc - logc.max(axis=2, keepdims=True))
         resp /= resp.sum(axis=2, keepdims=True)
-        x = data.price_at[None, :, None]
-        acc.add(data.price_w[:, :, None] * resp, np.broadcast_to(x, resp.shape), np.broadcast_to(x * x, resp.shape))
-        points_below(data.price_at, data.price_w)
-        if data.second_price:
-            one_point_above(data.price_at, data.price_w)
-    # Second price at the floor: exactly one point above a, the rest below a.
-    points_below(data.atfloor_at, data.atfloor_w)
-    one_point_above(data.atfloor_at, data.atfloor_w)
+        mass = obs.point_w[:, :, None] * resp
+        x = obs.point_at[None, :, None]
+        n = n + mass.sum(axis=1)
+        s1 = s1 + (mass * x).sum(axis=1)
+        s2 = s2 + (mass * x * x).sum(axis=1)
 
     # M-step with the prior's pseudo-observations (strength split over components).
     kappa = prior.strength / k
-    total = acc.n.sum(axis=1)
-    lam = (total + prior.strength * prior.lam0) / (data.requests + prior.strength)
-    pi = (acc.n + kappa) / (total[:, None] + prior.strength)
-    mu = (acc.s1 + kappa * prior.center) / (acc.n + kappa)
-    resid = acc.s2 - 2 * mu * acc.s1 + acc.n * mu * mu
-    var = (resid + kappa * ((mu - prior.center) ** 2 + prior.spread**2)) / (acc.n + kappa)
+    total = n.sum(axis=1)
+    lam = (total + prior.strength * prior.lam0) / (obs.requests + prior.strength)
+    pi = (n + kappa) / (total[:, None] + prior.strength)
+    mu = (s1 + kappa * prior.center) / (n + kappa)
+    resid = s2 - 2 * mu * s1 + n * mu * mu
+    var = (resid + kappa * ((mu - prior.center) ** 2 + prior.spread**2)) / (n + kappa)
     sd = np.sqrt(np.maximum(var, MIN_SD**2))
     return GmmParams(lam, pi, mu, sd)
 
 
 def log_likelihood(data: CensoredData, p: GmmParams) -> NDArray[np.float64]:
     """Observed-data log-likelihood per draw [D] (log-price densities for revealed prices)."""
-    ll = np.zeros(p.n_draws)
+    obs = ObservationSets.of(data)
     lam = p.lam[:, None]
-    if data.nofill_at.size:
-        ll += (data.nofill_w * -lam * _survival(data.nofill_at, p)).sum(axis=1)
-    if data.price_at.size:
-        logc = _log_components(data.price_at, p)
+    ll = (obs.below_w * -lam * _survival(obs.below_at, p)).sum(axis=1)
+    if obs.above_at.size:
+        s = np.maximum(_survival(obs.above_at, p), 1e-300)
+        ll += (obs.above_w * (np.log(lam) + np.log(s))).sum(axis=1)
+    if obs.point_at.size:
+        logc = _log_components(obs.point_at, p)
         m = logc.max(axis=2)
         log_g = m + np.log(np.exp(logc - m[:, :, None]).sum(axis=2))
-        s = _survival(data.price_at, p)
-        term = np.log(lam) + log_g - lam * s
-        if data.second_price:
-            term = term + np.log(lam) + np.log(np.maximum(s, 1e-300))
-        ll += (data.price_w * term).sum(axis=1)
-    if data.atfloor_at.size:
-        s = _survival(data.atfloor_at, p)
-        ll += (data.atfloor_w * (np.log(lam) + np.log(np.maximum(s, 1e-300)) - lam * s)).sum(axis=1)
+        ll += (obs.point_w * (np.log(lam) + log_g)).sum(axis=1)
     return ll
 
 
 def fit(data: CensoredData, start: GmmParams, prior: Prior, *, max_iter: int = 200, tol: float = 1e-6) -> GmmParams:
     """Run EM from ``start`` until parameters move less than ``tol`` (or ``max_iter``)."""
+    obs = ObservationSets.of(data)
     p = start
     for _ in range(max_iter):
-        q = em_step(data, p, prior)
+        q = em_step(obs, p, prior)
         delta = max(
             float(np.max(np.abs(q.mu - p.mu))),
             float(np.max(np.abs(q.sd - p.sd))),
@@ -365,7 +388,7 @@ def best_floor(curve: RevenueCurve, floor_min: float, floor_max: float, n_grid: 
         a = np.maximum(grid[j] - step, lo)
         b = np.minimum(grid[j] + step, hi)
         ratio = (math.sqrt(5) - 1) / 2
-        for _ in range(24):
+        for _ in range(18):
             c1 = b - ratio * (b - a)
             c2 = a + ratio * (b - a)
             r1 = curve.revenue(c1[:, None])[:, 0]

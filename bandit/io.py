@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,16 +95,20 @@ def batch_from_frame(placement: PlacementConfig, frame: Any) -> EventBatch:
     elif not isinstance(frame, pl.DataFrame):
         try:
             frame = pl.from_arrow(frame)
-        except Exception as exc:  # noqa: BLE001 - any non-frame input is the caller's error
-            raise InvalidOutcome(f"expected outcome events as a list, a polars frame or an Arrow table: {exc}") from None
+        except Exception as exc:
+            raise InvalidOutcome(
+                f"expected outcome events as a list, a polars frame or an Arrow table: {exc}"
+            ) from None
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise InvalidOutcome(f"outcome frame lacks columns {missing}")
     if "placement" in frame.columns:
         frame = frame.filter(pl.col("placement") == placement.id)
     ids = placement.network_ids
-    codes = frame["network"].cast(pl.String).replace_strict(
-        {n: i for i, n in enumerate(ids)}, default=-1, return_dtype=pl.Int64
+    codes = (
+        frame["network"]
+        .cast(pl.String)
+        .replace_strict({n: i for i, n in enumerate(ids)}, default=-1, return_dtype=pl.Int64)
     )
     if (codes < 0).any():
         bad = frame["network"].filter(codes < 0)[0]
@@ -148,7 +154,7 @@ def load_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             state = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise InvalidState(f"cannot read policy state {str(path)!r}: {exc}") from None
     if "meta" not in state:
         raise InvalidState(f"{str(path)!r} is not a policy state (no meta)")
@@ -157,6 +163,9 @@ def load_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def state_meta(state: Mapping[str, np.ndarray]) -> dict:
     try:
-        return json.loads(str(state["meta"]))
+        meta = json.loads(str(state["meta"]))
     except (KeyError, ValueError) as exc:
         raise InvalidState(f"policy state has no readable meta: {exc}") from None
+    if not isinstance(meta, dict):
+        raise InvalidState("policy state has no readable meta: not a JSON object")
+    return meta

@@ -9,11 +9,16 @@ import numpy as np
 
 from bandit.errors import InvalidConfig, InvalidState
 from bandit.io import state_meta
+from bandit.policies.epsilon_greedy import EpsilonGreedyPolicy
+from bandit.policies.grid_ts import GridThompsonPolicy
 from bandit.policies.static import StaticPolicy
+from bandit.policies.ts_gmm import ThompsonGmmPolicy
+from bandit.policies.ucb1 import UCB1Policy
 from bandit.policy import STATE_SCHEMA_VERSION, Policy
 from bandit.types import PlacementConfig
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (StaticPolicy,)}
+_CLASSES = (EpsilonGreedyPolicy, GridThompsonPolicy, StaticPolicy, ThompsonGmmPolicy, UCB1Policy)
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in _CLASSES}
 
 
 def make_policy(name: str, placement: PlacementConfig, **params: Any) -> Policy:
@@ -38,4 +43,10 @@ def policy_from_state(state: Mapping[str, np.ndarray]) -> Policy:
     cls = POLICIES.get(meta.get("policy"))
     if cls is None:
         raise InvalidState(f"policy state names unknown policy {meta.get('policy')!r}")
-    return cls._from_state(state, meta)
+    try:
+        return cls._from_state(state, meta)
+    except InvalidState:
+        raise
+    except (KeyError, IndexError, ValueError, TypeError) as exc:
+        # Missing arrays or fields, wrong shapes, a meta that no longer validates.
+        raise InvalidState(f"policy state of {meta.get('policy')!r} is corrupt: {exc!r}") from None

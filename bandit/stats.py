@@ -171,9 +171,9 @@ class SufficientStats:
             weight = np.ones(len(batch))
         cell = rows[batch.segment_index] * self.n_networks + batch.network
         n_cells = len(self.segments) * self.n_networks
-        self.data += accumulate(
-            cell, n_cells, batch.floor_cpm, batch.filled, batch.revenue_cpm, weight
-        ).reshape(self.data.shape)
+        self.data += accumulate(cell, n_cells, batch.floor_cpm, batch.filled, batch.revenue_cpm, weight).reshape(
+            self.data.shape
+        )
         return np.unique(rows[batch.segment_index])
 
     def merge(self, other: SufficientStats) -> None:

@@ -121,8 +121,7 @@ class PlacementConfig:
             if n.id == network:
                 return i
         raise UnknownNetwork(
-            f"network {network!r} is not configured for placement {self.id!r}; "
-            f"known networks: {list(self.network_ids)}"
+            f"network {network!r} is not configured for placement {self.id!r}; known networks: {list(self.network_ids)}"
         )
 
     def segment_of(self, context: Mapping[str, object] | None) -> str:

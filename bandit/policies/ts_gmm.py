@@ -27,7 +27,8 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable, floor_bin_propensity, prob_best_normal
+from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable, allocate_shares, floor_bin_propensity
+from bandit.errors import InvalidConfig
 from bandit.gmm import GmmParams, Prior, RevenueCurve, best_floor, censored_data, fit, initial_params
 from bandit.policies.common import detect_auction
 from bandit.policy import Policy
@@ -38,7 +39,7 @@ from bandit.types import ALL_SEGMENTS, PlacementConfig
 EXPLORE_FACTORS = (0.5, 0.75)
 
 
-def shrinkage_strength(data: NDArray[np.float64], default: float = 200.0) -> NDArray[np.float64]:
+def shrinkage_strength(data: NDArray[np.float64], default: float = 20.0) -> NDArray[np.float64]:
     """Empirical-Bayes prior strength per network [N], in pseudo-requests, from segment stats [S, N, F, B].
 
     Normal–normal model of revenue per request: segment means scatter around the placement
@@ -87,9 +88,8 @@ class ThompsonGmmPolicy(Policy):
         prior_strength: float = 2.0,
         explore_floor: float = 0.02,
         typical_cpm: float | None = None,
-        half_life_hours: float = 6.0,
+        half_life_hours: float = 3.0,
         seed: int | None = None,
-        **params,
     ) -> None:
         self.n_components = int(n_components)
         self.n_draws = int(n_draws)
@@ -97,14 +97,12 @@ class ThompsonGmmPolicy(Policy):
         self.explore_floor = float(explore_floor)
         self.typical_cpm = typical_cpm
         if self.n_components < 1 or self.n_draws < 2 or not 0 <= self.explore_floor < 1 or self.prior_strength <= 0:
-            from bandit.errors import InvalidConfig
-
             raise InvalidConfig(
                 "ts_gmm needs n_components >= 1, n_draws >= 2, prior_strength > 0 and 0 <= explore_floor < 1"
             )
         self._fits: dict[tuple[str, int], GmmParams] = {}
         self._fit_rng = np.random.default_rng(None if seed is None else [seed, 1])
-        self._kappa = np.full(len(placement.networks), 200.0)
+        self._kappa = np.full(len(placement.networks), 20.0)
         super().__init__(
             placement,
             half_life_hours=half_life_hours,
@@ -114,7 +112,6 @@ class ThompsonGmmPolicy(Policy):
             prior_strength=self.prior_strength,
             explore_floor=self.explore_floor,
             typical_cpm=typical_cpm,
-            **params,
         )
 
     # ----------------------------------------------------------------- modelling
@@ -145,10 +142,10 @@ class ThompsonGmmPolicy(Policy):
         if start is None:
             mle = fit(data, initial_params(prior), prior, max_iter=200, tol=1e-5)
         else:
-            mle = fit(data, start, prior, max_iter=40, tol=1e-5)
+            mle = fit(data, start, prior, max_iter=12, tol=1e-5)
         self._fits[(segment, network)] = mle
         boot = data.reweighted(self._fit_rng, self.n_draws)
-        draws = fit(boot, mle.repeat(self.n_draws), self._prior(network, self.n_draws, self._fit_rng), max_iter=8)
+        draws = fit(boot, mle.repeat(self.n_draws), self._prior(network, self.n_draws, self._fit_rng), max_iter=6)
         floors, revenue = best_floor(RevenueCurve.of(draws, second), cfg.floor_min_cpm, cfg.floor_max_cpm)
         return floors, revenue, mle, second
 
@@ -183,7 +180,7 @@ class ThompsonGmmPolicy(Policy):
                 float(curve.fill_rate(at)[0, 0]),
                 AUCTION_CODES.index("second" if second else "first"),
             )
-        weights = self._constrain(prob_best_normal(best.mean(axis=1), best.std(axis=1)))
+        weights = allocate_shares(best.mean(axis=1), best.std(axis=1), self._lo, self._hi)
         bins = price_bin(log_price(floors))
         return SegmentTable(weights, floors, probs, floor_bin_propensity(floors, probs, bins), summary)
 

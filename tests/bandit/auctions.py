@@ -18,7 +18,7 @@ def sample_auctions(
     """(filled [n], revenue_cpm [n]) for Poisson(lam) bidders with log-normal-mixture values."""
     n = len(floors)
     k = rng.poisson(lam, n)
-    width = max(int(k.max()), 2)
+    width = max(int(k.max(initial=0)), 2)
     comp = rng.choice(len(pi), size=(n, width), p=pi)
     values = np.exp(rng.normal(np.asarray(mu)[comp], np.asarray(sd)[comp]))
     values[np.arange(width)[None, :] >= k[:, None]] = 0.0

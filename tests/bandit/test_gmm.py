@@ -9,6 +9,7 @@ import pytest
 
 from bandit.gmm import (
     GmmParams,
+    ObservationSets,
     Prior,
     RevenueCurve,
     best_floor,
@@ -75,7 +76,7 @@ def test_em_never_decreases_the_likelihood(second_price):
     p = initial_params(prior)
     previous = -np.inf
     for _ in range(40):
-        p = em_step(data, p, prior)
+        p = em_step(ObservationSets.of(data), p, prior)
         ll = float(log_likelihood(data, p)[0])
         assert ll >= previous - 1e-6 * abs(ll)
         previous = ll
@@ -84,9 +85,7 @@ def test_em_never_decreases_the_likelihood(second_price):
 @pytest.mark.parametrize("second_price", [False, True])
 @pytest.mark.parametrize("floor", [0.0, 0.5, 1.5, 4.0])
 def test_revenue_curve_matches_brute_force_auctions(second_price, floor):
-    truth = GmmParams(
-        np.array([TRUE["lam"]]), np.array([TRUE["pi"]]), np.array([TRUE["mu"]]), np.array([TRUE["sd"]])
-    )
+    truth = GmmParams(np.array([TRUE["lam"]]), np.array([TRUE["pi"]]), np.array([TRUE["mu"]]), np.array([TRUE["sd"]]))
     curve = RevenueCurve.of(truth, second_price)
     rng = np.random.default_rng(11)
     n = 400_000

@@ -1,0 +1,143 @@
+"""Learning quality of the TS + censored-GMM policy on simulated markets with known truth.
+
+Every claim is checked on five seeds; the markets are the simulator's core scenarios
+(4 networks, first and second price mixed, best floors inside the bounds, 10,000
+requests per simulated hour, outcomes fed back in batches of 2,000).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bandit import EventBatch, NetworkConfig, PlacementConfig, make_policy
+from simulator.market import Market
+from simulator.runner import build_policy, capture, run
+from simulator.scenario import load_scenario
+from tests.bandit.auctions import sample_auctions
+
+SEEDS = range(5)
+N_REQUESTS = 300_000
+DROP_AT = 150_000  # core_drift: the best network's prices halve at simulated hour 15
+
+
+@pytest.fixture(scope="module")
+def stationary_runs():
+    market = Market(load_scenario("core_stationary"))
+    runs = {}
+    for name in ("ts_gmm", "grid_ts"):
+        for seed in SEEDS:
+            runs[name, seed] = run(build_policy(name, market, seed=seed), market, N_REQUESTS, seed=seed, batch_size=2000)
+    return runs
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_captures_oracle_revenue_on_a_stationary_market(stationary_runs, seed):
+    trajectory = stationary_runs["ts_gmm", seed]
+    assert capture(trajectory) >= 0.98
+    assert capture(trajectory, last=50_000) >= 0.995
+
+
+def test_gmm_beats_plain_grid_thompson_sampling(stationary_runs):
+    gain = np.array([capture(stationary_runs["ts_gmm", s]) - capture(stationary_runs["grid_ts", s]) for s in SEEDS])
+    assert np.all(gain > 0), gain
+    assert gain.mean() > 3 * gain.std(ddof=1) / math.sqrt(len(gain)), gain
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_recovers_within_30000_requests_after_the_best_network_halves(seed):
+    market = Market(load_scenario("core_drift"))
+    trajectory = run(build_policy("ts_gmm", market, seed=seed), market, 220_000, seed=seed, batch_size=2000)
+    assert capture(trajectory, start=DROP_AT + 30_000, stop=DROP_AT + 45_000) >= 0.98
+
+
+def _placement(**network_kwargs) -> PlacementConfig:
+    return PlacementConfig(
+        "p", tuple(NetworkConfig(f"n{i}", **network_kwargs.get(f"n{i}", {})) for i in range(3)), ("country",)
+    )
+
+
+def _feed(policy, rng, truths, n, segment="*", ts0=1.8e9, batches=10):
+    """Decide and learn ``batches`` times on brute-force auctions; returns the mean revenue."""
+    revenue = []
+    for b in range(batches):
+        db = policy.decide_batch([segment] * n, rng=rng)
+        filled = np.zeros(n, bool)
+        paid = np.zeros(n)
+        for j, truth in enumerate(truths):
+            rows = db.network == j
+            filled[rows], paid[rows] = sample_auctions(rng, db.floor_cpm[rows], **truth)
+        ts = ts0 + b * 600.0 + np.arange(n) * 1e-3
+        policy.update(
+            EventBatch.from_arrays(
+                policy.placement,
+                segments=(segment,),
+                segment_index=np.zeros(n, np.int64),
+                network=db.network,
+                floor_cpm=db.floor_cpm,
+                filled=filled,
+                revenue_cpm=paid,
+                ts=ts,
+            )
+        )
+        revenue.append(paid.mean())
+    return float(np.mean(revenue[-3:]))
+
+
+def _truth(scale, second=True, lam=3.0):
+    return dict(lam=lam, pi=[1.0], mu=[math.log(scale)], sd=[0.4], second_price=second)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_floors_above_all_bids_do_not_trap_the_policy(seed):
+    """The prior believes in 30 CPM bids; real bids are ~0.5 CPM. Censored no-fills and the
+    lower-floor exploration path must bring the floors down to where fills happen."""
+    placement = PlacementConfig("p", (NetworkConfig("only", 0.05, 50.0),))
+    policy = make_policy("ts_gmm", placement, seed=seed, typical_cpm=30.0)
+    rng = np.random.default_rng(seed)
+    truth = _truth(0.5)
+    achieved = _feed(policy, rng, [truth], 2000, batches=12)
+    floors = np.exp(np.linspace(math.log(0.05), math.log(5.0), 400))
+    best = max(sample_auctions(np.random.default_rng(0), np.full(20_000, f), **truth)[1].mean() for f in floors[::20])
+    assert achieved >= 0.9 * best
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_share_contract_holds_and_surplus_goes_to_the_next_best(seed):
+    placement = PlacementConfig(
+        "p",
+        (
+            NetworkConfig("n0", 0.05, 20.0, max_share=0.6),
+            NetworkConfig("n1", 0.05, 20.0),
+            NetworkConfig("n2", 0.05, 20.0, min_share=0.1),
+        ),
+    )
+    policy = make_policy("ts_gmm", placement, seed=seed)
+    rng = np.random.default_rng(seed)
+    _feed(policy, rng, [_truth(3.0), _truth(2.0), _truth(0.5)], 2000, batches=15)
+    weights = [n.weight for n in policy.allocation().networks]
+    assert weights[0] <= 0.6 + 1e-12 and weights[2] >= 0.1 - 1e-12
+    assert sum(weights) == pytest.approx(1.0, abs=1e-12)
+    assert weights[0] == pytest.approx(0.6, abs=0.02)
+    assert weights[1] == pytest.approx(0.3, abs=0.03)  # the surplus goes to the runner-up
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_segment_borrows_strength_then_moves_to_its_own_estimates(seed):
+    """In segment KR network n0 is best; in US n1 is. A new US segment first follows the
+    placement level, and with its own data moves to n1."""
+    placement = _placement()
+    policy = make_policy("ts_gmm", placement, seed=seed)
+    rng = np.random.default_rng(seed)
+    kr = [_truth(3.0), _truth(1.0), _truth(0.5)]
+    us = [_truth(0.8), _truth(2.5), _truth(0.5)]
+    _feed(policy, rng, kr, 2000, segment="KR", batches=10)
+    _feed(policy, rng, us, 20, segment="US", batches=1, ts0=1.8e9 + 6000)
+    early = policy.allocation("US").networks
+    assert early[0].weight > 0.5  # little own data: the placement level (n0) dominates
+    _feed(policy, rng, us, 2000, segment="US", batches=8, ts0=1.8e9 + 7000)
+    late = policy.allocation("US").networks
+    assert late[1].weight > 0.9
+    assert policy.allocation("KR").networks[0].weight > 0.9
