@@ -28,15 +28,33 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable, allocate_shares, floor_bin_propensity
+from bandit.drift import cusum_step, revenue_deviation
 from bandit.errors import InvalidConfig
+from bandit.events import EventBatch
 from bandit.gmm import GmmParams, Prior, RevenueCurve, best_floor, censored_data, fit, initial_params
 from bandit.policies.common import detect_auction
-from bandit.policy import Policy
-from bandit.stats import REQUESTS, REVENUE, REVENUE_SQ, log_price, price_bin
+from bandit.policy import Policy, as_event_batch
+from bandit.stats import FILLS, REQUESTS, REVENUE, REVENUE_SQ, log_price, price_bin
 from bandit.types import ALL_SEGMENTS, PlacementConfig
 
 #: Multipliers of the current floor tried on the exploration path.
 EXPLORE_FACTORS = (0.5, 0.75)
+#: Exploration probability of a network that (almost) never fills at its floors.
+TRAPPED_EXPLORE = 0.3
+
+
+def exploration_probability(base: float, stats: NDArray[np.float64], trapped_fill: float = 0.1) -> float:
+    """Probability of a lower exploration floor for one network given its statistics [F, B].
+
+    ``base`` normally; rising to ``TRAPPED_EXPLORE`` as the (discounted) fill rate falls
+    below ``trapped_fill``: a network that almost never fills earns almost nothing at its
+    current floors, so trying lower ones costs nothing and is the way out of the trap.
+    """
+    requests = stats[REQUESTS].sum()
+    if requests < 1.0:
+        return base
+    fill = stats[FILLS].sum() / requests
+    return base + (TRAPPED_EXPLORE - base) * max(0.0, 1.0 - fill / trapped_fill)
 
 
 def shrinkage_strength(data: NDArray[np.float64], default: float = 20.0) -> NDArray[np.float64]:
@@ -74,7 +92,10 @@ class ThompsonGmmPolicy(Policy):
     - ``prior_strength``: pseudo-requests of the weak prior;
     - ``explore_floor``: probability of a lower exploration floor;
     - ``typical_cpm``: prior centre of bid values (default: geometric middle of the bounds);
-    - ``half_life_hours``: time discounting of all statistics (event time).
+    - ``half_life_hours``: time discounting of all statistics (event time);
+    - ``change_threshold``: CUSUM threshold of the change detector (0 turns it off; with it
+      off, the state does not depend on batch order at all);
+    - ``change_forget``: share of a cell's history kept when a change is detected.
     """
 
     name = "ts_gmm"
@@ -86,9 +107,11 @@ class ThompsonGmmPolicy(Policy):
         n_components: int = 3,
         n_draws: int = 16,
         prior_strength: float = 2.0,
-        explore_floor: float = 0.02,
+        explore_floor: float = 0.01,
         typical_cpm: float | None = None,
         half_life_hours: float = 3.0,
+        change_threshold: float = 12.0,
+        change_forget: float = 0.05,
         seed: int | None = None,
     ) -> None:
         self.n_components = int(n_components)
@@ -100,7 +123,13 @@ class ThompsonGmmPolicy(Policy):
             raise InvalidConfig(
                 "ts_gmm needs n_components >= 1, n_draws >= 2, prior_strength > 0 and 0 <= explore_floor < 1"
             )
+        self.change_threshold = float(change_threshold)
+        self.change_forget = float(change_forget)
+        if self.change_threshold < 0 or not 0 <= self.change_forget <= 1:
+            raise InvalidConfig("ts_gmm needs change_threshold >= 0 and 0 <= change_forget <= 1")
+        self.changes_detected = 0
         self._fits: dict[tuple[str, int], GmmParams] = {}
+        self._cusum: dict[tuple[str, int], NDArray[np.float64]] = {}
         self._fit_rng = np.random.default_rng(None if seed is None else [seed, 1])
         self._kappa = np.full(len(placement.networks), 20.0)
         super().__init__(
@@ -112,6 +141,8 @@ class ThompsonGmmPolicy(Policy):
             prior_strength=self.prior_strength,
             explore_floor=self.explore_floor,
             typical_cpm=typical_cpm,
+            change_threshold=self.change_threshold,
+            change_forget=self.change_forget,
         )
 
     # ----------------------------------------------------------------- modelling
@@ -125,6 +156,40 @@ class ThompsonGmmPolicy(Policy):
             # Randomised prior: each draw's prior centre moves, so draws differ even without data.
             center += rng.normal(0.0, 0.75, size=(n_draws, 1))
         return Prior(lam0=2.0, center=center, spread=1.0, strength=self.prior_strength)
+
+    def update(self, events) -> None:
+        """Learn from outcome events; first check each (segment, network) for a change."""
+        batch = as_event_batch(self.placement, events)
+        if self.change_threshold > 0 and len(batch):
+            self._detect_changes(batch)
+        super().update(batch)
+
+    def _detect_changes(self, batch: EventBatch) -> None:
+        """Compare each cell's batch with its own history at the same floor bins (model-free,
+        so a model still learning about new floors is never mistaken for a change)."""
+        cell = batch.segment_index * len(self.placement.networks) + batch.network
+        order = np.argsort(cell, kind="stable")
+        bounds = np.flatnonzero(np.diff(cell[order])) + 1
+        for rows in np.split(order, bounds):
+            seg = batch.segments[int(batch.segment_index[rows[0]])]
+            j = int(batch.network[rows[0]])
+            row = self.stats.segment_row(seg)
+            if row is None:
+                continue
+            history = self.stats.data[row, j]
+            bins = price_bin(log_price(batch.floor_cpm[rows]))
+            known = history[REQUESTS, bins] >= 20.0
+            if known.sum() < 30:
+                continue
+            predicted = history[REVENUE, bins[known]] / history[REQUESTS, bins[known]]
+            dev = revenue_deviation(batch.revenue_cpm[rows[known]], predicted)
+            key = (seg, j)
+            state = cusum_step(self._cusum.get(key, np.zeros(2)), dev.z, slack=3.0)
+            if state.max() > self.change_threshold and abs(dev.relative) > 0.15:
+                self.stats.data[row, j] *= self.change_forget
+                self.changes_detected += 1
+                state = np.zeros(2)
+            self._cusum[key] = state
 
     def _refresh(self, segments) -> None:
         self._kappa = shrinkage_strength(self.stats.data)
@@ -166,8 +231,9 @@ class ThompsonGmmPolicy(Policy):
             f_mid = float(np.median(f_draw))
             explore = [cfg.clip_floor(f_mid * factor) for factor in EXPLORE_FACTORS]
             floors[j] = np.concatenate([f_draw, explore])
-            probs[j, :m] = (1.0 - self.explore_floor) / m
-            probs[j, m:] = self.explore_floor / len(EXPLORE_FACTORS)
+            explore_p = exploration_probability(self.explore_floor, stats[j])
+            probs[j, :m] = (1.0 - explore_p) / m
+            probs[j, m:] = explore_p / len(EXPLORE_FACTORS)
             curve = RevenueCurve.of(mle, second)
             log_mid = np.log(max(f_mid, 1e-9)) if f_mid > 0 else -np.inf
             at = np.array([[max(log_mid, -50.0)]])
@@ -196,6 +262,10 @@ class ThompsonGmmPolicy(Policy):
             "gmm_params": packed,
             "gmm_kappa": self._kappa.copy(),
             "gmm_fit_rng": np.array(json.dumps(self._fit_rng.bit_generator.state)),
+            "drift_meta": np.array(json.dumps({"changes_detected": self.changes_detected})),
+            "drift_keys": np.array([s for s, _ in self._cusum], dtype=np.str_),
+            "drift_networks": np.array([j for _, j in self._cusum], dtype=np.int64),
+            "drift_cusum": np.array(list(self._cusum.values())).reshape(-1, 2),
         }
 
     def _load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -205,5 +275,10 @@ class ThompsonGmmPolicy(Policy):
             for j in range(state["gmm_params"].shape[1])
             if not np.isnan(state["gmm_params"][i, j, 0])
         }
+        self._cusum = {
+            (str(seg), int(j)): np.array(c, dtype=np.float64)
+            for seg, j, c in zip(state["drift_keys"], state["drift_networks"], state["drift_cusum"], strict=True)
+        }
+        self.changes_detected = int(json.loads(str(state["drift_meta"]))["changes_detected"])
         self._kappa = np.array(state["gmm_kappa"], dtype=np.float64)
         self._fit_rng.bit_generator.state = json.loads(str(state["gmm_fit_rng"]))

@@ -29,7 +29,9 @@ def stationary_runs():
     runs = {}
     for name in ("ts_gmm", "grid_ts"):
         for seed in SEEDS:
-            runs[name, seed] = run(build_policy(name, market, seed=seed), market, N_REQUESTS, seed=seed, batch_size=2000)
+            policy = build_policy(name, market, seed=seed)
+            runs[name, seed] = run(policy, market, N_REQUESTS, seed=seed, batch_size=2000)
+            runs[name, seed, "policy"] = policy
     return runs
 
 
@@ -38,6 +40,10 @@ def test_captures_oracle_revenue_on_a_stationary_market(stationary_runs, seed):
     trajectory = stationary_runs["ts_gmm", seed]
     assert capture(trajectory) >= 0.98
     assert capture(trajectory, last=50_000) >= 0.995
+
+
+def test_change_detector_raises_no_false_alarm_on_a_stationary_market(stationary_runs):
+    assert [stationary_runs["ts_gmm", s, "policy"].changes_detected for s in SEEDS] == [0] * len(SEEDS)
 
 
 def test_gmm_beats_plain_grid_thompson_sampling(stationary_runs):
@@ -51,6 +57,21 @@ def test_recovers_within_30000_requests_after_the_best_network_halves(seed):
     market = Market(load_scenario("core_drift"))
     trajectory = run(build_policy("ts_gmm", market, seed=seed), market, 220_000, seed=seed, batch_size=2000)
     assert capture(trajectory, start=DROP_AT + 30_000, stop=DROP_AT + 45_000) >= 0.98
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_change_detector_speeds_up_recovery(seed):
+    """With the detector the first 30,000 requests after the drop already capture most of the
+    new oracle; with discounting alone they do not (what the detector is for)."""
+    market = Market(load_scenario("core_drift"))
+    window = {"start": DROP_AT, "stop": DROP_AT + 30_000}
+    detected = build_policy("ts_gmm", market, seed=seed)
+    with_detector = capture(run(detected, market, 190_000, seed=seed, batch_size=2000), **window)
+    plain = build_policy("ts_gmm", market, {"change_threshold": 0.0}, seed=seed)
+    without = capture(run(plain, market, 190_000, seed=seed, batch_size=2000), **window)
+    assert detected.changes_detected >= 1 and plain.changes_detected == 0
+    assert with_detector >= 0.93
+    assert with_detector > without + 0.05
 
 
 def _placement(**network_kwargs) -> PlacementConfig:
@@ -101,7 +122,7 @@ def test_floors_above_all_bids_do_not_trap_the_policy(seed):
     achieved = _feed(policy, rng, [truth], 2000, batches=12)
     floors = np.exp(np.linspace(math.log(0.05), math.log(5.0), 400))
     best = max(sample_auctions(np.random.default_rng(0), np.full(20_000, f), **truth)[1].mean() for f in floors[::20])
-    assert achieved >= 0.9 * best
+    assert achieved >= 0.95 * best
 
 
 @pytest.mark.parametrize("seed", SEEDS)
