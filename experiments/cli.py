@@ -1,0 +1,268 @@
+"""``adbandit simulate | ab | ope | tune | promote``: the experiment commands.
+
+:func:`register` adds them to the ``adbandit`` parser (``serving/cli.py``). Each handler
+returns the exit code; domain errors print one line to stderr and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bandit import AdbanditError
+
+
+def _csv(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn domain errors into a one-line message and exit code 2."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except AdbanditError as exc:
+            print(f"adbandit {args.command}: {exc}", file=sys.stderr)
+            return 2
+
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``simulate``, ``ab``, ``ope``, ``tune`` and ``promote`` to the ``adbandit`` parser."""
+    sim = subparsers.add_parser(
+        "simulate",
+        help="simulate a policy on a scenario over seeds (Ray), tracked in MLflow",
+        description="Run one policy on one simulated market over several seeds; log an MLflow run "
+        "(metrics, plots, scenario, final policy state) and print capture vs the oracle.",
+    )
+    sim.add_argument("--scenario", required=True, help="bundled scenario name or .toml path")
+    policy = sim.add_mutually_exclusive_group()
+    policy.add_argument("--policy", default="ts_gmm", help="policy name (default ts_gmm)")
+    policy.add_argument("--config", type=Path, help="policy config JSON (as written by tune --out)")
+    sim.add_argument("--seeds", type=_positive, default=5, help="number of seeds (default 5)")
+    sim.add_argument("--requests", type=_positive, default=None, help="requests per run (default: scenario's)")
+    sim.add_argument("--batch-size", type=_positive, default=2000, help="feedback batch size (default 2000)")
+    sim.add_argument("--root-seed", type=int, default=0, help="root of the seed sequence (default 0)")
+    sim.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    sim.add_argument("--experiment", default="adbandit", help="MLflow experiment (default adbandit)")
+    sim.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    sim.set_defaults(func=_guard(simulate_command))
+
+    ab = subparsers.add_parser(
+        "ab",
+        help="offline A/B evaluation of policies on common random numbers",
+        description="Evaluate policies on the same seeds of a scenario; print revenue per request, "
+        "capture, lift vs the control with a paired 95%% CI and p-value, and requests until within "
+        "1%% of the oracle.",
+    )
+    ab.add_argument("--scenario", required=True, help="bundled scenario name or .toml path")
+    ab.add_argument(
+        "--arms",
+        type=_csv,
+        default=["static", "grid_ts", "ts_gmm"],
+        help="comma-separated policy names or label=config.json (default static,grid_ts,ts_gmm)",
+    )
+    ab.add_argument("--control", default=None, help="control arm (default: the first)")
+    ab.add_argument("--seeds", type=_positive, default=20, help="number of seeds (default 20)")
+    ab.add_argument("--requests", type=_positive, default=None, help="requests per run (default: scenario's)")
+    ab.add_argument("--batch-size", type=_positive, default=2000, help="feedback batch size (default 2000)")
+    ab.add_argument("--root-seed", type=int, default=0, help="root of the seed sequence (default 0)")
+    ab.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    ab.add_argument("--experiment", default="adbandit-ab", help="MLflow experiment (default adbandit-ab)")
+    ab.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    ab.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
+    ab.set_defaults(func=_guard(ab_command))
+
+    ope = subparsers.add_parser(
+        "ope",
+        help="off-policy evaluation of a policy on logged decisions (IPS, SNIPS, DR)",
+        description="Estimate a candidate policy's revenue per request from logged decisions with "
+        "propensities. Logs need network, floor_cpm, propensity, floor_propensity, revenue_cpm (or "
+        "reward) and segment (or context).",
+    )
+    ope.add_argument("--logs", nargs="+", type=Path, required=True, metavar="PATH", help=".parquet/.ndjson logs")
+    cand = ope.add_mutually_exclusive_group(required=True)
+    cand.add_argument("--policy", help="policy name with default parameters (fresh, unlearned)")
+    cand.add_argument("--config", type=Path, help="policy config JSON")
+    cand.add_argument("--state", type=Path, help="saved policy state (.npz), e.g. a snapshot or MLflow artifact")
+    where = ope.add_mutually_exclusive_group()
+    where.add_argument("--placement", type=Path, help="placement JSON (PUT body) for --policy/--config")
+    where.add_argument("--scenario", help="take the placement from a simulator scenario")
+    ope.add_argument("--placement-id", default=None, help="placement id for --placement (default: file stem)")
+    ope.add_argument("--folds", type=_positive, default=2, help="cross-fitting folds of the DR model (default 2)")
+    ope.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ope.set_defaults(func=_guard(ope_command))
+
+    tune = subparsers.add_parser(
+        "tune",
+        help="tune policy hyperparameters with Ray Tune (every trial an MLflow run)",
+        description="Random search over the policy's hyperparameters; objective = mean capture "
+        "over scenarios x seeds; the best configuration is written as JSON.",
+    )
+    tune.add_argument(
+        "--scenarios", type=_csv, default=["core_stationary", "core_drift"], help="comma-separated scenarios"
+    )
+    tune.add_argument("--trials", type=_positive, default=20, help="number of trials (default 20)")
+    tune.add_argument("--policy", default="ts_gmm", help="policy to tune (default ts_gmm)")
+    tune.add_argument("--seeds", type=_positive, default=3, help="seeds per scenario (default 3)")
+    tune.add_argument("--requests", type=_positive, default=None, help="requests per run (default: scenario's)")
+    tune.add_argument("--batch-size", type=_positive, default=2000, help="feedback batch size (default 2000)")
+    tune.add_argument("--root-seed", type=int, default=0, help="seeds both the runs and the search")
+    tune.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    tune.add_argument("--out", type=Path, default=Path("best.json"), help="best config file (default best.json)")
+    tune.add_argument("--experiment", default="adbandit-tune", help="MLflow experiment (default adbandit-tune)")
+    tune.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    tune.set_defaults(func=_guard(tune_command))
+
+    promote = subparsers.add_parser(
+        "promote",
+        help="register a run's policy state in the MLflow registry and move an alias to it",
+        description="Register the policy_state artifact of an MLflow run as a new model version and "
+        "point the alias (default champion) at it; `adbandit serve --model champion` loads it.",
+    )
+    promote.add_argument("run_id", metavar="RUN_ID", help="MLflow run id (printed by simulate)")
+    promote.add_argument("--name", default="adbandit-policy", help="registered model name")
+    promote.add_argument("--alias", default="champion", help="alias to set (default champion)")
+    promote.set_defaults(func=_guard(promote_command))
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    from experiments.config import PolicyConfig, read_policy_config
+    from experiments.simulate import simulate
+
+    config = read_policy_config(args.config) if args.config else PolicyConfig(args.policy)
+    result = simulate(
+        args.scenario,
+        config,
+        seeds=args.seeds,
+        n_requests=args.requests,
+        root_seed=args.root_seed,
+        address=args.address,
+        batch_size=args.batch_size,
+        track=not args.no_track,
+        experiment=args.experiment,
+        progress=sys.stderr.isatty(),
+    )
+    s = result.summary
+    print(
+        f"{config.policy} on {Path(args.scenario).stem}: capture {s['capture']:.4f} "
+        f"(sd {s['capture_sd']:.4f} over {args.seeds} seeds; last 20%: {s['capture_last']:.4f}), "
+        f"revenue per request {s['expected_revenue_per_request']:.4f} vs oracle "
+        f"{s['oracle_revenue_per_request']:.4f} CPM"
+    )
+    if result.run_id:
+        print(f"MLflow run {result.run_id}  (promote with: adbandit promote {result.run_id})")
+    return 0
+
+
+def ab_command(args: argparse.Namespace) -> int:
+    from experiments.ab import format_table, run_ab
+
+    table = run_ab(
+        args.scenario,
+        args.arms,
+        args.seeds,
+        args.requests,
+        args.control,
+        args.address,
+        root_seed=args.root_seed,
+        batch_size=args.batch_size,
+        track=not args.no_track,
+        experiment=args.experiment,
+        progress=sys.stderr.isatty(),
+    )
+    print(format_table(table))
+    if args.csv:
+        table.write_csv(args.csv)
+    return 0
+
+
+def _candidate(args: argparse.Namespace) -> Any:
+    from bandit import InvalidConfig, PlacementConfig, load_state, policy_from_state
+    from experiments.config import PolicyConfig, read_policy_config
+
+    if args.state:
+        return policy_from_state(load_state(args.state))
+    if args.scenario:
+        from simulator.scenario import load_scenario
+
+        placement = load_scenario(args.scenario).placement()
+    elif args.placement:
+        try:
+            body = json.loads(args.placement.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidConfig(f"cannot read placement {str(args.placement)!r}: {exc}") from None
+        placement = PlacementConfig.from_dict(args.placement_id or args.placement.stem, body)
+    else:
+        raise InvalidConfig("--policy/--config need the placement: give --placement FILE or --scenario NAME")
+    config = read_policy_config(args.config) if args.config else PolicyConfig(args.policy)
+    return config.build(placement)
+
+
+def ope_command(args: argparse.Namespace) -> int:
+    from bandit import read_events
+    from experiments.ope import LoggedDecisions, evaluate
+
+    policy = _candidate(args)
+    logs = LoggedDecisions.from_frame(policy.placement, read_events(args.logs))
+    estimates = evaluate(logs, policy, folds=args.folds)
+    if args.json:
+        print(json.dumps({k: e.to_dict() for k, e in estimates.items()}, indent=2))
+        return 0
+    print(f"candidate {policy.name} ({policy.model_version}) on {len(logs):,} logged requests")
+    print(f"{'estimator':<10}{'rev/req':>10}{'95% CI':>22}{'ESS':>10}")
+    for e in estimates.values():
+        print(f"{e.estimator:<10}{e.value:>10.4f}{f'[{e.ci_low:.4f}, {e.ci_high:.4f}]':>22}{e.ess:>10.0f}")
+    return 0
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    from experiments.tune import tune_policy
+
+    result = tune_policy(
+        args.policy,
+        args.scenarios,
+        trials=args.trials,
+        seeds=args.seeds,
+        n_requests=args.requests,
+        batch_size=args.batch_size,
+        root_seed=args.root_seed,
+        address=args.address,
+        out=args.out,
+        track=not args.no_track,
+        experiment=args.experiment,
+    )
+    print(
+        f"best {result.best.policy}: capture {result.best_capture:.4f} "
+        f"with {json.dumps(result.best.to_dict()['params'])}"
+    )
+    print(f"written to {args.out}")
+    if result.parent_run_id:
+        print(f"MLflow parent run {result.parent_run_id}")
+    return 0
+
+
+def promote_command(args: argparse.Namespace) -> int:
+    from experiments.model_registry import promote
+
+    promoted = promote(args.run_id, args.name, alias=args.alias)
+    print(f"registered {promoted.name} version {promoted.version} from run {promoted.run_id}; "
+          f"alias {promoted.alias!r} -> version {promoted.version}")  # fmt: skip
+    return 0

@@ -1,0 +1,115 @@
+"""The experiment commands through the ``adbandit`` entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from bandit import make_policy
+from experiments import tracking
+from experiments.ope import simulate_logs
+from serving.cli import build_parser, main
+from simulator.market import Market
+
+
+def _write_logs(path: Path) -> None:
+    market = Market("core_stationary")
+    logger = make_policy("epsilon_greedy", market.placement, epsilon=1.0, seed=0)
+    logs = simulate_logs(logger, market, 3000, seed=1)
+    ids = np.array(market.placement.network_ids)
+    pl.DataFrame(
+        {
+            "placement": market.placement.id,
+            "network": ids[logs.network],
+            "floor_cpm": logs.floor_cpm,
+            "propensity": logs.propensity,
+            "floor_propensity": logs.floor_propensity,
+            "filled": logs.reward > 0,
+            "revenue_cpm": logs.reward,
+            "segment": [logs.segments[i] for i in logs.segment_index],
+        }
+    ).write_parquet(path)
+
+
+def test_ope_command_prints_estimates_as_json(tmp_path: Path, capsys) -> None:
+    logs = tmp_path / "logs.parquet"
+    _write_logs(logs)
+    code = main(["ope", "--logs", str(logs), "--policy", "static", "--scenario", "core_stationary", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"ips", "snips", "dr"}
+    for est in out.values():
+        assert est["n"] == 3000 and est["ci_low"] <= est["value"] <= est["ci_high"]
+
+
+def test_ope_command_reads_a_saved_state(tmp_path: Path, capsys) -> None:
+    from bandit import save_state
+
+    logs = tmp_path / "logs.parquet"
+    _write_logs(logs)
+    state = tmp_path / "state.npz"
+    save_state(state, make_policy("static", Market("core_stationary").placement).state())
+    assert main(["ope", "--logs", str(logs), "--state", str(state)]) == 0
+    text = capsys.readouterr().out
+    assert "candidate static" in text and "dr" in text
+
+
+def test_domain_errors_exit_2_with_one_line(tmp_path: Path, capsys) -> None:
+    code = main(["ope", "--logs", str(tmp_path / "missing.parquet"), "--policy", "static", "--scenario", "stationary"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adbandit ope:") and "does not exist" in err
+    code = main(["ope", "--logs", str(tmp_path / "x.parquet"), "--policy", "static"])
+    assert code == 2 and "--placement FILE or --scenario" in capsys.readouterr().err
+
+
+def test_promote_command_moves_the_alias(mlflow_project: Path, capsys) -> None:
+    policy = make_policy("static", Market("core_stationary").placement, seed=5)
+    with tracking.start_run("cli", kind="simulate") as run:
+        tracking.log_policy_state(policy)
+    assert main(["promote", run.info.run_id, "--name", "cli-policy", "--alias", "staging"]) == 0
+    assert "alias 'staging'" in capsys.readouterr().out
+    from experiments.model_registry import load_model_state
+
+    assert "meta" in load_model_state("staging", name="cli-policy")
+
+
+def test_simulate_command_prints_capture_and_run_id(ray_cluster, mlflow_project: Path, capsys) -> None:
+    code = main(
+        ["simulate", "--scenario", "core_stationary", "--policy", "static", "--seeds", "2", "--requests", "2000"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "static on core_stationary: capture 0." in out
+    assert "adbandit promote " in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["ab", "--scenario", "drift"], {"arms": ["static", "grid_ts", "ts_gmm"], "seeds": 20, "requests": None}),
+        (
+            ["ab", "--scenario", "drift", "--arms", "static, ucb1", "--seeds", "5"],
+            {"arms": ["static", "ucb1"], "seeds": 5},
+        ),
+        (
+            ["tune", "--scenarios", "a,b", "--trials", "7", "--out", "x.json"],
+            {"scenarios": ["a", "b"], "trials": 7, "policy": "ts_gmm", "out": Path("x.json")},
+        ),
+        (["simulate", "--scenario", "s", "--address", "auto"], {"policy": "ts_gmm", "seeds": 5, "address": "auto"}),
+    ],
+)
+def test_arguments_parse_with_documented_defaults(argv: list[str], expected: dict) -> None:
+    args = build_parser().parse_args(argv)
+    for key, value in expected.items():
+        assert getattr(args, key) == value
+
+
+def test_seeds_must_be_positive(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ab", "--scenario", "s", "--seeds", "0"])
+    assert "must be >= 1" in capsys.readouterr().err

@@ -1,0 +1,43 @@
+"""The README figures: control choice and Markdown rendering (synthetic trajectories)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from experiments.report import markdown, versus_best_baseline
+from tests.experiments.trajectories import synthetic
+
+POLICIES = ["static", "ucb1", "ts_gmm"]
+
+
+def _trajectories(levels: dict[str, float], seeds: int = 4) -> dict:
+    rng = np.random.default_rng(0)
+    return {
+        p: [synthetic(np.full(12, c) + 0.01 * rng.random(12), seed=s) for s in range(seeds)] for p, c in levels.items()
+    }
+
+
+def test_control_is_the_best_baseline() -> None:
+    table = versus_best_baseline(_trajectories({"static": 0.80, "ucb1": 0.90, "ts_gmm": 0.95}), POLICIES)
+    lifts = dict(zip(table["arm"], table["lift"], strict=True))
+    assert lifts["ucb1"] is None  # the control
+    assert 0.04 < lifts["ts_gmm"] < 0.07
+    assert lifts["static"] < 0
+
+
+def test_markdown_has_a_capture_row_per_scenario_and_the_lift_table() -> None:
+    tables = {
+        "stationary": (
+            versus_best_baseline(_trajectories({"static": 0.8, "ucb1": 0.9, "ts_gmm": 0.97}), POLICIES),
+            {},
+        ),
+        "drift": (versus_best_baseline(_trajectories({"static": 0.9, "ucb1": 0.7, "ts_gmm": 0.85}), POLICIES), {}),
+    }
+    text = markdown(tables, 4, POLICIES)
+    lines = text.splitlines()
+    assert "| scenario | static | ucb1 | ts_gmm |" in lines
+    row = next(line for line in lines if line.startswith("| stationary |") and "±" in line)
+    assert row.count("**") == 2 and "**0.97" in row  # best policy in bold
+    lift_row = next(line for line in lines if line.startswith("| drift | static |"))
+    assert "-5." in lift_row or "−5." in lift_row
+    assert "| stationary | ucb1 |" in text
