@@ -1,0 +1,468 @@
+"""Market scenarios: frozen descriptions of a simulated ad market, read from TOML files.
+
+A scenario lists the placement's networks (auction type, bidder arrival, bid-value
+mixture, floor bounds, contract shares, demand caps), the audience segments (traffic
+share and per-network multipliers), hour-of-day seasonality and scheduled events
+(price shifts, fill collapses, networks leaving or joining). :class:`simulator.market.Market`
+turns it into a sampler with exact ground truth.
+
+Every field is checked on load; a bad file raises :class:`bandit.errors.InvalidConfig`
+whose message starts with the path of the field, e.g.
+``networks[2].auction: must be 'first' or 'second', got 'third'``.
+
+File layout (TOML; defaults in brackets)::
+
+    name, description, placement_id [name], currency ["USD"], start [2026-11-21T00:00:00Z]
+    requests_per_hour [10000], default_requests [200000], shock_sd [0]  # common value shock
+    segment_by = ["country", "os"]                                       # [] = one segment "*"
+    [[networks]]  id, auction ("first"|"second"), bidders (mean λ), dispersion [0 = Poisson],
+                  value_weights [equal], value_log_means, value_log_sds (log CPM mixture),
+                  shading [1, first price only], floor_min_cpm [0], floor_max_cpm [50],
+                  min_share [0], max_share [1], cap_fills_per_hour [inf],
+                  declared_auction [= auction; "auto" hides it from the policy]
+    [[segments]]  context = {country = "KR", os = "ios"}, share,
+                  bidders_mult = {network = x}, value_mult = {network = x}   # [1]
+    [seasonality] traffic = [24 values] | traffic_amplitude, traffic_peak_hour (UTC),
+                  demand = [24 values] | demand_amplitude, demand_peak_hour
+    [[events]]    at_hour, kind ("price_shift"|"fill_collapse"|"network_leaves"|
+                  "network_joins"), network, factor (price_shift, fill_collapse)
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from bandit.errors import AdbanditError, InvalidConfig
+from bandit.types import MAX_CPM, NetworkConfig, PlacementConfig
+
+#: Directory of the bundled scenario files (``load_scenario("stationary")`` looks here).
+SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+#: Default simulated start: a Saturday midnight UTC.
+DEFAULT_START = "2026-11-21T00:00:00Z"
+HOURS_PER_DAY = 24
+
+EventKind = Literal["price_shift", "fill_collapse", "network_leaves", "network_joins"]
+EVENT_KINDS: tuple[str, ...] = ("price_shift", "fill_collapse", "network_leaves", "network_joins")
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSpec:
+    """One network's true market and its placement settings.
+
+    Bids arrive as a Poisson process (``dispersion`` 0) or a negative binomial one
+    (``dispersion`` d > 0: variance of the bidder count = λ + d·λ²) with mean ``bidders``
+    (λ) per request; each bidder's value is drawn from a log-normal mixture in log CPM.
+    A first-price network pays its top bid, ``shading`` × the top value; a second-price
+    network pays max(second value, floor). Both fill iff the top bid clears the floor.
+    """
+
+    id: str
+    auction: Literal["first", "second"]
+    bidders: float
+    value_weights: tuple[float, ...]
+    value_log_means: tuple[float, ...]
+    value_log_sds: tuple[float, ...]
+    dispersion: float = 0.0
+    shading: float = 1.0
+    floor_min_cpm: float = 0.0
+    floor_max_cpm: float = 50.0
+    min_share: float = 0.0
+    max_share: float = 1.0
+    cap_fills_per_hour: float = math.inf
+    declared_auction: Literal["auto", "first", "second"] | None = None
+
+    def config(self) -> NetworkConfig:
+        """The placement's view of this network (what a policy is told)."""
+        return NetworkConfig(
+            id=self.id,
+            floor_min_cpm=self.floor_min_cpm,
+            floor_max_cpm=self.floor_max_cpm,
+            min_share=self.min_share,
+            max_share=self.max_share,
+            auction=self.declared_auction or self.auction,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentSpec:
+    """An audience segment: its context, traffic share and per-network multipliers
+    (tuples in network order) on the bidder rate λ and on the value scale."""
+
+    context: tuple[tuple[str, str], ...]
+    share: float
+    bidders_mult: tuple[float, ...]
+    value_mult: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Seasonality:
+    """Hour-of-day (UTC) multipliers: on the request rate and on every network's λ."""
+
+    traffic: tuple[float, ...] = (1.0,) * HOURS_PER_DAY
+    demand: tuple[float, ...] = (1.0,) * HOURS_PER_DAY
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """A change of the market at ``at_hour`` simulated hours after the start.
+
+    ``price_shift`` multiplies the network's value scale by ``factor``; ``fill_collapse``
+    multiplies its λ by ``factor``; ``network_leaves`` sets λ to 0 from then on;
+    ``network_joins`` keeps λ at 0 until then.
+    """
+
+    at_hour: float
+    kind: EventKind
+    network: int
+    factor: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A whole simulated market; see the module docstring and ``simulator/scenarios/*.toml``."""
+
+    name: str
+    networks: tuple[NetworkSpec, ...]
+    segments: tuple[SegmentSpec, ...]
+    segment_by: tuple[str, ...] = ()
+    requests_per_hour: float = 10_000.0
+    default_requests: int = 200_000
+    start_ts: float = datetime.fromisoformat(DEFAULT_START.replace("Z", "+00:00")).timestamp()
+    shock_sd: float = 0.0
+    seasonality: Seasonality = Seasonality()
+    events: tuple[EventSpec, ...] = ()
+    placement_id: str = ""
+    currency: str = "USD"
+    description: str = ""
+
+    @property
+    def network_ids(self) -> tuple[str, ...]:
+        return tuple(n.id for n in self.networks)
+
+    def placement(self) -> PlacementConfig:
+        """The placement configuration a policy is built for."""
+        return PlacementConfig(
+            self.placement_id or self.name,
+            tuple(n.config() for n in self.networks),
+            self.segment_by,
+            self.currency,
+        )
+
+    def segment_keys(self) -> tuple[str, ...]:
+        """Segment key of each segment (as ``PlacementConfig.segment_of`` makes it)."""
+        cfg = self.placement()
+        return tuple(cfg.segment_of(dict(s.context)) for s in self.segments)
+
+    @property
+    def has_caps(self) -> bool:
+        return any(math.isfinite(n.cap_fills_per_hour) for n in self.networks)
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any], name: str | None = None) -> Scenario:
+        """Validate a parsed TOML document; errors name the field's path."""
+        return _parse_scenario(_Fields(body, ""), name)
+
+
+def load_scenario(path_or_name: str | Path) -> Scenario:
+    """A scenario from a TOML file path, or by name from :data:`SCENARIO_DIR`."""
+    path = Path(path_or_name)
+    if path.suffix != ".toml" and not path.exists():
+        path = SCENARIO_DIR / f"{path_or_name}.toml"
+    if not path.exists():
+        raise InvalidConfig(f"scenario {str(path_or_name)!r} not found; bundled scenarios: {list_scenarios()}")
+    try:
+        body = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidConfig(f"scenario file {str(path)!r} is not valid TOML: {exc}") from None
+    return Scenario.from_dict(body, name=path.stem)
+
+
+def list_scenarios() -> list[str]:
+    """Names of the bundled scenarios."""
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
+
+
+# ---------------------------------------------------------------------------- parsing
+class _Fields:
+    """Reads one TOML table, remembering its path for error messages and the keys used."""
+
+    def __init__(self, body: Any, path: str) -> None:
+        if not isinstance(body, Mapping):
+            raise InvalidConfig(f"{path or 'scenario'}: must be a table")
+        self.body = body
+        self.path = path
+        self.used: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, what: str) -> InvalidConfig:
+        return InvalidConfig(f"{self.where(key)}: {what}")
+
+    def has(self, key: str) -> bool:
+        return key in self.body
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        self.used.add(key)
+        return self.body.get(key, default)
+
+    def number(
+        self,
+        key: str,
+        default: float | None = None,
+        *,
+        lo: float = -math.inf,
+        hi: float = math.inf,
+        lo_open: bool = False,
+        allow_inf: bool = False,
+    ) -> float:
+        value = self.raw(key, default)
+        if value is None:
+            raise self.fail(key, "is required")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(key, f"must be a number, got {value!r}")
+        value = float(value)
+        if math.isnan(value) or (math.isinf(value) and not allow_inf):
+            raise self.fail(key, f"must be a finite number, got {value!r}")
+        if value < lo or (lo_open and value == lo) or value > hi:
+            left = "(" if lo_open else "["
+            raise self.fail(key, f"must lie in {left}{lo:g}, {hi:g}], got {value:g}")
+        return value
+
+    def string(self, key: str, default: str | None = None, choices: Sequence[str] | None = None) -> str:
+        value = self.raw(key, default)
+        if value is None:
+            raise self.fail(key, "is required")
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"must be a non-empty string, got {value!r}")
+        if choices is not None and value not in choices:
+            options = " or ".join(repr(c) for c in choices)
+            raise self.fail(key, f"must be {options}, got {value!r}")
+        return value
+
+    def numbers(
+        self, key: str, *, length: int | None = None, lo: float = -math.inf, lo_open: bool = False
+    ) -> tuple[float, ...]:
+        value = self.raw(key)
+        if value is None:
+            raise self.fail(key, "is required")
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, f"must be a non-empty list of numbers, got {value!r}")
+        if length is not None and len(value) != length:
+            raise self.fail(key, f"must have {length} entries, got {len(value)}")
+        out = []
+        for i, v in enumerate(value):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise self.fail(key, f"entry {i} must be a finite number, got {v!r}")
+            if v < lo or (lo_open and v == lo):
+                raise self.fail(key, f"entry {i} must be {'>' if lo_open else '>='} {lo:g}, got {v!r}")
+            out.append(float(v))
+        return tuple(out)
+
+    def tables(self, key: str) -> list[_Fields]:
+        value = self.raw(key, [])
+        if not isinstance(value, list):
+            raise self.fail(key, "must be an array of tables ([[...]])")
+        return [_Fields(v, f"{self.where(key)}[{i}]") for i, v in enumerate(value)]
+
+    def table(self, key: str) -> _Fields | None:
+        value = self.raw(key)
+        return None if value is None else _Fields(value, self.where(key))
+
+    def done(self) -> None:
+        unknown = sorted(set(self.body) - self.used)
+        if unknown:
+            raise InvalidConfig(f"{self.path or 'scenario'}: unknown fields {unknown}")
+
+
+def _parse_network(f: _Fields) -> NetworkSpec:
+    net_id = f.string("id")
+    auction = f.string("auction", choices=("first", "second"))
+    weights = f.numbers("value_weights", lo=0.0, lo_open=True) if f.has("value_weights") else None
+    means = f.numbers("value_log_means")
+    sds = f.numbers("value_log_sds", lo=0.0, lo_open=True)
+    if weights is None:
+        weights = (1.0,) * len(means)
+    if not len(weights) == len(means) == len(sds):
+        raise f.fail(
+            "value_log_sds",
+            f"value_weights, value_log_means and value_log_sds must have equal lengths, "
+            f"got {len(weights)}, {len(means)}, {len(sds)}",
+        )
+    for m in means:
+        if not math.log(1e-3) <= m <= math.log(MAX_CPM):
+            raise f.fail(
+                "value_log_means",
+                f"log CPM means must lie in [log 0.001, log {MAX_CPM:g}], got {m:g}",
+            )
+    if max(sds) > 3.0:
+        raise f.fail("value_log_sds", f"must be <= 3 (log CPM), got {max(sds):g}")
+    total = sum(weights)
+    shading = f.number("shading", 1.0, lo=0.0, hi=1.0, lo_open=True)
+    if auction == "second" and shading != 1.0:
+        raise f.fail("shading", "applies to first-price networks only; remove it or set 1.0")
+    declared = f.raw("declared_auction")
+    if declared is not None and declared not in ("auto", "first", "second"):
+        raise f.fail("declared_auction", f"must be 'auto', 'first' or 'second', got {declared!r}")
+    spec = NetworkSpec(
+        id=net_id,
+        auction=auction,  # type: ignore[arg-type]
+        bidders=f.number("bidders", lo=0.0, hi=1000.0, lo_open=True),
+        value_weights=tuple(w / total for w in weights),
+        value_log_means=means,
+        value_log_sds=sds,
+        dispersion=f.number("dispersion", 0.0, lo=0.0, hi=100.0),
+        shading=shading,
+        floor_min_cpm=f.number("floor_min_cpm", 0.0, lo=0.0, hi=MAX_CPM),
+        floor_max_cpm=f.number("floor_max_cpm", 50.0, lo=0.0, hi=MAX_CPM),
+        min_share=f.number("min_share", 0.0, lo=0.0, hi=1.0),
+        max_share=f.number("max_share", 1.0, lo=0.0, hi=1.0),
+        cap_fills_per_hour=f.number("cap_fills_per_hour", math.inf, lo=0.0, lo_open=True, allow_inf=True),
+        declared_auction=declared,
+    )
+    if spec.floor_max_cpm < spec.floor_min_cpm:
+        raise f.fail(
+            "floor_max_cpm",
+            f"must be >= floor_min_cpm ({spec.floor_min_cpm:g}), got {spec.floor_max_cpm:g}",
+        )
+    if spec.max_share < spec.min_share:
+        raise f.fail("max_share", f"must be >= min_share ({spec.min_share:g}), got {spec.max_share:g}")
+    f.done()
+    return spec
+
+
+def _per_network(f: _Fields | None, ids: Sequence[str]) -> tuple[float, ...]:
+    if f is None:
+        return (1.0,) * len(ids)
+    unknown = sorted(set(f.body) - set(ids))
+    if unknown:
+        raise InvalidConfig(f"{f.path}: unknown networks {unknown}; known: {list(ids)}")
+    return tuple(f.number(i, 1.0, lo=0.0) if f.has(i) else 1.0 for i in ids)
+
+
+def _parse_segment(f: _Fields, ids: Sequence[str], segment_by: Sequence[str]) -> SegmentSpec:
+    ctx = f.table("context")
+    if ctx is None:
+        raise f.fail("context", "is required when segment_by is set")
+    if set(ctx.body) != set(segment_by):
+        raise InvalidConfig(
+            f"{ctx.path}: must give exactly the segment_by fields {list(segment_by)}, got {sorted(ctx.body)}"
+        )
+    context = tuple((k, ctx.string(k)) for k in segment_by)
+    spec = SegmentSpec(
+        context=context,
+        share=f.number("share", lo=0.0, hi=1.0, lo_open=True),
+        bidders_mult=_per_network(f.table("bidders_mult"), ids),
+        value_mult=_per_network(f.table("value_mult"), ids),
+    )
+    f.done()
+    return spec
+
+
+def _hourly(f: _Fields, key: str) -> tuple[float, ...]:
+    """24 multipliers, given as a list or as ``<key>_amplitude`` (+ ``<key>_peak_hour``):
+    1 + A·cos(2π(h − peak)/24)."""
+    if f.has(key):
+        if f.has(f"{key}_amplitude"):
+            raise f.fail(key, f"give either {key} or {key}_amplitude, not both")
+        return f.numbers(key, length=HOURS_PER_DAY, lo=0.0, lo_open=True)
+    amp = f.number(f"{key}_amplitude", 0.0, lo=0.0, hi=0.95)
+    peak = f.number(f"{key}_peak_hour", 20.0, lo=0.0, hi=24.0)
+    return tuple(1.0 + amp * math.cos(2 * math.pi * (h - peak) / HOURS_PER_DAY) for h in range(HOURS_PER_DAY))
+
+
+def _parse_event(f: _Fields, ids: Sequence[str]) -> EventSpec:
+    kind = f.string("kind", choices=EVENT_KINDS)
+    net = f.string("network")
+    if net not in ids:
+        raise f.fail("network", f"unknown network {net!r}; known: {list(ids)}")
+    needs_factor = kind in ("price_shift", "fill_collapse")
+    if not needs_factor and f.has("factor"):
+        raise f.fail("factor", f"does not apply to {kind!r}")
+    spec = EventSpec(
+        at_hour=f.number("at_hour", lo=0.0),
+        kind=kind,  # type: ignore[arg-type]
+        network=ids.index(net),
+        factor=f.number("factor", lo=0.0, hi=100.0, lo_open=True) if needs_factor else 1.0,
+    )
+    f.done()
+    return spec
+
+
+def _parse_start(f: _Fields) -> float:
+    value = f.raw("start", DEFAULT_START)
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise f.fail("start", f"must be an ISO 8601 time like {DEFAULT_START}, got {value!r}") from None
+    else:
+        raise f.fail("start", f"must be an ISO 8601 time like {DEFAULT_START}, got {value!r}")
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def _parse_scenario(f: _Fields, name: str | None) -> Scenario:
+    name = f.string("name", name)
+    nets_f = f.tables("networks")
+    if not nets_f:
+        raise f.fail("networks", "must list at least one network ([[networks]])")
+    networks = tuple(_parse_network(n) for n in nets_f)
+    ids = [n.id for n in networks]
+    if len(set(ids)) != len(ids):
+        raise f.fail(
+            "networks",
+            f"network ids must be unique; repeated: {sorted({i for i in ids if ids.count(i) > 1})}",
+        )
+    segment_by = f.raw("segment_by", [])
+    if not isinstance(segment_by, list) or not all(isinstance(s, str) and s for s in segment_by):
+        raise f.fail("segment_by", f"must be a list of context field names, got {segment_by!r}")
+    seg_f = f.tables("segments")
+    if segment_by and not seg_f:
+        raise f.fail("segments", "must list the segments ([[segments]]) when segment_by is set")
+    if seg_f and not segment_by:
+        raise f.fail("segment_by", "must name the context fields when segments are listed")
+    if seg_f:
+        segments = tuple(_parse_segment(s, ids, segment_by) for s in seg_f)
+    else:
+        segments = (SegmentSpec((), 1.0, (1.0,) * len(ids), (1.0,) * len(ids)),)
+    total = sum(s.share for s in segments)
+    if abs(total - 1.0) > 1e-6:
+        raise f.fail("segments", f"shares must sum to 1, got {total:g}")
+    contexts = [s.context for s in segments]
+    if len(set(contexts)) != len(contexts):
+        raise f.fail("segments", "two segments have the same context")
+    seas_f = f.table("seasonality")
+    seasonality = Seasonality()
+    if seas_f is not None:
+        seasonality = Seasonality(traffic=_hourly(seas_f, "traffic"), demand=_hourly(seas_f, "demand"))
+        seas_f.done()
+    events = tuple(sorted((_parse_event(e, ids) for e in f.tables("events")), key=lambda e: e.at_hour))
+    scenario = Scenario(
+        name=name,
+        networks=networks,
+        segments=segments,
+        segment_by=tuple(segment_by),
+        requests_per_hour=f.number("requests_per_hour", 10_000.0, lo=0.0, hi=1e9, lo_open=True),
+        default_requests=int(f.number("default_requests", 200_000, lo=1.0, hi=1e10)),
+        start_ts=_parse_start(f),
+        shock_sd=f.number("shock_sd", 0.0, lo=0.0, hi=2.0),
+        seasonality=seasonality,
+        events=events,
+        placement_id=f.string("placement_id", name),
+        currency=f.string("currency", "USD"),
+        description=str(f.raw("description", "")),
+    )
+    f.done()
+    try:
+        scenario.placement()
+    except AdbanditError as exc:
+        raise InvalidConfig(f"networks: {exc}") from None
+    return scenario
