@@ -42,6 +42,9 @@ def read_events(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> Any:
             raise InvalidOutcome(f"log file {str(p)!r}: use .parquet or .ndjson/.jsonl")
     if not frames:
         raise InvalidOutcome("no log files given")
+    # Files may write ts as ISO text or as epoch seconds: bring every file to epoch seconds
+    # before concatenating, so the column does not fall back to strings.
+    frames = [f.with_columns(ts=_epoch_seconds(f["ts"])) if "ts" in f.columns else f for f in frames]
     return pl.concat(frames, how="diagonal_relaxed")
 
 

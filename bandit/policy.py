@@ -79,26 +79,34 @@ class Policy:
         self._tables: dict[str, SegmentTable] = {}
         self._lo = np.array([n.min_share for n in placement.networks])
         self._hi = np.array([n.max_share for n in placement.networks])
-        self._refresh([])
+        self.refresh()
 
     # ------------------------------------------------------------------ learning
-    def update(self, events: EventBatch | Sequence[OutcomeEvent] | Any) -> None:
-        """Learn from outcome events: an :class:`EventBatch`, a list of events, or a polars frame."""
+    def update(self, events: EventBatch | Sequence[OutcomeEvent] | Any, *, refresh: bool = True) -> list[str]:
+        """Learn from outcome events: an :class:`EventBatch`, a list of events, or a polars frame.
+
+        Returns the segments the events touched. ``refresh=False`` only accumulates the
+        statistics (e.g. while replaying a log); call :meth:`refresh` with the touched
+        segments afterwards to rebuild their decision tables once.
+        """
         batch = as_event_batch(self.placement, events)
         if len(batch) == 0:
-            return
+            return []
         rows = self.stats.add(batch)
         self.updates += 1
-        self._refresh([self.stats.segments[r] for r in rows])
+        touched = [self.stats.segments[r] for r in rows]
+        if refresh:
+            self.refresh(touched)
+        return touched
 
     def merge(self, other: Policy) -> None:
         """Add statistics learned elsewhere (another worker) and refresh the tables."""
         self.stats.merge(other.stats)
         self.updates += 1
-        self._refresh(list(other.stats.segments))
+        self.refresh(list(other.stats.segments))
 
-    def _refresh(self, segments: Sequence[str]) -> None:
-        """Rebuild the tables of ``segments`` and of the whole placement."""
+    def refresh(self, segments: Sequence[str] = ()) -> None:
+        """Rebuild the decision tables of ``segments`` and of the whole placement."""
         pooled = self.stats.placement_level()
         self._tables[ALL_SEGMENTS] = self._build_table(ALL_SEGMENTS, pooled, pooled)
         for seg in segments:

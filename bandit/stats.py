@@ -174,7 +174,7 @@ class SufficientStats:
         self.data += accumulate(cell, n_cells, batch.floor_cpm, batch.filled, batch.revenue_cpm, weight).reshape(
             self.data.shape
         )
-        return np.unique(rows[batch.segment_index])
+        return np.flatnonzero(np.bincount(rows[batch.segment_index], minlength=len(self.segments)))
 
     def merge(self, other: SufficientStats) -> None:
         """Add another aggregate of the same placement (computed elsewhere) into this one."""

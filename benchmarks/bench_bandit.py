@@ -85,9 +85,7 @@ def synthetic_frame(n: int, seed: int) -> pl.DataFrame:
             "filled": filled,
             "revenue_cpm": revenue,
             "ts": pl.Series(ts.astype(np.int64)).cast(pl.Datetime("us", "UTC")),
-            "context": pl.DataFrame(
-                {"country": np.array(COUNTRIES)[country], "os": np.array(OSES)[os_]}
-            ).to_struct(),
+            "context": pl.DataFrame({"country": np.array(COUNTRIES)[country], "os": np.array(OSES)[os_]}).to_struct(),
         }
     )
 
@@ -196,9 +194,7 @@ def bench_ours(args: argparse.Namespace, frame: pl.DataFrame, table: Table) -> d
     )
     seg_keys = tuple(dict.fromkeys(keys))
     seg_index = np.array([seg_keys.index(k) for k in keys])
-    t_indexed = median_time(
-        lambda: policy.decide_indexed(seg_keys, seg_index, rng=rng), 15 if args.quick else 51
-    )
+    t_indexed = median_time(lambda: policy.decide_indexed(seg_keys, seg_index, rng=rng), 15 if args.quick else 51)
     table.add("decide_indexed, 10,000 requests [ms]", f"{t_indexed * 1e3:.2f}")
     keys_100k = keys * 10
     t_100k = median_time(lambda: policy.decide_batch(keys_100k, rng=rng), 3 if args.quick else 7)
@@ -237,9 +233,7 @@ def bench_mabwiser(args: argparse.Namespace, frame: pl.DataFrame, table: Table) 
     decisions = frame["network"].replace_strict(codes, return_dtype=pl.Int64).to_numpy()
     rewards = frame["filled"].to_numpy().astype(np.int64)
     n = len(decisions)
-    mab = MAB(
-        arms=list(range(len(NETWORKS))), learning_policy=LearningPolicy.ThompsonSampling(), seed=1
-    )
+    mab = MAB(arms=list(range(len(NETWORKS))), learning_policy=LearningPolicy.ThompsonSampling(), seed=1)
     mab.fit(decisions[:1000], rewards[:1000])
     t_fit = timed(lambda: mab.partial_fit(decisions, rewards))
     table.add(f"MABWiser TS partial_fit, {n:,} Bernoulli rewards [s]", f"{t_fit:.3f}")
@@ -256,9 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", default=default, choices=sorted(POLICIES))
     parser.add_argument("--quick", action="store_true", help="fewer repeats (same event count)")
-    parser.add_argument(
-        "--events", type=int, default=1_000_000, help="synthetic events (default 1e6)"
-    )
+    parser.add_argument("--events", type=int, default=1_000_000, help="synthetic events (default 1e6)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

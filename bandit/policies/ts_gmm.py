@@ -157,12 +157,12 @@ class ThompsonGmmPolicy(Policy):
             center += rng.normal(0.0, 0.75, size=(n_draws, 1))
         return Prior(lam0=2.0, center=center, spread=1.0, strength=self.prior_strength)
 
-    def update(self, events) -> None:
+    def update(self, events, *, refresh: bool = True) -> list[str]:
         """Learn from outcome events; first check each (segment, network) for a change."""
         batch = as_event_batch(self.placement, events)
         if self.change_threshold > 0 and len(batch):
             self._detect_changes(batch)
-        super().update(batch)
+        return super().update(batch, refresh=refresh)
 
     def _detect_changes(self, batch: EventBatch) -> None:
         """Compare each cell's batch with its own history at the same floor bins (model-free,
@@ -191,9 +191,9 @@ class ThompsonGmmPolicy(Policy):
                 state = np.zeros(2)
             self._cusum[key] = state
 
-    def _refresh(self, segments) -> None:
+    def refresh(self, segments=()) -> None:
         self._kappa = shrinkage_strength(self.stats.data)
-        super()._refresh(segments)
+        super().refresh(segments)
 
     def _network_draws(
         self, segment: str, network: int, stats: NDArray[np.float64]
@@ -203,11 +203,15 @@ class ThompsonGmmPolicy(Policy):
         second = detect_auction(stats, cfg.auction) == "second"
         data = censored_data(stats, second)
         prior = self._prior(network, 1, None)
+        # Warm start: this cell's last fit, else the placement level's (a segment is a
+        # perturbation of it), else the prior. Later updates keep refining from here.
         start = self._fits.get((segment, network))
-        if start is None:
-            mle = fit(data, initial_params(prior), prior, max_iter=200, tol=1e-5)
-        else:
+        if start is not None:
             mle = fit(data, start, prior, max_iter=12, tol=1e-5)
+        elif (ALL_SEGMENTS, network) in self._fits:
+            mle = fit(data, self._fits[ALL_SEGMENTS, network], prior, max_iter=30, tol=1e-5)
+        else:
+            mle = fit(data, initial_params(prior), prior, max_iter=200, tol=1e-5)
         self._fits[(segment, network)] = mle
         boot = data.reweighted(self._fit_rng, self.n_draws)
         draws = fit(boot, mle.repeat(self.n_draws), self._prior(network, self.n_draws, self._fit_rng), max_iter=6)

@@ -77,3 +77,14 @@ def test_bad_log_files_are_named(tmp_path, name, message):
         path.write_text("a,b\n")
     with pytest.raises(InvalidOutcome, match=message):
         read_events([path])
+
+
+def test_iso_and_epoch_times_in_different_files_mix(tmp_path):
+    rows = _events(40, seed=2)
+    pl.DataFrame(rows[:20]).write_parquet(tmp_path / "iso.parquet")
+    epoch = [{**r, "ts": OutcomeEvent.from_dict(r).ts} for r in rows[20:]]
+    (tmp_path / "epoch.ndjson").write_text("\n".join(json.dumps(r) for r in epoch))
+    frame = read_events([tmp_path / "iso.parquet", tmp_path / "epoch.ndjson"])
+    assert frame["ts"].dtype == pl.Float64
+    expected = [OutcomeEvent.from_dict(r).ts for r in rows]
+    np.testing.assert_allclose(frame["ts"].to_numpy(), expected)

@@ -1,0 +1,150 @@
+"""Loading outcome log files (Parquet / NDJSON) into a state directory or a running service.
+
+``adbandit ingest PATH... [--state-dir DIR | --url URL]`` calls :func:`ingest_files`.
+Rows go in batches through the same validation and de-duplication as ``POST
+/v1/outcomes``: into a :class:`~serving.store.PolicyStore` opened on the state directory
+(the service must not be running on it: the directory is locked), or as JSON arrays
+POSTed to ``URL/v1/outcomes``. Re-running an ingest is safe: repeated ``event_id`` s
+count as duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from bandit import read_events
+from bandit.errors import AdbanditError, InvalidConfig
+from serving.store import IngestResult, PolicyStore
+
+#: Events per ``ingest`` call or POST.
+BATCH_SIZE = 5000
+#: Attempts per POST on connection errors and 429/5xx answers (with exponential back-off).
+HTTP_ATTEMPTS = 5
+
+
+class IngestFailed(AdbanditError):
+    """The service refused a batch (e.g. 401) or stayed unreachable."""
+
+
+def event_batches(frame: Any, batch_size: int = BATCH_SIZE) -> Iterator[list[dict]]:
+    """Rows of a polars frame as JSON-like event dicts, ``batch_size`` at a time.
+
+    Null fields are dropped (a column that only some NDJSON lines had comes back as
+    null on the others, which must mean "absent", e.g. ``revenue_cpm`` of a no-fill).
+    A ``ts`` that reads as a number is given as one: files mixing ISO and epoch times
+    come back from :func:`bandit.read_events` as strings like ``"1790000069.0"``.
+    """
+    for offset in range(0, frame.height, batch_size):
+        rows = frame.slice(offset, batch_size).to_dicts()
+        yield [_drop_nulls(row) for row in rows]
+
+
+def _drop_nulls(row: dict) -> dict:
+    out = {}
+    for key, value in row.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v is not None}
+        elif key == "ts" and isinstance(value, str):
+            value = _epoch_or_text(value)
+        out[key] = value
+    return out
+
+
+def _epoch_or_text(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _merge(total: IngestResult, part: IngestResult, offset: int) -> IngestResult:
+    return IngestResult(
+        total.accepted + part.accepted,
+        total.duplicates + part.duplicates,
+        [*total.rejected, *((offset + i, e) for i, e in part.rejected)],
+    )
+
+
+def ingest_files(
+    paths: Sequence[str | os.PathLike] | str | os.PathLike,
+    state_dir: str | os.PathLike | None = None,
+    url: str | None = None,
+    api_key: str | None = None,
+    *,
+    batch_size: int = BATCH_SIZE,
+    timeout_s: float = 60.0,
+    client: Any = None,
+) -> IngestResult:
+    """Ingest outcome logs into ``state_dir`` or the service at ``url`` (exactly one).
+
+    Returns the totals; rejected rows carry their 0-based row number across all files
+    (in the order :func:`bandit.read_events` concatenates them). ``client`` may be an
+    ``httpx.Client`` to use instead of a new one (its base URL is ignored).
+    """
+    if (state_dir is None) == (url is None):
+        raise InvalidConfig("give exactly one of state_dir (offline) or url (running service)")
+    if batch_size < 1:
+        raise InvalidConfig("batch_size must be >= 1")
+    frame = read_events(paths)
+    total = IngestResult(0, 0, [])
+    offset = 0
+    if state_dir is not None:
+        with PolicyStore(state_dir) as store:
+            for batch in event_batches(frame, batch_size):
+                total = _merge(total, store.ingest(batch), offset)
+                offset += len(batch)
+        return total
+    import httpx
+    import orjson
+
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    base = str(url).rstrip("/")
+    own = client is None
+    if own:
+        client = httpx.Client(timeout=timeout_s)
+    try:
+        for batch in event_batches(frame, batch_size):
+            body = orjson.dumps(batch, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
+            total = _merge(total, _post(client, f"{base}/v1/outcomes", body, headers), offset)
+            offset += len(batch)
+    finally:
+        if own:
+            client.close()
+    return total
+
+
+def _post(client: Any, url: str, body: bytes, headers: dict[str, str]) -> IngestResult:
+    """POST one batch to ``url``, retrying transient failures (ingest is idempotent)."""
+    import httpx
+
+    delay = 0.5
+    for attempt in range(1, HTTP_ATTEMPTS + 1):
+        try:
+            response = client.post(url, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            if attempt == HTTP_ATTEMPTS:
+                raise IngestFailed(f"service unreachable at {url}: {exc}") from None
+        else:
+            if response.status_code < 300:
+                data = response.json()
+                return IngestResult(
+                    int(data["accepted"]),
+                    int(data["duplicates"]),
+                    [(int(r["index"]), str(r["error"])) for r in data.get("rejected", [])],
+                )
+            if response.status_code not in (429, 500, 502, 503, 504) or attempt == HTTP_ATTEMPTS:
+                try:
+                    detail = response.json().get("detail")
+                except ValueError:
+                    detail = response.text[:500]
+                raise IngestFailed(f"POST /v1/outcomes answered {response.status_code}: {detail}")
+        time.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")

@@ -1,0 +1,217 @@
+"""Prometheus metrics (one registry per app) and structured JSON logs.
+
+Request counts and latency per endpoint come from :class:`MetricsMiddleware` (a plain
+ASGI middleware: a few µs per request). Outcome counts are recorded by the outcomes
+route. Figures the store owns (event-log lag, revenue per request per placement and
+variant, …) are read from :meth:`PolicyStore.metrics` at scrape time by
+:class:`StoreCollector`, so they cost nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+log = logging.getLogger("adbandit.serving")
+access_log = logging.getLogger("adbandit.serving.access")
+
+
+class ServiceMetrics:
+    """The app's metric objects, in their own :class:`CollectorRegistry` (no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "adbandit_http_requests",
+            "HTTP requests by endpoint and status.",
+            ("method", "endpoint", "status"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "adbandit_http_request_duration_seconds",
+            "HTTP request latency by endpoint.",
+            ("method", "endpoint"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "adbandit_outcome_events",
+            "Outcome events received, by result (accepted, duplicate, rejected).",
+            ("result",),
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "adbandit_decisions", "Decisions served, by placement.", ("placement",), registry=self.registry
+        )
+        for result in ("accepted", "duplicate", "rejected"):
+            self.events.labels(result)
+
+    def record_ingest(self, accepted: int, duplicates: int, rejected: int) -> None:
+        self.events.labels("accepted").inc(accepted)
+        self.events.labels("duplicate").inc(duplicates)
+        self.events.labels("rejected").inc(rejected)
+
+    def watch(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        """Export the figures of ``source()`` (e.g. ``store.metrics``) as gauges at scrape time."""
+        self.registry.register(StoreCollector(source))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+class StoreCollector(Collector):
+    """The figures of :meth:`PolicyStore.metrics`, read at scrape time.
+
+    Top-level numbers become ``adbandit_store_<name>`` (counters when the name ends in
+    ``_total``); per placement ``adbandit_placement_<figure>{placement}`` and per variant
+    ``adbandit_variant_<figure>{placement,variant}`` — notably
+    ``adbandit_placement_revenue_per_request_cpm`` and ``adbandit_store_log_lag_events``.
+    """
+
+    def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        self._source = source
+
+    def describe(self) -> list:
+        return []  # names depend on the store's figures; skip the registry's duplicate check
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        try:
+            figures = dict(self._source())
+        except Exception:
+            log.debug("store metrics unavailable", exc_info=True)
+            return
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+
+        def add(name: str, labels: list[str], values: list[str], value: Any) -> None:
+            number = _number(value)
+            if number is None:
+                return
+            if name not in families:
+                kind = CounterMetricFamily if name.endswith("_total") else GaugeMetricFamily
+                families[name] = kind(name, f"PolicyStore figure {name}.", labels=labels)
+            families[name].add_metric(values, number)
+
+        for key, value in figures.items():
+            if key != "placements":
+                add(f"adbandit_store_{_clean(key)}", [], [], value)
+        for placement, row in (figures.get("placements") or {}).items():
+            for key, value in row.items():
+                if key != "variants":
+                    add(f"adbandit_placement_{_figure(key)}", ["placement"], [str(placement)], value)
+            for variant, vrow in (row.get("variants") or {}).items():
+                for key, value in vrow.items():
+                    add(
+                        f"adbandit_variant_{_figure(key)}",
+                        ["placement", "variant"],
+                        [str(placement), str(variant)],
+                        value,
+                    )
+        yield from families.values()
+
+
+def _clean(key: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in str(key)).strip("_").lower()
+
+
+def _figure(key: str) -> str:
+    name = _clean(key)
+    return f"{name}_cpm" if name.startswith("revenue") else name
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template (``/v1/placements/{placement}``)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, endpoint, str(status)).inc()
+            self.metrics.latency.labels(method, endpoint).observe(elapsed)
+            if access_log.isEnabledFor(logging.DEBUG) or (status >= 400 and access_log.isEnabledFor(logging.INFO)):
+                access_log.log(
+                    logging.INFO if status >= 400 else logging.DEBUG,
+                    "request",
+                    extra={
+                        "fields": {
+                            "method": method,
+                            "path": scope.get("path"),
+                            "status": status,
+                            "ms": round(elapsed * 1e3, 3),
+                        }
+                    },
+                )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, and any ``extra={"fields": {...}}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+#: Loggers of the service: ours, the store's (``serving.store`` …) and uvicorn's.
+SERVICE_LOGGERS = ("adbandit", "serving", "bandit", "experiments", "uvicorn")
+
+
+def configure_logging(level: str = "info") -> None:
+    """Send the service's logs to stderr as JSON lines at ``level`` (idempotent)."""
+    for name in SERVICE_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(level.upper())
+        if not any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(JsonFormatter())
+            logger.addHandler(handler)
+        logger.propagate = False

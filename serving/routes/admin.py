@@ -1,0 +1,82 @@
+"""``/v1/admin``: swap a variant's live model, force a snapshot. Write endpoints (API key)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import time
+
+import numpy as np
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from bandit import AdbanditError, InvalidState
+from serving.auth import WriteAuth
+from serving.errors import ServiceUnavailable
+from serving.routes.deps import BODY_ERRORS, OrjsonRoute, SettingsDep, StoreDep, errors
+from serving.schemas import ModelSwapIn, ModelSwapOut, SnapshotOut
+
+router = APIRouter(
+    prefix="/v1/admin", tags=["admin"], dependencies=[WriteAuth], route_class=OrjsonRoute, responses=errors(401)
+)
+log = logging.getLogger("adbandit.serving")
+
+
+def state_from_b64(data: str) -> dict[str, np.ndarray]:
+    """A policy state from a base64 ``.npz`` (pickle disabled)."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidState("state_npz_b64 is not valid base64") from None
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as exc:
+        raise InvalidState(f"state_npz_b64 is not a readable .npz policy state: {exc}") from None
+
+
+def registry_state(alias: str, name: str) -> dict[str, np.ndarray]:
+    """The state of MLflow model ``name`` at ``alias``; 503 when the registry cannot be used."""
+    try:
+        from experiments.model_registry import load_model_state
+
+        return load_model_state(alias=alias, name=name)
+    except AdbanditError:
+        raise
+    except Exception as exc:
+        log.warning("model registry unavailable", exc_info=True)
+        raise ServiceUnavailable(f"model registry unavailable: {type(exc).__name__}: {exc}") from None
+
+
+@router.post(
+    "/placements/{placement}/model",
+    response_model=ModelSwapOut,
+    responses=errors(404, 503, *BODY_ERRORS),
+)
+async def swap_model(placement: str, body: ModelSwapIn, store: StoreDep, settings: SettingsDep) -> dict:
+    """Replace the live policy of one variant, from an MLflow alias (``mlflow_alias``, e.g.
+    ``champion``) or a base64 ``.npz`` state (``state_npz_b64``). Decisions keep being served
+    during the swap: the new policy is built aside and replaces the old one in one step."""
+    if (body.mlflow_alias is None) == (body.state_npz_b64 is None):
+        raise InvalidState("give exactly one of mlflow_alias or state_npz_b64")
+    store.get_placement(placement)  # 404 before any download
+    if body.mlflow_alias is not None:
+        name = body.model_name or settings.model_name
+        state = await run_in_threadpool(registry_state, body.mlflow_alias, name)
+    else:
+        state = state_from_b64(body.state_npz_b64 or "")
+    version = await run_in_threadpool(store.swap_model, placement, body.variant, state)
+    log.info(
+        "model swapped", extra={"fields": {"placement": placement, "variant": body.variant, "model_version": version}}
+    )
+    return {"placement": placement, "variant": body.variant, "model_version": version}
+
+
+@router.post("/snapshot", response_model=SnapshotOut)
+async def snapshot(store: StoreDep) -> dict:
+    """Write a snapshot of every policy now (also done periodically), so a restart replays less."""
+    start = time.perf_counter()
+    await run_in_threadpool(store.snapshot)
+    return {"snapshot": "written", "seconds": time.perf_counter() - start}

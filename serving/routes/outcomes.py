@@ -1,0 +1,124 @@
+"""``POST /v1/outcomes``: what happened to decisions, as a JSON array or NDJSON.
+
+Every event is validated on its own: the reply counts the accepted events and the
+duplicates (an ``event_id`` already seen is counted once) and lists the rejected ones
+with their index and the reason. Accepted events are durable (written and fsynced to the
+event log) before the reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from serving.auth import WriteAuth
+from serving.routes.deps import (
+    BODY_ERRORS,
+    JSON,
+    MetricsDep,
+    StoreDep,
+    errors,
+    is_json,
+    media_type,
+    parse_json,
+    unsupported,
+)
+from serving.schemas import IngestResponse
+
+router = APIRouter(prefix="/v1/outcomes", tags=["outcomes"])
+log = logging.getLogger("adbandit.serving")
+
+#: Most events one request may carry (a 16 MiB body of real events holds far fewer).
+MAX_EVENTS = 100_000
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
+
+_EVENTS_SCHEMA = {
+    "type": "array",
+    "items": {"$ref": "#/components/schemas/OutcomeEventIn"},
+}
+OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "Outcome events as a JSON array, or one JSON object per line with "
+        "Content-Type: application/x-ndjson.",
+        "content": {
+            "application/json": {"schema": _EVENTS_SCHEMA},
+            "application/x-ndjson": {
+                "schema": {**_EVENTS_SCHEMA, "description": "The events, sent as one JSON object per line."}
+            },
+        },
+    }
+}
+
+
+def parse_ndjson(raw: bytes) -> tuple[list[Any], list[int], list[dict]]:
+    """Events of an NDJSON body, their indexes (non-blank line numbers, from 0), and
+    a rejected entry for each line that is not JSON."""
+    events: list[Any] = []
+    positions: list[int] = []
+    rejected: list[dict] = []
+    index = 0
+    for line in raw.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            events.append(orjson.loads(line))
+            positions.append(index)
+        except orjson.JSONDecodeError as exc:
+            rejected.append({"index": index, "error": f"malformed JSON line: {exc}"})
+        index += 1
+    return events, positions, rejected
+
+
+def parse_events(request: Request, raw: bytes) -> tuple[list[Any], list[int], list[dict]]:
+    kind = media_type(request)
+    if kind in NDJSON_TYPES:
+        return parse_ndjson(raw)
+    if not is_json(kind):
+        raise unsupported(kind, "application/json (an array) or application/x-ndjson")
+    body = parse_json(raw)
+    if not isinstance(body, list):
+        raise HTTPException(422, "the body must be a JSON array of outcome events (or NDJSON lines)")
+    return body, list(range(len(body))), []
+
+
+@router.post(
+    "",
+    response_model=IngestResponse,
+    dependencies=[WriteAuth],
+    openapi_extra=OPENAPI_BODY,
+    responses=errors(401, *BODY_ERRORS),
+)
+async def post_outcomes(request: Request, store: StoreDep, metrics: MetricsDep) -> Response:
+    """Ingest outcome events (see the module docstring)."""
+    raw = await request.body()
+    events, positions, rejected = parse_events(request, raw)
+    if len(events) + len(rejected) > MAX_EVENTS:
+        raise HTTPException(413, f"at most {MAX_EVENTS} outcome events per request; split the batch")
+    if events:
+        result = await run_in_threadpool(store.ingest, events)
+        accepted, duplicates = result.accepted, result.duplicates
+        rejected.extend({"index": positions[i], "error": error} for i, error in result.rejected)
+        rejected.sort(key=lambda r: r["index"])
+    else:
+        accepted = duplicates = 0
+    metrics.record_ingest(accepted, duplicates, len(rejected))
+    if rejected:
+        log.info(
+            "outcomes rejected",
+            extra={
+                "fields": {
+                    "accepted": accepted,
+                    "duplicates": duplicates,
+                    "rejected": len(rejected),
+                    "first_error": rejected[0]["error"],
+                }
+            },
+        )
+    return JSON({"accepted": accepted, "duplicates": duplicates, "rejected": rejected})

@@ -1,0 +1,333 @@
+"""HTTP request and response bodies (pydantic), kept apart from the domain types in :mod:`bandit`.
+
+Input models forbid unknown fields (a typo is a 422 naming it) and non-finite numbers;
+the domain constructors (:class:`bandit.PlacementConfig`, :class:`bandit.OutcomeEvent`)
+then apply the cross-field rules. Response models document the shapes in OpenAPI.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, NotRequired
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from typing_extensions import TypedDict
+
+from bandit import MAX_CPM
+from serving.settings import MAX_DECIDE_BATCH
+
+Cpm = Annotated[float, Field(ge=0.0, le=MAX_CPM, description="Price in CPM (currency per 1000 impressions).")]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+ContextValue = Annotated[str, StringConstraints(max_length=256)] | int | float | bool | None
+Context = Annotated[
+    dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], ContextValue],
+    Field(max_length=64, description="Request context, e.g. {'country': 'KR', 'os': 'ios'}."),
+]
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description="Where: e.g. ['body', 'networks', 0, 'floor_min_cpm'].")
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx body: a message, or (request validation) the list of issues naming each field."""
+
+    detail: str | list[ValidationIssue]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=True)
+
+
+# ---------------------------------------------------------------------------- placements
+class NetworkIn(_In):
+    id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    floor_min_cpm: Cpm = 0.0
+    floor_max_cpm: Cpm = 50.0
+    min_share: Share = 0.0
+    max_share: Share = 1.0
+    auction: Literal["auto", "first", "second"] = "auto"
+
+
+class PlacementIn(_In):
+    """Body of ``PUT /v1/placements/{placement}``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "networks": [
+                        {"id": "alpha", "floor_min_cpm": 0.0, "floor_max_cpm": 50.0, "min_share": 0.0, "max_share": 1.0}
+                    ],
+                    "segment_by": ["country", "os"],
+                    "currency": "USD",
+                }
+            ]
+        }
+    )
+
+    networks: Annotated[list[NetworkIn], Field(min_length=1, max_length=256)]
+    segment_by: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(max_length=16)
+    ] = []
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$")] = "USD"
+
+
+class NetworkOut(_Out):
+    id: str
+    floor_min_cpm: float
+    floor_max_cpm: float
+    min_share: float
+    max_share: float
+    auction: str
+
+
+class PlacementOut(_Out):
+    placement: str
+    networks: list[NetworkOut]
+    segment_by: list[str]
+    currency: str
+
+
+class PlacementList(_Out):
+    placements: list[PlacementOut]
+
+
+# ------------------------------------------------------------------------------ decide
+class DecideRequest(_In):
+    """Body of ``POST /v1/decide``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"placement": "p1", "request_id": "r1", "context": {"country": "KR", "os": "ios"}}]
+        }
+    )
+
+    placement: Id
+    request_id: Id
+    context: Context = {}
+    user_id: Id | None = Field(None, description="Sticky variant assignment key (else request_id).")
+
+
+class DecisionOut(_Out):
+    decision_id: str
+    placement: str
+    network: str
+    floor_cpm: float
+    propensity: float = Field(description="P(network) under the allocation that made the decision.")
+    segment: str
+    variant: str
+    model_version: str
+
+
+class DecideBatchItem(TypedDict):
+    """One request of a batch (a TypedDict: validated without building a model per item)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)  # type: ignore[misc]
+
+    request_id: Id
+    context: NotRequired[Context]
+
+
+class DecideBatchRequest(_In):
+    """Body of ``POST /v1/decide/batch``: decisions come back in request order."""
+
+    placement: Id
+    requests: Annotated[list[DecideBatchItem], Field(max_length=MAX_DECIDE_BATCH)]
+
+
+class DecideBatchResponse(_Out):
+    decisions: list[DecisionOut]
+
+
+# ----------------------------------------------------------------------------- outcomes
+class OutcomeEventIn(_In):
+    """One outcome event (``POST /v1/outcomes`` takes a JSON array or NDJSON of these)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "e1",
+                    "decision_id": "d1",
+                    "ts": "2026-11-21T10:00:00Z",
+                    "placement": "p1",
+                    "network": "alpha",
+                    "floor_cpm": 1.37,
+                    "filled": True,
+                    "revenue_cpm": 2.05,
+                    "context": {"country": "KR", "os": "ios"},
+                }
+            ]
+        }
+    )
+
+    event_id: Id
+    decision_id: Id | None = None
+    ts: str | float = Field(description="ISO 8601 time (e.g. 2026-11-21T10:00:00Z) or epoch seconds.")
+    placement: Id
+    network: Id
+    floor_cpm: Cpm
+    filled: bool
+    revenue_cpm: Cpm = Field(0.0, description="Price paid in CPM; 0 when not filled.")
+    context: Context = {}
+
+
+class RejectedEvent(_Out):
+    index: int = Field(description="0-based position in the array (or non-blank NDJSON line).")
+    error: str
+
+
+class IngestResponse(_Out):
+    accepted: int
+    duplicates: int
+    rejected: list[RejectedEvent]
+
+
+# --------------------------------------------------------------------------- allocation
+class NetworkAllocationOut(_Out):
+    network: str
+    weight: float = Field(description="Share of the segment's traffic sent to this network.")
+    floor_cpm: float = Field(description="Central floor (CPM) this network gets.")
+    floor_p10_cpm: float
+    floor_p90_cpm: float
+    expected_revenue_cpm: float = Field(description="Expected revenue per request (CPM) at that floor.")
+    revenue_sd_cpm: float = Field(description="Posterior standard deviation of that expectation.")
+    fill_rate: float
+    auction: str
+
+
+class AllocationOut(_Out):
+    placement: str
+    segment: str
+    variant: str
+    currency: str
+    model_version: str
+    effective_events: float = Field(description="(Discounted) number of outcome events behind it.")
+    networks: list[NetworkAllocationOut]
+
+
+# --------------------------------------------------------------------------- experiments
+class VariantIn(_In):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    traffic: Annotated[float, Field(ge=0.0, le=100.0, description="Percent of the placement's traffic.")]
+    policy: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        None, description="Policy name (default: the service's default policy, ts_gmm)."
+    )
+    params: dict[str, Any] = Field({}, description="Policy parameters, e.g. {'half_life_hours': 24}.")
+
+
+class ExperimentIn(_In):
+    """Body of ``PUT /v1/placements/{placement}/experiment``; traffic must sum to 100."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "variants": [
+                        {"name": "champion", "traffic": 90, "policy": "ts_gmm"},
+                        {"name": "holdout", "traffic": 10, "policy": "static"},
+                    ]
+                }
+            ]
+        }
+    )
+
+    variants: Annotated[list[VariantIn], Field(min_length=1, max_length=16)]
+
+
+class VariantOut(_Out):
+    name: str
+    traffic: float
+    policy: str
+    params: dict[str, Any]
+
+
+class ExperimentOut(_Out):
+    placement: str
+    variants: list[VariantOut]
+
+
+class VariantReport(_Out):
+    policy: str
+    traffic: float
+    model_version: str
+    decisions: int = Field(description="Decisions served by this process since it started or the variant changed.")
+    requests: int = Field(description="Outcome events learned by the variant.")
+    revenue_per_request: float | None = Field(description="Mean revenue per request (CPM).")
+    lift: float | None = Field(description="Relative lift of revenue per request over the champion.")
+    ci_low: float | None = Field(description="Lower end of the lift's 95% confidence interval.")
+    ci_high: float | None = Field(description="Upper end of the lift's 95% confidence interval.")
+    p_value: float | None
+
+
+class ExperimentReport(_Out):
+    placement: str
+    champion: str
+    variants: dict[str, VariantReport]
+
+
+# -------------------------------------------------------------------------------- admin
+class ModelSwapIn(_In):
+    """Replace a variant's live model: from an MLflow alias, or from a base64 ``.npz`` policy state."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"variant": "champion", "mlflow_alias": "champion"}]})
+
+    variant: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "champion"
+    mlflow_alias: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    model_name: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    state_npz_b64: Annotated[str, StringConstraints(min_length=1)] | None = Field(
+        None, description="A policy state saved with bandit.save_state, base64-encoded."
+    )
+
+
+class ModelSwapOut(_Out):
+    placement: str
+    variant: str
+    model_version: str
+
+
+class SnapshotOut(_Out):
+    snapshot: Literal["written"] = "written"
+    seconds: float
+
+
+class HealthOut(_Out):
+    status: Literal["ok"] = "ok"
+    placements: int
+    uptime_s: float
+
+
+# ------------------------------------------------------------------------------- prebid
+class PrebidSchema(_Out):
+    fields: list[str]
+    delimiter: str = "|"
+
+
+class PrebidModelGroup(_Out):
+    model_config = ConfigDict(populate_by_name=True)
+
+    modelWeight: int = Field(description="Percent of auctions using this model group (the variant's traffic).")
+    modelVersion: str
+    currency: str
+    schema_: PrebidSchema = Field(alias="schema")
+    values: dict[str, float]
+    default: float
+
+
+class PrebidFloors(_Out):
+    """Prebid.js Price Floors Module data (``floorsSchemaVersion`` 2)."""
+
+    floorsSchemaVersion: Literal[2] = 2
+    floorProvider: str
+    currency: str
+    modelTimestamp: int
+    skipRate: int = 0
+    floorMin: float
+    modelGroups: list[PrebidModelGroup]

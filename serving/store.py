@@ -1,0 +1,1185 @@
+"""PolicyStore: the live state of the service — placements, their experiment variants and
+policies, the durable event log, de-duplication and snapshots.
+
+How an outcome event travels:
+
+1. ``ingest`` validates each event on its own (bad ones are listed in ``rejected`` and
+   change nothing), drops repeated ``event_id`` s (:mod:`serving.dedupe`) and appends the
+   accepted ones as one columnar record to the event log (:mod:`serving.eventlog`); it
+   returns once that record is fsynced (concurrent ingests share one fsync).
+2. A background *applier* takes the records written since its last pass (every
+   ``apply_every_s``, or as long as the last pass took when refits are slower),
+   groups their events by (placement, variant) and updates each variant's *learner*
+   policy once per group, then writes an ``APPLIED`` marker to the log saying which
+   records formed that group.
+3. Decisions never touch a learner: after an update the applier publishes a copy of the
+   learner (sharing its statistics, which deciding does not read) that ``decide`` uses
+   without any lock, with a per-thread random generator. Decisions therefore never wait
+   for an fsync or a refit.
+4. Snapshots (periodic, and on ``close``) write every learner's ``state()``, the
+   placements, experiments, outcome counters and the de-duplication window, atomically,
+   with the log position they cover; log segments covered by the older retained snapshot
+   are then deleted.
+5. ``open`` loads the newest readable snapshot and replays the log after it, applying the
+   events in exactly the groups the ``APPLIED`` markers recorded, so the restarted store
+   holds bit-for-bit the statistics of a store that never stopped. Events written after
+   the last marker (a crash) are applied on open and marked then.
+
+Placement changes, experiment changes and model swaps are log records too: they first
+apply all pending events, then take effect, in log order, on replay as live.
+
+Online A/B: :mod:`serving.variants`. A variant's learned statistics survive a placement
+replacement when the network ids and segment fields are unchanged; its outcome counters
+(the experiment report) survive while its policy and parameters are unchanged.
+
+Lock order: ``_state_lock`` (writers of the log: ingest, config changes, snapshot
+capture) → ``_apply_lock`` (anything that updates or replaces learners) → a slot's
+``learn_lock`` → the log's own locks.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit import (
+    ALL_SEGMENTS,
+    Allocation,
+    EventBatch,
+    OutcomeEvent,
+    PlacementConfig,
+    Policy,
+    make_policy,
+    policy_from_state,
+)
+from bandit.errors import (
+    AdbanditError,
+    InvalidConfig,
+    InvalidDecisionRequest,
+    InvalidOutcome,
+    InvalidState,
+    UnknownPlacement,
+)
+from bandit.io import state_meta
+from experiments.abstats import unpaired_lift
+from serving import snapshots
+from serving.dedupe import DAY_SECONDS, DedupeWindow, event_hashes, first_occurrences
+from serving.eventlog import (
+    APPLIED,
+    EVENTS,
+    MODEL,
+    PLACEMENT,
+    EventLog,
+    EventRecord,
+    decode_applied,
+    decode_json,
+    decode_with_state,
+    encode_applied,
+    encode_json,
+    encode_with_state,
+)
+from serving.variants import (
+    Assigner,
+    ExperimentConfig,
+    VariantConfig,
+    new_decision_id,
+    new_decision_ids,
+    stable_seed,
+    variant_of_decision,
+)
+
+__all__ = [
+    "DecisionRecord",
+    "ExperimentConfig",
+    "IngestResult",
+    "PolicyStore",
+    "VariantConfig",
+]
+
+log = logging.getLogger(__name__)
+
+#: Snapshots kept on disk; log segments are compacted up to the oldest of them.
+SNAPSHOTS_KEPT = 2
+#: Distinct contexts whose segment key a placement caches.
+SEGMENT_CACHE_SIZE = 100_000
+#: On open, events written after the last APPLIED marker are learned in groups of this size.
+REPLAY_GROUP_EVENTS = 1_000_000
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One served decision, as returned by ``POST /v1/decide``."""
+
+    decision_id: str
+    placement: str
+    network: str
+    floor_cpm: float
+    propensity: float
+    floor_propensity: float
+    segment: str
+    variant: str
+    model_version: str
+
+    def to_dict(self) -> dict:
+        return {
+            "decision_id": self.decision_id,
+            "placement": self.placement,
+            "network": self.network,
+            "floor_cpm": self.floor_cpm,
+            "propensity": self.propensity,
+            "floor_propensity": self.floor_propensity,
+            "segment": self.segment,
+            "variant": self.variant,
+            "model_version": self.model_version,
+        }
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What ``ingest`` did: events accepted, duplicates dropped, rejected (index, reason)."""
+
+    accepted: int
+    duplicates: int
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": [{"index": i, "error": e} for i, e in self.rejected],
+        }
+
+
+# ---------------------------------------------------------------------- live state
+class _Slot:
+    """One variant of one placement: its learner, the published copy that decides, and
+    its outcome counters (requests, revenue and revenue² per request, in CPM)."""
+
+    __slots__ = (
+        "counter_lock",
+        "decisions",
+        "learn_lock",
+        "learner",
+        "requests",
+        "revenue",
+        "revenue_sq",
+        "served",
+        "tag",
+        "variant",
+    )
+
+    def __init__(self, variant: VariantConfig, learner: Policy, tag: str = "") -> None:
+        self.variant = variant
+        self.learner = learner
+        self.tag = tag
+        self.learn_lock = threading.Lock()
+        self.counter_lock = threading.Lock()
+        self.requests = 0
+        self.revenue = 0.0
+        self.revenue_sq = 0.0
+        self.decisions = 0
+        self.served = serving_copy(learner)
+
+    def publish(self) -> None:
+        self.served = serving_copy(self.learner)
+
+    def model_version(self, policy: Policy | None = None) -> str:
+        version = (policy or self.served).model_version
+        return f"{version}+{self.tag}" if self.tag else version
+
+    def add_outcomes(self, batch: EventBatch) -> None:
+        reward = np.where(batch.filled, batch.revenue_cpm, 0.0)
+        self.requests += len(reward)
+        self.revenue += float(reward.sum())
+        self.revenue_sq += float(np.dot(reward, reward))
+
+    def take_counters(self, other: _Slot) -> None:
+        self.requests, self.revenue, self.revenue_sq = (
+            other.requests,
+            other.revenue,
+            other.revenue_sq,
+        )
+        self.decisions = other.decisions
+
+    def count_decisions(self, n: int) -> None:
+        with self.counter_lock:
+            self.decisions += n
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A placement's live state; replaced as a whole when its config or experiment changes."""
+
+    config: PlacementConfig
+    experiment: ExperimentConfig
+    slots: dict[str, _Slot]
+    networks: dict[str, int]
+    assign: Assigner
+    champion: str
+    segment_cache: dict[tuple, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, config: PlacementConfig, experiment: ExperimentConfig, slots: dict[str, _Slot]) -> _Entry:
+        return cls(
+            config,
+            experiment,
+            slots,
+            {n: i for i, n in enumerate(config.network_ids)},
+            Assigner(config.id, experiment),
+            experiment.champion,
+        )
+
+    def segment_of(self, context: Mapping[str, Any]) -> str:
+        """``config.segment_of(context)``, cached for contexts of string values."""
+        fields = self.config.segment_by
+        if not fields:
+            return ALL_SEGMENTS
+        key = tuple(map(context.get, fields))
+        segment = self.segment_cache.get(key)
+        if segment is None:
+            segment = self.config.segment_of(context)
+            # Only str/None keys: True == 1 == 1.0 would otherwise share an entry.
+            if len(self.segment_cache) < SEGMENT_CACHE_SIZE and all(v is None or type(v) is str for v in key):
+                self.segment_cache[key] = segment
+        return segment
+
+    def variant_of(self, decision_id: str | None) -> str:
+        """The variant that learns an outcome: the decision id's prefix, else the champion."""
+        name = variant_of_decision(decision_id)
+        return name if name in self.slots else self.champion
+
+
+def serving_copy(policy: Policy) -> Policy:
+    """A copy of ``policy`` for deciding while the original keeps learning.
+
+    It shares the statistics object (``decide`` reads only the tables), so the copy
+    costs the decision tables, not the statistics.
+    """
+    memo: dict[int, Any] = {id(policy.stats): policy.stats, id(policy.placement): policy.placement}
+    return copy.deepcopy(policy, memo)
+
+
+def state_tag(state: Mapping[str, np.ndarray]) -> str:
+    """8 hex digits identifying a policy state (names its swapped-in model version)."""
+    h = hashlib.blake2b(digest_size=4)
+    for key in sorted(state):
+        arr = np.ascontiguousarray(state[key])
+        h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+@dataclass
+class _Prepared:
+    """Validated events of one ingest call, as columns, plus the rejected ones."""
+
+    #: One tuple per valid event: (event_id, placement, variant, segment, network, ts,
+    #: floor_cpm, revenue_cpm, filled).
+    rows: list[tuple] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [r[0] for r in self.rows]
+
+    def record(self, ingest_time: float, hashes: NDArray[np.uint64], keep: NDArray[np.bool_]) -> EventRecord:
+        """The kept rows as one columnar log record."""
+        rows = self.rows if keep.all() else [self.rows[i] for i in np.flatnonzero(keep).tolist()]
+        _, placement, variant, segment, network, ts, floor, revenue, filled = (
+            zip(*rows, strict=True) if rows else ((),) * 9
+        )
+        return EventRecord.from_columns(
+            ingest_time,
+            placement=placement,
+            variant=variant,
+            segment=segment,
+            network=network,
+            event_hash=hashes[keep],
+            ts=ts,
+            floor_cpm=floor,
+            revenue_cpm=revenue,
+            filled=filled,
+        )
+
+
+# ------------------------------------------------------------------------- the store
+class PolicyStore:
+    """Placements, variants and live policies over a durable event log (module docstring).
+
+    ``state_dir`` holds ``log/`` (event log segments), ``snapshots/`` and a ``LOCK`` file
+    that keeps a second process from opening the same directory. ``clock`` (seconds since
+    the epoch) drives de-duplication and snapshot timing; tests may replace it.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike,
+        *,
+        default_policy: str = "ts_gmm",
+        default_params: Mapping[str, Any] | None = None,
+        dedupe_days: float = 7.0,
+        snapshot_every_s: float = 60.0,
+        snapshot_every_events: int = 1_000_000,
+        segment_max_bytes: int = 64 * 2**20,
+        apply_every_s: float = 0.05,
+        fsync: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not (dedupe_days > 0):
+            raise InvalidConfig(f"dedupe_days must be > 0, got {dedupe_days}")
+        if not (apply_every_s > 0) or not (snapshot_every_s > 0) or snapshot_every_events < 1:
+            raise InvalidConfig("apply_every_s, snapshot_every_s and snapshot_every_events must be > 0")
+        self.state_dir = Path(state_dir)
+        self.default_policy = default_policy
+        self.default_params = dict(default_params or {})
+        self.dedupe_days = float(dedupe_days)
+        self.snapshot_every_s = float(snapshot_every_s)
+        self.snapshot_every_events = int(snapshot_every_events)
+        self.apply_every_s = float(apply_every_s)
+        self.fsync = bool(fsync)
+        self._clock = clock
+        self._log = EventLog(self.state_dir / "log", segment_max_bytes=segment_max_bytes, fsync=fsync)
+        self._snap_dir = self.state_dir / "snapshots"
+        self._dedupe = DedupeWindow(self.dedupe_days * DAY_SECONDS, n_buckets=7)
+        self._entries: dict[str, _Entry] = {}
+        self._pending: deque[tuple[int, EventRecord]] = deque()
+        self._stale: dict[int, tuple[_Slot, set[str]]] = {}
+        self._state_lock = threading.Lock()
+        self._apply_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._local = threading.local()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock_fd: int | None = None
+        self._opened = False
+        self._closing = False
+        self._closed = False
+        self._counts = {
+            "accepted": 0,
+            "duplicate": 0,
+            "rejected": 0,
+            "written": 0,
+            "applied": 0,
+            "replayed": 0,
+            "apply_errors": 0,
+        }
+        self._snapshot_lsn = 0
+        self._snapshot_time: float | None = None
+        self._snapshot_written = 0
+        self.open_seconds: float | None = None
+
+    def __enter__(self) -> PolicyStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> None:
+        """Create the directories, load the newest snapshot, replay the log after it, and
+        start the applier and snapshot threads."""
+        if self._opened:
+            raise RuntimeError("PolicyStore.open() was already called")
+        started = time.perf_counter()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._snap_dir.mkdir(exist_ok=True)
+        self._acquire_dir_lock()
+        try:
+            snap = snapshots.load_newest(self._snap_dir)
+            if snap is not None:
+                self._restore(snap)
+            self._replay(snap.covered_lsn if snap else 0)
+        except BaseException:
+            self._log.close()
+            self._release_dir_lock()
+            raise
+        self._opened = True
+        self._stop.clear()
+        for target, name in ((self._apply_loop, "applier"), (self._snapshot_loop, "snapshotter")):
+            t = threading.Thread(target=target, name=f"adbandit-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self.open_seconds = time.perf_counter() - started
+
+    def close(self) -> None:
+        """Apply pending events, write a final snapshot, stop the threads (idempotent)."""
+        if not self._opened or self._closed:
+            return
+        with self._state_lock:
+            self._closing = True  # new writes fail from here on
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        self._threads.clear()
+        try:
+            self._snapshot(only_if_changed=True)
+        finally:
+            self._closed = True
+            self._log.close()
+            self._release_dir_lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened and not self._closing
+
+    def _check_open(self) -> None:
+        if not self.is_open:
+            raise RuntimeError("the PolicyStore is not open")
+
+    def _acquire_dir_lock(self) -> None:
+        fd = os.open(self.state_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise InvalidConfig(
+                f"state directory {str(self.state_dir)!r} is in use by another process or store"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _release_dir_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ---------------------------------------------------------------- placements
+    def put_placement(self, config: PlacementConfig, experiment: ExperimentConfig | None = None) -> bool:
+        """Create or replace a placement (durable before return); True if it was created.
+
+        Without ``experiment`` a new placement gets one champion variant with the
+        store's default policy and an existing one keeps its experiment.
+        """
+        self._check_open()
+        self.flush()  # most pending events are learned before ingest is held up
+        with self._state_lock:
+            with self._apply_lock:
+                old = self._entries.get(config.id)
+                if experiment is None:
+                    experiment = (
+                        old.experiment if old else ExperimentConfig.single(self.default_policy, self.default_params)
+                    )
+                self._apply_pending_locked()
+                entry = self._build_entry(config, experiment, old)
+                body = {
+                    "placement": config.id,
+                    "config": config.to_dict(),
+                    "experiment": experiment.to_dict(),
+                }
+                lsn = self._log.write(PLACEMENT, encode_json(body))
+                self._install(entry)
+            self._log.sync_to(lsn)
+        return old is None
+
+    def get_placement(self, placement_id: str) -> PlacementConfig:
+        return self._entry(placement_id).config
+
+    def list_placements(self) -> list[PlacementConfig]:
+        return [e.config for _, e in sorted(self._entries.items())]
+
+    def set_experiment(self, placement_id: str, experiment: ExperimentConfig) -> None:
+        """Change a placement's variants or traffic split (durable before return)."""
+        self.put_placement(self._entry(placement_id).config, experiment)
+
+    def get_experiment(self, placement_id: str) -> ExperimentConfig:
+        return self._entry(placement_id).experiment
+
+    def _entry(self, placement_id: str) -> _Entry:
+        entry = self._entries.get(placement_id)
+        if entry is None:
+            raise UnknownPlacement(f"placement {placement_id!r} does not exist")
+        return entry
+
+    def _slot(self, entry: _Entry, variant: str) -> _Slot:
+        slot = entry.slots.get(variant)
+        if slot is None:
+            raise InvalidDecisionRequest(
+                f"placement {entry.config.id!r} has no variant {variant!r}; variants: {list(entry.slots)}"
+            )
+        return slot
+
+    def _make_policy(self, config: PlacementConfig, variant: VariantConfig) -> Policy:
+        params = {"seed": stable_seed(config.id, variant.name), **variant.params}
+        return make_policy(variant.policy, config, **params)
+
+    def _build_entry(self, config: PlacementConfig, experiment: ExperimentConfig, old: _Entry | None) -> _Entry:
+        """Slots for ``experiment`` on ``config``, carrying over what ``old`` learned.
+
+        Same config and same policy + params: the slot is kept as is. Same network ids and
+        segment fields: a new policy starts from the old one's statistics (``merge``).
+        Outcome counters carry over while the policy and its parameters are unchanged.
+        """
+        keep_learned = (
+            old is not None
+            and old.config.network_ids == config.network_ids
+            and old.config.segment_by == config.segment_by
+        )
+        slots: dict[str, _Slot] = {}
+        for variant in experiment.variants:
+            prev = old.slots.get(variant.name) if old is not None else None
+            if prev is not None and old.config == config and prev.variant.same_learner(variant):
+                prev.variant = variant  # traffic share only
+                slots[variant.name] = prev
+                continue
+            policy = self._make_policy(config, variant)
+            if prev is not None and keep_learned:
+                with prev.learn_lock:
+                    policy.merge(prev.learner)
+            slot = _Slot(variant, policy)
+            if prev is not None and prev.variant.same_learner(variant):
+                slot.take_counters(prev)
+            slots[variant.name] = slot
+        return _Entry.create(config, experiment, slots)
+
+    def _install(self, entry: _Entry) -> None:
+        self._entries = {**self._entries, entry.config.id: entry}
+
+    # ----------------------------------------------------------------- decisions
+    def _rng(self) -> np.random.Generator:
+        rng = getattr(self._local, "rng", None)
+        if rng is None:
+            rng = self._local.rng = np.random.default_rng()
+        return rng
+
+    def decide(
+        self,
+        placement_id: str,
+        request_id: str,
+        context: Mapping[str, Any] | None,
+        user_id: str | None = None,
+    ) -> DecisionRecord:
+        """Network and floor for one request; the variant is chosen by hashing ``user_id``
+        (else ``context["user_id"]``, else ``request_id``) with the placement id."""
+        entry = self._entry(placement_id)
+        context = context or {}
+        key = user_id if user_id is not None else context.get("user_id")
+        if key is None:
+            if not isinstance(request_id, str) or not request_id:
+                raise InvalidDecisionRequest(f"request_id must be a non-empty string, got {request_id!r}")
+            key = request_id
+        variant = entry.assign(str(key))
+        slot = entry.slots[variant]
+        served = slot.served
+        d = served.decide(context, rng=self._rng())
+        slot.count_decisions(1)
+        return DecisionRecord(
+            new_decision_id(variant),
+            placement_id,
+            d.network,
+            d.floor_cpm,
+            d.propensity,
+            d.floor_propensity,
+            d.segment,
+            variant,
+            slot.model_version(served),
+        )
+
+    def decide_batch(
+        self, placement_id: str, requests: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[DecisionRecord]:
+        """Decisions for ``(request_id, context)`` pairs, in request order."""
+        entry = self._entry(placement_id)
+        by_variant: dict[str, list[int]] = {}
+        contexts = []
+        for i, (request_id, context) in enumerate(requests):
+            context = context or {}
+            key = context.get("user_id")
+            if key is None:
+                if not isinstance(request_id, str) or not request_id:
+                    raise InvalidDecisionRequest(f"requests[{i}]: request_id must be a non-empty string")
+                key = request_id
+            by_variant.setdefault(entry.assign(str(key)), []).append(i)
+            contexts.append(context)
+        out: list[DecisionRecord | None] = [None] * len(contexts)
+        segment_of = entry.config.segment_of
+        ids = entry.config.network_ids
+        for variant, rows in by_variant.items():
+            slot = entry.slots[variant]
+            served = slot.served
+            db = served.decide_batch([segment_of(contexts[i]) for i in rows], rng=self._rng())
+            version = slot.model_version(served)
+            decision_ids = new_decision_ids(variant, len(rows))
+            nets = db.network.tolist()
+            floors = db.floor_cpm.tolist()
+            props = db.propensity.tolist()
+            fprops = db.floor_propensity.tolist()
+            segs = db.segment_index.tolist()
+            for k, i in enumerate(rows):
+                out[i] = DecisionRecord(
+                    decision_ids[k],
+                    placement_id,
+                    ids[nets[k]],
+                    floors[k],
+                    props[k],
+                    fprops[k],
+                    db.segments[segs[k]],
+                    variant,
+                    version,
+                )
+            slot.count_decisions(len(rows))
+        return out  # type: ignore[return-value]
+
+    def allocation(self, placement_id: str, segment: str | None = None, variant: str = "champion") -> Allocation:
+        """Current weights and floors of a variant (``"champion"``: the experiment's champion)."""
+        entry = self._entry(placement_id)
+        if variant == "champion" and "champion" not in entry.slots:
+            variant = entry.champion
+        slot = self._slot(entry, variant)
+        with slot.learn_lock:
+            alloc = slot.learner.allocation(segment or ALL_SEGMENTS)
+        return replace(alloc, model_version=slot.model_version(slot.learner))
+
+    def policy_state(self, placement_id: str, variant: str = "champion") -> dict[str, np.ndarray]:
+        """A copy of a variant's live policy state (``bandit.save_state`` / ``swap_model`` input)."""
+        entry = self._entry(placement_id)
+        if variant == "champion" and "champion" not in entry.slots:
+            variant = entry.champion
+        slot = self._slot(entry, variant)
+        with slot.learn_lock:
+            return slot.learner.state()
+
+    def segments(self, placement_id: str, variant: str = "champion") -> list[str]:
+        """Segments for which a variant has learned its own allocation (from its outcomes)."""
+        entry = self._entry(placement_id)
+        if variant == "champion" and "champion" not in entry.slots:
+            variant = entry.champion
+        slot = self._slot(entry, variant)
+        with slot.learn_lock:
+            return list(slot.learner.segments)
+
+    # -------------------------------------------------------------------- ingest
+    def ingest(self, events: Sequence[object]) -> IngestResult:
+        """Validate, de-duplicate and durably log outcome events (raw JSON objects).
+
+        Each event is checked on its own: invalid ones are returned in ``rejected`` as
+        (index, reason) and change no state. A repeated ``event_id`` (within the window,
+        or earlier in the same call) counts once in ``duplicates`` and is not learned again.
+        Accepted events are fsynced before this returns and learned within ``apply_every_s``.
+        """
+        self._check_open()
+        while True:
+            entries = self._entries
+            prep = self._prepare(events, entries)
+            lsn = 0
+            with self._state_lock:
+                if self._entries is not entries:
+                    continue  # a placement changed meanwhile: validate again
+                self._check_open()
+                now = self._clock()
+                hashes = event_hashes(prep.event_ids)
+                self._dedupe.expire(now)
+                dup = ~first_occurrences(hashes) | self._dedupe.contains(hashes)
+                keep = ~dup
+                n_keep = int(keep.sum())
+                if n_keep:
+                    record = prep.record(now, hashes, keep)
+                    lsn = self._log.write(EVENTS, record.encode())
+                    self._dedupe.add(record.event_hash, now)
+                    self._pending.append((lsn, record))
+                    self._count(written=n_keep)
+            break
+        if lsn:
+            self._log.sync_to(lsn)
+        self._count(accepted=n_keep, duplicate=len(keep) - n_keep, rejected=len(prep.rejected))
+        return IngestResult(n_keep, len(keep) - n_keep, prep.rejected)
+
+    def _prepare(self, events: Sequence[object], entries: Mapping[str, _Entry]) -> _Prepared:
+        prep = _Prepared()
+        rows, rejected = prep.rows, prep.rejected
+        for i, raw in enumerate(events):
+            try:
+                ev = OutcomeEvent.from_dict(raw)  # type: ignore[arg-type]
+                entry = entries.get(ev.placement)
+                if entry is None:
+                    raise UnknownPlacement(f"placement {ev.placement!r} does not exist")
+                if ev.network not in entry.networks:
+                    entry.config.network_index(ev.network)  # raises UnknownNetwork naming the known ones
+                decision_id = ev.decision_id
+                if decision_id is not None and not isinstance(decision_id, str):
+                    raise InvalidOutcome(f"decision_id must be a string, got {decision_id!r}")
+                variant = entry.variant_of(decision_id)
+                segment = entry.segment_of(ev.context)
+            except (AdbanditError, TypeError, ValueError) as exc:
+                rejected.append((i, str(exc)))
+                continue
+            rows.append(
+                (
+                    ev.event_id,
+                    ev.placement,
+                    variant,
+                    segment,
+                    ev.network,
+                    ev.ts,
+                    ev.floor_cpm,
+                    ev.revenue_cpm,
+                    ev.filled,
+                )
+            )
+        return prep
+
+    def _count(self, **deltas: int) -> None:
+        with self._stats_lock:
+            for k, v in deltas.items():
+                self._counts[k] += v
+
+    # ------------------------------------------------------------------ applying
+    def flush(self) -> int:
+        """Learn every accepted event now (instead of at the next applier pass); returns
+        how many events were applied."""
+        self._check_open()
+        with self._apply_lock:
+            return self._apply_pending_locked()
+
+    def _apply_loop(self) -> None:
+        """Apply pending events every ``apply_every_s``, or, when refits take longer than
+        that, wait as long as the last pass took: the applier then uses at most half the
+        interpreter, leaving the rest to ingest and decisions, and learns bigger groups."""
+        wait = self.apply_every_s
+        while not self._stop.wait(wait):
+            started = time.perf_counter()
+            try:
+                with self._apply_lock:
+                    self._apply_pending_locked()
+            except Exception:  # the applier must survive and retry
+                log.exception("applying outcome events failed")
+            wait = max(self.apply_every_s, time.perf_counter() - started)
+
+    def _apply_pending_locked(self) -> int:
+        """Apply all records written so far as one group and mark it in the log."""
+        records = []
+        while self._pending:
+            records.append(self._pending.popleft())
+        if not records:
+            return 0
+        n = self._apply_group(records, refit=True)
+        self._log.write(APPLIED, encode_applied(records[-1][0]))
+        return n
+
+    def _apply_group(self, records: Sequence[tuple[int, EventRecord]], *, refit: bool) -> int:
+        """Update each (placement, variant) learner once with its events from ``records``.
+
+        ``refit=False`` (replay) adds the events to the statistics exactly as ``update``
+        does, counts the update, and leaves the table refit of the touched segments to
+        :meth:`_refit_stale` once the replay is done: the statistics come out bit-for-bit
+        those of the live store at a fraction of the cost of refitting after every group.
+        """
+        groups: dict[tuple[str, str], list[tuple[EventRecord, NDArray[np.int64] | None]]] = {}
+        for _, rec in records:
+            if len(rec.placements) == 1 and len(rec.variants) == 1:
+                groups.setdefault((rec.placements[0], rec.variants[0]), []).append((rec, None))
+                continue
+            nv = len(rec.variants)
+            combo = rec.placement.astype(np.int64) * nv + rec.variant
+            for c in np.unique(combo):
+                key = (rec.placements[int(c) // nv], rec.variants[int(c) % nv])
+                groups.setdefault(key, []).append((rec, np.flatnonzero(combo == c)))
+        applied = 0
+        entries = self._entries
+        for (placement_id, variant), parts in groups.items():
+            entry = entries.get(placement_id)
+            if entry is None:
+                log.error("events for unknown placement %r skipped", placement_id)
+                continue
+            slot = entry.slots.get(variant) or entry.slots[entry.champion]
+            try:
+                batch = _batch_from_parts(entry, parts)
+                with slot.learn_lock:
+                    if refit:
+                        slot.learner.update(batch)
+                        # Published before the lock is released: whoever sees the new
+                        # statistics (allocation, segments) also decides with them.
+                        slot.publish()
+                    else:
+                        touched = slot.learner.update(batch, refresh=False)
+                        self._stale.setdefault(id(slot), (slot, set()))[1].update(touched)
+                    slot.add_outcomes(batch)
+            except Exception:  # one bad group must not stop the others
+                log.exception(
+                    "updating %s/%s failed; %d events skipped",
+                    placement_id,
+                    variant,
+                    sum(len(r) if rows is None else len(rows) for r, rows in parts),
+                )
+                self._count(apply_errors=1)
+                continue
+            applied += len(batch)
+        self._count(applied=applied)
+        return applied
+
+    # ------------------------------------------------------------------- models
+    def swap_model(self, placement_id: str, variant: str, state: Mapping[str, np.ndarray]) -> str:
+        """Replace a variant's live policy by ``bandit.policy_from_state(state)``, atomically:
+        decisions switch from the old policy to the new one between two requests.
+
+        The state's placement must have the same networks (ids, bounds, shares) and
+        segment fields as the placement; its id may differ (it is rewritten). The
+        variant's outcome counters are kept. Returns the new model version.
+        """
+        self._check_open()
+        entry = self._entry(placement_id)
+        self._slot(entry, variant)
+        normalised = _normalise_state(state, entry.config)
+        self.flush()
+        with self._state_lock:
+            with self._apply_lock:
+                self._apply_pending_locked()
+                entry = self._entry(placement_id)
+                normalised = _normalise_state(state, entry.config)
+                self._slot(entry, variant)
+                payload = encode_with_state({"placement": placement_id, "variant": variant}, normalised)
+                lsn = self._log.write(MODEL, payload)
+                version = self._install_model(placement_id, variant, normalised)
+            self._log.sync_to(lsn)
+        return version
+
+    def _install_model(self, placement_id: str, variant: str, state: Mapping[str, np.ndarray]) -> str:
+        entry = self._entry(placement_id)
+        old = self._slot(entry, variant)
+        policy = policy_from_state(state)
+        meta = state_meta(state)
+        params = dict(meta.get("params") or {})
+        if meta.get("half_life_hours") not in (None, "inf"):
+            params["half_life_hours"] = meta["half_life_hours"]
+        config = VariantConfig(variant, old.variant.traffic, meta["policy"], params)
+        slot = _Slot(config, policy, tag=state_tag(state))
+        slot.take_counters(old)
+        experiment = ExperimentConfig(tuple(config if v.name == variant else v for v in entry.experiment.variants))
+        self._install(_Entry.create(entry.config, experiment, {**entry.slots, variant: slot}))
+        return slot.model_version(policy)
+
+    # ----------------------------------------------------------------- reporting
+    def experiment_report(self, placement_id: str) -> dict:
+        """Per variant: decisions, outcome events (requests), revenue per request (CPM)
+        and, against the champion, the lift with its 95% CI and p-value (Welch / Fieller,
+        :func:`experiments.abstats.unpaired_lift`; ``None`` until both have >= 2 events)."""
+        entry = self._entry(placement_id)
+        sums = {}
+        for name, slot in entry.slots.items():
+            with slot.learn_lock:
+                sums[name] = (slot.requests, slot.revenue, slot.revenue_sq)
+        n_c, s_c, q_c = sums[entry.champion]
+        variants = {}
+        for v in entry.experiment.variants:
+            slot = entry.slots[v.name]
+            n, s, q = sums[v.name]
+            row: dict[str, Any] = {
+                "policy": v.policy,
+                "traffic": v.traffic,
+                "model_version": slot.model_version(),
+                "decisions": slot.decisions,
+                "requests": n,
+                "revenue_per_request": s / n if n else None,
+                "lift": None,
+                "ci_low": None,
+                "ci_high": None,
+                "p_value": None,
+            }
+            if v.name != entry.champion:
+                try:
+                    r = unpaired_lift(n_c, s_c, q_c, n, s, q)
+                except AdbanditError:
+                    pass
+                else:
+                    row.update(
+                        lift=_finite_or_none(r.lift),
+                        ci_low=_finite_or_none(r.ci_low),
+                        ci_high=_finite_or_none(r.ci_high),
+                        p_value=_finite_or_none(r.p_value),
+                    )
+            variants[v.name] = row
+        return {"placement": placement_id, "champion": entry.champion, "variants": variants}
+
+    def metrics(self) -> dict:
+        """Counters and gauges for ``/metrics`` (event counts are since this process started;
+        requests and revenue per request cover everything learned)."""
+        with self._stats_lock:
+            counts = dict(self._counts)
+        placements = {}
+        for pid, entry in sorted(self._entries.items()):
+            n = sum(s.requests for s in entry.slots.values())
+            rev = sum(s.revenue for s in entry.slots.values())
+            placements[pid] = {
+                "requests": n,
+                "revenue_per_request": rev / n if n else 0.0,
+                "decisions": sum(s.decisions for s in entry.slots.values()),
+                "variants": {
+                    name: {
+                        "requests": s.requests,
+                        "revenue_per_request": s.revenue / s.requests if s.requests else 0.0,
+                        "decisions": s.decisions,
+                        "model_version": s.model_version(),
+                    }
+                    for name, s in entry.slots.items()
+                },
+            }
+        age = None if self._snapshot_time is None else max(self._clock() - self._snapshot_time, 0.0)
+        with self._state_lock:  # ingest changes the window under this lock
+            dedupe_entries, dedupe_bytes = len(self._dedupe), self._dedupe.nbytes
+        return {
+            "events_accepted_total": counts["accepted"],
+            "events_duplicate_total": counts["duplicate"],
+            "events_rejected_total": counts["rejected"],
+            "events_applied_total": counts["applied"],
+            "events_replayed_total": counts["replayed"],
+            "apply_errors_total": counts["apply_errors"],
+            "log_lag_events": counts["written"] - counts["applied"],
+            "log_last_lsn": self._log.last_lsn,
+            "log_synced_lsn": self._log.synced_lsn,
+            "log_fsyncs_total": self._log.fsyncs,
+            "log_segments": len(self._log.segments()),
+            "snapshot_lsn": self._snapshot_lsn,
+            "snapshot_age_seconds": age,
+            "dedupe_entries": dedupe_entries,
+            "dedupe_bytes": dedupe_bytes,
+            "decisions_total": sum(p["decisions"] for p in placements.values()),
+            "placements": placements,
+        }
+
+    # ----------------------------------------------------------------- snapshots
+    def snapshot(self) -> None:
+        """Write a snapshot now (atomic) and compact the log behind the older one kept."""
+        self._check_open()
+        self._snapshot(only_if_changed=False)
+
+    def _snapshot_loop(self) -> None:
+        interval = min(1.0, max(self.snapshot_every_s / 4.0, 0.01))
+        while not self._stop.wait(interval):
+            try:
+                if self._log.last_lsn <= self._snapshot_lsn:
+                    continue
+                with self._stats_lock:
+                    since = self._counts["written"] - self._snapshot_written
+                age = self._clock() - (self._snapshot_time or 0.0)
+                if age >= self.snapshot_every_s or since >= self.snapshot_every_events:
+                    self._snapshot(only_if_changed=True)
+            except Exception:  # keep trying; the log still holds everything
+                log.exception("snapshot failed")
+
+    def _snapshot(self, *, only_if_changed: bool) -> None:
+        with self._snapshot_lock:
+            with self._apply_lock:
+                self._apply_pending_locked()
+            with self._state_lock:
+                with self._apply_lock:
+                    self._apply_pending_locked()
+                    covered = self._log.last_lsn
+                    if only_if_changed and covered == self._snapshot_lsn and self._snapshot_time is not None:
+                        return
+                    meta, arrays = self._capture()
+                    arrays.update(self._dedupe.state())
+                    with self._stats_lock:
+                        written = self._counts["written"]
+            self._log.sync_to(covered)
+            now = self._clock()
+            snapshots.write_snapshot(self._snap_dir, covered, meta, arrays, fsync=self.fsync, created=now)
+            self._snapshot_lsn = covered
+            self._snapshot_time = now
+            self._snapshot_written = written
+            snapshots.prune(self._snap_dir, keep=SNAPSHOTS_KEPT)
+            kept = snapshots.list_snapshots(self._snap_dir)
+            self._log.compact(kept[0][0] if kept else 0)
+
+    def _capture(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """Meta and arrays of every placement and learner (under the apply lock)."""
+        arrays: dict[str, np.ndarray] = {}
+        placements = []
+        for p, (pid, entry) in enumerate(sorted(self._entries.items())):
+            slots = []
+            for s, (name, slot) in enumerate(entry.slots.items()):
+                prefix = f"p{p}.s{s}."
+                for key, value in slot.learner.state().items():
+                    arrays[prefix + key] = value
+                slots.append(
+                    {
+                        "variant": name,
+                        "prefix": prefix,
+                        "tag": slot.tag,
+                        "requests": slot.requests,
+                        "revenue": slot.revenue,
+                        "revenue_sq": slot.revenue_sq,
+                        "decisions": slot.decisions,
+                    }
+                )
+            placements.append(
+                {
+                    "placement": pid,
+                    "config": entry.config.to_dict(),
+                    "experiment": entry.experiment.to_dict(),
+                    "slots": slots,
+                }
+            )
+        return {"placements": placements}, arrays
+
+    def _restore(self, snap: snapshots.Snapshot) -> None:
+        entries = {}
+        for p in snap.meta["placements"]:
+            config = PlacementConfig.from_dict(p["placement"], p["config"])
+            experiment = ExperimentConfig.from_dict(p["experiment"])
+            slots = {}
+            for s in p["slots"]:
+                slot = _Slot(
+                    experiment.variant(s["variant"]),
+                    policy_from_state(snap.prefixed(s["prefix"])),
+                    s["tag"],
+                )
+                slot.requests = int(s["requests"])
+                slot.revenue = float(s["revenue"])
+                slot.revenue_sq = float(s["revenue_sq"])
+                slot.decisions = int(s.get("decisions", 0))
+                slots[slot.variant.name] = slot
+            entries[config.id] = _Entry.create(config, experiment, slots)
+        self._entries = entries
+        self._dedupe.load_state(snap.arrays)
+        self._snapshot_lsn = snap.covered_lsn
+        self._snapshot_time = snap.created
+
+    # -------------------------------------------------------------------- replay
+    def _replay(self, covered_lsn: int) -> None:
+        """Re-apply the log after ``covered_lsn`` exactly as it was applied live."""
+        buffered: list[tuple[int, EventRecord]] = []
+        seen: list[tuple[NDArray[np.uint64], float]] = []
+
+        def apply(upto: int | None) -> None:
+            nonlocal buffered
+            take = [r for r in buffered if upto is None or r[0] <= upto]
+            if take:
+                buffered = [r for r in buffered if upto is not None and r[0] > upto]
+                self._apply_group(take, refit=False)
+
+        for rec in self._log.recover(covered_lsn):
+            if rec.kind == EVENTS:
+                events = EventRecord.decode(rec.payload)
+                buffered.append((rec.lsn, events))
+                seen.append((events.event_hash, events.ingest_time))
+                self._count(written=len(events), replayed=len(events))
+            elif rec.kind == APPLIED:
+                apply(decode_applied(rec.payload))
+            elif rec.kind == PLACEMENT:
+                apply(None)
+                body = decode_json(rec.payload)
+                config = PlacementConfig.from_dict(body["placement"], body["config"])
+                experiment = ExperimentConfig.from_dict(body["experiment"])
+                self._install(self._build_entry(config, experiment, self._entries.get(config.id)))
+            elif rec.kind == MODEL:
+                apply(None)
+                header, state = decode_with_state(rec.payload)
+                self._install_model(header["placement"], header["variant"], state)
+        self._log.open()
+        # Events after the last marker (a crash): learn them now, in bounded groups, and
+        # mark the groups so that a later replay repeats exactly these updates.
+        while buffered:
+            size, cut = 0, 0
+            while cut < len(buffered) and (cut == 0 or size + len(buffered[cut][1]) <= REPLAY_GROUP_EVENTS):
+                size += len(buffered[cut][1])
+                cut += 1
+            self._apply_group(buffered[:cut], refit=False)
+            self._log.write(APPLIED, encode_applied(buffered[cut - 1][0]))
+            buffered = buffered[cut:]
+        for hashes, t in _group_by_bucket(seen, self._dedupe.bucket_seconds):
+            self._dedupe.add(hashes, t)
+        self._dedupe.expire(self._clock())
+        self._refit_stale()
+        for entry in self._entries.values():
+            for slot in entry.slots.values():
+                slot.publish()
+
+    def _refit_stale(self) -> None:
+        """Rebuild the decision tables of segments whose statistics replay changed."""
+        live = {id(s) for e in self._entries.values() for s in e.slots.values()}
+        for key, (slot, segments) in self._stale.items():
+            if key in live:  # slots replaced meanwhile were merged (and refit) into their successor
+                with slot.learn_lock:
+                    slot.learner.refresh(sorted(segments))
+        self._stale.clear()
+
+
+def _group_by_bucket(
+    seen: Sequence[tuple[NDArray[np.uint64], float]], bucket_seconds: float
+) -> list[tuple[NDArray[np.uint64], float]]:
+    """Replayed hashes concatenated per de-dup bucket (one sort per bucket, not per record)."""
+    by_bucket: dict[int, list[NDArray[np.uint64]]] = {}
+    times: dict[int, float] = {}
+    for hashes, t in seen:
+        b = math.floor(t / bucket_seconds)
+        by_bucket.setdefault(b, []).append(hashes)
+        times[b] = t
+    return [(np.concatenate(parts), times[b]) for b, parts in by_bucket.items()]
+
+
+def _batch_from_parts(entry: _Entry, parts: Sequence[tuple[EventRecord, NDArray[np.int64] | None]]) -> EventBatch:
+    """One :class:`EventBatch` of a placement from rows of several event records.
+
+    Deterministic in its input (segment keys numbered in order of first appearance), so
+    the live applier and the replay build identical batches.
+    """
+    keys: dict[str, int] = {}
+    seg, net, floor, filled, revenue, ts = [], [], [], [], [], []
+    for rec, rows in parts:
+
+        def pick(col: NDArray, rows: NDArray[np.int64] | None = rows) -> NDArray:
+            return col if rows is None else col[rows]
+
+        codes, inverse = np.unique(pick(rec.segment), return_inverse=True)
+        remap = np.fromiter(
+            (keys.setdefault(rec.segments[c], len(keys)) for c in codes.tolist()),
+            np.int64,
+            len(codes),
+        )
+        seg.append(remap[inverse.reshape(-1)])
+        netmap = np.array([entry.networks.get(n, -1) for n in rec.networks], dtype=np.int64)
+        net.append(netmap[pick(rec.network)])
+        floor.append(pick(rec.floor_cpm))
+        filled.append(pick(rec.filled))
+        revenue.append(pick(rec.revenue_cpm))
+        ts.append(pick(rec.ts))
+    network = np.concatenate(net)
+    if (network < 0).any():
+        raise InvalidState(f"events name networks that placement {entry.config.id!r} no longer has")
+    return EventBatch(
+        segments=tuple(keys),
+        segment_index=np.concatenate(seg),
+        network=network,
+        floor_cpm=np.concatenate(floor),
+        filled=np.concatenate(filled),
+        revenue_cpm=np.concatenate(revenue),
+        ts=np.concatenate(ts),
+    )
+
+
+def _normalise_state(state: Mapping[str, np.ndarray], config: PlacementConfig) -> dict[str, np.ndarray]:
+    """``state`` with its placement set to ``config``, after checking the networks match."""
+    policy = policy_from_state(state)  # checks schema and policy name
+    theirs = policy.placement
+    if theirs.networks != config.networks or theirs.segment_by != config.segment_by:
+        raise InvalidState(
+            f"model state is for networks {list(theirs.network_ids)} "
+            f"segmented by {list(theirs.segment_by)}; "
+            f"placement {config.id!r} has networks {list(config.network_ids)} segmented by "
+            f"{list(config.segment_by)} (bounds and shares must match too)"
+        )
+    meta = state_meta(state)
+    meta["placement_id"] = config.id
+    meta["placement"] = config.to_dict()
+    return {**{k: np.asarray(v) for k, v in state.items()}, "meta": np.array(json.dumps(meta))}

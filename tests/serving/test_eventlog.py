@@ -1,0 +1,291 @@
+"""Event log: append/recover, rotation, compaction, torn tails, group commit, record codecs."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bandit.errors import InvalidState
+from serving import eventlog
+from serving.eventlog import (
+    APPLIED,
+    EVENTS,
+    HEADER,
+    MODEL,
+    PLACEMENT,
+    EventLog,
+    EventRecord,
+    decode_applied,
+    decode_json,
+    decode_with_state,
+    encode_applied,
+    encode_json,
+    encode_with_state,
+)
+
+
+def _payload(i: int) -> bytes:
+    return f"record-{i}-".encode() * (1 + i % 7)
+
+
+def _fill(directory, n: int, **kwargs) -> EventLog:
+    log = EventLog(directory, **kwargs)
+    log.open()
+    for i in range(1, n + 1):
+        assert log.append(EVENTS if i % 2 else PLACEMENT, _payload(i)) == i
+    return log
+
+
+def _read_all(directory, after: int = 0, **kwargs) -> tuple[EventLog, list]:
+    log = EventLog(directory, **kwargs)
+    recs = [(r.lsn, r.kind, bytes(r.payload)) for r in log.recover(after)]
+    return log, recs
+
+
+def test_append_then_recover_returns_every_record_in_order(tmp_path):
+    _fill(tmp_path, 20).close()
+    log, recs = _read_all(tmp_path)
+    assert [r[0] for r in recs] == list(range(1, 21))
+    assert all(r[2] == _payload(r[0]) for r in recs)
+    assert [r[1] for r in recs[:2]] == [EVENTS, PLACEMENT]
+    log.open()
+    assert log.append(APPLIED, b"x") == 21
+
+
+def test_recover_skips_records_a_snapshot_covers(tmp_path):
+    _fill(tmp_path, 10).close()
+    _, recs = _read_all(tmp_path, after=7)
+    assert [r[0] for r in recs] == [8, 9, 10]
+
+
+def test_segments_rotate_at_the_size_limit_and_recover_across_them(tmp_path):
+    log = _fill(tmp_path, 60, segment_max_bytes=300)
+    sizes = [p.stat().st_size for _, p in log.segments()]
+    log.close()
+    assert len(sizes) > 5
+    assert all(s <= 300 for s in sizes[:-1])  # records here are < 300 bytes each
+    _, recs = _read_all(tmp_path, segment_max_bytes=300)
+    assert [r[0] for r in recs] == list(range(1, 61))
+    assert all(r[2] == _payload(r[0]) for r in recs)
+
+
+def test_a_single_record_larger_than_a_segment_gets_its_own_segment(tmp_path):
+    log = EventLog(tmp_path, segment_max_bytes=64)
+    log.open()
+    log.append(EVENTS, b"a" * 500)
+    log.append(EVENTS, b"b" * 10)
+    log.close()
+    _, recs = _read_all(tmp_path)
+    assert [len(r[2]) for r in recs] == [500, 10]
+    assert len(eventlog.list_segments(tmp_path)) == 2
+
+
+def test_compaction_deletes_only_segments_fully_covered(tmp_path):
+    log = _fill(tmp_path, 60, segment_max_bytes=300)
+    segments = log.segments()
+    firsts = [f for f, _ in segments]
+    covered = firsts[3] + 1  # part of the 4th segment
+    removed = log.compact(covered)
+    assert [p.name for p in removed] == [p.name for _, p in segments[:3]]
+    assert [f for f, _ in log.segments()] == firsts[3:]
+    # Everything after the covered position is still there and the log keeps going.
+    assert log.append(EVENTS, b"more") == 61
+    log.close()
+    _, recs = _read_all(tmp_path, after=covered, segment_max_bytes=300)
+    assert [r[0] for r in recs] == list(range(covered + 1, 62))
+
+
+def test_compaction_never_deletes_the_open_segment(tmp_path):
+    log = _fill(tmp_path, 5)
+    assert log.compact(10**9) == []
+    assert len(log.segments()) == 1
+    log.close()
+
+
+def test_a_gap_between_snapshot_and_log_is_refused(tmp_path):
+    log = _fill(tmp_path, 60, segment_max_bytes=300)
+    first_segments = log.segments()
+    log.compact(first_segments[2][0] - 1)
+    log.close()
+    with pytest.raises(InvalidState, match="missing"):
+        list(EventLog(tmp_path).recover(0))
+
+
+def _last_segment(directory):
+    return eventlog.list_segments(directory)[-1][1]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda data: data[:-3], id="payload-cut"),
+        pytest.param(lambda data: data[: len(data) - len(_payload(12)) - HEADER.size + 5], id="header-cut"),
+        pytest.param(lambda data: data + b"\0" * 40, id="zero-fill"),
+        pytest.param(lambda data: data[:-1] + bytes([data[-1] ^ 0x5A]), id="flipped-byte"),
+        pytest.param(lambda data: data + b"garbage", id="stray-bytes"),
+    ],
+)
+def test_a_torn_tail_is_detected_truncated_and_never_misread(tmp_path, damage):
+    _fill(tmp_path, 12).close()
+    path = _last_segment(tmp_path)
+    intact = path.read_bytes()
+    path.write_bytes(damage(intact))
+    log, recs = _read_all(tmp_path)
+    survivors = [r[0] for r in recs]
+    # Only whole, checksummed records come back: all 12, or 11 when the last one was hit.
+    assert survivors in (list(range(1, 12)), list(range(1, 13)))
+    assert all(r[2] == _payload(r[0]) for r in recs)
+    assert log.truncated, "the damage must be reported"
+    log.open()
+    assert log.append(EVENTS, b"after-crash") == survivors[-1] + 1
+    log.close()
+    _, again = _read_all(tmp_path)
+    assert [r[0] for r in again] == [*survivors, survivors[-1] + 1]
+    assert again[-1][2] == b"after-crash"
+
+
+def test_corruption_before_the_last_segment_raises(tmp_path):
+    _fill(tmp_path, 40, segment_max_bytes=300).close()
+    first = eventlog.list_segments(tmp_path)[0][1]
+    data = bytearray(first.read_bytes())
+    data[HEADER.size + 2] ^= 0xFF  # inside the first record's payload
+    first.write_bytes(bytes(data))
+    with pytest.raises(InvalidState, match="corrupt"):
+        list(EventLog(tmp_path).recover(0))
+
+
+def test_writes_without_fsync_are_still_recovered_after_close(tmp_path):
+    _fill(tmp_path, 5, fsync=False).close()
+    _, recs = _read_all(tmp_path)
+    assert len(recs) == 5
+
+
+def test_concurrent_appends_share_fsyncs_and_all_survive(tmp_path, monkeypatch):
+    calls = []
+    real = eventlog._datasync
+
+    def slow_sync(fd):
+        calls.append(fd)
+        time.sleep(0.002)
+        real(fd)
+
+    monkeypatch.setattr(eventlog, "_datasync", slow_sync)
+    log = EventLog(tmp_path)
+    log.open()
+    per_thread, n_threads = 40, 8
+    lsns: list[int] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        for i in range(per_thread):
+            lsn = log.append(EVENTS, f"{k}:{i}".encode())
+            assert log.synced_lsn >= lsn  # durable before append returns
+            with lock:
+                lsns.append(lsn)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    total = per_thread * n_threads
+    assert sorted(lsns) == list(range(1, total + 1))
+    assert len(calls) < total / 2, f"{len(calls)} fsyncs for {total} appends: no group commit"
+    _, recs = _read_all(tmp_path)
+    assert sorted(bytes(r[2]).decode() for r in recs) == sorted(
+        f"{k}:{i}" for k in range(n_threads) for i in range(per_thread)
+    )
+
+
+def test_rotation_while_other_threads_sync_loses_nothing(tmp_path):
+    log = EventLog(tmp_path, segment_max_bytes=2000)
+    log.open()
+
+    def worker(k: int) -> None:
+        for i in range(100):
+            log.append(EVENTS, f"{k}-{i}".encode() * 5)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    _, recs = _read_all(tmp_path, segment_max_bytes=2000)
+    assert [r[0] for r in recs] == list(range(1, 401))
+    assert len(eventlog.list_segments(tmp_path)) >= 5
+
+
+def test_event_record_round_trips_exactly():
+    rng = np.random.default_rng(3)
+    n = 257
+    rec = EventRecord.from_columns(
+        1.7e9,
+        placement=[["p1", "p2"][i % 2] for i in range(n)],
+        variant=[["champion", "challenger", "holdout"][i % 3] for i in range(n)],
+        segment=[f"KR|{i % 5}" for i in range(n)],
+        network=[["alpha", "beta"][i % 2] for i in range(n)],
+        event_hash=rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2),
+        ts=1.7e9 + rng.random(n),
+        floor_cpm=rng.random(n),
+        revenue_cpm=rng.random(n),
+        filled=rng.random(n) < 0.5,
+    )
+    back = EventRecord.decode(rec.encode())
+    assert back.ingest_time == rec.ingest_time
+    for name in ("placements", "variants", "segments", "networks"):
+        assert getattr(back, name) == getattr(rec, name)
+    for name in (
+        "event_hash",
+        "ts",
+        "floor_cpm",
+        "revenue_cpm",
+        "segment",
+        "placement",
+        "variant",
+        "network",
+        "filled",
+    ):
+        a, b = getattr(rec, name), getattr(back, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert back.placements == ("p1", "p2") and back.placement[:4].tolist() == [0, 1, 0, 1]
+
+
+def test_event_record_with_no_rows_round_trips():
+    rec = EventRecord.from_columns(
+        5.0, placement=[], variant=[], segment=[], network=[], event_hash=np.empty(0, np.uint64),
+        ts=[], floor_cpm=[], revenue_cpm=[], filled=[],
+    )  # fmt: skip
+    assert len(EventRecord.decode(rec.encode())) == 0
+
+
+def test_truncated_event_record_payload_raises():
+    rec = EventRecord.from_columns(
+        5.0, placement=["p"], variant=["v"], segment=["*"], network=["a"],
+        event_hash=np.array([7], np.uint64), ts=[1.0], floor_cpm=[1.0], revenue_cpm=[0.0], filled=[False],
+    )  # fmt: skip
+    with pytest.raises(InvalidState):
+        EventRecord.decode(rec.encode()[:-4])
+
+
+def test_other_payload_codecs_round_trip():
+    assert decode_applied(encode_applied(2**40 + 3)) == 2**40 + 3
+    assert decode_json(encode_json({"a": [1, "x"]})) == {"a": [1, "x"]}
+    state = {"meta": np.array('{"k": 1}'), "w": np.arange(6.0).reshape(2, 3)}
+    header, back = decode_with_state(encode_with_state({"variant": "v", "kind": MODEL}, state))
+    assert header == {"variant": "v", "kind": MODEL}
+    assert str(back["meta"]) == '{"k": 1}' and np.array_equal(back["w"], state["w"])
+
+
+def test_write_after_close_raises(tmp_path):
+    log = _fill(tmp_path, 1)
+    log.close()
+    log.close()  # idempotent
+    with pytest.raises(RuntimeError):
+        log.write(EVENTS, b"x")
+    assert os.listdir(tmp_path)
