@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable, allocate_shares, floor_bin_propensity
-from bandit.drift import cusum_step, revenue_deviation
+from bandit.drift import batch_deviation, cusum_step
 from bandit.errors import InvalidConfig
 from bandit.events import EventBatch
 from bandit.gmm import GmmParams, Prior, RevenueCurve, best_floor, censored_data, fit, initial_params
@@ -91,6 +91,7 @@ class ThompsonGmmPolicy(Policy):
     - ``n_draws``: posterior draws per (segment, network) (M);
     - ``prior_strength``: pseudo-requests of the weak prior;
     - ``explore_floor``: probability of a lower exploration floor;
+    - ``explore_network``: share of traffic spread evenly over all networks;
     - ``typical_cpm``: prior centre of bid values (default: geometric middle of the bounds);
     - ``half_life_hours``: time discounting of all statistics (event time);
     - ``change_threshold``: CUSUM threshold of the change detector (0 turns it off; with it
@@ -108,8 +109,9 @@ class ThompsonGmmPolicy(Policy):
         n_draws: int = 16,
         prior_strength: float = 2.0,
         explore_floor: float = 0.01,
+        explore_network: float = 0.003,
         typical_cpm: float | None = None,
-        half_life_hours: float = 3.0,
+        half_life_hours: float = 48.0,
         change_threshold: float = 12.0,
         change_forget: float = 0.05,
         seed: int | None = None,
@@ -118,10 +120,18 @@ class ThompsonGmmPolicy(Policy):
         self.n_draws = int(n_draws)
         self.prior_strength = float(prior_strength)
         self.explore_floor = float(explore_floor)
+        self.explore_network = float(explore_network)
         self.typical_cpm = typical_cpm
-        if self.n_components < 1 or self.n_draws < 2 or not 0 <= self.explore_floor < 1 or self.prior_strength <= 0:
+        if (
+            self.n_components < 1
+            or self.n_draws < 2
+            or self.prior_strength <= 0
+            or not 0 <= self.explore_floor < 1
+            or not 0 <= self.explore_network < 1
+        ):
             raise InvalidConfig(
-                "ts_gmm needs n_components >= 1, n_draws >= 2, prior_strength > 0 and 0 <= explore_floor < 1"
+                "ts_gmm needs n_components >= 1, n_draws >= 2, prior_strength > 0, "
+                "0 <= explore_floor < 1 and 0 <= explore_network < 1"
             )
         self.change_threshold = float(change_threshold)
         self.change_forget = float(change_forget)
@@ -140,6 +150,7 @@ class ThompsonGmmPolicy(Policy):
             n_draws=self.n_draws,
             prior_strength=self.prior_strength,
             explore_floor=self.explore_floor,
+            explore_network=self.explore_network,
             typical_cpm=typical_cpm,
             change_threshold=self.change_threshold,
             change_forget=self.change_forget,
@@ -176,13 +187,11 @@ class ThompsonGmmPolicy(Policy):
             row = self.stats.segment_row(seg)
             if row is None:
                 continue
-            history = self.stats.data[row, j]
-            bins = price_bin(log_price(batch.floor_cpm[rows]))
-            known = history[REQUESTS, bins] >= 20.0
-            if known.sum() < 30:
+            dev = batch_deviation(
+                self.stats.data[row, j], batch.floor_cpm[rows], batch.filled[rows], batch.revenue_cpm[rows]
+            )
+            if dev is None:
                 continue
-            predicted = history[REVENUE, bins[known]] / history[REQUESTS, bins[known]]
-            dev = revenue_deviation(batch.revenue_cpm[rows[known]], predicted)
             key = (seg, j)
             state = cusum_step(self._cusum.get(key, np.zeros(2)), dev.z, slack=3.0)
             if state.max() > self.change_threshold and abs(dev.relative) > 0.15:
@@ -251,6 +260,10 @@ class ThompsonGmmPolicy(Policy):
                 AUCTION_CODES.index("second" if second else "first"),
             )
         weights = allocate_shares(best.mean(axis=1), best.std(axis=1), self._lo, self._hi)
+        if self.explore_network > 0:
+            # Every network keeps a trickle of traffic: fresh data for the change detector,
+            # so a network whose demand arrives (or returns) is noticed.
+            weights = self._constrain((1 - self.explore_network) * weights + self.explore_network / n_net)
         bins = price_bin(log_price(floors))
         return SegmentTable(weights, floors, probs, floor_bin_propensity(floors, probs, bins), summary)
 
