@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STATE_DIR ?= state
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench bench-all report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/adbandit serve --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR)
+	$(VENV)/bin/adbandit serve --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR) --demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -30,6 +30,15 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_bandit.py
+
+bench-all: $(STAMP)
+	$(PY) benchmarks/bench_bandit.py
+	$(PY) benchmarks/bench_simulator.py
+	$(PY) benchmarks/bench_store.py
+	$(PY) benchmarks/bench_service.py
+
+report: $(STAMP)
+	$(PY) -m experiments.report --seeds 10 --out docs/figures.md --plots docs/figures
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

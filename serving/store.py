@@ -175,6 +175,7 @@ class _Slot:
         "decisions",
         "learn_lock",
         "learner",
+        "refit_at",
         "requests",
         "revenue",
         "revenue_sq",
@@ -194,6 +195,7 @@ class _Slot:
         self.revenue_sq = 0.0
         self.decisions = 0
         self.served = serving_copy(learner)
+        self.refit_at = time.monotonic()
 
     def publish(self) -> None:
         self.served = serving_copy(self.learner)
@@ -341,6 +343,7 @@ class PolicyStore:
         snapshot_every_events: int = 1_000_000,
         segment_max_bytes: int = 64 * 2**20,
         apply_every_s: float = 0.05,
+        refit_every_s: float = 1.0,
         fsync: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -355,6 +358,7 @@ class PolicyStore:
         self.snapshot_every_s = float(snapshot_every_s)
         self.snapshot_every_events = int(snapshot_every_events)
         self.apply_every_s = float(apply_every_s)
+        self.refit_every_s = float(refit_every_s)
         self.fsync = bool(fsync)
         self._clock = clock
         self._log = EventLog(self.state_dir / "log", segment_max_bytes=segment_max_bytes, fsync=fsync)
@@ -601,6 +605,7 @@ class PolicyStore:
     ) -> list[DecisionRecord]:
         """Decisions for ``(request_id, context)`` pairs, in request order."""
         entry = self._entry(placement_id)
+        single = entry.assign.single
         by_variant: dict[str, list[int]] = {}
         contexts = []
         for i, (request_id, context) in enumerate(requests):
@@ -610,10 +615,13 @@ class PolicyStore:
                 if not isinstance(request_id, str) or not request_id:
                     raise InvalidDecisionRequest(f"requests[{i}]: request_id must be a non-empty string")
                 key = request_id
-            by_variant.setdefault(entry.assign(str(key)), []).append(i)
+            if single is None:
+                by_variant.setdefault(entry.assign(str(key)), []).append(i)
             contexts.append(context)
+        if single is not None:
+            by_variant[single] = list(range(len(contexts)))
         out: list[DecisionRecord | None] = [None] * len(contexts)
-        segment_of = entry.config.segment_of
+        segment_of = entry.segment_of
         ids = entry.config.network_ids
         for variant, rows in by_variant.items():
             slot = entry.slots[variant]
@@ -750,7 +758,9 @@ class PolicyStore:
         how many events were applied."""
         self._check_open()
         with self._apply_lock:
-            return self._apply_pending_locked()
+            n = self._apply_pending_locked()
+            self._refit_stale()
+            return n
 
     def _apply_loop(self) -> None:
         """Apply pending events every ``apply_every_s``, or, when refits take longer than
@@ -762,6 +772,7 @@ class PolicyStore:
             try:
                 with self._apply_lock:
                     self._apply_pending_locked()
+                    self._refit_stale(self.refit_every_s)
             except Exception:  # the applier must survive and retry
                 log.exception("applying outcome events failed")
             wait = max(self.apply_every_s, time.perf_counter() - started)
@@ -773,17 +784,18 @@ class PolicyStore:
             records.append(self._pending.popleft())
         if not records:
             return 0
-        n = self._apply_group(records, refit=True)
+        n = self._apply_group(records)
         self._log.write(APPLIED, encode_applied(records[-1][0]))
         return n
 
-    def _apply_group(self, records: Sequence[tuple[int, EventRecord]], *, refit: bool) -> int:
+    def _apply_group(self, records: Sequence[tuple[int, EventRecord]]) -> int:
         """Update each (placement, variant) learner once with its events from ``records``.
 
-        ``refit=False`` (replay) adds the events to the statistics exactly as ``update``
-        does, counts the update, and leaves the table refit of the touched segments to
-        :meth:`_refit_stale` once the replay is done: the statistics come out bit-for-bit
-        those of the live store at a fraction of the cost of refitting after every group.
+        The statistics are updated at once (``Policy.update(..., refresh=False)``); the
+        decision tables of the touched segments are rebuilt by :meth:`_refit_stale` — live
+        at most every ``refit_every_s`` per variant (refits cost milliseconds per segment
+        and network, learning statistics microseconds), after a replay once at the end. So
+        replay gives bit-for-bit the statistics of the live store.
         """
         groups: dict[tuple[str, str], list[tuple[EventRecord, NDArray[np.int64] | None]]] = {}
         for _, rec in records:
@@ -806,14 +818,8 @@ class PolicyStore:
             try:
                 batch = _batch_from_parts(entry, parts)
                 with slot.learn_lock:
-                    if refit:
-                        slot.learner.update(batch)
-                        # Published before the lock is released: whoever sees the new
-                        # statistics (allocation, segments) also decides with them.
-                        slot.publish()
-                    else:
-                        touched = slot.learner.update(batch, refresh=False)
-                        self._stale.setdefault(id(slot), (slot, set()))[1].update(touched)
+                    touched = slot.learner.update(batch, refresh=False)
+                    self._stale.setdefault(id(slot), (slot, set()))[1].update(touched)
                     slot.add_outcomes(batch)
             except Exception:  # one bad group must not stop the others
                 log.exception(
@@ -1020,6 +1026,9 @@ class PolicyStore:
                         "revenue": slot.revenue,
                         "revenue_sq": slot.revenue_sq,
                         "decisions": slot.decisions,
+                        # Segments whose tables lag their statistics (refits are throttled):
+                        # refit after a restore, so tables and statistics agree again.
+                        "stale": sorted(self._stale.get(id(slot), (slot, set()))[1]),
                     }
                 )
             placements.append(
@@ -1048,6 +1057,8 @@ class PolicyStore:
                 slot.revenue = float(s["revenue"])
                 slot.revenue_sq = float(s["revenue_sq"])
                 slot.decisions = int(s.get("decisions", 0))
+                if s.get("stale"):
+                    self._stale[id(slot)] = (slot, set(s["stale"]))
                 slots[slot.variant.name] = slot
             entries[config.id] = _Entry.create(config, experiment, slots)
         self._entries = entries
@@ -1066,7 +1077,7 @@ class PolicyStore:
             take = [r for r in buffered if upto is None or r[0] <= upto]
             if take:
                 buffered = [r for r in buffered if upto is not None and r[0] > upto]
-                self._apply_group(take, refit=False)
+                self._apply_group(take)
 
         for rec in self._log.recover(covered_lsn):
             if rec.kind == EVENTS:
@@ -1094,7 +1105,7 @@ class PolicyStore:
             while cut < len(buffered) and (cut == 0 or size + len(buffered[cut][1]) <= REPLAY_GROUP_EVENTS):
                 size += len(buffered[cut][1])
                 cut += 1
-            self._apply_group(buffered[:cut], refit=False)
+            self._apply_group(buffered[:cut])
             self._log.write(APPLIED, encode_applied(buffered[cut - 1][0]))
             buffered = buffered[cut:]
         for hashes, t in _group_by_bucket(seen, self._dedupe.bucket_seconds):
@@ -1105,14 +1116,22 @@ class PolicyStore:
             for slot in entry.slots.values():
                 slot.publish()
 
-    def _refit_stale(self) -> None:
-        """Rebuild the decision tables of segments whose statistics replay changed."""
+    def _refit_stale(self, min_age_s: float = 0.0) -> None:
+        """Rebuild the decision tables of segments whose statistics changed, for variants
+        last refit at least ``min_age_s`` ago, and publish them to decisions."""
         live = {id(s) for e in self._entries.values() for s in e.slots.values()}
-        for key, (slot, segments) in self._stale.items():
-            if key in live:  # slots replaced meanwhile were merged (and refit) into their successor
-                with slot.learn_lock:
-                    slot.learner.refresh(sorted(segments))
-        self._stale.clear()
+        now = time.monotonic()
+        for key, (slot, segments) in list(self._stale.items()):
+            if key not in live:  # slots replaced meanwhile were merged (and refit) into their successor
+                del self._stale[key]
+                continue
+            if now - slot.refit_at < min_age_s:
+                continue
+            with slot.learn_lock:
+                slot.learner.refresh(sorted(segments))
+                slot.publish()
+            slot.refit_at = now
+            del self._stale[key]
 
 
 def _group_by_bucket(

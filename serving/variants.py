@@ -166,16 +166,25 @@ class ExperimentConfig:
 class Assigner:
     """Fast variant assignment for one placement's experiment (precomputed cutoffs)."""
 
-    __slots__ = ("_cutoffs", "_last", "_names", "_salt")
+    __slots__ = ("_cutoffs", "_last", "_names", "_salt", "_single")
 
     def __init__(self, placement_id: str, experiment: ExperimentConfig) -> None:
         self._salt = placement_id.encode() + b"\x00"
         self._cutoffs = experiment.cutoffs()
         self._names = experiment.names
         self._last = len(self._names) - 1
+        full = [v.name for v in experiment.variants if v.traffic >= 100.0]
+        self._single = full[0] if full else None
 
     def __call__(self, key: str) -> str:
+        if self.single is not None:
+            return self.single
         return self._names[min(bisect_right(self._cutoffs, assignment_point(self._salt, key)), self._last)]
+
+    @property
+    def single(self) -> str | None:
+        """The variant taking all traffic, if one does (then no hashing is needed)."""
+        return self._single
 
 
 def assignment_point(salt: bytes, key: str) -> float:
