@@ -96,15 +96,11 @@ class EventBatch:
     @classmethod
     def concat(cls, batches: Sequence[EventBatch]) -> EventBatch:
         """One batch holding the rows of all ``batches`` (segment keys re-indexed)."""
-        keys: dict[str, int] = {}
-        parts = []
-        for b in batches:
-            remap = np.array([keys.setdefault(s, len(keys)) for s in b.segments], dtype=np.int64)
-            parts.append(remap[b.segment_index] if len(remap) else b.segment_index)
+        keys, index = reindex_segments([(b.segments, b.segment_index) for b in batches])
         cat = lambda name: np.concatenate([getattr(b, name) for b in batches])  # noqa: E731
         return cls(
-            segments=tuple(keys),
-            segment_index=np.concatenate(parts) if parts else np.empty(0, np.int64),
+            segments=keys,
+            segment_index=index,
             network=cat("network"),
             floor_cpm=cat("floor_cpm"),
             filled=cat("filled"),
@@ -123,6 +119,17 @@ class EventBatch:
             self.revenue_cpm[rows],
             self.ts[rows],
         )
+
+
+def reindex_segments(parts: Sequence[tuple[Sequence[str], NDArray]]) -> tuple[tuple[str, ...], NDArray[np.int64]]:
+    """One tuple of distinct segment keys for several (keys, segment_index [n_i]) parts, and
+    the parts' indexes into it, concatenated ([Σ n_i])."""
+    keys: dict[str, int] = {}
+    index = []
+    for segments, segment_index in parts:
+        remap = np.array([keys.setdefault(s, len(keys)) for s in segments], dtype=np.int64)
+        index.append(remap[segment_index] if len(remap) else np.asarray(segment_index, dtype=np.int64))
+    return tuple(keys), (np.concatenate(index) if index else np.empty(0, np.int64))
 
 
 def validate_batch(batch: EventBatch, placement: PlacementConfig) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit.errors import InvalidOutcome
+from bandit.events import reindex_segments
 from bandit.policy import Policy
 from bandit.stats import N_BINS, log_price, price_bin
 from bandit.types import ALL_SEGMENTS, PlacementConfig
@@ -88,15 +89,11 @@ class LoggedDecisions:
 
     @classmethod
     def concat(cls, parts: Sequence[LoggedDecisions]) -> LoggedDecisions:
-        keys: dict[str, int] = {}
-        index = []
-        for p in parts:
-            remap = np.array([keys.setdefault(s, len(keys)) for s in p.segments], dtype=np.int64)
-            index.append(remap[p.segment_index] if len(remap) else p.segment_index)
+        keys, index = reindex_segments([(p.segments, p.segment_index) for p in parts])
         cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
         return cls(
-            tuple(keys),
-            np.concatenate(index),
+            keys,
+            index,
             cat("network"),
             cat("floor_cpm"),
             cat("propensity"),

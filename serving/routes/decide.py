@@ -20,7 +20,7 @@ _ERRORS = errors(404, *BODY_ERRORS)
 
 
 def decision_out(record: DecisionRecord) -> dict:
-    """The HTTP shape of a decision (DESIGN.md contract)."""
+    """The HTTP shape of a decision (the contract in docs/design.md)."""
     return {
         "decision_id": record.decision_id,
         "placement": record.placement,

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from serving.app import create_app
 from serving.settings import Settings
 
-#: The placement of DESIGN.md's examples: two networks, segments by country and OS.
+#: The placement of the design doc's examples: two networks, segments by country and OS.
 P1_BODY = {
     "networks": [
         {"id": "alpha", "floor_min_cpm": 0.0, "floor_max_cpm": 50.0, "min_share": 0.0, "max_share": 1.0},

@@ -1,5 +1,5 @@
 """The HTTP API through FastAPI's TestClient over a real PolicyStore in a temp state dir:
-DESIGN.md's response shapes, bad input (status, message, no state change), auth,
+docs/design.md's response shapes, bad input (status, message, no state change), auth,
 idempotent outcomes, decision order, Prebid floors, the experiment report, model swaps."""
 
 from __future__ import annotations
