@@ -1,11 +1,11 @@
 """Change detection: does a batch disagree with the history at the same floors?
 
 Per (segment, network) a two-sided CUSUM accumulates a standardised deviation of each
-batch from the historical behaviour *in the same floor bins* (model-free: a model
-extrapolating to floors it has not seen is not a change). Two deviations are measured —
-revenue per request (prices moved) and fill count (demand appeared or vanished) — and
-the larger in size is used. A change is declared when a CUSUM passes the threshold *and*
-the batch's revenue differs by a relative amount that matters, so that a tiny but
+batch from the historical behaviour at the same floors (model-free: a model extrapolating
+to floors it has not seen is not a change). Two deviations are measured — revenue per
+request (prices moved) and fill count (demand appeared or vanished) — and the larger in
+size is used. A change is declared when a CUSUM passes the threshold *and* the batch
+differs by a relative amount that matters, so that a tiny but
 statistically visible misfit on huge batches never fires. The policy then forgets most
 of that cell's history, so traffic and floors move within a batch or two instead of a
 half-life.
@@ -40,27 +40,51 @@ class Deviation:
 def batch_deviation(
     history: NDArray[np.float64], floor_cpm: NDArray[np.float64], filled: NDArray[np.bool_], revenue: NDArray
 ) -> Deviation | None:
-    """Deviation of one cell's batch ([n] arrays) from its history [F, B]; None without overlap."""
+    """Deviation of one cell's batch ([n] arrays) from its history [F, B]; None without overlap.
+
+    Two comparisons, the larger in size wins:
+
+    - revenue per request against the history of the same floor bins;
+    - fill counts against monotone bounds: P(fill | f) falls as f rises, so the historical
+      fill rate at floors <= f bounds the expected fills from above and the rate at floors
+      >= f from below. More fills than the upper bound means demand arrived; fewer than the
+      lower bound, demand left. These use all history, so a network with little traffic at
+      scattered floors is still checked, and moving floors alone never looks like a change.
+    """
     bins = price_bin(log_price(floor_cpm))
+    found: list[Deviation] = []
     req = history[REQUESTS, bins]
     known = req >= MIN_HISTORY
-    if known.sum() < MIN_EVENTS:
-        return None
-    b, req = bins[known], req[known]
-    # Revenue per request against the bin's historical mean and variance.
-    mean = history[REVENUE, b] / req
-    var = np.maximum(history[REVENUE_SQ, b] / req - mean**2, 0.0) + (REL_SD_FLOOR * mean) ** 2 + 1e-9
-    observed = revenue[known]
-    z_revenue = float((observed - mean).sum()) / math.sqrt(float(var.sum()))
-    # Fill count against a smoothed historical fill probability (well-defined with little history).
-    p = (history[FILLS, b] + 0.5) / (req + 1.0)
-    z_fill = float((filled[known] - p).sum()) / math.sqrt(float((p * (1 - p)).sum()))
-    expected = float(mean.sum())
+    if known.sum() >= MIN_EVENTS:
+        b, r = bins[known], req[known]
+        mean = history[REVENUE, b] / r
+        var = np.maximum(history[REVENUE_SQ, b] / r - mean**2, 0.0) + (REL_SD_FLOOR * mean) ** 2 + 1e-9
+        observed = revenue[known]
+        z = float((observed - mean).sum()) / math.sqrt(float(var.sum()))
+        found.append(Deviation(z, _relative(float(observed.sum()), float(mean.sum()))))
+    cum_req = np.cumsum(history[REQUESTS])
+    cum_fill = np.cumsum(history[FILLS])
+    at_or_below = (cum_req[bins], cum_fill[bins])
+    at_or_above = (
+        cum_req[-1] - cum_req[bins] + history[REQUESTS, bins],
+        cum_fill[-1] - cum_fill[bins] + history[FILLS, bins],
+    )
+    for (r, f), direction in ((at_or_below, 1.0), (at_or_above, -1.0)):
+        usable = r >= MIN_HISTORY
+        if usable.sum() < MIN_EVENTS:
+            continue
+        p = (f[usable] + 0.5) / (r[usable] + 1.0)
+        observed = float(filled[usable].sum())
+        z = (observed - float(p.sum())) / math.sqrt(float((p * (1 - p)).sum()))
+        if z * direction > 0:
+            found.append(Deviation(z, _relative(observed, float(p.sum()))))
+    return max(found, key=lambda d: abs(d.z)) if found else None
+
+
+def _relative(observed: float, expected: float) -> float:
     if expected > 0:
-        relative = float(observed.sum()) / expected - 1.0
-    else:
-        relative = math.inf if observed.sum() > 0 else 0.0
-    return Deviation(z_revenue if abs(z_revenue) >= abs(z_fill) else z_fill, relative)
+        return observed / expected - 1.0
+    return math.inf if observed > 0 else 0.0
 
 
 def cusum_step(state: NDArray[np.float64], z: float, slack: float) -> NDArray[np.float64]:

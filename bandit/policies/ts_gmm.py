@@ -12,10 +12,15 @@ After each update, for every touched segment and network:
    its best floor anywhere in the network's bounds and the revenue at that floor.
 
 Exposure weights are P(network has the highest best-floor revenue) under the draws
-(normal approximation, closed-form quadrature), projected onto the min/max share contract.
-A decision picks a network by its weight and a floor from one of its draws (Thompson
-sampling's probability matching), or, with probability ``explore_floor``, a lower floor so
-censored data can never trap a floor above all bids.
+(normal approximation, quadrature); when min/max shares bind, the posterior average of the
+contract-constrained optimum (:func:`bandit.allocation.allocate_shares`). A small share
+(``explore_network``) is spread over all networks so every network keeps producing fresh
+data. A decision picks a network by its weight and a floor from one of its draws (Thompson
+sampling's probability matching), or, with probability ``explore_floor`` (more when a
+network stops filling), a lower floor, so censored data can never trap a floor above all
+bids. Before learning a batch, a model-free CUSUM per (segment, network)
+(:mod:`bandit.drift`) checks it against the history at the same floors; on a change most of
+that history is forgotten, so traffic and floors move within a batch or two.
 """
 
 from __future__ import annotations
