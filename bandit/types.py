@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Literal
 
 from bandit.errors import InvalidConfig, InvalidOutcome, UnknownNetwork
@@ -194,6 +195,16 @@ class Decision:
     model_version: str
 
 
+@lru_cache(maxsize=65536)
+def _iso_seconds(value: str) -> float:
+    """Epoch seconds of an ISO 8601 time (cached: a batch of events shares few distinct times)."""
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidOutcome(f"ts must be an ISO 8601 time like 2026-11-21T10:00:00Z, got {value!r}") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
 def parse_ts(value: object) -> float:
     """Event time in seconds since the epoch, from an ISO 8601 string or a number."""
     if isinstance(value, bool):
@@ -203,11 +214,7 @@ def parse_ts(value: object) -> float:
     elif isinstance(value, datetime):
         ts = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
     elif isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidOutcome(f"ts must be an ISO 8601 time like 2026-11-21T10:00:00Z, got {value!r}") from None
-        ts = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        ts = _iso_seconds(value)
     else:
         raise InvalidOutcome(f"ts must be an ISO 8601 time or epoch seconds, got {value!r}")
     if not math.isfinite(ts) or ts < 0 or ts > 4.1e9:

@@ -130,13 +130,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def load_startup_model(store: PolicyStore, alias: str, name: str) -> None:
     """``serve --model ALIAS``: make MLflow model ``name@alias`` the champion of its placement
     (creating the placement from the state's configuration if it does not exist)."""
-    import json
-
     from bandit import PlacementConfig, UnknownPlacement
+    from bandit.io import state_meta
     from experiments.model_registry import load_model_state
 
     state = load_model_state(alias=alias, name=name)
-    meta = json.loads(str(state["meta"]))
+    meta = state_meta(state)
     placement = meta["placement_id"]
     try:
         store.get_placement(placement)
