@@ -18,47 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import http_request, run_load
 
-HOST = "127.0.0.1"
+from serving.process import HOST, free_port, start_server, stop_server
+
 PLACEMENT = "demo"
 SEGMENTS = [{"country": c, "os": o} for c in ("KR", "US") for o in ("ios", "android")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def start_server(state_dir: Path, port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADBANDIT_")}
-    cmd = [sys.executable, "-m", "serving.cli", "serve", "--host", HOST, "--port", str(port),
-           "--state-dir", str(state_dir), "--demo", "--log-level", "warning"]  # fmt: skip
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited: {process.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://{HOST}:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("server did not start within 60 s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -149,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = 0.2 if args.quick else 1.0
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="adbandit-bench-") as tmp:
-        server = start_server(Path(tmp) / "state", port)
+        server = start_server(Path(tmp) / "state", port, "--demo")
         try:
             pid = server.pid
             figures = {
@@ -162,11 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             }
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
     d, b, o = figures["decide"], figures["decide_batch"], figures["outcomes"]
     print(f"adbandit service benchmark (1 uvicorn worker, fsync on, loopback, {os.cpu_count()} CPUs shared "
           "by client and server)")  # fmt: skip

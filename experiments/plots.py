@@ -63,16 +63,7 @@ def capture_over_time(trajectories: Sequence[pl.DataFrame], title: str = "") -> 
     )
     cum = np.nanmean([t["cumulative_capture"].to_numpy() for t in trajectories], axis=0)
     ax.plot(x, cum, color="tab:orange", label="cumulative capture")
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
-    ax.axhline(0.99, color="gray", linestyle=":", linewidth=0.8)
-    ax.set_xlabel("requests")
-    ax.set_ylabel("policy / oracle revenue")
-    ax.set_ylim(0.0, 1.05)
-    ax.set_title(title or "capture over time")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _capture_axes(fig, ax, title or "capture over time")
 
 
 def _per_network(trajectories: Sequence[pl.DataFrame], prefix: str, ylabel: str, title: str, log: bool = False) -> Any:
@@ -118,6 +109,20 @@ def all_figures(trajectories: Sequence[pl.DataFrame], label: str = "") -> dict[s
     }
 
 
+def _capture_axes(fig: Any, ax: Any, title: str) -> Any:
+    """Common frame of capture plots: the oracle (1.0) and 99% lines, labels, legend."""
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
+    ax.axhline(0.99, color="gray", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("requests")
+    ax.set_ylabel("policy / oracle revenue")
+    ax.set_ylim(0.0, 1.05)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def compare_capture(trajectories: Mapping[str, Sequence[pl.DataFrame]], title: str = "") -> Any:
     """Capture per feedback batch of several arms (mean over seeds), one line per arm."""
     fig, ax = plt.subplots(figsize=_FIGSIZE)
@@ -125,13 +130,4 @@ def compare_capture(trajectories: Mapping[str, Sequence[pl.DataFrame]], title: s
         length = min(t.height for t in ts)
         caps = np.array([t["capture"].to_numpy()[:length] for t in ts], dtype=float)
         ax.plot(_x(ts[0])[:length], np.nanmean(caps, axis=0), label=arm)
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
-    ax.axhline(0.99, color="gray", linestyle=":", linewidth=0.8)
-    ax.set_xlabel("requests")
-    ax.set_ylabel("policy / oracle revenue")
-    ax.set_ylim(0.0, 1.05)
-    ax.set_title(title or "capture by arm")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _capture_axes(fig, ax, title or "capture by arm")

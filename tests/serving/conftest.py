@@ -7,7 +7,6 @@ tested against the real process in ``test_crash.py``).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -93,8 +92,3 @@ def outcome(i: int, *, placement: str = "p1", network: str = "alpha", filled: bo
         event["decision_id"] = decision_id
     return event
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -11,54 +11,20 @@ the log holds, no more, no less).
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.serving.conftest import free_port
+from serving.process import free_port, start_server, stop_server
 
 CLIENTS = 4
 BATCH = 40
 TS = "2026-11-21T10:00:00Z"
 #: Kill once this many events have been acknowledged (plenty remain in flight).
 KILL_AFTER_ACKED = 2000
-
-
-def start_server(state_dir: Path, port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADBANDIT_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--state-dir", str(state_dir), "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited: {process.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError("server did not start within 60 s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def event(client: int, batch: int, i: int) -> dict:
@@ -168,7 +134,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_event_and_counts_none_twice(tm
         report = httpx.get(f"{base}/v1/placements/crash/experiment").json()
         assert report["variants"]["champion"]["requests"] == len(attempted)
     finally:
-        stop(server)
+        stop_server(server, timeout_s=30)
     errors = server.stderr.read().decode()
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it (exit status -15).
     assert server.returncode in (0, -signal.SIGTERM) and "Traceback" not in errors, errors[-2000:]
