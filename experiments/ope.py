@@ -41,6 +41,7 @@ Z_95 = 1.959963984540054
 #: Pseudo-count of the reward model's shrinkage towards the coarser cell mean.
 SHRINKAGE = 10.0
 ESTIMATORS = ("ips", "snips", "dr")
+_PROPENSITIES = ("propensity", "floor_propensity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,9 @@ class LoggedDecisions:
         ``propensity``, ``floor_propensity``, the reward as ``reward`` or as
         ``revenue_cpm`` (+ ``filled``), and the segment as ``segment`` or derived from
         ``context`` by the placement's ``segment_by`` (then ``filled`` and ``ts`` are needed
-        too, as for any outcome log). Rows of other placements are skipped.
+        too, as for any outcome log). Rows of other placements, and rows without
+        propensities, are skipped. The service's outcome archive (``state/outcomes/*.parquet``)
+        has exactly these columns.
         """
         import polars as pl
 
@@ -119,14 +122,17 @@ class LoggedDecisions:
             frame = frame.collect()
         if "placement" in frame.columns:
             frame = frame.filter(pl.col("placement") == placement.id)
-        missing = [c for c in ("network", "floor_cpm", "propensity", "floor_propensity") if c not in frame.columns]
+        missing = [c for c in ("network", "floor_cpm", *_PROPENSITIES) if c not in frame.columns]
         if "reward" not in frame.columns and "revenue_cpm" not in frame.columns:
             missing.append("reward (or revenue_cpm)")
         if missing:
             raise InvalidOutcome(f"logged decisions lack columns {missing}")
-        for name in ("floor_cpm", "propensity", "floor_propensity"):
-            if frame[name].null_count():
-                raise InvalidOutcome(f"column {name} has {frame[name].null_count()} missing values")
+        # Events whose decision's propensities are unknown (NaN/null in the service's outcome
+        # archive: decided before a restart or by another system) cannot be weighted: skip them.
+        known = pl.all_horizontal(pl.col(c).is_not_null() & pl.col(c).is_not_nan() for c in _PROPENSITIES)
+        frame = frame.with_columns(pl.col(c).cast(pl.Float64) for c in _PROPENSITIES).filter(known)
+        if frame["floor_cpm"].null_count():
+            raise InvalidOutcome(f"column floor_cpm has {frame['floor_cpm'].null_count()} missing values")
         if "segment" in frame.columns:
             segment = frame["segment"].cast(pl.String).fill_null(ALL_SEGMENTS)
             keys = segment.unique(maintain_order=True)

@@ -339,6 +339,8 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("ts", "<f8"),
     ("floor_cpm", "<f8"),
     ("revenue_cpm", "<f8"),
+    ("propensity", "<f8"),
+    ("floor_propensity", "<f8"),
     ("segment", "<u4"),
     ("placement", "<u2"),
     ("variant", "<u2"),
@@ -348,13 +350,19 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 _U32 = struct.Struct("<I")
 
 
+def _or_nan(values: Sequence[float] | None, n: int) -> NDArray[np.float64]:
+    return np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64).reshape(n)
+
+
 @dataclass(frozen=True)
 class EventRecord:
     """Accepted outcome events of one ingest call, as columns of shape [n].
 
     ``placement``, ``variant``, ``segment`` and ``network`` are codes into the string
     tables of the same names; ``event_hash`` is the 64-bit hash of the event id;
-    ``ingest_time`` is when the service accepted them (the de-duplication clock).
+    ``ingest_time`` is when the service accepted them (the de-duplication clock);
+    ``propensity``/``floor_propensity`` are those of the decision the event answers (NaN
+    when the service does not know the decision), kept for off-policy evaluation.
     """
 
     ingest_time: float
@@ -366,6 +374,8 @@ class EventRecord:
     ts: NDArray[np.float64]
     floor_cpm: NDArray[np.float64]
     revenue_cpm: NDArray[np.float64]
+    propensity: NDArray[np.float64]
+    floor_propensity: NDArray[np.float64]
     segment: NDArray[np.uint32]
     placement: NDArray[np.uint16]
     variant: NDArray[np.uint16]
@@ -389,6 +399,8 @@ class EventRecord:
         floor_cpm: Sequence[float],
         revenue_cpm: Sequence[float],
         filled: Sequence[bool],
+        propensity: Sequence[float] | None = None,
+        floor_propensity: Sequence[float] | None = None,
     ) -> EventRecord:
         """Build from per-event string columns (coded into tables in order of appearance)."""
         tables = []
@@ -413,6 +425,8 @@ class EventRecord:
             ts=np.asarray(ts, dtype=np.float64).reshape(n),
             floor_cpm=np.asarray(floor_cpm, dtype=np.float64).reshape(n),
             revenue_cpm=np.asarray(revenue_cpm, dtype=np.float64).reshape(n),
+            propensity=_or_nan(propensity, n),
+            floor_propensity=_or_nan(floor_propensity, n),
             segment=codes[2],
             placement=codes[0],
             variant=codes[1],

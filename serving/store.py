@@ -78,6 +78,7 @@ from bandit.errors import (
 from bandit.io import state_meta
 from experiments.abstats import unpaired_lift
 from serving import snapshots
+from serving.archive import DecisionMemo, OutcomeArchive
 from serving.dedupe import DAY_SECONDS, DedupeWindow, event_hashes, first_occurrences
 from serving.eventlog import (
     APPLIED,
@@ -295,7 +296,7 @@ class _Prepared:
     """Validated events of one ingest call, as columns, plus the rejected ones."""
 
     #: One tuple per valid event: (event_id, placement, variant, segment, network, ts,
-    #: floor_cpm, revenue_cpm, filled).
+    #: floor_cpm, revenue_cpm, filled, propensity, floor_propensity).
     rows: list[tuple] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
@@ -306,8 +307,8 @@ class _Prepared:
     def record(self, ingest_time: float, hashes: NDArray[np.uint64], keep: NDArray[np.bool_]) -> EventRecord:
         """The kept rows as one columnar log record."""
         rows = self.rows if keep.all() else [self.rows[i] for i in np.flatnonzero(keep).tolist()]
-        _, placement, variant, segment, network, ts, floor, revenue, filled = (
-            zip(*rows, strict=True) if rows else ((),) * 9
+        _, placement, variant, segment, network, ts, floor, revenue, filled, prop, floor_prop = (
+            zip(*rows, strict=True) if rows else ((),) * 11
         )
         return EventRecord.from_columns(
             ingest_time,
@@ -320,6 +321,8 @@ class _Prepared:
             floor_cpm=floor,
             revenue_cpm=revenue,
             filled=filled,
+            propensity=prop,
+            floor_propensity=floor_prop,
         )
 
 
@@ -344,6 +347,8 @@ class PolicyStore:
         segment_max_bytes: int = 64 * 2**20,
         apply_every_s: float = 0.05,
         refit_every_s: float = 1.0,
+        decision_memo_size: int = 1_000_000,
+        archive_part_events: int = 500_000,
         fsync: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -363,6 +368,9 @@ class PolicyStore:
         self._clock = clock
         self._log = EventLog(self.state_dir / "log", segment_max_bytes=segment_max_bytes, fsync=fsync)
         self._snap_dir = self.state_dir / "snapshots"
+        self._decisions = DecisionMemo(decision_memo_size)
+        self._archive_part_events = int(archive_part_events)
+        self._archive: OutcomeArchive | None = None  # made by open(), after the directory lock
         self._dedupe = DedupeWindow(self.dedupe_days * DAY_SECONDS, n_buckets=7)
         self._entries: dict[str, _Entry] = {}
         self._pending: deque[tuple[int, EventRecord]] = deque()
@@ -410,6 +418,7 @@ class PolicyStore:
         self._snap_dir.mkdir(exist_ok=True)
         self._acquire_dir_lock()
         try:
+            self._archive = OutcomeArchive(self.state_dir / "outcomes", self._archive_part_events)
             snap = snapshots.load_newest(self._snap_dir)
             if snap is not None:
                 self._restore(snap)
@@ -588,8 +597,10 @@ class PolicyStore:
         served = slot.served
         d = served.decide(context, rng=self._rng())
         slot.count_decisions(1)
+        decision_id = new_decision_id(variant)
+        self._decisions.add((decision_id,), (d.propensity,), (d.floor_propensity,))
         return DecisionRecord(
-            new_decision_id(variant),
+            decision_id,
             placement_id,
             d.network,
             d.floor_cpm,
@@ -633,6 +644,7 @@ class PolicyStore:
             floors = db.floor_cpm.tolist()
             props = db.propensity.tolist()
             fprops = db.floor_propensity.tolist()
+            self._decisions.add(decision_ids, props, fprops)
             segs = db.segment_index.tolist()
             for k, i in enumerate(rows):
                 out[i] = DecisionRecord(
@@ -743,6 +755,7 @@ class PolicyStore:
                     ev.floor_cpm,
                     ev.revenue_cpm,
                     ev.filled,
+                    *self._decisions.get(decision_id),
                 )
             )
         return prep
@@ -798,7 +811,8 @@ class PolicyStore:
         replay gives bit-for-bit the statistics of the live store.
         """
         groups: dict[tuple[str, str], list[tuple[EventRecord, NDArray[np.int64] | None]]] = {}
-        for _, rec in records:
+        for lsn, rec in records:
+            self._archive.add(lsn, rec)
             if len(rec.placements) == 1 and len(rec.variants) == 1:
                 groups.setdefault((rec.placements[0], rec.variants[0]), []).append((rec, None))
                 continue
@@ -990,6 +1004,8 @@ class PolicyStore:
             with self._state_lock:
                 with self._apply_lock:
                     self._apply_pending_locked()
+                    # Everything the snapshot covers is archived before its log segments go.
+                    self._archive.flush()
                     covered = self._log.last_lsn
                     if only_if_changed and covered == self._snapshot_lsn and self._snapshot_time is not None:
                         return
