@@ -37,6 +37,8 @@ def _finite(value: float, name: str, error: type[Exception] = InvalidConfig) -> 
 
 
 def _cpm(value: float, name: str, error: type[Exception] = InvalidConfig) -> float:
+    if type(value) is float and 0.0 <= value <= MAX_CPM:  # the common case (NaN and inf fail here)
+        return value
     value = _finite(value, name, error)
     if value < 0:
         raise error(f"{name} must be >= 0 CPM, got {value}")

@@ -22,7 +22,7 @@ import numpy as np
 from serving.eventlog import EventRecord
 
 _PART = re.compile(r"outcomes-(\d{12})-(\d{12})\.parquet$")
-NAN_PAIR = (float("nan"), float("nan"))
+_UNKNOWN = complex(float("nan"), float("nan"))
 
 
 class DecisionMemo:
@@ -31,24 +31,26 @@ class DecisionMemo:
     Two generations of dicts: when the newer one is full it becomes the older one, so
     memory stays bounded and the most recent ``capacity / 2`` to ``capacity`` decisions are
     always remembered. Reads and writes are single dict operations (safe across threads).
+    A pair is held as one complex number: an atomic object the garbage collector never
+    scans, which keeps a million entries off the decision path's cost.
     """
 
     def __init__(self, capacity: int = 1_000_000) -> None:
         self._half = max(int(capacity) // 2, 1)
-        self._new: dict[str, tuple[float, float]] = {}
-        self._old: dict[str, tuple[float, float]] = {}
+        self._new: dict[str, complex] = {}
+        self._old: dict[str, complex] = {}
 
     def add(self, decision_ids: Sequence[str], propensity: Sequence[float], floor_propensity: Sequence[float]) -> None:
-        self._new.update(zip(decision_ids, zip(propensity, floor_propensity, strict=True), strict=True))
+        self._new.update(zip(decision_ids, map(complex, propensity, floor_propensity), strict=True))
         if len(self._new) >= self._half:
             # The newest half-capacity become the older generation (dicts keep insertion order).
             newest = self._new if len(self._new) == self._half else dict(list(self._new.items())[-self._half :])
             self._old, self._new = newest, {}
 
     def get(self, decision_id: str | None) -> tuple[float, float]:
-        if decision_id is None:
-            return NAN_PAIR
-        return self._new.get(decision_id) or self._old.get(decision_id) or NAN_PAIR
+        """(propensity, floor_propensity) of a decision, NaN for an unknown one."""
+        pair = self._new.get(decision_id) or self._old.get(decision_id) or _UNKNOWN if decision_id else _UNKNOWN
+        return pair.real, pair.imag
 
 
 class OutcomeArchive:
@@ -98,7 +100,7 @@ def _frame(rec: EventRecord):  # -> polars.DataFrame
 
     return pl.DataFrame(
         {
-            "event_id": [f"h{h:016x}" for h in rec.event_hash.tolist()],
+            "event_hash": np.asarray(rec.event_hash),
             "ts": pl.Series(rec.ts * 1e6).cast(pl.Int64).cast(pl.Datetime("us", "UTC")),
             "placement": decoded(rec.placements, rec.placement),
             "variant": decoded(rec.variants, rec.variant),

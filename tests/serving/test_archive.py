@@ -61,7 +61,7 @@ def test_replay_after_a_crash_archives_every_event_exactly_once(tmp_path):
     again.snapshot()
     frame = _archive(tmp_path / "crashed")
     again.close()
-    assert frame.height == 200 and frame["event_id"].n_unique() == 200
+    assert frame.height == 200 and frame["event_hash"].n_unique() == 200
 
 
 @pytest.mark.parametrize("seed", range(3))
