@@ -96,7 +96,7 @@ def _frame(rec: EventRecord):  # -> polars.DataFrame
     import polars as pl
 
     def decoded(table: tuple[str, ...], codes: np.ndarray) -> pl.Series:
-        return pl.Series(np.asarray(table, dtype=object)[codes.astype(np.int64)] if len(table) else [], dtype=pl.String)
+        return pl.Series(list(table), dtype=pl.String).gather(codes.astype(np.int64))
 
     return pl.DataFrame(
         {
