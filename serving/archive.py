@@ -41,11 +41,18 @@ class DecisionMemo:
         self._old: dict[str, complex] = {}
 
     def add(self, decision_ids: Sequence[str], propensity: Sequence[float], floor_propensity: Sequence[float]) -> None:
-        self._new.update(zip(decision_ids, map(complex, propensity, floor_propensity), strict=True))
+        self._insert(zip(decision_ids, map(complex, propensity, floor_propensity), strict=True))
+
+    def _insert(self, pairs) -> None:
+        self._new.update(pairs)
         if len(self._new) >= self._half:
             # The newest half-capacity become the older generation (dicts keep insertion order).
             newest = self._new if len(self._new) == self._half else dict(list(self._new.items())[-self._half :])
             self._old, self._new = newest, {}
+
+    def add_arrays(self, decision_ids: Sequence[str], propensity: np.ndarray, floor_propensity: np.ndarray) -> None:
+        """:meth:`add` for numpy columns (the pairs are built in one vectorised step)."""
+        self._insert(zip(decision_ids, (propensity + 1j * floor_propensity).tolist(), strict=True))
 
     def get(self, decision_id: str | None) -> tuple[float, float]:
         """(propensity, floor_propensity) of a decision, NaN for an unknown one."""

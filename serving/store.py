@@ -644,7 +644,7 @@ class PolicyStore:
             floors = db.floor_cpm.tolist()
             props = db.propensity.tolist()
             fprops = db.floor_propensity.tolist()
-            self._decisions.add(decision_ids, props, fprops)
+            self._decisions.add_arrays(decision_ids, db.propensity, db.floor_propensity)
             segs = db.segment_index.tolist()
             for k, i in enumerate(rows):
                 out[i] = DecisionRecord(
