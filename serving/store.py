@@ -78,7 +78,7 @@ from bandit.errors import (
 from bandit.io import state_meta
 from experiments.abstats import unpaired_lift
 from serving import snapshots
-from serving.archive import DecisionMemo, OutcomeArchive
+from serving.archive import OutcomeArchive
 from serving.dedupe import DAY_SECONDS, DedupeWindow, event_hashes, first_occurrences
 from serving.eventlog import (
     APPLIED,
@@ -98,6 +98,7 @@ from serving.variants import (
     Assigner,
     ExperimentConfig,
     VariantConfig,
+    decision_propensities,
     new_decision_id,
     new_decision_ids,
     stable_seed,
@@ -347,7 +348,6 @@ class PolicyStore:
         segment_max_bytes: int = 64 * 2**20,
         apply_every_s: float = 0.05,
         refit_every_s: float = 1.0,
-        decision_memo_size: int = 1_000_000,
         archive_part_events: int = 500_000,
         fsync: bool = True,
         clock: Callable[[], float] = time.time,
@@ -368,7 +368,6 @@ class PolicyStore:
         self._clock = clock
         self._log = EventLog(self.state_dir / "log", segment_max_bytes=segment_max_bytes, fsync=fsync)
         self._snap_dir = self.state_dir / "snapshots"
-        self._decisions = DecisionMemo(decision_memo_size)
         self._archive_part_events = int(archive_part_events)
         self._archive: OutcomeArchive | None = None  # made by open(), after the directory lock
         self._dedupe = DedupeWindow(self.dedupe_days * DAY_SECONDS, n_buckets=7)
@@ -597,10 +596,8 @@ class PolicyStore:
         served = slot.served
         d = served.decide(context, rng=self._rng())
         slot.count_decisions(1)
-        decision_id = new_decision_id(variant)
-        self._decisions.add((decision_id,), (d.propensity,), (d.floor_propensity,))
         return DecisionRecord(
-            decision_id,
+            new_decision_id(variant, d.propensity, d.floor_propensity),
             placement_id,
             d.network,
             d.floor_cpm,
@@ -639,12 +636,11 @@ class PolicyStore:
             served = slot.served
             db = served.decide_batch([segment_of(contexts[i]) for i in rows], rng=self._rng())
             version = slot.model_version(served)
-            decision_ids = new_decision_ids(variant, len(rows))
+            decision_ids = new_decision_ids(variant, db.propensity, db.floor_propensity)
             nets = db.network.tolist()
             floors = db.floor_cpm.tolist()
             props = db.propensity.tolist()
             fprops = db.floor_propensity.tolist()
-            self._decisions.add_arrays(decision_ids, db.propensity, db.floor_propensity)
             segs = db.segment_index.tolist()
             for k, i in enumerate(rows):
                 out[i] = DecisionRecord(
@@ -755,7 +751,7 @@ class PolicyStore:
                     ev.floor_cpm,
                     ev.revenue_cpm,
                     ev.filled,
-                    *self._decisions.get(decision_id),
+                    *decision_propensities(decision_id),
                 )
             )
         return prep
