@@ -108,19 +108,33 @@ def greedy_fill(values: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArra
     return w
 
 
+def shares_bind(lo: NDArray[np.float64], hi: NDArray[np.float64]) -> bool:
+    """Whether a min/max share contract restricts anything."""
+    return bool(np.any(lo > 0.0) or np.any(hi < 1.0))
+
+
+def matched_shares(
+    samples: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Thompson sampling with a share contract: the average over posterior samples of network
+    values [D, N] of the contract-constrained optimal allocation (:func:`greedy_fill`).
+
+    Exact min/max shares (an average of feasible points is feasible), and traffic a capped
+    network cannot take goes to the next-best networks rather than evenly to all.
+    """
+    w = greedy_fill(samples, lo, hi).mean(axis=0)
+    return project_shares(w / w.sum(), lo, hi)
+
+
 def allocate_shares(
     mean: NDArray[np.float64], sd: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[np.float64]
 ) -> NDArray[np.float64]:
-    """Exposure weights [N]: P(network is best) when the share contract does not bind; otherwise
-    the posterior average of the contract-constrained optimal allocation (Thompson sampling
-    with constraints), which meets min/max shares exactly and sends traffic a capped network
-    cannot take to the next-best networks rather than spreading it evenly.
-    """
-    if np.all(lo <= 0.0) and np.all(hi >= 1.0):
+    """Exposure weights [N] from a normal posterior of each network's value: P(network is best)
+    when the share contract does not bind; otherwise :func:`matched_shares` on fixed
+    normal samples (deterministic for the same posterior)."""
+    if not shares_bind(lo, hi):
         return prob_best_normal(mean, sd)
-    samples = mean[None, :] + np.maximum(sd, 1e-12)[None, :] * _fixed_normals(len(mean))
-    w = greedy_fill(samples, lo, hi).mean(axis=0)
-    return project_shares(w / w.sum(), lo, hi)
+    return matched_shares(mean[None, :] + np.maximum(sd, 1e-12)[None, :] * _fixed_normals(len(mean)), lo, hi)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
+from bandit.allocation import matched_shares, shares_bind
 from bandit.errors import InvalidConfig
 from bandit.policies.grid import DEFAULT_FLOOR_LEVELS, ArmStats, GridChoice, GridPolicy
 from bandit.stats import FILLS, REVENUE
@@ -134,5 +135,8 @@ class GridThompsonPolicy(GridPolicy):
         floors = self.grid.floors
         values = value_draws(arms, floors, network_mean_price(stats, pooled), self.draws, self._rng)
         network, level = best_arm_probabilities(values, self.grid.valid)
+        if shares_bind(self._lo, self._hi):
+            best = np.where(self.grid.valid, values, -np.inf).max(axis=2)  # [D, N]
+            network = matched_shares(best, self._lo, self._hi)
         fill = (1.0 + arms.fills) / (2.0 + np.maximum(arms.requests, arms.fills))
         return GridChoice(network, level, values.mean(axis=0), values.std(axis=0), fill)

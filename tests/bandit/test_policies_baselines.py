@@ -148,8 +148,8 @@ def test_share_contract_and_floor_bounds_hold_exactly(name: str) -> None:
                         assert cfg.floor_min_cpm <= f <= cfg.floor_max_cpm
                     # <= 8 levels: the most likely has mass > 10 %, so it lies in [p10, p90].
                     assert n.floor_p10_cpm <= n.floor_cpm <= n.floor_p90_cpm
-        # The learned policy pushes the best network to its cap; the rest is shared out by the
-        # share projection, never giving the worst network more than the middle one.
+        # The learned policy pushes the best network to its cap; the rest goes to the networks
+        # by their chance of being next best, never giving the worst more than the middle one.
         w = np.array([n.weight for n in learned.allocation("KR").networks])
         assert w[0] == pytest.approx(0.6, abs=1e-9) and w[1] >= w[2], w
         decisions = learned.decide_batch(["KR", "US", "other"] * 500, rng=np.random.default_rng(1))
