@@ -44,7 +44,7 @@ def prob_best_normal(mean: NDArray[np.float64], sd: NDArray[np.float64], n_grid:
     pdf = np.exp(-0.5 * z**2) / (np.sqrt(2 * np.pi) * sd[:, None])
     integrand = pdf * np.exp(total[None, :] - log_cdf)
     p = np.trapezoid(integrand, x, axis=1)
-    # Arms narrower than the grid step are integrated poorly: fall back to their CDF mass.
+    # Quadrature error can leave tiny negatives; a degenerate case falls back to the argmax.
     p = np.clip(p, 0.0, None)
     s = p.sum()
     if not np.isfinite(s) or s <= 0:
