@@ -34,8 +34,7 @@ def event_batches(frame: Any, batch_size: int = BATCH_SIZE) -> Iterator[list[dic
 
     Null fields are dropped (a column that only some NDJSON lines had comes back as
     null on the others, which must mean "absent", e.g. ``revenue_cpm`` of a no-fill).
-    A ``ts`` that reads as a number is given as one: files mixing ISO and epoch times
-    come back from :func:`bandit.read_events` as strings like ``"1790000069.0"``.
+    :func:`bandit.read_events` has already turned every ``ts`` into epoch seconds.
     """
     for offset in range(0, frame.height, batch_size):
         rows = frame.slice(offset, batch_size).to_dicts()
@@ -49,17 +48,8 @@ def _drop_nulls(row: dict) -> dict:
             continue
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if v is not None}
-        elif key == "ts" and isinstance(value, str):
-            value = _epoch_or_text(value)
         out[key] = value
     return out
-
-
-def _epoch_or_text(value: str) -> float | str:
-    try:
-        return float(value)
-    except ValueError:
-        return value
 
 
 def _merge(total: IngestResult, part: IngestResult, offset: int) -> IngestResult:

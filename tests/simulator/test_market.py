@@ -10,7 +10,7 @@ import pytest
 from scipy.optimize import linprog
 
 from bandit.types import PlacementConfig
-from simulator import Market, Scenario, load_scenario
+from simulator import Market, Scenario, list_scenarios, load_scenario
 from simulator.oracle import share_allocation
 
 WEIGHTS, MEANS, SDS = [0.7, 0.3], [0.2, 1.1], [0.5, 0.4]
@@ -264,21 +264,7 @@ def test_seasonal_traffic_follows_the_hourly_rate():
     assert counts.argmax() == 12
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "stationary",
-        "segments",
-        "drift",
-        "many_networks",
-        "sparse",
-        "contract_shares",
-        "seasonality",
-        "new_network",
-        "core_stationary",
-        "core_drift",
-    ],
-)
+@pytest.mark.parametrize("name", list_scenarios())
 def test_bundled_scenarios_load_with_realistic_prices(name):
     market = Market(name)
     ts = market.scenario.start_ts + 3600.0
