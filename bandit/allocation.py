@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import log_ndtr
+from scipy.special import log_ndtr, ndtr, ndtri
+
+from bandit.stats import LOG_EDGES, log_price, price_bin
 
 #: Columns of ``SegmentTable.summary`` (per network).
 SUMMARY_FIELDS = (
@@ -145,6 +147,13 @@ class SegmentTable:
     floor_probs [N, M] (rows sum to 1); floor_propensity [N, M] is the probability of the
     candidate's floor *bin* given the network (what off-policy evaluation needs);
     summary [N, len(SUMMARY_FIELDS)] describes the allocation for humans and dashboards.
+
+    Continuous floors: when ``floor_log_sd`` [N] is positive for a network, a decision's
+    floor is its candidate times a log-normal jitter, ``log f ~ N(log floors[n, m], sd²)``
+    truncated to ``floor_bounds[n]`` (log CPM, [N, 2]), so floors are explored in both
+    directions and the floor has a proper density: :meth:`log_floor_density` gives
+    ``p(log f | network)`` for off-policy evaluation, and the decision's ``floor_propensity``
+    is then the probability of the sampled floor's bin under that density.
     """
 
     weights: NDArray[np.float64]
@@ -152,32 +161,96 @@ class SegmentTable:
     floor_probs: NDArray[np.float64]
     floor_propensity: NDArray[np.float64]
     summary: NDArray[np.float64]
+    floor_log_sd: NDArray[np.float64] | None = None
+    floor_bounds: NDArray[np.float64] | None = None
     cum: NDArray[np.float64] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _n, m = self.floors.shape
+        n, m = self.floors.shape
         joint = (self.weights[:, None] * self.floor_probs).ravel()
         self.cum = np.cumsum(joint)
         self.cum /= self.cum[-1]
         self._n_candidates = m
+        if self.floor_log_sd is None or not np.any(self.floor_log_sd > 0):
+            self.floor_log_sd = np.zeros(n)
+        if self.floor_bounds is None:
+            self.floor_bounds = np.tile([-np.inf, np.inf], (n, 1))
+        self.jittered = bool(np.any(self.floor_log_sd > 0))
         # Plain lists make the one-request path fast (no numpy scalar overhead).
         self._cum_list = self.cum.tolist()
         self._floors_list = self.floors.ravel().tolist()
         self._weights_list = self.weights.tolist()
         self._fprop_list = self.floor_propensity.ravel().tolist()
 
-    def sample(self, u: NDArray[np.float64]) -> tuple[NDArray, NDArray, NDArray, NDArray]:
-        """Decisions for uniforms ``u`` [k]: (network, floor_cpm, propensity, floor_propensity)."""
+    def sample(
+        self, u: NDArray[np.float64], v: NDArray[np.float64] | None = None
+    ) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+        """Decisions for uniforms ``u`` [k] (and ``v`` [k] for the floor jitter):
+        (network, floor_cpm, propensity, floor_propensity)."""
         flat = np.minimum(np.searchsorted(self.cum, u, side="right"), len(self.cum) - 1)
         net = flat // self._n_candidates
-        return net, self.floors.ravel()[flat], self.weights[net], self.floor_propensity.ravel()[flat]
+        floor = self.floors.ravel()[flat]
+        if not self.jittered or v is None:
+            return net, floor, self.weights[net], self.floor_propensity.ravel()[flat]
+        sd = self.floor_log_sd[net]
+        jit = sd > 0
+        lo, hi = self.floor_bounds[net, 0], self.floor_bounds[net, 1]
+        mu = np.log(np.maximum(floor, 1e-300))
+        z_lo = ndtr(np.where(jit, (lo - mu) / np.where(jit, sd, 1.0), -np.inf))
+        z_hi = ndtr(np.where(jit, (hi - mu) / np.where(jit, sd, 1.0), np.inf))
+        z = ndtri(np.clip(z_lo + v * (z_hi - z_lo), 1e-300, 1.0 - 1e-16))
+        log_f = np.clip(mu + sd * z, lo, hi)
+        floor = np.where(jit & (floor > 0), np.exp(log_f), floor)
+        fprop = np.where(jit, self.floor_bin_probability(net, floor), self.floor_propensity.ravel()[flat])
+        return net, floor, self.weights[net], fprop
 
-    def sample_one(self, u: float) -> tuple[int, float, float, float]:
+    def sample_one(self, u: float, v: float | None = None) -> tuple[int, float, float, float]:
+        if self.jittered and v is not None:
+            net, floor, prop, fprop = self.sample(np.array([u]), np.array([v]))
+            return int(net[0]), float(floor[0]), float(prop[0]), float(fprop[0])
         from bisect import bisect_right
 
         flat = min(bisect_right(self._cum_list, u), len(self._cum_list) - 1)
         net = flat // self._n_candidates
         return net, self._floors_list[flat], self._weights_list[net], self._fprop_list[flat]
+
+    def _jitter_cdf(self, net: NDArray[np.int64], log_floor: NDArray[np.float64], extra_sd: float = 0.0) -> NDArray:
+        """P(log f <= log_floor | network) [k] under the jittered floor distribution."""
+        sd = np.sqrt(self.floor_log_sd[net] ** 2 + extra_sd**2)[:, None]
+        mu = np.log(np.maximum(self.floors[net], 1e-300))  # [k, M]
+        lo, hi = self.floor_bounds[net, :1], self.floor_bounds[net, 1:]
+        z_lo, z_hi = ndtr((lo - mu) / sd), ndtr((hi - mu) / sd)
+        at = np.clip(log_floor[:, None], lo, hi)
+        mass = np.clip((ndtr((at - mu) / sd) - z_lo) / np.maximum(z_hi - z_lo, 1e-300), 0.0, 1.0)
+        return (self.floor_probs[net] * mass).sum(axis=1)
+
+    def floor_bin_probability(self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]) -> NDArray:
+        """P(the floor's statistics bin | network) [k] for floors drawn from this table."""
+        net = np.asarray(network, dtype=np.int64)
+        b = price_bin(log_price(np.asarray(floor_cpm, dtype=np.float64)))
+        return self._jitter_cdf(net, LOG_EDGES[b + 1]) - self._jitter_cdf(net, LOG_EDGES[b])
+
+    def log_floor_density(
+        self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64], extra_sd: float = 0.0
+    ) -> NDArray[np.float64]:
+        """Density of ``log floor`` given the network [k] (per unit log CPM), jittered networks only.
+
+        ``extra_sd`` > 0 convolves it with a Gaussian kernel of that bandwidth in log floor
+        (the kernel-smoothed target density of continuous-action off-policy evaluation);
+        untruncated for the kernel part. Networks without jitter have no density (NaN)
+        unless ``extra_sd`` > 0.
+        """
+        net = np.asarray(network, dtype=np.int64)
+        x = np.log(np.maximum(np.asarray(floor_cpm, dtype=np.float64), 1e-300))[:, None]
+        sd0 = self.floor_log_sd[net][:, None]
+        sd = np.sqrt(sd0**2 + extra_sd**2)
+        mu = np.log(np.maximum(self.floors[net], 1e-300))
+        lo, hi = self.floor_bounds[net, :1], self.floor_bounds[net, 1:]
+        z = np.where(sd0 > 0, ndtr((hi - mu) / np.maximum(sd0, 1e-300)) - ndtr((lo - mu) / np.maximum(sd0, 1e-300)), 1.0)
+        dens = np.exp(-0.5 * ((x - mu) / np.maximum(sd, 1e-300)) ** 2) / (np.sqrt(2 * np.pi) * np.maximum(sd, 1e-300))
+        inside = (x >= lo) & (x <= hi) if extra_sd == 0 else True
+        out = (self.floor_probs[net] * dens * inside / np.maximum(z, 1e-300)).sum(axis=1)
+        return np.where(sd[:, 0] > 0, out, np.nan)
 
 
 def floor_bin_propensity(

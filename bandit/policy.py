@@ -39,6 +39,8 @@ class DecisionBatch:
     segments: tuple[str, ...]
     segment_index: NDArray[np.int64]
     model_version: str
+    #: Density of log floor given the network [n] (per unit log CPM); NaN for discrete floors.
+    floor_density: NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return len(self.network)
@@ -51,6 +53,7 @@ class DecisionBatch:
             floor_propensity=float(self.floor_propensity[i]),
             segment=self.segments[int(self.segment_index[i])],
             model_version=self.model_version,
+            floor_density=math.nan if self.floor_density is None else float(self.floor_density[i]),
         )
 
 
@@ -140,9 +143,15 @@ class Policy:
     ) -> Decision:
         """One decision for a request with this context (or this segment key)."""
         seg = segment if segment is not None else self.placement.segment_of(context)
-        u = (rng or self._rng).random()
-        net, floor, prop, fprop = self.table(seg).sample_one(u)
-        return Decision(self.placement.networks[net].id, floor, prop, fprop, seg, self.model_version)
+        table = self.table(seg)
+        if table.jittered:
+            u, v = (rng or self._rng).random(2)
+            net, floor, prop, fprop = table.sample_one(u, v)
+            density = float(table.log_floor_density(np.array([net]), np.array([floor]))[0])
+        else:
+            net, floor, prop, fprop = table.sample_one((rng or self._rng).random())
+            density = math.nan
+        return Decision(self.placement.networks[net].id, floor, prop, fprop, seg, self.model_version, density)
 
     def decide_batch(
         self,
@@ -177,14 +186,22 @@ class Policy:
         floor = np.empty(k)
         prop = np.empty(k)
         fprop = np.empty(k)
+        density = np.full(k, np.nan)
+        tables = [self.table(s) for s in segments]
+        v = rng.random(k) if any(t.jittered for t in tables) else None
         if len(segments) == 1:
             groups: list[tuple[int, Any]] = [(0, slice(None))]
         else:
             groups = [(s, np.flatnonzero(segment_index == s)) for s in range(len(segments))]
         for s, rows in groups:
-            out = self.table(segments[s]).sample(u[rows])
+            table = tables[s]
+            out = table.sample(u[rows], None if v is None else v[rows])
             net[rows], floor[rows], prop[rows], fprop[rows] = out
-        return DecisionBatch(net, floor, prop, fprop, tuple(segments), np.asarray(segment_index), self.model_version)
+            if table.jittered:
+                density[rows] = table.log_floor_density(net[rows], floor[rows])
+        return DecisionBatch(
+            net, floor, prop, fprop, tuple(segments), np.asarray(segment_index), self.model_version, density
+        )
 
     def allocation(self, segment: str = ALL_SEGMENTS) -> Allocation:
         """Current weights and floors (with uncertainty) of a segment."""
@@ -241,6 +258,8 @@ class Policy:
             "table_floor_probs": np.stack([t.floor_probs for t in tables]),
             "table_floor_propensity": np.stack([t.floor_propensity for t in tables]),
             "table_summary": np.stack([t.summary for t in tables]),
+            "table_floor_log_sd": np.stack([t.floor_log_sd for t in tables]),
+            "table_floor_bounds": np.stack([t.floor_bounds for t in tables]),
             **self.stats.state(),
         }
         state.update(self._extra_state())
@@ -268,6 +287,8 @@ class Policy:
                 floor_probs=np.array(state["table_floor_probs"][i]),
                 floor_propensity=np.array(state["table_floor_propensity"][i]),
                 summary=np.array(state["table_summary"][i]),
+                floor_log_sd=np.array(state["table_floor_log_sd"][i]) if "table_floor_log_sd" in state else None,
+                floor_bounds=np.array(state["table_floor_bounds"][i]) if "table_floor_bounds" in state else None,
             )
             for i, seg in enumerate(state["table_segments"])
         }

@@ -195,6 +195,9 @@ class Decision:
     floor_propensity: float
     segment: str
     model_version: str
+    #: Density of log floor_cpm given the network (per unit log CPM) when floors are drawn
+    #: continuously (a jitter around the chosen floor); NaN for floors from a discrete set.
+    floor_density: float = math.nan
 
 
 @lru_cache(maxsize=65536)
