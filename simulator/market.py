@@ -13,8 +13,17 @@
   weights from the share contract and demand caps).
 
 Market parameters are piecewise constant over *regimes*: an event epoch (between two
-scheduled events) combined with a class of hours of the day with equal seasonality.
+scheduled events) combined with a class of hours of the day with equal seasonality
+(demand and value multipliers, and traffic when demand caps make it matter).
 Truth curves and oracle allocations are computed once per regime and cached.
+
+Mechanisms outside the policies' model (see :mod:`simulator.scenario`) act in
+:meth:`Market.sample` exactly as their truth in :class:`~simulator.auction.RevenueCurve`
+assumes: a floor-responsive first-price network fills iff its top bid clears
+shading × floor and pays max(top bid, floor); a second-price network with a price
+increment δ pays min(top bid, max(second bid, floor) + δ); a throttling network answers
+only when a uniform from its own stream of the request key (:data:`_THROTTLE_STREAM`)
+falls below t(floor), so common random numbers hold.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from simulator.auction import (
     next_survival,
     stream_uniform,
     stream_uniform_keyed,
+    throttle_factor,
     top_survival,
 )
 from simulator.oracle import OracleAllocation, best_floor, constrained_allocation, share_allocation
@@ -48,6 +58,8 @@ SECONDS_PER_HOUR = 3600.0
 # Random-number streams of a request key (network streams start at _NETWORK_STREAM).
 _GAP_STREAM, _SEGMENT_STREAM, _SHOCK_STREAM = 0, 1, 2
 _NETWORK_STREAM = 16
+# Throttle coins: one stream per network, far above the bid streams (2 per network).
+_THROTTLE_STREAM = 1 << 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +150,19 @@ class Market:
                 np.array(n.value_weights),
                 np.array(n.value_log_means) + math.log(n.shading),
                 np.array(n.value_log_sds),
+                pareto_weight=n.pareto_weight,
+                pareto_alpha=n.pareto_alpha if n.pareto_weight > 0 else 2.0,
+                pareto_log_scale=math.log(n.pareto_scale_cpm * n.shading) if n.pareto_weight > 0 else 0.0,
             )
             for n in sc.networks
         )
         self._tables = np.concatenate([b.quantiles.ravel() for b in self.bid_distributions])
         self._second = np.array([n.auction == "second" for n in sc.networks])
+        self._shading = np.array([n.shading for n in sc.networks])
+        self._responsive = np.array([n.floor_responsive for n in sc.networks])
+        self._increment = np.array([n.price_increment_cpm for n in sc.networks])
+        self._throttle_cpm = np.array([n.throttle_floor_cpm for n in sc.networks])
+        self._throttle_power = np.array([n.throttle_power for n in sc.networks])
         self._dispersion = np.array([n.dispersion for n in sc.networks])
         self._caps = np.array([n.cap_fills_per_hour for n in sc.networks])
         self._floor_lo = np.array([n.floor_min_cpm for n in sc.networks])
@@ -178,10 +198,11 @@ class Market:
             else:
                 present[e.network] = e.kind == "network_joins"
             epochs.append((present.copy(), lam_f.copy(), val_f.copy()))
-        # Hour-of-day classes with equal demand (and traffic, which matters under caps).
+        # Hour-of-day classes with equal demand and values (and traffic, which matters under caps).
         demand = np.array(sc.seasonality.demand)
         traffic = np.array(sc.seasonality.traffic)
-        keys = np.stack([demand, traffic if sc.has_caps else np.ones(HOURS_PER_DAY)], axis=1)
+        value = np.array(sc.seasonality.value)
+        keys = np.stack([demand, traffic if sc.has_caps else np.ones(HOURS_PER_DAY), value], axis=1)
         classes, self._hour_class = np.unique(keys, axis=0, return_inverse=True)
         self._hour_class = self._hour_class.ravel()
         self._n_classes = len(classes)
@@ -192,7 +213,7 @@ class Market:
         for pres, lf, vf in epochs:
             for c in range(self._n_classes):
                 lam.append(base_lam * (pres * lf)[None, :] * classes[c, 0])
-                scale.append(base_val * vf[None, :])
+                scale.append(base_val * vf[None, :] * classes[c, 2])
         self._lam = np.array(lam)  # [R, S, N]
         self._scale = np.array(scale)
         self.n_regimes = len(lam)
@@ -324,14 +345,40 @@ class Market:
         """
         network, floor_cpm = self._check(len(req), network, floor_cpm)
         top, second = self.bids(req, network)
-        filled = (top > 0.0) & (top >= floor_cpm)
         price = np.where(self._second[network], np.maximum(second, floor_cpm), top)
+        if self._responsive.any():
+            # Bidders whose value clears f bid at least f: fill iff top value >= f.
+            responsive = self._responsive[network]
+            filled = (top > 0.0) & (top >= np.where(responsive, self._shading[network] * floor_cpm, floor_cpm))
+            price = np.where(responsive, np.maximum(top, floor_cpm), price)
+        else:
+            filled = (top > 0.0) & (top >= floor_cpm)
+        if self._increment.any():
+            price = np.where(self._second[network], np.minimum(top, price + self._increment[network]), price)
+        if np.isfinite(self._throttle_cpm).any():
+            filled &= self.answers(req, network, floor_cpm)
         available = np.ones(len(req), dtype=bool)
         if np.isfinite(self._caps).any():
             available = self._apply_caps(req.ts, network, filled, ledger or self.ledger)
             filled &= available
         revenue = np.where(filled, np.minimum(price, MAX_CPM), 0.0)
         return Outcome(filled, revenue, available)
+
+    def answers(
+        self, req: RequestBatch, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]
+    ) -> NDArray[np.bool_]:
+        """Whether each network answers at all [n] (False only for throttling networks):
+        a uniform from the network's own stream of the request key below t(floor)."""
+        half = self._throttle_cpm[network]
+        throttled = np.isfinite(half)
+        out = np.ones(len(req), dtype=bool)
+        if throttled.any():
+            rows = np.flatnonzero(throttled)
+            stream = np.uint64(_THROTTLE_STREAM) + network[rows].astype(np.uint64)
+            u = stream_uniform_keyed(req.key[rows], stream)
+            t = throttle_factor(floor_cpm[rows], half[rows], self._throttle_power[network[rows]])
+            out[rows] = u < t
+        return out
 
     def outcomes(
         self, req: RequestBatch, network: NDArray, floor_cpm: NDArray
@@ -378,6 +425,11 @@ class Market:
                 float(self._scale_flat[cell]),
                 self.scenario.shock_sd,
                 MAX_CPM,
+                increment_cpm=float(self._increment[network]),
+                responsive=bool(self._responsive[network]),
+                shading=float(self._shading[network]),
+                throttle_cpm=float(self._throttle_cpm[network]),
+                throttle_power=float(self._throttle_power[network]),
             )
             self._curves[cell] = got
         return got
@@ -477,6 +529,7 @@ class Market:
                         "segment": seg,
                         "network": nid,
                         "auction": self.scenario.networks[j].auction,
+                        "mechanisms": ",".join(self.scenario.networks[j].mechanisms),
                         "bidders": float(self._lam[regime, s, j]),
                         "value_scale": float(self._scale[regime, s, j]),
                         "best_floor_cpm": floor,

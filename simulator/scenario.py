@@ -6,6 +6,18 @@ share and per-network multipliers), hour-of-day seasonality and scheduled events
 (price shifts, fill collapses, networks leaving or joining). :class:`simulator.market.Market`
 turns it into a sampler with exact ground truth.
 
+Besides the model the policies assume (Poisson bidders, iid log-normal-mixture values,
+second price paying exactly max(second bid, floor), stationarity), a scenario can build
+markets outside that family, each with exact truth (:class:`simulator.auction.RevenueCurve`):
+a common value shock per request (``shock_sd``), negative-binomial bidder counts
+(``dispersion``), Pareto or log-normal + Pareto values (``value_dist``), second-price
+payments rounded up by an increment (``price_increment_cpm``: the network pays
+min(top bid, max(second bid, floor) + increment)), floor-responsive first-price bidders
+(``floor_responsive``: a bidder whose value clears the floor bids max(shading·value,
+floor)), a network that throttles its fills under high floors (``throttle_floor_cpm``,
+``throttle_power``: it answers with probability 1 / (1 + (floor / throttle_floor_cpm)^power)),
+and hour-of-day cycles of traffic, demand and values (``[seasonality]``).
+
 Every field is checked on load; a bad file raises :class:`bandit.errors.InvalidConfig`
 whose message starts with the path of the field, e.g.
 ``networks[2].auction: must be 'first' or 'second', got 'third'``.
@@ -16,14 +28,21 @@ File layout (TOML; defaults in brackets)::
     requests_per_hour [10000], default_requests [200000], shock_sd [0]  # common value shock
     segment_by = ["country", "os"]                                       # [] = one segment "*"
     [[networks]]  id, auction ("first"|"second"), bidders (mean λ), dispersion [0 = Poisson],
-                  value_weights [equal], value_log_means, value_log_sds (log CPM mixture),
-                  shading [1, first price only], floor_min_cpm [0], floor_max_cpm [50],
+                  value_dist ["lognormal"|"pareto"|"lognormal_pareto"],
+                  value_weights [equal], value_log_means, value_log_sds (log CPM mixture;
+                  not with "pareto"), pareto_alpha, pareto_scale_cpm (x_m),
+                  pareto_weight (share of the Pareto component, "lognormal_pareto" only),
+                  shading [1, first price only], floor_responsive [false, first price only],
+                  price_increment_cpm [0, second price only],
+                  throttle_floor_cpm [inf = none], throttle_power [2],
+                  floor_min_cpm [0], floor_max_cpm [50],
                   min_share [0], max_share [1], cap_fills_per_hour [inf],
                   declared_auction [= auction; "auto" hides it from the policy]
     [[segments]]  context = {country = "KR", os = "ios"}, share,
                   bidders_mult = {network = x}, value_mult = {network = x}   # [1]
     [seasonality] traffic = [24 values] | traffic_amplitude, traffic_peak_hour (UTC),
-                  demand = [24 values] | demand_amplitude, demand_peak_hour
+                  demand = [24 values] | demand_amplitude, demand_peak_hour,
+                  value = [24 values] | value_amplitude, value_peak_hour
     [[events]]    at_hour, kind ("price_shift"|"fill_collapse"|"network_leaves"|
                   "network_joins"), network, factor (price_shift, fill_collapse)
 """
@@ -60,6 +79,16 @@ class NetworkSpec:
     (λ) per request; each bidder's value is drawn from a log-normal mixture in log CPM.
     A first-price network pays its top bid, ``shading`` × the top value; a second-price
     network pays max(second value, floor). Both fill iff the top bid clears the floor.
+
+    Outside that model: ``value_dist`` "pareto" draws values from a Pareto law
+    (survival (v / ``pareto_scale_cpm``)^-``pareto_alpha`` above the scale),
+    "lognormal_pareto" from the log-normal mixture with a Pareto component of weight
+    ``pareto_weight``; ``floor_responsive`` first-price bidders bid max(shading·v, floor)
+    when v clears the floor (the network fills iff the top value clears it and pays
+    max(shading·top value, floor)); a second-price network with ``price_increment_cpm``
+    δ > 0 pays min(top value, max(second value, floor) + δ); ``throttle_floor_cpm`` f½
+    makes the network answer a request only with probability 1 / (1 + (f / f½)^k),
+    k = ``throttle_power``, independently of its auction.
     """
 
     id: str
@@ -76,6 +105,30 @@ class NetworkSpec:
     max_share: float = 1.0
     cap_fills_per_hour: float = math.inf
     declared_auction: Literal["auto", "first", "second"] | None = None
+    value_dist: Literal["lognormal", "pareto", "lognormal_pareto"] = "lognormal"
+    pareto_alpha: float = 0.0
+    pareto_scale_cpm: float = 0.0
+    pareto_weight: float = 0.0
+    floor_responsive: bool = False
+    price_increment_cpm: float = 0.0
+    throttle_floor_cpm: float = math.inf
+    throttle_power: float = 2.0
+
+    @property
+    def mechanisms(self) -> tuple[str, ...]:
+        """Short names of the ways this network leaves the policy's model, for reports."""
+        out = []
+        if self.dispersion > 0:
+            out.append(f"nb(d={self.dispersion:g})")
+        if self.value_dist != "lognormal":
+            out.append(f"{self.value_dist}(alpha={self.pareto_alpha:g})")
+        if self.floor_responsive:
+            out.append("floor_responsive")
+        if self.price_increment_cpm > 0:
+            out.append(f"increment={self.price_increment_cpm:g}")
+        if math.isfinite(self.throttle_floor_cpm):
+            out.append(f"throttle({self.throttle_floor_cpm:g}^{self.throttle_power:g})")
+        return tuple(out)
 
     def config(self) -> NetworkConfig:
         """The placement's view of this network (what a policy is told)."""
@@ -102,10 +155,13 @@ class SegmentSpec:
 
 @dataclass(frozen=True, slots=True)
 class Seasonality:
-    """Hour-of-day (UTC) multipliers: on the request rate and on every network's λ."""
+    """Hour-of-day (UTC) multipliers: on the request rate (``traffic``), on every network's
+    λ (``demand``) and on every network's value scale (``value``: all bids of the hour
+    move together, so R_h(f) = c_h · R(f / c_h) and best floors scale with c_h)."""
 
     traffic: tuple[float, ...] = (1.0,) * HOURS_PER_DAY
     demand: tuple[float, ...] = (1.0,) * HOURS_PER_DAY
+    value: tuple[float, ...] = (1.0,) * HOURS_PER_DAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,9 +337,11 @@ class _Fields:
             raise InvalidConfig(f"{self.path or 'scenario'}: unknown fields {unknown}")
 
 
-def _parse_network(f: _Fields) -> NetworkSpec:
-    net_id = f.string("id")
-    auction = f.string("auction", choices=("first", "second"))
+VALUE_DISTS: tuple[str, ...] = ("lognormal", "pareto", "lognormal_pareto")
+
+
+def _parse_lognormal(f: _Fields) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(weights, log means, log sds) of the log-normal value mixture; weights sum to 1."""
     weights = f.numbers("value_weights", lo=0.0, lo_open=True) if f.has("value_weights") else None
     means = f.numbers("value_log_means")
     sds = f.numbers("value_log_sds", lo=0.0, lo_open=True)
@@ -304,9 +362,55 @@ def _parse_network(f: _Fields) -> NetworkSpec:
     if max(sds) > 3.0:
         raise f.fail("value_log_sds", f"must be <= 3 (log CPM), got {max(sds):g}")
     total = sum(weights)
+    return tuple(w / total for w in weights), means, sds
+
+
+def _only_for(f: _Fields, keys: Sequence[str], allowed: bool, why: str) -> None:
+    for key in keys:
+        if f.has(key) and not allowed:
+            raise f.fail(key, why)
+
+
+def _parse_network(f: _Fields) -> NetworkSpec:
+    net_id = f.string("id")
+    auction = f.string("auction", choices=("first", "second"))
+    value_dist = f.string("value_dist", "lognormal", choices=VALUE_DISTS)
+    lognormal_keys = ("value_weights", "value_log_means", "value_log_sds")
+    _only_for(f, lognormal_keys, value_dist != "pareto", "does not apply to value_dist 'pareto'; remove it")
+    _only_for(
+        f,
+        ("pareto_alpha", "pareto_scale_cpm"),
+        value_dist != "lognormal",
+        "needs value_dist 'pareto' or 'lognormal_pareto'",
+    )
+    _only_for(f, ("pareto_weight",), value_dist == "lognormal_pareto", "needs value_dist 'lognormal_pareto'")
+    weights: tuple[float, ...] = ()
+    means: tuple[float, ...] = ()
+    sds: tuple[float, ...] = ()
+    if value_dist != "pareto":
+        weights, means, sds = _parse_lognormal(f)
+    pareto_alpha = pareto_scale = pareto_weight = 0.0
+    if value_dist != "lognormal":
+        # α >= 1.5 keeps the mean finite and the tail beyond the bid grid negligible.
+        pareto_alpha = f.number("pareto_alpha", lo=1.5, hi=20.0)
+        pareto_scale = f.number("pareto_scale_cpm", lo=1e-3, hi=MAX_CPM)
+        pareto_weight = 1.0 if value_dist == "pareto" else f.number("pareto_weight", lo=0.0, hi=1.0, lo_open=True)
+        if pareto_weight == 1.0 and value_dist == "lognormal_pareto":
+            raise f.fail("pareto_weight", "must be < 1 with value_dist 'lognormal_pareto' (use 'pareto')")
     shading = f.number("shading", 1.0, lo=0.0, hi=1.0, lo_open=True)
     if auction == "second" and shading != 1.0:
         raise f.fail("shading", "applies to first-price networks only; remove it or set 1.0")
+    responsive = f.raw("floor_responsive", False)
+    if not isinstance(responsive, bool):
+        raise f.fail("floor_responsive", f"must be true or false, got {responsive!r}")
+    if responsive and auction != "first":
+        raise f.fail("floor_responsive", "applies to first-price networks only")
+    increment = f.number("price_increment_cpm", 0.0, lo=0.0, hi=1.0)
+    if increment > 0 and auction != "second":
+        raise f.fail("price_increment_cpm", "applies to second-price networks only")
+    throttle = f.number("throttle_floor_cpm", math.inf, lo=0.0, lo_open=True, allow_inf=True)
+    if f.has("throttle_power") and not math.isfinite(throttle):
+        raise f.fail("throttle_power", "needs throttle_floor_cpm")
     declared = f.raw("declared_auction")
     if declared is not None and declared not in ("auto", "first", "second"):
         raise f.fail("declared_auction", f"must be 'auto', 'first' or 'second', got {declared!r}")
@@ -314,7 +418,7 @@ def _parse_network(f: _Fields) -> NetworkSpec:
         id=net_id,
         auction=auction,  # type: ignore[arg-type]
         bidders=f.number("bidders", lo=0.0, hi=1000.0, lo_open=True),
-        value_weights=tuple(w / total for w in weights),
+        value_weights=weights,
         value_log_means=means,
         value_log_sds=sds,
         dispersion=f.number("dispersion", 0.0, lo=0.0, hi=100.0),
@@ -325,6 +429,14 @@ def _parse_network(f: _Fields) -> NetworkSpec:
         max_share=f.number("max_share", 1.0, lo=0.0, hi=1.0),
         cap_fills_per_hour=f.number("cap_fills_per_hour", math.inf, lo=0.0, lo_open=True, allow_inf=True),
         declared_auction=declared,
+        value_dist=value_dist,  # type: ignore[arg-type]
+        pareto_alpha=pareto_alpha,
+        pareto_scale_cpm=pareto_scale,
+        pareto_weight=pareto_weight,
+        floor_responsive=responsive,
+        price_increment_cpm=increment,
+        throttle_floor_cpm=throttle,
+        throttle_power=f.number("throttle_power", 2.0, lo=0.5, hi=20.0),
     )
     if spec.floor_max_cpm < spec.floor_min_cpm:
         raise f.fail(
@@ -442,7 +554,9 @@ def _parse_scenario(f: _Fields, name: str | None) -> Scenario:
     seas_f = f.table("seasonality")
     seasonality = Seasonality()
     if seas_f is not None:
-        seasonality = Seasonality(traffic=_hourly(seas_f, "traffic"), demand=_hourly(seas_f, "demand"))
+        seasonality = Seasonality(
+            traffic=_hourly(seas_f, "traffic"), demand=_hourly(seas_f, "demand"), value=_hourly(seas_f, "value")
+        )
         seas_f.done()
     events = tuple(sorted((_parse_event(e, ids) for e in f.tables("events")), key=lambda e: e.at_hour))
     scenario = Scenario(
