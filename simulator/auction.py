@@ -2,10 +2,11 @@
 
 Model. On a request a network receives bids as a Poisson process (or a gamma-mixed one,
 i.e. a negative binomial bidder count) of mean λ; each bid is an iid draw from a
-log-normal mixture (bid = shading × value, scaled by the segment's value multiplier and
-by an optional per-request common shock). Write ``S(x)`` for a bid's survival function and
-``N(x)`` for the number of bids above ``x``: ``N(x) ~ Poisson(λ S(x))`` (or the negative
-binomial with that mean and dispersion ``d``, variance ``m + d·m²``).
+log-normal mixture, optionally with a Pareto component (bid = shading × value, scaled by
+the segment's value multiplier, the hour's value multiplier and by an optional
+per-request common shock). Write ``S(x)`` for a bid's survival function and ``N(x)`` for
+the number of bids above ``x``: ``N(x) ~ Poisson(λ S(x))`` (or the negative binomial with
+that mean and dispersion ``d``, variance ``m + d·m²``).
 
 * The network fills at floor ``f`` iff ``N(f) >= 1``.
 * First price pays the top bid; second price pays ``max(second bid, f)``. With prices
@@ -16,9 +17,18 @@ binomial with that mean and dispersion ``d``, variance ``m + d·m²``).
   since the price exceeds ``x >= f`` iff at least ``m`` bids exceed ``x``.
   ``P(N >= m)`` is ``gammainc(m, λS)`` (Poisson) or ``betainc(m, 1/d, p)`` with
   ``p = dλS / (1 + dλS)`` (negative binomial), both exact.
+* Outside the policies' model, with the same tail integrals (:class:`RevenueCurve`):
+  a floor-responsive first-price network (bidders whose value clears f bid
+  max(s·v, f)) fills iff ``N(s·f) >= 1`` and pays max(top bid, f):
+  ``R = f·P(N(s f) >= 1) + ∫_f^M P(N(x) >= 1) dx``; a second-price network with a price
+  increment δ pays ``min(top, max(second, f) + δ)``:
+  ``R = f·P(N(f)>=1) + ∫_f^{f+δ} P(N(x)>=1) dx + ∫_{f+δ}^M P(N(x)>=1, N(x−δ)>=2) dx``
+  (:func:`joint_count_prob`); a throttle multiplies R and the fill rate by
+  ``t(f) = 1 / (1 + (f/f½)^k)`` (:func:`throttle_factor`).
 * A common value scale ``a`` enters as ``R(f; a) = a · r(f/a, M/a)`` with ``r`` the
   revenue of the unit-scale market, so the log-normal shock is integrated by
-  Gauss-Hermite quadrature over ``a``.
+  Gauss-Hermite quadrature over ``a`` (an increment is δ/a in unit prices, so its tail
+  table is built per quadrature node).
 
 Sampling uses the same representation: the survival positions of the bids are the
 points of a Poisson process on ``[0, 1]``, so the top bid sits at ``S1 = E1/λ`` and the
