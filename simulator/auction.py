@@ -462,10 +462,14 @@ class RevenueCurve:
         """δ in unit-scale prices per shock node [Q]."""
         return self.increment_cpm / (self.scale * self.nodes)
 
-    def _integrand(self, name: str, x: NDArray[np.float64], rows: NDArray[np.int64]) -> NDArray[np.float64]:
-        """The integrand of table ``name`` at unit prices ``x`` (column q uses node ``rows``)."""
+    def _integrand(
+        self, name: str, x: NDArray[np.float64], rows: NDArray[np.int64], s: NDArray[np.float64] | None = None
+    ) -> NDArray[np.float64]:
+        """The integrand of table ``name`` at unit prices ``x`` (column q uses node ``rows``);
+        ``s`` is S(x) when already known."""
         b = self.bids
-        s = b.survival_log(np.log(np.maximum(x, 1e-300)))
+        if s is None:
+            s = b.survival_log(np.log(np.maximum(x, 1e-300)))
         if name == "first":
             return tail_count_prob(1, self.lam * s, self.dispersion)
         if name == "second":
@@ -502,8 +506,9 @@ class RevenueCurve:
                 rows = np.arange(len(a))
                 u = np.minimum(phi + self._unit_increment(), self.cap_cpm / a)
                 lu = np.log(u)
-                tail_u = first.at(b, u, lu, self._integrand("first", u, rows))
-                joint_u = self.tables["joint"].at(b, u, lu, self._integrand("joint", u, rows), rows)
+                s_u = b.survival_log(lu)
+                tail_u = first.at(b, u, lu, self._integrand("first", u, rows, s_u))
+                joint_u = self.tables["joint"].at(b, u, lu, self._integrand("joint", u, rows, s_u), rows)
                 unit_rev = phi * fill + tail - tail_u + joint_u - self.cap_tails["joint"]
             else:
                 unit_rev = phi * fill + tail - self.cap_tails["first"]
