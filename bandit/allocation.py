@@ -21,6 +21,7 @@ SUMMARY_FIELDS = (
     "revenue_sd_cpm",
     "fill_rate",
     "auction",
+    "auction_confidence",
 )
 AUCTION_CODES = ("auto", "first", "second")
 

@@ -223,6 +223,11 @@ class Policy:
                 revenue_sd_cpm=float(table.summary[i, cols["revenue_sd_cpm"]]),
                 fill_rate=float(table.summary[i, cols["fill_rate"]]),
                 auction=AUCTION_CODES[int(table.summary[i, cols["auction"]])],
+                auction_confidence=(
+                    float(table.summary[i, cols["auction_confidence"]])
+                    if table.summary.shape[1] > cols["auction_confidence"]
+                    else math.nan
+                ),
             )
             for i, cfg in enumerate(self.placement.networks)
         )

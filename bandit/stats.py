@@ -46,8 +46,11 @@ FIELDS = (
 )
 REQUESTS, FILLS, REVENUE, REVENUE_SQ, NOFILL_LOGF, ATFLOOR, ATFLOOR_LOGF, PRICE, PRICE_LOGP = range(len(FIELDS))
 N_FIELDS = len(FIELDS)
-#: A fill is "at the floor" when its price is within this relative distance of the floor.
-AT_FLOOR_RTOL = 1e-6
+#: A fill is "at the floor" when its price is within max(``AT_FLOOR_ATOL`` CPM,
+#: ``AT_FLOOR_RTOL`` × floor) of the floor: second-price networks often pay the floor plus a
+#: cent, or round prices to cents.
+AT_FLOOR_RTOL = 0.005
+AT_FLOOR_ATOL = 0.01
 
 
 def log_price(cpm: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -62,8 +65,8 @@ def price_bin(log_cpm: NDArray[np.float64]) -> NDArray[np.int64]:
 
 
 def is_at_floor(floor_cpm: NDArray, revenue_cpm: NDArray, filled: NDArray) -> NDArray[np.bool_]:
-    """Fills whose price equals the floor (or, misreported, lies below it)."""
-    return filled & (revenue_cpm <= floor_cpm * (1.0 + AT_FLOOR_RTOL) + 1e-12)
+    """Fills whose price is at the floor within the tolerance (or, misreported, below it)."""
+    return filled & (revenue_cpm <= floor_cpm + np.maximum(AT_FLOOR_RTOL * floor_cpm, AT_FLOOR_ATOL) + 1e-12)
 
 
 def decay_factor(dt_seconds: float, half_life_seconds: float) -> float:

@@ -144,6 +144,7 @@ class PlacementConfig:
                     "min_share": n.min_share,
                     "max_share": n.max_share,
                     "auction": n.auction,
+                    "auction_confidence": None if math.isnan(n.auction_confidence) else n.auction_confidence,
                 }
                 for n in self.networks
             ],
@@ -300,6 +301,8 @@ class NetworkAllocation:
     revenue_sd_cpm: float
     fill_rate: float
     auction: str
+    #: Probability that ``auction`` is right (1 when configured; NaN when unknown).
+    auction_confidence: float = float("nan")
 
 
 @dataclass(frozen=True, slots=True)

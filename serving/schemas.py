@@ -201,6 +201,9 @@ class NetworkAllocationOut(_Out):
     revenue_sd_cpm: float = Field(description="Posterior standard deviation of that expectation.")
     fill_rate: float
     auction: str
+    auction_confidence: float | None = Field(
+        default=None, description="Probability that the auction type is right (1 when configured)."
+    )
 
 
 class AllocationOut(_Out):

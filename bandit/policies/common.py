@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -10,19 +13,45 @@ from bandit.stats import ATFLOOR, FILLS, PRICE, REQUESTS, REVENUE, REVENUE_SQ
 from bandit.types import PlacementConfig
 
 
-def detect_auction(stats: NDArray[np.float64], configured: str, min_fills: float = 20.0, share: float = 0.02) -> str:
-    """'first' or 'second' for one network's statistics [F, B].
+#: At-floor share of fills expected of a first-price network (the tolerance window only)
+#: and of a second-price one (at least one auction in twenty with a single bid above the
+#: floor); the detection threshold lies between them.
+FIRST_PRICE_AT_FLOOR = 0.005
+SECOND_PRICE_AT_FLOOR = 0.05
 
-    Second-price networks put probability mass exactly at the floor (one bidder above
-    it pays the floor); first-price networks never do. Without enough fills, assume
-    second price (the commoner ad-network mechanism) unless configured.
+
+def detect_auction(
+    stats: NDArray[np.float64],
+    configured: str,
+    min_fills: float = 20.0,
+    share: float = 0.02,
+    *,
+    with_confidence: bool = False,
+) -> Any:
+    """'first' or 'second' for one network's statistics [F, B] (and, if asked, the confidence).
+
+    Second-price networks put probability mass at the floor (one bidder above it pays the
+    floor; a fill within max(1 cent, 0.5%) of the floor counts, see
+    :func:`bandit.stats.is_at_floor`); first-price networks almost never do. Without enough
+    fills, assume second price (the commoner ad-network mechanism) unless configured.
+    The confidence is the posterior probability of the detected type under two binomial
+    hypotheses for the at-floor share (``FIRST_PRICE_AT_FLOOR`` vs ``SECOND_PRICE_AT_FLOOR``),
+    equal prior odds; 1 when configured, 0.5 without enough fills.
     """
     if configured != "auto":
-        return configured
-    fills = stats[ATFLOOR].sum() + stats[PRICE].sum()
+        return (configured, 1.0) if with_confidence else configured
+    at = float(stats[ATFLOOR].sum())
+    fills = at + float(stats[PRICE].sum())
     if fills < min_fills:
-        return "second"
-    return "second" if stats[ATFLOOR].sum() >= share * fills else "first"
+        return ("second", 0.5) if with_confidence else "second"
+    kind = "second" if at >= share * fills else "first"
+    if not with_confidence:
+        return kind
+    p1, p2 = FIRST_PRICE_AT_FLOOR, SECOND_PRICE_AT_FLOOR
+    log_lr = at * math.log(p2 / p1) + (fills - at) * math.log((1 - p2) / (1 - p1))  # second vs first
+    log_lr = max(min(log_lr, 700.0), -700.0)
+    p_second = 1.0 / (1.0 + math.exp(-log_lr))
+    return kind, p_second if kind == "second" else 1.0 - p_second
 
 
 def empirical_summary(stats: NDArray[np.float64], placement: PlacementConfig, floors: NDArray[np.float64]) -> NDArray:
@@ -36,8 +65,8 @@ def empirical_summary(stats: NDArray[np.float64], placement: PlacementConfig, fl
         var = stats[i, REVENUE_SQ].sum() / req - mean**2 if req > 0 else 0.0
         sd = float(np.sqrt(max(var, 0.0) / req)) if req > 0 else 0.0
         fill = stats[i, FILLS].sum() / req if req > 0 else 0.0
-        auction = AUCTION_CODES.index(detect_auction(stats[i], cfg.auction))
-        out[i] = (floors[i], floors[i], floors[i], mean, sd, fill, auction)
+        kind, confidence = detect_auction(stats[i], cfg.auction, with_confidence=True)
+        out[i] = (floors[i], floors[i], floors[i], mean, sd, fill, AUCTION_CODES.index(kind), confidence)
     return out
 
 

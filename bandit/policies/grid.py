@@ -206,7 +206,7 @@ def grid_summary(
     for i, cfg in enumerate(placement.networks):
         probs = np.where(grid.valid[i], choice.level_probs[i], 0.0)
         j = int(np.argmax(probs))
-        auction = AUCTION_CODES.index(detect_auction(stats[i], cfg.auction))
+        kind, confidence = detect_auction(stats[i], cfg.auction, with_confidence=True)
         out[i] = (
             grid.floors[i, j],
             discrete_quantile(grid.floors[i], probs, 0.1),
@@ -214,7 +214,8 @@ def grid_summary(
             choice.expected[i, j],
             choice.sd[i, j],
             choice.fill[i, j],
-            auction,
+            AUCTION_CODES.index(kind),
+            confidence,
         )
     return out
 

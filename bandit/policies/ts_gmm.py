@@ -28,22 +28,64 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable, allocate_shares, floor_bin_propensity
+from bandit.allocation import (
+    AUCTION_CODES,
+    SUMMARY_FIELDS,
+    SegmentTable,
+    floor_bin_propensity,
+    matched_shares,
+    shares_bind,
+)
+from bandit.curve import (
+    BinnedEvidence,
+    best_on_grid,
+    choose_doubt,
+    curve_posterior,
+    floor_grid,
+    floor_histogram,
+    log_bounds,
+    prob_best_draws,
+    se_kernel,
+)
 from bandit.drift import batch_deviation, cusum_step
 from bandit.errors import InvalidConfig
 from bandit.events import EventBatch
-from bandit.gmm import GmmParams, Prior, RevenueCurve, best_floor, censored_data, fit, initial_params
+from bandit.gmm import GmmParams, Prior, RevenueCurve, censored_data, fit, initial_params
 from bandit.policies.common import detect_auction
 from bandit.policy import Policy, as_event_batch
 from bandit.stats import FILLS, REQUESTS, REVENUE, REVENUE_SQ, log_price, price_bin
 from bandit.types import ALL_SEGMENTS, PlacementConfig
 
-#: Multipliers of the current floor tried on the exploration path.
+#: Multipliers of the current floor tried on the exploration path of a trapped network.
 EXPLORE_FACTORS = (0.5, 0.75)
+#: Bootstrap refits of the mixture per (segment, network) and refresh.
+BOOTSTRAP_DRAWS = 16
+#: Candidate misfits, as multiples of ``model_doubt``, for the marginal-likelihood choice.
+DOUBT_STEPS = np.array([0.0, 0.25, 0.5, 1.0, 2.0])
+#: Share of the curve's peak below which the misfit's scale does not fall (the mixture may
+#: wrongly say "nothing fills" at some floors).
+CURVE_FLOOR = 0.1
+#: Seed of the fixed standard normals behind the curve draws.
+NORMALS_SEED = 20261202
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkDraws:
+    """One network's posterior draws in one segment: best log floor and its revenue [M] each,
+    the fitted mixture curve, the auction type used and the confidence in it."""
+
+    log_floor: NDArray[np.float64]
+    value: NDArray[np.float64]
+    model: RevenueCurve
+    second_price: bool
+    auction_confidence: float
+
+
 #: Exploration probability of a network that (almost) never fills at its floors.
 TRAPPED_EXPLORE = 0.3
 
@@ -93,9 +135,15 @@ class ThompsonGmmPolicy(Policy):
     """TS + censored GMM. Hyperparameters (all plain numbers, kept as given):
 
     - ``n_components``: mixture components per network (K);
-    - ``n_draws``: posterior draws per (segment, network) (M);
-    - ``prior_strength``: pseudo-requests of the weak prior;
-    - ``explore_floor``: probability of a lower exploration floor;
+    - ``n_draws``: posterior draws of each network's revenue curve (M);
+    - ``prior_strength``: pseudo-requests of the mixture's weak prior;
+    - ``model_doubt``: typical relative misfit of the mixture's revenue curve; the misfit's
+      prior sd is chosen per cell by marginal likelihood among 0.1–2 × this value
+      (how far the binned evidence may pull the curve away from the mixture);
+    - ``curve_length``: correlation length of that correction in log floor;
+    - ``floor_jitter``: sd of the log-normal jitter around each chosen floor (exploration
+      in both directions, and a floor density for off-policy evaluation);
+    - ``explore_floor``: base probability of a lower floor (rises when a network stops filling);
     - ``explore_network``: share of traffic spread evenly over all networks;
     - ``typical_cpm``: prior centre of bid values (default: geometric middle of the bounds);
     - ``half_life_hours``: time discounting of all statistics (event time);
@@ -111,9 +159,12 @@ class ThompsonGmmPolicy(Policy):
         placement: PlacementConfig,
         *,
         n_components: int = 3,
-        n_draws: int = 16,
+        n_draws: int = 128,
         prior_strength: float = 2.0,
-        explore_floor: float = 0.01,
+        model_doubt: float = 0.2,
+        curve_length: float = 0.4,
+        floor_jitter: float = 0.05,
+        explore_floor: float = 0.0,
         explore_network: float = 0.003,
         typical_cpm: float | None = None,
         half_life_hours: float = 48.0,
@@ -124,18 +175,23 @@ class ThompsonGmmPolicy(Policy):
         self.n_components = int(n_components)
         self.n_draws = int(n_draws)
         self.prior_strength = float(prior_strength)
+        self.model_doubt = float(model_doubt)
+        self.curve_length = float(curve_length)
+        self.floor_jitter = float(floor_jitter)
+        if not (0 < self.model_doubt <= 10 and 0.01 <= self.curve_length <= 10 and 0 <= self.floor_jitter <= 1):
+            raise InvalidConfig("ts_gmm needs 0 < model_doubt <= 10, 0.01 <= curve_length <= 10, 0 <= floor_jitter <= 1")
         self.explore_floor = float(explore_floor)
         self.explore_network = float(explore_network)
         self.typical_cpm = typical_cpm
         if (
             self.n_components < 1
-            or self.n_draws < 2
+            or not 2 <= self.n_draws <= 4096
             or self.prior_strength <= 0
             or not 0 <= self.explore_floor < 1
             or not 0 <= self.explore_network < 1
         ):
             raise InvalidConfig(
-                "ts_gmm needs n_components >= 1, n_draws >= 2, prior_strength > 0, "
+                "ts_gmm needs n_components >= 1, 2 <= n_draws <= 4096, prior_strength > 0, "
                 "0 <= explore_floor < 1 and 0 <= explore_network < 1"
             )
         self.change_threshold = float(change_threshold)
@@ -147,6 +203,10 @@ class ThompsonGmmPolicy(Policy):
         self._cusum: dict[tuple[str, int], NDArray[np.float64]] = {}
         self._fit_rng = np.random.default_rng(None if seed is None else [seed, 1])
         self._kappa = np.full(len(placement.networks), 20.0)
+        self._z: dict[tuple[int, int], NDArray[np.float64]] = {}
+        self._doubts = self.model_doubt * DOUBT_STEPS
+        self._grids = [floor_grid(n.floor_min_cpm, n.floor_max_cpm) for n in placement.networks]
+        self._log_bounds = np.array([log_bounds(n.floor_min_cpm, n.floor_max_cpm) for n in placement.networks])
         super().__init__(
             placement,
             half_life_hours=half_life_hours,
@@ -154,6 +214,9 @@ class ThompsonGmmPolicy(Policy):
             n_components=self.n_components,
             n_draws=self.n_draws,
             prior_strength=self.prior_strength,
+            model_doubt=self.model_doubt,
+            curve_length=self.curve_length,
+            floor_jitter=self.floor_jitter,
             explore_floor=self.explore_floor,
             explore_network=self.explore_network,
             typical_cpm=typical_cpm,
@@ -162,7 +225,7 @@ class ThompsonGmmPolicy(Policy):
         )
 
     # ----------------------------------------------------------------- modelling
-    def _prior(self, network: int, n_draws: int, rng: np.random.Generator | None) -> Prior:
+    def _prior(self, network: int, n_draws: int = 1, rng: np.random.Generator | None = None) -> Prior:
         cfg = self.placement.networks[network]
         typical = self.typical_cpm or math.sqrt(max(cfg.floor_min_cpm, 0.1) * max(cfg.floor_max_cpm, 0.2))
         k = self.n_components
@@ -209,14 +272,13 @@ class ThompsonGmmPolicy(Policy):
         self._kappa = shrinkage_strength(self.stats.data)
         super().refresh(segments)
 
-    def _network_draws(
-        self, segment: str, network: int, stats: NDArray[np.float64]
-    ) -> tuple[NDArray, NDArray, GmmParams, bool]:
-        """Best floor and its revenue for each posterior draw ([M] each), the MLE fit, auction."""
+    def _network_draws(self, segment: str, network: int, stats: NDArray[np.float64]) -> NetworkDraws:
+        """Posterior draws of one network's revenue curve and their best floors."""
         cfg = self.placement.networks[network]
-        second = detect_auction(stats, cfg.auction) == "second"
+        auction, confidence = detect_auction(stats, cfg.auction, with_confidence=True)
+        second = auction == "second"
         data = censored_data(stats, second)
-        prior = self._prior(network, 1, None)
+        prior = self._prior(network)
         # Warm start: this cell's last fit, else the placement level's (a segment is a
         # perturbation of it), else the prior. Later updates keep refining from here.
         start = self._fits.get((segment, network))
@@ -227,50 +289,92 @@ class ThompsonGmmPolicy(Policy):
         else:
             mle = fit(data, initial_params(prior), prior, max_iter=200, tol=1e-5)
         self._fits[(segment, network)] = mle
-        boot = data.reweighted(self._fit_rng, self.n_draws)
-        draws = fit(boot, mle.repeat(self.n_draws), self._prior(network, self.n_draws, self._fit_rng), max_iter=6)
-        floors, revenue = best_floor(RevenueCurve.of(draws, second), cfg.floor_min_cpm, cfg.floor_max_cpm)
-        return floors, revenue, mle, second
+        # Parametric uncertainty: Bayesian-bootstrap refits of the mixture (a randomised prior
+        # keeps them apart while data are few).
+        boot = data.reweighted(self._fit_rng, BOOTSTRAP_DRAWS)
+        draws = fit(boot, mle.repeat(BOOTSTRAP_DRAWS), self._prior(network, BOOTSTRAP_DRAWS, self._fit_rng), max_iter=6)
+        # Misfit: the mixture curves are the prior means of a GP correction from binned revenue.
+        grid = self._grids[network]
+        lo, hi = log_bounds(cfg.floor_min_cpm, cfg.floor_max_cpm)
+        evidence = BinnedEvidence.of(stats, lo, hi)
+        model = RevenueCurve.of(mle, second)
+        boot_curves = RevenueCurve.of(draws, second)
+        prior_grid = model.revenue(grid[None, :])[0]
+        prior_at = model.revenue(evidence.log_floor[None, :])[0]
+        requests = float(stats[REQUESTS].sum())
+        observed = float(stats[REVENUE].sum()) / requests if requests > 0 else 0.0
+        # The misfit is relative to the curve, with a floor where the curve says ~0.
+        base = CURVE_FLOOR * max(float(prior_grid.max()), observed, 1e-3)
+        scale_grid, scale_at = prior_grid + base, prior_at + base
+        corr = se_kernel(evidence.log_floor, evidence.log_floor, self.curve_length) * np.outer(scale_at, scale_at)
+        doubt = choose_doubt(evidence.mean - prior_at, corr, evidence.variance, self._doubts)
+        posterior = curve_posterior(grid, evidence, scale_grid, scale_at, doubt, self.curve_length)
+        m = self.n_draws
+        pick = np.arange(m) % BOOTSTRAP_DRAWS
+        boot_grid = boot_curves.revenue(np.broadcast_to(grid, (BOOTSTRAP_DRAWS, len(grid))))
+        boot_at = boot_curves.revenue(np.broadcast_to(evidence.log_floor, (BOOTSTRAP_DRAWS, len(evidence.log_floor))))
+        means = posterior.mean(boot_grid, boot_at)  # [BOOTSTRAP_DRAWS, G]
+        curves = means[pick] + self._normals(network, len(grid)) @ posterior.chol.T
+        best_x, best_value = best_on_grid(grid, curves)
+        return NetworkDraws(best_x, best_value, model, second, confidence)
+
+    def _normals(self, network: int, size: int) -> NDArray[np.float64]:
+        """Fixed standard normals [M, G] of one network (common random numbers across refreshes)."""
+        key = (network, size)
+        if key not in self._z:
+            self._z[key] = np.random.default_rng([NORMALS_SEED, network]).standard_normal((self.n_draws, size))
+        return self._z[key]
 
     def _build_table(self, segment: str, stats: NDArray[np.float64], pooled: NDArray[np.float64]) -> SegmentTable:
         n_net = len(self.placement.networks)
-        m = self.n_draws
         if segment != ALL_SEGMENTS:
             total = pooled[:, REQUESTS].sum(axis=1)
             share = np.where(total > 0, self._kappa / np.maximum(total, 1e-12), 0.0)
             stats = stats + np.minimum(share, 1.0)[:, None, None] * pooled
-        floors = np.empty((n_net, m + len(EXPLORE_FACTORS)))
-        probs = np.empty_like(floors)
-        best = np.empty((n_net, m))
-        summary = np.zeros((n_net, len(SUMMARY_FIELDS)))
-        for j, cfg in enumerate(self.placement.networks):
-            f_draw, r_draw, mle, second = self._network_draws(segment, j, stats[j])
-            best[j] = r_draw
-            f_mid = float(np.median(f_draw))
-            explore = [cfg.clip_floor(f_mid * factor) for factor in EXPLORE_FACTORS]
-            floors[j] = np.concatenate([f_draw, explore])
+        draws = [self._network_draws(segment, j, stats[j]) for j in range(n_net)]
+        best = np.stack([d.value for d in draws], axis=1)  # [M, N]
+        candidates, summary = [], np.zeros((n_net, len(SUMMARY_FIELDS)))
+        for j, (cfg, d) in enumerate(zip(self.placement.networks, draws, strict=True)):
+            floors, probs = floor_histogram(self._grids[j], d.log_floor, cfg.floor_min_cpm, cfg.floor_max_cpm)
+            f_mid = float(np.median(np.clip(np.exp(d.log_floor), cfg.floor_min_cpm, cfg.floor_max_cpm)))
             explore_p = exploration_probability(self.explore_floor, stats[j])
-            probs[j, :m] = (1.0 - explore_p) / m
-            probs[j, m:] = explore_p / len(EXPLORE_FACTORS)
-            curve = RevenueCurve.of(mle, second)
-            log_mid = np.log(max(f_mid, 1e-9)) if f_mid > 0 else -np.inf
-            at = np.array([[max(log_mid, -50.0)]])
+            explore = [cfg.clip_floor(f_mid * factor) for factor in EXPLORE_FACTORS]
+            candidates.append(
+                (np.concatenate([floors, explore]), np.concatenate([(1 - explore_p) * probs, [explore_p / 2] * 2]))
+            )
+            at = np.array([[math.log(max(f_mid, 1e-9))]])
             summary[j] = (
                 f_mid,
-                float(np.quantile(f_draw, 0.1)),
-                float(np.quantile(f_draw, 0.9)),
-                float(r_draw.mean()),
-                float(r_draw.std()),
-                float(curve.fill_rate(at)[0, 0]),
-                AUCTION_CODES.index("second" if second else "first"),
+                float(np.quantile(np.exp(d.log_floor), 0.1)),
+                float(np.quantile(np.exp(d.log_floor), 0.9)),
+                float(d.value.mean()),
+                float(d.value.std()),
+                float(d.model.fill_rate(at)[0, 0]),
+                AUCTION_CODES.index("second" if d.second_price else "first"),
+                d.auction_confidence,
             )
-        weights = allocate_shares(best.mean(axis=1), best.std(axis=1), self._lo, self._hi)
+        width = max(len(f) for f, _ in candidates)
+        floors = np.array([np.pad(f, (0, width - len(f)), mode="edge") for f, _ in candidates])
+        probs = np.array([np.pad(p, (0, width - len(p))) for _, p in candidates])
+        probs /= probs.sum(axis=1, keepdims=True)
+        if shares_bind(self._lo, self._hi):
+            weights = matched_shares(best, self._lo, self._hi)
+        else:
+            weights = prob_best_draws(best)
         if self.explore_network > 0:
             # Every network keeps a trickle of traffic: fresh data for the change detector,
             # so a network whose demand arrives (or returns) is noticed.
             weights = self._constrain((1 - self.explore_network) * weights + self.explore_network / n_net)
         bins = price_bin(log_price(floors))
-        return SegmentTable(weights, floors, probs, floor_bin_propensity(floors, probs, bins), summary)
+        return SegmentTable(
+            weights,
+            floors,
+            probs,
+            floor_bin_propensity(floors, probs, bins),
+            summary,
+            floor_log_sd=np.full(n_net, self.floor_jitter),
+            floor_bounds=self._log_bounds,
+        )
 
     # -------------------------------------------------------------------- state
     def _extra_state(self) -> dict[str, np.ndarray]:
@@ -283,7 +387,6 @@ class ThompsonGmmPolicy(Policy):
             "gmm_segments": np.array(keys, dtype=np.str_),
             "gmm_params": packed,
             "gmm_kappa": self._kappa.copy(),
-            "gmm_fit_rng": np.array(json.dumps(self._fit_rng.bit_generator.state)),
             "drift_meta": np.array(json.dumps({"changes_detected": self.changes_detected})),
             "drift_keys": np.array([s for s, _ in self._cusum], dtype=np.str_),
             "drift_networks": np.array([j for _, j in self._cusum], dtype=np.int64),
@@ -303,4 +406,3 @@ class ThompsonGmmPolicy(Policy):
         }
         self.changes_detected = int(json.loads(str(state["drift_meta"]))["changes_detected"])
         self._kappa = np.array(state["gmm_kappa"], dtype=np.float64)
-        self._fit_rng.bit_generator.state = json.loads(str(state["gmm_fit_rng"]))
