@@ -153,7 +153,8 @@ class SegmentTable:
     truncated to ``floor_bounds[n]`` (log CPM, [N, 2]), so floors are explored in both
     directions and the floor has a proper density: :meth:`log_floor_density` gives
     ``p(log f | network)`` for off-policy evaluation, and the decision's ``floor_propensity``
-    is then the probability of the sampled floor's bin under that density.
+    is then the probability of the sampled floor's bin under that density. A candidate
+    floor of 0 is not jittered (it has no log): it stays a point mass at 0, without density.
     """
 
     weights: NDArray[np.float64]
@@ -216,17 +217,19 @@ class SegmentTable:
         return net, self._floors_list[flat], self._weights_list[net], self._fprop_list[flat]
 
     def _jitter_cdf(self, net: NDArray[np.int64], log_floor: NDArray[np.float64]) -> NDArray:
-        """P(log f <= log_floor | network) [k] under the jittered floor distribution
-        (jittered networks; a step at each candidate for the others)."""
+        """P(log f < log_floor | network) [k] under the jittered floor distribution
+        (a step at each candidate floor that is not jittered: other networks, and floors of 0)."""
         sd = self.floor_log_sd[net][:, None]
-        jit = sd > 0
+        jit = (sd > 0) & (self.floors[net] > 0)  # [k, M]
         safe = np.where(jit, sd, 1.0)
         mu = np.log(np.maximum(self.floors[net], 1e-300))  # [k, M]
         lo, hi = self.floor_bounds[net, :1], self.floor_bounds[net, 1:]
         z_lo, z_hi = ndtr((lo - mu) / safe), ndtr((hi - mu) / safe)
         at = np.clip(log_floor[:, None], lo, hi)
         mass = np.clip((ndtr((at - mu) / safe) - z_lo) / np.maximum(z_hi - z_lo, 1e-300), 0.0, 1.0)
-        mass = np.where(jit, mass, (mu <= log_floor[:, None]).astype(float))
+        # P(log f < x) for point masses: bins are [edge_b, edge_b+1), like price_bin.
+        step = np.where(self.floors[net] > 0, mu, -np.inf) < log_floor[:, None]
+        mass = np.where(jit, mass, step.astype(float))
         return (self.floor_probs[net] * mass).sum(axis=1)
 
     def floor_bin_probability(self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]) -> NDArray:
@@ -255,7 +258,8 @@ class SegmentTable:
         ``φ_√(s²+h²)(x - m) · [Φ((hi - c)/t) - Φ((lo - c)/t)] / Z`` with
         ``c = (x s² + m h²)/(s² + h²)``, ``t = s h / √(s² + h²)`` and ``Z`` the truncation
         mass; for a network without jitter (point masses) it is ``Σ_m p_m φ_h(x - log f_m)``.
-        Networks without jitter have no density (NaN) where ``extra_sd`` is 0.
+        Networks without jitter have no density (NaN) where ``extra_sd`` is 0, and neither has
+        a floor of 0 (a candidate floor of 0 stays a point mass at 0: no log, no jitter).
         """
         net = np.asarray(network, dtype=np.int64)
         x = np.log(np.maximum(np.asarray(floor_cpm, dtype=np.float64), 1e-300))[:, None]
@@ -264,7 +268,7 @@ class SegmentTable:
         jit = sd0 > 0
         var = sd0**2 + h**2
         sd = np.sqrt(var)
-        safe_sd = np.maximum(sd, 1e-300)
+        safe_sd = np.where(sd > 0, sd, 1.0)
         safe0 = np.where(jit, sd0, 1.0)
         mu = np.log(np.maximum(self.floors[net], 1e-300))
         lo, hi = self.floor_bounds[net, :1], self.floor_bounds[net, 1:]
@@ -281,7 +285,7 @@ class SegmentTable:
             np.where(jit, (x >= lo) & (x <= hi), 1.0),
         )
         out = (self.floor_probs[net] * dens * kept / np.maximum(z, 1e-300)).sum(axis=1)
-        return np.where(sd[:, 0] > 0, out, np.nan)
+        return np.where((sd[:, 0] > 0) & (x[:, 0] > -690.0), out, np.nan)
 
 
 def floor_bin_propensity(

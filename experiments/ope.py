@@ -337,7 +337,7 @@ def candidate_points(
     mass = joint[nets, cands]
     floors = table.floors[nets, cands]
     sd = table.floor_log_sd[nets]
-    jit = sd > 0
+    jit = (sd > 0) & (floors > 0)
     out_net, out_floor, out_mass = [nets[~jit]], [floors[~jit]], [mass[~jit]]
     if jit.any():
         jn = nets[jit]
