@@ -248,6 +248,8 @@ class SegmentTable:
         network: NDArray[np.int64],
         floor_cpm: NDArray[np.float64],
         extra_sd: float | NDArray[np.float64] = 0.0,
+        *,
+        per_candidate: bool = False,
     ) -> NDArray[np.float64]:
         """Density of ``log floor`` given the network [k] (per unit log CPM), jittered networks only.
 
@@ -260,6 +262,7 @@ class SegmentTable:
         mass; for a network without jitter (point masses) it is ``Σ_m p_m φ_h(x - log f_m)``.
         Networks without jitter have no density (NaN) where ``extra_sd`` is 0, and neither has
         a floor of 0 (a candidate floor of 0 stays a point mass at 0: no log, no jitter).
+        ``per_candidate`` returns the terms ``p_m · density_m`` [k, M] instead of their sum [k].
         """
         net = np.asarray(network, dtype=np.int64)
         x = np.log(np.maximum(np.asarray(floor_cpm, dtype=np.float64), 1e-300))[:, None]
@@ -284,8 +287,11 @@ class SegmentTable:
             ndtr((hi - c) / t) - ndtr((lo - c) / t),
             np.where(jit, (x >= lo) & (x <= hi), 1.0),
         )
-        out = (self.floor_probs[net] * dens * kept / np.maximum(z, 1e-300)).sum(axis=1)
-        return np.where((sd[:, 0] > 0) & (x[:, 0] > -690.0), out, np.nan)
+        terms = self.floor_probs[net] * dens * kept / np.maximum(z, 1e-300)  # [k, M]
+        has = (sd[:, 0] > 0) & (x[:, 0] > -690.0)
+        if per_candidate:
+            return np.where(has[:, None], terms, np.nan)
+        return np.where(has, terms.sum(axis=1), np.nan)
 
 
 def floor_bin_propensity(

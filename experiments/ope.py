@@ -371,6 +371,29 @@ def action_probabilities(policy: Policy, segments: Sequence[str]) -> NDArray[np.
     return out
 
 
+def _kernel_mass(
+    table: SegmentTable, extra: NDArray[np.float64], within: NDArray[np.float64], n_points: int = QUAD_POINTS
+) -> NDArray[np.float64]:
+    """[N, M]: for each candidate floor of the table, the probability that its (jittered) log
+    floor plus ``extra[n]`` · ε (ε standard normal) lies in ``within[n]`` (log CPM, [N, 2]); 1
+    where ``extra`` is 0 or ``within`` unknown. Jittered floors by ``n_points`` quantile points."""
+    sd = table.floor_log_sd[:, None]
+    jit = (sd > 0) & (table.floors > 0)
+    safe = np.where(jit, sd, 1.0)
+    mu = np.log(np.maximum(table.floors, 1e-300))  # [N, M]
+    lo, hi = table.floor_bounds[:, :1], table.floor_bounds[:, 1:]
+    z_lo, z_hi = ndtr((lo - mu) / safe), ndtr((hi - mu) / safe)
+    u = (np.arange(n_points) + 0.5) / n_points
+    z = ndtri(np.clip(z_lo[..., None] + u * (z_hi - z_lo)[..., None], 1e-300, 1.0 - 1e-16))
+    y = np.where(
+        jit[..., None], np.clip(mu[..., None] + safe[..., None] * z, lo[..., None], hi[..., None]), mu[..., None]
+    )
+    e = np.where(extra > 0, extra, 1.0)[:, None, None]
+    a, b = within[:, :1, None], within[:, 1:, None]
+    mass = (ndtr((b - y) / e) - ndtr((a - y) / e)).mean(axis=2)
+    return np.where((extra > 0)[:, None] & np.isfinite(within).all(axis=1)[:, None], mass, 1.0)
+
+
 def _tables(policy: Policy, segments: Sequence[str]) -> list[SegmentTable]:
     return [policy.table(seg) for seg in segments]
 
@@ -560,15 +583,29 @@ class OPEData:
             if not len(rows):
                 continue
             net = logs.network[rows]
-            h = self.bandwidth[net]
-            own = table.floor_log_sd[net]
-            extra = np.where(own > 0, np.sqrt(np.maximum(h * h - own * own, 0.0)), h)
-            pi_net = table.weights[net]
-            target = table.log_floor_density(net, logs.floor_cpm[rows], extra_sd=np.nan_to_num(extra))
-            smoothed = pi_net * np.nan_to_num(target, nan=0.0)
-            ok = np.isfinite(h)
-            w[rows[ok]] = smoothed[ok] / (logs.propensity[rows[ok]] * logs.floor_density[rows[ok]])
+            own = table.floor_log_sd
+            extra = np.nan_to_num(
+                np.where(own > 0, np.sqrt(np.maximum(self.bandwidth**2 - own**2, 0.0)), self.bandwidth)
+            )
+            terms = table.log_floor_density(net, logs.floor_cpm[rows], extra_sd=extra[net], per_candidate=True)
+            # Boundary correction: each smoothed candidate floor's kernel is renormalised to the
+            # logged range of floors (the rows lie inside it by construction).
+            mass = _kernel_mass(table, extra, self.logged_range)[net]  # [k, M]
+            target = np.where(mass > 1e-9, np.nan_to_num(terms) / np.maximum(mass, 1e-9), 0.0).sum(axis=1)
+            ok = np.isfinite(self.bandwidth[net])
+            w[rows[ok]] = (table.weights[net] * target)[ok] / (logs.propensity[rows[ok]] * logs.floor_density[rows[ok]])
         return w
+
+    @cached_property
+    def logged_range(self) -> NDArray[np.float64]:
+        """[N, 2]: lowest and highest logged log floor of each network's rows with a density."""
+        out = np.full((self.n_networks, 2), np.nan)
+        x, cont = self.logs.log_floor, self.logs.continuous
+        for n in range(self.n_networks):
+            rows = cont & (self.logs.network == n)
+            if rows.any():
+                out[n] = x[rows].min(), x[rows].max()
+        return out
 
     def weights(self, kernel: bool) -> NDArray[np.float64]:
         return self.kernel_weights if kernel else self.bin_weights
@@ -661,7 +698,7 @@ class OffPolicyEstimator:
         se = float(terms.std(ddof=1) / math.sqrt(n))
         ess = total**2 / float(np.sum(w * w)) if total > 0 else 0.0
         w_max = float(w.max())
-        notes = _warnings(self.name, ess, n, data.unsupported)
+        notes = _warnings(self.kernel, ess, n, data.unsupported)
         return OPEEstimate(
             self.name,
             v,
@@ -743,13 +780,14 @@ ESTIMATOR_CLASSES: dict[str, type[OffPolicyEstimator]] = {
 def _estimate_without_weight(name: str, data: OPEData, kernel: bool) -> OPEEstimate:
     """No logged request has weight: nothing to estimate (IPS-type estimates would be 0)."""
     n = len(data.logs)
-    notes = _warnings(name, 0.0, n, data.unsupported)
+    notes = _warnings(kernel, 0.0, n, data.unsupported)
     nan = math.nan
     bw = data.reported_bandwidth() if kernel else nan
     return OPEEstimate(name, nan, nan, nan, nan, n, 0.0, 0.0, 0.0, nan, data.unsupported, data.logged_value, bw, notes)
 
 
-def _warnings(name: str, ess: float, n: int, unsupported: float) -> tuple[str, ...]:
+def _warnings(kernel: bool, ess: float, n: int, unsupported: float) -> tuple[str, ...]:
+    """Why not to trust an estimate; the same text for every estimator sharing the weights."""
     notes = []
     if unsupported > SUPPORT_WARN:
         notes.append(
@@ -757,7 +795,11 @@ def _warnings(name: str, ess: float, n: int, unsupported: float) -> tuple[str, .
             f"(> {SUPPORT_WARN:.0%}): every estimate is biased there"
         )
     if ess < ESS_MIN or ess < ESS_MIN_SHARE * n:
-        notes.append(f"{name}: effective sample size {ess:.0f} of {n:,} requests ({ess / n:.2%}) is tiny")
+        kind = "kernel" if kernel else "bin"
+        notes.append(
+            f"{kind} weights: effective sample size {ess:.0f} of {n:,} requests ({ess / n:.2%}) is tiny "
+            f"(< {ESS_MIN:.0f} or < {ESS_MIN_SHARE:.0%} of n)"
+        )
     return tuple(notes)
 
 

@@ -3,6 +3,7 @@ its diagnostics (ESS, largest weight, unsupported mass) and warnings."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from functools import cache
@@ -10,6 +11,7 @@ from functools import cache
 import numpy as np
 import polars as pl
 import pytest
+from scipy.special import ndtr
 
 from bandit import PlacementConfig, make_policy
 from bandit.policy import Policy
@@ -88,13 +90,35 @@ def test_kernel_intervals_cover_the_truth_for_shifted_floors(shift: float, jitte
         assert width["kernel_ips"] < 0.8 * width["ips"], width
 
 
-def test_a_much_too_wide_bandwidth_breaks_coverage() -> None:
-    """Control for the coverage test: smoothing the floors over ±1 log CPM estimates a
-    different policy, and kernel IPS's intervals miss the truth. (SNIPS and DR suffer less
-    on this market; DR's direct-method part integrates over the unsmoothed floors.)"""
-    for shift in (0.7, 1.3):
-        cov, _ = coverage(candidate(shift), ["kernel_ips"], bandwidth=1.0)
-        assert cov["kernel_ips"] <= 0.5, (shift, cov)
+def test_kernel_is_corrected_at_the_edge_of_the_logged_floors() -> None:
+    """Floors at floor_min (0.05) are jittered only upwards (the bound truncates the jitter):
+    a candidate floor on the bound would lose half its kernel below it, and kernel IPS a third
+    of the value here, without the kernel's renormalisation to the logged range of floors."""
+    placement = market().placement
+    edge_logger = JitteredPolicy(make_policy("static", placement, floors={"admob": 2.0}), 0.2)
+    policy = make_policy("static", placement, floors={"admob": 2.2})  # the others at 0.05
+    truth = true_value(policy, market(), 20_000, seed=12345)
+    covered = 0
+    for seed in range(N_SEEDS):
+        logs = simulate_logs(edge_logger, market(), N_LOGGED, seed=seed)
+        e = evaluate(logs, policy, estimators=["kernel_ips"], warn=False)["kernel_ips"]
+        covered += e.ci_low <= truth <= e.ci_high
+    assert covered / N_SEEDS >= 0.85, covered
+
+
+def test_coverage_fails_when_the_logged_density_is_ignored() -> None:
+    """Control for the coverage test: with the logged floor density replaced by its average
+    (weights that ignore where the logger put its floors) the intervals miss the truth."""
+    for shift in (0.7, 0.85, 1.15):
+        policy = candidate(shift)
+        truth = true_value(policy, market(), 20_000, seed=12345)
+        covered = 0
+        for seed in range(N_SEEDS):
+            logs = logged(seed)
+            flat = dataclasses.replace(logs, floor_density=np.full(len(logs), float(logs.floor_density.mean())))
+            e = evaluate(flat, policy, estimators=["kernel_ips"], warn=False)["kernel_ips"]
+            covered += e.ci_low <= truth <= e.ci_high
+        assert covered / N_SEEDS <= 0.3, (shift, covered)
 
 
 def test_logs_carry_the_logged_floor_density() -> None:
@@ -180,15 +204,20 @@ def test_diagnostics_on_a_hand_computed_example() -> None:
     assert any("effective sample size" in note for note in ips.warnings)
     assert est["ips"].to_dict()["ess_share"] == ips.ess_share
 
-    # Kernel weights with a given bandwidth h: π(n) φ_h(log f - log f_n) / (propensity · density).
+    # Kernel weights with a given bandwidth h: π(n) φ_h(log f - log f_n) / (propensity · density),
+    # the kernel renormalised to the network's logged range of log floors [lo_n, hi_n].
     logs = hand_logs(density=True)
     h = 0.2
     with pytest.warns(LowEffectiveSampleWarning):
         est = evaluate(logs, policy, bandwidth=h, folds=1)
-    cand_floor = np.array([1.0, 2.0])[logs.network]
-    cand_weight = np.array([0.75, 0.25])[logs.network]
-    phi = np.exp(-0.5 * ((np.log(logs.floor_cpm) - np.log(cand_floor)) / h) ** 2) / (h * math.sqrt(2 * math.pi))
-    wk = cand_weight * phi / (logs.propensity * logs.floor_density)
+    x = np.log(logs.floor_cpm)
+    cand = np.log([1.0, 2.0])
+    lo = np.array([np.log(0.9), np.log(2.0)])
+    hi = np.array([np.log(1.1), np.log(3.0)])
+    inside = ndtr((hi - cand) / h) - ndtr((lo - cand) / h)
+    net = logs.network
+    phi = np.exp(-0.5 * ((x - cand[net]) / h) ** 2) / (h * math.sqrt(2 * math.pi)) / inside[net]
+    wk = np.array([0.75, 0.25])[net] * phi / (logs.propensity * logs.floor_density)
     k = est["kernel_ips"]
     assert k.value == pytest.approx(np.mean(wk * logs.reward), rel=1e-9)
     assert k.ess == pytest.approx(wk.sum() ** 2 / (wk**2).sum(), rel=1e-9)
