@@ -19,9 +19,12 @@ Weights (``r_i`` the reward, ``x_i = log f_i``, means over the n logged requests
   bandwidth ``h`` — ``Σ_m p_m φ_h(x - log f_m)`` for fixed candidate floors
   (:meth:`SegmentTable.log_floor_density` with ``extra_sd``). A candidate that jitters
   its own floors with sd ``s`` is smoothed by ``√(max(h² - s², 0))`` only (its own jitter
-  already smooths; with ``s >= h`` the weight is the exact density ratio). Rows without a
+  already smooths; with ``s >= h`` the weight is the exact density ratio). Each smoothed
+  candidate floor's kernel is renormalised to the network's logged range of log floors
+  (boundary correction: a candidate floor at a floor bound, where the logger's jitter is
+  truncated, would otherwise lose the half of its kernel beyond the bound). Rows without a
   logged density keep their bin weight. The estimand is the value of the candidate with
-  floors blurred by ``h``: bias ``O(h²)`` against variance ``O(1 / (n h))``.
+  floors blurred by ``h``: bias ``O(h²)`` (``O(h)`` at a bound) against variance ``O(1 / (n h))``.
 
 Estimators (small classes overriding one method, as OBP's ``BaseOffPolicyEstimator`` →
 ``InverseProbabilityWeighting`` → ``SelfNormalizedInverseProbabilityWeighting``):
@@ -749,16 +752,22 @@ class DoublyRobust(InverseProbabilityWeighting):
 
 
 class KernelInverseProbabilityWeighting(InverseProbabilityWeighting):
+    """IPS with kernel weights: continuous floors."""
+
     name = "kernel_ips"
     kernel = True
 
 
 class KernelSelfNormalizedInverseProbabilityWeighting(SelfNormalizedInverseProbabilityWeighting):
+    """SNIPS with kernel weights."""
+
     name = "kernel_snips"
     kernel = True
 
 
 class KernelDoublyRobust(DoublyRobust):
+    """DR with kernel weights and the kernel-smoothed reward model."""
+
     name = "kernel_dr"
     kernel = True
 
