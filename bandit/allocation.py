@@ -154,7 +154,8 @@ class SegmentTable:
     truncated to ``floor_bounds[n]`` (log CPM, [N, 2]), so floors are explored in both
     directions and the floor has a proper density: :meth:`log_floor_density` gives
     ``p(log f | network)`` for off-policy evaluation, and the decision's ``floor_propensity``
-    is then the probability of the sampled floor's bin under that density.
+    is then the probability of the sampled floor's bin under that density. A candidate
+    floor of 0 is not jittered (it has no log): it stays a point mass at 0, without density.
     """
 
     weights: NDArray[np.float64]
@@ -197,8 +198,9 @@ class SegmentTable:
         jit = sd > 0
         lo, hi = self.floor_bounds[net, 0], self.floor_bounds[net, 1]
         mu = np.log(np.maximum(floor, 1e-300))
-        z_lo = ndtr(np.where(jit, (lo - mu) / np.where(jit, sd, 1.0), -np.inf))
-        z_hi = ndtr(np.where(jit, (hi - mu) / np.where(jit, sd, 1.0), np.inf))
+        safe = np.where(jit, sd, 1.0)
+        z_lo = np.where(jit, ndtr((lo - mu) / safe), 0.0)
+        z_hi = np.where(jit, ndtr((hi - mu) / safe), 1.0)
         z = ndtri(np.clip(z_lo + v * (z_hi - z_lo), 1e-300, 1.0 - 1e-16))
         log_f = np.clip(mu + sd * z, lo, hi)
         floor = np.where(jit & (floor > 0), np.exp(log_f), floor)
@@ -215,43 +217,82 @@ class SegmentTable:
         net = flat // self._n_candidates
         return net, self._floors_list[flat], self._weights_list[net], self._fprop_list[flat]
 
-    def _jitter_cdf(self, net: NDArray[np.int64], log_floor: NDArray[np.float64], extra_sd: float = 0.0) -> NDArray:
-        """P(log f <= log_floor | network) [k] under the jittered floor distribution."""
-        sd = np.sqrt(self.floor_log_sd[net] ** 2 + extra_sd**2)[:, None]
+    def _jitter_cdf(self, net: NDArray[np.int64], log_floor: NDArray[np.float64]) -> NDArray:
+        """P(log f < log_floor | network) [k] under the jittered floor distribution
+        (a step at each candidate floor that is not jittered: other networks, and floors of 0)."""
+        sd = self.floor_log_sd[net][:, None]
+        jit = (sd > 0) & (self.floors[net] > 0)  # [k, M]
+        safe = np.where(jit, sd, 1.0)
         mu = np.log(np.maximum(self.floors[net], 1e-300))  # [k, M]
         lo, hi = self.floor_bounds[net, :1], self.floor_bounds[net, 1:]
-        z_lo, z_hi = ndtr((lo - mu) / sd), ndtr((hi - mu) / sd)
+        z_lo, z_hi = ndtr((lo - mu) / safe), ndtr((hi - mu) / safe)
         at = np.clip(log_floor[:, None], lo, hi)
-        mass = np.clip((ndtr((at - mu) / sd) - z_lo) / np.maximum(z_hi - z_lo, 1e-300), 0.0, 1.0)
+        mass = np.clip((ndtr((at - mu) / safe) - z_lo) / np.maximum(z_hi - z_lo, 1e-300), 0.0, 1.0)
+        # P(log f < x) for point masses: bins are [edge_b, edge_b+1), like price_bin.
+        step = np.where(self.floors[net] > 0, mu, -np.inf) < log_floor[:, None]
+        mass = np.where(jit, mass, step.astype(float))
         return (self.floor_probs[net] * mass).sum(axis=1)
 
     def floor_bin_probability(self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]) -> NDArray:
-        """P(the floor's statistics bin | network) [k] for floors drawn from this table."""
+        """P(the floor's statistics bin | network) [k] for floors drawn from this table.
+
+        The first and last bins are open-ended (:func:`bandit.stats.price_bin` clamps
+        floors below ``PRICE_MIN`` and above ``MAX_CPM`` into them)."""
         net = np.asarray(network, dtype=np.int64)
         b = price_bin(log_price(np.asarray(floor_cpm, dtype=np.float64)))
-        return self._jitter_cdf(net, LOG_EDGES[b + 1]) - self._jitter_cdf(net, LOG_EDGES[b])
+        upper = np.where(b == len(LOG_EDGES) - 2, np.inf, LOG_EDGES[b + 1])
+        lower = np.where(b == 0, -np.inf, LOG_EDGES[b])
+        return self._jitter_cdf(net, upper) - self._jitter_cdf(net, lower)
 
     def log_floor_density(
-        self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64], extra_sd: float = 0.0
+        self,
+        network: NDArray[np.int64],
+        floor_cpm: NDArray[np.float64],
+        extra_sd: float | NDArray[np.float64] = 0.0,
+        *,
+        per_candidate: bool = False,
     ) -> NDArray[np.float64]:
         """Density of ``log floor`` given the network [k] (per unit log CPM), jittered networks only.
 
-        ``extra_sd`` > 0 convolves it with a Gaussian kernel of that bandwidth in log floor
-        (the kernel-smoothed target density of continuous-action off-policy evaluation);
-        untruncated for the kernel part. Networks without jitter have no density (NaN)
-        unless ``extra_sd`` > 0.
+        ``extra_sd`` (scalar or [k]) > 0 convolves it with a Gaussian kernel of that bandwidth
+        in log floor: the kernel-smoothed target density of continuous-action off-policy
+        evaluation, ``∫ φ_h(x - y) p(y) dy``. For a candidate's truncated normal
+        ``N(m, s²)`` on ``[lo, hi]`` that is, exactly,
+        ``φ_√(s²+h²)(x - m) · [Φ((hi - c)/t) - Φ((lo - c)/t)] / Z`` with
+        ``c = (x s² + m h²)/(s² + h²)``, ``t = s h / √(s² + h²)`` and ``Z`` the truncation
+        mass; for a network without jitter (point masses) it is ``Σ_m p_m φ_h(x - log f_m)``.
+        Networks without jitter have no density (NaN) where ``extra_sd`` is 0, and neither has
+        a floor of 0 (a candidate floor of 0 stays a point mass at 0: no log, no jitter).
+        ``per_candidate`` returns the terms ``p_m · density_m`` [k, M] instead of their sum [k].
         """
         net = np.asarray(network, dtype=np.int64)
         x = np.log(np.maximum(np.asarray(floor_cpm, dtype=np.float64), 1e-300))[:, None]
+        h = np.broadcast_to(np.asarray(extra_sd, dtype=np.float64), (len(net),))[:, None]
         sd0 = self.floor_log_sd[net][:, None]
-        sd = np.sqrt(sd0**2 + extra_sd**2)
+        jit = sd0 > 0
+        var = sd0**2 + h**2
+        sd = np.sqrt(var)
+        safe_sd = np.where(sd > 0, sd, 1.0)
+        safe0 = np.where(jit, sd0, 1.0)
         mu = np.log(np.maximum(self.floors[net], 1e-300))
         lo, hi = self.floor_bounds[net, :1], self.floor_bounds[net, 1:]
-        z = np.where(sd0 > 0, ndtr((hi - mu) / np.maximum(sd0, 1e-300)) - ndtr((lo - mu) / np.maximum(sd0, 1e-300)), 1.0)
-        dens = np.exp(-0.5 * ((x - mu) / np.maximum(sd, 1e-300)) ** 2) / (np.sqrt(2 * np.pi) * np.maximum(sd, 1e-300))
-        inside = (x >= lo) & (x <= hi) if extra_sd == 0 else True
-        out = (self.floor_probs[net] * dens * inside / np.maximum(z, 1e-300)).sum(axis=1)
-        return np.where(sd[:, 0] > 0, out, np.nan)
+        z = np.where(jit, ndtr((hi - mu) / safe0) - ndtr((lo - mu) / safe0), 1.0)
+        dens = np.exp(-0.5 * ((x - mu) / safe_sd) ** 2) / (np.sqrt(2 * np.pi) * safe_sd)
+        smoothed = h > 0
+        # Truncation factor: the kernel-smoothed truncated normal (posterior of y given x),
+        # or the indicator of the bounds without smoothing.
+        c = (x * sd0**2 + mu * h**2) / np.where(smoothed | jit, var, 1.0)
+        t = np.where(smoothed & jit, sd0 * h / safe_sd, 1.0)
+        kept = np.where(
+            jit & smoothed,
+            ndtr((hi - c) / t) - ndtr((lo - c) / t),
+            np.where(jit, (x >= lo) & (x <= hi), 1.0),
+        )
+        terms = self.floor_probs[net] * dens * kept / np.maximum(z, 1e-300)  # [k, M]
+        has = (sd[:, 0] > 0) & (x[:, 0] > -690.0)
+        if per_candidate:
+            return np.where(has[:, None], terms, np.nan)
+        return np.where(has, terms.sum(axis=1), np.nan)
 
 
 def floor_bin_propensity(

@@ -4,9 +4,11 @@ Only :mod:`experiments.tracking` and :mod:`experiments.model_registry` import ML
 only inside their functions; this package's import pulls in numpy/scipy only.
 
 Modules: ``abstats`` (lift with CIs), ``ab`` (offline A/B on the simulator), ``ope``
-(IPS / SNIPS / doubly robust), ``simulate`` (tracked simulation runs), ``tracking``
-(MLflow), ``model_registry`` (promote / load the champion), ``tune`` (Ray Tune),
-``config`` (policy config files), ``plots``, ``report`` (README figures), ``cli``.
+(IPS / SNIPS / doubly robust, and their kernel versions for continuous floors), ``jitter``
+(continuous floor exploration around any policy's floors), ``simulate`` (tracked
+simulation runs), ``tracking`` (MLflow), ``model_registry`` (promote / load the champion),
+``tune`` (Ray Tune), ``config`` (policy config files), ``plots``, ``report`` (README
+figures), ``cli``.
 """
 
 from experiments.abstats import LiftResult, paired_lift, unpaired_lift

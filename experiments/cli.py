@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -92,10 +93,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     ope = subparsers.add_parser(
         "ope",
-        help="off-policy evaluation of a policy on logged decisions (IPS, SNIPS, DR)",
+        help="off-policy evaluation of a policy on logged decisions (IPS, SNIPS, DR, kernel IPS/SNIPS/DR)",
         description="Estimate a candidate policy's revenue per request from logged decisions with "
         "propensities. Logs need network, floor_cpm, propensity, floor_propensity, revenue_cpm (or "
-        "reward) and segment (or context).",
+        "reward) and segment (or context); floor_density (density of log floor, NaN for discrete "
+        "floors) enables the kernel estimators for continuous (jittered) floors. ips/snips/dr weight "
+        "by (network, floor bin); kernel_* smooth the candidate's floors with a Gaussian kernel of "
+        "bandwidth h in log CPM (Silverman's rule per network on the logged log floors, "
+        "0.9 min(sd, IQR/1.349) n^(-1/5), unless --bandwidth). Every estimate reports its effective "
+        "sample size (ESS, and %% of n), largest weight's share, the candidate's probability mass "
+        "without logged support and the logging policy's own value; a warning is printed when "
+        "more than 3%% of the mass is unsupported or an ESS is below 100 or 1%% of n.",
     )
     ope.add_argument("--logs", nargs="+", type=Path, required=True, metavar="PATH", help=".parquet/.ndjson logs")
     cand = ope.add_mutually_exclusive_group(required=True)
@@ -107,6 +115,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--scenario", help="take the placement from a simulator scenario")
     ope.add_argument("--placement-id", default=None, help="placement id for --placement (default: file stem)")
     ope.add_argument("--folds", type=_positive, default=2, help="cross-fitting folds of the DR model (default 2)")
+    ope.add_argument(
+        "--bandwidth", type=float, default=None, help="kernel bandwidth in log CPM (default: Silverman's rule)"
+    )
+    ope.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        metavar="SD",
+        help="evaluate the candidate with its floors jittered log-normally by SD (log CPM; default 0: fixed floors)",
+    )
+    ope.add_argument("--estimators", type=_csv, default=None, help="comma-separated estimators (default: all)")
     ope.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ope.set_defaults(func=_guard(ope_command))
 
@@ -217,19 +236,41 @@ def _candidate(args: argparse.Namespace) -> Any:
 
 
 def ope_command(args: argparse.Namespace) -> int:
+    import warnings
+
     from bandit import read_events
-    from experiments.ope import LoggedDecisions, evaluate
+    from experiments.ope import ESTIMATORS, LoggedDecisions, OPEWarning, evaluate
 
     policy = _candidate(args)
+    if args.jitter > 0:
+        from experiments.jitter import JitteredPolicy
+
+        policy = JitteredPolicy(policy, args.jitter)
     logs = LoggedDecisions.from_frame(policy.placement, read_events(args.logs))
-    estimates = evaluate(logs, policy, folds=args.folds)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", OPEWarning)
+        estimates = evaluate(
+            logs, policy, folds=args.folds, bandwidth=args.bandwidth, estimators=args.estimators or ESTIMATORS
+        )
+    notes = [str(w.message) for w in caught if issubclass(w.category, OPEWarning)]
     if args.json:
         print(json.dumps({k: e.to_dict() for k, e in estimates.items()}, indent=2))
+        for note in notes:
+            print(f"adbandit ope: warning: {note}", file=sys.stderr)
         return 0
     print(f"candidate {policy.name} ({policy.model_version}) on {len(logs):,} logged requests")
-    print(f"{'estimator':<10}{'rev/req':>10}{'95% CI':>22}{'ESS':>10}")
+    print(f"{'estimator':<14}{'rev/req':>10}{'95% CI':>22}{'ESS':>9}{'ESS %':>8}{'max w %':>9}{'h':>7}")
     for e in estimates.values():
-        print(f"{e.estimator:<10}{e.value:>10.4f}{f'[{e.ci_low:.4f}, {e.ci_high:.4f}]':>22}{e.ess:>10.0f}")
+        ci = f"[{e.ci_low:.4f}, {e.ci_high:.4f}]"
+        h = "-" if math.isnan(e.bandwidth) else f"{e.bandwidth:.3f}"
+        print(
+            f"{e.estimator:<14}{e.value:>10.4f}{ci:>22}{e.ess:>9.0f}{e.ess_share:>8.1%}{e.max_weight_share:>9.1%}{h:>7}"
+        )
+    first = next(iter(estimates.values()))
+    print(f"logged policy's own value {first.logged_value:.4f} CPM per request")
+    print(f"candidate mass without logged support {first.unsupported:.1%}")
+    for note in notes:
+        print(f"WARNING: {note}")
     return 0
 
 

@@ -16,9 +16,13 @@ from serving.cli import build_parser, main
 from simulator.market import Market
 
 
-def _write_logs(path: Path) -> None:
+def _write_logs(path: Path, jitter: float = 0.0) -> None:
     market = Market("core_stationary")
     logger = make_policy("epsilon_greedy", market.placement, epsilon=1.0, seed=0)
+    if jitter > 0:
+        from experiments.jitter import JitteredPolicy
+
+        logger = JitteredPolicy(make_policy("static", market.placement, floors={"admob": 2.0}), jitter)
     logs = simulate_logs(logger, market, 3000, seed=1)
     ids = np.array(market.placement.network_ids)
     pl.DataFrame(
@@ -28,6 +32,7 @@ def _write_logs(path: Path) -> None:
             "floor_cpm": logs.floor_cpm,
             "propensity": logs.propensity,
             "floor_propensity": logs.floor_propensity,
+            "floor_density": logs.floor_density,
             "filled": logs.reward > 0,
             "revenue_cpm": logs.reward,
             "segment": [logs.segments[i] for i in logs.segment_index],
@@ -41,9 +46,28 @@ def test_ope_command_prints_estimates_as_json(tmp_path: Path, capsys) -> None:
     code = main(["ope", "--logs", str(logs), "--policy", "static", "--scenario", "core_stationary", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"ips", "snips", "dr"}
+    assert set(out) == {"ips", "snips", "dr", "kernel_ips", "kernel_snips", "kernel_dr"}
     for est in out.values():
         assert est["n"] == 3000 and est["ci_low"] <= est["value"] <= est["ci_high"]
+        assert 0 < est["ess_share"] <= 1 and est["unsupported"] == 0.0 and est["logged_value"] > 0
+
+
+def test_ope_command_prints_diagnostics_and_warns_without_support(tmp_path: Path, capsys) -> None:
+    """Logs with jittered floors around admob 2.0 and the others' floor_min (0.05); the
+    candidate's admob floor 20 (its floor_max) lies far above anything logged."""
+    logs = tmp_path / "logs.parquet"
+    _write_logs(logs, jitter=0.2)
+    config = tmp_path / "far.json"
+    config.write_text(json.dumps({"policy": "static", "params": {"floors": {"admob": 20.0}}}))
+    args = ["ope", "--logs", str(logs), "--config", str(config), "--scenario", "core_stationary"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "kernel_dr" in text and "logged policy's own value" in text
+    assert "WARNING:" in text and "no logged support" in text
+    config.write_text(json.dumps({"policy": "static", "params": {"floors": {"admob": 2.2}}}))
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "candidate mass without logged support 0.0%" in text and "no logged support" not in text
 
 
 def test_ope_command_reads_a_saved_state(tmp_path: Path, capsys) -> None:

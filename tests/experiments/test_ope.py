@@ -104,7 +104,8 @@ def test_intervals_cover_the_true_value_over_seeds() -> None:
     covered = dict.fromkeys(("ips", "snips", "dr"), 0)
     widths = dict.fromkeys(covered, 0.0)
     for seed in range(n_seeds):
-        est = evaluate(uniform_logs(3000, np.random.default_rng(100 + seed)), policy, seed=seed)
+        logs = uniform_logs(3000, np.random.default_rng(100 + seed))
+        est = evaluate(logs, policy, seed=seed, estimators=list(covered))
         for k, e in est.items():
             covered[k] += e.ci_low <= truth <= e.ci_high
             widths[k] += (e.ci_high - e.ci_low) / n_seeds
@@ -201,7 +202,7 @@ def test_simulated_market_intervals_cover_the_ground_truth() -> None:
         covered = dict.fromkeys(("ips", "snips", "dr"), 0)
         for seed in range(n_seeds):
             logs = simulate_logs(logger, market, 5000, seed=seed)
-            for k, e in evaluate(logs, candidate, seed=seed).items():
+            for k, e in evaluate(logs, candidate, seed=seed, estimators=list(covered)).items():
                 covered[k] += e.ci_low <= truth <= e.ci_high
         for k, c in covered.items():
             assert c / n_seeds >= 0.85, (candidate.name, k, c)
