@@ -226,17 +226,22 @@ def prob_best_draws(values: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 def floor_histogram(
-    grid: NDArray[np.float64], best_x: NDArray[np.float64], floor_min: float, floor_max: float
+    grid: NDArray[np.float64], best_x: NDArray[np.float64], floor_min: float, floor_max: float, max_floors: int = 24
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Distinct floors (CPM) of the draws' best log floors [M] and their frequencies.
+    """At most ``max_floors`` distinct floors (CPM) standing for the draws' best log floors [M],
+    and their frequencies.
 
-    Floors are rounded to a quarter of a grid step so near-identical draws share a
-    candidate (a compact table), and mapped back into the network's bounds (the lowest grid
-    point stands for ``floor_min`` itself, which may be 0).
+    Floors are rounded to a quarter of a grid step (coarser if needed to fit ``max_floors``)
+    so near-identical draws share a candidate, and mapped back into the network's bounds
+    (the lowest grid point stands for ``floor_min`` itself, which may be 0).
     """
     step = float(np.min(np.diff(grid))) / 4 if len(grid) > 1 else 1.0
-    key = np.round(best_x / step).astype(np.int64)
-    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    while True:
+        key = np.round(best_x / step).astype(np.int64)
+        _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+        if len(counts) <= max_floors:
+            break
+        step *= 2
     x = np.bincount(inverse.ravel(), weights=best_x) / counts
     floors = np.clip(np.exp(x), floor_min, floor_max)
     floors = np.where(x <= grid[0] + 1e-12, floor_min, floors)

@@ -144,7 +144,6 @@ class PlacementConfig:
                     "min_share": n.min_share,
                     "max_share": n.max_share,
                     "auction": n.auction,
-                    "auction_confidence": None if math.isnan(n.auction_confidence) else n.auction_confidence,
                 }
                 for n in self.networks
             ],
@@ -332,6 +331,7 @@ class Allocation:
                     "revenue_sd_cpm": n.revenue_sd_cpm,
                     "fill_rate": n.fill_rate,
                     "auction": n.auction,
+                    "auction_confidence": None if math.isnan(n.auction_confidence) else n.auction_confidence,
                 }
                 for n in self.networks
             ],

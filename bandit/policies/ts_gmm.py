@@ -63,6 +63,8 @@ from bandit.types import ALL_SEGMENTS, PlacementConfig
 
 #: Multipliers of the current floor tried on the exploration path of a trapped network.
 EXPLORE_FACTORS = (0.5, 0.75)
+#: Distinct candidate floors per network in a decision table.
+MAX_FLOORS = 24
 #: Bootstrap refits of the mixture per (segment, network) and refresh.
 BOOTSTRAP_DRAWS = 16
 #: Candidate misfits, as multiples of ``model_doubt``, for the marginal-likelihood choice.
@@ -335,7 +337,9 @@ class ThompsonGmmPolicy(Policy):
         best = np.stack([d.value for d in draws], axis=1)  # [M, N]
         candidates, summary = [], np.zeros((n_net, len(SUMMARY_FIELDS)))
         for j, (cfg, d) in enumerate(zip(self.placement.networks, draws, strict=True)):
-            floors, probs = floor_histogram(self._grids[j], d.log_floor, cfg.floor_min_cpm, cfg.floor_max_cpm)
+            floors, probs = floor_histogram(
+                self._grids[j], d.log_floor, cfg.floor_min_cpm, cfg.floor_max_cpm, MAX_FLOORS
+            )
             f_mid = float(np.median(np.clip(np.exp(d.log_floor), cfg.floor_min_cpm, cfg.floor_max_cpm)))
             explore_p = exploration_probability(self.explore_floor, stats[j])
             explore = [cfg.clip_floor(f_mid * factor) for factor in EXPLORE_FACTORS]
@@ -353,7 +357,7 @@ class ThompsonGmmPolicy(Policy):
                 AUCTION_CODES.index("second" if d.second_price else "first"),
                 d.auction_confidence,
             )
-        width = max(len(f) for f, _ in candidates)
+        width = MAX_FLOORS + len(EXPLORE_FACTORS)  # fixed: tables of all segments stack
         floors = np.array([np.pad(f, (0, width - len(f)), mode="edge") for f, _ in candidates])
         probs = np.array([np.pad(p, (0, width - len(p))) for _, p in candidates])
         probs /= probs.sum(axis=1, keepdims=True)
@@ -387,6 +391,7 @@ class ThompsonGmmPolicy(Policy):
             "gmm_segments": np.array(keys, dtype=np.str_),
             "gmm_params": packed,
             "gmm_kappa": self._kappa.copy(),
+            "gmm_fit_rng": np.array(json.dumps(self._fit_rng.bit_generator.state)),
             "drift_meta": np.array(json.dumps({"changes_detected": self.changes_detected})),
             "drift_keys": np.array([s for s, _ in self._cusum], dtype=np.str_),
             "drift_networks": np.array([j for _, j in self._cusum], dtype=np.int64),
@@ -406,3 +411,4 @@ class ThompsonGmmPolicy(Policy):
         }
         self.changes_detected = int(json.loads(str(state["drift_meta"]))["changes_detected"])
         self._kappa = np.array(state["gmm_kappa"], dtype=np.float64)
+        self._fit_rng.bit_generator.state = json.loads(str(state["gmm_fit_rng"]))
