@@ -408,3 +408,68 @@ def best_floor(curve: RevenueCurve, floor_min: float, floor_max: float, n_grid: 
         floor = np.where(use_zero, 0.0, floor)
         best_rev = np.where(use_zero, no_floor, best_rev)
     return floor, best_rev
+
+
+# ------------------------------------------------------------------ floor-responsive bidders
+#: Shading factors a first-price network's bidders may use when they respond to the floor
+#: (1 = they do not respond: the floor only cuts fills).
+RESPONSE_SHADINGS = np.array([1.0, 0.9, 0.8, 0.7, 0.6, 0.5])
+#: Prior probability of each shading: even odds that bidders respond to the floor at all.
+RESPONSE_PRIOR = np.array([0.5, 0.1, 0.1, 0.1, 0.1, 0.1])
+#: At-floor share of a non-responsive first-price network's fills (the detection tolerance).
+_AT_FLOOR_NOISE = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsiveCurve:
+    """A first-price network whose bidders respond to the floor.
+
+    ``base`` describes the top *bid* B (shaded value) as learned; with shading ``s`` [D] a
+    bidder whose value clears the floor f bids at least f, so the network fills iff
+    ``B ≥ s·f`` and pays ``max(B, f)``:
+
+        P(fill | f) = P(B ≥ s f),   R(f) = f · (P(B ≥ s f) − P(B ≥ f)) + E[B; B ≥ f].
+
+    ``s = 1`` is the plain first-price curve (the floor only cuts fills).
+    """
+
+    base: RevenueCurve
+    shading: NDArray[np.float64]
+
+    @property
+    def second_price(self) -> bool:
+        return False
+
+    def fill_rate(self, log_floor: NDArray) -> NDArray:
+        return self.base.fill_rate(log_floor + np.log(self.shading)[:, None])
+
+    def revenue(self, log_floor: NDArray) -> NDArray:
+        lifted = self.fill_rate(log_floor) - self.base.fill_rate(log_floor)
+        return np.exp(log_floor) * np.maximum(lifted, 0.0) + self.base.revenue(log_floor)
+
+
+def shading_posterior(stats: NDArray[np.float64], curve: RevenueCurve) -> NDArray[np.float64]:
+    """Posterior over ``RESPONSE_SHADINGS`` [S] of a first-price network from its statistics [F, B].
+
+    Fills at the floor say how often the top bid lay in ``[s f, f)`` among fills, i.e.
+    ``q(s, f) = (P(B ≥ s f) − P(B ≥ f)) / P(B ≥ s f)`` under the fitted bid curve (one draw);
+    the binomial likelihood of at-floor counts per floor bin, with a small share of
+    at-floor fills allowed to any network (the detection tolerance), times the prior.
+    """
+    fills = stats[FILLS]
+    used = fills > 0
+    if not used.any():
+        return RESPONSE_PRIOR.copy()
+    at = np.minimum(stats[ATFLOOR, used], fills[used])
+    n = fills[used]
+    x = LOG_CENTERS[used]
+    shift = np.log(RESPONSE_SHADINGS)[:, None]
+    lo = curve.fill_rate(np.broadcast_to(x[None, :] + shift, (len(RESPONSE_SHADINGS), len(x))).reshape(1, -1))
+    hi = curve.fill_rate(x[None, :])[0]
+    lo = lo.reshape(len(RESPONSE_SHADINGS), len(x))
+    q = np.where(lo > 1e-12, np.clip((lo - hi[None, :]) / np.maximum(lo, 1e-12), 0.0, 1.0), 0.0)
+    q = _AT_FLOOR_NOISE + (1 - 2 * _AT_FLOOR_NOISE) * q
+    ll = (at[None, :] * np.log(q) + (n - at)[None, :] * np.log1p(-q)).sum(axis=1)
+    post = np.log(RESPONSE_PRIOR) + ll
+    post = np.exp(post - post.max())
+    return post / post.sum()

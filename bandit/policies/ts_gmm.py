@@ -55,7 +55,17 @@ from bandit.curve import (
 from bandit.drift import batch_deviation, cusum_step
 from bandit.errors import InvalidConfig
 from bandit.events import EventBatch
-from bandit.gmm import GmmParams, Prior, RevenueCurve, censored_data, fit, initial_params
+from bandit.gmm import (
+    RESPONSE_SHADINGS,
+    GmmParams,
+    Prior,
+    ResponsiveCurve,
+    RevenueCurve,
+    censored_data,
+    fit,
+    initial_params,
+    shading_posterior,
+)
 from bandit.policies.common import detect_auction
 from bandit.policy import Policy, as_event_batch
 from bandit.stats import FILLS, REQUESTS, REVENUE, REVENUE_SQ, log_price, price_bin
@@ -83,7 +93,7 @@ class NetworkDraws:
 
     log_floor: NDArray[np.float64]
     value: NDArray[np.float64]
-    model: RevenueCurve
+    model: RevenueCurve | ResponsiveCurve
     second_price: bool
     auction_confidence: float
 
@@ -301,6 +311,14 @@ class ThompsonGmmPolicy(Policy):
         evidence = BinnedEvidence.of(stats, lo, hi)
         model = RevenueCurve.of(mle, second)
         boot_curves = RevenueCurve.of(draws, second)
+        if not second:
+            # First price: bidders may respond to the floor (bid at least it when their value
+            # clears it); each bootstrap draw takes a shading from its posterior.
+            response = shading_posterior(stats, model)
+            model = ResponsiveCurve(model, RESPONSE_SHADINGS[[int(np.argmax(response))]])
+            boot_curves = ResponsiveCurve(
+                boot_curves, self._fit_rng.choice(RESPONSE_SHADINGS, BOOTSTRAP_DRAWS, p=response)
+            )
         prior_grid = model.revenue(grid[None, :])[0]
         prior_at = model.revenue(evidence.log_floor[None, :])[0]
         requests = float(stats[REQUESTS].sum())
