@@ -87,6 +87,7 @@ class Quarantine:
     def __init__(self, directory: str | os.PathLike, *, fsync: bool = True) -> None:
         self.directory = Path(directory)
         self.fsync = bool(fsync)
+        self._cache: list[Damage] | None = None  # this process is the ledger's only writer
 
     # ------------------------------------------------------------------ writing
     def keep(self, name: str, data: bytes | memoryview) -> str:
@@ -130,6 +131,11 @@ class Quarantine:
 
     # ------------------------------------------------------------------ reading
     def entries(self) -> list[Damage]:
+        if self._cache is None:
+            self._cache = self._load()
+        return list(self._cache)
+
+    def _load(self) -> list[Damage]:
         path = self.directory / LEDGER
         try:
             body = json.loads(path.read_text())
@@ -157,6 +163,7 @@ class Quarantine:
         self.directory.mkdir(parents=True, exist_ok=True)
         data = json.dumps([d.to_dict() for d in entries], indent=1).encode()
         self._write(self.directory / LEDGER, data)
+        self._cache = list(entries)
 
     def _write(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from numpy.typing import NDArray
 
 from bandit.errors import InvalidState
 from serving import snapshots
-from serving.eventlog import EventLog
+from serving.eventlog import EventLog, list_segments, walk
 from serving.quarantine import Damage, Quarantine
 from serving.records import (
     APPLIED,
@@ -42,6 +43,7 @@ from serving.records import (
     decode_applied,
     decode_json,
     decode_with_state,
+    events_in,
 )
 
 log = logging.getLogger(__name__)
@@ -155,3 +157,152 @@ def group_by_bucket(
         by_bucket.setdefault(b, []).append(hashes)
         times[b] = t
     return [(np.concatenate(parts), times[b]) for b, parts in by_bucket.items()]
+
+
+# ---------------------------------------------------------------------- verification
+@dataclass
+class SegmentReport:
+    """One log segment as ``store verify`` found it."""
+
+    name: str
+    bytes: int
+    records: int
+    events: int
+    first_lsn: int | None
+    last_lsn: int | None
+    damage: list[Damage]
+
+
+@dataclass
+class VerifyReport:
+    """What ``adbandit store verify`` found: sound and damaged snapshots and segments, the
+    damage already quarantined, and what the next start would cut or lose."""
+
+    state_dir: str
+    snapshots: list[dict] = field(default_factory=list)
+    segments: list[SegmentReport] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    quarantined: list[Damage] = field(default_factory=list)
+    stray_tmp: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def damage(self) -> list[Damage]:
+        return [d for s in self.segments for d in s.damage]
+
+    @property
+    def damaged(self) -> bool:
+        """Anything beyond a torn tail: damaged/missing records, unreadable snapshots, a gap."""
+        return (
+            bool(self.problems)
+            or any(d.kind != "torn" for d in self.damage)
+            or any(not s["sound"] for s in self.snapshots)
+        )
+
+    def to_dict(self) -> dict:
+        lost = [d for d in self.damage if d.kind not in ("torn", "stray")]
+        return {
+            "state_dir": self.state_dir,
+            "sound": not self.damaged,
+            "snapshots": self.snapshots,
+            "segments": [
+                {**{k: v for k, v in vars(s).items() if k != "damage"}, "damage": [d.to_dict() for d in s.damage]}
+                for s in self.segments
+            ],
+            "problems": self.problems,
+            "would_lose": {
+                "records": sum(d.records_lost or 0 for d in lost),
+                "records_uncounted": sum(1 for d in lost if d.records_lost is None),
+                "events": sum(d.events_lost or 0 for d in lost),
+                "events_uncounted": sum(1 for d in lost if d.events_lost is None),
+                "torn_tail_bytes": sum(d.bytes for d in self.damage if d.kind == "torn"),
+                "stray_bytes": sum(d.bytes for d in self.damage if d.kind == "stray"),
+            },
+            "quarantined": [d.to_dict() for d in self.quarantined],
+            "stray_tmp": self.stray_tmp,
+            "seconds": self.seconds,
+        }
+
+    def lines(self) -> list[str]:
+        """The report for a terminal."""
+        out = [f"state dir {self.state_dir}"]
+        for s in self.snapshots:
+            state = f"sound, covers lsn {s['covered_lsn']}" if s["sound"] else f"DAMAGED: {s['error']}"
+            out.append(f"  snapshot {s['name']}: {state}")
+        if not self.snapshots:
+            out.append("  no snapshot: the whole log is replayed")
+        for seg in self.segments:
+            lsns = "no records" if seg.first_lsn is None else f"lsn {seg.first_lsn}..{seg.last_lsn}"
+            state = (
+                "sound" if not seg.damage else ("torn tail" if all(d.kind == "torn" for d in seg.damage) else "DAMAGED")
+            )
+            out.append(
+                f"  segment {seg.name}: {seg.bytes} bytes, {seg.records} records, {seg.events} events, {lsns}: {state}"
+            )
+            out.extend(f"    {d.message()}" for d in seg.damage)
+        out.extend(f"  PROBLEM: {p}" for p in self.problems)
+        for d in self.quarantined:
+            ack = "acknowledged" if d.acknowledged is not None else "NOT acknowledged"
+            out.append(f"  quarantined earlier ({ack}): {d.message()}")
+        if self.stray_tmp:
+            out.append(f"  stray temporary files (removed at the next start): {', '.join(self.stray_tmp)}")
+        w = self.to_dict()["would_lose"]
+        unknown = " (+ records of unknown count)" if w["records_uncounted"] else ""
+        out.append(
+            f"next start would lose {w['records']} records{unknown} holding {w['events']} events"
+            f"{' (+ uncounted)' if w['events_uncounted'] else ''}, cut {w['torn_tail_bytes']} torn-tail bytes "
+            f"and quarantine {w['stray_bytes']} stray bytes"
+        )
+        out.append(f"verdict: {'DAMAGED' if self.damaged else 'sound'} ({self.seconds:.2f} s)")
+        return out
+
+
+def verify(state_dir: Path) -> VerifyReport:
+    """Scan every snapshot and log segment of ``state_dir`` without changing anything.
+
+    Safe while a server runs on it (the log's last record may then look torn)."""
+    started = time.perf_counter()
+    report = VerifyReport(str(state_dir))
+    snap_dir, log_dir = state_dir / "snapshots", state_dir / "log"
+    covered = 0
+    for lsn, path in snapshots.list_snapshots(snap_dir):
+        try:
+            snap = snapshots.read_snapshot(path)
+        except (InvalidState, KeyError, OSError, ValueError) as exc:
+            report.snapshots.append({"name": path.name, "sound": False, "covered_lsn": lsn, "error": str(exc)})
+        else:
+            report.snapshots.append({"name": path.name, "sound": True, "covered_lsn": snap.covered_lsn, "error": None})
+            covered = max(covered, snap.covered_lsn)
+    quarantine = Quarantine(state_dir / "quarantine")
+    report.quarantined = quarantine.entries()
+    for sub in TEMP_DIRS:
+        if (state_dir / sub).is_dir():
+            report.stray_tmp += [str(p.relative_to(state_dir)) for p in (state_dir / sub).glob("*.tmp")]
+    segments = list_segments_of(log_dir)
+    if segments and segments[0] > covered + 1:
+        report.problems.append(
+            f"the log starts at lsn {segments[0]} but the newest sound snapshot covers only up to {covered}: "
+            f"records {covered + 1}..{segments[0] - 1} are missing (the store refuses to start)"
+        )
+    if log_dir.is_dir():
+        for scan in walk(
+            log_dir, start_lsn=1, covered_lsn=covered, known_lost=quarantine.lost_ranges(), count=events_in
+        ):
+            events = sum(events_in(r.kind, r.payload) or 0 for r in scan.records if r.kind == EVENTS)
+            report.segments.append(
+                SegmentReport(
+                    scan.path.name,
+                    len(scan.data),
+                    len(scan.records),
+                    events,
+                    scan.records[0].lsn if scan.records else None,
+                    scan.records[-1].lsn if scan.records else None,
+                    scan.damage,
+                )
+            )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def list_segments_of(directory: Path) -> list[int]:
+    return [first for first, _ in list_segments(directory)] if directory.is_dir() else []

@@ -81,7 +81,7 @@ from experiments.abstats import unpaired_lift
 from serving import recovery, snapshots
 from serving.archive import OutcomeArchive
 from serving.dedupe import DAY_SECONDS, DedupeWindow, event_hashes, first_occurrences
-from serving.eventlog import EventLog
+from serving.eventlog import EventLog, storage_failure
 from serving.quarantine import Damage, Quarantine
 from serving.records import (
     APPLIED,
@@ -1057,7 +1057,10 @@ class PolicyStore:
                 with self._apply_lock:
                     self._apply_pending_locked()
                     # Everything the snapshot covers is archived before its log segments go.
-                    self._archive.flush()
+                    try:
+                        self._archive.flush()
+                    except OSError as exc:
+                        raise storage_failure(exc, "writing the outcome archive") from None
                     covered = self._log.last_lsn
                     if only_if_changed and covered == self._snapshot_lsn and self._snapshot_time is not None:
                         return
@@ -1067,7 +1070,10 @@ class PolicyStore:
                         written = self._counts["written"]
             self._log.sync_to(covered)
             now = self._clock()
-            snapshots.write_snapshot(self._snap_dir, covered, meta, arrays, fsync=self.fsync, created=now)
+            try:
+                snapshots.write_snapshot(self._snap_dir, covered, meta, arrays, fsync=self.fsync, created=now)
+            except OSError as exc:  # nothing older was touched; the log still holds everything
+                raise storage_failure(exc, "writing a snapshot") from None
             self._snapshot_lsn = covered
             self._snapshot_time = now
             self._snapshot_written = written
