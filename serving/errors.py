@@ -11,6 +11,7 @@ request was stored, and the same request may be sent again.
 from __future__ import annotations
 
 import logging
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -104,8 +105,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+_storage_logged = 0.0
+
+
 async def _storage_failure(request: Request, exc: Exception) -> Response:
-    log.error("storage failure on %s %s: %s", request.method, request.url.path, exc)
+    global _storage_logged
+    now = time.monotonic()
+    if now - _storage_logged >= STORAGE_RETRY_AFTER_S:  # one line per interval, not per request
+        _storage_logged = now
+        log.error("storage failure on %s %s: %s", request.method, request.url.path, exc)
     return JSONResponse({"detail": str(exc)}, status_code=507, headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)})
 
 

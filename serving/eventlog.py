@@ -42,7 +42,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -247,13 +247,15 @@ def walk(
     covered_lsn: int = 0,
     known_lost: Iterable[tuple[int, int]] = (),
     count: Counter | None = None,
+    kind_names: Mapping[int, str] | None = None,
     now: float | None = None,
 ) -> Iterator[SegmentScan]:
     """Scan the segments from the one holding ``start_lsn`` on, classifying damage.
 
     ``covered_lsn``: what the loaded snapshot covers (events of records up to it are not
     lost when their record is); ``known_lost``: lsn ranges already reported (gaps there
-    are expected); ``count``: see :data:`Counter`. Reads one segment at a time.
+    are expected); ``count``: see :data:`Counter`; ``kind_names`` name record kinds in
+    reports. Reads one segment at a time.
     """
     segments = list_segments(directory)
     start = 0
@@ -281,7 +283,9 @@ def walk(
             scan: SegmentScan = scan,
             view: memoryview = view,
         ) -> None:
-            d = _classify(scan.path.name, view, region, lost_first, lost_last, at, covered_lsn, known, count, now)
+            d = _classify(
+                scan.path.name, view, region, lost_first, lost_last, at, covered_lsn, known, count, kind_names, now
+            )
             if d is not None:
                 scan.damage.append(d)
             if region is not None:
@@ -337,6 +341,7 @@ def _classify(
     covered_lsn: int,
     known: list[tuple[int, int]],
     count: Counter | None,
+    kind_names: Mapping[int, str] | None,
     now: float,
 ) -> Damage | None:
     """What a damaged region (or a gap without bytes) cost, as a ledger entry."""
@@ -363,7 +368,8 @@ def _classify(
             details.append(f"records up to lsn {covered_lsn} were learned before the snapshot that covers them")
         kinds = _kinds_in(view, region, lost_first, lost_last) if region is not None else None
         if kinds:
-            details.append("kinds " + ",".join(map(str, kinds)))
+            names = kind_names or {}
+            details.append("lost record kinds: " + ", ".join(names.get(k, f"kind {k}") for k in kinds))
     return Damage(
         ident, kind, name, offset, size,
         None if n_lost == 0 else lost_first, None if n_lost in (0, None) else lost_last,
@@ -402,7 +408,11 @@ def _count_lost(
         return None
     chain = _chain(view, region, lost_first, lost_last)
     if chain is None:
-        return None
+        if lost_last != lost_first or region.length < HEADER.size:
+            return None
+        # Exactly one record was here, its header unreadable: the region is that record.
+        head = _header_at(view, region.offset)
+        return count(0 if head is None else head[1], view[region.offset + HEADER.size : region.end])
     total = 0
     for lsn, kind, pos in chain:
         if lsn <= covered_lsn:
@@ -433,6 +443,7 @@ class EventLog:
         fsync: bool = True,
         quarantine: Quarantine | None = None,
         count: Counter | None = None,
+        kind_names: Mapping[int, str] | None = None,
     ) -> None:
         if segment_max_bytes < HEADER.size:
             raise ValueError(f"segment_max_bytes must be >= {HEADER.size}")
@@ -441,6 +452,7 @@ class EventLog:
         self.fsync = bool(fsync)
         self.quarantine = quarantine or Quarantine(self.directory / "quarantine", fsync=fsync)
         self.count = count
+        self.kind_names = kind_names
         self._lock = threading.Lock()  # order of writes, rotation, repair
         self._sync = threading.Condition()  # group commit
         self._syncing = False
@@ -495,6 +507,7 @@ class EventLog:
             covered_lsn=after_lsn,
             known_lost=self.quarantine.lost_ranges(),
             count=self.count,
+            kind_names=self.kind_names,
         )
         for scan in scans:
             self._settle(scan)

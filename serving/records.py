@@ -224,18 +224,28 @@ def decode_with_state(payload: bytes | memoryview) -> tuple[dict, dict[str, np.n
     return header, state
 
 
+_ROW_BYTES = sum(np.dtype(dtype).itemsize for _, dtype in _COLUMNS)
+
+
 def events_in(kind: int, payload: bytes | memoryview) -> int | None:
-    """How many outcome events a (possibly damaged) record of ``kind`` held: 0 for records
-    that hold none, the count its own header states for ``EVENTS`` (readable even when the
-    columns after it are damaged), ``None`` when that header cannot be read."""
-    if kind != EVENTS:
+    """How many outcome events a (possibly damaged) record of ``kind`` held, or ``None``
+    when that cannot be told. 0 for kinds that hold none. For ``EVENTS`` the count its
+    JSON header states, else the count its size implies (header length + ``n`` rows of
+    fixed width). ``kind`` 0 (the record's own header is unreadable): an events record
+    only if both ways agree."""
+    if kind not in (EVENTS, 0):
         return 0 if kind in KINDS else None
     view = memoryview(payload)
-    try:
-        (hlen,) = _U32.unpack_from(view, 0)
-        if hlen > len(view):
-            return None
-        n = json.loads(bytes(view[_U32.size : _U32.size + hlen]).rstrip(b"\0"))["n"]
-    except (ValueError, KeyError, TypeError, struct.error):
+    if len(view) < _U32.size:
         return None
-    return n if isinstance(n, int) and n >= 0 else None
+    (hlen,) = _U32.unpack_from(view, 0)
+    rest = len(view) - _U32.size - hlen
+    by_size = rest // _ROW_BYTES if rest >= 0 and rest % _ROW_BYTES == 0 else None
+    try:
+        n = json.loads(bytes(view[_U32.size : _U32.size + hlen]).rstrip(b"\0"))["n"]
+        by_header = n if isinstance(n, int) and n >= 0 else None
+    except (ValueError, KeyError, TypeError):
+        by_header = None
+    if kind == 0:
+        return by_header if by_header is not None and by_header == by_size else None
+    return by_header if by_header is not None else by_size

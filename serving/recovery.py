@@ -37,6 +37,7 @@ from serving.quarantine import Damage, Quarantine
 from serving.records import (
     APPLIED,
     EVENTS,
+    KIND_NAMES,
     MODEL,
     PLACEMENT,
     EventRecord,
@@ -286,7 +287,12 @@ def verify(state_dir: Path) -> VerifyReport:
         )
     if log_dir.is_dir():
         for scan in walk(
-            log_dir, start_lsn=1, covered_lsn=covered, known_lost=quarantine.lost_ranges(), count=events_in
+            log_dir,
+            start_lsn=1,
+            covered_lsn=covered,
+            known_lost=quarantine.lost_ranges(),
+            count=events_in,
+            kind_names=KIND_NAMES,
         ):
             events = sum(events_in(r.kind, r.payload) or 0 for r in scan.records if r.kind == EVENTS)
             report.segments.append(

@@ -86,6 +86,7 @@ from serving.quarantine import Damage, Quarantine
 from serving.records import (
     APPLIED,
     EVENTS,
+    KIND_NAMES,
     MODEL,
     PLACEMENT,
     EventRecord,
@@ -373,6 +374,7 @@ class PolicyStore:
             fsync=fsync,
             quarantine=self._quarantine,
             count=events_in,
+            kind_names=KIND_NAMES,
         )
         self._marker_due = 0  # an APPLIED marker the disk refused, written at the next chance
         self._snap_dir = self.state_dir / "snapshots"
