@@ -109,6 +109,7 @@ class Server:
 
     def stop(self) -> None:
         """SIGTERM: a clean close (final snapshot)."""
+        self.client.close()  # no idle keep-alive connection for the shutdown to wait on
         self.process.send_signal(signal.SIGTERM)
         self._reap()
 
