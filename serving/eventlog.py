@@ -313,9 +313,9 @@ def walk(
             elif is_torn(view, pending):
                 scan.damage.append(
                     Damage(
-                        f"{path.name}@{pending.offset}", "torn", path.name, pending.offset, pending.length,
-                        None, None, 0, 0, covered_lsn, "incomplete last record of the log (a crash mid-append)",
-                        detected=now,
+                        f"{path.name}@{pending.offset}-lsn{expected}", "torn", path.name, pending.offset,
+                        pending.length, None, None, 0, 0, covered_lsn,
+                        "incomplete last record of the log (a crash mid-append)", detected=now,
                     )
                 )  # fmt: skip
                 scan.cuts.append(pending)
@@ -350,10 +350,10 @@ def _classify(
         if n_lost == 0 or any(a <= lost_first and lost_last <= b for a, b in known):  # type: ignore[operator]
             return None
         kind, offset, size = "missing", at, 0
-        ident = f"{name}@{at}:missing-{lost_first}-{lost_last}"
+        ident = f"{name}@{at}-lsn{lost_first}-{lost_last}-missing"
     else:
         kind, offset, size = ("stray" if n_lost == 0 else "damaged"), region.offset, region.length
-        ident = f"{name}@{region.offset}"
+        ident = f"{name}@{region.offset}-lsn{lost_first}"  # the lsn keeps ids unique after cuts
     details = []
     if n_lost == 0:
         events: int | None = 0
@@ -526,7 +526,7 @@ class EventLog:
         for d in scan.damage:
             stored = d
             if d.bytes:
-                name = f"{scan.path.name}@{d.offset}.bad"
+                name = f"{d.id}.bad"
                 self.quarantine.keep(name, view[d.offset : d.offset + d.bytes])
                 stored = Damage.from_dict({**d.to_dict(), "quarantined": name})
             stored = self.quarantine.record(stored)

@@ -8,7 +8,8 @@ what makes the state "degraded" (until an operator acknowledges it) and lets a l
 recovery recognise a gap it already reported instead of reporting it again.
 
 Layout: ``<dir>/damage.json`` (a JSON list, replaced atomically) and one
-``<file>@<offset>.bad`` per quarantined byte range.
+``<file>@<offset>-lsn<first lost lsn>.bad`` per quarantined byte range (the lsn keeps names
+unique when later damage lands at the same offset of a segment already cut).
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def load_snapshot(directory: Path, quarantine: Quarantine | None = None) -> snap
         except (InvalidState, KeyError, OSError, ValueError) as exc:
             size = path.stat().st_size if path.exists() else 0
             damage = Damage(
-                f"{path.name}@0", "snapshot", path.name, 0, size, None, None, 0, 0, covered,
+                f"{path.name}@{time.time():.0f}", "snapshot", path.name, 0, size, None, None, 0, 0, covered,
                 f"unreadable snapshot ({exc}); recovery falls back to an older one and the log",
             )  # fmt: skip
             log.error("snapshot damage: %s", damage.message())
