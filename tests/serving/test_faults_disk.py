@@ -10,6 +10,7 @@ every acknowledged event once, none of a refused request unless it was re-sent.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -235,3 +236,90 @@ def test_a_half_written_snapshot_is_removed_and_the_older_one_kept(tmp_path, mon
         assert store.experiment_report(PLACEMENT)["variants"]["champion"]["requests"] == 3 * BATCH
     finally:
         store.close()
+
+
+# ------------------------------------------------------------------- in process
+def _store(state_dir: Path, **kwargs) -> PolicyStore:
+    from bandit import PlacementConfig
+    from serving.variants import ExperimentConfig
+
+    store = PolicyStore(state_dir, snapshot_every_s=3600, **kwargs)
+    store.open()
+    if PLACEMENT not in {p.id for p in store.list_placements()}:
+        store.put_placement(
+            PlacementConfig.from_dict(PLACEMENT, {"networks": [{"id": "alpha"}, {"id": "beta"}]}),
+            ExperimentConfig.single("static", {}),
+        )
+    return store
+
+
+def _requests(store: PolicyStore) -> int:
+    store.flush()
+    return store.experiment_report(PLACEMENT)["variants"]["champion"]["requests"]
+
+
+def test_after_a_failed_fsync_nothing_is_acknowledged_not_even_a_duplicate_until_repaired(tmp_path, monkeypatch):
+    import errno
+
+    from serving import eventlog
+
+    store = _store(tmp_path / "live")
+    try:
+        store.ingest(batch("a"))
+        real, failing = eventlog._datasync, [True]
+
+        def sync(fd: int) -> None:
+            if failing[0]:
+                raise OSError(errno.EIO, "Input/output error")
+            real(fd)
+
+        monkeypatch.setattr(eventlog, "_datasync", sync)
+        monkeypatch.setattr(eventlog, "REPAIR_INTERVAL_S", 0.0)
+        with pytest.raises(StorageFailure, match="EIO"):
+            store.ingest(batch("b"))
+        # b sits in the page cache of a file whose fsync failed: a retry must not hear "duplicate".
+        with pytest.raises(StorageFailure):
+            store.ingest(batch("b"))
+        with pytest.raises(StorageFailure):
+            store.ingest(batch("a"))
+        assert store.storage_failure is not None and store.metrics()["storage_failing"]
+        failing[0] = False
+        result = store.ingest(batch("b"))  # the repair re-wrote b from memory and synced it
+        assert (result.accepted, result.duplicates) == (0, BATCH)
+        assert store.storage_failure is None
+        shutil.copytree(tmp_path / "live", tmp_path / "crashed", ignore=shutil.ignore_patterns("LOCK"))
+    finally:
+        store.close()
+    crashed = _store(tmp_path / "crashed")
+    try:
+        assert _requests(crashed) == 2 * BATCH
+        assert crashed.damage() == []
+    finally:
+        crashed.close()
+
+
+def test_an_applied_marker_the_disk_refused_is_written_later_and_replay_learns_each_event_once(tmp_path, monkeypatch):
+    from serving import faults
+
+    fault_file = tmp_path / "faults"
+    fault_file.write_text("")
+    monkeypatch.setattr(faults, "_path", fault_file)
+    store = _store(tmp_path / "live")
+    try:
+        store.ingest(batch("a"))
+        fault_file.write_text("write ENOSPC")
+        store.flush()  # learns a; its APPLIED marker cannot be written
+        with pytest.raises(StorageFailure):
+            store.ingest(batch("refused"))
+        fault_file.write_text("")
+        store.ingest(batch("b"))
+        assert _requests(store) == 2 * BATCH  # the marker now written covers a and b
+        shutil.copytree(tmp_path / "live", tmp_path / "crashed", ignore=shutil.ignore_patterns("LOCK"))
+    finally:
+        store.close()
+    crashed = _store(tmp_path / "crashed")
+    try:
+        assert _requests(crashed) == 2 * BATCH
+        assert crashed.ingest(batch("refused")).accepted == BATCH
+    finally:
+        crashed.close()
