@@ -162,6 +162,9 @@ def test_four_writers_through_a_full_disk_and_sigkill_lose_no_acknowledged_event
         assert duplicates == recovered - len(acked_events) and accepted == len(attempted) - recovered
         assert server.wait_learned(len(attempted)) == len(attempted)
         assert server.requests() == len(attempted)
+        refused = sum(s.refused for s in streamers)
+        print(f"[{fault}] acknowledged {len(acked_events)}, recovered {recovered}, attempted {len(attempted)}, "
+              f"refused requests {refused}")  # fmt: skip
     finally:
         server.stop()
 
