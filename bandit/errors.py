@@ -33,3 +33,9 @@ class UnknownNetwork(AdbanditError):
 
 class InvalidState(AdbanditError):
     """A saved policy state is corrupt, of another schema version or of another policy."""
+
+
+class StorageFailure(Exception):
+    """The state directory cannot be written or synced (disk full, I/O error): nothing of
+    the request was stored or acknowledged. Not bad input: the same request may succeed
+    once the disk is writable again (the HTTP layer answers 507)."""

@@ -26,7 +26,8 @@ import numpy as np
 
 from bandit import POLICIES, PlacementConfig
 from serving.dedupe import event_hashes
-from serving.eventlog import APPLIED, EVENTS, EventLog, EventRecord, encode_applied
+from serving.eventlog import EventLog
+from serving.records import APPLIED, EVENTS, EventRecord, encode_applied
 from serving.store import ExperimentConfig, PolicyStore
 
 NETWORKS = ("admob", "adfit", "house")

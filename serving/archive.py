@@ -11,14 +11,16 @@ event twice.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from serving.eventlog import EventRecord
+from serving.records import EventRecord
 
+log = logging.getLogger(__name__)
 _PART = re.compile(r"outcomes-(\d{12})-(\d{12})\.parquet$")
 
 
@@ -41,7 +43,10 @@ class OutcomeArchive:
         self._buffer.append((lsn, record))
         self._buffered += len(record)
         if self._buffered >= self.part_events:
-            self.flush()
+            try:
+                self.flush()
+            except OSError as exc:  # a full disk: keep buffering; the snapshot retries (and waits)
+                log.error("outcome archive part not written (kept in memory): %s", exc)
 
     def flush(self) -> Path | None:
         """Write the buffered records as one Parquet part (atomic); returns its path."""
@@ -53,8 +58,12 @@ class OutcomeArchive:
         frame = pl.concat([_frame(rec) for _, rec in self._buffer], how="vertical")
         path = self.directory / f"outcomes-{first:012d}-{last:012d}.parquet"
         tmp = path.with_name(path.name + ".tmp")
-        frame.write_parquet(tmp)
-        os.replace(tmp, path)
+        try:
+            frame.write_parquet(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self.archived_lsn = last
         self._buffer.clear()
         self._buffered = 0

@@ -1,9 +1,13 @@
-"""``adbandit serve`` and ``adbandit ingest``.
+"""``adbandit serve``, ``adbandit ingest`` and ``adbandit store verify``.
 
 ``serve`` runs the API with one uvicorn worker: the PolicyStore is in-process state
 (policies, event log, dedupe index), so a second worker would be a second, diverging
 store. Flags override the ``ADBANDIT_*`` environment, which overrides the defaults
 (``adbandit serve`` alone serves ``./state`` on 127.0.0.1:8000).
+
+``store verify`` scans a state dir's snapshots and log segments without changing them and
+says what is sound, what is damaged and what the next start would cut or lose (exit 1
+when anything is damaged; a torn tail alone is not damage).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``serve`` and ``ingest`` to the ``adbandit`` command line."""
+    """Add ``serve``, ``ingest`` and ``store`` to the ``adbandit`` command line."""
     serve = subparsers.add_parser(
         "serve",
         help="run the live decision service (FastAPI, docs at /docs)",
@@ -51,6 +55,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--url", default=None, help="base URL of a running service, e.g. http://127.0.0.1:8000")
     ingest.add_argument("--api-key", default=None, help="Bearer key for --url (default: env ADBANDIT_API_KEY)")
     ingest.set_defaults(func=ingest_command)
+
+    store = subparsers.add_parser("store", help="inspect a state dir (event log + snapshots)")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    verify = store_sub.add_parser(
+        "verify",
+        help="scan segments and snapshots: what is sound, damaged, and would be lost (exit 1 if damaged)",
+        description="Scan every snapshot and log segment of a state dir without changing it.",
+    )
+    verify.add_argument("--state-dir", type=Path, default=Path("./state"), help="state dir (default ./state)")
+    verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    verify.set_defaults(func=verify_command)
 
 
 def settings_from_args(args: argparse.Namespace):  # -> serving.settings.Settings
@@ -130,3 +145,19 @@ def ingest_command(args: argparse.Namespace) -> int:
         )
     )
     return 1 if result.rejected else 0
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    import json
+
+    from serving.recovery import verify
+
+    if not args.state_dir.is_dir():
+        print(f"adbandit store verify: {str(args.state_dir)!r} is not a directory", file=sys.stderr)
+        return 2
+    report = verify(args.state_dir)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print("\n".join(report.lines()))
+    return 1 if report.damaged else 0

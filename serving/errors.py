@@ -3,12 +3,15 @@
 Domain errors (:mod:`bandit.errors`) map to 4xx by type; request validation errors keep
 FastAPI's list of ``{"loc", "msg", "type"}`` (the location names the field) but never
 echo the input back; malformed JSON is a 400; anything unexpected is logged and
-answered with a 500 that carries no internals.
+answered with a 500 that carries no internals. A disk that refuses a write or an fsync
+(:class:`~bandit.errors.StorageFailure`) is a 507 with ``Retry-After``: nothing of the
+request was stored, and the same request may be sent again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +24,7 @@ from bandit.errors import (
     InvalidDecisionRequest,
     InvalidOutcome,
     InvalidState,
+    StorageFailure,
     UnknownNetwork,
     UnknownPlacement,
 )
@@ -56,8 +60,13 @@ class BodyTooLarge(HTTPException):
 class ServiceUnavailable(HTTPException):
     """503: a dependency (e.g. the model registry) cannot be reached right now."""
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(status_code=503, detail=detail)
+    def __init__(self, detail: str, retry_after_s: int | None = None) -> None:
+        headers = None if retry_after_s is None else {"Retry-After": str(retry_after_s)}
+        super().__init__(status_code=503, detail=detail, headers=headers)
+
+
+#: Seconds a client should wait before retrying a request the disk refused.
+STORAGE_RETRY_AFTER_S = 5
 
 
 def status_of(exc: AdbanditError) -> int:
@@ -96,6 +105,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+_storage_logged = 0.0
+
+
+async def _storage_failure(request: Request, exc: Exception) -> Response:
+    global _storage_logged
+    now = time.monotonic()
+    if now - _storage_logged >= STORAGE_RETRY_AFTER_S:  # one line per interval, not per request
+        _storage_logged = now
+        log.error("storage failure on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": str(exc)}, status_code=507, headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)})
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse({"detail": "internal error; see the service log"}, status_code=500)
@@ -104,6 +125,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def install(app: FastAPI) -> None:
     """Register every handler on ``app``."""
     app.add_exception_handler(AdbanditError, _domain_error)
+    app.add_exception_handler(StorageFailure, _storage_failure)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -302,9 +302,43 @@ class SnapshotOut(_Out):
 
 
 class HealthOut(_Out):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = Field(
+        "ok",
+        description="'degraded': recovery found damaged data (see damage) that no operator has "
+        "acknowledged yet (POST /v1/admin/acknowledge-damage); the service still answers.",
+    )
     placements: int
     uptime_s: float
+    damage: list[str] = Field(default_factory=list, description="One line per unacknowledged damage.")
+
+
+class DamageOut(_Out):
+    """One entry of the quarantine ledger (see docs/service.md, "Damage and the quarantine")."""
+
+    id: str
+    kind: Literal["torn", "stray", "damaged", "missing", "snapshot"]
+    file: str
+    offset: int
+    bytes: int
+    first_lost_lsn: int | None
+    last_lost_lsn: int | None
+    records_lost: int | None
+    events_lost: int | None
+    covered_lsn: int
+    detail: str
+    quarantined: str | None
+    detected: float
+    acknowledged: float | None
+    message: str
+
+
+class DamageListOut(_Out):
+    damage: list[DamageOut]
+
+
+class AcknowledgeOut(_Out):
+    acknowledged: int = Field(description="Entries acknowledged by this call.")
+    damage: list[DamageOut]
 
 
 # ------------------------------------------------------------------------------- prebid

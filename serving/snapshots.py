@@ -5,7 +5,9 @@ A snapshot is one ``.npz`` (no pickle) named after the last log record it covers
 fsync, rename) followed by an fsync of the directory. Its ``meta`` entry is JSON (format
 version, covered lsn, creation time, placements with their experiments and variants);
 the other entries are arrays, each policy state under its own key prefix. zip's per-entry
-crc32 catches a damaged file, and the loader then falls back to the previous snapshot.
+crc32 catches a damaged file, and the loader then falls back to the previous snapshot
+(:func:`serving.recovery.load_snapshot` moves the damaged one to the quarantine). A failed
+write leaves no temporary file and never touches older snapshots.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from bandit import load_state, save_state
 from bandit.errors import InvalidState
+from serving import faults
 from serving.eventlog import fsync_dir
 
 FORMAT_VERSION = 1
@@ -74,14 +77,19 @@ def write_snapshot(
     body = {"format": FORMAT_VERSION, "covered_lsn": covered_lsn, "created": created, **meta}
     state = {"meta": np.array(json.dumps(body)), **arrays}
     path = snapshot_path(directory, covered_lsn)
-    if fsync:
-        save_state(path, state)
-        fsync_dir(directory)
-    else:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **state)
-        os.replace(tmp, path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        faults.check("snapshot")
+        if fsync:
+            save_state(path, state)
+            fsync_dir(directory)
+        else:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **state)
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk keeps no half-written snapshot
+        raise
     return path
 
 

@@ -73,26 +73,27 @@ from bandit.errors import (
     InvalidDecisionRequest,
     InvalidOutcome,
     InvalidState,
+    StorageFailure,
     UnknownPlacement,
 )
 from bandit.io import state_meta
 from experiments.abstats import unpaired_lift
-from serving import snapshots
+from serving import recovery, snapshots
 from serving.archive import OutcomeArchive
 from serving.dedupe import DAY_SECONDS, DedupeWindow, event_hashes, first_occurrences
-from serving.eventlog import (
+from serving.eventlog import EventLog, storage_failure
+from serving.quarantine import Damage, Quarantine
+from serving.records import (
     APPLIED,
     EVENTS,
+    KIND_NAMES,
     MODEL,
     PLACEMENT,
-    EventLog,
     EventRecord,
-    decode_applied,
-    decode_json,
-    decode_with_state,
     encode_applied,
     encode_json,
     encode_with_state,
+    events_in,
 )
 from serving.variants import (
     Assigner,
@@ -366,7 +367,16 @@ class PolicyStore:
         self.refit_every_s = float(refit_every_s)
         self.fsync = bool(fsync)
         self._clock = clock
-        self._log = EventLog(self.state_dir / "log", segment_max_bytes=segment_max_bytes, fsync=fsync)
+        self._quarantine = Quarantine(self.state_dir / "quarantine", fsync=fsync)
+        self._log = EventLog(
+            self.state_dir / "log",
+            segment_max_bytes=segment_max_bytes,
+            fsync=fsync,
+            quarantine=self._quarantine,
+            count=events_in,
+            kind_names=KIND_NAMES,
+        )
+        self._marker_due = 0  # an APPLIED marker the disk refused, written at the next chance
         self._snap_dir = self.state_dir / "snapshots"
         self._archive_part_events = int(archive_part_events)
         self._archive: OutcomeArchive | None = None  # made by open(), after the directory lock
@@ -393,6 +403,7 @@ class PolicyStore:
             "applied": 0,
             "replayed": 0,
             "apply_errors": 0,
+            "snapshot_failures": 0,
         }
         self._snapshot_lsn = 0
         self._snapshot_time: float | None = None
@@ -417,8 +428,9 @@ class PolicyStore:
         self._snap_dir.mkdir(exist_ok=True)
         self._acquire_dir_lock()
         try:
+            recovery.clean_temporary_files(self.state_dir)
             self._archive = OutcomeArchive(self.state_dir / "outcomes", self._archive_part_events)
-            snap = snapshots.load_newest(self._snap_dir)
+            snap = recovery.load_snapshot(self._snap_dir, self._quarantine)
             if snap is not None:
                 self._restore(snap)
             self._replay(snap.covered_lsn if snap else 0)
@@ -458,6 +470,24 @@ class PolicyStore:
     def _check_open(self) -> None:
         if not self.is_open:
             raise RuntimeError("the PolicyStore is not open")
+
+    # -------------------------------------------------------------- durability
+    @property
+    def storage_failure(self) -> str | None:
+        """Why the state dir cannot be written right now (``None`` while it can)."""
+        return self._log.failure
+
+    def damage(self, *, unacknowledged: bool = False) -> list[Damage]:
+        """Damage found in the state dir by recoveries so far (``serving.quarantine``);
+        with ``unacknowledged``, only the errors an operator has not acknowledged."""
+        return self._quarantine.unacknowledged() if unacknowledged else self._quarantine.entries()
+
+    def acknowledge_damage(self) -> list[Damage]:
+        """Mark every reported damage as seen by an operator (the state is no longer degraded)."""
+        done = self._quarantine.acknowledge(self._clock())
+        for d in done:
+            log.warning("damage acknowledged: %s", d.message())
+        return done
 
     def _acquire_dir_lock(self) -> None:
         fd = os.open(self.state_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
@@ -703,6 +733,9 @@ class PolicyStore:
                 if self._entries is not entries:
                     continue  # a placement changed meanwhile: validate again
                 self._check_open()
+                # A broken log holds records of unknown durability: answer nothing (not even
+                # "duplicate") until they are re-written.
+                self._log.check_writable()
                 now = self._clock()
                 hashes = event_hashes(prep.event_ids)
                 self._dedupe.expire(now)
@@ -715,6 +748,8 @@ class PolicyStore:
                     self._dedupe.add(record.event_hash, now)
                     self._pending.append((lsn, record))
                     self._count(written=n_keep)
+                elif len(keep):
+                    lsn = self._log.last_lsn  # duplicates are acknowledged once their first copy is durable
             break
         if lsn:
             self._log.sync_to(lsn)
@@ -791,10 +826,16 @@ class PolicyStore:
         records = []
         while self._pending:
             records.append(self._pending.popleft())
-        if not records:
-            return 0
-        n = self._apply_group(records)
-        self._log.write(APPLIED, encode_applied(records[-1][0]))
+        n = self._apply_group(records) if records else 0
+        upto = records[-1][0] if records else self._marker_due
+        if upto:
+            try:
+                self._log.write(APPLIED, encode_applied(upto))
+                self._marker_due = 0
+            except StorageFailure:
+                # Learned, not marked: the next marker covers this group too (a replay then
+                # learns both groups at once; every event still exactly once).
+                self._marker_due = upto
         return n
 
     def _apply_group(self, records: Sequence[tuple[int, EventRecord]]) -> int:
@@ -953,6 +994,8 @@ class PolicyStore:
         age = None if self._snapshot_time is None else max(self._clock() - self._snapshot_time, 0.0)
         with self._state_lock:  # ingest changes the window under this lock
             dedupe_entries, dedupe_bytes = len(self._dedupe), self._dedupe.nbytes
+        damage = self._quarantine.entries()
+        unacked = [d for d in damage if d.is_error and d.acknowledged is None]
         return {
             "events_accepted_total": counts["accepted"],
             "events_duplicate_total": counts["duplicate"],
@@ -966,6 +1009,15 @@ class PolicyStore:
             "log_fsyncs_total": self._log.fsyncs,
             "log_segments": len(self._log.segments()),
             "snapshot_lsn": self._snapshot_lsn,
+            "snapshot_failures_total": counts["snapshot_failures"],
+            "storage_failing": self._log.failure is not None,
+            "storage_errors_total": self._log.storage_errors,
+            "damage_unacknowledged": len(unacked),
+            "damaged_records": sum(d.records_lost or 0 for d in damage if d.is_error),
+            "damaged_events": sum(d.events_lost or 0 for d in damage if d.is_error),
+            "damaged_events_uncounted": sum(1 for d in damage if d.is_error and d.events_lost is None),
+            "quarantined_bytes": sum(d.bytes for d in damage if d.kind != "torn"),
+            "torn_tail_bytes": sum(d.bytes for d in damage if d.kind == "torn"),
             "snapshot_age_seconds": age,
             "dedupe_entries": dedupe_entries,
             "dedupe_bytes": dedupe_bytes,
@@ -983,6 +1035,8 @@ class PolicyStore:
         interval = min(1.0, max(self.snapshot_every_s / 4.0, 0.01))
         while not self._stop.wait(interval):
             try:
+                if not self._log.probe():  # while writes fail: notice when they work again
+                    continue
                 if self._log.last_lsn <= self._snapshot_lsn:
                     continue
                 with self._stats_lock:
@@ -990,8 +1044,12 @@ class PolicyStore:
                 age = self._clock() - (self._snapshot_time or 0.0)
                 if age >= self.snapshot_every_s or since >= self.snapshot_every_events:
                     self._snapshot(only_if_changed=True)
-            except Exception:  # keep trying; the log still holds everything
-                log.exception("snapshot failed")
+            except Exception as exc:  # keep trying; the log still holds everything
+                self._count(snapshot_failures=1)
+                if isinstance(exc, (OSError, StorageFailure)):
+                    log.error("snapshot failed (older snapshots and the log are kept): %s", exc)
+                else:
+                    log.exception("snapshot failed")
 
     def _snapshot(self, *, only_if_changed: bool) -> None:
         with self._snapshot_lock:
@@ -1001,7 +1059,10 @@ class PolicyStore:
                 with self._apply_lock:
                     self._apply_pending_locked()
                     # Everything the snapshot covers is archived before its log segments go.
-                    self._archive.flush()
+                    try:
+                        self._archive.flush()
+                    except OSError as exc:
+                        raise storage_failure(exc, "writing the outcome archive") from None
                     covered = self._log.last_lsn
                     if only_if_changed and covered == self._snapshot_lsn and self._snapshot_time is not None:
                         return
@@ -1011,13 +1072,19 @@ class PolicyStore:
                         written = self._counts["written"]
             self._log.sync_to(covered)
             now = self._clock()
-            snapshots.write_snapshot(self._snap_dir, covered, meta, arrays, fsync=self.fsync, created=now)
+            try:
+                snapshots.write_snapshot(self._snap_dir, covered, meta, arrays, fsync=self.fsync, created=now)
+            except OSError as exc:  # nothing older was touched; the log still holds everything
+                raise storage_failure(exc, "writing a snapshot") from None
             self._snapshot_lsn = covered
             self._snapshot_time = now
             self._snapshot_written = written
             snapshots.prune(self._snap_dir, keep=SNAPSHOTS_KEPT)
             kept = snapshots.list_snapshots(self._snap_dir)
-            self._log.compact(kept[0][0] if kept else 0)
+            # Segments go only once an older snapshot covers them too: if the newest one is
+            # ever unreadable, the older one plus the log still rebuild everything.
+            if len(kept) >= SNAPSHOTS_KEPT:
+                self._log.compact(kept[0][0])
 
     def _capture(self) -> tuple[dict, dict[str, np.ndarray]]:
         """Meta and arrays of every placement and learner (under the apply lock)."""
@@ -1080,53 +1147,37 @@ class PolicyStore:
 
     # -------------------------------------------------------------------- replay
     def _replay(self, covered_lsn: int) -> None:
-        """Re-apply the log after ``covered_lsn`` exactly as it was applied live."""
-        buffered: list[tuple[int, EventRecord]] = []
-        seen: list[tuple[NDArray[np.uint64], float]] = []
-
-        def apply(upto: int | None) -> None:
-            nonlocal buffered
-            take = [r for r in buffered if upto is None or r[0] <= upto]
-            if take:
-                buffered = [r for r in buffered if upto is not None and r[0] > upto]
-                self._apply_group(take)
-
-        for rec in self._log.recover(covered_lsn):
-            if rec.kind == EVENTS:
-                events = EventRecord.decode(rec.payload)
-                buffered.append((rec.lsn, events))
-                seen.append((events.event_hash, events.ingest_time))
-                self._count(written=len(events), replayed=len(events))
-            elif rec.kind == APPLIED:
-                apply(decode_applied(rec.payload))
-            elif rec.kind == PLACEMENT:
-                apply(None)
-                body = decode_json(rec.payload)
-                config = PlacementConfig.from_dict(body["placement"], body["config"])
-                experiment = ExperimentConfig.from_dict(body["experiment"])
-                self._install(self._build_entry(config, experiment, self._entries.get(config.id)))
-            elif rec.kind == MODEL:
-                apply(None)
-                header, state = decode_with_state(rec.payload)
-                self._install_model(header["placement"], header["variant"], state)
+        """Re-apply the log after ``covered_lsn`` exactly as it was applied live
+        (:func:`serving.recovery.replay`), then learn and mark what came after the last marker."""
+        done = recovery.replay(
+            self._log,
+            covered_lsn,
+            apply_group=self._apply_group,
+            on_placement=self._replay_placement,
+            on_model=self._replay_model,
+        )
+        self._count(written=done.events, replayed=done.events)
         self._log.open()
         # Events after the last marker (a crash): learn them now, in bounded groups, and
         # mark the groups so that a later replay repeats exactly these updates.
-        while buffered:
-            size, cut = 0, 0
-            while cut < len(buffered) and (cut == 0 or size + len(buffered[cut][1]) <= REPLAY_GROUP_EVENTS):
-                size += len(buffered[cut][1])
-                cut += 1
-            self._apply_group(buffered[:cut])
-            self._log.write(APPLIED, encode_applied(buffered[cut - 1][0]))
-            buffered = buffered[cut:]
-        for hashes, t in _group_by_bucket(seen, self._dedupe.bucket_seconds):
+        for group in recovery.groups(done.unmarked, REPLAY_GROUP_EVENTS):
+            self._apply_group(group)
+            self._log.write(APPLIED, encode_applied(group[-1][0]))
+        for hashes, t in recovery.group_by_bucket(done.seen, self._dedupe.bucket_seconds):
             self._dedupe.add(hashes, t)
         self._dedupe.expire(self._clock())
         self._refit_stale()
         for entry in self._entries.values():
             for slot in entry.slots.values():
                 slot.publish()
+
+    def _replay_placement(self, body: dict) -> None:
+        config = PlacementConfig.from_dict(body["placement"], body["config"])
+        experiment = ExperimentConfig.from_dict(body["experiment"])
+        self._install(self._build_entry(config, experiment, self._entries.get(config.id)))
+
+    def _replay_model(self, header: dict, state: dict[str, np.ndarray]) -> None:
+        self._install_model(header["placement"], header["variant"], state)
 
     def _refit_stale(self, min_age_s: float = 0.0) -> None:
         """Rebuild the decision tables of segments whose statistics changed, for variants
@@ -1144,19 +1195,6 @@ class PolicyStore:
                 slot.publish()
             slot.refit_at = now
             del self._stale[key]
-
-
-def _group_by_bucket(
-    seen: Sequence[tuple[NDArray[np.uint64], float]], bucket_seconds: float
-) -> list[tuple[NDArray[np.uint64], float]]:
-    """Replayed hashes concatenated per de-dup bucket (one sort per bucket, not per record)."""
-    by_bucket: dict[int, list[NDArray[np.uint64]]] = {}
-    times: dict[int, float] = {}
-    for hashes, t in seen:
-        b = math.floor(t / bucket_seconds)
-        by_bucket.setdefault(b, []).append(hashes)
-        times[b] = t
-    return [(np.concatenate(parts), times[b]) for b, parts in by_bucket.items()]
 
 
 def _batch_from_parts(entry: _Entry, parts: Sequence[tuple[EventRecord, NDArray[np.int64] | None]]) -> EventBatch:

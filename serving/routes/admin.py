@@ -1,4 +1,5 @@
-"""``/v1/admin``: swap a variant's live model, force a snapshot. Write endpoints (API key)."""
+"""``/v1/admin``: swap a variant's live model, force a snapshot, read and acknowledge damage
+found at recovery. Admin endpoints (API key)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from bandit import AdbanditError, InvalidState
 from serving.auth import WriteAuth
 from serving.errors import ServiceUnavailable
 from serving.routes.deps import BODY_ERRORS, OrjsonRoute, SettingsDep, StoreDep, errors
-from serving.schemas import ModelSwapIn, ModelSwapOut, SnapshotOut
+from serving.schemas import AcknowledgeOut, DamageListOut, ModelSwapIn, ModelSwapOut, SnapshotOut
 
 router = APIRouter(
     prefix="/v1/admin", tags=["admin"], dependencies=[WriteAuth], route_class=OrjsonRoute, responses=errors(401)
@@ -53,7 +54,7 @@ def registry_state(alias: str, name: str) -> dict[str, np.ndarray]:
 @router.post(
     "/placements/{placement}/model",
     response_model=ModelSwapOut,
-    responses=errors(404, 503, *BODY_ERRORS),
+    responses=errors(404, 503, 507, *BODY_ERRORS),
 )
 async def swap_model(placement: str, body: ModelSwapIn, store: StoreDep, settings: SettingsDep) -> dict:
     """Replace the live policy of one variant, from an MLflow alias (``mlflow_alias``, e.g.
@@ -74,9 +75,30 @@ async def swap_model(placement: str, body: ModelSwapIn, store: StoreDep, setting
     return {"placement": placement, "variant": body.variant, "model_version": version}
 
 
-@router.post("/snapshot", response_model=SnapshotOut)
+@router.post("/snapshot", response_model=SnapshotOut, responses=errors(507))
 async def snapshot(store: StoreDep) -> dict:
     """Write a snapshot of every policy now (also done periodically), so a restart replays less."""
     start = time.perf_counter()
     await run_in_threadpool(store.snapshot)
     return {"snapshot": "written", "seconds": time.perf_counter() - start}
+
+
+def _damage_rows(entries: list) -> list[dict]:
+    return [{**d.to_dict(), "message": d.message()} for d in entries]
+
+
+@router.get("/damage", response_model=DamageListOut)
+async def damage(store: StoreDep) -> dict:
+    """Every damage recovery found in the state dir (the quarantine ledger), oldest first:
+    torn tails cut, damaged or missing log records with the events they held, unreadable
+    snapshots; with where the damaged bytes were moved."""
+    return {"damage": _damage_rows(await run_in_threadpool(store.damage))}
+
+
+@router.post("/acknowledge-damage", response_model=AcknowledgeOut, responses=errors(507))
+async def acknowledge_damage(store: StoreDep) -> dict:
+    """Acknowledge every reported damage: ``/healthz`` is ``ok`` again (until new damage is
+    found). The ledger keeps the entries, with the acknowledgement time."""
+    done = await run_in_threadpool(store.acknowledge_damage)
+    log.warning("damage acknowledged by an operator", extra={"fields": {"entries": len(done)}})
+    return {"acknowledged": len(done), "damage": _damage_rows(done)}

@@ -66,7 +66,8 @@ ERROR_TEXT = {
     413: "Request body over the size limit",
     415: "Body is not JSON (or NDJSON where accepted)",
     422: "Invalid input; the detail names the field",
-    503: "Model registry unavailable",
+    503: "Not ready (store closing or storage failing), or model registry unavailable",
+    507: "Insufficient storage: the disk refused a write or fsync; nothing was stored, retry after Retry-After",
 }
 
 

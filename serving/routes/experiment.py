@@ -28,7 +28,7 @@ async def get_experiment(placement: str, store: StoreDep) -> Response:
     "/{placement}/experiment",
     response_model=ExperimentOut,
     dependencies=[WriteAuth],
-    responses=errors(401, 404, *BODY_ERRORS),
+    responses=errors(401, 404, 507, *BODY_ERRORS),
 )
 async def put_experiment(placement: PlacementPath, body: ExperimentIn, store: StoreDep, settings: SettingsDep) -> dict:
     """Set the variants: names, traffic percent (summing to 100), policy and parameters.

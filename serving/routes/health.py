@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from serving.errors import ServiceUnavailable
+from serving.errors import STORAGE_RETRY_AFTER_S, ServiceUnavailable
 from serving.metrics import CONTENT_TYPE
 from serving.routes.deps import MetricsDep, StoreDep, errors
 from serving.schemas import HealthOut
@@ -17,13 +18,23 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=HealthOut, responses=errors(503))
 async def healthz(request: Request, store: StoreDep) -> dict:
-    """The store is open and answering (503 while it is closing)."""
+    """Ready when the store is open and its disk takes writes: 503 while it is closing or
+    while writes or fsyncs fail (with ``Retry-After``). ``status`` is ``degraded`` while
+    damage found at recovery waits for an operator's acknowledgement."""
     if not store.is_open:
         raise ServiceUnavailable("the policy store is not open")
+    failing = store.storage_failure
+    if failing is not None:
+        raise ServiceUnavailable(
+            f"not ready: the state dir cannot be written ({failing}); writes are refused with 507 until it can",
+            retry_after_s=STORAGE_RETRY_AFTER_S,
+        )
+    damage = await run_in_threadpool(store.damage, unacknowledged=True)
     return {
-        "status": "ok",
+        "status": "degraded" if damage else "ok",
         "placements": len(store.list_placements()),
         "uptime_s": time.monotonic() - request.app.state.started,
+        "damage": [d.message() for d in damage],
     }
 
 

@@ -93,7 +93,7 @@ def parse_events(request: Request, raw: bytes) -> tuple[list[Any], list[int], li
     response_model=IngestResponse,
     dependencies=[WriteAuth],
     openapi_extra=OPENAPI_BODY,
-    responses=errors(401, *BODY_ERRORS),
+    responses=errors(401, 507, *BODY_ERRORS),
 )
 async def post_outcomes(request: Request, store: StoreDep, metrics: MetricsDep) -> Response:
     """Ingest outcome events (see the module docstring)."""

@@ -22,7 +22,7 @@ def placement_out(config: PlacementConfig) -> dict:
     response_model=PlacementOut,
     status_code=200,
     dependencies=[WriteAuth],
-    responses={201: {"model": PlacementOut, "description": "Created"}, **errors(401, *BODY_ERRORS)},
+    responses={201: {"model": PlacementOut, "description": "Created"}, **errors(401, 507, *BODY_ERRORS)},
     summary="Create (201) or replace (200) a placement",
 )
 async def put_placement(placement: PlacementPath, body: PlacementIn, store: StoreDep, response: Response) -> dict:

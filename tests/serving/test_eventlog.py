@@ -1,7 +1,9 @@
-"""Event log: append/recover, rotation, compaction, torn tails, group commit, record codecs."""
+"""Event log: append/recover, rotation, compaction, torn tails, resynchronisation past
+damage, failing writes and fsyncs, group commit, record codecs."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -9,15 +11,14 @@ import time
 import numpy as np
 import pytest
 
-from bandit.errors import InvalidState
+from bandit.errors import InvalidState, StorageFailure
 from serving import eventlog
-from serving.eventlog import (
+from serving.eventlog import HEADER, EventLog
+from serving.records import (
     APPLIED,
     EVENTS,
-    HEADER,
     MODEL,
     PLACEMENT,
-    EventLog,
     EventRecord,
     decode_applied,
     decode_json,
@@ -125,7 +126,6 @@ def _last_segment(directory):
         pytest.param(lambda data: data[:-3], id="payload-cut"),
         pytest.param(lambda data: data[: len(data) - len(_payload(12)) - HEADER.size + 5], id="header-cut"),
         pytest.param(lambda data: data + b"\0" * 40, id="zero-fill"),
-        pytest.param(lambda data: data[:-1] + bytes([data[-1] ^ 0x5A]), id="flipped-byte"),
         pytest.param(lambda data: data + b"garbage", id="stray-bytes"),
     ],
 )
@@ -148,14 +148,126 @@ def test_a_torn_tail_is_detected_truncated_and_never_misread(tmp_path, damage):
     assert again[-1][2] == b"after-crash"
 
 
-def test_corruption_before_the_last_segment_raises(tmp_path):
-    _fill(tmp_path, 40, segment_max_bytes=300).close()
-    first = eventlog.list_segments(tmp_path)[0][1]
-    data = bytearray(first.read_bytes())
-    data[HEADER.size + 2] ^= 0xFF  # inside the first record's payload
-    first.write_bytes(bytes(data))
-    with pytest.raises(InvalidState, match="corrupt"):
-        list(EventLog(tmp_path).recover(0))
+def test_a_flipped_bit_in_the_last_whole_record_is_damage_not_a_torn_tail(tmp_path):
+    _fill(tmp_path, 12).close()
+    path = _last_segment(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x5A
+    path.write_bytes(bytes(data))
+    log, recs = _read_all(tmp_path)
+    assert [r[0] for r in recs] == list(range(1, 12))
+    assert not log.truncated
+    [d] = log.damage
+    assert (d.kind, d.first_lost_lsn, d.last_lost_lsn, d.records_lost) == ("damaged", 12, 12, 1)
+    log.open()
+    assert log.append(EVENTS, b"next") == 13  # lsn 12 stays a reported gap
+
+
+def _offset_of(path, lsn: int) -> int:
+    return _offset_of_in(path.read_bytes(), lsn)
+
+
+DAMAGE = {
+    "garbage-in-payload": lambda data, at: (
+        data[: at + HEADER.size + 2] + b"\xde\xad\xbe\xef" + data[at + HEADER.size + 6 :]
+    ),
+    "zeroed-header": lambda data, at: data[:at] + b"\0" * HEADER.size + data[at + HEADER.size :],
+    "flipped-bit-in-lsn": lambda data, at: data[: at + 12] + bytes([data[at + 12] ^ 0x04]) + data[at + 13 :],
+    "garbage-inserted": lambda data, at: data[:at] + b"ADBR" + b"\x01" * 60 + data[at:],
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+@pytest.mark.parametrize("where", ["first-segment", "last-segment"])
+def test_damage_mid_segment_skips_exactly_the_damaged_record_and_is_reported_once(tmp_path, damage, where):
+    _fill(tmp_path, 60, segment_max_bytes=600).close()
+    segments = eventlog.list_segments(tmp_path)
+    first, path = segments[0] if where == "first-segment" else segments[-1]
+    victim = first + 1
+    data = path.read_bytes()
+    path.write_bytes(DAMAGE[damage](data, _offset_of(path, victim)))
+    log, recs = _read_all(tmp_path, segment_max_bytes=600)
+    lost = [] if damage == "garbage-inserted" else [victim]
+    assert [r[0] for r in recs] == [i for i in range(1, 61) if i not in lost]
+    assert all(r[2] == _payload(r[0]) for r in recs)
+    [d] = log.damage
+    assert d.file == path.name and d.offset == _offset_of_in(data, victim)
+    assert d.records_lost == len(lost) and d.kind == ("stray" if not lost else "damaged")
+    assert (log.directory / "quarantine" / d.quarantined).stat().st_size == d.bytes > 0
+    assert d.is_error == bool(lost) and (d.acknowledged is None) == bool(lost)
+    log.open()
+    assert log.append(EVENTS, b"after") == 61
+    log.close()
+    # The damaged bytes are gone from the segment; the gap is known and not reported again.
+    again, recs2 = _read_all(tmp_path, segment_max_bytes=600)
+    assert [r[0] for r in recs2] == [*[r[0] for r in recs], 61] and again.damage == []
+    assert len(again.quarantine.entries()) == 1
+
+
+def _offset_of_in(data: bytes, lsn: int) -> int:
+    records, _ = eventlog.scan_segment(data)
+    return next(r.offset for r in records if r.lsn == lsn)
+
+
+def test_a_missing_segment_is_reported_as_lost_records_not_a_refusal(tmp_path):
+    _fill(tmp_path, 60, segment_max_bytes=600).close()
+    segments = eventlog.list_segments(tmp_path)
+    (first, gone), (next_first, _) = segments[1], segments[2]
+    gone.unlink()
+    log, recs = _read_all(tmp_path, segment_max_bytes=600)
+    assert [r[0] for r in recs] == [i for i in range(1, 61) if not first <= i < next_first]
+    [d] = log.damage
+    assert (d.kind, d.first_lost_lsn, d.last_lost_lsn) == ("missing", first, next_first - 1)
+
+
+def test_a_failed_partial_write_is_cut_back_and_the_log_continues(tmp_path, monkeypatch):
+    log = _fill(tmp_path, 5)
+    real = os.write
+
+    def full_disk(fd, data):
+        real(fd, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(StorageFailure, match="ENOSPC"):
+        log.append(EVENTS, b"refused" * 10)
+    assert log.failure is not None and log.last_lsn == 5
+    monkeypatch.setattr(os, "write", real)
+    assert log.append(EVENTS, b"after-space-returned") == 6
+    assert log.failure is None
+    log.close()
+    after, recs = _read_all(tmp_path)
+    assert [r[0] for r in recs] == [1, 2, 3, 4, 5, 6] and recs[-1][2] == b"after-space-returned"
+    assert after.damage == []
+
+
+def test_a_failed_fsync_breaks_the_log_until_a_repair_rewrites_the_unsynced_records(tmp_path, monkeypatch):
+    log = _fill(tmp_path, 5)
+    real = eventlog._datasync
+    failing = True
+
+    def sync(fd):
+        if failing:
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(eventlog, "_datasync", sync)
+    lsn = log.write(EVENTS, b"unsure")
+    with pytest.raises(StorageFailure, match="EIO"):
+        log.sync_to(lsn)
+    assert log.synced_lsn == 5 and log.failure is not None
+    with pytest.raises(StorageFailure):
+        log.write(EVENTS, b"refused")  # broken: nothing more until the repair
+    assert log.last_lsn == 6
+    failing = False
+    monkeypatch.setattr(eventlog, "REPAIR_INTERVAL_S", 0.0)
+    log._next_repair = 0.0
+    assert log.append(EVENTS, b"after") == 7
+    assert log.synced_lsn == 7 and log.failure is None
+    log.close()
+    again, recs = _read_all(tmp_path)
+    assert [(r[0], r[2]) for r in recs][-2:] == [(6, b"unsure"), (7, b"after")]
+    assert again.damage == []
 
 
 def test_writes_without_fsync_are_still_recovered_after_close(tmp_path):

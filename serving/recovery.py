@@ -1,0 +1,314 @@
+"""Recovery of a state dir: pick the newest sound snapshot, replay the log after it.
+
+* :func:`clean_temporary_files` removes ``*.tmp`` files a crash or a full disk left behind
+  (half-written snapshots, archive parts, segment rewrites).
+* :func:`load_snapshot` returns the newest snapshot that reads back cleanly; newer ones
+  that do not (damaged, empty, half written) are moved to the quarantine and reported
+  (their content is in the log: the older snapshot plus the log replay rebuild it).
+* :func:`replay` reads the log after the snapshot (the log cuts out damage and reports
+  it, see :mod:`serving.eventlog`) and re-applies it in exactly the groups the live store
+  applied, as the ``APPLIED`` markers recorded; events after the last marker are handed
+  back (:class:`Replayed`) to be learned and marked in bounded groups.
+
+Every intact events record after the snapshot is learned exactly once: records up to
+the snapshot's lsn are in the snapshot (it is written only after every record it covers
+was applied and synced), later ones are applied at their marker, at a placement or model
+change (which applies everything pending first, as live), or after the replay. A lost
+``APPLIED`` marker only merges two groups; a lost events record is reported with its
+event count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit.errors import InvalidState
+from serving import snapshots
+from serving.eventlog import EventLog, list_segments, walk
+from serving.quarantine import Damage, Quarantine
+from serving.records import (
+    APPLIED,
+    EVENTS,
+    KIND_NAMES,
+    MODEL,
+    PLACEMENT,
+    EventRecord,
+    decode_applied,
+    decode_json,
+    decode_with_state,
+    events_in,
+)
+
+log = logging.getLogger(__name__)
+
+#: Sub-directories of a state dir whose ``*.tmp`` files are debris after a crash.
+TEMP_DIRS = ("", "log", "snapshots", "outcomes", "quarantine")
+
+Group = list[tuple[int, EventRecord]]
+
+
+def clean_temporary_files(state_dir: Path) -> list[Path]:
+    """Delete stray ``*.tmp`` files of the state dir; returns them."""
+    removed = []
+    for sub in TEMP_DIRS:
+        directory = state_dir / sub
+        if directory.is_dir():
+            for tmp in directory.glob("*.tmp"):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    if removed:
+        log.warning("removed %d stray temporary files: %s", len(removed), ", ".join(p.name for p in removed))
+    return removed
+
+
+def load_snapshot(directory: Path, quarantine: Quarantine | None = None) -> snapshots.Snapshot | None:
+    """The newest snapshot that reads back cleanly. Unreadable newer ones are moved to
+    ``quarantine`` (when given) and reported, so a later snapshot never prunes the sound
+    one they would otherwise shadow."""
+    for covered, path in reversed(snapshots.list_snapshots(directory)):
+        try:
+            return snapshots.read_snapshot(path)
+        except (InvalidState, KeyError, OSError, ValueError) as exc:
+            size = path.stat().st_size if path.exists() else 0
+            damage = Damage(
+                f"{path.name}@{time.time():.0f}", "snapshot", path.name, 0, size, None, None, 0, 0, covered,
+                f"unreadable snapshot ({exc}); recovery falls back to an older one and the log",
+            )  # fmt: skip
+            log.error("snapshot damage: %s", damage.message())
+            if quarantine is not None:
+                name = quarantine.move(path, f"{path.name}.bad")
+                quarantine.record(Damage.from_dict({**damage.to_dict(), "quarantined": name}))
+    return None
+
+
+@dataclass
+class Replayed:
+    """What :func:`replay` read: events after the snapshot, their (hashes, ingest time) for
+    the de-duplication window, and the events records after the last ``APPLIED`` marker."""
+
+    events: int = 0
+    seen: list[tuple[NDArray[np.uint64], float]] = field(default_factory=list)
+    unmarked: Group = field(default_factory=list)
+
+
+def replay(
+    event_log: EventLog,
+    covered_lsn: int,
+    *,
+    apply_group: Callable[[Group], object],
+    on_placement: Callable[[dict], None],
+    on_model: Callable[[dict, dict[str, np.ndarray]], None],
+) -> Replayed:
+    """Re-apply the log after ``covered_lsn`` exactly as it was applied live (module docstring)."""
+    out = Replayed()
+    buffered: Group = []
+
+    def apply(upto: int | None) -> None:
+        nonlocal buffered
+        take = [r for r in buffered if upto is None or r[0] <= upto]
+        if take:
+            buffered = [r for r in buffered if upto is not None and r[0] > upto]
+            apply_group(take)
+
+    for rec in event_log.recover(covered_lsn):
+        if rec.kind == EVENTS:
+            events = EventRecord.decode(rec.payload)
+            buffered.append((rec.lsn, events))
+            out.seen.append((events.event_hash, events.ingest_time))
+            out.events += len(events)
+        elif rec.kind == APPLIED:
+            apply(decode_applied(rec.payload))
+        elif rec.kind == PLACEMENT:
+            apply(None)
+            on_placement(decode_json(rec.payload))
+        elif rec.kind == MODEL:
+            apply(None)
+            on_model(*decode_with_state(rec.payload))
+    out.unmarked = buffered
+    return out
+
+
+def groups(records: Group, max_events: int) -> Iterator[Group]:
+    """``records`` in consecutive groups of at most ``max_events`` events (at least one record)."""
+    while records:
+        size, cut = 0, 0
+        while cut < len(records) and (cut == 0 or size + len(records[cut][1]) <= max_events):
+            size += len(records[cut][1])
+            cut += 1
+        yield records[:cut]
+        records = records[cut:]
+
+
+def group_by_bucket(
+    seen: Sequence[tuple[NDArray[np.uint64], float]], bucket_seconds: float
+) -> list[tuple[NDArray[np.uint64], float]]:
+    """Replayed hashes concatenated per de-dup bucket (one sort per bucket, not per record)."""
+    by_bucket: dict[int, list[NDArray[np.uint64]]] = {}
+    times: dict[int, float] = {}
+    for hashes, t in seen:
+        b = math.floor(t / bucket_seconds)
+        by_bucket.setdefault(b, []).append(hashes)
+        times[b] = t
+    return [(np.concatenate(parts), times[b]) for b, parts in by_bucket.items()]
+
+
+# ---------------------------------------------------------------------- verification
+@dataclass
+class SegmentReport:
+    """One log segment as ``store verify`` found it."""
+
+    name: str
+    bytes: int
+    records: int
+    events: int
+    first_lsn: int | None
+    last_lsn: int | None
+    damage: list[Damage]
+
+
+@dataclass
+class VerifyReport:
+    """What ``adbandit store verify`` found: sound and damaged snapshots and segments, the
+    damage already quarantined, and what the next start would cut or lose."""
+
+    state_dir: str
+    snapshots: list[dict] = field(default_factory=list)
+    segments: list[SegmentReport] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    quarantined: list[Damage] = field(default_factory=list)
+    stray_tmp: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def damage(self) -> list[Damage]:
+        return [d for s in self.segments for d in s.damage]
+
+    @property
+    def damaged(self) -> bool:
+        """Anything beyond a torn tail: damaged/missing records, unreadable snapshots, a gap."""
+        return (
+            bool(self.problems)
+            or any(d.kind != "torn" for d in self.damage)
+            or any(not s["sound"] for s in self.snapshots)
+        )
+
+    def to_dict(self) -> dict:
+        lost = [d for d in self.damage if d.kind not in ("torn", "stray")]
+        return {
+            "state_dir": self.state_dir,
+            "sound": not self.damaged,
+            "snapshots": self.snapshots,
+            "segments": [
+                {**{k: v for k, v in vars(s).items() if k != "damage"}, "damage": [d.to_dict() for d in s.damage]}
+                for s in self.segments
+            ],
+            "problems": self.problems,
+            "would_lose": {
+                "records": sum(d.records_lost or 0 for d in lost),
+                "records_uncounted": sum(1 for d in lost if d.records_lost is None),
+                "events": sum(d.events_lost or 0 for d in lost),
+                "events_uncounted": sum(1 for d in lost if d.events_lost is None),
+                "torn_tail_bytes": sum(d.bytes for d in self.damage if d.kind == "torn"),
+                "stray_bytes": sum(d.bytes for d in self.damage if d.kind == "stray"),
+            },
+            "quarantined": [d.to_dict() for d in self.quarantined],
+            "stray_tmp": self.stray_tmp,
+            "seconds": self.seconds,
+        }
+
+    def lines(self) -> list[str]:
+        """The report for a terminal."""
+        out = [f"state dir {self.state_dir}"]
+        for s in self.snapshots:
+            state = f"sound, covers lsn {s['covered_lsn']}" if s["sound"] else f"DAMAGED: {s['error']}"
+            out.append(f"  snapshot {s['name']}: {state}")
+        if not self.snapshots:
+            out.append("  no snapshot: the whole log is replayed")
+        for seg in self.segments:
+            lsns = "no records" if seg.first_lsn is None else f"lsn {seg.first_lsn}..{seg.last_lsn}"
+            state = (
+                "sound" if not seg.damage else ("torn tail" if all(d.kind == "torn" for d in seg.damage) else "DAMAGED")
+            )
+            out.append(
+                f"  segment {seg.name}: {seg.bytes} bytes, {seg.records} records, {seg.events} events, {lsns}: {state}"
+            )
+            out.extend(f"    {d.message()}" for d in seg.damage)
+        out.extend(f"  PROBLEM: {p}" for p in self.problems)
+        for d in self.quarantined:
+            ack = "acknowledged" if d.acknowledged is not None else "NOT acknowledged"
+            out.append(f"  quarantined earlier ({ack}): {d.message()}")
+        if self.stray_tmp:
+            out.append(f"  stray temporary files (removed at the next start): {', '.join(self.stray_tmp)}")
+        w = self.to_dict()["would_lose"]
+        unknown = " (+ records of unknown count)" if w["records_uncounted"] else ""
+        out.append(
+            f"next start would lose {w['records']} records{unknown} holding {w['events']} events"
+            f"{' (+ uncounted)' if w['events_uncounted'] else ''}, cut {w['torn_tail_bytes']} torn-tail bytes "
+            f"and quarantine {w['stray_bytes']} stray bytes"
+        )
+        out.append(f"verdict: {'DAMAGED' if self.damaged else 'sound'} ({self.seconds:.2f} s)")
+        return out
+
+
+def verify(state_dir: Path) -> VerifyReport:
+    """Scan every snapshot and log segment of ``state_dir`` without changing anything.
+
+    Safe while a server runs on it (the log's last record may then look torn)."""
+    started = time.perf_counter()
+    report = VerifyReport(str(state_dir))
+    snap_dir, log_dir = state_dir / "snapshots", state_dir / "log"
+    covered = 0
+    for lsn, path in snapshots.list_snapshots(snap_dir):
+        try:
+            snap = snapshots.read_snapshot(path)
+        except (InvalidState, KeyError, OSError, ValueError) as exc:
+            report.snapshots.append({"name": path.name, "sound": False, "covered_lsn": lsn, "error": str(exc)})
+        else:
+            report.snapshots.append({"name": path.name, "sound": True, "covered_lsn": snap.covered_lsn, "error": None})
+            covered = max(covered, snap.covered_lsn)
+    quarantine = Quarantine(state_dir / "quarantine")
+    report.quarantined = quarantine.entries()
+    for sub in TEMP_DIRS:
+        if (state_dir / sub).is_dir():
+            report.stray_tmp += [str(p.relative_to(state_dir)) for p in (state_dir / sub).glob("*.tmp")]
+    segments = list_segments_of(log_dir)
+    if segments and segments[0] > covered + 1:
+        report.problems.append(
+            f"the log starts at lsn {segments[0]} but the newest sound snapshot covers only up to {covered}: "
+            f"records {covered + 1}..{segments[0] - 1} are missing (the store refuses to start)"
+        )
+    if log_dir.is_dir():
+        for scan in walk(
+            log_dir,
+            start_lsn=1,
+            covered_lsn=covered,
+            known_lost=quarantine.lost_ranges(),
+            count=events_in,
+            kind_names=KIND_NAMES,
+        ):
+            events = sum(events_in(r.kind, r.payload) or 0 for r in scan.records if r.kind == EVENTS)
+            report.segments.append(
+                SegmentReport(
+                    scan.path.name,
+                    len(scan.data),
+                    len(scan.records),
+                    events,
+                    scan.records[0].lsn if scan.records else None,
+                    scan.records[-1].lsn if scan.records else None,
+                    scan.damage,
+                )
+            )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def list_segments_of(directory: Path) -> list[int]:
+    return [first for first, _ in list_segments(directory)] if directory.is_dir() else []
