@@ -79,9 +79,7 @@ class Param:
 
 
 def _num(x: float) -> str:
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:g}" if not float(x).is_integer() or abs(x) < 1e7 else f"{int(x):,}".replace(",", "_")
+    return f"{x:g}"
 
 
 #: Shared by every policy: time discounting of the statistics (event time) and the seed.

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -22,13 +23,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(state_dir: Path, port: int, *extra_args: str, timeout_s: float = 60.0) -> subprocess.Popen:
+def start_server(
+    state_dir: Path, port: int, *extra_args: str, timeout_s: float = 60.0, env: Mapping[str, str] | None = None
+) -> subprocess.Popen:
     """``adbandit serve`` on 127.0.0.1:``port`` over ``state_dir``, returned once ``/healthz`` answers.
 
     ``ADBANDIT_*`` variables of this process are not passed on, so the child runs on the
-    embedded defaults plus ``extra_args``.
+    embedded defaults plus ``extra_args`` and ``env`` (e.g. ``{"ADBANDIT_READ_API_KEY": ...}``).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADBANDIT_")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ADBANDIT_")}, **(env or {})}
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--host", HOST, "--port", str(port),
            "--state-dir", str(state_dir), "--log-level", "warning", *extra_args]  # fmt: skip
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
