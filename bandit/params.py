@@ -79,7 +79,7 @@ class Param:
 
 
 def _num(x: float) -> str:
-    return f"{x:g}"
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 #: Shared by every policy: time discounting of the statistics (event time) and the seed.
