@@ -36,10 +36,10 @@ import logging
 import math
 import os
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -86,6 +86,11 @@ def density_of_code(code: int) -> float:
     return math.nan if code == _DENSITY_NONE else 2.0 ** ((code - _DENSITY_ZERO) / _DENSITY_STEPS)
 
 
+#: Decoded values of every 16-bit code (a look-up is ten times cheaper than a power).
+_PROPENSITY_OF = (2.0 ** (-np.arange(65536) / _LOG2_STEPS)).tolist()
+_DENSITY_OF = [density_of_code(c) for c in range(65536)]
+
+
 @lru_cache(maxsize=4096)
 def tag(value: str) -> int:
     """16-bit tag of an id (diagnostics only)."""
@@ -100,10 +105,10 @@ def _context(placement: str, variant: str, network: str) -> bytes:
     return b"".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """What an outcome's decision id says: ``ok`` with the decision's variant and
-    propensities, or not ``ok`` with ``reason`` (then the propensities are NaN)."""
+    propensities, or not ``ok`` with ``reason`` (then the propensities are NaN).
+    (A named tuple: verifying is on the ingest path, a few µs per event.)"""
 
     ok: bool
     variant: str | None = None
@@ -216,21 +221,23 @@ class DecisionSigner:
         return [head + text[ID_CHARS * i : ID_CHARS * i + ID_CHARS] for i in range(n)]
 
     def verify(
-        self, decision_id: str, placement: str, network: str, floor_cpm: float, networks: Sequence[str] = ()
+        self, decision_id: str, placement: str, network: str, floor_cpm: float, networks: Iterable[str] = ()
     ) -> Verdict:
         """Check an outcome's ``decision_id`` against the outcome's placement, network and
         floor (``networks``: the placement's network ids, to name the one an id was for)."""
         variant, sep, body = decision_id.rpartition(".")
         if not sep or len(body) != ID_CHARS:
             return Verdict(False, reason="not a decision id of this service")
-        try:
-            raw = base64.urlsafe_b64decode(body)
+        try:  # urlsafe_b64decode, strict, at half its cost
+            raw = binascii.a2b_base64(body.replace("-", "+").replace("_", "/"), strict_mode=True)
         except (binascii.Error, ValueError):
+            return Verdict(False, reason="not a decision id of this service")
+        if len(raw) != ID_BYTES:
             return Verdict(False, reason="not a decision id of this service")
         if raw[0] != VERSION:
             return Verdict(False, reason=f"decision id version {raw[0]} is not known")
         payload, mac = raw[: PAYLOAD.size], raw[PAYLOAD.size :]
-        _, _, ptag, ntag, floor, p, fp, d = PAYLOAD.unpack(payload)
+        _, _, ptag, ntag, floor, p, fp, d = PAYLOAD.unpack_from(raw)
         expected = self._mac(self._inner_for(placement, variant, network), payload)
         if not hmac.compare_digest(mac, expected):
             if ptag != tag(placement):
@@ -244,13 +251,7 @@ class DecisionSigner:
             return Verdict(False, reason=why)
         if abs(floor_cpm - floor) > FLOOR_ABS_TOLERANCE + FLOOR_REL_TOLERANCE * abs(floor):
             return Verdict(False, reason=f"it was issued for floor_cpm {floor:.6g}, the event has {floor_cpm:g}")
-        return Verdict(
-            True,
-            variant,
-            2.0 ** (-p / _LOG2_STEPS),
-            2.0 ** (-fp / _LOG2_STEPS),
-            density_of_code(d),
-        )
+        return Verdict(True, variant, _PROPENSITY_OF[p], _PROPENSITY_OF[fp], _DENSITY_OF[d])
 
 
 def load_or_create_key(state_dir: str | os.PathLike) -> bytes:

@@ -784,9 +784,7 @@ class PolicyStore:
                     raise InvalidOutcome(f"decision_id must be a string, got {decision_id!r}")
                 variant, props = entry.champion, (nan, nan, nan)
                 if decision_id:
-                    verdict = signer.verify(
-                        decision_id, ev.placement, ev.network, ev.floor_cpm, entry.config.network_ids
-                    )
+                    verdict = signer.verify(decision_id, ev.placement, ev.network, ev.floor_cpm, entry.networks)
                     if not verdict.ok:
                         prep.unverified += 1
                         prep.first_unverified = prep.first_unverified or f"event {ev.event_id!r}: {verdict.reason}"

@@ -49,8 +49,8 @@ def check_fields(raw: object) -> None:
     """Reject unknown fields and contexts over the documented limits."""
     if not isinstance(raw, Mapping):
         raise InvalidOutcome("an outcome event must be a JSON object")
-    unknown = [k for k in raw if k not in OUTCOME_FIELDS]
-    if unknown:
+    if not OUTCOME_FIELDS.issuperset(raw):
+        unknown = [k for k in raw if k not in OUTCOME_FIELDS]
         hints = []
         for k in unknown[:5]:
             close = difflib.get_close_matches(str(k), OUTCOME_FIELDS, n=1)
@@ -59,25 +59,36 @@ def check_fields(raw: object) -> None:
     context = raw.get("context")
     if context is None:
         return
-    if not isinstance(context, Mapping):
+    if type(context) is not dict and not isinstance(context, Mapping):
         raise InvalidOutcome("context must be an object of fields, e.g. {'country': 'KR', 'os': 'ios'}")
     if len(context) > MAX_CONTEXT_FIELDS:
         raise InvalidOutcome(f"context has {len(context)} fields; at most {MAX_CONTEXT_FIELDS} are allowed")
     for key, value in context.items():
-        if not isinstance(key, str) or not 1 <= len(key) <= MAX_CONTEXT_KEY:
-            raise InvalidOutcome(f"context keys must be 1-{MAX_CONTEXT_KEY} characters, got {str(key)[:80]!r}")
-        if isinstance(value, str):
-            if len(value) > MAX_CONTEXT_VALUE:
-                raise InvalidOutcome(
-                    f"context.{key} is {len(value)} characters long; at most {MAX_CONTEXT_VALUE} are allowed"
-                )
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                raise InvalidOutcome(f"context.{key} must be a finite number")
-        elif value is not None and not isinstance(value, (int, bool)):
+        # The common case first: short string keys and values.
+        if type(key) is str and 0 < len(key) <= MAX_CONTEXT_KEY and type(value) is str:
+            if len(value) <= MAX_CONTEXT_VALUE:
+                continue
             raise InvalidOutcome(
-                f"context.{key} must be a string, a number, true/false or null, got {type(value).__name__}"
+                f"context.{key} is {len(value)} characters long; at most {MAX_CONTEXT_VALUE} are allowed"
             )
+        _check_context_item(key, value)
+
+
+def _check_context_item(key: object, value: object) -> None:
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_CONTEXT_KEY:
+        raise InvalidOutcome(f"context keys must be 1-{MAX_CONTEXT_KEY} characters, got {str(key)[:80]!r}")
+    if isinstance(value, str):
+        if len(value) > MAX_CONTEXT_VALUE:
+            raise InvalidOutcome(
+                f"context.{key} is {len(value)} characters long; at most {MAX_CONTEXT_VALUE} are allowed"
+            )
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidOutcome(f"context.{key} must be a finite number")
+    elif value is not None and not isinstance(value, (int, bool)):
+        raise InvalidOutcome(
+            f"context.{key} must be a string, a number, true/false or null, got {type(value).__name__}"
+        )
 
 
 def check_event_time(ts: float, now: float, max_skew_s: float) -> None:
