@@ -115,14 +115,10 @@ def ingest_command(args: argparse.Namespace) -> int:
     state_dir = None if url else (args.state_dir or Path("./state"))
     api_key = args.api_key or os.environ.get("ADBANDIT_API_KEY") or None
     decision_key = os.environ.get("ADBANDIT_DECISION_KEY") or None
+    # Offline, outcomes' decision ids are verified with the service's key (else the state dir's).
+    offline = {"decision_key": key_from_setting(decision_key)} if state_dir is not None and decision_key else {}
     try:
-        result = ingest_files(
-            args.paths,
-            state_dir=state_dir,
-            url=url,
-            api_key=api_key,
-            decision_key=key_from_setting(decision_key) if decision_key else None,
-        )
+        result = ingest_files(args.paths, state_dir=state_dir, url=url, api_key=api_key, **offline)
     except AdbanditError as exc:
         print(f"adbandit ingest: {exc}", file=sys.stderr)
         return 2

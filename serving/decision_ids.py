@@ -44,6 +44,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from bandit.errors import InvalidConfig
 from serving.variants import propensity_code, propensity_codes
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,7 @@ def load_or_create_key(state_dir: str | os.PathLike) -> bytes:
         if mode & 0o077:
             log.warning("decision key %s is readable by others (mode %o); chmod 600 it", path, mode)
         if len(key) < 16:
-            raise ValueError(f"decision key {str(path)!r} is shorter than 16 bytes; remove it to make a new one")
+            raise InvalidConfig(f"decision key {str(path)!r} is shorter than 16 bytes; remove it to make a new one")
         return key
     key = os.urandom(KEY_BYTES)
     tmp = path.with_name(KEY_FILE + ".tmp")
@@ -283,5 +284,5 @@ def key_from_setting(value: str) -> bytes:
     """A configured key (``ADBANDIT_DECISION_KEY``): any string of at least 16 characters."""
     key = value.encode()
     if len(key) < 16:
-        raise ValueError("ADBANDIT_DECISION_KEY must be at least 16 characters")
+        raise InvalidConfig("ADBANDIT_DECISION_KEY must be at least 16 characters")
     return key
