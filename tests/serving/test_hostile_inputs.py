@@ -593,3 +593,38 @@ def test_each_endpoint_opens_to_exactly_its_keys(server, method, path, expected)
         assert _call(base, method, path, key) == status, (method, path, key)
     after = httpx.get(f"{base}/v1/placements/p1/allocation", headers=read).json()
     assert after["effective_events"] == before["effective_events"] == 0  # no refused outcome was learned
+
+
+def test_the_floor_density_of_a_continuous_floor_reaches_the_archive(make_client):
+    """A decision id carries the floor's density (continuous floors); the archive records it in
+    ``floor_density`` (NaN for discrete floors and for ids that do not verify)."""
+    key = "shared by every replica"
+    client = make_client(decision_key=key, default_policy="static")
+    client.put("/v1/placements/p1", json=P1_BODY)
+    signer = DecisionSigner(key.encode())
+    ids = [signer.issue("p1", "champion", "alpha", 1.25, 0.5, 0.25, floor_density=0.8),
+           signer.issue("p1", "champion", "alpha", 1.25, 0.5, 0.25),
+           DecisionSigner(b"x" * 32).issue("p1", "champion", "alpha", 1.25, 0.5, 0.25, floor_density=0.8)]  # fmt: skip
+    events = [outcome(i, floor=1.25, revenue=2.0, decision_id=d, ts=NOW_TS) for i, d in enumerate(ids)]
+    assert client.post("/v1/outcomes", json=events).json()["accepted"] == 3
+    client.post("/v1/admin/snapshot")
+    frame = pl.read_parquet(sorted((Path(client.app.state.settings.state_dir) / "outcomes").glob("*.parquet")))
+    density = dict(zip(frame["event_hash"].to_list(), frame["floor_density"].to_list(), strict=True))
+    assert len(density) == 3
+    values = sorted(density.values(), key=lambda v: (math.isnan(v), v))
+    assert values[0] == pytest.approx(0.8, rel=4e-4) and math.isnan(values[1]) and math.isnan(values[2])
+
+
+def test_the_floor_density_column_survives_the_event_log_and_old_records_still_decode():
+    from serving.eventlog import EventRecord
+
+    three = {"placement": ["p1"], "variant": ["champion"], "segment": ["*"], "network": ["alpha"], "ts": [1.0],
+             "floor_cpm": [1.0], "revenue_cpm": [0.0], "filled": [False], "propensity": [0.5],
+             "floor_propensity": [0.25]}  # fmt: skip
+    columns = {k: v * 3 for k, v in three.items()} | {"event_hash": np.arange(3, dtype=np.uint64)}
+    with_density = EventRecord.from_columns(5.0, **columns, floor_density=[0.8, np.nan, 2.0])
+    back = EventRecord.decode(with_density.encode())
+    np.testing.assert_array_equal(back.floor_density, [0.8, np.nan, 2.0])
+    without = EventRecord.from_columns(5.0, **columns)  # encodes exactly as before the column existed
+    assert b'"optional"' not in without.encode() and b'"optional":["floor_density"]' in with_density.encode()
+    assert EventRecord.decode(without.encode()).floor_density is None  # the archive writes NaN
