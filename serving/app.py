@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving import client_guard, errors
+from serving import errors
 from serving.auth import accepted_keys
 from serving.client_guard import BodyTimeoutMiddleware
 from serving.decision_ids import key_from_setting
@@ -173,7 +173,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.started = time.monotonic()
     app.state.metrics.watch(lambda: app.state.store.metrics())
     errors.install(app)
-    client_guard.install(app)
     # Hot routes first: matching is linear in the number of routes before the match.
     for module in (decide, outcomes, placements, allocation, experiment, prebid, admin, health):
         app.include_router(module.router)

@@ -8,43 +8,17 @@ one slow client cannot hold a worker's request slot and memory for ever.
 
 A client that disconnects while its body is being read is not a server error: the request
 ends with status 499 ("client closed request", nginx's convention; nobody receives it) and
-no error is logged. :func:`install` maps Starlette's :class:`ClientDisconnect` the same way
-for any path that meets it first.
+no error is logged; :func:`serving.errors.install` maps Starlette's ``ClientDisconnect``
+the same way for any path that meets it first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 
-from fastapi import FastAPI, Request
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-log = logging.getLogger("adbandit.serving")
-
-#: Status recorded for a request whose client went away (never sent to anyone).
-CLIENT_CLOSED = 499
-
-
-class RequestTimeout(HTTPException):
-    """408: the request body did not arrive within the timeout; the connection is closed."""
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(
-            status_code=408,
-            detail=f"the request body did not arrive within {timeout_s:g} s; send it at once after the headers",
-            headers={"Connection": "close"},
-        )
-
-
-class ClientGone(HTTPException):
-    """The client disconnected before its request was read (status 499, not an error)."""
-
-    def __init__(self) -> None:
-        super().__init__(status_code=CLIENT_CLOSED, detail="client closed the request")
+from serving.errors import ClientGone, RequestTimeout
 
 
 class BodyTimeoutMiddleware:
@@ -78,13 +52,3 @@ class BodyTimeoutMiddleware:
             return message
 
         await self.app(scope, guarded_receive, send)
-
-
-async def _client_disconnect(request: Request, exc: Exception) -> Response:
-    log.debug("client disconnected on %s %s", request.method, request.url.path)
-    return Response(status_code=CLIENT_CLOSED)
-
-
-def install(app: FastAPI) -> None:
-    """Answer :class:`ClientDisconnect` with 499 instead of a logged 500."""
-    app.add_exception_handler(ClientDisconnect, _client_disconnect)
