@@ -81,21 +81,31 @@ def bench_batch(port: int, calls: int, seconds: float, concurrency: int, size: i
             "decisions_per_s": round(result.rate * size, 1)}  # fmt: skip
 
 
-def outcome_template(size: int) -> bytes:
-    """A batch of ``size`` events whose ids contain the placeholder ``@@@@@@@@`` (the batch number)."""
+def outcome_template(size: int, decisions: list[dict]) -> bytes:
+    """A batch of ``size`` events whose ids contain the placeholder ``@@@@@@@@`` (the batch
+    number), answering ``decisions`` (their signed ids, networks and floors: every event's
+    decision id is verified, as in production)."""
     events = []
     for i in range(size):
+        d = decisions[i % len(decisions)]
         filled = i % 3 != 0
-        events.append({"event_id": f"@@@@@@@@-{i}", "decision_id": f"champion.{i:016x}",
+        events.append({"event_id": f"@@@@@@@@-{i}", "decision_id": d["decision_id"],
                        "ts": "2026-11-21T10:00:00Z", "placement": PLACEMENT,
-                       "network": ("admob", "adfit", "house")[i % 3], "floor_cpm": 1.0 + (i % 7) * 0.25,
-                       "filled": filled, "revenue_cpm": 1.2 + (i % 11) * 0.3 if filled else 0.0,
+                       "network": d["network"], "floor_cpm": d["floor_cpm"],
+                       "filled": filled, "revenue_cpm": d["floor_cpm"] + (i % 11) * 0.3 if filled else 0.0,
                        "context": SEGMENTS[i % len(SEGMENTS)]})  # fmt: skip
     return orjson.dumps(events)
 
 
+def served_decisions(port: int, n: int = 1000) -> list[dict]:
+    import httpx
+
+    body = {"placement": PLACEMENT, "requests": [{"request_id": f"o{i}", "context": SEGMENTS[i % 4]} for i in range(n)]}
+    return httpx.post(f"http://{HOST}:{port}/v1/decide/batch", json=body, timeout=30).json()["decisions"]
+
+
 def bench_outcomes(port: int, calls: int, seconds: float, concurrency: int, size: int = 5000) -> dict:
-    template = outcome_template(size)
+    template = outcome_template(size, served_decisions(port))
     accepted = {"n": 0}
 
     def request(i: int) -> bytes:  # fresh event ids for every call: nothing is a duplicate

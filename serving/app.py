@@ -17,6 +17,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import errors
+from serving.auth import accepted_keys
+from serving.client_guard import BodyTimeoutMiddleware
+from serving.decision_ids import key_from_setting
 from serving.demo import install_demo
 from serving.metrics import MetricsMiddleware, ServiceMetrics
 from serving.routes import admin, allocation, decide, experiment, health, outcomes, placements, prebid
@@ -35,8 +38,10 @@ Gaussian-mixture price model — and serves those decisions to the ad server.
 * **Prebid.js**: `GET /v1/prebid/floors?placement=…` (Price Floors Module, schema 2).
 * **Ad-ops**: configure placements and A/B variants, read the experiment report, swap models.
 
-Errors are `{"detail": …}` with a 4xx status. When `ADBANDIT_API_KEY` is set, write
-endpoints need `Authorization: Bearer <key>`.
+Errors are `{"detail": …}` with a 4xx status. Keys (`Authorization: Bearer <key>`), each
+active only when set: `ADBANDIT_API_KEY` for writes (it also opens every other endpoint),
+`ADBANDIT_READ_API_KEY` for reads of business data (placements, allocations, experiment
+reports, `/metrics`), `ADBANDIT_DECIDE_API_KEY` for decisions and Prebid floors.
 """
 
 
@@ -102,6 +107,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dedupe_days=settings.dedupe_days,
         snapshot_every_s=settings.snapshot_every_s,
         fsync=settings.fsync,
+        max_event_skew_s=settings.max_event_skew_s,
+        decision_key=key_from_setting(settings.decision_key.get_secret_value()) if settings.decision_key else None,
     )
     start = time.perf_counter()
     await run_in_threadpool(store.open)
@@ -130,9 +137,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def load_startup_model(store: PolicyStore, alias: str, name: str) -> None:
     """``serve --model ALIAS``: make MLflow model ``name@alias`` the champion of its placement
     (creating the placement from the state's configuration if it does not exist)."""
-    from bandit import PlacementConfig, UnknownPlacement
+    from bandit import UnknownPlacement
     from bandit.io import state_meta
     from experiments.model_registry import load_model_state
+    from serving.placement_config import ServicePlacement
 
     state = load_model_state(alias=alias, name=name)
     meta = state_meta(state)
@@ -140,7 +148,7 @@ def load_startup_model(store: PolicyStore, alias: str, name: str) -> None:
     try:
         store.get_placement(placement)
     except UnknownPlacement:
-        store.put_placement(PlacementConfig.from_dict(placement, meta["placement"]))
+        store.put_placement(ServicePlacement.from_dict(placement, meta["placement"]))
     version = store.swap_model(placement, store.get_experiment(placement).champion, state)
     log.info(
         "start-up model loaded",
@@ -160,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         strict_content_type=False,  # a body without Content-Type is read as JSON
     )
     app.state.settings = settings
+    app.state.decide_keys = accepted_keys(settings, "decide")
     app.state.metrics = ServiceMetrics()
     app.state.started = time.monotonic()
     app.state.metrics.watch(lambda: app.state.store.metrics())
@@ -168,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (decide, outcomes, placements, allocation, experiment, prebid, admin, health):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     _publish_extra_schemas(app)
     return app

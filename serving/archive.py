@@ -1,9 +1,10 @@
 """The outcome archive: what the service keeps for off-policy evaluation and re-training.
 
-Every learned outcome event, with the propensities of the decision it answers (carried in
-its ``decision_id``, see :func:`serving.variants.decision_propensities`; NaN for events
-without one), as Parquet parts under ``state_dir/outcomes``. The event log is compacted
-after snapshots; the archive is the lasting outcome history
+Every learned outcome event, with the propensities of the decision it answers and, for
+continuous floors, the density of its log floor (carried in its signed ``decision_id``,
+see :mod:`serving.decision_ids`; NaN for events without a verified one), as Parquet parts
+under ``state_dir/outcomes``. The event log is compacted after snapshots; the archive is
+the lasting outcome history
 (``adbandit ope --logs state/outcomes/*.parquet``). Parts are named by the log positions
 they cover and written atomically, so replaying the log after a crash never archives an
 event twice.
@@ -89,5 +90,6 @@ def _frame(rec: EventRecord):  # -> polars.DataFrame
             "revenue_cpm": np.asarray(rec.revenue_cpm),
             "propensity": np.asarray(rec.propensity),
             "floor_propensity": np.asarray(rec.floor_propensity),
+            "floor_density": np.full(len(rec), np.nan) if rec.floor_density is None else np.asarray(rec.floor_density),
         }
     )

@@ -1,38 +1,97 @@
-"""Bearer-key check for write endpoints (placements, experiments, outcomes, admin).
+"""Bearer keys by scope: write, read, decide. Each is active only when its key is set.
 
-Active only when the service's ``api_key`` (env ``ADBANDIT_API_KEY``) is set; reads stay
-open so ad servers and Prebid can poll allocations and floors without a secret.
+- **write**: ``PUT`` placements and experiments, ``POST /v1/outcomes``, ``/v1/admin/*``;
+  key ``ADBANDIT_API_KEY``.
+- **read**: ``GET`` placements, allocations, experiment reports, ``/metrics``; key
+  ``ADBANDIT_READ_API_KEY`` or the write key.
+- **decide**: ``POST /v1/decide``, ``/v1/decide/batch``, ``GET /v1/prebid/floors``; key
+  ``ADBANDIT_DECIDE_API_KEY`` or the write key.
+
+Without ``ADBANDIT_READ_API_KEY`` reads stay open and without ``ADBANDIT_DECIDE_API_KEY``
+decisions and Prebid floors stay open (as before: ad servers and Prebid.js poll them).
+``/healthz``, ``/docs`` and ``/openapi.json`` are always open. Keys are compared in
+constant time.
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
-_bearer = HTTPBearer(auto_error=False, description="Required on write endpoints when ADBANDIT_API_KEY is set.")
+Scope = Literal["write", "read", "decide"]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="ADBANDIT_API_KEY (writes, and everything else), ADBANDIT_READ_API_KEY (reads of business "
+    "data), ADBANDIT_DECIDE_API_KEY (decisions, Prebid floors); each required only when set.",
+)
+
+_KEY_NAMES = {
+    "write": "the write key (ADBANDIT_API_KEY)",
+    "read": "the read key (ADBANDIT_READ_API_KEY) or the write key",
+    "decide": "the decide key (ADBANDIT_DECIDE_API_KEY) or the write key",
+}
 
 
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-async def require_api_key(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Raise 401 unless the request carries ``Authorization: Bearer <api_key>`` (when a key is set)."""
-    key = request.app.state.settings.api_key
-    if key is None:
+def accepted_keys(settings: object, scope: Scope) -> tuple[bytes, ...]:
+    """The keys that open ``scope`` (empty: the scope is open)."""
+    write = getattr(settings, "api_key", None)
+    own = {
+        "write": None,
+        "read": getattr(settings, "read_api_key", None),
+        "decide": getattr(settings, "decide_api_key", None),
+    }[scope]
+    if scope == "write":
+        keys = [write]
+    elif own is None:
+        return ()
+    else:
+        keys = [own, write]
+    return tuple(k.get_secret_value().encode() for k in keys if k is not None)
+
+
+def check_bearer(authorization: str | None, keys: tuple[bytes, ...], scope: Scope) -> None:
+    """Raise 401 unless ``authorization`` is ``Bearer <one of keys>`` (no keys: open)."""
+    if not keys:
         return
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise _unauthorized("missing 'Authorization: Bearer <key>' header")
-    if not hmac.compare_digest(credentials.credentials.encode(), key.get_secret_value().encode()):
-        raise _unauthorized("invalid API key")
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise _unauthorized(f"missing 'Authorization: Bearer <key>' header; this endpoint needs {_KEY_NAMES[scope]}")
+    given = token.strip().encode()
+    ok = False
+    for key in keys:  # compare with every key: the time taken does not say which one matched
+        ok |= hmac.compare_digest(given, key)
+    if not ok:
+        raise _unauthorized(f"invalid API key; this endpoint needs {_KEY_NAMES[scope]}")
 
 
-#: Add to a route or router: ``dependencies=[WriteAuth]``.
+def _dependency(scope: Scope):
+    async def require(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        keys = accepted_keys(request.app.state.settings, scope)
+        if keys:
+            header = None if credentials is None else f"{credentials.scheme} {credentials.credentials}"
+            check_bearer(header, keys, scope)
+
+    require.__name__ = f"require_{scope}_key"
+    return require
+
+
+require_api_key = _dependency("write")
+require_read_key = _dependency("read")
+require_decide_key = _dependency("decide")
+
+#: Add to a route or router: ``dependencies=[WriteAuth]`` (``ReadAuth``, ``DecideAuth``).
 WriteAuth = Depends(require_api_key)
+ReadAuth = Depends(require_read_key)
+DecideAuth = Depends(require_decide_key)

@@ -123,13 +123,17 @@ def ingest_command(args: argparse.Namespace) -> int:
     import os
 
     from bandit import AdbanditError
+    from serving.decision_ids import key_from_setting
     from serving.ingest import ingest_files
 
     url = args.url
     state_dir = None if url else (args.state_dir or Path("./state"))
     api_key = args.api_key or os.environ.get("ADBANDIT_API_KEY") or None
+    decision_key = os.environ.get("ADBANDIT_DECISION_KEY") or None
+    # Offline, outcomes' decision ids are verified with the service's key (else the state dir's).
+    offline = {"decision_key": key_from_setting(decision_key)} if state_dir is not None and decision_key else {}
     try:
-        result = ingest_files(args.paths, state_dir=state_dir, url=url, api_key=api_key)
+        result = ingest_files(args.paths, state_dir=state_dir, url=url, api_key=api_key, **offline)
     except AdbanditError as exc:
         print(f"adbandit ingest: {exc}", file=sys.stderr)
         return 2

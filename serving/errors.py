@@ -16,6 +16,7 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from bandit.errors import (
@@ -55,6 +56,29 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(status_code=413, detail=f"request body is larger than the limit of {limit} bytes")
+
+
+class RequestTimeout(HTTPException):
+    """408: the request body did not arrive within the timeout; the connection is closed."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            status_code=408,
+            detail=f"the request body did not arrive within {timeout_s:g} s; send it at once after the headers",
+            headers={"Connection": "close"},
+        )
+
+
+#: Status recorded for a request whose client went away (nginx's "client closed request";
+#: nobody receives it): a client's doing, never counted or logged as a server error.
+CLIENT_CLOSED = 499
+
+
+class ClientGone(HTTPException):
+    """499: the client disconnected before its request was read."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=CLIENT_CLOSED, detail="client closed the request")
 
 
 class ServiceUnavailable(HTTPException):
@@ -117,6 +141,11 @@ async def _storage_failure(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": str(exc)}, status_code=507, headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)})
 
 
+async def _client_disconnect(request: Request, exc: Exception) -> Response:
+    log.debug("client disconnected on %s %s", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse({"detail": "internal error; see the service log"}, status_code=500)
@@ -128,4 +157,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StorageFailure, _storage_failure)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)  # not a 500: the client left
     app.add_exception_handler(Exception, _unexpected)

@@ -69,12 +69,16 @@ def ingest_files(
     batch_size: int = BATCH_SIZE,
     timeout_s: float = 60.0,
     client: Any = None,
+    decision_key: bytes | None = None,
 ) -> IngestResult:
     """Ingest outcome logs into ``state_dir`` or the service at ``url`` (exactly one).
 
     Returns the totals; rejected rows carry their 0-based row number across all files
     (in the order :func:`bandit.read_events` concatenates them). ``client`` may be an
-    ``httpx.Client`` to use instead of a new one (its base URL is ignored).
+    ``httpx.Client`` to use instead of a new one (its base URL is ignored). Offline, rows go
+    through the same checks as ``POST /v1/outcomes`` (event time against this machine's
+    clock, strict fields, revenue against floor, decision ids verified with ``decision_key``
+    — the service's ``ADBANDIT_DECISION_KEY`` — or the state dir's key file).
     """
     if (state_dir is None) == (url is None):
         raise InvalidConfig("give exactly one of state_dir (offline) or url (running service)")
@@ -84,7 +88,7 @@ def ingest_files(
     total = IngestResult(0, 0, [])
     offset = 0
     if state_dir is not None:
-        with PolicyStore(state_dir) as store:
+        with PolicyStore(state_dir, decision_key=decision_key) as store:
             for batch in event_batches(frame, batch_size):
                 total = _merge(total, store.ingest(batch), offset)
                 offset += len(batch)

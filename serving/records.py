@@ -47,11 +47,18 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("network", "<u2"),
     ("filled", "|b1"),
 )
+#: Optional columns after the fixed ones, named in the record header when present (records
+#: written before a column existed decode with NaN there).
+_OPTIONAL_COLUMNS: tuple[tuple[str, str], ...] = (("floor_density", "<f8"),)
 _U32 = struct.Struct("<I")
 
 
 def _or_nan(values: Sequence[float] | None, n: int) -> NDArray[np.float64]:
     return np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64).reshape(n)
+
+
+def _has_values(col: NDArray[np.float64] | None) -> bool:
+    return col is not None and len(col) > 0 and bool(np.isfinite(col).any())
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class EventRecord:
     variant: NDArray[np.uint16]
     network: NDArray[np.uint16]
     filled: NDArray[np.bool_]
+    #: Density of log floor given the network of the decision (continuous floors); NaN if unknown.
+    floor_density: NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return len(self.event_hash)
@@ -101,6 +110,7 @@ class EventRecord:
         filled: Sequence[bool],
         propensity: Sequence[float] | None = None,
         floor_propensity: Sequence[float] | None = None,
+        floor_density: Sequence[float] | None = None,
     ) -> EventRecord:
         """Build from per-event string columns (coded into tables in order of appearance)."""
         tables = []
@@ -132,21 +142,23 @@ class EventRecord:
             variant=codes[1],
             network=codes[3],
             filled=np.asarray(filled, dtype=np.bool_).reshape(n),
+            floor_density=_or_nan(floor_density, n),
         )
 
     def encode(self) -> bytes:
         n = len(self)
-        header = json.dumps(
-            {
-                "n": n,
-                "ingest_time": self.ingest_time,
-                "placements": self.placements,
-                "variants": self.variants,
-                "segments": self.segments,
-                "networks": self.networks,
-            },
-            separators=(",", ":"),
-        ).encode()
+        optional = [(name, dtype) for name, dtype in _OPTIONAL_COLUMNS if _has_values(getattr(self, name))]
+        head = {
+            "n": n,
+            "ingest_time": self.ingest_time,
+            "placements": self.placements,
+            "variants": self.variants,
+            "segments": self.segments,
+            "networks": self.networks,
+        }
+        if optional:
+            head["optional"] = [name for name, _ in optional]
+        header = json.dumps(head, separators=(",", ":")).encode()
         pad = b"\0" * (-(len(header) + _U32.size) % 8)
         parts = [_U32.pack(len(header) + len(pad)), header, pad]
         for name, dtype in _COLUMNS:
@@ -154,6 +166,8 @@ class EventRecord:
             if len(col) != n:
                 raise ValueError(f"event record column {name} has {len(col)} rows, expected {n}")
             parts.append(np.ascontiguousarray(col, dtype=dtype).tobytes())
+        for name, dtype in optional:
+            parts.append(np.ascontiguousarray(getattr(self, name), dtype=dtype).tobytes())
         return b"".join(parts)
 
     @classmethod
@@ -168,6 +182,11 @@ class EventRecord:
             cols: dict[str, Any] = {}
             for name, dtype in _COLUMNS:
                 arr = np.frombuffer(view, dtype=dtype, count=n, offset=pos)
+                pos += arr.nbytes
+                cols[name] = arr
+            dtypes = dict(_OPTIONAL_COLUMNS)
+            for name in header.get("optional", ()):
+                arr = np.frombuffer(view, dtype=dtypes[name], count=n, offset=pos)
                 pos += arr.nbytes
                 cols[name] = arr
         except (ValueError, KeyError, struct.error) as exc:
@@ -240,7 +259,9 @@ def events_in(kind: int, payload: bytes | memoryview) -> int | None:
         return None
     (hlen,) = _U32.unpack_from(view, 0)
     rest = len(view) - _U32.size - hlen
-    by_size = rest // _ROW_BYTES if rest >= 0 and rest % _ROW_BYTES == 0 else None
+    # Fixed columns, or fixed plus the optional ones.
+    widths = (_ROW_BYTES, _ROW_BYTES + sum(np.dtype(dtype).itemsize for _, dtype in _OPTIONAL_COLUMNS))
+    by_size = next((rest // w for w in widths if rest >= 0 and rest % w == 0), None)
     try:
         n = json.loads(bytes(view[_U32.size : _U32.size + hlen]).rstrip(b"\0"))["n"]
         by_header = n if isinstance(n, int) and n >= 0 else None

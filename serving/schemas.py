@@ -53,6 +53,11 @@ class NetworkIn(_In):
     min_share: Share = 0.0
     max_share: Share = 1.0
     auction: Literal["auto", "first", "second"] = "auto"
+    revenue: Literal["gross", "net"] = Field(
+        "gross",
+        description="How the network reports revenue_cpm: 'gross' (what the buyer paid; a fill below the floor "
+        "is rejected) or 'net' (after the network's share; may be below the floor).",
+    )
 
 
 class PlacementIn(_In):
@@ -86,6 +91,9 @@ class NetworkOut(_Out):
     min_share: float
     max_share: float
     auction: str
+    revenue: Literal["net"] | None = Field(
+        None, description="'net' when the network reports net revenue; absent: gross."
+    )
 
 
 class PlacementOut(_Out):

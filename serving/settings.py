@@ -24,7 +24,29 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(Path("./state"), description="Where the event log and snapshots live.")
     api_key: SecretStr | None = Field(
-        None, description="When set (env ADBANDIT_API_KEY), write endpoints need 'Authorization: Bearer <key>'."
+        None,
+        description="When set (env ADBANDIT_API_KEY), write endpoints need 'Authorization: Bearer <key>'; "
+        "this key is accepted on every endpoint.",
+    )
+    read_api_key: SecretStr | None = Field(
+        None,
+        description="When set (env ADBANDIT_READ_API_KEY), reads of business data (placements, allocations, "
+        "experiment reports, /metrics) need it (or the write key).",
+    )
+    decide_api_key: SecretStr | None = Field(
+        None,
+        description="When set (env ADBANDIT_DECIDE_API_KEY), decisions and Prebid floors need it (or the write key).",
+    )
+    decision_key: SecretStr | None = Field(
+        None,
+        description="Secret (>= 16 characters) signing decision ids (env ADBANDIT_DECISION_KEY); "
+        "default: a random key in STATE_DIR/decision.key. Replicas must share it.",
+    )
+    max_event_skew_s: float = Field(
+        300.0, ge=0, description="Outcome events dated more than this many seconds after the server clock are rejected."
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="A request body not received within this many seconds is answered 408."
     )
     max_body_bytes: int = Field(16 * 2**20, gt=0, description="Largest request body accepted (413 above).")
     default_policy: str = Field("ts_gmm", description="Policy of a new placement's champion variant.")
@@ -38,7 +60,7 @@ class Settings(BaseSettings):
     demo: bool = Field(False, description="Create a demo placement when the state dir holds none.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("api_key")
+    @field_validator("api_key", "read_api_key", "decide_api_key", "decision_key")
     @classmethod
     def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value() else None

@@ -80,8 +80,10 @@ from bandit.io import state_meta
 from experiments.abstats import unpaired_lift
 from serving import recovery, snapshots
 from serving.archive import OutcomeArchive
+from serving.decision_ids import DecisionSigner, load_or_create_key
 from serving.dedupe import DAY_SECONDS, DedupeWindow, event_hashes, first_occurrences
 from serving.eventlog import EventLog, storage_failure
+from serving.placement_config import ServicePlacement
 from serving.quarantine import Damage, Quarantine
 from serving.records import (
     APPLIED,
@@ -95,15 +97,13 @@ from serving.records import (
     encode_with_state,
     events_in,
 )
+from serving.state_check import check_model_state
+from serving.validation import DEFAULT_MAX_EVENT_SKEW_S, check_event_time, check_fields, check_revenue
 from serving.variants import (
     Assigner,
     ExperimentConfig,
     VariantConfig,
-    decision_propensities,
-    new_decision_id,
-    new_decision_ids,
     stable_seed,
-    variant_of_decision,
 )
 
 __all__ = [
@@ -137,6 +137,8 @@ class DecisionRecord:
     segment: str
     variant: str
     model_version: str
+    #: Density of log floor given the network (continuous floors), NaN for discrete floors.
+    floor_density: float = math.nan
 
     def to_dict(self) -> dict:
         return {
@@ -263,10 +265,9 @@ class _Entry:
                 self.segment_cache[key] = segment
         return segment
 
-    def variant_of(self, decision_id: str | None) -> str:
-        """The variant that learns an outcome: the decision id's prefix, else the champion."""
-        name = variant_of_decision(decision_id)
-        return name if name in self.slots else self.champion
+    def reports_net(self, network: str) -> bool:
+        config = self.config
+        return isinstance(config, ServicePlacement) and config.reports_net(network)
 
 
 def serving_copy(policy: Policy) -> Policy:
@@ -298,9 +299,14 @@ class _Prepared:
     """Validated events of one ingest call, as columns, plus the rejected ones."""
 
     #: One tuple per valid event: (event_id, placement, variant, segment, network, ts,
-    #: floor_cpm, revenue_cpm, filled, propensity, floor_propensity).
+    #: floor_cpm, revenue_cpm, filled, propensity, floor_propensity, floor_density).
     rows: list[tuple] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    #: Accepted events whose decision id did not verify (learned without propensities).
+    unverified: int = 0
+    #: Rejected events whose decision came from a variant no longer in the experiment.
+    removed_variant: int = 0
+    first_unverified: str = ""
 
     @property
     def event_ids(self) -> list[str]:
@@ -309,8 +315,8 @@ class _Prepared:
     def record(self, ingest_time: float, hashes: NDArray[np.uint64], keep: NDArray[np.bool_]) -> EventRecord:
         """The kept rows as one columnar log record."""
         rows = self.rows if keep.all() else [self.rows[i] for i in np.flatnonzero(keep).tolist()]
-        _, placement, variant, segment, network, ts, floor, revenue, filled, prop, floor_prop = (
-            zip(*rows, strict=True) if rows else ((),) * 11
+        _, placement, variant, segment, network, ts, floor, revenue, filled, prop, floor_prop, density = (
+            zip(*rows, strict=True) if rows else ((),) * 12
         )
         return EventRecord.from_columns(
             ingest_time,
@@ -325,6 +331,7 @@ class _Prepared:
             filled=filled,
             propensity=prop,
             floor_propensity=floor_prop,
+            floor_density=density,
         )
 
 
@@ -352,6 +359,8 @@ class PolicyStore:
         archive_part_events: int = 500_000,
         fsync: bool = True,
         clock: Callable[[], float] = time.time,
+        max_event_skew_s: float = DEFAULT_MAX_EVENT_SKEW_S,
+        decision_key: bytes | None = None,
     ) -> None:
         if not (dedupe_days > 0):
             raise InvalidConfig(f"dedupe_days must be > 0, got {dedupe_days}")
@@ -367,6 +376,11 @@ class PolicyStore:
         self.refit_every_s = float(refit_every_s)
         self.fsync = bool(fsync)
         self._clock = clock
+        if not (max_event_skew_s >= 0):
+            raise InvalidConfig(f"max_event_skew_s must be >= 0, got {max_event_skew_s}")
+        self.max_event_skew_s = float(max_event_skew_s)
+        self._decision_key = decision_key
+        self._signer: DecisionSigner | None = None  # made by open(): the key may live in the state dir
         self._quarantine = Quarantine(self.state_dir / "quarantine", fsync=fsync)
         self._log = EventLog(
             self.state_dir / "log",
@@ -404,6 +418,9 @@ class PolicyStore:
             "replayed": 0,
             "apply_errors": 0,
             "snapshot_failures": 0,
+            "unverified_decision": 0,
+            "removed_variant": 0,
+            "removed_variant_skipped": 0,
         }
         self._snapshot_lsn = 0
         self._snapshot_time: float | None = None
@@ -429,6 +446,7 @@ class PolicyStore:
         self._acquire_dir_lock()
         try:
             recovery.clean_temporary_files(self.state_dir)
+            self._signer = DecisionSigner(self._decision_key or load_or_create_key(self.state_dir))
             self._archive = OutcomeArchive(self.state_dir / "outcomes", self._archive_part_events)
             snap = recovery.load_snapshot(self._snap_dir, self._quarantine)
             if snap is not None:
@@ -515,6 +533,7 @@ class PolicyStore:
         store's default policy and an existing one keeps its experiment.
         """
         self._check_open()
+        config = ServicePlacement.of(config)
         self.flush()  # most pending events are learned before ingest is held up
         with self._state_lock:
             with self._apply_lock:
@@ -626,8 +645,11 @@ class PolicyStore:
         served = slot.served
         d = served.decide(context, rng=self._rng())
         slot.count_decisions(1)
+        assert self._signer is not None
         return DecisionRecord(
-            new_decision_id(variant, d.propensity, d.floor_propensity),
+            self._signer.issue(
+                placement_id, variant, d.network, d.floor_cpm, d.propensity, d.floor_propensity, d.floor_density
+            ),
             placement_id,
             d.network,
             d.floor_cpm,
@@ -636,6 +658,7 @@ class PolicyStore:
             d.segment,
             variant,
             slot.model_version(served),
+            d.floor_density,
         )
 
     def decide_batch(
@@ -666,12 +689,16 @@ class PolicyStore:
             served = slot.served
             db = served.decide_batch([segment_of(contexts[i]) for i in rows], rng=self._rng())
             version = slot.model_version(served)
-            decision_ids = new_decision_ids(variant, db.propensity, db.floor_propensity)
+            decision_ids = self._signer.issue_batch(  # type: ignore[union-attr]
+                placement_id, variant, ids, db.network, db.floor_cpm, db.propensity, db.floor_propensity,
+                db.floor_density,
+            )  # fmt: skip
             nets = db.network.tolist()
             floors = db.floor_cpm.tolist()
             props = db.propensity.tolist()
             fprops = db.floor_propensity.tolist()
             segs = db.segment_index.tolist()
+            dens = [math.nan] * len(rows) if db.floor_density is None else db.floor_density.tolist()
             for k, i in enumerate(rows):
                 out[i] = DecisionRecord(
                     decision_ids[k],
@@ -683,6 +710,7 @@ class PolicyStore:
                     db.segments[segs[k]],
                     variant,
                     version,
+                    dens[k],
                 )
             slot.count_decisions(len(rows))
         return out  # type: ignore[return-value]
@@ -753,24 +781,57 @@ class PolicyStore:
             break
         if lsn:
             self._log.sync_to(lsn)
-        self._count(accepted=n_keep, duplicate=len(keep) - n_keep, rejected=len(prep.rejected))
+        self._count(
+            accepted=n_keep,
+            duplicate=len(keep) - n_keep,
+            rejected=len(prep.rejected),
+            unverified_decision=prep.unverified,
+            removed_variant=prep.removed_variant,
+        )
+        if prep.unverified:
+            log.warning(
+                "outcome decision ids not verified; events learned without propensities",
+                extra={"fields": {"events": prep.unverified, "first_reason": prep.first_unverified}},
+            )
         return IngestResult(n_keep, len(keep) - n_keep, prep.rejected)
 
     def _prepare(self, events: Sequence[object], entries: Mapping[str, _Entry]) -> _Prepared:
+        """Validate each event on its own (:mod:`serving.validation`), verify its decision id
+        (:mod:`serving.decision_ids`) and name the variant that learns it."""
         prep = _Prepared()
         rows, rejected = prep.rows, prep.rejected
+        now, skew, signer = self._clock(), self.max_event_skew_s, self._signer
+        assert signer is not None
+        nan = math.nan
         for i, raw in enumerate(events):
             try:
+                check_fields(raw)
                 ev = OutcomeEvent.from_dict(raw)  # type: ignore[arg-type]
+                check_event_time(ev.ts, now, skew)
                 entry = entries.get(ev.placement)
                 if entry is None:
                     raise UnknownPlacement(f"placement {ev.placement!r} does not exist")
                 if ev.network not in entry.networks:
                     entry.config.network_index(ev.network)  # raises UnknownNetwork naming the known ones
+                check_revenue(ev, entry.reports_net(ev.network))
                 decision_id = ev.decision_id
                 if decision_id is not None and not isinstance(decision_id, str):
                     raise InvalidOutcome(f"decision_id must be a string, got {decision_id!r}")
-                variant = entry.variant_of(decision_id)
+                variant, props = entry.champion, (nan, nan, nan)
+                if decision_id:
+                    verdict = signer.verify(decision_id, ev.placement, ev.network, ev.floor_cpm, entry.networks)
+                    if not verdict.ok:
+                        prep.unverified += 1
+                        prep.first_unverified = prep.first_unverified or f"event {ev.event_id!r}: {verdict.reason}"
+                    elif verdict.variant not in entry.slots:
+                        prep.removed_variant += 1
+                        raise InvalidOutcome(
+                            f"decision_id was made by variant {verdict.variant!r}, which is no longer in the "
+                            f"experiment of placement {ev.placement!r}; its outcomes are not learned or reported"
+                        )
+                    else:
+                        variant = verdict.variant
+                        props = (verdict.propensity, verdict.floor_propensity, verdict.floor_density)
                 segment = entry.segment_of(ev.context)
             except (AdbanditError, TypeError, ValueError) as exc:
                 rejected.append((i, str(exc)))
@@ -786,7 +847,7 @@ class PolicyStore:
                     ev.floor_cpm,
                     ev.revenue_cpm,
                     ev.filled,
-                    *decision_propensities(decision_id),
+                    *props,
                 )
             )
         return prep
@@ -865,7 +926,12 @@ class PolicyStore:
             if entry is None:
                 log.error("events for unknown placement %r skipped", placement_id)
                 continue
-            slot = entry.slots.get(variant) or entry.slots[entry.champion]
+            slot = entry.slots.get(variant)
+            if slot is None:  # the variant was removed since: never credit its events to another
+                n_skipped = sum(len(r) if rows is None else len(rows) for r, rows in parts)
+                log.warning("%d events of removed variant %s/%s not learned", n_skipped, placement_id, variant)
+                self._count(removed_variant_skipped=n_skipped)
+                continue
             try:
                 batch = _batch_from_parts(entry, parts)
                 with slot.learn_lock:
@@ -897,6 +963,7 @@ class PolicyStore:
         self._check_open()
         entry = self._entry(placement_id)
         self._slot(entry, variant)
+        check_model_state(state, entry.config, now=self._clock(), max_skew_s=self.max_event_skew_s)
         normalised = _normalise_state(state, entry.config)
         self.flush()
         with self._state_lock:
@@ -1003,6 +1070,8 @@ class PolicyStore:
             "events_applied_total": counts["applied"],
             "events_replayed_total": counts["replayed"],
             "apply_errors_total": counts["apply_errors"],
+            "events_unverified_decision_total": counts["unverified_decision"],
+            "events_removed_variant_total": counts["removed_variant"] + counts["removed_variant_skipped"],
             "log_lag_events": counts["written"] - counts["applied"],
             "log_last_lsn": self._log.last_lsn,
             "log_synced_lsn": self._log.synced_lsn,
@@ -1123,7 +1192,7 @@ class PolicyStore:
     def _restore(self, snap: snapshots.Snapshot) -> None:
         entries = {}
         for p in snap.meta["placements"]:
-            config = PlacementConfig.from_dict(p["placement"], p["config"])
+            config = ServicePlacement.from_dict(p["placement"], p["config"])
             experiment = ExperimentConfig.from_dict(p["experiment"])
             slots = {}
             for s in p["slots"]:
@@ -1172,7 +1241,7 @@ class PolicyStore:
                 slot.publish()
 
     def _replay_placement(self, body: dict) -> None:
-        config = PlacementConfig.from_dict(body["placement"], body["config"])
+        config = ServicePlacement.from_dict(body["placement"], body["config"])
         experiment = ExperimentConfig.from_dict(body["experiment"])
         self._install(self._build_entry(config, experiment, self._entries.get(config.id)))
 

@@ -6,8 +6,9 @@ share of the traffic in percent (e.g. champion 80, challenger 15, holdout 5 with
 request id) with the placement id to a point in ``[0, 100)``; the same user therefore
 always lands in the same variant of a placement while the split is unchanged.
 
-The variant is carried in the ``decision_id`` (``"<variant>.<16 hex digits>"``) so that
-an outcome event is learned by the variant that made the decision and by no other.
+The variant is carried in the signed ``decision_id`` (``"<variant>.<signed payload>"``,
+:mod:`serving.decision_ids`) so that an outcome event is learned by the variant that made
+the decision and by no other.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
@@ -198,7 +198,8 @@ def assignment_point(salt: bytes, key: str) -> float:
 
 #: Propensities travel inside decision ids as 16-bit codes of -log2(p) in steps of 1/2048:
 #: relative error < 0.04%, down to p = 2^-32. A decision id is then self-describing for
-#: off-policy evaluation, with no state kept by the service and nothing lost on restart.
+#: off-policy evaluation, with no state kept by the service and nothing lost on restart
+#: (:mod:`serving.decision_ids` packs and signs them).
 _LOG2_STEPS = 2048.0
 _MAX_CODE = 65535
 
@@ -215,40 +216,6 @@ def propensity_codes(p: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         code = np.rint(-np.log2(np.clip(p, 0.0, 1.0)) * _LOG2_STEPS)
     return np.clip(np.nan_to_num(code, nan=_MAX_CODE, posinf=_MAX_CODE), 0, _MAX_CODE).astype(np.uint16)
-
-
-def new_decision_id(variant: str, propensity: float, floor_propensity: float) -> str:
-    """``"<variant>.<16 random hex><4 hex propensity><4 hex floor propensity>"``."""
-    return f"{variant}.{os.urandom(8).hex()}{propensity_code(propensity):04x}{propensity_code(floor_propensity):04x}"
-
-
-def new_decision_ids(variant: str, propensity: np.ndarray, floor_propensity: np.ndarray) -> list[str]:
-    """Decision ids of one variant for propensity columns [n] (one random draw, one hex pass)."""
-    n = len(propensity)
-    raw = np.frombuffer(os.urandom(8 * n), dtype=np.uint8).reshape(n, 8)
-    codes = np.stack([propensity_codes(propensity), propensity_codes(floor_propensity)], axis=1).astype(">u2")
-    hexed = np.concatenate([raw, codes.view(np.uint8).reshape(n, 4)], axis=1).tobytes().hex()
-    return [f"{variant}.{hexed[24 * i : 24 * i + 24]}" for i in range(n)]
-
-
-def decision_propensities(decision_id: str | None) -> tuple[float, float]:
-    """(propensity, floor_propensity) carried by a decision id; NaN for ids not made here."""
-    suffix = decision_id.rpartition(".")[2] if decision_id else ""
-    if len(suffix) != 24:
-        return math.nan, math.nan
-    try:
-        codes = int(suffix[16:20], 16), int(suffix[20:24], 16)
-    except ValueError:
-        return math.nan, math.nan
-    return 2.0 ** (-codes[0] / _LOG2_STEPS), 2.0 ** (-codes[1] / _LOG2_STEPS)
-
-
-def variant_of_decision(decision_id: str | None) -> str | None:
-    """The variant prefix of a decision id, or ``None`` when it has none."""
-    if not decision_id:
-        return None
-    head, sep, _ = decision_id.rpartition(".")
-    return head if sep else None
 
 
 def stable_seed(placement_id: str, variant: str) -> int:

@@ -12,7 +12,6 @@ from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable
 from bandit.stats import ATFLOOR, FILLS, PRICE, REQUESTS, REVENUE, REVENUE_SQ
 from bandit.types import PlacementConfig
 
-
 #: At-floor share of fills expected of a first-price network (the tolerance window only)
 #: and of a second-price one (at least one auction in twenty with a single bid above the
 #: floor); the detection threshold lies between them.

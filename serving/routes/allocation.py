@@ -8,13 +8,16 @@ from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from serving.auth import ReadAuth
 from serving.routes.deps import JSON, StoreDep, errors
 from serving.schemas import AllocationOut
 
 router = APIRouter(prefix="/v1/placements", tags=["allocation"])
 
 
-@router.get("/{placement}/allocation", response_model=AllocationOut, responses=errors(404, 422))
+@router.get(
+    "/{placement}/allocation", response_model=AllocationOut, dependencies=[ReadAuth], responses=errors(401, 404, 422)
+)
 async def get_allocation(
     placement: str,
     store: StoreDep,

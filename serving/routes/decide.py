@@ -10,13 +10,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from serving.auth import check_bearer
 from serving.routes.deps import BODY_ERRORS, JSON, body_schema, errors, read_body
 from serving.schemas import DecideBatchRequest, DecideBatchResponse, DecideRequest, DecisionOut
 from serving.store import DecisionRecord
 
 router = APIRouter(prefix="/v1/decide", tags=["decide"])
 
-_ERRORS = errors(404, *BODY_ERRORS)
+_ERRORS = errors(401, 404, *BODY_ERRORS)
 
 
 def decision_out(record: DecisionRecord) -> dict:
@@ -40,8 +41,10 @@ async def decide(request: Request) -> Response:
     Served from the placement's precomputed decision table (a look-up and one uniform draw),
     so it runs on the event loop without a thread hop.
     """
-    body = await read_body(request, DecideRequest)
     state = request.app.state
+    if state.decide_keys:  # inline, not a dependency: this is the hot path
+        check_bearer(request.headers.get("authorization"), state.decide_keys, "decide")
+    body = await read_body(request, DecideRequest)
     record = state.store.decide(body.placement, body.request_id, body.context, user_id=body.user_id)
     state.metrics.decisions.labels(body.placement).inc()
     return JSON(decision_out(record))
@@ -52,8 +55,10 @@ async def decide(request: Request) -> Response:
 )
 async def decide_batch(request: Request) -> Response:
     """Decisions for up to 10,000 requests of one placement, returned in request order."""
-    body = await read_body(request, DecideBatchRequest)
     state = request.app.state
+    if state.decide_keys:
+        check_bearer(request.headers.get("authorization"), state.decide_keys, "decide")
+    body = await read_body(request, DecideBatchRequest)
     records = state.store.decide_batch(body.placement, [(r["request_id"], r.get("context")) for r in body.requests])
     state.metrics.decisions.labels(body.placement).inc(len(records))
     return JSON({"decisions": [decision_out(r) for r in records]})

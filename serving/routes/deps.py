@@ -61,7 +61,8 @@ class OrjsonRoute(APIRoute):
 
 ERROR_TEXT = {
     400: "Malformed JSON body",
-    401: "Missing or wrong API key (when ADBANDIT_API_KEY is set)",
+    401: "Missing or wrong API key (when the endpoint's key is set: write, read or decide)",
+    408: "The request body did not arrive in time; the connection is closed",
     404: "Unknown placement",
     413: "Request body over the size limit",
     415: "Body is not JSON (or NDJSON where accepted)",
@@ -77,7 +78,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 #: Statuses of any endpoint that reads a JSON body.
-BODY_ERRORS = (400, 413, 415, 422)
+BODY_ERRORS = (400, 408, 413, 415, 422)
 
 
 JSON_TYPES = frozenset({"application/json", "text/json"})

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from serving.auth import ReadAuth
 from serving.errors import STORAGE_RETRY_AFTER_S, ServiceUnavailable
 from serving.metrics import CONTENT_TYPE
 from serving.routes.deps import MetricsDep, StoreDep, errors
@@ -38,7 +39,12 @@ async def healthz(request: Request, store: StoreDep) -> dict:
     }
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    dependencies=[ReadAuth],
+    responses={200: {"content": {CONTENT_TYPE: {}}}, **errors(401)},
+)
 async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus metrics: requests and latency per endpoint, outcome events by result,
     decisions per placement, and the store's figures (event-log lag, revenue per request …)."""

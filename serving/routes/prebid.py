@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from bandit import ALL_SEGMENTS
+from serving.auth import DecideAuth
 from serving.prebid import VariantFloors, prebid_floors
 from serving.routes.deps import JSON, StoreDep, errors
 from serving.schemas import PrebidFloors
@@ -26,7 +27,8 @@ router = APIRouter(prefix="/v1/prebid", tags=["prebid"])
     "/floors",
     response_model=PrebidFloors,
     response_model_by_alias=True,
-    responses=errors(404, 422),
+    dependencies=[DecideAuth],
+    responses=errors(401, 404, 422),
 )
 async def floors(
     store: StoreDep,

@@ -398,6 +398,9 @@ def test_prebid_mapping_of_fields_missing_values_and_weights():
 
 # ------------------------------------------------------------------------ experiment
 def test_experiment_report_gives_revenue_per_request_lift_and_ci(p1):
+    # Revenues below the floors the decisions gave: the networks report net revenue.
+    net = {**P1_BODY, "networks": [{**n, "revenue": "net"} for n in P1_BODY["networks"]]}
+    assert p1.put("/v1/placements/p1", json=net).status_code == 200
     put = p1.put("/v1/placements/p1/experiment", json={"variants": [
         {"name": "champion", "traffic": 50}, {"name": "challenger", "traffic": 50, "policy": "static"}]})  # fmt: skip
     assert put.status_code == 200
@@ -405,11 +408,16 @@ def test_experiment_report_gives_revenue_per_request_lift_and_ci(p1):
         {"name": "champion", "traffic": 50.0, "policy": "ts_gmm", "params": {}},
         {"name": "challenger", "traffic": 50.0, "policy": "static", "params": {}}]}  # fmt: skip
     rng = np.random.default_rng(3)
+    requests = [{"request_id": f"r{i}", "context": {"country": "KR", "os": "ios"}} for i in range(1200)]
+    decided = p1.post("/v1/decide/batch", json={"placement": "p1", "requests": requests}).json()["decisions"]
+    by_variant = {v: [d for d in decided if d["variant"] == v][:200] for v in ("champion", "challenger")}
     events = []
     for i in range(400):  # champion earns about 2.0 per request, the challenger about 1.5
         variant, mean = ("champion", 2.0) if i % 2 == 0 else ("challenger", 1.5)
+        d = by_variant[variant][i // 2]
         revenue = max(float(mean + 0.5 * rng.standard_normal()), 0.01)
-        events.append(outcome(i, revenue=revenue, decision_id=f"{variant}.{i:016x}"))
+        events.append(outcome(i, revenue=revenue, decision_id=d["decision_id"], network=d["network"],
+                              floor=d["floor_cpm"]))  # fmt: skip
     assert p1.post("/v1/outcomes", json=events).json()["accepted"] == 400
     wait_for_events(p1, "p1", 200)
     deadline = time.monotonic() + 10

@@ -11,7 +11,7 @@ import pytest
 
 from bandit import make_policy
 from experiments.ope import LoggedDecisions, evaluate
-from serving.variants import decision_propensities, new_decision_id, new_decision_ids
+from serving.decision_ids import DecisionSigner
 from tests.serving.test_store import crash_copy, events, open_store, placement
 
 
@@ -88,15 +88,24 @@ def test_off_policy_evaluation_runs_on_the_service_archive(tmp_path, seed):
 
 @pytest.mark.parametrize("p", [1.0, 0.5, 0.3, 1e-3, 1e-7])
 def test_decision_ids_carry_propensities_to_four_significant_digits(p):
-    one = new_decision_id("champion", p, p / 2)
-    many = new_decision_ids("challenger", np.array([p, 1.0]), np.array([p / 2, 0.25]))
-    for decision_id, expected in ((one, (p, p / 2)), (many[0], (p, p / 2)), (many[1], (1.0, 0.25))):
-        got = decision_propensities(decision_id)
-        np.testing.assert_allclose(got, expected, rtol=4e-4)
+    signer = DecisionSigner(b"k" * 32)
+    one = signer.issue("p1", "champion", "alpha", 1.25, p, p / 2, floor_density=3 * p)
+    many = signer.issue_batch("p1", "challenger", ("alpha", "beta"), np.array([0, 1]), np.array([1.25, 0.5]),
+                              np.array([p, 1.0]), np.array([p / 2, 0.25]), np.array([np.nan, 0.7]))  # fmt: skip
+    checks = ((one, "alpha", 1.25, (p, p / 2, 3 * p)), (many[0], "alpha", 1.25, (p, p / 2, np.nan)),
+              (many[1], "beta", 0.5, (1.0, 0.25, 0.7)))  # fmt: skip
+    for decision_id, network, floor, expected in checks:
+        v = signer.verify(decision_id, "p1", network, floor)
+        assert v.ok, v.reason
+        np.testing.assert_allclose((v.propensity, v.floor_propensity, v.floor_density), expected, rtol=4e-4)
     assert one.startswith("champion.") and many[1].startswith("challenger.")
-    assert len({*new_decision_ids("v", np.full(1000, p), np.full(1000, p))}) == 1000  # still unique
+    ids = signer.issue_batch("p1", "v", ("a",), np.zeros(1000, np.int64), np.ones(1000), np.full(1000, p),
+                             np.full(1000, p))  # fmt: skip
+    assert len(set(ids)) == 1000  # still unique
 
 
-@pytest.mark.parametrize("decision_id", [None, "", "champion.0123456789abcdef", "x.zzzzzzzzzzzzzzzzzzzzzzzz"])
+@pytest.mark.parametrize("decision_id", ["", "champion.0123456789abcdef", "x.zzzzzzzzzzzzzzzzzzzzzzzz",
+                                         "champion.0123456789abcdef01234567"])  # fmt: skip
 def test_foreign_decision_ids_have_unknown_propensities(decision_id):
-    assert all(math.isnan(v) for v in decision_propensities(decision_id))
+    v = DecisionSigner(b"k" * 32).verify(decision_id, "p1", "alpha", 1.0)
+    assert not v.ok and all(math.isnan(x) for x in (v.propensity, v.floor_propensity, v.floor_density))

@@ -58,8 +58,9 @@ def crash_copy(src, dst) -> None:
 
 
 def events(rng: np.random.Generator, n: int, start: int, *, pid="p1", networks=("alpha", "beta", "house"),
-           decision_ids=None, t0=T0) -> list[dict]:  # fmt: skip
-    """Random valid outcome events with distinct ids ``e<start>..``."""
+           decision_ids=None, t0=T0, decisions=None) -> list[dict]:  # fmt: skip
+    """Random valid outcome events with distinct ids ``e<start>..`` (answering ``decisions``,
+    with their ids, networks and floors, when given)."""
     out = []
     for i in range(n):
         floor = float(np.round(rng.uniform(0, 4), 2))
@@ -76,6 +77,11 @@ def events(rng: np.random.Generator, n: int, start: int, *, pid="p1", networks=(
         }
         if decision_ids is not None:
             body["decision_id"] = decision_ids[i % len(decision_ids)]
+        if decisions is not None:
+            d = decisions[i % len(decisions)]
+            body.update(decision_id=d.decision_id, network=d.network, floor_cpm=d.floor_cpm)
+            if filled:
+                body["revenue_cpm"] = float(d.floor_cpm + rng.exponential(1.5))
         out.append(body)
     return out
 
@@ -420,9 +426,8 @@ def test_outcomes_are_learned_only_by_the_variant_that_decided(tmp_path):
     store = open_store(tmp_path)
     store.put_placement(placement(), ab())
     rng = np.random.default_rng(5)
-    challenger_ids = [d.decision_id for d in store.decide_batch("p1", [(f"r{i}", {}) for i in range(500)])
-                      if d.variant == "challenger"]  # fmt: skip
-    store.ingest(events(rng, 40, 0, decision_ids=challenger_ids))
+    challenger = [d for d in store.decide_batch("p1", [(f"r{i}", {}) for i in range(500)]) if d.variant == "challenger"]
+    store.ingest(events(rng, 40, 0, decisions=challenger))
     store.ingest(events(rng, 30, 100))  # no decision id -> champion
     store.ingest(events(rng, 20, 200, decision_ids=["ghost.0123", "nodot"]))  # unknown -> champion
     store.flush()
@@ -439,8 +444,8 @@ def test_experiment_report_matches_the_ab_statistics_of_the_events(tmp_path):
     store = open_store(tmp_path)
     store.put_placement(placement(), ab())
     rng = np.random.default_rng(11)
-    ids = [d.decision_id for d in store.decide_batch("p1", [(f"r{i}", {}) for i in range(300)])]
-    batch = events(rng, 600, 0, decision_ids=ids)
+    decisions = store.decide_batch("p1", [(f"r{i}", {}) for i in range(300)])
+    batch = events(rng, 600, 0, decisions=decisions)
     store.ingest(batch)
     store.flush()
     report = store.experiment_report("p1")
