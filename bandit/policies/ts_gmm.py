@@ -53,7 +53,6 @@ from bandit.curve import (
     se_kernel,
 )
 from bandit.drift import batch_deviation, cusum_step
-from bandit.errors import InvalidConfig
 from bandit.events import EventBatch
 from bandit.gmm import (
     RESPONSE_SHADINGS,
@@ -66,13 +65,16 @@ from bandit.gmm import (
     initial_params,
     shading_posterior,
 )
+from bandit.params import check_params
 from bandit.policies.common import detect_auction
 from bandit.policy import Policy, as_event_batch
-from bandit.stats import FILLS, REQUESTS, REVENUE, REVENUE_SQ, log_price, price_bin
+from bandit.stats import FILLS, REQUESTS, REVENUE, REVENUE_SQ, SufficientStats, decay_factor, log_price, price_bin
 from bandit.types import ALL_SEGMENTS, PlacementConfig
 
 #: Multipliers of the current floor tried on the exploration path of a trapped network.
 EXPLORE_FACTORS = (0.5, 0.75)
+#: Half-life of the recent history the change detector compares each batch with.
+RECENT_HALF_LIFE_HOURS = 0.5
 #: Distinct candidate floors per network in a decision table.
 MAX_FLOORS = 24
 #: Bootstrap refits of the mixture per (segment, network) and refresh.
@@ -184,35 +186,37 @@ class ThompsonGmmPolicy(Policy):
         change_forget: float = 0.05,
         seed: int | None = None,
     ) -> None:
-        self.n_components = int(n_components)
-        self.n_draws = int(n_draws)
-        self.prior_strength = float(prior_strength)
-        self.model_doubt = float(model_doubt)
-        self.curve_length = float(curve_length)
-        self.floor_jitter = float(floor_jitter)
-        if not (0 < self.model_doubt <= 10 and 0.01 <= self.curve_length <= 10 and 0 <= self.floor_jitter <= 1):
-            raise InvalidConfig("ts_gmm needs 0 < model_doubt <= 10, 0.01 <= curve_length <= 10, 0 <= floor_jitter <= 1")
-        self.explore_floor = float(explore_floor)
-        self.explore_network = float(explore_network)
-        self.typical_cpm = typical_cpm
-        if (
-            self.n_components < 1
-            or not 2 <= self.n_draws <= 4096
-            or self.prior_strength <= 0
-            or not 0 <= self.explore_floor < 1
-            or not 0 <= self.explore_network < 1
-        ):
-            raise InvalidConfig(
-                "ts_gmm needs n_components >= 1, 2 <= n_draws <= 4096, prior_strength > 0, "
-                "0 <= explore_floor < 1 and 0 <= explore_network < 1"
-            )
-        self.change_threshold = float(change_threshold)
-        self.change_forget = float(change_forget)
-        if self.change_threshold < 0 or not 0 <= self.change_forget <= 1:
-            raise InvalidConfig("ts_gmm needs change_threshold >= 0 and 0 <= change_forget <= 1")
+        checked = check_params(
+            self.name,
+            dict(
+                n_components=n_components,
+                n_draws=n_draws,
+                prior_strength=prior_strength,
+                model_doubt=model_doubt,
+                curve_length=curve_length,
+                floor_jitter=floor_jitter,
+                explore_floor=explore_floor,
+                explore_network=explore_network,
+                typical_cpm=typical_cpm,
+                change_threshold=change_threshold,
+                change_forget=change_forget,
+            ),
+        )
+        self.n_components = checked["n_components"]
+        self.n_draws = checked["n_draws"]
+        self.prior_strength = checked["prior_strength"]
+        self.model_doubt = checked["model_doubt"]
+        self.curve_length = checked["curve_length"]
+        self.floor_jitter = checked["floor_jitter"]
+        self.explore_floor = checked["explore_floor"]
+        self.explore_network = checked["explore_network"]
+        self.typical_cpm = checked["typical_cpm"]
+        self.change_threshold = checked["change_threshold"]
+        self.change_forget = checked["change_forget"]
         self.changes_detected = 0
         self._fits: dict[tuple[str, int], GmmParams] = {}
         self._cusum: dict[tuple[str, int], NDArray[np.float64]] = {}
+        self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0)
         self._fit_rng = np.random.default_rng(None if seed is None else [seed, 1])
         self._kappa = np.full(len(placement.networks), 20.0)
         self._z: dict[tuple[int, int], NDArray[np.float64]] = {}
@@ -253,11 +257,19 @@ class ThompsonGmmPolicy(Policy):
         batch = as_event_batch(self.placement, events)
         if self.change_threshold > 0 and len(batch):
             self._detect_changes(batch)
+            self._recent.add(batch)
         return super().update(batch, refresh=refresh)
 
     def _detect_changes(self, batch: EventBatch) -> None:
         """Compare each cell's batch with its own history at the same floor bins (model-free,
-        so a model still learning about new floors is never mistaken for a change)."""
+        so a model still learning about new floors is never mistaken for a change).
+
+        The history compared with is the cell's *recent* history (``RECENT_HALF_LIFE_HOURS``):
+        like with like under a daily cycle, which moves prices a few percent an hour, while a
+        break moves them at once. A cell without enough recent data at those floors falls
+        back to its whole (discounted) history.
+        """
+        t_batch = float(batch.ts.min())
         cell = batch.segment_index * len(self.placement.networks) + batch.network
         order = np.argsort(cell, kind="stable")
         bounds = np.flatnonzero(np.diff(cell[order])) + 1
@@ -267,15 +279,22 @@ class ThompsonGmmPolicy(Policy):
             row = self.stats.segment_row(seg)
             if row is None:
                 continue
-            dev = batch_deviation(
-                self.stats.data[row, j], batch.floor_cpm[rows], batch.filled[rows], batch.revenue_cpm[rows]
-            )
+            observed = (batch.floor_cpm[rows], batch.filled[rows], batch.revenue_cpm[rows])
+            recent_row = self._recent.segment_row(seg)
+            dev = None
+            if recent_row is not None:
+                decay = decay_factor(t_batch - self._recent.t_ref, self._recent.half_life_seconds)
+                dev = batch_deviation(self._recent.data[recent_row, j] * decay, *observed)
+            if dev is None:
+                dev = batch_deviation(self.stats.data[row, j], *observed)
             if dev is None:
                 continue
             key = (seg, j)
             state = cusum_step(self._cusum.get(key, np.zeros(2)), dev.z, slack=3.0)
             if state.max() > self.change_threshold and abs(dev.relative) > 0.15:
                 self.stats.data[row, j] *= self.change_forget
+                if recent_row is not None:
+                    self._recent.data[recent_row, j] = 0.0
                 self.changes_detected += 1
                 state = np.zeros(2)
             self._cusum[key] = state
@@ -414,6 +433,7 @@ class ThompsonGmmPolicy(Policy):
             "drift_keys": np.array([s for s, _ in self._cusum], dtype=np.str_),
             "drift_networks": np.array([j for _, j in self._cusum], dtype=np.int64),
             "drift_cusum": np.array(list(self._cusum.values())).reshape(-1, 2),
+            **{f"recent_{k}": v for k, v in self._recent.state().items()},
         }
 
     def _load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -428,5 +448,7 @@ class ThompsonGmmPolicy(Policy):
             for seg, j, c in zip(state["drift_keys"], state["drift_networks"], state["drift_cusum"], strict=True)
         }
         self.changes_detected = int(json.loads(str(state["drift_meta"]))["changes_detected"])
+        if "recent_stats_data" in state:
+            self._recent = SufficientStats.from_state({k[7:]: v for k, v in state.items() if k.startswith("recent_")})
         self._kappa = np.array(state["gmm_kappa"], dtype=np.float64)
         self._fit_rng.bit_generator.state = json.loads(str(state["gmm_fit_rng"]))

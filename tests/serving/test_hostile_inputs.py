@@ -374,7 +374,7 @@ BAD_STATES = [
      **{k: np.concatenate([s[k], s[k]]) for k in s if k.startswith("table_") and k != "table_segments"}},
      "not a key of segment_by"),
     ("missing array", _without("table_floor_probs"), "'table_floor_probs' is missing"),
-    ("unbounded n_draws", lambda s: _meta(s, params={"n_draws": 100_000}), "n_draws must be in [2, 256]"),
+    ("unbounded n_draws", lambda s: _meta(s, params={"n_draws": 100_000}), "n_draws must be in [2, 1024]"),
     ("unknown param", lambda s: _meta(s, params={"bogus": 1}), "bogus"),
     ("other networks", lambda s: _meta(s, placement={**P1_BODY, "networks": P1_BODY["networks"][:1]}),
      "is for networks ['alpha']"),
@@ -413,7 +413,7 @@ def test_a_valid_model_state_of_every_policy_is_accepted(seeded, policy):
 
 # ------------------------------------------------------------------------- params (3)
 BAD_PARAMS = [
-    ("ts_gmm", {"n_draws": 100_000}, "n_draws must be in [2, 256], got 100000"),
+    ("ts_gmm", {"n_draws": 100_000}, "n_draws must be in [2, 1024], got 100000"),
     ("ts_gmm", {"n_draws": 2.5}, "n_draws must be an integer"),
     ("ts_gmm", {"n_components": 0}, "n_components must be in [1, 8]"),
     ("ts_gmm", {"explore_floor": 0.9}, "explore_floor must be in [0, 0.5]"),
