@@ -196,7 +196,7 @@ def _check_numbers(arrays: dict[str, np.ndarray], config: PlacementConfig, segme
     for name, arr in arrays.items():
         if arr.dtype.kind not in "fc":
             continue
-        if name in ("table_floor_bounds", "stats_t_ref", "stats_half_life"):
+        if name.endswith(("table_floor_bounds", "stats_t_ref", "stats_half_life")):  # also recent_stats_*
             if np.isnan(arr).any():
                 raise _fail(f"{name} holds NaN")
             continue

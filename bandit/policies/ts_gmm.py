@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -68,6 +68,7 @@ from bandit.gmm import (
 from bandit.params import check_params
 from bandit.policies.common import detect_auction
 from bandit.policy import Policy, as_event_batch
+from bandit.season import HOURS_PER_DAY, LEVEL_EVENTS, expected_revenue, hour_of_day, update_levels
 from bandit.stats import FILLS, REQUESTS, REVENUE, REVENUE_SQ, SufficientStats, decay_factor, log_price, price_bin
 from bandit.types import ALL_SEGMENTS, PlacementConfig
 
@@ -163,7 +164,9 @@ class ThompsonGmmPolicy(Policy):
     - ``half_life_hours``: time discounting of all statistics (event time);
     - ``change_threshold``: CUSUM threshold of the change detector (0 turns it off; with it
       off, the state does not depend on batch order at all);
-    - ``change_forget``: share of a cell's history kept when a change is detected.
+    - ``change_forget``: share of a cell's history kept when a change is detected;
+    - ``level_events``: events of an hour of day that move its value level half-way
+      (:mod:`bandit.season`; 0 turns hour-of-day levels off).
     """
 
     name = "ts_gmm"
@@ -184,6 +187,7 @@ class ThompsonGmmPolicy(Policy):
         half_life_hours: float = 48.0,
         change_threshold: float = 12.0,
         change_forget: float = 0.05,
+        level_events: float = LEVEL_EVENTS,
         seed: int | None = None,
     ) -> None:
         checked = check_params(
@@ -200,6 +204,7 @@ class ThompsonGmmPolicy(Policy):
                 typical_cpm=typical_cpm,
                 change_threshold=change_threshold,
                 change_forget=change_forget,
+                level_events=level_events,
             ),
         )
         self.n_components = checked["n_components"]
@@ -213,10 +218,13 @@ class ThompsonGmmPolicy(Policy):
         self.typical_cpm = checked["typical_cpm"]
         self.change_threshold = checked["change_threshold"]
         self.change_forget = checked["change_forget"]
+        self.level_events = checked["level_events"]
         self.changes_detected = 0
         self._fits: dict[tuple[str, int], GmmParams] = {}
         self._cusum: dict[tuple[str, int], NDArray[np.float64]] = {}
         self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0)
+        self._levels: dict[tuple[str, int], NDArray[np.float64]] = {}
+        self._level_frozen: dict[tuple[str, int], float] = {}  # no level learning before this time
         self._fit_rng = np.random.default_rng(None if seed is None else [seed, 1])
         self._kappa = np.full(len(placement.networks), 20.0)
         self._z: dict[tuple[int, int], NDArray[np.float64]] = {}
@@ -238,6 +246,7 @@ class ThompsonGmmPolicy(Policy):
             typical_cpm=typical_cpm,
             change_threshold=self.change_threshold,
             change_forget=self.change_forget,
+            level_events=self.level_events,
         )
 
     # ----------------------------------------------------------------- modelling
@@ -258,7 +267,44 @@ class ThompsonGmmPolicy(Policy):
         if self.change_threshold > 0 and len(batch):
             self._detect_changes(batch)
             self._recent.add(batch)
+        if self.level_events > 0 and len(batch):
+            batch = self._deflate(batch)
         return super().update(batch, refresh=refresh)
+
+    def _cells(self, batch: EventBatch) -> list[tuple[str, int, NDArray[np.int64]]]:
+        """(segment, network, rows) of each (segment, network) cell in a batch."""
+        cell = batch.segment_index * len(self.placement.networks) + batch.network
+        order = np.argsort(cell, kind="stable")
+        bounds = np.flatnonzero(np.diff(cell[order])) + 1
+        return [
+            (batch.segments[int(batch.segment_index[rows[0]])], int(batch.network[rows[0]]), rows)
+            for rows in np.split(order, bounds)
+        ]
+
+    def _deflate(self, batch: EventBatch) -> EventBatch:
+        """Learn each cell's hour-of-day value levels from the batch, and return the batch in
+        base-market units (floors and revenues divided by their hour's level; see
+        :mod:`bandit.season`)."""
+        hours = hour_of_day(batch.ts)
+        scale = np.ones(len(batch))
+        for seg, j, rows in self._cells(batch):
+            level = self._levels.get((seg, j), np.zeros(HOURS_PER_DAY))
+            row = self.stats.segment_row(seg)
+            if row is not None and float(batch.ts[rows].min()) >= self._level_frozen.get((seg, j), -math.inf):
+                expected = expected_revenue(
+                    self.stats.data[row, j], batch.floor_cpm[rows], np.exp(level[hours[rows]])
+                )
+                level = update_levels(level, hours[rows], batch.revenue_cpm[rows], expected)
+            self._levels[(seg, j)] = level
+            scale[rows] = np.exp(level[hours[rows]])
+        return replace(batch, floor_cpm=batch.floor_cpm / scale, revenue_cpm=batch.revenue_cpm / scale)
+
+    def _level_now(self, segment: str, network: int) -> float:
+        """The cell's value level at the hour of the newest event learned (1 without levels)."""
+        level = self._levels.get((segment, network))
+        if level is None or not math.isfinite(self.stats.t_ref):
+            return 1.0
+        return float(np.exp(level[int(hour_of_day(np.array([self.stats.t_ref]))[0])]))
 
     def _detect_changes(self, batch: EventBatch) -> None:
         """Compare each cell's batch with its own history at the same floor bins (model-free,
@@ -270,12 +316,7 @@ class ThompsonGmmPolicy(Policy):
         back to its whole (discounted) history.
         """
         t_batch = float(batch.ts.min())
-        cell = batch.segment_index * len(self.placement.networks) + batch.network
-        order = np.argsort(cell, kind="stable")
-        bounds = np.flatnonzero(np.diff(cell[order])) + 1
-        for rows in np.split(order, bounds):
-            seg = batch.segments[int(batch.segment_index[rows[0]])]
-            j = int(batch.network[rows[0]])
+        for seg, j, rows in self._cells(batch):
             row = self.stats.segment_row(seg)
             if row is None:
                 continue
@@ -295,6 +336,10 @@ class ThompsonGmmPolicy(Policy):
                 self.stats.data[row, j] *= self.change_forget
                 if recent_row is not None:
                     self._recent.data[recent_row, j] = 0.0
+                # The break is the base market's to learn: levels wait a day, or they would
+                # absorb it hour by hour.
+                self._levels.pop((seg, j), None)
+                self._level_frozen[(seg, j)] = float(batch.ts[rows].max()) + 86400.0
                 self.changes_detected += 1
                 state = np.zeros(2)
             self._cusum[key] = state
@@ -371,13 +416,16 @@ class ThompsonGmmPolicy(Policy):
             share = np.where(total > 0, self._kappa / np.maximum(total, 1e-12), 0.0)
             stats = stats + np.minimum(share, 1.0)[:, None, None] * pooled
         draws = [self._network_draws(segment, j, stats[j]) for j in range(n_net)]
-        best = np.stack([d.value for d in draws], axis=1)  # [M, N]
+        # Statistics hold the base market; the table serves the current hour's value level.
+        level = np.array([self._level_now(segment, j) for j in range(n_net)])
+        best = np.stack([d.value for d in draws], axis=1) * level  # [M, N]
         candidates, summary = [], np.zeros((n_net, len(SUMMARY_FIELDS)))
         for j, (cfg, d) in enumerate(zip(self.placement.networks, draws, strict=True)):
+            log_floor = d.log_floor + math.log(level[j])
             floors, probs = floor_histogram(
-                self._grids[j], d.log_floor, cfg.floor_min_cpm, cfg.floor_max_cpm, MAX_FLOORS
+                self._grids[j] + math.log(level[j]), log_floor, cfg.floor_min_cpm, cfg.floor_max_cpm, MAX_FLOORS
             )
-            f_mid = float(np.median(np.clip(np.exp(d.log_floor), cfg.floor_min_cpm, cfg.floor_max_cpm)))
+            f_mid = float(np.median(np.clip(np.exp(log_floor), cfg.floor_min_cpm, cfg.floor_max_cpm)))
             explore_p = exploration_probability(self.explore_floor, stats[j])
             explore = [cfg.clip_floor(f_mid * factor) for factor in EXPLORE_FACTORS]
             candidates.append(
@@ -386,11 +434,11 @@ class ThompsonGmmPolicy(Policy):
             at = np.array([[math.log(max(f_mid, 1e-9))]])
             summary[j] = (
                 f_mid,
-                float(np.quantile(np.exp(d.log_floor), 0.1)),
-                float(np.quantile(np.exp(d.log_floor), 0.9)),
-                float(d.value.mean()),
-                float(d.value.std()),
-                float(d.model.fill_rate(at)[0, 0]),
+                float(np.quantile(np.clip(np.exp(log_floor), cfg.floor_min_cpm, cfg.floor_max_cpm), 0.1)),
+                float(np.quantile(np.clip(np.exp(log_floor), cfg.floor_min_cpm, cfg.floor_max_cpm), 0.9)),
+                float(best[:, j].mean()),
+                float(best[:, j].std()),
+                float(d.model.fill_rate(at - math.log(level[j]))[0, 0]),
                 AUCTION_CODES.index("second" if d.second_price else "first"),
                 d.auction_confidence,
             )
@@ -434,6 +482,10 @@ class ThompsonGmmPolicy(Policy):
             "drift_networks": np.array([j for _, j in self._cusum], dtype=np.int64),
             "drift_cusum": np.array(list(self._cusum.values())).reshape(-1, 2),
             **{f"recent_{k}": v for k, v in self._recent.state().items()},
+            "level_segments": np.array([s for s, _ in self._levels], dtype=np.str_),
+            "level_networks": np.array([j for _, j in self._levels], dtype=np.int64),
+            "level_log": np.array(list(self._levels.values())).reshape(-1, HOURS_PER_DAY),
+            "level_frozen": np.array(json.dumps([[s, j, t] for (s, j), t in self._level_frozen.items()])),
         }
 
     def _load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -448,6 +500,13 @@ class ThompsonGmmPolicy(Policy):
             for seg, j, c in zip(state["drift_keys"], state["drift_networks"], state["drift_cusum"], strict=True)
         }
         self.changes_detected = int(json.loads(str(state["drift_meta"]))["changes_detected"])
+        if "level_log" in state:
+            self._levels = {
+                (str(seg), int(j)): np.array(v, dtype=np.float64)
+                for seg, j, v in zip(state["level_segments"], state["level_networks"], state["level_log"], strict=True)
+            }
+        if "level_frozen" in state:
+            self._level_frozen = {(str(s), int(j)): float(t) for s, j, t in json.loads(str(state["level_frozen"]))}
         if "recent_stats_data" in state:
             self._recent = SufficientStats.from_state({k[7:]: v for k, v in state.items() if k.startswith("recent_")})
         self._kappa = np.array(state["gmm_kappa"], dtype=np.float64)
