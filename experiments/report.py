@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -26,9 +27,12 @@ from pathlib import Path
 import polars as pl
 
 from experiments.ab import ab_table
+from simulator.parallel import PolicySpec
 
-POLICIES = ("static", "epsilon_greedy", "ucb1", "grid_ts", "ts_gmm")
+POLICIES = ("static", "epsilon_greedy", "ucb1", "grid_ts", "grid_ts_24h", "ts_gmm")
 MAIN_POLICY = "ts_gmm"
+#: Report names of policies built with other than their defaults.
+POLICY_SPECS = {"grid_ts_24h": PolicySpec("grid_ts", {"half_life_hours": 24.0}, label="grid_ts_24h")}
 SCENARIOS = (
     "stationary",
     "segments",
@@ -38,6 +42,16 @@ SCENARIOS = (
     "many_networks",
     "new_network",
     "sparse",
+    # Markets outside the price model's family (see docs/design.md, "The simulator's markets").
+    "ood_shock",
+    "ood_dispersion",
+    "ood_cents",
+    "ood_responsive",
+    "ood_pareto",
+    "ood_throttle",
+    "ood_daily",
+    "ood_segments",
+    "ood_all",
 )
 
 
@@ -58,7 +72,7 @@ def scenario_tables(
 
     stacked = run_grid(
         list(scenarios),
-        list(policies),
+        [POLICY_SPECS.get(p, p) for p in policies],
         n_seeds=seeds,
         n_requests=n_requests,
         root_seed=root_seed,
@@ -128,7 +142,28 @@ def markdown(tables: dict[str, tuple[pl.DataFrame, dict]], seeds: int, policies:
                 f"| {name} | {control} | {_pct(r['lift'])} | [{_pct(r['lift_ci_low'])}, "
                 f"{_pct(r['lift_ci_high'])}] | {r['p_value']:.2g} | {hit} |"
             )
+        lines += [
+            "",
+            "Capture over the last fifth of each run (mean ± sd over seeds): what a policy earns once it has "
+            "learned.",
+            "",
+            "| scenario | " + " | ".join(policies) + " |",
+            "|---|" + "---|" * len(policies),
+        ]
+        for name, (_, trajectories) in tables.items():
+            cells = []
+            for p in policies:
+                tails = [last_fifth(t) for t in trajectories[p]]
+                cells.append(f"{statistics.fmean(tails):.3f} ± {statistics.stdev(tails):.3f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def last_fifth(trajectory: pl.DataFrame) -> float:
+    """Capture over the last fifth of a run's requests."""
+    from simulator.runner import capture
+
+    return capture(trajectory, last=int(trajectory["requests_total"].max()) // 5)
 
 
 def _pct(x: float | None) -> str:

@@ -131,7 +131,7 @@ class _Recorder:
         self.cum_oracle = 0.0
         self._open: dict[str, Any] | None = None
 
-    def add(self, rec: BatchRecord, model_version: str) -> None:
+    def add(self, rec: BatchRecord, model_version: str, change_alarms: int = 0) -> None:
         n_net = len(self.ids)
         net = rec.decisions.network
         row = self._open or {
@@ -153,6 +153,7 @@ class _Recorder:
         row["floor_sum"] += np.bincount(net, weights=rec.decisions.floor_cpm, minlength=n_net)
         row["ts"] = float(rec.requests.ts[-1])
         row["model_version"] = model_version
+        row["change_alarms"] = change_alarms
         self._open = row
         if row["requests"] >= self.every:
             self.flush()
@@ -179,6 +180,7 @@ class _Recorder:
             "capture": _ratio(row["expected_revenue"], row["oracle_revenue"]),
             "cumulative_capture": _ratio(self.cum_expected, self.cum_oracle),
             "model_version": row["model_version"],
+            "change_alarms": row["change_alarms"],
         }
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_floor = np.where(count > 0, floor_sum / count, np.nan)
@@ -217,7 +219,8 @@ def run(
     batch (or per ``record_every`` requests): ``ts``, ``hour``, ``requests``,
     ``requests_total``, ``fills``, ``revenue`` (realised), ``expected_revenue`` (exact
     expectation of the decisions), ``oracle_revenue`` (sums in CPM over the row's
-    requests), ``capture``, ``cumulative_capture``, ``model_version``, ``share_<network>``
+    requests), ``capture``, ``cumulative_capture``, ``model_version``, ``change_alarms`` (changes
+    the policy's detector has declared so far, 0 without one), ``share_<network>``
     and ``floor_<network>`` (mean floor given, NaN without traffic).
     """
     if n_requests < 0 or batch_size < 1 or (batch_seconds is not None and not batch_seconds > 0):
@@ -257,7 +260,7 @@ def run(
             )
         )
         record = BatchRecord(req, db, out, expected, oracle)
-        recorder.add(record, db.model_version)
+        recorder.add(record, db.model_version, int(getattr(policy, "changes_detected", 0)))
         if on_batch is not None:
             on_batch(record)
         done += len(req)

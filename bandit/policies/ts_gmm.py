@@ -333,7 +333,10 @@ class ThompsonGmmPolicy(Policy):
             key = (seg, j)
             state = cusum_step(self._cusum.get(key, np.zeros(2)), dev.z, slack=3.0)
             if state.max() > self.change_threshold and abs(dev.relative) > 0.15:
-                self.stats.data[row, j] *= self.change_forget
+                # Keep at most ``change_forget`` of the history, and never more than the batch
+                # that showed the change: the new market must outweigh the old at once.
+                history = float(self.stats.data[row, j, REQUESTS].sum())
+                self.stats.data[row, j] *= min(self.change_forget, len(rows) / max(history, 1.0))
                 if recent_row is not None:
                     self._recent.data[recent_row, j] = 0.0
                 # The break is the base market's to learn: levels wait a day, or they would
