@@ -252,3 +252,15 @@ def log_bounds(floor_min: float, floor_max: float) -> tuple[float, float]:
     """The network's floor bounds in the log CPM the statistics use."""
     lo = float(log_price(np.array([floor_min]))[0])
     return lo, max(lo, float(log_price(np.array([floor_max]))[0]))
+
+
+def empirical_se(stats: NDArray[np.float64], log_floor: float, half_width: float) -> float:
+    """Model-free standard error of the revenue per request of floors within ``half_width``
+    (log CPM) of ``log_floor``, from statistics [F, B]; 0 without data there."""
+    near = np.abs(LOG_CENTERS - log_floor) <= half_width
+    n = float(stats[REQUESTS, near].sum())
+    if n < 2.0:
+        return 0.0
+    mean = float(stats[REVENUE, near].sum()) / n
+    var = max(float(stats[REVENUE_SQ, near].sum()) / n - mean**2, 0.0)
+    return math.sqrt(var / n)

@@ -46,6 +46,7 @@ from bandit.curve import (
     best_on_grid,
     choose_doubt,
     curve_posterior,
+    empirical_se,
     floor_grid,
     floor_histogram,
     log_bounds,
@@ -78,8 +79,10 @@ EXPLORE_FACTORS = (0.5, 0.75)
 RECENT_HALF_LIFE_HOURS = 0.5
 #: Distinct candidate floors per network in a decision table.
 MAX_FLOORS = 24
-#: Bootstrap refits of the mixture per (segment, network) and refresh.
+#: Bootstrap refits of the mixture per (segment, network) and refresh, and their EM steps
+#: from the current fit.
 BOOTSTRAP_DRAWS = 16
+BOOTSTRAP_EM_STEPS = 6
 #: Candidate misfits, as multiples of ``model_doubt``, for the marginal-likelihood choice.
 DOUBT_STEPS = np.array([0.0, 0.25, 0.5, 1.0, 2.0])
 #: Share of the curve's peak below which the misfit's scale does not fall (the mixture may
@@ -371,7 +374,8 @@ class ThompsonGmmPolicy(Policy):
         # Parametric uncertainty: Bayesian-bootstrap refits of the mixture (a randomised prior
         # keeps them apart while data are few).
         boot = data.reweighted(self._fit_rng, BOOTSTRAP_DRAWS)
-        draws = fit(boot, mle.repeat(BOOTSTRAP_DRAWS), self._prior(network, BOOTSTRAP_DRAWS, self._fit_rng), max_iter=6)
+        boot_prior = self._prior(network, BOOTSTRAP_DRAWS, self._fit_rng)
+        draws = fit(boot, mle.repeat(BOOTSTRAP_DRAWS), boot_prior, max_iter=BOOTSTRAP_EM_STEPS)
         # Misfit: the mixture curves are the prior means of a GP correction from binned revenue.
         grid = self._grids[network]
         lo, hi = log_bounds(cfg.floor_min_cpm, cfg.floor_max_cpm)
@@ -403,6 +407,14 @@ class ThompsonGmmPolicy(Policy):
         means = posterior.mean(boot_grid, boot_at)  # [BOOTSTRAP_DRAWS, G]
         curves = means[pick] + self._normals(network, len(grid)) @ posterior.chol.T
         best_x, best_value = best_on_grid(grid, curves)
+        # Never surer of the best revenue than the revenue observed around the best floor
+        # allows (a model that fits its data can still be wrong there): widen the draws to
+        # that standard error, keeping their mean.
+        se = empirical_se(stats, float(np.median(best_x)), self.curve_length / 2)
+        spread = float(best_value.std())
+        if se > spread:
+            z = self._normals(network, len(grid))[:, 0]
+            best_value = best_value + math.sqrt(se**2 - spread**2) * (z - z.mean()) / max(z.std(), 1e-12)
         return NetworkDraws(best_x, best_value, model, second, confidence)
 
     def _normals(self, network: int, size: int) -> NDArray[np.float64]:
