@@ -75,6 +75,10 @@ from bandit.types import ALL_SEGMENTS, PlacementConfig
 
 #: Multipliers of the current floor tried on the exploration path of a trapped network.
 EXPLORE_FACTORS = (0.5, 0.75)
+#: Relative gap between a batch and the history that a change must show (smaller gaps are
+#: left to the hour-of-day levels and to discounting): a daily cycle moves revenue at fixed
+#: floors up to ~12% an hour, a break far more.
+CHANGE_GATE = 0.25
 #: Half-life of the recent history the change detector compares each batch with.
 RECENT_HALF_LIFE_HOURS = 0.5
 #: Distinct candidate floors per network in a decision table.
@@ -335,7 +339,7 @@ class ThompsonGmmPolicy(Policy):
                 continue
             key = (seg, j)
             state = cusum_step(self._cusum.get(key, np.zeros(2)), dev.z, slack=3.0)
-            if state.max() > self.change_threshold and abs(dev.relative) > 0.15:
+            if state.max() > self.change_threshold and abs(dev.relative) > CHANGE_GATE:
                 # Keep at most ``change_forget`` of the history, and never more than the batch
                 # that showed the change: the new market must outweigh the old at once.
                 history = float(self.stats.data[row, j, REQUESTS].sum())

@@ -26,12 +26,11 @@ def test_control_is_the_best_baseline() -> None:
 
 
 def test_markdown_has_a_capture_row_per_scenario_and_the_lift_table() -> None:
+    stationary = _trajectories({"static": 0.8, "ucb1": 0.9, "ts_gmm": 0.97})
+    drift = _trajectories({"static": 0.9, "ucb1": 0.7, "ts_gmm": 0.85})
     tables = {
-        "stationary": (
-            versus_best_baseline(_trajectories({"static": 0.8, "ucb1": 0.9, "ts_gmm": 0.97}), POLICIES),
-            {},
-        ),
-        "drift": (versus_best_baseline(_trajectories({"static": 0.9, "ucb1": 0.7, "ts_gmm": 0.85}), POLICIES), {}),
+        "stationary": (versus_best_baseline(stationary, POLICIES), stationary),
+        "drift": (versus_best_baseline(drift, POLICIES), drift),
     }
     text = markdown(tables, 4, POLICIES)
     lines = text.splitlines()
@@ -41,3 +40,6 @@ def test_markdown_has_a_capture_row_per_scenario_and_the_lift_table() -> None:
     lift_row = next(line for line in lines if line.startswith("| drift | static |"))
     assert "-5." in lift_row or "−5." in lift_row
     assert "| stationary | ucb1 |" in text
+    # The last-fifth table: one row per scenario, every policy's capture over its last fifth.
+    tail = lines[lines.index(next(line for line in lines if line.startswith("Capture over the last fifth"))) :]
+    assert next(line for line in tail if line.startswith("| drift |")).count("±") == len(POLICIES)
