@@ -34,9 +34,10 @@ replacement when the network ids and segment fields are unchanged; its outcome c
 
 The store is the façade that owns the locks, the threads and the lifecycle; the work is
 done by :mod:`serving.live` (slots and placement entries, model swaps),
-:mod:`serving.intake` (ingest validation), :mod:`serving.applier` (learning events in
-groups, refits), :mod:`serving.report` (A/B report, metrics), :mod:`serving.snapshots`
-(what a snapshot holds) and :mod:`serving.recovery` (snapshot choice, replay).
+:mod:`serving.decisions` (deciding, decision ids), :mod:`serving.intake` (ingest
+validation), :mod:`serving.applier` (learning events in groups, refits),
+:mod:`serving.report` (A/B report, metrics), :mod:`serving.snapshots` (what a snapshot
+holds) and :mod:`serving.recovery` (snapshot choice, replay).
 
 Lock order: ``_state_lock`` (writers of the log: ingest, config changes, snapshot
 capture) → ``_apply_lock`` (anything that updates or replaces learners) → a slot's
@@ -47,7 +48,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import math
 import os
 import threading
 import time
@@ -59,11 +59,12 @@ from typing import Any
 import numpy as np
 
 from bandit import ALL_SEGMENTS, Allocation, PlacementConfig
-from bandit.errors import InvalidConfig, InvalidDecisionRequest, StorageFailure
-from serving import recovery, report, snapshots
+from bandit.errors import InvalidConfig, StorageFailure
+from serving import decisions, recovery, report, snapshots
 from serving.applier import Applier
 from serving.archive import OutcomeArchive
 from serving.decision_ids import DecisionSigner, load_or_create_key
+from serving.decisions import DecisionRecord
 from serving.dedupe import DAY_SECONDS, DedupeWindow, event_hashes, first_occurrences
 from serving.eventlog import EventLog, storage_failure
 from serving.intake import prepare_events
@@ -100,36 +101,6 @@ log = logging.getLogger(__name__)
 SNAPSHOTS_KEPT = 2
 #: On open, events written after the last APPLIED marker are learned in groups of this size.
 REPLAY_GROUP_EVENTS = 1_000_000
-
-
-@dataclass(frozen=True)
-class DecisionRecord:
-    """One served decision, as returned by ``POST /v1/decide``."""
-
-    decision_id: str
-    placement: str
-    network: str
-    floor_cpm: float
-    propensity: float
-    floor_propensity: float
-    segment: str
-    variant: str
-    model_version: str
-    #: Density of log floor given the network (continuous floors), NaN for discrete floors.
-    floor_density: float = math.nan
-
-    def to_dict(self) -> dict:
-        return {
-            "decision_id": self.decision_id,
-            "placement": self.placement,
-            "network": self.network,
-            "floor_cpm": self.floor_cpm,
-            "propensity": self.propensity,
-            "floor_propensity": self.floor_propensity,
-            "segment": self.segment,
-            "variant": self.variant,
-            "model_version": self.model_version,
-        }
 
 
 @dataclass(frozen=True)
@@ -400,86 +371,16 @@ class PolicyStore:
         """Network and floor for one request; the variant is chosen by hashing ``user_id``
         (else ``context["user_id"]``, else ``request_id``) with the placement id."""
         entry = self._entry(placement_id)
-        context = context or {}
-        key = user_id if user_id is not None else context.get("user_id")
-        if key is None:
-            if not isinstance(request_id, str) or not request_id:
-                raise InvalidDecisionRequest(f"request_id must be a non-empty string, got {request_id!r}")
-            key = request_id
-        variant = entry.assign(str(key))
-        slot = entry.slot(variant)
-        served = slot.served
-        d = served.decide(context, rng=self._rng())
-        slot.count_decisions(1)
         assert self._signer is not None
-        return DecisionRecord(
-            self._signer.issue(
-                placement_id, variant, d.network, d.floor_cpm, d.propensity, d.floor_propensity, d.floor_density
-            ),
-            placement_id,
-            d.network,
-            d.floor_cpm,
-            d.propensity,
-            d.floor_propensity,
-            d.segment,
-            variant,
-            slot.model_version(served),
-            d.floor_density,
-        )
+        return decisions.decide(entry, request_id, context, user_id, rng=self._rng(), signer=self._signer)
 
     def decide_batch(
         self, placement_id: str, requests: Sequence[tuple[str, Mapping[str, Any]]]
     ) -> list[DecisionRecord]:
         """Decisions for ``(request_id, context)`` pairs, in request order."""
         entry = self._entry(placement_id)
-        single = entry.assign.single
-        by_variant: dict[str, list[int]] = {}
-        contexts = []
-        for i, (request_id, context) in enumerate(requests):
-            context = context or {}
-            key = context.get("user_id")
-            if key is None:
-                if not isinstance(request_id, str) or not request_id:
-                    raise InvalidDecisionRequest(f"requests[{i}]: request_id must be a non-empty string")
-                key = request_id
-            if single is None:
-                by_variant.setdefault(entry.assign(str(key)), []).append(i)
-            contexts.append(context)
-        if single is not None:
-            by_variant[single] = list(range(len(contexts)))
-        out: list[DecisionRecord | None] = [None] * len(contexts)
-        segment_of = entry.segment_of
-        ids = entry.config.network_ids
-        for variant, rows in by_variant.items():
-            slot = entry.slot(variant)
-            served = slot.served
-            db = served.decide_batch([segment_of(contexts[i]) for i in rows], rng=self._rng())
-            version = slot.model_version(served)
-            decision_ids = self._signer.issue_batch(  # type: ignore[union-attr]
-                placement_id, variant, ids, db.network, db.floor_cpm, db.propensity, db.floor_propensity,
-                db.floor_density,
-            )  # fmt: skip
-            nets = db.network.tolist()
-            floors = db.floor_cpm.tolist()
-            props = db.propensity.tolist()
-            fprops = db.floor_propensity.tolist()
-            segs = db.segment_index.tolist()
-            dens = [math.nan] * len(rows) if db.floor_density is None else db.floor_density.tolist()
-            for k, i in enumerate(rows):
-                out[i] = DecisionRecord(
-                    decision_ids[k],
-                    placement_id,
-                    ids[nets[k]],
-                    floors[k],
-                    props[k],
-                    fprops[k],
-                    db.segments[segs[k]],
-                    variant,
-                    version,
-                    dens[k],
-                )
-            slot.count_decisions(len(rows))
-        return out  # type: ignore[return-value]
+        assert self._signer is not None
+        return decisions.decide_batch(entry, requests, rng=self._rng(), signer=self._signer)
 
     def allocation(self, placement_id: str, segment: str | None = None, variant: str = "champion") -> Allocation:
         """Current weights and floors of a variant (``"champion"``: the experiment's champion)."""
