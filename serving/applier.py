@@ -117,6 +117,12 @@ class Applier:
         self._count(applied=applied)
         return applied
 
+    def flush_archive(self) -> None:
+        """Write the learned records still buffered to the outcome archive (before a
+        snapshot lets their log segments go)."""
+        assert self.archive is not None
+        self.archive.flush()
+
     # ------------------------------------------------------------------- refits
     def refit_stale(self, entries: Mapping[str, PlacementEntry], min_age_s: float = 0.0) -> None:
         """Rebuild the decision tables of segments whose statistics changed, for variants

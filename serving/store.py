@@ -591,7 +591,7 @@ class PolicyStore:
                     self._apply_pending_locked()
                     # Everything the snapshot covers is archived before its log segments go.
                     try:
-                        self._applier.archive.flush()  # type: ignore[union-attr]
+                        self._applier.flush_archive()
                     except OSError as exc:
                         raise storage_failure(exc, "writing the outcome archive") from None
                     covered = self._log.last_lsn
