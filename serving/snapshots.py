@@ -8,6 +8,9 @@ the other entries are arrays, each policy state under its own key prefix. zip's 
 crc32 catches a damaged file, and the loader then falls back to the previous snapshot
 (:func:`serving.recovery.load_snapshot` moves the damaged one to the quarantine). A failed
 write leaves no temporary file and never touches older snapshots.
+
+:func:`capture_live` turns the store's live placements (:mod:`serving.live`) into that
+meta and those arrays; :func:`restore_live` builds them back from a loaded snapshot.
 """
 
 from __future__ import annotations
@@ -16,16 +19,19 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bandit import load_state, save_state
+from bandit import load_state, policy_from_state, save_state
 from bandit.errors import InvalidState
 from serving import faults
 from serving.eventlog import fsync_dir
+from serving.live import PlacementEntry, VariantSlot
+from serving.placement_config import ServicePlacement
+from serving.variants import ExperimentConfig
 
 FORMAT_VERSION = 1
 PREFIX = "snapshot-"
@@ -123,3 +129,69 @@ def prune(directory: Path, keep: int = 2) -> list[Path]:
     for p in removed:
         p.unlink(missing_ok=True)
     return removed
+
+
+# ------------------------------------------------------------ the store's content
+def capture_live(
+    entries: Mapping[str, PlacementEntry], stale_segments: Callable[[VariantSlot], list[str]]
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Meta and arrays of every placement and learner (the caller holds the apply lock).
+
+    Placement ``p``'s slot ``s`` stores its learner's state under the prefix ``p{p}.s{s}.``;
+    the meta keeps its variant, model tag, outcome counters and ``stale_segments(slot)``.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    placements = []
+    for p, (pid, entry) in enumerate(sorted(entries.items())):
+        slots = []
+        for s, (name, slot) in enumerate(entry.slots.items()):
+            prefix = f"p{p}.s{s}."
+            for key, value in slot.learner.state().items():
+                arrays[prefix + key] = value
+            slots.append(
+                {
+                    "variant": name,
+                    "prefix": prefix,
+                    "tag": slot.tag,
+                    "requests": slot.requests,
+                    "revenue": slot.revenue,
+                    "revenue_sq": slot.revenue_sq,
+                    "decisions": slot.decisions,
+                    # Segments whose tables lag their statistics (refits are throttled):
+                    # refit after a restore, so tables and statistics agree again.
+                    "stale": stale_segments(slot),
+                }
+            )
+        placements.append(
+            {
+                "placement": pid,
+                "config": entry.config.to_dict(),
+                "experiment": entry.experiment.to_dict(),
+                "slots": slots,
+            }
+        )
+    return {"placements": placements}, arrays
+
+
+def restore_live(snap: Snapshot) -> tuple[dict[str, PlacementEntry], list[tuple[VariantSlot, list[str]]]]:
+    """The placements captured in ``snap`` by :func:`capture_live`, and each slot's stale segments."""
+    entries = {}
+    stale = []
+    for p in snap.meta["placements"]:
+        config = ServicePlacement.from_dict(p["placement"], p["config"])
+        experiment = ExperimentConfig.from_dict(p["experiment"])
+        slots = {}
+        for s in p["slots"]:
+            slot = VariantSlot(
+                experiment.variant(s["variant"]),
+                policy_from_state(snap.prefixed(s["prefix"])),
+                s["tag"],
+            )
+            slot.requests = int(s["requests"])
+            slot.revenue = float(s["revenue"])
+            slot.revenue_sq = float(s["revenue_sq"])
+            slot.decisions = int(s.get("decisions", 0))
+            stale.append((slot, list(s.get("stale") or ())))
+            slots[slot.variant.name] = slot
+        entries[config.id] = PlacementEntry.create(config, experiment, slots)
+    return entries, stale

@@ -1,0 +1,211 @@
+"""The applier: accepted event records learned by the live policies, in groups.
+
+Ingest queues each fsynced events record (:meth:`Applier.enqueue`). A pass
+(:meth:`Applier.apply_pending`) takes every queued record as one *group*, splits the
+group's events by (placement, variant), updates each variant's learner once with its
+:class:`bandit.EventBatch` and writes an ``APPLIED`` marker saying which records formed
+the group; replay (:func:`serving.recovery.replay`) hands the same groups to
+:meth:`Applier.apply_group`, so a restarted store learns bit-for-bit the same statistics.
+
+Learning updates the statistics only (``Policy.update(..., refresh=False)``): the
+decision tables of the touched segments are marked *stale* and rebuilt by
+:meth:`Applier.refit_stale`, live at most every ``refit_every_s`` per variant (refits
+cost milliseconds per segment and network, learning statistics microseconds), after a
+replay once at the end. Every learned record also goes to the outcome archive.
+
+The caller holds the store's apply lock around every method except :meth:`enqueue`
+(called under the state lock); the applier takes each slot's ``learn_lock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit import EventBatch
+from bandit.errors import InvalidState, StorageFailure
+from serving.archive import OutcomeArchive
+from serving.eventlog import EventLog
+from serving.live import PlacementEntry, VariantSlot
+from serving.records import APPLIED, EventRecord, encode_applied
+
+__all__ = ["Applier", "batch_from_parts", "split_by_variant"]
+
+log = logging.getLogger(__name__)
+
+#: Rows of one events record that belong to one (placement, variant); ``None``: all rows.
+Part = tuple[EventRecord, NDArray[np.int64] | None]
+
+
+class Applier:
+    """Queued records, the segments whose decision tables lag their statistics, and the
+    ``APPLIED`` marker the disk refused (written with the next one).
+
+    ``count`` adds to the store's counters (``applied``, ``apply_errors``,
+    ``removed_variant_skipped``). ``archive`` is set by the store once it holds the
+    state directory's lock.
+    """
+
+    def __init__(self, log: EventLog, count: Callable[..., None]) -> None:
+        self._log = log
+        self._count = count
+        self.archive: OutcomeArchive | None = None
+        self._pending: deque[tuple[int, EventRecord]] = deque()
+        self._stale: dict[int, tuple[VariantSlot, set[str]]] = {}
+        self._marker_due = 0
+
+    def enqueue(self, lsn: int, record: EventRecord) -> None:
+        """Queue an events record written at ``lsn`` for the next pass."""
+        self._pending.append((lsn, record))
+
+    # ------------------------------------------------------------------ learning
+    def apply_pending(self, entries: Mapping[str, PlacementEntry]) -> int:
+        """Apply all records queued so far as one group and mark it in the log."""
+        records = []
+        while self._pending:
+            records.append(self._pending.popleft())
+        n = self.apply_group(records, entries) if records else 0
+        upto = records[-1][0] if records else self._marker_due
+        if upto:
+            try:
+                self._log.write(APPLIED, encode_applied(upto))
+                self._marker_due = 0
+            except StorageFailure:
+                # Learned, not marked: the next marker covers this group too (a replay then
+                # learns both groups at once; every event still exactly once).
+                self._marker_due = upto
+        return n
+
+    def apply_group(self, records: Sequence[tuple[int, EventRecord]], entries: Mapping[str, PlacementEntry]) -> int:
+        """Update each (placement, variant) learner once with its events from ``records``;
+        returns how many events were learned.
+
+        Events of an unknown placement or of a variant removed since are never credited
+        to another; a group whose update fails is skipped without stopping the others.
+        """
+        assert self.archive is not None
+        for lsn, rec in records:
+            self.archive.add(lsn, rec)
+        applied = 0
+        for (placement_id, variant), parts in split_by_variant(records).items():
+            entry = entries.get(placement_id)
+            if entry is None:
+                log.error("events for unknown placement %r skipped", placement_id)
+                continue
+            slot = entry.find_slot(variant)
+            if slot is None:  # the variant was removed since: never credit its events to another
+                n_skipped = _n_events(parts)
+                log.warning("%d events of removed variant %s/%s not learned", n_skipped, placement_id, variant)
+                self._count(removed_variant_skipped=n_skipped)
+                continue
+            try:
+                batch = batch_from_parts(entry, parts)
+                with slot.learn_lock:
+                    touched = slot.learner.update(batch, refresh=False)
+                    self._stale.setdefault(id(slot), (slot, set()))[1].update(touched)
+                    slot.add_outcomes(batch)
+            except Exception:  # one bad group must not stop the others
+                log.exception("updating %s/%s failed; %d events skipped", placement_id, variant, _n_events(parts))
+                self._count(apply_errors=1)
+                continue
+            applied += len(batch)
+        self._count(applied=applied)
+        return applied
+
+    def flush_archive(self) -> None:
+        """Write the learned records still buffered to the outcome archive (before a
+        snapshot lets their log segments go)."""
+        assert self.archive is not None
+        self.archive.flush()
+
+    # ------------------------------------------------------------------- refits
+    def refit_stale(self, entries: Mapping[str, PlacementEntry], min_age_s: float = 0.0) -> None:
+        """Rebuild the decision tables of segments whose statistics changed, for variants
+        last refit at least ``min_age_s`` ago, and publish them to decisions."""
+        live = {id(s) for e in entries.values() for s in e.slots.values()}
+        now = time.monotonic()
+        for key, (slot, segments) in list(self._stale.items()):
+            if key not in live:  # slots replaced meanwhile were merged (and refit) into their successor
+                del self._stale[key]
+                continue
+            if now - slot.refit_at < min_age_s:
+                continue
+            with slot.learn_lock:
+                slot.learner.refresh(sorted(segments))
+                slot.publish()
+            slot.refit_at = now
+            del self._stale[key]
+
+    def stale_segments(self, slot: VariantSlot) -> list[str]:
+        """Segments of ``slot`` whose tables lag their statistics, sorted."""
+        return sorted(self._stale.get(id(slot), (slot, set()))[1])
+
+    def mark_stale(self, slot: VariantSlot, segments: Iterable[str]) -> None:
+        """Have the next refit rebuild ``segments`` of ``slot`` (after a snapshot restore)."""
+        segments = set(segments)
+        if segments:
+            self._stale[id(slot)] = (slot, segments)
+
+
+def split_by_variant(records: Sequence[tuple[int, EventRecord]]) -> dict[tuple[str, str], list[Part]]:
+    """The rows of ``records`` by (placement, variant), in order of first appearance."""
+    groups: dict[tuple[str, str], list[Part]] = {}
+    for _, rec in records:
+        if len(rec.placements) == 1 and len(rec.variants) == 1:
+            groups.setdefault((rec.placements[0], rec.variants[0]), []).append((rec, None))
+            continue
+        nv = len(rec.variants)
+        combo = rec.placement.astype(np.int64) * nv + rec.variant
+        for c in np.unique(combo):
+            key = (rec.placements[int(c) // nv], rec.variants[int(c) % nv])
+            groups.setdefault(key, []).append((rec, np.flatnonzero(combo == c)))
+    return groups
+
+
+def batch_from_parts(entry: PlacementEntry, parts: Sequence[Part]) -> EventBatch:
+    """One :class:`EventBatch` of a placement from rows of several event records.
+
+    Deterministic in its input (segment keys numbered in order of first appearance), so
+    the live applier and the replay build identical batches.
+    """
+    keys: dict[str, int] = {}
+    seg, net, floor, filled, revenue, ts = [], [], [], [], [], []
+    for rec, rows in parts:
+
+        def pick(col: NDArray, rows: NDArray[np.int64] | None = rows) -> NDArray:
+            return col if rows is None else col[rows]
+
+        codes, inverse = np.unique(pick(rec.segment), return_inverse=True)
+        remap = np.fromiter(
+            (keys.setdefault(rec.segments[c], len(keys)) for c in codes.tolist()),
+            np.int64,
+            len(codes),
+        )
+        seg.append(remap[inverse.reshape(-1)])
+        netmap = np.array([entry.networks.get(n, -1) for n in rec.networks], dtype=np.int64)
+        net.append(netmap[pick(rec.network)])
+        floor.append(pick(rec.floor_cpm))
+        filled.append(pick(rec.filled))
+        revenue.append(pick(rec.revenue_cpm))
+        ts.append(pick(rec.ts))
+    network = np.concatenate(net)
+    if (network < 0).any():
+        raise InvalidState(f"events name networks that placement {entry.config.id!r} no longer has")
+    return EventBatch(
+        segments=tuple(keys),
+        segment_index=np.concatenate(seg),
+        network=network,
+        floor_cpm=np.concatenate(floor),
+        filled=np.concatenate(filled),
+        revenue_cpm=np.concatenate(revenue),
+        ts=np.concatenate(ts),
+    )
+
+
+def _n_events(parts: Sequence[Part]) -> int:
+    return sum(len(rec) if rows is None else len(rows) for rec, rows in parts)

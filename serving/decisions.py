@@ -1,0 +1,150 @@
+"""Decisions: a request's variant, the network and floor its published policy draws, and
+the signed decision id that carries them to the outcome.
+
+A request is assigned to a variant by hashing its key — ``user_id``, else
+``context["user_id"]``, else the request id — with the placement id
+(:class:`serving.variants.Assigner`). The variant's *served* policy (:mod:`serving.live`)
+decides without any lock, with the caller's random generator; the decision id
+(:mod:`serving.decision_ids`) signs placement, variant, network, floor and propensities.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bandit.errors import InvalidDecisionRequest
+from serving.decision_ids import DecisionSigner
+from serving.live import PlacementEntry
+
+__all__ = ["DecisionRecord", "decide", "decide_batch"]
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One served decision, as returned by ``POST /v1/decide``."""
+
+    decision_id: str
+    placement: str
+    network: str
+    floor_cpm: float
+    propensity: float
+    floor_propensity: float
+    segment: str
+    variant: str
+    model_version: str
+    #: Density of log floor given the network (continuous floors), NaN for discrete floors.
+    floor_density: float = math.nan
+
+    def to_dict(self) -> dict:
+        return {
+            "decision_id": self.decision_id,
+            "placement": self.placement,
+            "network": self.network,
+            "floor_cpm": self.floor_cpm,
+            "propensity": self.propensity,
+            "floor_propensity": self.floor_propensity,
+            "segment": self.segment,
+            "variant": self.variant,
+            "model_version": self.model_version,
+        }
+
+
+def decide(
+    entry: PlacementEntry,
+    request_id: str,
+    context: Mapping[str, Any] | None,
+    user_id: str | None,
+    *,
+    rng: np.random.Generator,
+    signer: DecisionSigner,
+) -> DecisionRecord:
+    """Network and floor for one request of ``entry``'s placement."""
+    placement_id = entry.config.id
+    context = context or {}
+    key = user_id if user_id is not None else context.get("user_id")
+    if key is None:
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidDecisionRequest(f"request_id must be a non-empty string, got {request_id!r}")
+        key = request_id
+    variant = entry.assign(str(key))
+    slot = entry.slot(variant)
+    served = slot.served
+    d = served.decide(context, rng=rng)
+    slot.count_decisions(1)
+    return DecisionRecord(
+        signer.issue(placement_id, variant, d.network, d.floor_cpm, d.propensity, d.floor_propensity, d.floor_density),
+        placement_id,
+        d.network,
+        d.floor_cpm,
+        d.propensity,
+        d.floor_propensity,
+        d.segment,
+        variant,
+        slot.model_version(served),
+        d.floor_density,
+    )
+
+
+def decide_batch(
+    entry: PlacementEntry,
+    requests: Sequence[tuple[str, Mapping[str, Any]]],
+    *,
+    rng: np.random.Generator,
+    signer: DecisionSigner,
+) -> list[DecisionRecord]:
+    """Decisions for ``(request_id, context)`` pairs of ``entry``'s placement, in request
+    order; each variant decides its requests in one ``Policy.decide_batch`` call."""
+    placement_id = entry.config.id
+    single = entry.assign.single
+    by_variant: dict[str, list[int]] = {}
+    contexts = []
+    for i, (request_id, context) in enumerate(requests):
+        context = context or {}
+        key = context.get("user_id")
+        if key is None:
+            if not isinstance(request_id, str) or not request_id:
+                raise InvalidDecisionRequest(f"requests[{i}]: request_id must be a non-empty string")
+            key = request_id
+        if single is None:
+            by_variant.setdefault(entry.assign(str(key)), []).append(i)
+        contexts.append(context)
+    if single is not None:
+        by_variant[single] = list(range(len(contexts)))
+    out: list[DecisionRecord | None] = [None] * len(contexts)
+    segment_of = entry.segment_of
+    ids = entry.config.network_ids
+    for variant, rows in by_variant.items():
+        slot = entry.slot(variant)
+        served = slot.served
+        db = served.decide_batch([segment_of(contexts[i]) for i in rows], rng=rng)
+        version = slot.model_version(served)
+        decision_ids = signer.issue_batch(
+            placement_id, variant, ids, db.network, db.floor_cpm, db.propensity, db.floor_propensity,
+            db.floor_density,
+        )  # fmt: skip
+        nets = db.network.tolist()
+        floors = db.floor_cpm.tolist()
+        props = db.propensity.tolist()
+        fprops = db.floor_propensity.tolist()
+        segs = db.segment_index.tolist()
+        dens = [math.nan] * len(rows) if db.floor_density is None else db.floor_density.tolist()
+        for k, i in enumerate(rows):
+            out[i] = DecisionRecord(
+                decision_ids[k],
+                placement_id,
+                ids[nets[k]],
+                floors[k],
+                props[k],
+                fprops[k],
+                db.segments[segs[k]],
+                variant,
+                version,
+                dens[k],
+            )
+        slot.count_decisions(len(rows))
+    return out  # type: ignore[return-value]

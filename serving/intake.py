@@ -1,0 +1,129 @@
+"""Ingest validation: the outcome events of one ingest call, checked one by one against
+the live placements, as the columns of one events record.
+
+:func:`prepare_events` checks each raw event on its own (:mod:`serving.validation`:
+fields, time, revenue), verifies its decision id (:mod:`serving.decision_ids`) and names
+the variant that learns it: the one that made the decision, else the champion. Invalid
+events are listed with their index and reason and change nothing. De-duplication and
+logging happen afterwards, in the store, under its state lock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit import OutcomeEvent
+from bandit.errors import AdbanditError, InvalidOutcome
+from serving.decision_ids import DecisionSigner
+from serving.live import PlacementEntry, placement_entry
+from serving.records import EventRecord
+from serving.validation import check_event_time, check_fields, check_revenue
+
+__all__ = ["PreparedEvents", "prepare_events"]
+
+
+@dataclass
+class PreparedEvents:
+    """Validated events of one ingest call, as columns, plus the rejected ones."""
+
+    #: One tuple per valid event: (event_id, placement, variant, segment, network, ts,
+    #: floor_cpm, revenue_cpm, filled, propensity, floor_propensity, floor_density).
+    rows: list[tuple] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    #: Accepted events whose decision id did not verify (learned without propensities).
+    unverified: int = 0
+    #: Rejected events whose decision came from a variant no longer in the experiment.
+    removed_variant: int = 0
+    first_unverified: str = ""
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [r[0] for r in self.rows]
+
+    def record(self, ingest_time: float, hashes: NDArray[np.uint64], keep: NDArray[np.bool_]) -> EventRecord:
+        """The kept rows as one columnar log record."""
+        rows = self.rows if keep.all() else [self.rows[i] for i in np.flatnonzero(keep).tolist()]
+        _, placement, variant, segment, network, ts, floor, revenue, filled, prop, floor_prop, density = (
+            zip(*rows, strict=True) if rows else ((),) * 12
+        )
+        return EventRecord.from_columns(
+            ingest_time,
+            placement=placement,
+            variant=variant,
+            segment=segment,
+            network=network,
+            event_hash=hashes[keep],
+            ts=ts,
+            floor_cpm=floor,
+            revenue_cpm=revenue,
+            filled=filled,
+            propensity=prop,
+            floor_propensity=floor_prop,
+            floor_density=density,
+        )
+
+
+def prepare_events(
+    events: Sequence[object],
+    entries: Mapping[str, PlacementEntry],
+    *,
+    now: float,
+    max_skew_s: float,
+    signer: DecisionSigner,
+) -> PreparedEvents:
+    """Validate each event on its own, verify its decision id and name the variant that
+    learns it (module docstring); ``now`` is the server's clock in seconds since the epoch."""
+    prep = PreparedEvents()
+    rows, rejected = prep.rows, prep.rejected
+    nan = math.nan
+    for i, raw in enumerate(events):
+        try:
+            check_fields(raw)
+            ev = OutcomeEvent.from_dict(raw)  # type: ignore[arg-type]
+            check_event_time(ev.ts, now, max_skew_s)
+            entry = placement_entry(entries, ev.placement)
+            if ev.network not in entry.networks:
+                entry.config.network_index(ev.network)  # raises UnknownNetwork naming the known ones
+            check_revenue(ev, entry.reports_net(ev.network))
+            decision_id = ev.decision_id
+            if decision_id is not None and not isinstance(decision_id, str):
+                raise InvalidOutcome(f"decision_id must be a string, got {decision_id!r}")
+            variant, props = entry.champion, (nan, nan, nan)
+            if decision_id:
+                verdict = signer.verify(decision_id, ev.placement, ev.network, ev.floor_cpm, entry.networks)
+                if not verdict.ok:
+                    prep.unverified += 1
+                    prep.first_unverified = prep.first_unverified or f"event {ev.event_id!r}: {verdict.reason}"
+                elif entry.find_slot(verdict.variant) is None:
+                    prep.removed_variant += 1
+                    raise InvalidOutcome(
+                        f"decision_id was made by variant {verdict.variant!r}, which is no longer in the "
+                        f"experiment of placement {ev.placement!r}; its outcomes are not learned or reported"
+                    )
+                else:
+                    variant = verdict.variant
+                    props = (verdict.propensity, verdict.floor_propensity, verdict.floor_density)
+            segment = entry.segment_of(ev.context)
+        except (AdbanditError, TypeError, ValueError) as exc:
+            rejected.append((i, str(exc)))
+            continue
+        rows.append(
+            (
+                ev.event_id,
+                ev.placement,
+                variant,
+                segment,
+                ev.network,
+                ev.ts,
+                ev.floor_cpm,
+                ev.revenue_cpm,
+                ev.filled,
+                *props,
+            )
+        )
+    return prep

@@ -1,0 +1,266 @@
+"""Live state of the service: a placement's variants, their policies and outcome counters.
+
+* :class:`VariantSlot` — one variant of one placement: the *learner* policy the applier
+  updates, the *served* copy that decides (republished after each refit), and the
+  variant's outcome counters (requests, revenue and revenue² per request, in CPM).
+* :class:`PlacementEntry` — a placement's config, experiment and slots; immutable as a
+  whole: a config, experiment or model change builds a new entry (:func:`build_entry`,
+  :func:`with_model`) that the store installs in one assignment, so a decision sees
+  either the old entry or the new one. :meth:`PlacementEntry.slot` is the one lookup of a
+  variant's slot.
+
+The functions here change no store: they build entries and policies for the store to
+install (it owns the locks; :func:`build_entry` takes a replaced slot's ``learn_lock``
+to read what it learned).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bandit import ALL_SEGMENTS, EventBatch, PlacementConfig, Policy, make_policy, policy_from_state
+from bandit.errors import InvalidDecisionRequest, InvalidState, UnknownPlacement
+from bandit.io import state_meta
+from serving.placement_config import ServicePlacement
+from serving.variants import CHAMPION, Assigner, ExperimentConfig, VariantConfig, stable_seed
+
+__all__ = [
+    "SEGMENT_CACHE_SIZE",
+    "PlacementEntry",
+    "VariantSlot",
+    "build_entry",
+    "normalise_state",
+    "placement_entry",
+    "serving_copy",
+    "state_tag",
+    "variant_policy",
+    "with_model",
+]
+
+#: Distinct contexts whose segment key a placement caches.
+SEGMENT_CACHE_SIZE = 100_000
+
+
+class VariantSlot:
+    """One variant of one placement: its learner, the published copy that decides, and
+    its outcome counters (requests, revenue and revenue² per request, in CPM)."""
+
+    __slots__ = (
+        "counter_lock",
+        "decisions",
+        "learn_lock",
+        "learner",
+        "refit_at",
+        "requests",
+        "revenue",
+        "revenue_sq",
+        "served",
+        "tag",
+        "variant",
+    )
+
+    def __init__(self, variant: VariantConfig, learner: Policy, tag: str = "") -> None:
+        self.variant = variant
+        self.learner = learner
+        self.tag = tag
+        self.learn_lock = threading.Lock()
+        self.counter_lock = threading.Lock()
+        self.requests = 0
+        self.revenue = 0.0
+        self.revenue_sq = 0.0
+        self.decisions = 0
+        self.served = serving_copy(learner)
+        self.refit_at = time.monotonic()
+
+    def publish(self) -> None:
+        self.served = serving_copy(self.learner)
+
+    def model_version(self, policy: Policy | None = None) -> str:
+        version = (policy or self.served).model_version
+        return f"{version}+{self.tag}" if self.tag else version
+
+    def add_outcomes(self, batch: EventBatch) -> None:
+        reward = np.where(batch.filled, batch.revenue_cpm, 0.0)
+        self.requests += len(reward)
+        self.revenue += float(reward.sum())
+        self.revenue_sq += float(np.dot(reward, reward))
+
+    def take_counters(self, other: VariantSlot) -> None:
+        self.requests, self.revenue, self.revenue_sq = (
+            other.requests,
+            other.revenue,
+            other.revenue_sq,
+        )
+        self.decisions = other.decisions
+
+    def count_decisions(self, n: int) -> None:
+        with self.counter_lock:
+            self.decisions += n
+
+
+@dataclass(frozen=True)
+class PlacementEntry:
+    """A placement's live state; replaced as a whole when its config or experiment changes."""
+
+    config: PlacementConfig
+    experiment: ExperimentConfig
+    slots: dict[str, VariantSlot]
+    networks: dict[str, int]
+    assign: Assigner
+    champion: str
+    segment_cache: dict[tuple, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls, config: PlacementConfig, experiment: ExperimentConfig, slots: dict[str, VariantSlot]
+    ) -> PlacementEntry:
+        return cls(
+            config,
+            experiment,
+            slots,
+            {n: i for i, n in enumerate(config.network_ids)},
+            Assigner(config.id, experiment),
+            experiment.champion,
+        )
+
+    def find_slot(self, variant: str) -> VariantSlot | None:
+        """The slot of ``variant``, ``None`` if the experiment has no such variant."""
+        return self.slots.get(variant)
+
+    def slot(self, variant: str, *, champion_alias: bool = False) -> VariantSlot:
+        """The slot of ``variant``, else :class:`InvalidDecisionRequest` naming the variants.
+
+        With ``champion_alias``, ``"champion"`` names the experiment's champion when no
+        variant is called that.
+        """
+        if champion_alias and variant == CHAMPION and CHAMPION not in self.slots:
+            variant = self.champion
+        slot = self.find_slot(variant)
+        if slot is None:
+            raise InvalidDecisionRequest(
+                f"placement {self.config.id!r} has no variant {variant!r}; variants: {list(self.slots)}"
+            )
+        return slot
+
+    def segment_of(self, context: Mapping[str, Any]) -> str:
+        """``config.segment_of(context)``, cached for contexts of string values."""
+        fields = self.config.segment_by
+        if not fields:
+            return ALL_SEGMENTS
+        key = tuple(map(context.get, fields))
+        segment = self.segment_cache.get(key)
+        if segment is None:
+            segment = self.config.segment_of(context)
+            # Only str/None keys: True == 1 == 1.0 would otherwise share an entry.
+            if len(self.segment_cache) < SEGMENT_CACHE_SIZE and all(v is None or type(v) is str for v in key):
+                self.segment_cache[key] = segment
+        return segment
+
+    def reports_net(self, network: str) -> bool:
+        config = self.config
+        return isinstance(config, ServicePlacement) and config.reports_net(network)
+
+
+def placement_entry(entries: Mapping[str, PlacementEntry], placement_id: str) -> PlacementEntry:
+    """``entries[placement_id]``, else :class:`UnknownPlacement`."""
+    entry = entries.get(placement_id)
+    if entry is None:
+        raise UnknownPlacement(f"placement {placement_id!r} does not exist")
+    return entry
+
+
+def serving_copy(policy: Policy) -> Policy:
+    """A copy of ``policy`` for deciding while the original keeps learning.
+
+    It shares the statistics object (``decide`` reads only the tables), so the copy
+    costs the decision tables, not the statistics.
+    """
+    memo: dict[int, Any] = {id(policy.stats): policy.stats, id(policy.placement): policy.placement}
+    return copy.deepcopy(policy, memo)
+
+
+def variant_policy(config: PlacementConfig, variant: VariantConfig) -> Policy:
+    """A fresh policy of ``variant`` on ``config``, seeded by the placement and variant names."""
+    params = {"seed": stable_seed(config.id, variant.name), **variant.params}
+    return make_policy(variant.policy, config, **params)
+
+
+def build_entry(config: PlacementConfig, experiment: ExperimentConfig, old: PlacementEntry | None) -> PlacementEntry:
+    """Slots for ``experiment`` on ``config``, carrying over what ``old`` learned.
+
+    Same config and same policy + params: the slot is kept as is. Same network ids and
+    segment fields: a new policy starts from the old one's statistics (``merge``).
+    Outcome counters carry over while the policy and its parameters are unchanged.
+    """
+    keep_learned = (
+        old is not None and old.config.network_ids == config.network_ids and old.config.segment_by == config.segment_by
+    )
+    slots: dict[str, VariantSlot] = {}
+    for variant in experiment.variants:
+        prev = old.find_slot(variant.name) if old is not None else None
+        if prev is not None and old.config == config and prev.variant.same_learner(variant):
+            prev.variant = variant  # traffic share only
+            slots[variant.name] = prev
+            continue
+        policy = variant_policy(config, variant)
+        if prev is not None and keep_learned:
+            with prev.learn_lock:
+                policy.merge(prev.learner)
+        slot = VariantSlot(variant, policy)
+        if prev is not None and prev.variant.same_learner(variant):
+            slot.take_counters(prev)
+        slots[variant.name] = slot
+    return PlacementEntry.create(config, experiment, slots)
+
+
+# ------------------------------------------------------------------ model swaps
+def state_tag(state: Mapping[str, np.ndarray]) -> str:
+    """8 hex digits identifying a policy state (names its swapped-in model version)."""
+    h = hashlib.blake2b(digest_size=4)
+    for key in sorted(state):
+        arr = np.ascontiguousarray(state[key])
+        h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def normalise_state(state: Mapping[str, np.ndarray], config: PlacementConfig) -> dict[str, np.ndarray]:
+    """``state`` with its placement set to ``config``, after checking the networks match."""
+    policy = policy_from_state(state)  # checks schema and policy name
+    theirs = policy.placement
+    if theirs.networks != config.networks or theirs.segment_by != config.segment_by:
+        raise InvalidState(
+            f"model state is for networks {list(theirs.network_ids)} "
+            f"segmented by {list(theirs.segment_by)}; "
+            f"placement {config.id!r} has networks {list(config.network_ids)} segmented by "
+            f"{list(config.segment_by)} (bounds and shares must match too)"
+        )
+    meta = state_meta(state)
+    meta["placement_id"] = config.id
+    meta["placement"] = config.to_dict()
+    return {**{k: np.asarray(v) for k, v in state.items()}, "meta": np.array(json.dumps(meta))}
+
+
+def with_model(entry: PlacementEntry, variant: str, state: Mapping[str, np.ndarray]) -> tuple[PlacementEntry, str]:
+    """``entry`` with ``variant``'s policy replaced by ``policy_from_state(state)`` (a
+    normalised state) and its outcome counters kept; also the new model version."""
+    old = entry.slot(variant)
+    policy = policy_from_state(state)
+    meta = state_meta(state)
+    params = dict(meta.get("params") or {})
+    if meta.get("half_life_hours") not in (None, "inf"):
+        params["half_life_hours"] = meta["half_life_hours"]
+    config = VariantConfig(variant, old.variant.traffic, meta["policy"], params)
+    slot = VariantSlot(config, policy, tag=state_tag(state))
+    slot.take_counters(old)
+    experiment = ExperimentConfig(tuple(config if v.name == variant else v for v in entry.experiment.variants))
+    return PlacementEntry.create(entry.config, experiment, {**entry.slots, variant: slot}), slot.model_version(policy)
