@@ -231,7 +231,6 @@ class ThompsonGmmPolicy(Policy):
         self._cusum: dict[tuple[str, int], NDArray[np.float64]] = {}
         self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0)
         self._levels: dict[tuple[str, int], NDArray[np.float64]] = {}
-        self._level_frozen: dict[tuple[str, int], float] = {}  # no level learning before this time
         self._fit_rng = np.random.default_rng(None if seed is None else [seed, 1])
         self._kappa = np.full(len(placement.networks), 20.0)
         self._z: dict[tuple[int, int], NDArray[np.float64]] = {}
@@ -271,11 +270,12 @@ class ThompsonGmmPolicy(Policy):
     def update(self, events, *, refresh: bool = True) -> list[str]:
         """Learn from outcome events; first check each (segment, network) for a change."""
         batch = as_event_batch(self.placement, events)
+        alarmed: set[tuple[str, int]] = set()
         if self.change_threshold > 0 and len(batch):
-            self._detect_changes(batch)
+            alarmed = self._detect_changes(batch)
             self._recent.add(batch)
         if self.level_events > 0 and len(batch):
-            batch = self._deflate(batch)
+            batch = self._deflate(batch, alarmed)
         return super().update(batch, refresh=refresh)
 
     def _cells(self, batch: EventBatch) -> list[tuple[str, int, NDArray[np.int64]]]:
@@ -288,16 +288,17 @@ class ThompsonGmmPolicy(Policy):
             for rows in np.split(order, bounds)
         ]
 
-    def _deflate(self, batch: EventBatch) -> EventBatch:
+    def _deflate(self, batch: EventBatch, alarmed: set[tuple[str, int]]) -> EventBatch:
         """Learn each cell's hour-of-day value levels from the batch, and return the batch in
         base-market units (floors and revenues divided by their hour's level; see
-        :mod:`bandit.season`)."""
+        :mod:`bandit.season`). Cells in ``alarmed`` (a change was just detected) keep their
+        levels: the break is the base market's to learn."""
         hours = hour_of_day(batch.ts)
         scale = np.ones(len(batch))
         for seg, j, rows in self._cells(batch):
             level = self._levels.get((seg, j), np.zeros(HOURS_PER_DAY))
             row = self.stats.segment_row(seg)
-            if row is not None and float(batch.ts[rows].min()) >= self._level_frozen.get((seg, j), -math.inf):
+            if row is not None and (seg, j) not in alarmed:
                 expected = expected_revenue(
                     self.stats.data[row, j], batch.floor_cpm[rows], np.exp(level[hours[rows]])
                 )
@@ -313,7 +314,7 @@ class ThompsonGmmPolicy(Policy):
             return 1.0
         return float(np.exp(level[int(hour_of_day(np.array([self.stats.t_ref]))[0])]))
 
-    def _detect_changes(self, batch: EventBatch) -> None:
+    def _detect_changes(self, batch: EventBatch) -> set[tuple[str, int]]:
         """Compare each cell's batch with its own history at the same floor bins (model-free,
         so a model still learning about new floors is never mistaken for a change).
 
@@ -323,6 +324,7 @@ class ThompsonGmmPolicy(Policy):
         back to its whole (discounted) history.
         """
         t_batch = float(batch.ts.min())
+        alarmed: set[tuple[str, int]] = set()
         for seg, j, rows in self._cells(batch):
             row = self.stats.segment_row(seg)
             if row is None:
@@ -346,13 +348,14 @@ class ThompsonGmmPolicy(Policy):
                 self.stats.data[row, j] *= min(self.change_forget, len(rows) / max(history, 1.0))
                 if recent_row is not None:
                     self._recent.data[recent_row, j] = 0.0
-                # The break is the base market's to learn: levels wait a day, or they would
-                # absorb it hour by hour.
-                self._levels.pop((seg, j), None)
-                self._level_frozen[(seg, j)] = float(batch.ts[rows].max()) + 86400.0
+                # The hour-of-day levels are kept and do not learn from this batch: a break
+                # moves the base market (which has just forgotten its history), not the
+                # daily shape.
+                alarmed.add((seg, j))
                 self.changes_detected += 1
                 state = np.zeros(2)
             self._cusum[key] = state
+        return alarmed
 
     def refresh(self, segments=()) -> None:
         self._kappa = shrinkage_strength(self.stats.data)
@@ -504,7 +507,6 @@ class ThompsonGmmPolicy(Policy):
             "level_segments": np.array([s for s, _ in self._levels], dtype=np.str_),
             "level_networks": np.array([j for _, j in self._levels], dtype=np.int64),
             "level_log": np.array(list(self._levels.values())).reshape(-1, HOURS_PER_DAY),
-            "level_frozen": np.array(json.dumps([[s, j, t] for (s, j), t in self._level_frozen.items()])),
         }
 
     def _load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -524,8 +526,6 @@ class ThompsonGmmPolicy(Policy):
                 (str(seg), int(j)): np.array(v, dtype=np.float64)
                 for seg, j, v in zip(state["level_segments"], state["level_networks"], state["level_log"], strict=True)
             }
-        if "level_frozen" in state:
-            self._level_frozen = {(str(s), int(j)): float(t) for s, j, t in json.loads(str(state["level_frozen"]))}
         if "recent_stats_data" in state:
             self._recent = SufficientStats.from_state({k[7:]: v for k, v in state.items() if k.startswith("recent_")})
         self._kappa = np.array(state["gmm_kappa"], dtype=np.float64)
