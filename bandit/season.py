@@ -70,3 +70,11 @@ def update_levels(
     ratio = np.log(np.clip(observed[ok] / predicted[ok], 1 / LEVEL_BOUND, LEVEL_BOUND))
     out[ok] += n[ok] / (n[ok] + LEVEL_EVENTS) * ratio
     return np.clip(out, -np.log(LEVEL_BOUND), np.log(LEVEL_BOUND))
+
+
+def level_at(log_level: NDArray[np.float64], ts: float) -> float:
+    """Log level [24] at epoch second ``ts``, linear between hour centres (circular)."""
+    pos = (ts / 3600.0 - 0.5) % HOURS_PER_DAY  # hour h's level sits at h + 0.5
+    lo = int(pos)
+    frac = pos - lo
+    return float((1 - frac) * log_level[lo] + frac * log_level[(lo + 1) % HOURS_PER_DAY])

@@ -69,7 +69,7 @@ from bandit.gmm import (
 from bandit.params import check_params
 from bandit.policies.common import detect_auction
 from bandit.policy import Policy, as_event_batch
-from bandit.season import HOURS_PER_DAY, LEVEL_EVENTS, expected_revenue, hour_of_day, update_levels
+from bandit.season import HOURS_PER_DAY, LEVEL_EVENTS, expected_revenue, hour_of_day, level_at, update_levels
 from bandit.stats import FILLS, REQUESTS, REVENUE, REVENUE_SQ, SufficientStats, decay_factor, log_price, price_bin
 from bandit.types import ALL_SEGMENTS, PlacementConfig
 
@@ -231,6 +231,7 @@ class ThompsonGmmPolicy(Policy):
         self._cusum: dict[tuple[str, int], NDArray[np.float64]] = {}
         self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0)
         self._levels: dict[tuple[str, int], NDArray[np.float64]] = {}
+        self._batch_span = 0.0  # seconds of event time the last batch covered
         self._fit_rng = np.random.default_rng(None if seed is None else [seed, 1])
         self._kappa = np.full(len(placement.networks), 20.0)
         self._z: dict[tuple[int, int], NDArray[np.float64]] = {}
@@ -272,10 +273,11 @@ class ThompsonGmmPolicy(Policy):
         batch = as_event_batch(self.placement, events)
         alarmed: set[tuple[str, int]] = set()
         if self.change_threshold > 0 and len(batch):
-            alarmed = self._detect_changes(batch)
+            alarmed = self._detect_changes(batch, self._level_scale(batch) if self.level_events > 0 else None)
             self._recent.add(batch)
         if self.level_events > 0 and len(batch):
             batch = self._deflate(batch, alarmed)
+            self._batch_span = float(batch.ts.max() - batch.ts.min())
         return super().update(batch, refresh=refresh)
 
     def _cells(self, batch: EventBatch) -> list[tuple[str, int, NDArray[np.int64]]]:
@@ -308,20 +310,36 @@ class ThompsonGmmPolicy(Policy):
         return replace(batch, floor_cpm=batch.floor_cpm / scale, revenue_cpm=batch.revenue_cpm / scale)
 
     def _level_now(self, segment: str, network: int) -> float:
-        """The cell's value level at the hour of the newest event learned (1 without levels)."""
+        """The cell's value level for the decisions this table will serve (1 without levels).
+
+        A table serves from the newest event learned until the next update, so the level is
+        read half a batch span after that event (the span of the last batch is the best
+        guess of the time to the next one), interpolated between hour centres.
+        """
         level = self._levels.get((segment, network))
         if level is None or not math.isfinite(self.stats.t_ref):
             return 1.0
-        return float(np.exp(level[int(hour_of_day(np.array([self.stats.t_ref]))[0])]))
+        return float(np.exp(level_at(level, self.stats.t_ref + 0.5 * self._batch_span)))
 
-    def _detect_changes(self, batch: EventBatch) -> set[tuple[str, int]]:
+    def _level_scale(self, batch: EventBatch) -> NDArray[np.float64]:
+        """Each event's current hour-of-day level [n] (1 for cells without levels)."""
+        hours = hour_of_day(batch.ts)
+        scale = np.ones(len(batch))
+        for seg, j, rows in self._cells(batch):
+            level = self._levels.get((seg, j))
+            if level is not None:
+                scale[rows] = np.exp(level[hours[rows]])
+        return scale
+
+    def _detect_changes(self, batch: EventBatch, scale: NDArray[np.float64] | None) -> set[tuple[str, int]]:
         """Compare each cell's batch with its own history at the same floor bins (model-free,
         so a model still learning about new floors is never mistaken for a change).
 
         The history compared with is the cell's *recent* history (``RECENT_HALF_LIFE_HOURS``):
         like with like under a daily cycle, which moves prices a few percent an hour, while a
         break moves them at once. A cell without enough recent data at those floors falls
-        back to its whole (discounted) history.
+        back to its whole (discounted) history, compared in base-market units (the batch
+        divided by its hour-of-day levels ``scale`` [n], as the statistics hold it).
         """
         t_batch = float(batch.ts.min())
         alarmed: set[tuple[str, int]] = set()
@@ -336,7 +354,10 @@ class ThompsonGmmPolicy(Policy):
                 decay = decay_factor(t_batch - self._recent.t_ref, self._recent.half_life_seconds)
                 dev = batch_deviation(self._recent.data[recent_row, j] * decay, *observed)
             if dev is None:
-                dev = batch_deviation(self.stats.data[row, j], *observed)
+                base = observed if scale is None else (
+                    batch.floor_cpm[rows] / scale[rows], batch.filled[rows], batch.revenue_cpm[rows] / scale[rows]
+                )
+                dev = batch_deviation(self.stats.data[row, j], *base)
             if dev is None:
                 continue
             key = (seg, j)
@@ -507,6 +528,7 @@ class ThompsonGmmPolicy(Policy):
             "level_segments": np.array([s for s, _ in self._levels], dtype=np.str_),
             "level_networks": np.array([j for _, j in self._levels], dtype=np.int64),
             "level_log": np.array(list(self._levels.values())).reshape(-1, HOURS_PER_DAY),
+            "level_batch_span": np.array(self._batch_span),
         }
 
     def _load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -526,6 +548,8 @@ class ThompsonGmmPolicy(Policy):
                 (str(seg), int(j)): np.array(v, dtype=np.float64)
                 for seg, j, v in zip(state["level_segments"], state["level_networks"], state["level_log"], strict=True)
             }
+        if "level_batch_span" in state:
+            self._batch_span = float(state["level_batch_span"])
         if "recent_stats_data" in state:
             self._recent = SufficientStats.from_state({k[7:]: v for k, v in state.items() if k.startswith("recent_")})
         self._kappa = np.array(state["gmm_kappa"], dtype=np.float64)

@@ -26,7 +26,6 @@ STATIONARY = ("ood_shock", "ood_dispersion", "ood_cents", "ood_responsive", "ood
 POLICIES = ("ts_gmm", "grid_ts")
 #: Requests per stationary run: 30 simulated hours at 10,000 requests an hour.
 N_REQUESTS = 300_000
-DAILY_HOURS = 48
 
 
 @pytest.fixture(scope="module")
@@ -65,22 +64,19 @@ def test_stays_ahead_of_grid_thompson_sampling(stationary_runs, scenario):
 
 @pytest.fixture(scope="module")
 def seasonal_runs(ray_cluster) -> pl.DataFrame:
-    """A daily value cycle (two days, no hour segments) and a purely seasonal market (a week)."""
-    specs = [PolicySpec("ts_gmm")]
-    daily = run_grid(["ood_daily"], specs, n_seeds=SEEDS, n_requests=DAILY_HOURS * 10_000, progress=False)
-    seasonal = run_grid(["ood_seasonal_only"], specs, n_seeds=SEEDS, batch_size=5000, progress=False)
-    return pl.concat([daily, seasonal], how="diagonal")
+    """A daily value cycle (three days, no hour segments) and a purely seasonal market (a
+    week), fed back in batches of 2,000 requests (12 to 24 minutes of traffic)."""
+    return run_grid(["ood_daily", "ood_seasonal_only"], [PolicySpec("ts_gmm")], n_seeds=SEEDS, progress=False)
 
 
 @pytest.mark.slow
 def test_follows_a_daily_price_cycle(seasonal_runs):
     runs = _runs(seasonal_runs, "ood_daily", "ts_gmm")
     whole = np.array([capture(t) for t in runs])
-    assert whole.mean() >= 0.97, whole
-    # The second day, with the cycle learned, does better than the first.
-    day = DAILY_HOURS // 2 * 10_000
-    second = np.array([capture(t, start=day) for t in runs])
-    assert second.mean() >= 0.98, second
+    assert whole.mean() >= 0.97 and whole.min() >= 0.95, whole
+    # After the first day, with the cycle learned, no worse than over the whole run.
+    later = np.array([capture(t, start=24 * 10_000) for t in runs])
+    assert later.mean() >= whole.mean(), (later, whole)
 
 
 @pytest.mark.slow
