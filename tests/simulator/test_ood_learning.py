@@ -86,4 +86,5 @@ def test_a_purely_seasonal_market_raises_at_most_one_alarm_per_cell_and_week(sea
     weeks = [float(t["hour"].max()) / (24 * 7) for t in runs]
     alarms = np.array([int(t["change_alarms"].max()) for t in runs])
     assert np.all(alarms <= np.ceil(cells * np.array(weeks))), alarms
-    assert np.mean([capture(t) for t in runs]) >= 0.97
+    # And it keeps learning the market while quiet (a ±30% cycle, stronger than ood_daily's).
+    assert np.mean([capture(t) for t in runs]) >= 0.95
