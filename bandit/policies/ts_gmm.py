@@ -6,21 +6,24 @@ After each update, for every touched segment and network:
 1. statistics are pooled with the placement level (empirical-Bayes shrinkage: a segment
    with little data borrows strength, and moves to its own estimates as data grows);
 2. the mixture of bidder values is fitted by censored EM (:mod:`bandit.gmm`), warm-started
-   from the previous fit;
-3. ``n_draws`` plausible models are drawn (Bayesian bootstrap of the binned data plus a
-   randomised prior, each refitted by a few EM steps); each draw gives a revenue curve R(f),
-   its best floor anywhere in the network's bounds and the revenue at that floor.
+   from the previous fit, and refitted on ``BOOTSTRAP_DRAWS`` Bayesian-bootstrap copies of
+   the binned data; a first-price network also gets a posterior over floor-responsive
+   shading (:func:`bandit.gmm.shading_posterior`);
+3. the mixture curves are the prior means of a Gaussian-process correction from the binned
+   revenue of the floors actually tried (:mod:`bandit.curve`); ``n_draws`` curve draws each
+   give a best floor anywhere in the network's bounds and the revenue there.
 
-Exposure weights are P(network has the highest best-floor revenue) under the draws
-(normal approximation, quadrature); when min/max shares bind, the posterior average of the
-contract-constrained optimum (:func:`bandit.allocation.allocate_shares`). A small share
+Exposure weights are P(network's draw is best), Rao–Blackwellised over the draws
+(:func:`bandit.curve.prob_best_draws`); when min/max shares bind, the posterior average of
+the contract-constrained optimum (:func:`bandit.allocation.matched_shares`). A small share
 (``explore_network``) is spread over all networks so every network keeps producing fresh
-data. A decision picks a network by its weight and a floor from one of its draws (Thompson
-sampling's probability matching), or, with probability ``explore_floor`` (more when a
-network stops filling), a lower floor, so censored data can never trap a floor above all
-bids. Before learning a batch, a model-free CUSUM per (segment, network)
-(:mod:`bandit.drift`) checks it against the history at the same floors; on a change most of
-that history is forgotten, so traffic and floors move within a batch or two.
+data. A decision picks a network by its weight, a floor from the draws' best floors and a
+log-normal jitter around it (``floor_jitter``), or, with a probability rising when a network
+stops filling, a lower floor, so censored data can never trap a floor above all bids.
+Statistics are learned in base-market units under hour-of-day value levels
+(:mod:`bandit.season`). Before learning a batch, a model-free CUSUM per (segment, network)
+(:mod:`bandit.drift`) checks it against the cell's recent history at the same floors; on a
+change most of that history is forgotten, so traffic and floors move within a batch or two.
 """
 
 from __future__ import annotations
@@ -271,12 +274,18 @@ class ThompsonGmmPolicy(Policy):
     def update(self, events, *, refresh: bool = True) -> list[str]:
         """Learn from outcome events; first check each (segment, network) for a change."""
         batch = as_event_batch(self.placement, events)
+        if len(batch) == 0:
+            return super().update(batch, refresh=refresh)
+        cells = self._cells(batch)
+        hours = hour_of_day(batch.ts)
+        # Each event's hour-of-day level before this batch is learned (1 without levels).
+        scale = self._level_scale(cells, hours, len(batch)) if self.level_events > 0 else None
         alarmed: set[tuple[str, int]] = set()
-        if self.change_threshold > 0 and len(batch):
-            alarmed = self._detect_changes(batch, self._level_scale(batch) if self.level_events > 0 else None)
+        if self.change_threshold > 0:
+            alarmed = self._detect_changes(batch, cells, scale)
             self._recent.add(batch)
-        if self.level_events > 0 and len(batch):
-            batch = self._deflate(batch, alarmed)
+        if scale is not None:
+            batch = self._deflate(batch, cells, hours, scale, alarmed)
             self._batch_span = float(batch.ts.max() - batch.ts.min())
         return super().update(batch, refresh=refresh)
 
@@ -290,20 +299,24 @@ class ThompsonGmmPolicy(Policy):
             for rows in np.split(order, bounds)
         ]
 
-    def _deflate(self, batch: EventBatch, alarmed: set[tuple[str, int]]) -> EventBatch:
-        """Learn each cell's hour-of-day value levels from the batch, and return the batch in
-        base-market units (floors and revenues divided by their hour's level; see
-        :mod:`bandit.season`). Cells in ``alarmed`` (a change was just detected) keep their
-        levels: the break is the base market's to learn."""
-        hours = hour_of_day(batch.ts)
+    def _deflate(
+        self,
+        batch: EventBatch,
+        cells: list[tuple[str, int, NDArray[np.int64]]],
+        hours: NDArray[np.int64],
+        before: NDArray[np.float64],
+        alarmed: set[tuple[str, int]],
+    ) -> EventBatch:
+        """Learn each cell's hour-of-day value levels from the batch (``before`` [n]: each
+        event's level so far), and return the batch in base-market units (floors and revenues
+        divided by their hour's new level; see :mod:`bandit.season`). Cells in ``alarmed`` (a
+        change was just detected) keep their levels: the break is the base market's to learn."""
         scale = np.ones(len(batch))
-        for seg, j, rows in self._cells(batch):
+        for seg, j, rows in cells:
             level = self._levels.get((seg, j), np.zeros(HOURS_PER_DAY))
             row = self.stats.segment_row(seg)
             if row is not None and (seg, j) not in alarmed:
-                expected = expected_revenue(
-                    self.stats.data[row, j], batch.floor_cpm[rows], np.exp(level[hours[rows]])
-                )
+                expected = expected_revenue(self.stats.data[row, j], batch.floor_cpm[rows], before[rows])
                 level = update_levels(level, hours[rows], batch.revenue_cpm[rows], expected)
             self._levels[(seg, j)] = level
             scale[rows] = np.exp(level[hours[rows]])
@@ -321,17 +334,23 @@ class ThompsonGmmPolicy(Policy):
             return 1.0
         return float(np.exp(level_at(level, self.stats.t_ref + 0.5 * self._batch_span)))
 
-    def _level_scale(self, batch: EventBatch) -> NDArray[np.float64]:
+    def _level_scale(
+        self, cells: list[tuple[str, int, NDArray[np.int64]]], hours: NDArray[np.int64], n: int
+    ) -> NDArray[np.float64]:
         """Each event's current hour-of-day level [n] (1 for cells without levels)."""
-        hours = hour_of_day(batch.ts)
-        scale = np.ones(len(batch))
-        for seg, j, rows in self._cells(batch):
+        scale = np.ones(n)
+        for seg, j, rows in cells:
             level = self._levels.get((seg, j))
             if level is not None:
                 scale[rows] = np.exp(level[hours[rows]])
         return scale
 
-    def _detect_changes(self, batch: EventBatch, scale: NDArray[np.float64] | None) -> set[tuple[str, int]]:
+    def _detect_changes(
+        self,
+        batch: EventBatch,
+        cells: list[tuple[str, int, NDArray[np.int64]]],
+        scale: NDArray[np.float64] | None,
+    ) -> set[tuple[str, int]]:
         """Compare each cell's batch with its own history at the same floor bins (model-free,
         so a model still learning about new floors is never mistaken for a change).
 
@@ -343,7 +362,7 @@ class ThompsonGmmPolicy(Policy):
         """
         t_batch = float(batch.ts.min())
         alarmed: set[tuple[str, int]] = set()
-        for seg, j, rows in self._cells(batch):
+        for seg, j, rows in cells:
             row = self.stats.segment_row(seg)
             if row is None:
                 continue
@@ -468,17 +487,19 @@ class ThompsonGmmPolicy(Policy):
             floors, probs = floor_histogram(
                 self._grids[j] + math.log(level[j]), log_floor, cfg.floor_min_cpm, cfg.floor_max_cpm, MAX_FLOORS
             )
-            f_mid = float(np.median(np.clip(np.exp(log_floor), cfg.floor_min_cpm, cfg.floor_max_cpm)))
+            draw_floors = np.clip(np.exp(log_floor), cfg.floor_min_cpm, cfg.floor_max_cpm)
+            f_mid = float(np.median(draw_floors))
             explore_p = exploration_probability(self.explore_floor, stats[j])
             explore = [cfg.clip_floor(f_mid * factor) for factor in EXPLORE_FACTORS]
+            explore_probs = np.full(len(explore), explore_p / len(explore))
             candidates.append(
-                (np.concatenate([floors, explore]), np.concatenate([(1 - explore_p) * probs, [explore_p / 2] * 2]))
+                (np.concatenate([floors, explore]), np.concatenate([(1 - explore_p) * probs, explore_probs]))
             )
             at = np.array([[math.log(max(f_mid, 1e-9))]])
             summary[j] = (
                 f_mid,
-                float(np.quantile(np.clip(np.exp(log_floor), cfg.floor_min_cpm, cfg.floor_max_cpm), 0.1)),
-                float(np.quantile(np.clip(np.exp(log_floor), cfg.floor_min_cpm, cfg.floor_max_cpm), 0.9)),
+                float(np.quantile(draw_floors, 0.1)),
+                float(np.quantile(draw_floors, 0.9)),
                 float(best[:, j].mean()),
                 float(best[:, j].std()),
                 float(d.model.fill_rate(at - math.log(level[j]))[0, 0]),
