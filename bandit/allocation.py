@@ -82,16 +82,6 @@ def project_shares(p: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[
     return w
 
 
-_Z_CACHE: dict[int, NDArray[np.float64]] = {}
-
-
-def _fixed_normals(n_arms: int, n_samples: int = 4096) -> NDArray[np.float64]:
-    """Standard normal samples [n_samples, n_arms] from a fixed seed (deterministic weights)."""
-    if n_arms not in _Z_CACHE:
-        _Z_CACHE[n_arms] = np.random.default_rng(20261121).standard_normal((n_samples, n_arms))
-    return _Z_CACHE[n_arms]
-
-
 def greedy_fill(values: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[np.float64]) -> NDArray[np.float64]:
     """Revenue-maximising shares for each row of arm values [D, N] under the share contract.
 
@@ -127,17 +117,6 @@ def matched_shares(
     """
     w = greedy_fill(samples, lo, hi).mean(axis=0)
     return project_shares(w / w.sum(), lo, hi)
-
-
-def allocate_shares(
-    mean: NDArray[np.float64], sd: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[np.float64]
-) -> NDArray[np.float64]:
-    """Exposure weights [N] from a normal posterior of each network's value: P(network is best)
-    when the share contract does not bind; otherwise :func:`matched_shares` on fixed
-    normal samples (deterministic for the same posterior)."""
-    if not shares_bind(lo, hi):
-        return prob_best_normal(mean, sd)
-    return matched_shares(mean[None, :] + np.maximum(sd, 1e-12)[None, :] * _fixed_normals(len(mean)), lo, hi)
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,14 +19,9 @@ SECOND_PRICE_AT_FLOOR = 0.05
 
 
 def detect_auction(
-    stats: NDArray[np.float64],
-    configured: str,
-    min_fills: float = 20.0,
-    share: float = 0.02,
-    *,
-    with_confidence: bool = False,
-) -> Any:
-    """'first' or 'second' for one network's statistics [F, B] (and, if asked, the confidence).
+    stats: NDArray[np.float64], configured: str, min_fills: float = 20.0, share: float = 0.02
+) -> tuple[str, float]:
+    """('first' or 'second', confidence) for one network's statistics [F, B].
 
     Second-price networks put probability mass at the floor (one bidder above it pays the
     floor; a fill within max(1 cent, 0.5%) of the floor counts, see
@@ -38,14 +32,12 @@ def detect_auction(
     equal prior odds; 1 when configured, 0.5 without enough fills.
     """
     if configured != "auto":
-        return (configured, 1.0) if with_confidence else configured
+        return configured, 1.0
     at = float(stats[ATFLOOR].sum())
     fills = at + float(stats[PRICE].sum())
     if fills < min_fills:
-        return ("second", 0.5) if with_confidence else "second"
+        return "second", 0.5
     kind = "second" if at >= share * fills else "first"
-    if not with_confidence:
-        return kind
     p1, p2 = FIRST_PRICE_AT_FLOOR, SECOND_PRICE_AT_FLOOR
     log_lr = at * math.log(p2 / p1) + (fills - at) * math.log((1 - p2) / (1 - p1))  # second vs first
     log_lr = max(min(log_lr, 700.0), -700.0)
@@ -64,7 +56,7 @@ def empirical_summary(stats: NDArray[np.float64], placement: PlacementConfig, fl
         var = stats[i, REVENUE_SQ].sum() / req - mean**2 if req > 0 else 0.0
         sd = float(np.sqrt(max(var, 0.0) / req)) if req > 0 else 0.0
         fill = stats[i, FILLS].sum() / req if req > 0 else 0.0
-        kind, confidence = detect_auction(stats[i], cfg.auction, with_confidence=True)
+        kind, confidence = detect_auction(stats[i], cfg.auction)
         out[i] = (floors[i], floors[i], floors[i], mean, sd, fill, AUCTION_CODES.index(kind), confidence)
     return out
 

@@ -206,7 +206,7 @@ def grid_summary(
     for i, cfg in enumerate(placement.networks):
         probs = np.where(grid.valid[i], choice.level_probs[i], 0.0)
         j = int(np.argmax(probs))
-        kind, confidence = detect_auction(stats[i], cfg.auction, with_confidence=True)
+        kind, confidence = detect_auction(stats[i], cfg.auction)
         out[i] = (
             grid.floors[i, j],
             discrete_quantile(grid.floors[i], probs, 0.1),

@@ -404,7 +404,7 @@ class ThompsonGmmPolicy(Policy):
     def _network_draws(self, segment: str, network: int, stats: NDArray[np.float64]) -> NetworkDraws:
         """Posterior draws of one network's revenue curve and their best floors."""
         cfg = self.placement.networks[network]
-        auction, confidence = detect_auction(stats, cfg.auction, with_confidence=True)
+        auction, confidence = detect_auction(stats, cfg.auction)
         second = auction == "second"
         data = censored_data(stats, second)
         prior = self._prior(network)
