@@ -190,6 +190,26 @@ class SufficientStats:
         factor = decay_factor(self.t_ref - other.t_ref, self.half_life_seconds)
         np.add.at(self.data, rows, other.data * factor)
 
+    @classmethod
+    def from_dense(
+        cls, segments: Sequence[str], data: NDArray[np.float64], t_ref: float, half_life_seconds: float = math.inf
+    ) -> SufficientStats:
+        """Statistics from a dense array ``[S, N, F, B]`` held at reference time ``t_ref``."""
+        data = np.asarray(data, dtype=np.float64)
+        return cls(data.shape[1], half_life_seconds, list(segments), data.copy(), t_ref)
+
+    def segment_data(self, row: int) -> NDArray[np.float64]:
+        """Statistics ``[N, F, B]`` of one segment (a copy) at ``t_ref``."""
+        return self.data[row].copy()
+
+    def cell(self, row: int, network: int) -> NDArray[np.float64]:
+        """Statistics ``[F, B]`` of one (segment, network) cell (a copy) at ``t_ref``."""
+        return self.data[row, network].copy()
+
+    def totals(self) -> NDArray[np.float64]:
+        """Every cell's fields summed over bins, ``[S, N, F]``, at ``t_ref``."""
+        return self.data.sum(axis=3)
+
     def placement_level(self) -> NDArray[np.float64]:
         """Statistics of the whole placement, ``[N, F, B]`` (sum over segments)."""
         return self.data.sum(axis=0)
