@@ -3,8 +3,10 @@ price model per (segment, network) — the main adbandit policy.
 
 After each update, for every touched segment and network:
 
-1. statistics are pooled with the placement level (empirical-Bayes shrinkage: a segment
-   with little data borrows strength, and moves to its own estimates as data grows);
+1. statistics are pooled with the rest of the placement, moved to the value level a model
+   of the segment's context fields predicts for it, at an empirical-Bayes strength
+   (:mod:`bandit.pooling`): a segment with little data borrows strength from the segments
+   sharing its fields, and moves to its own estimates as data grows;
 2. the mixture of bidder values is fitted by censored EM (:mod:`bandit.gmm`), warm-started
    from the previous fit, and refitted on ``BOOTSTRAP_DRAWS`` Bayesian-bootstrap copies of
    the binned data; a first-price network also gets a posterior over floor-responsive
@@ -72,8 +74,9 @@ from bandit.gmm import (
 from bandit.params import check_params
 from bandit.policies.common import detect_auction
 from bandit.policy import Policy, as_event_batch
+from bandit.pooling import SegmentPool
 from bandit.season import HOURS_PER_DAY, LEVEL_EVENTS, expected_revenue, hour_of_day, level_at, update_levels
-from bandit.stats import FILLS, REQUESTS, REVENUE, REVENUE_SQ, SufficientStats, decay_factor, log_price, price_bin
+from bandit.stats import FILLS, REQUESTS, REVENUE, SufficientStats, decay_factor, log_price, price_bin
 from bandit.types import ALL_SEGMENTS, PlacementConfig
 
 #: Multipliers of the current floor tried on the exploration path of a trapped network.
@@ -129,33 +132,6 @@ def exploration_probability(base: float, stats: NDArray[np.float64], trapped_fil
     return base + (TRAPPED_EXPLORE - base) * max(0.0, 1.0 - fill / trapped_fill)
 
 
-def shrinkage_strength(data: NDArray[np.float64], default: float = 20.0) -> NDArray[np.float64]:
-    """Empirical-Bayes prior strength per network [N], in pseudo-requests, from segment stats [S, N, F, B].
-
-    Normal–normal model of revenue per request: segment means scatter around the placement
-    mean with variance tau²; a segment's own mean has sampling variance sigma²/n. The
-    posterior mean weights the placement level like ``sigma²/tau²`` extra requests.
-    tau² is estimated by the method of moments (between-segment variance minus the mean
-    sampling variance); with fewer than two segments ``default`` is used.
-    """
-    n = data[:, :, REQUESTS].sum(axis=2)  # [S, N]
-    rev = data[:, :, REVENUE].sum(axis=2)
-    rev2 = data[:, :, REVENUE_SQ].sum(axis=2)
-    out = np.full(data.shape[1], default)
-    for j in range(data.shape[1]):
-        seen = n[:, j] > 1.0
-        if seen.sum() < 2:
-            continue
-        nj = n[seen, j]
-        mean = rev[seen, j] / nj
-        var = np.maximum(rev2[seen, j] / nj - mean**2, 1e-12)
-        grand = np.average(mean, weights=nj)
-        between = np.average((mean - grand) ** 2, weights=nj)
-        tau2 = max(between - float(np.mean(var / nj)), 1e-4 * grand**2 + 1e-12)
-        out[j] = float(np.clip(np.mean(var) / tau2, 1.0, 1e5))
-    return out
-
-
 class ThompsonGmmPolicy(Policy):
     """TS + censored GMM. Hyperparameters (all plain numbers, kept as given):
 
@@ -176,7 +152,9 @@ class ThompsonGmmPolicy(Policy):
       off, the state does not depend on batch order at all);
     - ``change_forget``: share of a cell's history kept when a change is detected;
     - ``level_events``: events of an hour of day that move its value level half-way
-      (:mod:`bandit.season`; 0 turns hour-of-day levels off).
+      (:mod:`bandit.season`; 0 turns hour-of-day levels off);
+    - ``pool_fields``: 1 predicts each segment's prior from its context fields across
+      segments (:mod:`bandit.pooling`), 0 pools every segment toward the flat placement level.
     """
 
     name = "ts_gmm"
@@ -198,6 +176,7 @@ class ThompsonGmmPolicy(Policy):
         change_threshold: float = 12.0,
         change_forget: float = 0.05,
         level_events: float = LEVEL_EVENTS,
+        pool_fields: int = 1,
         seed: int | None = None,
     ) -> None:
         checked = check_params(
@@ -215,6 +194,7 @@ class ThompsonGmmPolicy(Policy):
                 change_threshold=change_threshold,
                 change_forget=change_forget,
                 level_events=level_events,
+                pool_fields=pool_fields,
             ),
         )
         self.n_components = checked["n_components"]
@@ -229,6 +209,7 @@ class ThompsonGmmPolicy(Policy):
         self.change_threshold = checked["change_threshold"]
         self.change_forget = checked["change_forget"]
         self.level_events = checked["level_events"]
+        self.pool_fields = checked["pool_fields"]
         self.changes_detected = 0
         self._fits: dict[tuple[str, int], GmmParams] = {}
         self._cusum: dict[tuple[str, int], NDArray[np.float64]] = {}
@@ -236,7 +217,6 @@ class ThompsonGmmPolicy(Policy):
         self._levels: dict[tuple[str, int], NDArray[np.float64]] = {}
         self._batch_span = 0.0  # seconds of event time the last batch covered
         self._fit_rng = np.random.default_rng(None if seed is None else [seed, 1])
-        self._kappa = np.full(len(placement.networks), 20.0)
         self._z: dict[tuple[int, int], NDArray[np.float64]] = {}
         self._doubts = self.model_doubt * DOUBT_STEPS
         self._grids = [floor_grid(n.floor_min_cpm, n.floor_max_cpm) for n in placement.networks]
@@ -257,6 +237,7 @@ class ThompsonGmmPolicy(Policy):
             change_threshold=self.change_threshold,
             change_forget=self.change_forget,
             level_events=self.level_events,
+            pool_fields=self.pool_fields,
         )
 
     # ----------------------------------------------------------------- modelling
@@ -398,7 +379,7 @@ class ThompsonGmmPolicy(Policy):
         return alarmed
 
     def refresh(self, segments=()) -> None:
-        self._kappa = shrinkage_strength(self.stats.data)
+        self._pool = SegmentPool.fit_stats(self.stats, len(self.placement.segment_by), fields=self.pool_fields == 1)
         super().refresh(segments)
 
     def _network_draws(self, segment: str, network: int, stats: NDArray[np.float64]) -> NetworkDraws:
@@ -474,9 +455,7 @@ class ThompsonGmmPolicy(Policy):
     def _build_table(self, segment: str, stats: NDArray[np.float64], pooled: NDArray[np.float64]) -> SegmentTable:
         n_net = len(self.placement.networks)
         if segment != ALL_SEGMENTS:
-            total = pooled[:, REQUESTS].sum(axis=1)
-            share = np.where(total > 0, self._kappa / np.maximum(total, 1e-12), 0.0)
-            stats = stats + np.minimum(share, 1.0)[:, None, None] * pooled
+            stats = stats + self._pool.prior(segment, stats, pooled)
         draws = [self._network_draws(segment, j, stats[j]) for j in range(n_net)]
         # Statistics hold the base market; the table serves the current hour's value level.
         level = np.array([self._level_now(segment, j) for j in range(n_net)])
@@ -539,7 +518,6 @@ class ThompsonGmmPolicy(Policy):
         return {
             "gmm_segments": np.array(keys, dtype=np.str_),
             "gmm_params": packed,
-            "gmm_kappa": self._kappa.copy(),
             "gmm_fit_rng": np.array(json.dumps(self._fit_rng.bit_generator.state)),
             "drift_meta": np.array(json.dumps({"changes_detected": self.changes_detected})),
             "drift_keys": np.array([s for s, _ in self._cusum], dtype=np.str_),
@@ -573,5 +551,4 @@ class ThompsonGmmPolicy(Policy):
             self._batch_span = float(state["level_batch_span"])
         if "recent_stats_data" in state:
             self._recent = SufficientStats.from_state({k[7:]: v for k, v in state.items() if k.startswith("recent_")})
-        self._kappa = np.array(state["gmm_kappa"], dtype=np.float64)
         self._fit_rng.bit_generator.state = json.loads(str(state["gmm_fit_rng"]))
