@@ -18,6 +18,11 @@ floor)), a network that throttles its fills under high floors (``throttle_floor_
 ``throttle_power``: it answers with probability 1 / (1 + (floor / throttle_floor_cpm)^power)),
 and hour-of-day cycles of traffic, demand and values (``[seasonality]``).
 
+A long tail of segments (``[segment_grid]``) is generated rather than listed: every
+combination of the fields' values, with Zipf traffic shares and multiplicative effects of
+each field value plus a deviation of each segment's own, drawn once from ``seed`` — so
+segments have truly different optima that their fields only partly predict.
+
 Every field is checked on load; a bad file raises :class:`bandit.errors.InvalidConfig`
 whose message starts with the path of the field, e.g.
 ``networks[2].auction: must be 'first' or 'second', got 'third'``.
@@ -40,6 +45,12 @@ File layout (TOML; defaults in brackets)::
                   declared_auction [= auction; "auto" hides it from the policy]
     [[segments]]  context = {country = "KR", os = "ios"}, share,
                   bidders_mult = {network = x}, value_mult = {network = x}   # [1]
+    [segment_grid]  (instead of [[segments]]: every combination of generated field values)
+                  values = [24, 3, 16] (distinct values per segment_by field, named
+                  "<field><i>"), zipf (share of the r-th largest segment ∝ r^-zipf, ranks in
+                  random order), value_sd, bidders_sd (per field: sd of a value's log
+                  effect on each network's value scale / λ), noise_value_sd, noise_bidders_sd
+                  (the segment's own log deviations) [0], seed [0]
     [seasonality] traffic = [24 values] | traffic_amplitude, traffic_peak_hour (UTC),
                   demand = [24 values] | demand_amplitude, demand_peak_hour,
                   value = [24 values] | value_amplitude, value_peak_hour
@@ -56,6 +67,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from bandit.errors import AdbanditError, InvalidConfig
 from bandit.types import MAX_CPM, NetworkConfig, PlacementConfig
@@ -477,6 +490,45 @@ def _parse_segment(f: _Fields, ids: Sequence[str], segment_by: Sequence[str]) ->
     return spec
 
 
+def _parse_segment_grid(f: _Fields, ids: Sequence[str], segment_by: Sequence[str]) -> tuple[SegmentSpec, ...]:
+    """Every combination of generated field values: Zipf shares in random rank order, and
+    per network log multipliers = Σ field-value effects + the segment's own deviation."""
+    k = len(segment_by)
+    counts = f.numbers("values", length=k, lo=1.0)
+    if any(c != int(c) for c in counts):
+        raise f.fail("values", f"must be whole numbers of values per field, got {list(counts)}")
+    sizes = [int(c) for c in counts]
+    n_segments = math.prod(sizes)
+    if n_segments > 100_000:
+        raise f.fail("values", f"make at most 100000 segments, got {n_segments}")
+    zipf = f.number("zipf", lo=0.0, hi=5.0)
+    value_sd = f.numbers("value_sd", length=k, lo=0.0)
+    bidders_sd = f.numbers("bidders_sd", length=k, lo=0.0)
+    noise_value = f.number("noise_value_sd", 0.0, lo=0.0, hi=2.0)
+    noise_bidders = f.number("noise_bidders_sd", 0.0, lo=0.0, hi=2.0)
+    seed = int(f.number("seed", 0, lo=0.0, hi=2.0**32))
+    f.done()
+    rng = np.random.default_rng(seed)
+    n_net = len(ids)
+    grid = np.stack(np.meshgrid(*[np.arange(c) for c in sizes], indexing="ij"), axis=-1).reshape(-1, k)
+    log_value = rng.normal(0.0, noise_value, (n_segments, n_net))
+    log_bidders = rng.normal(0.0, noise_bidders, (n_segments, n_net))
+    for field in range(k):
+        log_value += rng.normal(0.0, value_sd[field], (sizes[field], n_net))[grid[:, field]]
+        log_bidders += rng.normal(0.0, bidders_sd[field], (sizes[field], n_net))[grid[:, field]]
+    share = (1.0 + rng.permutation(n_segments)) ** -zipf
+    share /= share.sum()
+    return tuple(
+        SegmentSpec(
+            context=tuple((name, f"{name}{int(v)}") for name, v in zip(segment_by, grid[s], strict=True)),
+            share=float(share[s]),
+            bidders_mult=tuple(np.exp(log_bidders[s]).tolist()),
+            value_mult=tuple(np.exp(log_value[s]).tolist()),
+        )
+        for s in range(n_segments)
+    )
+
+
 def _hourly(f: _Fields, key: str) -> tuple[float, ...]:
     """24 multipliers, given as a list or as ``<key>_amplitude`` (+ ``<key>_peak_hour``):
     1 + A·cos(2π(h − peak)/24)."""
@@ -537,11 +589,16 @@ def _parse_scenario(f: _Fields, name: str | None) -> Scenario:
     if not isinstance(segment_by, list) or not all(isinstance(s, str) and s for s in segment_by):
         raise f.fail("segment_by", f"must be a list of context field names, got {segment_by!r}")
     seg_f = f.tables("segments")
-    if segment_by and not seg_f:
+    grid_f = f.table("segment_grid")
+    if seg_f and grid_f is not None:
+        raise f.fail("segment_grid", "give either [[segments]] or [segment_grid], not both")
+    if segment_by and not seg_f and grid_f is None:
         raise f.fail("segments", "must list the segments ([[segments]]) when segment_by is set")
-    if seg_f and not segment_by:
+    if (seg_f or grid_f is not None) and not segment_by:
         raise f.fail("segment_by", "must name the context fields when segments are listed")
-    if seg_f:
+    if grid_f is not None:
+        segments = _parse_segment_grid(grid_f, ids, segment_by)
+    elif seg_f:
         segments = tuple(_parse_segment(s, ids, segment_by) for s in seg_f)
     else:
         segments = (SegmentSpec((), 1.0, (1.0,) * len(ids), (1.0,) * len(ids)),)

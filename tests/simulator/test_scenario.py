@@ -145,3 +145,44 @@ def test_bundled_scenario_is_consistent(name):
     assert placement.network_ids == sc.network_ids
     assert all(n.auction in ("first", "second") for n in sc.networks)
     assert sum(s.share for s in sc.segments) == pytest.approx(1.0)
+
+
+def grid_base() -> dict:
+    with open(SCENARIO_DIR / "longtail.toml", "rb") as fh:
+        return tomllib.load(fh)
+
+
+BAD_GRID = [
+    (("segment_grid", "values"), [24, 3], r"^segment_grid\.values: must have 3 entries"),
+    (("segment_grid", "values"), [2.5, 3, 4], r"^segment_grid\.values: must be whole numbers"),
+    (("segment_grid", "values"), [100, 100, 100], r"^segment_grid\.values: make at most 100000 segments"),
+    (("segment_grid", "value_sd"), [0.1, -0.1, 0.1], r"^segment_grid\.value_sd: entry 1 must be >= 0"),
+    (("segment_grid", "zipf"), DELETE, r"^segment_grid\.zipf: is required"),
+    (("segment_grid", "colour"), 1, r"^segment_grid: unknown fields \['colour'\]"),
+    (("segments",), [{"context": {"country": "a", "os": "b", "app_version": "c"}, "share": 1.0}], r"either"),
+    (("segment_by",), [], r"^segment_by: must name the context fields"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    BAD_GRID,
+    ids=[".".join(map(str, b[0])) + f"={b[1]!r}"[:30] for b in BAD_GRID],
+)
+def test_bad_segment_grid_names_the_field(path, value, message):
+    with pytest.raises(InvalidConfig, match=message):
+        Scenario.from_dict(set_path(grid_base(), path, value))
+
+
+def test_segment_grid_makes_every_combination_with_zipf_shares():
+    sc = load_scenario("longtail")
+    assert len(sc.segments) == 24 * 3 * 16
+    assert len(set(sc.segment_keys())) == len(sc.segments)
+    assert sc.segment_keys()[0] == "country0|os0|app_version0"
+    shares = sorted((s.share for s in sc.segments), reverse=True)
+    assert sum(shares) == pytest.approx(1.0)
+    assert shares[0] / shares[9] == pytest.approx(10**1.1)  # Zipf with exponent 1.1
+    # Drawn once from the seed: the same file gives the same market, another seed another one.
+    assert load_scenario("longtail") == sc
+    other = Scenario.from_dict(set_path(grid_base(), ("segment_grid", "seed"), 9))
+    assert other.segments != sc.segments
