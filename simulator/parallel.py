@@ -24,7 +24,7 @@ import polars as pl
 import ray
 
 from simulator.market import Market
-from simulator.runner import build_policy, capture, run, summarize
+from simulator.runner import build_policy, capture, run, summarize, table_report
 from simulator.scenario import Scenario
 
 
@@ -72,7 +72,19 @@ def run_one(market: Market, spec: RunSpec, run_kwargs: Mapping[str, Any]) -> pl.
     """Build the policy and run it: the body of every task (also usable in process)."""
     policy = build_policy(spec.policy.name, market, dict(spec.policy.params), seed=spec.seed)
     traj = run(policy, market, spec.n_requests, seed=spec.seed, **run_kwargs)
-    return traj.with_columns(
+    return _label(traj, market, spec)
+
+
+def tables_one(market: Market, spec: RunSpec, segments: Sequence[str], run_kwargs: Mapping[str, Any]) -> pl.DataFrame:
+    """Build the policy, run it, and report its final tables of ``segments``
+    (:func:`simulator.runner.table_report`; also usable in process)."""
+    policy = build_policy(spec.policy.name, market, dict(spec.policy.params), seed=spec.seed)
+    run(policy, market, spec.n_requests, seed=spec.seed, **run_kwargs)
+    return _label(table_report(policy, market, segments), market, spec)
+
+
+def _label(frame: pl.DataFrame, market: Market, spec: RunSpec) -> pl.DataFrame:
+    return frame.with_columns(
         pl.lit(market.scenario.name).alias("scenario"),
         pl.lit(spec.policy.tag).alias("policy"),
         pl.lit(spec.seed_index).alias("seed"),
@@ -82,6 +94,11 @@ def run_one(market: Market, spec: RunSpec, run_kwargs: Mapping[str, Any]) -> pl.
 @ray.remote(num_cpus=1)
 def _run_task(market: Market, spec: RunSpec, run_kwargs: Mapping[str, Any]) -> pl.DataFrame:
     return run_one(market, spec, run_kwargs)
+
+
+@ray.remote(num_cpus=1)
+def _tables_task(market: Market, spec: RunSpec, segments: Sequence[str], run_kwargs: Mapping[str, Any]) -> pl.DataFrame:
+    return tables_one(market, spec, segments, run_kwargs)
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -127,6 +144,41 @@ def run_grid(
     market_refs = [ray.put(m) for m in markets]
     kwargs_ref = ray.put(dict(run_kwargs))
     refs = [_run_task.remote(market_refs[r.scenario], r, kwargs_ref) for r in runs]
+    _wait_all(refs, progress)
+    return pl.concat(ray.get(refs), how="diagonal_relaxed")
+
+
+def run_tables(
+    scenario: str | Scenario | Market,
+    policies: Sequence[PolicySpec | str | tuple[str, Mapping[str, Any]]],
+    segments: Sequence[str],
+    *,
+    n_seeds: int,
+    n_requests: int | None = None,
+    root_seed: int = 0,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+    **run_kwargs: Any,
+) -> pl.DataFrame:
+    """Run every policy × seed on one market as Ray tasks and report, per run, the final
+    decision tables of ``segments`` against the oracle (one row per run and segment; see
+    :func:`simulator.runner.table_report`), with columns ``scenario``, ``policy``, ``seed``.
+    Other keyword arguments go to :func:`simulator.runner.run` (e.g. ``refresh_segments``).
+    """
+    market = scenario if isinstance(scenario, Market) else Market(scenario)
+    specs = [PolicySpec.of(p) for p in policies]
+    seeds = seed_sequences(root_seed, n_seeds)
+    runs = [
+        RunSpec(0, p, i, seed, n_requests or market.scenario.default_requests)
+        for p in specs
+        for i, seed in enumerate(seeds)
+    ]
+    ensure_ray(address, num_cpus)
+    market_ref = ray.put(market)
+    segments_ref = ray.put(list(segments))
+    kwargs_ref = ray.put(dict(run_kwargs))
+    refs = [_tables_task.remote(market_ref, r, segments_ref, kwargs_ref) for r in runs]
     _wait_all(refs, progress)
     return pl.concat(ray.get(refs), how="diagonal_relaxed")
 

@@ -16,7 +16,7 @@ requests and bids (common random numbers).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
-from bandit import EventBatch, Policy, make_policy
+from bandit import ALL_SEGMENTS, EventBatch, Policy, make_policy
 from bandit.policy import DecisionBatch
 from simulator.market import CapLedger, Market, Outcome, RequestBatch
 
@@ -211,6 +211,7 @@ def run(
     start_ts: float | None = None,
     on_batch: Callable[[BatchRecord], None] | None = None,
     progress: bool = False,
+    refresh_segments: Collection[str] | None = None,
 ) -> pl.DataFrame:
     """Drive ``policy`` through ``n_requests`` requests of ``market``; return the trajectory.
 
@@ -222,6 +223,11 @@ def run(
     requests), ``capture``, ``cumulative_capture``, ``model_version``, ``change_alarms`` (changes
     the policy's detector has declared so far, 0 without one), ``share_<network>``
     and ``floor_<network>`` (mean floor given, NaN without traffic).
+
+    ``refresh_segments`` (default: all) limits the tables rebuilt after a batch to these
+    segments (the placement's table is always rebuilt); other segments keep being served
+    by the table they had, or by the placement's, while all their events are learned. A
+    market of thousands of segments then costs what the segments followed cost.
     """
     if n_requests < 0 or batch_size < 1 or (batch_seconds is not None and not batch_seconds > 0):
         raise ValueError("need n_requests >= 0, batch_size >= 1 and batch_seconds > 0")
@@ -247,7 +253,7 @@ def run(
         expected, _ = market.expected(req.ts, req.segment_index, db.network, db.floor_cpm)
         expected = expected * out.available
         oracle = market.oracle(req.ts, req.segment_index).revenue
-        policy.update(
+        touched = policy.update(
             EventBatch.from_arrays(
                 placement,
                 segments=req.segments,
@@ -257,8 +263,11 @@ def run(
                 filled=out.filled,
                 revenue_cpm=out.revenue,
                 ts=req.ts,
-            )
+            ),
+            refresh=refresh_segments is None,
         )
+        if refresh_segments is not None:
+            policy.refresh([seg for seg in touched if seg in refresh_segments])
         record = BatchRecord(req, db, out, expected, oracle)
         recorder.add(record, db.model_version, int(getattr(policy, "changes_detected", 0)))
         if on_batch is not None:
@@ -269,6 +278,57 @@ def run(
     if bar is not None:
         bar.close()
     return recorder.frame()
+
+
+def table_report(
+    policy: Policy,
+    market: Market,
+    segments: Sequence[str],
+    *,
+    ts: float | None = None,
+    n_decisions: int = 4096,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """How good each segment's current decision table is, against the oracle at time ``ts``
+    (default: the scenario's start), one row per segment.
+
+    ``capture`` is the exact expected revenue per request of the table's decisions (a
+    Monte Carlo average over ``n_decisions`` decisions drawn from it, each valued exactly)
+    over the oracle's; ``oracle_network`` the oracle's best network, ``weight_best`` the
+    table's weight on it; per network ``weight_<id>`` and ``floor_<id>`` (the table's
+    median floor) next to ``oracle_floor_<id>`` (the network's best floor); ``requests``
+    the (discounted) requests learned in the segment; ``pooled_capture`` the capture the
+    placement's table would have in the segment (how far its own optimum is from the pool's).
+    """
+    ts = market.scenario.start_ts if ts is None else float(ts)
+    ids = market.placement.network_ids
+    rng = np.random.default_rng(seed)
+    rows = []
+    at = np.full(n_decisions, ts)
+    for seg in segments:
+        s = market.segments.index(seg)
+        db = policy.decide_indexed((seg,), np.zeros(n_decisions, dtype=np.int64), rng=rng)
+        revenue, _ = market.expected(at, s, db.network, db.floor_cpm)
+        pooled = policy.decide_indexed((ALL_SEGMENTS,), np.zeros(n_decisions, dtype=np.int64), rng=rng)
+        pooled_revenue, _ = market.expected(at, s, pooled.network, pooled.floor_cpm)
+        oracle = market.oracle_at(ts, s)
+        best = int(np.argmax(oracle.revenue))
+        alloc = policy.allocation(seg)
+        row: dict[str, Any] = {
+            "segment": seg,
+            "share": market.scenario.segments[s].share,
+            "requests": alloc.effective_events,
+            "capture": float(revenue.mean()) / oracle.revenue_per_request,
+            "pooled_capture": float(pooled_revenue.mean()) / oracle.revenue_per_request,
+            "oracle_network": ids[best],
+            "weight_best": alloc.networks[best].weight,
+        }
+        for j, nid in enumerate(ids):
+            row[f"weight_{nid}"] = alloc.networks[j].weight
+            row[f"floor_{nid}"] = alloc.networks[j].floor_cpm
+            row[f"oracle_floor_{nid}"] = float(oracle.floors[j])
+        rows.append(row)
+    return pl.DataFrame(rows)
 
 
 def _progress(total: int) -> Any:
