@@ -253,20 +253,20 @@ def run(
         expected, _ = market.expected(req.ts, req.segment_index, db.network, db.floor_cpm)
         expected = expected * out.available
         oracle = market.oracle(req.ts, req.segment_index).revenue
-        touched = policy.update(
-            EventBatch.from_arrays(
-                placement,
-                segments=req.segments,
-                segment_index=req.segment_index,
-                network=db.network,
-                floor_cpm=db.floor_cpm,
-                filled=out.filled,
-                revenue_cpm=out.revenue,
-                ts=req.ts,
-            ),
-            refresh=refresh_segments is None,
+        events = EventBatch.from_arrays(
+            placement,
+            segments=req.segments,
+            segment_index=req.segment_index,
+            network=db.network,
+            floor_cpm=db.floor_cpm,
+            filled=out.filled,
+            revenue_cpm=out.revenue,
+            ts=req.ts,
         )
-        if refresh_segments is not None:
+        if refresh_segments is None:
+            policy.update(events)
+        else:
+            touched = policy.update(events, refresh=False)
             policy.refresh([seg for seg in touched if seg in refresh_segments])
         record = BatchRecord(req, db, out, expected, oracle)
         recorder.add(record, db.model_version, int(getattr(policy, "changes_detected", 0)))

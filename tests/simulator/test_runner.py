@@ -9,6 +9,7 @@ import pytest
 from bandit import make_policy
 from bandit.policy import DecisionBatch
 from simulator import Market, capture, run, summarize
+from simulator.runner import table_report
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +170,22 @@ def test_drift_shows_in_the_trajectory():
     after = capture(traj, start=160_000, stop=200_000)
     assert before == pytest.approx(1.0, rel=1e-9)
     assert after < 0.6  # the old best allocation now earns about half of the new best
+
+
+def test_only_the_followed_segments_get_tables_and_their_report_values_them_exactly():
+    market = Market("segments")
+    policy = make_policy("grid_ts", market.placement, seed=0)
+    run(policy, market, 8000, seed=0, batch_size=2000, refresh_segments={"KR|ios", "US|ios"})
+    assert sorted(policy.segments) == ["KR|ios", "US|ios"]
+    assert policy.stats.segment_row("JP|android") is not None  # learned, not rebuilt
+    report = table_report(policy, market, ["KR|ios", "JP|android"], n_decisions=20_000)
+    assert report["segment"].to_list() == ["KR|ios", "JP|android"]
+    # JP|android has no table of its own: it is served (and valued) as the placement's.
+    jp = report.row(1, named=True)
+    assert jp["capture"] == pytest.approx(jp["pooled_capture"], abs=0.03)
+    ids = market.placement.network_ids
+    for row in report.iter_rows(named=True):
+        assert sum(row[f"weight_{n}"] for n in ids) == pytest.approx(1.0)
+        assert 0.0 < row["capture"] <= 1.0 + 1e-9
+        best = int(np.argmax(market.oracle_at(market.scenario.start_ts, row["segment"]).revenue))
+        assert row["oracle_network"] == ids[best]
