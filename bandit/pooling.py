@@ -14,8 +14,10 @@ the segment, and weighted like κ extra requests per network. Per segment s and 
   effect, an app-version effect; one variance per field and network) and the intercept μ
   near the placement's level. Effects are fitted by backfitting — each field's effects are
   weighted means of partial residuals with a ridge 1/σ_f², weights 1/(v + τ²), O(S·N) per
-  sweep with ``np.bincount`` — and σ_f² by EM. A field whose values each occur in one
-  segment only is indistinguishable from u and is left out.
+  sweep with ``np.bincount`` — and σ_f² by the evidence fixed point σ_f² = Σβ² / γ (γ the
+  effectively determined values). A field whose values are shared by fewer than
+  ``REPLICATION`` fitted segments each, on average, cannot be told apart from u and is
+  left to it.
 * **Leave one out.** The prediction ŷ₋ₛ for a segment removes its own weight from the
   field-level sums, and carries its variance p (the effects' posterior variances with the
   segment removed). Segments with fewer than ``MIN_FIT_REQUESTS`` requests on a network
@@ -84,7 +86,8 @@ DEFAULT_REL_VAR = 1.0
 #: Largest prior strength, in pseudo-requests, and largest level shift, in log price.
 MAX_STRENGTH = 1e4
 MAX_SHIFT = 4.0
-#: Backfitting/EM iterations and their convergence tolerance (relative, on the variances).
+#: Iterations (one backfitting sweep and one step for each variance) and their convergence
+#: tolerance (relative, on the variances).
 MAX_ITER = 50
 TOL = 1e-3
 
