@@ -129,8 +129,8 @@ def exploration_probability(base: float, stats: NDArray[np.float64], trapped_fil
     return base + (TRAPPED_EXPLORE - base) * max(0.0, 1.0 - fill / trapped_fill)
 
 
-def shrinkage_strength(data: NDArray[np.float64], default: float = 20.0) -> NDArray[np.float64]:
-    """Empirical-Bayes prior strength per network [N], in pseudo-requests, from segment stats [S, N, F, B].
+def shrinkage_strength(totals: NDArray[np.float64], default: float = 20.0) -> NDArray[np.float64]:
+    """Empirical-Bayes prior strength per network [N], in pseudo-requests, from segment totals [S, N, F].
 
     Normal–normal model of revenue per request: segment means scatter around the placement
     mean with variance tau²; a segment's own mean has sampling variance sigma²/n. The
@@ -138,11 +138,11 @@ def shrinkage_strength(data: NDArray[np.float64], default: float = 20.0) -> NDAr
     tau² is estimated by the method of moments (between-segment variance minus the mean
     sampling variance); with fewer than two segments ``default`` is used.
     """
-    n = data[:, :, REQUESTS].sum(axis=2)  # [S, N]
-    rev = data[:, :, REVENUE].sum(axis=2)
-    rev2 = data[:, :, REVENUE_SQ].sum(axis=2)
-    out = np.full(data.shape[1], default)
-    for j in range(data.shape[1]):
+    n = totals[:, :, REQUESTS]  # [S, N]
+    rev = totals[:, :, REVENUE]
+    rev2 = totals[:, :, REVENUE_SQ]
+    out = np.full(totals.shape[1], default)
+    for j in range(totals.shape[1]):
         seen = n[:, j] > 1.0
         if seen.sum() < 2:
             continue
@@ -316,7 +316,7 @@ class ThompsonGmmPolicy(Policy):
             level = self._levels.get((seg, j), np.zeros(HOURS_PER_DAY))
             row = self.stats.segment_row(seg)
             if row is not None and (seg, j) not in alarmed:
-                expected = expected_revenue(self.stats.data[row, j], batch.floor_cpm[rows], before[rows])
+                expected = expected_revenue(self.stats.cell(row, j), batch.floor_cpm[rows], before[rows])
                 level = update_levels(level, hours[rows], batch.revenue_cpm[rows], expected)
             self._levels[(seg, j)] = level
             scale[rows] = np.exp(level[hours[rows]])
@@ -371,12 +371,12 @@ class ThompsonGmmPolicy(Policy):
             dev = None
             if recent_row is not None:
                 decay = decay_factor(t_batch - self._recent.t_ref, self._recent.half_life_seconds)
-                dev = batch_deviation(self._recent.data[recent_row, j] * decay, *observed)
+                dev = batch_deviation(self._recent.cell(recent_row, j) * decay, *observed)
             if dev is None:
                 base = observed if scale is None else (
                     batch.floor_cpm[rows] / scale[rows], batch.filled[rows], batch.revenue_cpm[rows] / scale[rows]
                 )
-                dev = batch_deviation(self.stats.data[row, j], *base)
+                dev = batch_deviation(self.stats.cell(row, j), *base)
             if dev is None:
                 continue
             key = (seg, j)
@@ -384,10 +384,10 @@ class ThompsonGmmPolicy(Policy):
             if state.max() > self.change_threshold and abs(dev.relative) > CHANGE_GATE:
                 # Keep at most ``change_forget`` of the history, and never more than the batch
                 # that showed the change: the new market must outweigh the old at once.
-                history = float(self.stats.data[row, j, REQUESTS].sum())
-                self.stats.data[row, j] *= min(self.change_forget, len(rows) / max(history, 1.0))
+                history = float(self.stats.totals()[row, j, REQUESTS])
+                self.stats.scale_cell(row, j, min(self.change_forget, len(rows) / max(history, 1.0)))
                 if recent_row is not None:
-                    self._recent.data[recent_row, j] = 0.0
+                    self._recent.scale_cell(recent_row, j, 0.0)
                 # The hour-of-day levels are kept and do not learn from this batch: a break
                 # moves the base market (which has just forgotten its history), not the
                 # daily shape.
@@ -398,7 +398,7 @@ class ThompsonGmmPolicy(Policy):
         return alarmed
 
     def refresh(self, segments=()) -> None:
-        self._kappa = shrinkage_strength(self.stats.data)
+        self._kappa = shrinkage_strength(self.stats.totals())
         super().refresh(segments)
 
     def _network_draws(self, segment: str, network: int, stats: NDArray[np.float64]) -> NetworkDraws:
@@ -571,7 +571,7 @@ class ThompsonGmmPolicy(Policy):
             }
         if "level_batch_span" in state:
             self._batch_span = float(state["level_batch_span"])
-        if "recent_stats_data" in state:
+        if "recent_stats_segments" in state:
             self._recent = SufficientStats.from_state({k[7:]: v for k, v in state.items() if k.startswith("recent_")})
         self._kappa = np.array(state["gmm_kappa"], dtype=np.float64)
         self._fit_rng.bit_generator.state = json.loads(str(state["gmm_fit_rng"]))
