@@ -65,8 +65,10 @@ def check_model_state(
     *,
     now: float | None = None,
     max_skew_s: float = 300.0,
+    max_segments: int | None = None,
 ) -> None:
-    """Raise :class:`InvalidState` unless ``state`` can serve placement ``config`` (module docstring)."""
+    """Raise :class:`InvalidState` unless ``state`` can serve placement ``config`` (module
+    docstring), with statistics of at most ``max_segments`` segments when given."""
     if not isinstance(state, Mapping):
         raise _fail("not a mapping of arrays")
     meta = state_meta(state)
@@ -75,6 +77,13 @@ def check_model_state(
     arrays = {k: np.asarray(v) for k, v in state.items()}
     n = len(config.networks)
     tables = _check_shapes(arrays, config)
+    if max_segments is not None:
+        n_segments = sum(1 for s in arrays["stats_segments"].tolist() if s != ALL_SEGMENTS)
+        if n_segments > max_segments:
+            raise _fail(
+                f"its statistics hold {n_segments} segments; placement {config.id!r} allows at most {max_segments} "
+                "(max_segments: ADBANDIT_MAX_SEGMENTS, or the placement's limits.max_segments)"
+            )
     _check_numbers(arrays, config, tables, n)
     t_ref = float(arrays["stats_t_ref"])
     now = time.time() if now is None else now
