@@ -33,7 +33,7 @@ from bandit import ALL_SEGMENTS, EventBatch, PlacementConfig, Policy, make_polic
 from bandit.errors import InvalidDecisionRequest, InvalidState, UnknownPlacement
 from bandit.io import state_meta
 from serving.limits import SegmentIndex, limits_of
-from serving.placement_config import ServicePlacement
+from serving.placement_config import NO_LIMITS, ServicePlacement
 from serving.variants import CHAMPION, Assigner, ExperimentConfig, VariantConfig, stable_seed
 
 __all__ = [
@@ -213,7 +213,8 @@ def variant_policy(config: PlacementConfig, variant: VariantConfig) -> Policy:
 def build_entry(config: PlacementConfig, experiment: ExperimentConfig, old: PlacementEntry | None) -> PlacementEntry:
     """Slots for ``experiment`` on ``config``, carrying over what ``old`` learned.
 
-    Same config and same policy + params: the slot is kept as is. Same network ids and
+    Same config (but for the placement's own segment limits, which only the service reads)
+    and same policy + params: the slot is kept as is. Same network ids and
     segment fields: a new policy starts from the old one's statistics (``merge``).
     Outcome counters carry over while the policy and its parameters are unchanged.
     """
@@ -223,7 +224,7 @@ def build_entry(config: PlacementConfig, experiment: ExperimentConfig, old: Plac
     slots: dict[str, VariantSlot] = {}
     for variant in experiment.variants:
         prev = old.find_slot(variant.name) if old is not None else None
-        if prev is not None and old.config == config and prev.variant.same_learner(variant):
+        if prev is not None and same_learning(old.config, config) and prev.variant.same_learner(variant):
             prev.variant = variant  # traffic share only
             slots[variant.name] = prev
             continue
@@ -236,6 +237,12 @@ def build_entry(config: PlacementConfig, experiment: ExperimentConfig, old: Plac
             slot.take_counters(prev)
         slots[variant.name] = slot
     return PlacementEntry.create(config, experiment, slots, old)
+
+
+def same_learning(a: PlacementConfig, b: PlacementConfig) -> bool:
+    """Whether policies of ``a`` and ``b`` learn alike: equal configs but for their own
+    segment limits (changing a limit must not rebuild every segment's table)."""
+    return a == b or ServicePlacement.of(a, limits=NO_LIMITS) == ServicePlacement.of(b, limits=NO_LIMITS)
 
 
 # ------------------------------------------------------------------ model swaps

@@ -144,10 +144,8 @@ def test_segments_beyond_the_limits_are_pooled_and_counted(make_client):
     assert over_limit(client)[("field_values", "outcome")] == 1  # US|ios
     for context, key, _ in BEYOND:
         assert decide_segment(client, context) == key, context
-    batch = client.post(
-        "/v1/decide/batch",
-        json={"placement": "p1", "requests": [{"request_id": f"r{i}", "context": c} for i, (c, _, _) in enumerate(BEYOND)]},
-    )  # fmt: skip
+    requests = [{"request_id": f"r{i}", "context": c} for i, (c, _, _) in enumerate(BEYOND)]
+    batch = client.post("/v1/decide/batch", json={"placement": "p1", "requests": requests})
     assert [d["segment"] for d in batch.json()["decisions"]] == [key for _, key, _ in BEYOND]
     before = {s: events_of(client, s) for s in FIRST_SEGMENTS}
     post_events(client, [c for c, _, _ in BEYOND], "beyond")
