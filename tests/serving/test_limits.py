@@ -169,9 +169,13 @@ def test_segments_beyond_the_limits_are_pooled_and_counted(make_client):
 def test_a_lowered_limit_keeps_the_existing_segments(make_client):
     client = make_client(default_policy="static")
     assert client.put("/v1/placements/p1", json=P1_BODY).status_code == 201
-    post_events(client, FIRST, "first")
+    post_events(client, FIRST[:2], "first")
+    post_events(client, FIRST[2:], "second")
     assert learned_segments(client) == {"KR|ios", "JP|ios", "US|ios", "KR|android"}
+    version = client.get("/v1/placements/p1/allocation").json()["model_version"]
     assert client.put("/v1/placements/p1", json={**P1_BODY, "limits": {"max_segments": 2}}).status_code == 200
+    # A limit is no reason to rebuild the learners (a merge would refit every segment).
+    assert client.get("/v1/placements/p1/allocation").json()["model_version"] == version
     for context in FIRST:
         assert decide_segment(client, context) == f"{context['country']}|{context['os']}"
     assert decide_segment(client, ctx("FR", "ios")) == "*"
