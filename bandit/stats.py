@@ -9,10 +9,18 @@ indexed by the *price* bin: fills above the floor and their summed log price.
 
 Everything is a weighted count, so aggregates from several workers merge by
 addition and time discounting multiplies an aggregate by ``2^(-Δt / half_life)``.
-Weights are relative to ``t_ref`` (the newest event time seen), so the result is the
-same whatever the order in which events arrive. Discounting is lazy: each cell keeps
-the time its values refer to and is brought forward only when it is touched or read,
-so a batch costs what its events and cells cost, whatever the size of the placement.
+Reads are at ``t_ref`` (the newest event time seen), so the result is the same
+whatever the order in which events arrive. Discounting is lazy: values are stored in
+units growing with event time (an event at ``ts`` adds ``2^((ts - t_origin) / half_life)``)
+and read through one scale ``2^(-(t_ref - t_origin) / half_life)``, so a batch costs what
+its events cost, whatever the size of the placement (a pass over everything only every
+``RENORMALISE_HALF_LIVES`` half-lives, to stay within floating point range).
+
+Cells live in a slab (:class:`BinSlab`): a cell's entries are contiguous, in bin order,
+and a 128-bit mask per cell says which bins it holds, so an entry's place is the cell's
+offset plus the number of its bins below (popcount). Learning, reading and merging are
+vectorised over cells; a cell that gains a bin moves to the slab's end, and the slab is
+compacted when half of it is garbage.
 """
 
 from __future__ import annotations
@@ -120,106 +128,181 @@ def accumulate(
     return out
 
 
-class _Cell:
-    """One (segment, network) cell: the bins it has seen and their values, at time ``t``.
+#: Half-lives between the stored units' origin and ``t_ref`` after which everything is
+#: rescaled (2^256 stays far inside float64 range).
+RENORMALISE_HALF_LIVES = 256.0
+_ONE = np.uint64(1)
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
-    ``floor_bins`` [k] (sorted) / ``floor_values`` [FLOOR_FIELDS, k] and ``price_bins`` [m] /
-    ``price_values`` [F - FLOOR_FIELDS, m].
+
+def _bit_masks(bins: NDArray[np.int64]) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
+    """128-bit masks (low, high words) of single bins."""
+    b = bins.astype(np.uint64)
+    low = np.where(bins < 64, np.left_shift(_ONE, b % np.uint64(64)), np.uint64(0))
+    high = np.where(bins >= 64, np.left_shift(_ONE, b % np.uint64(64)), np.uint64(0))
+    return low.astype(np.uint64), high.astype(np.uint64)
+
+
+def _rank(mask: NDArray[np.uint64], bins: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Bins of ``mask`` ([n, 2] words) below each of ``bins`` [n]: the entry's place in its cell."""
+    b = bins.astype(np.uint64) % np.uint64(64)
+    below = np.left_shift(_ONE, b) - _ONE
+    low = np.where(bins < 64, mask[:, 0] & below, mask[:, 0])
+    high = np.where(bins < 64, np.uint64(0), mask[:, 1] & below)
+    return (np.bitwise_count(low) + np.bitwise_count(high)).astype(np.int64)
+
+
+def _count(mask: NDArray[np.uint64]) -> NDArray[np.int64]:
+    return np.bitwise_count(mask).sum(axis=-1).astype(np.int64)
+
+
+def _bins_of(mask: NDArray[np.uint64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(row, bin) of every bin set in ``mask`` [C, 2], sorted by row then bin."""
+    bits = np.unpackbits(np.ascontiguousarray(mask).view(np.uint8).reshape(len(mask), 16), axis=1, bitorder="little")
+    return np.nonzero(bits)
+
+
+class BinSlab:
+    """Sparse binned values ``[cells, width, B]``: per cell a bin mask and a block of entries.
+
+    ``values[offset[c] + k]`` is the ``k``-th bin (in order) that cell ``c`` holds.
     """
 
-    __slots__ = ("floor_bins", "floor_values", "price_bins", "price_values")
+    def __init__(self, width: int, n_cells: int = 0) -> None:
+        self.width = width
+        self.mask = np.zeros((n_cells, 2), dtype=np.uint64)
+        self.offset = np.zeros(n_cells, dtype=np.int64)
+        self.values = np.zeros((64, width))
+        self.used = 0  # slab rows handed out
+        self.live = 0  # slab rows of current blocks
 
-    def __init__(self) -> None:
-        self.floor_bins = np.empty(0, dtype=np.uint8)
-        self.floor_values = np.empty((FLOOR_FIELDS, 0))
-        self.price_bins = np.empty(0, dtype=np.uint8)
-        self.price_values = np.empty((N_FIELDS - FLOOR_FIELDS, 0))
+    def grow_cells(self, n_cells: int) -> None:
+        if n_cells > len(self.offset):
+            cap = max(n_cells, 2 * len(self.offset))
+            self.mask = np.concatenate([self.mask, np.zeros((cap - len(self.mask), 2), dtype=np.uint64)])
+            self.offset = np.concatenate([self.offset, np.zeros(cap - len(self.offset), dtype=np.int64)])
+
+    def _reserve(self, rows: int) -> None:
+        if self.used + rows > len(self.values):
+            cap = max(self.used + rows, 2 * len(self.values))
+            grown = np.zeros((cap, self.width))
+            grown[: self.used] = self.values[: self.used]
+            self.values = grown
+
+    def add(self, cells: NDArray[np.int64], bins: NDArray[np.int64], values: NDArray[np.float64]) -> None:
+        """Add ``values`` [n, width] at (cell, bin) pairs, unique and sorted by cell then bin."""
+        if len(cells) == 0:
+            return
+        first = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
+        touched = cells[first]
+        low, high = _bit_masks(bins)
+        old = self.mask[touched]
+        added = np.stack([np.bitwise_or.reduceat(low, first), np.bitwise_or.reduceat(high, first)], axis=1)
+        new = old | added
+        moved = (new != old).any(axis=1)
+        if moved.any():
+            self._move(touched[moved], old[moved], new[moved])
+        self.values[self.offset[cells] + _rank(self.mask[cells], bins)] += values
+
+    def _move(self, cells: NDArray[np.int64], old: NDArray[np.uint64], new: NDArray[np.uint64]) -> None:
+        """Give ``cells`` new blocks at the slab's end for their ``new`` masks, keeping their values."""
+        sizes = _count(new)
+        self._reserve(int(sizes.sum()))
+        start = self.used + np.cumsum(sizes) - sizes
+        self.values[self.used : self.used + int(sizes.sum())] = 0.0
+        row, b = _bins_of(old)
+        if len(row):
+            first = np.searchsorted(row, np.arange(len(cells)))
+            src = self.offset[cells][row] + (np.arange(len(row)) - first[row])
+            dst = start[row] + _rank(new[row], b)
+            self.values[dst] = self.values[src]
+        old_sizes = _count(old)
+        self.offset[cells] = start
+        self.mask[cells] = new
+        self.used += int(sizes.sum())
+        self.live += int(sizes.sum() - old_sizes.sum())
+        if self.used > 2 * self.live + 4096:
+            self.compact()
+
+    def compact(self) -> None:
+        """Move every block to the front, in cell order (drops the garbage of moved blocks)."""
+        sizes = _count(self.mask)
+        cells = np.flatnonzero(sizes)
+        sizes = sizes[cells]
+        start = np.cumsum(sizes) - sizes
+        src = np.repeat(self.offset[cells] - start, sizes) + np.arange(int(sizes.sum()))
+        values = np.zeros((max(64, 2 * len(src)), self.width))
+        values[: len(src)] = self.values[src]
+        self.values = values
+        self.offset[cells] = start
+        self.used = self.live = len(src)
+
+    def block(self, cell: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Bins [k] and values [k, width] of one cell (a view into the slab)."""
+        _, b = _bins_of(self.mask[cell : cell + 1])
+        lo = int(self.offset[cell])
+        return b, self.values[lo : lo + len(b)]
+
+    def entries(self, cells: NDArray[np.int64] | None = None) -> tuple[NDArray, NDArray, NDArray]:
+        """(cell, bin, values) of every entry of ``cells`` (default all), sorted by cell then bin."""
+        if cells is None:
+            cells = np.flatnonzero(self.mask.any(axis=1))
+        row, b = _bins_of(self.mask[cells])
+        first = np.searchsorted(row, np.arange(len(cells)))
+        src = self.offset[cells][row] + (np.arange(len(row)) - first[row])
+        return cells[row], b.astype(np.uint8), self.values[src]
 
     def scale(self, factor: float) -> None:
-        if factor != 1.0:
-            self.floor_values *= factor
-            self.price_values *= factor
+        self.values[: self.used] *= factor
 
-    def add(self, floor_bins, floor_values, price_bins, price_values) -> None:
-        self.floor_bins, self.floor_values = _add_sparse(self.floor_bins, self.floor_values, floor_bins, floor_values)
-        self.price_bins, self.price_values = _add_sparse(self.price_bins, self.price_values, price_bins, price_values)
-
-    def dense(self, factor: float = 1.0) -> NDArray[np.float64]:
-        out = np.zeros((N_FIELDS, N_BINS))
-        out[:FLOOR_FIELDS, self.floor_bins] = self.floor_values
-        out[FLOOR_FIELDS:, self.price_bins] = self.price_values
-        if factor != 1.0:
-            out *= factor
-        return out
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.floor_bins, self.floor_values, self.price_bins, self.price_values))
-
-
-def _add_sparse(
-    bins: NDArray[np.uint8], values: NDArray[np.float64], new_bins: NDArray, new_values: NDArray[np.float64]
-) -> tuple[NDArray[np.uint8], NDArray[np.float64]]:
-    """Sparse rows ``values`` [f, k] at sorted ``bins`` plus ``new_values`` at sorted ``new_bins``."""
-    if len(new_bins) == 0:
-        return bins, values
-    if len(bins):
-        at = np.minimum(np.searchsorted(bins, new_bins), len(bins) - 1)
-        if np.array_equal(bins[at], new_bins):  # no new bin: add in place
-            values[:, at] += new_values
-            return bins, values
-    merged = np.union1d(bins, new_bins).astype(np.uint8)
-    out = np.zeros((values.shape[0], len(merged)))
-    out[:, np.searchsorted(merged, bins)] = values
-    out[:, np.searchsorted(merged, new_bins)] += new_values
-    return merged, out
-
-
-def _split_nonzero(mask: NDArray[np.bool_]) -> list[NDArray[np.int64]]:
-    """The nonzero bins of each row of ``mask`` [C, B]."""
-    rows, bins = np.nonzero(mask)
-    return np.split(bins, np.cumsum(np.bincount(rows, minlength=mask.shape[0]))[:-1])
-
-
-#: Touched cells accumulated densely at once when adding (bounds the temporary array).
-ADD_CHUNK_CELLS = 4096
+    def nbytes_per_cell(self) -> NDArray[np.float64]:
+        """Bytes each cell's entries take (values plus its mask and offset)."""
+        return _count(self.mask) * self.width * self.values.itemsize + 24.0
 
 
 class SufficientStats:
     """Discounted statistics of one placement at reference time ``t_ref``, stored per cell.
 
-    ``segments[s]`` names row ``s``. Reads (:meth:`cell`, :meth:`segment_data`,
-    :meth:`totals`, :meth:`placement_level`) return dense arrays discounted to ``t_ref``.
-    Merging and adding are exact sums after both sides are discounted to the same time.
+    ``segments[s]`` names row ``s``; cell ``row * n_networks + network``. Reads
+    (:meth:`cell`, :meth:`segment_data`, :meth:`totals`, :meth:`placement_level`) return
+    dense arrays at ``t_ref``. Merging and adding are exact sums after both sides are
+    discounted to the same time.
     """
 
     def __init__(self, n_networks: int, half_life_seconds: float = math.inf, segments: Sequence[str] = ()) -> None:
         self.n_networks = int(n_networks)
         self.half_life_seconds = float(half_life_seconds)
         self.t_ref = -math.inf
+        self.t_origin = -math.inf  # time at which stored units equal values
         self.segments: list[str] = []
         self._index: dict[str, int] = {}
-        self._cells: dict[int, _Cell] = {}  # key: row * n_networks + network
-        cap = 16
-        self._time = np.full((cap, self.n_networks), -math.inf)  # time each cell's values refer to
-        self._totals = np.zeros((cap, self.n_networks, N_FIELDS))  # per cell, summed over bins, at _time
-        self._pooled = np.zeros((self.n_networks, N_FIELDS, N_BINS))  # whole placement, at t_ref
-        self._changed: set[int] = set()
+        self._floor = BinSlab(FLOOR_FIELDS)
+        self._price = BinSlab(N_FIELDS - FLOOR_FIELDS)
+        self._totals = np.zeros((0, N_FIELDS))  # per cell, summed over bins
+        self._pooled = np.zeros((self.n_networks, N_FIELDS, N_BINS))
+        self._changed = np.zeros(0, dtype=bool)
         self._rows_for(list(segments))
 
     # ------------------------------------------------------------------ reading
     def segment_row(self, segment: str) -> int | None:
         return self._index.get(segment)
 
-    def _factor(self, row: int, network: int) -> float:
-        return decay_factor(self.t_ref - float(self._time[row, network]), self.half_life_seconds)
+    @property
+    def _scale(self) -> float:
+        """Stored units → values at ``t_ref``."""
+        return decay_factor(self.t_ref - self.t_origin, self.half_life_seconds) if math.isfinite(self.t_ref) else 1.0
 
     def cell(self, row: int, network: int) -> NDArray[np.float64]:
         """Statistics ``[F, B]`` of one (segment, network) cell at ``t_ref`` (a new array)."""
-        c = self._cells.get(row * self.n_networks + network)
-        if c is None:
-            return np.zeros((N_FIELDS, N_BINS))
-        return c.dense(self._factor(row, network))
+        key = row * self.n_networks + network
+        out = np.zeros((N_FIELDS, N_BINS))
+        if key < len(self._totals):
+            fb, fv = self._floor.block(key)
+            pb, pv = self._price.block(key)
+            scale = self._scale
+            out[:FLOOR_FIELDS, fb] = fv.T * scale
+            out[FLOOR_FIELDS:, pb] = pv.T * scale
+        return out
 
     def segment_data(self, row: int) -> NDArray[np.float64]:
         """Statistics ``[N, F, B]`` of one segment at ``t_ref`` (a new array)."""
@@ -227,25 +310,20 @@ class SufficientStats:
 
     def totals(self) -> NDArray[np.float64]:
         """Every cell's fields summed over bins, ``[S, N, F]``, at ``t_ref``."""
-        s = len(self.segments)
-        if not math.isfinite(self.t_ref):
-            return np.zeros((s, self.n_networks, N_FIELDS))
-        age = self.t_ref - self._time[:s]
-        if math.isfinite(self.half_life_seconds):
-            factor = np.where(np.isfinite(age), np.exp2(-np.maximum(age, 0.0) / self.half_life_seconds), 0.0)
-        else:
-            factor = np.isfinite(age).astype(np.float64)
-        return self._totals[:s] * factor[:, :, None]
+        n = len(self.segments) * self.n_networks
+        return (self._totals[:n] * self._scale).reshape(len(self.segments), self.n_networks, N_FIELDS)
 
     def placement_level(self) -> NDArray[np.float64]:
         """Statistics of the whole placement, ``[N, F, B]`` (sum over segments)."""
-        return self._pooled.copy()
+        return self._pooled * self._scale
 
     def to_dense(self) -> NDArray[np.float64]:
         """All statistics as one dense array ``[S, N, F, B]`` at ``t_ref`` (small placements, tests)."""
-        return np.stack([self.segment_data(r) for r in range(len(self.segments))]).reshape(
-            len(self.segments), self.n_networks, N_FIELDS, N_BINS
-        )
+        out = np.zeros((len(self.segments) * self.n_networks, N_FIELDS, N_BINS))
+        for slab, fields in ((self._floor, slice(0, FLOOR_FIELDS)), (self._price, slice(FLOOR_FIELDS, N_FIELDS))):
+            cells, bins, values = slab.entries()
+            out[cells, fields, bins] = values * self._scale
+        return out.reshape(len(self.segments), self.n_networks, N_FIELDS, N_BINS)
 
     def decayed_to(self, t: float) -> NDArray[np.float64]:
         """All statistics as they would look at time ``t`` (no change to this object)."""
@@ -254,12 +332,13 @@ class SufficientStats:
     @property
     def n_cells(self) -> int:
         """Cells holding data."""
-        return len(self._cells)
+        return int((self._floor.mask[: len(self._totals)] != 0).any(axis=1).sum())
 
-    def nbytes(self) -> int:
-        """Bytes of the binned cell arrays and the per-cell bookkeeping (excluding Python objects)."""
-        binned = sum(c.nbytes for c in self._cells.values())
-        return binned + self._time.nbytes + self._totals.nbytes + self._pooled.nbytes
+    def cell_nbytes(self) -> NDArray[np.float64]:
+        """Bytes of each cell holding data: its entries, masks, offsets and totals."""
+        held = (self._floor.mask[: len(self._totals)] != 0).any(axis=1)
+        per = self._floor.nbytes_per_cell()[: len(held)] + self._price.nbytes_per_cell()[: len(held)]
+        return per[held] + N_FIELDS * 8.0 + 1.0
 
     # ----------------------------------------------------------------- learning
     def _rows_for(self, keys: Sequence[str]) -> NDArray[np.int64]:
@@ -272,51 +351,75 @@ class SufficientStats:
                 self._index[key] = row
                 self.segments.append(key)
             rows[i] = row
-        if len(self.segments) > self._time.shape[0]:
-            cap = max(2 * self._time.shape[0], len(self.segments))
-            time = np.full((cap, self.n_networks), -math.inf)
-            time[: self._time.shape[0]] = self._time
-            totals = np.zeros((cap, self.n_networks, N_FIELDS))
-            totals[: self._totals.shape[0]] = self._totals
-            self._time, self._totals = time, totals
+        n = len(self.segments) * self.n_networks
+        if n > len(self._totals):
+            cap = max(n, 2 * len(self._totals))
+            self._totals = np.concatenate([self._totals, np.zeros((cap - len(self._totals), N_FIELDS))])
+            self._changed = np.concatenate([self._changed, np.zeros(cap - len(self._changed), dtype=bool)])
+            self._floor.grow_cells(cap)
+            self._price.grow_cells(cap)
         return rows
 
     def _advance(self, t: float) -> None:
-        """Move the reference time forward to ``t`` (only the placement level is rescaled now;
-        cells are brought forward when touched or read)."""
-        if t > self.t_ref:
-            if math.isfinite(self.t_ref):
-                self._pooled *= decay_factor(t - self.t_ref, self.half_life_seconds)
-            self.t_ref = t
+        """Move the reference time forward to ``t`` (nothing is rescaled, except every
+        ``RENORMALISE_HALF_LIVES`` half-lives)."""
+        if t <= self.t_ref:
+            return
+        self.t_ref = t
+        if not math.isfinite(self.t_origin):
+            self.t_origin = t
+        elif (t - self.t_origin) > RENORMALISE_HALF_LIVES * self.half_life_seconds:
+            scale = self._scale
+            for slab in (self._floor, self._price):
+                slab.scale(scale)
+            self._totals *= scale
+            self._pooled *= scale
+            self.t_origin = t
 
-    def _bring_forward(self, keys: NDArray[np.int64]) -> None:
-        """Discount cells ``keys`` to ``t_ref`` and mark them as referring to it."""
-        rows, nets = np.divmod(keys, self.n_networks)
-        age = self.t_ref - self._time[rows, nets]
-        for key, a, r, j in zip(keys.tolist(), age.tolist(), rows.tolist(), nets.tolist(), strict=True):
-            if a > 0 and math.isfinite(a):
-                f = decay_factor(a, self.half_life_seconds)
-                cell = self._cells.get(key)
-                if cell is not None:
-                    cell.scale(f)
-                self._totals[r, j] *= f
-        self._time[rows, nets] = self.t_ref
+    def _units(self, ts: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Stored weight of events at times ``ts``."""
+        if not math.isfinite(self.half_life_seconds):
+            return np.ones(len(ts))
+        return np.exp2((ts - self.t_origin) / self.half_life_seconds)
 
-    def _add_dense(self, keys: NDArray[np.int64], dense: NDArray[np.float64]) -> None:
-        """Add dense statistics ``dense`` [C, F, B] (at ``t_ref``) to cells ``keys`` [C] (unique)."""
-        self._bring_forward(keys)
-        rows, nets = np.divmod(keys, self.n_networks)
-        self._totals[rows, nets] += dense.sum(axis=2)
-        np.add.at(self._pooled, nets, dense)
-        f_bins = _split_nonzero(dense[:, REQUESTS, :] > 0)
-        p_bins = _split_nonzero(dense[:, PRICE, :] > 0)
-        for i, key in enumerate(keys.tolist()):
-            cell = self._cells.get(key)
-            if cell is None:
-                cell = self._cells[key] = _Cell()
-            fb, pb = f_bins[i], p_bins[i]
-            cell.add(fb, dense[i, :FLOOR_FIELDS][:, fb], pb, dense[i, FLOOR_FIELDS:][:, pb])
-        self._changed.update(keys.tolist())
+    def _add_entries(self, cell: NDArray[np.int64], floor_cpm, filled, revenue_cpm, weight) -> None:
+        """Add events: cell keys, floors, fills, revenues and weights (stored units), each [n]."""
+        logf = log_price(floor_cpm)
+        fbin = price_bin(logf)
+        at_floor = is_at_floor(floor_cpm, revenue_cpm, filled)
+        above = filled & ~at_floor
+        w_fill = weight * filled
+        w_at = weight * at_floor
+        rev_w = weight * revenue_cpm
+        logp = log_price(revenue_cpm[above])
+        pbin = price_bin(logp)
+        w_above = weight[above]
+        by_floor = (weight, w_fill, rev_w, rev_w * revenue_cpm, (weight - w_fill) * logf, w_at, w_at * logf)
+        by_price = (w_above, w_above * logp)
+        self._add_binned(self._floor, cell, fbin, by_floor)
+        self._add_binned(self._price, cell[above], pbin, by_price)
+        cells, inverse = np.unique(cell, return_inverse=True)
+        for f, column in enumerate(by_floor):
+            self._totals[cells, f] += np.bincount(inverse, column, len(cells))
+        for f, column in enumerate(by_price):
+            self._totals[cells, FLOOR_FIELDS + f] += np.bincount(inverse[above], column, len(cells))
+        self._changed[cells] = True
+        net = cell % self.n_networks
+        size = self.n_networks * N_BINS
+        for f, column in enumerate(by_floor):
+            self._pooled[:, f] += np.bincount(net * N_BINS + fbin, column, size).reshape(-1, N_BINS)
+        pkey = net[above] * N_BINS + pbin
+        for f, column in enumerate(by_price):
+            self._pooled[:, FLOOR_FIELDS + f] += np.bincount(pkey, column, size).reshape(-1, N_BINS)
+
+    @staticmethod
+    def _add_binned(slab: BinSlab, cell: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence) -> None:
+        """Sum ``columns`` (each [n]) by (cell, bin) and add them to ``slab``."""
+        if len(cell) == 0:
+            return
+        keys, inverse = np.unique(cell * N_BINS + bins, return_inverse=True)
+        summed = np.stack([np.bincount(inverse, c, len(keys)) for c in columns], axis=1)
+        slab.add(keys // N_BINS, keys % N_BINS, summed)
 
     def add(self, batch: EventBatch) -> NDArray[np.int64]:
         """Add a batch; returns the rows (segments) it touched."""
@@ -324,129 +427,103 @@ class SufficientStats:
             return np.empty(0, dtype=np.int64)
         rows = self._rows_for(batch.segments)
         self._advance(float(batch.ts.max()))
-        if math.isfinite(self.half_life_seconds):
-            weight = np.exp2((batch.ts - self.t_ref) / self.half_life_seconds)
-        else:
-            weight = np.ones(len(batch))
-        key = rows[batch.segment_index] * self.n_networks + batch.network
-        keys, compact = np.unique(key, return_inverse=True)
-        for lo in range(0, len(keys), ADD_CHUNK_CELLS):
-            part = keys[lo : lo + ADD_CHUNK_CELLS]
-            sel = (compact >= lo) & (compact < lo + len(part)) if len(keys) > ADD_CHUNK_CELLS else slice(None)
-            floor, filled, revenue = batch.floor_cpm[sel], batch.filled[sel], batch.revenue_cpm[sel]
-            self._add_dense(part, accumulate(compact[sel] - lo, len(part), floor, filled, revenue, weight[sel]))
-        return np.unique(keys // self.n_networks)
+        cell = rows[batch.segment_index] * self.n_networks + batch.network
+        self._add_entries(cell, batch.floor_cpm, batch.filled, batch.revenue_cpm, self._units(batch.ts))
+        return np.unique(rows[batch.segment_index])
 
     def scale_cell(self, row: int, network: int, factor: float) -> None:
         """Keep ``factor`` of one cell's history (forgetting after a detected change)."""
         key = row * self.n_networks + network
-        cell = self._cells.get(key)
-        if cell is None:
+        if key >= len(self._totals):
             return
-        self._bring_forward(np.array([key]))
-        self._pooled[network] -= (1.0 - factor) * cell.dense()
-        cell.scale(factor)
-        self._totals[row, network] *= factor
-        self._changed.add(key)
+        for slab, fields in ((self._floor, slice(0, FLOOR_FIELDS)), (self._price, slice(FLOOR_FIELDS, N_FIELDS))):
+            bins, values = slab.block(key)
+            self._pooled[network, fields, bins] -= (1.0 - factor) * values  # [k, fields]
+            values *= factor
+        self._totals[key] *= factor
+        self._changed[key] = True
+
+    def _add_dense_values(self, keys: NDArray[np.int64], dense: NDArray[np.float64]) -> None:
+        """Add dense values ``[C, F, B]`` (stored units) to cells ``keys`` (sorted, unique)."""
+        for slab, fields, nz in (
+            (self._floor, slice(0, FLOOR_FIELDS), dense[:, REQUESTS] != 0),
+            (self._price, slice(FLOOR_FIELDS, N_FIELDS), dense[:, PRICE] != 0),
+        ):
+            c, b = np.nonzero(nz)
+            slab.add(keys[c], b, dense[c, fields, b])
+        self._totals[keys] += dense.sum(axis=2)
+        np.add.at(self._pooled, keys % self.n_networks, dense)
+        self._changed[keys] = True
 
     def merge(self, other: SufficientStats) -> None:
         """Add another aggregate of the same placement (computed elsewhere) into this one."""
         if other.n_networks != self.n_networks:
             raise ValueError("cannot merge statistics of placements with different networks")
-        if not math.isfinite(other.t_ref) or not other._cells:
+        if not math.isfinite(other.t_ref):
             return
         self._advance(other.t_ref)
-        factor = decay_factor(self.t_ref - other.t_ref, self.half_life_seconds)
+        # other's stored units → values at other.t_ref → values at self.t_ref → self's units
+        factor = other._scale * decay_factor(self.t_ref - other.t_ref, self.half_life_seconds) / self._scale
         rows = self._rows_for(other.segments)
-        their = np.fromiter(other._cells, np.int64, len(other._cells))
-        their_rows, nets = np.divmod(their, other.n_networks)
-        keys = rows[their_rows] * self.n_networks + nets
-        order = np.argsort(keys)
-        for lo in range(0, len(order), ADD_CHUNK_CELLS):
-            part = order[lo : lo + ADD_CHUNK_CELLS]
-            dense = np.stack([other.cell(int(r), int(j)) for r, j in zip(their_rows[part], nets[part], strict=True)])
-            self._add_dense(keys[part], dense * factor)
+        for slab, mine in ((other._floor, self._floor), (other._price, self._price)):
+            cells, bins, values = slab.entries()
+            keys = rows[cells // other.n_networks] * self.n_networks + cells % other.n_networks
+            order = np.lexsort((bins, keys))
+            mine.add(keys[order], bins[order].astype(np.int64), values[order] * factor)
+        n_other = len(other.segments) * other.n_networks
+        their = np.flatnonzero(other._totals[:n_other].any(axis=1))
+        keys = rows[their // other.n_networks] * self.n_networks + their % other.n_networks
+        self._totals[keys] += other._totals[their] * factor
+        self._pooled += other._pooled * factor
+        self._changed[keys] = True
 
-    def take_changes(self) -> list[tuple[str, int]]:
-        """(segment, network) cells changed since the last call, and forget them."""
-        changed = sorted(self._changed)
-        self._changed = set()
-        return [(self.segments[k // self.n_networks], k % self.n_networks) for k in changed]
+    def take_changes(self) -> NDArray[np.int64]:
+        """Cells (``row * n_networks + network``) changed since the last call, and forget them."""
+        changed = np.flatnonzero(self._changed)
+        self._changed[:] = False
+        return changed
 
     # -------------------------------------------------------------------- state
-    def entries(self, keys: Sequence[int] | None = None) -> dict[str, np.ndarray]:
-        """Sparse entries of cells ``keys`` (default all) at ``t_ref``: cell key and bin of each
-        entry, and its floor- or price-indexed values."""
-        keys = sorted(self._cells) if keys is None else sorted(k for k in keys if k in self._cells)
-        parts: dict[str, list[np.ndarray]] = {n: [] for n in ("fk", "fb", "fv", "pk", "pb", "pv")}
-        for key in keys:
-            c = self._cells[key]
-            f = self._factor(*divmod(key, self.n_networks))
-            parts["fk"].append(np.full(len(c.floor_bins), key, dtype=np.int64))
-            parts["fb"].append(c.floor_bins)
-            parts["fv"].append(c.floor_values.T * f)
-            parts["pk"].append(np.full(len(c.price_bins), key, dtype=np.int64))
-            parts["pb"].append(c.price_bins)
-            parts["pv"].append(c.price_values.T * f)
-        width = {"fv": FLOOR_FIELDS, "pv": N_FIELDS - FLOOR_FIELDS}
-        out = {}
-        for name, arrays in parts.items():
-            if arrays:
-                out[name] = np.concatenate(arrays)
-            elif name in width:
-                out[name] = np.empty((0, width[name]))
+    def entries(self, cells: NDArray[np.int64] | None = None) -> dict[str, np.ndarray]:
+        """Sparse entries (stored units) of ``cells`` (default all): cell and bin of each entry and
+        its floor- or price-indexed values, sorted by cell then bin; with the cells' totals."""
+        out: dict[str, np.ndarray] = {}
+        for kind, slab in (("floor", self._floor), ("price", self._price)):
+            if cells is None:
+                held = np.flatnonzero(slab.mask[: len(self._totals)].any(axis=1))
             else:
-                out[name] = np.empty(0, dtype=np.uint8 if name.endswith("b") else np.int64)
-        return {
-            "stats_floor_cells": out["fk"],
-            "stats_floor_bins": out["fb"].astype(np.uint8),
-            "stats_floor_values": out["fv"],
-            "stats_price_cells": out["pk"],
-            "stats_price_bins": out["pb"].astype(np.uint8),
-            "stats_price_values": out["pv"],
-        }
+                held = np.asarray(cells, np.int64)
+            c, b, v = slab.entries(held)
+            out[f"stats_{kind}_cells"], out[f"stats_{kind}_bins"], out[f"stats_{kind}_values"] = c, b, v
+        return out
 
     def state(self) -> dict[str, np.ndarray]:
+        n = len(self.segments) * self.n_networks
         return {
             **self.entries(),
             "stats_segments": np.array(self.segments, dtype=np.str_),
             "stats_n_networks": np.array(self.n_networks),
             "stats_t_ref": np.array(self.t_ref),
+            "stats_t_origin": np.array(self.t_origin),
             "stats_half_life": np.array(self.half_life_seconds),
-            "stats_totals": self.totals(),
+            "stats_totals": self._totals[:n].reshape(len(self.segments), self.n_networks, N_FIELDS).copy(),
             "stats_pooled": self._pooled.copy(),
         }
 
-    def _cells_from_entries(self, state: dict[str, np.ndarray]) -> dict[int, _Cell]:
-        """Cells (values at ``t_ref``) of sparse entries as written by :meth:`entries`."""
-        cells: dict[int, _Cell] = {}
-        for kind, width in (("floor", FLOOR_FIELDS), ("price", N_FIELDS - FLOOR_FIELDS)):
-            keys = np.asarray(state[f"stats_{kind}_cells"], np.int64)
-            bins = np.asarray(state[f"stats_{kind}_bins"], np.uint8)
-            values = np.asarray(state[f"stats_{kind}_values"], np.float64).reshape(-1, width)
-            if len(keys) == 0:
-                continue
-            starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-            for lo, hi in zip(starts.tolist(), [*starts[1:].tolist(), len(keys)], strict=True):
-                cell = cells.get(int(keys[lo])) or cells.setdefault(int(keys[lo]), _Cell())
-                setattr(cell, f"{kind}_bins", bins[lo:hi].copy())
-                setattr(cell, f"{kind}_values", np.ascontiguousarray(values[lo:hi].T))
-        return cells
+    def load_cells(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the cells that ``state``'s entries name (stored units of the same origin; see
+        :meth:`entries`), updating totals and the placement level; other cells are kept."""
+        keys = np.union1d(state["stats_floor_cells"], state["stats_price_cells"]).astype(np.int64)
+        self.scale_cells_to_zero(keys)
+        dense = np.zeros((len(keys), N_FIELDS, N_BINS))
+        for kind, fields in (("floor", slice(0, FLOOR_FIELDS)), ("price", slice(FLOOR_FIELDS, N_FIELDS))):
+            at = np.searchsorted(keys, np.asarray(state[f"stats_{kind}_cells"], np.int64))
+            dense[at, fields, np.asarray(state[f"stats_{kind}_bins"], np.int64)] = state[f"stats_{kind}_values"]
+        self._add_dense_values(keys, dense)
 
-    def load_entries(self, state: dict[str, np.ndarray]) -> None:
-        """Replace the cells named in ``state``'s entries (see :meth:`entries`; values at
-        ``t_ref``) and update the placement level and totals; other cells stay as they are."""
-        for key, cell in self._cells_from_entries(state).items():
-            r, j = divmod(key, self.n_networks)
-            old = self._cells.get(key)
-            if old is not None:
-                self._pooled[j] -= old.dense(self._factor(r, j))
-            dense = cell.dense()
-            self._pooled[j] += dense
-            self._totals[r, j] = dense.sum(axis=1)
-            self._time[r, j] = self.t_ref
-            self._cells[key] = cell
-            self._changed.add(key)
+    def scale_cells_to_zero(self, keys: NDArray[np.int64]) -> None:
+        for key in keys.tolist():
+            self.scale_cell(*divmod(int(key), self.n_networks), 0.0)
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> SufficientStats:
@@ -457,11 +534,17 @@ class SufficientStats:
             return cls.from_dense(segments, state["stats_data"], t_ref, half_life)
         stats = cls(int(state["stats_n_networks"]), half_life, segments)
         stats.t_ref = t_ref
-        stats._cells = stats._cells_from_entries(state)
-        rows, nets = np.divmod(np.fromiter(stats._cells, np.int64, len(stats._cells)), stats.n_networks)
-        stats._time[rows, nets] = t_ref
-        stats._totals[: len(segments)] = state["stats_totals"]
+        stats.t_origin = float(state["stats_t_origin"])
+        for kind, slab in (("floor", stats._floor), ("price", stats._price)):
+            slab.add(
+                np.asarray(state[f"stats_{kind}_cells"], np.int64),
+                np.asarray(state[f"stats_{kind}_bins"], np.int64),
+                np.asarray(state[f"stats_{kind}_values"], np.float64).reshape(-1, slab.width),
+            )
+        n = len(segments) * stats.n_networks
+        stats._totals[:n] = np.asarray(state["stats_totals"], np.float64).reshape(n, N_FIELDS)
         stats._pooled = np.array(state["stats_pooled"], dtype=np.float64)
+        stats._changed[:] = False
         return stats
 
     @classmethod
@@ -471,11 +554,9 @@ class SufficientStats:
         """Statistics from a dense array ``[S, N, F, B]`` held at reference time ``t_ref``."""
         data = np.asarray(data, dtype=np.float64)
         stats = cls(data.shape[1], half_life_seconds, segments)
-        stats.t_ref = t_ref
+        stats.t_ref = stats.t_origin = t_ref
         flat = data.reshape(-1, N_FIELDS, N_BINS)
-        keys = np.flatnonzero((flat[:, REQUESTS] > 0).any(axis=1) | (flat[:, PRICE] > 0).any(axis=1))
-        for lo in range(0, len(keys), ADD_CHUNK_CELLS):
-            part = keys[lo : lo + ADD_CHUNK_CELLS]
-            stats._add_dense(part, flat[part])
-        stats._changed = set()
+        keys = np.flatnonzero((flat[:, REQUESTS] != 0).any(axis=1) | (flat[:, PRICE] != 0).any(axis=1))
+        stats._add_dense_values(keys, flat[keys])
+        stats._changed[:] = False
         return stats

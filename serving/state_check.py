@@ -40,7 +40,18 @@ from bandit.errors import AdbanditError, InvalidConfig, InvalidState
 from bandit.io import state_meta
 from bandit.params import POLICY_PARAMS, check_params
 from bandit.policy import STATE_SCHEMA_VERSION
-from bandit.stats import ATFLOOR, FILLS, FLOOR_FIELDS, N_BINS, N_FIELDS, PRICE, REQUESTS, REVENUE, REVENUE_SQ
+from bandit.stats import (
+    ATFLOOR,
+    FILLS,
+    FLOOR_FIELDS,
+    N_BINS,
+    N_FIELDS,
+    PRICE,
+    RENORMALISE_HALF_LIVES,
+    REQUESTS,
+    REVENUE,
+    REVENUE_SQ,
+)
 
 #: A probability vector may miss 1 by this much (float sums).
 SUM_TOLERANCE = 1e-6
@@ -253,7 +264,8 @@ def _check_numbers(arrays: dict[str, np.ndarray], config: PlacementConfig, segme
     for name, arr in arrays.items():
         if arr.dtype.kind not in "fc":
             continue
-        if name.endswith(("table_floor_bounds", "stats_t_ref", "stats_half_life")):  # also recent_stats_*
+        # also recent_stats_*
+        if name.endswith(("table_floor_bounds", "stats_t_ref", "stats_t_origin", "stats_half_life")):
             if np.isnan(arr).any():
                 raise _fail(f"{name} holds NaN")
             continue
@@ -264,6 +276,13 @@ def _check_numbers(arrays: dict[str, np.ndarray], config: PlacementConfig, segme
         raise _fail("stats_t_ref is +inf")
     if not arrays["stats_half_life"] > 0:
         raise _fail("stats_half_life must be > 0 seconds (inf for no discounting)")
+    if "stats_t_origin" in arrays and np.isfinite(arrays["stats_t_ref"]):
+        t_ref, origin, half_life = (float(arrays[k]) for k in ("stats_t_ref", "stats_t_origin", "stats_half_life"))
+        if not (math.isfinite(origin) and 0 <= t_ref - origin <= RENORMALISE_HALF_LIVES * half_life):
+            raise _fail(
+                f"stats_t_origin must lie at most {RENORMALISE_HALF_LIVES:g} half-lives before stats_t_ref "
+                f"(it is {origin!r}, stats_t_ref {t_ref!r})"
+            )
     weights = arrays["table_weights"]
     if (weights < 0).any() or (np.abs(weights.sum(axis=1) - 1.0) > SUM_TOLERANCE).any():
         row = int(np.argmax((weights < 0).any(axis=1) | (np.abs(weights.sum(axis=1) - 1.0) > SUM_TOLERANCE)))

@@ -389,6 +389,8 @@ BAD_STATES = [
      "point outside"),
     ("dense statistics of the wrong shape", lambda s: _dense_stats(s, (1, 3, 9, 128)), "stats_data has shape"),
     ("negative counts", lambda s: _stats(s, -1.0), "negative"),
+    ("statistics in units of another era",
+     lambda s: {**s, "stats_t_ref": np.array(1.7e9), "stats_t_origin": np.array(1.0)}, "stats_t_origin"),
     ("statistics dated in the future", _set("stats_t_ref", lambda a: np.array(4.0e9)), "after the server's clock"),
     ("no placement-level table", _set("table_segments", lambda a: np.array(["KR|ios"])), "'*'"),
     ("segment key not of segment_by", lambda s: {**_set("table_segments", lambda a: np.array(["*", "KR"]))(s),
