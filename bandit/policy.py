@@ -117,6 +117,11 @@ class Policy:
                 row = self.stats.segment_row(seg)
                 self._tables[seg] = self._build_table(seg, self.stats.segment_data(row), pooled)
 
+    def pending_segments(self) -> list[str]:
+        """Segments whose tables do not reflect all their learned events yet (a policy that
+        refits lazily lists them here; they are refit by a later :meth:`refresh`)."""
+        return []
+
     def _build_table(self, segment: str, stats: NDArray[np.float64], pooled: NDArray[np.float64]) -> SegmentTable:
         """Segment statistics [N, F, B] (and the placement's) → decision table."""
         raise NotImplementedError
