@@ -143,6 +143,22 @@ POLICY_PARAMS: dict[str, tuple[Param, ...]] = {
             5000.0,
         ),
         Param(
+            "refit_share",
+            "float",
+            0.0,
+            1.0,
+            "New events, as a share of a (segment, network) cell's weight, that make its table row due for a refit.",
+            0.05,
+        ),
+        Param(
+            "refit_max_age_s",
+            "float",
+            0.0,
+            86_400.0,
+            "Event-time seconds after which a cell with new events is refit, however few they are.",
+            900.0,
+        ),
+        Param(
             "pool_fields",
             "int",
             0,

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable, project_shares
 from bandit.errors import InvalidDecisionRequest, InvalidState
 from bandit.events import EventBatch
-from bandit.stats import SufficientStats
+from bandit.stats import REQUESTS, SufficientStats
 from bandit.types import ALL_SEGMENTS, Allocation, Decision, NetworkAllocation, OutcomeEvent, PlacementConfig
 
 STATE_SCHEMA_VERSION = 1
@@ -115,7 +115,12 @@ class Policy:
         for seg in segments:
             if seg != ALL_SEGMENTS:
                 row = self.stats.segment_row(seg)
-                self._tables[seg] = self._build_table(seg, self.stats.data[row], pooled)
+                self._tables[seg] = self._build_table(seg, self.stats.segment_data(row), pooled)
+
+    def pending_segments(self) -> list[str]:
+        """Segments whose tables do not reflect all their learned events yet (a policy that
+        refits lazily lists them here; they are refit by a later :meth:`refresh`)."""
+        return []
 
     def _build_table(self, segment: str, stats: NDArray[np.float64], pooled: NDArray[np.float64]) -> SegmentTable:
         """Segment statistics [N, F, B] (and the placement's) → decision table."""
@@ -208,9 +213,9 @@ class Policy:
         table = self.table(segment)
         row = self.stats.segment_row(segment)
         if segment == ALL_SEGMENTS:
-            effective = float(self.stats.data[:, :, 0].sum())
+            effective = float(self.stats.placement_level()[:, REQUESTS].sum())
         else:
-            effective = float(self.stats.data[row, :, 0].sum()) if row is not None else 0.0
+            effective = float(self.stats.totals()[row, :, REQUESTS].sum()) if row is not None else 0.0
         cols = {name: i for i, name in enumerate(SUMMARY_FIELDS)}
         networks = tuple(
             NetworkAllocation(

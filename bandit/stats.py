@@ -1,22 +1,32 @@
 """Additive sufficient statistics per (segment, network), binned in log price.
 
-Layout: an array ``[S, N, F, B]`` — S segments, N networks, F fields (``FIELDS``),
-B log-price bins over ``[PRICE_MIN, MAX_CPM]``. Fields indexed by the *floor* bin of
+Logically an array ``[S, N, F, B]`` — S segments, N networks, F fields (``FIELDS``),
+B log-price bins over ``[PRICE_MIN, MAX_CPM]`` — stored sparsely: a (segment, network)
+cell holds only the bins it has seen (a typical cell ~1 KB, a full one ~9 KB). Fields indexed by the *floor* bin of
 the request: requests, fills, revenue, revenue², no-fills and their summed log floor,
 at-floor fills (second-price mass at the floor) and their summed log floor. Fields
 indexed by the *price* bin: fills above the floor and their summed log price.
 
 Everything is a weighted count, so aggregates from several workers merge by
 addition and time discounting multiplies an aggregate by ``2^(-Δt / half_life)``.
-Weights are kept relative to ``t_ref`` (the newest event time seen), so the result is
-the same whatever the order in which events arrive.
+Reads are at ``t_ref`` (the newest event time seen), so the result is the same
+whatever the order in which events arrive. Discounting is lazy: values are stored in
+units growing with event time (an event at ``ts`` adds ``2^((ts - t_origin) / half_life)``)
+and read through one scale ``2^(-(t_ref - t_origin) / half_life)``, so a batch costs what
+its events cost, whatever the size of the placement (a pass over everything only every
+``RENORMALISE_HALF_LIVES`` half-lives, to stay within floating point range).
+
+Cells live in a slab (:class:`BinSlab`): a cell's entries are contiguous, in bin order,
+and a 128-bit mask per cell says which bins it holds, so an entry's place is the cell's
+offset plus the number of its bins below (popcount). Learning, reading and merging are
+vectorised over cells; a cell that gains a bin moves to the slab's end, and the slab is
+compacted when half of it is garbage.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,6 +56,8 @@ FIELDS = (
 )
 REQUESTS, FILLS, REVENUE, REVENUE_SQ, NOFILL_LOGF, ATFLOOR, ATFLOOR_LOGF, PRICE, PRICE_LOGP = range(len(FIELDS))
 N_FIELDS = len(FIELDS)
+#: Fields indexed by the floor bin (``[:FLOOR_FIELDS]``) and by the price bin (the rest).
+FLOOR_FIELDS = PRICE
 #: A fill is "at the floor" when its price is within max(``AT_FLOOR_ATOL`` CPM,
 #: ``AT_FLOOR_RTOL`` × floor) of the floor: second-price networks often pay the floor plus a
 #: cent, or round prices to cents.
@@ -116,29 +128,219 @@ def accumulate(
     return out
 
 
-@dataclass
-class SufficientStats:
-    """Discounted statistics of one placement: ``data[S, N, F, B]`` at reference time ``t_ref``.
+#: Half-lives between the stored units' origin and ``t_ref`` after which everything is
+#: rescaled (2^256 stays far inside float64 range).
+RENORMALISE_HALF_LIVES = 256.0
+_ONE = np.uint64(1)
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
-    ``segments[s]`` names row ``s``. Merging and adding are exact sums after both sides
-    are discounted to the same reference time.
+
+def _bit_masks(bins: NDArray[np.int64]) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
+    """128-bit masks (low, high words) of single bins."""
+    b = bins.astype(np.uint64)
+    low = np.where(bins < 64, np.left_shift(_ONE, b % np.uint64(64)), np.uint64(0))
+    high = np.where(bins >= 64, np.left_shift(_ONE, b % np.uint64(64)), np.uint64(0))
+    return low.astype(np.uint64), high.astype(np.uint64)
+
+
+def _rank(mask: NDArray[np.uint64], bins: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Bins of ``mask`` ([n, 2] words) below each of ``bins`` [n]: the entry's place in its cell."""
+    b = bins.astype(np.uint64) % np.uint64(64)
+    below = np.left_shift(_ONE, b) - _ONE
+    low = np.where(bins < 64, mask[:, 0] & below, mask[:, 0])
+    high = np.where(bins < 64, np.uint64(0), mask[:, 1] & below)
+    return (np.bitwise_count(low) + np.bitwise_count(high)).astype(np.int64)
+
+
+def _count(mask: NDArray[np.uint64]) -> NDArray[np.int64]:
+    return np.bitwise_count(mask).sum(axis=-1).astype(np.int64)
+
+
+def _bins_of(mask: NDArray[np.uint64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(row, bin) of every bin set in ``mask`` [C, 2], sorted by row then bin."""
+    bits = np.unpackbits(np.ascontiguousarray(mask).view(np.uint8).reshape(len(mask), 16), axis=1, bitorder="little")
+    return np.nonzero(bits)
+
+
+class BinSlab:
+    """Sparse binned values ``[cells, width, B]``: per cell a bin mask and a block of entries.
+
+    ``values[offset[c] + k]`` is the ``k``-th bin (in order) that cell ``c`` holds.
     """
 
-    n_networks: int
-    half_life_seconds: float = math.inf
-    segments: list[str] | None = None
-    data: NDArray[np.float64] | None = None
-    t_ref: float = -math.inf
+    def __init__(self, width: int, n_cells: int = 0) -> None:
+        self.width = width
+        self.mask = np.zeros((n_cells, 2), dtype=np.uint64)
+        self.offset = np.zeros(n_cells, dtype=np.int64)
+        self.values = np.zeros((64, width))
+        self.used = 0  # slab rows handed out
+        self.live = 0  # slab rows of current blocks
 
-    def __post_init__(self) -> None:
-        self.segments = list(self.segments or [])
-        if self.data is None:
-            self.data = np.zeros((len(self.segments), self.n_networks, N_FIELDS, N_BINS))
-        self._index = {s: i for i, s in enumerate(self.segments)}
+    def grow_cells(self, n_cells: int) -> None:
+        if n_cells > len(self.offset):
+            cap = max(n_cells, 2 * len(self.offset))
+            self.mask = np.concatenate([self.mask, np.zeros((cap - len(self.mask), 2), dtype=np.uint64)])
+            self.offset = np.concatenate([self.offset, np.zeros(cap - len(self.offset), dtype=np.int64)])
 
+    def _reserve(self, rows: int) -> None:
+        if self.used + rows > len(self.values):
+            cap = max(self.used + rows, 2 * len(self.values))
+            grown = np.zeros((cap, self.width))
+            grown[: self.used] = self.values[: self.used]
+            self.values = grown
+
+    def add(self, cells: NDArray[np.int64], bins: NDArray[np.int64], values: NDArray[np.float64]) -> None:
+        """Add ``values`` [n, width] at (cell, bin) pairs, unique and sorted by cell then bin."""
+        if len(cells) == 0:
+            return
+        first = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
+        touched = cells[first]
+        low, high = _bit_masks(bins)
+        old = self.mask[touched]
+        added = np.stack([np.bitwise_or.reduceat(low, first), np.bitwise_or.reduceat(high, first)], axis=1)
+        new = old | added
+        moved = (new != old).any(axis=1)
+        if moved.any():
+            self._move(touched[moved], old[moved], new[moved])
+        self.values[self.offset[cells] + _rank(self.mask[cells], bins)] += values
+
+    def _move(self, cells: NDArray[np.int64], old: NDArray[np.uint64], new: NDArray[np.uint64]) -> None:
+        """Give ``cells`` new blocks at the slab's end for their ``new`` masks, keeping their values."""
+        sizes = _count(new)
+        self._reserve(int(sizes.sum()))
+        start = self.used + np.cumsum(sizes) - sizes
+        self.values[self.used : self.used + int(sizes.sum())] = 0.0
+        row, b = _bins_of(old)
+        if len(row):
+            first = np.searchsorted(row, np.arange(len(cells)))
+            src = self.offset[cells][row] + (np.arange(len(row)) - first[row])
+            dst = start[row] + _rank(new[row], b)
+            self.values[dst] = self.values[src]
+        old_sizes = _count(old)
+        self.offset[cells] = start
+        self.mask[cells] = new
+        self.used += int(sizes.sum())
+        self.live += int(sizes.sum() - old_sizes.sum())
+        if self.used > 2 * self.live + 4096:
+            self.compact()
+
+    def compact(self) -> None:
+        """Move every block to the front, in cell order (drops the garbage of moved blocks)."""
+        sizes = _count(self.mask)
+        cells = np.flatnonzero(sizes)
+        sizes = sizes[cells]
+        start = np.cumsum(sizes) - sizes
+        src = np.repeat(self.offset[cells] - start, sizes) + np.arange(int(sizes.sum()))
+        values = np.zeros((max(64, 2 * len(src)), self.width))
+        values[: len(src)] = self.values[src]
+        self.values = values
+        self.offset[cells] = start
+        self.used = self.live = len(src)
+
+    def block(self, cell: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Bins [k] and values [k, width] of one cell (a view into the slab)."""
+        _, b = _bins_of(self.mask[cell : cell + 1])
+        lo = int(self.offset[cell])
+        return b, self.values[lo : lo + len(b)]
+
+    def entries(self, cells: NDArray[np.int64] | None = None) -> tuple[NDArray, NDArray, NDArray]:
+        """(cell, bin, values) of every entry of ``cells`` (default all), sorted by cell then bin."""
+        if cells is None:
+            cells = np.flatnonzero(self.mask.any(axis=1))
+        row, b = _bins_of(self.mask[cells])
+        first = np.searchsorted(row, np.arange(len(cells)))
+        src = self.offset[cells][row] + (np.arange(len(row)) - first[row])
+        return cells[row], b.astype(np.uint8), self.values[src]
+
+    def scale(self, factor: float) -> None:
+        self.values[: self.used] *= factor
+
+    def nbytes_per_cell(self) -> NDArray[np.float64]:
+        """Bytes each cell's entries take (values plus its mask and offset)."""
+        return _count(self.mask) * self.width * self.values.itemsize + 24.0
+
+
+class SufficientStats:
+    """Discounted statistics of one placement at reference time ``t_ref``, stored per cell.
+
+    ``segments[s]`` names row ``s``; cell ``row * n_networks + network``. Reads
+    (:meth:`cell`, :meth:`segment_data`, :meth:`totals`, :meth:`placement_level`) return
+    dense arrays at ``t_ref``. Merging and adding are exact sums after both sides are
+    discounted to the same time.
+    """
+
+    def __init__(self, n_networks: int, half_life_seconds: float = math.inf, segments: Sequence[str] = ()) -> None:
+        self.n_networks = int(n_networks)
+        self.half_life_seconds = float(half_life_seconds)
+        self.t_ref = -math.inf
+        self.t_origin = -math.inf  # time at which stored units equal values
+        self.segments: list[str] = []
+        self._index: dict[str, int] = {}
+        self._floor = BinSlab(FLOOR_FIELDS)
+        self._price = BinSlab(N_FIELDS - FLOOR_FIELDS)
+        self._totals = np.zeros((0, N_FIELDS))  # per cell, summed over bins
+        self._pooled = np.zeros((self.n_networks, N_FIELDS, N_BINS))
+        self._changed = np.zeros(0, dtype=bool)
+        self._rows_for(list(segments))
+
+    # ------------------------------------------------------------------ reading
     def segment_row(self, segment: str) -> int | None:
         return self._index.get(segment)
 
+    @property
+    def _scale(self) -> float:
+        """Stored units → values at ``t_ref``."""
+        return decay_factor(self.t_ref - self.t_origin, self.half_life_seconds) if math.isfinite(self.t_ref) else 1.0
+
+    def cell(self, row: int, network: int) -> NDArray[np.float64]:
+        """Statistics ``[F, B]`` of one (segment, network) cell at ``t_ref`` (a new array)."""
+        key = row * self.n_networks + network
+        out = np.zeros((N_FIELDS, N_BINS))
+        if key < len(self._totals):
+            fb, fv = self._floor.block(key)
+            pb, pv = self._price.block(key)
+            scale = self._scale
+            out[:FLOOR_FIELDS, fb] = fv.T * scale
+            out[FLOOR_FIELDS:, pb] = pv.T * scale
+        return out
+
+    def segment_data(self, row: int) -> NDArray[np.float64]:
+        """Statistics ``[N, F, B]`` of one segment at ``t_ref`` (a new array)."""
+        return np.stack([self.cell(row, j) for j in range(self.n_networks)])
+
+    def totals(self) -> NDArray[np.float64]:
+        """Every cell's fields summed over bins, ``[S, N, F]``, at ``t_ref``."""
+        n = len(self.segments) * self.n_networks
+        return (self._totals[:n] * self._scale).reshape(len(self.segments), self.n_networks, N_FIELDS)
+
+    def placement_level(self) -> NDArray[np.float64]:
+        """Statistics of the whole placement, ``[N, F, B]`` (sum over segments)."""
+        return self._pooled * self._scale
+
+    def to_dense(self) -> NDArray[np.float64]:
+        """All statistics as one dense array ``[S, N, F, B]`` at ``t_ref`` (small placements, tests)."""
+        out = np.zeros((len(self.segments) * self.n_networks, N_FIELDS, N_BINS))
+        for slab, fields in ((self._floor, slice(0, FLOOR_FIELDS)), (self._price, slice(FLOOR_FIELDS, N_FIELDS))):
+            cells, bins, values = slab.entries()
+            out[cells, fields, bins] = values * self._scale
+        return out.reshape(len(self.segments), self.n_networks, N_FIELDS, N_BINS)
+
+    def decayed_to(self, t: float) -> NDArray[np.float64]:
+        """All statistics as they would look at time ``t`` (no change to this object)."""
+        return self.to_dense() * decay_factor(t - self.t_ref, self.half_life_seconds)
+
+    @property
+    def n_cells(self) -> int:
+        """Cells holding data."""
+        return int((self._floor.mask[: len(self._totals)] != 0).any(axis=1).sum())
+
+    def cell_nbytes(self) -> NDArray[np.float64]:
+        """Bytes of each cell holding data: its entries, masks, offsets and totals."""
+        held = (self._floor.mask[: len(self._totals)] != 0).any(axis=1)
+        per = self._floor.nbytes_per_cell()[: len(held)] + self._price.nbytes_per_cell()[: len(held)]
+        return per[held] + N_FIELDS * 8.0 + 1.0
+
+    # ----------------------------------------------------------------- learning
     def _rows_for(self, keys: Sequence[str]) -> NDArray[np.int64]:
         """Row of each key, appending new segments (capacity grows by doubling)."""
         rows = np.empty(len(keys), dtype=np.int64)
@@ -149,18 +351,75 @@ class SufficientStats:
                 self._index[key] = row
                 self.segments.append(key)
             rows[i] = row
-        if len(self.segments) > self.data.shape[0]:
-            grown = np.zeros((len(self.segments), *self.data.shape[1:]))
-            grown[: self.data.shape[0]] = self.data
-            self.data = grown
+        n = len(self.segments) * self.n_networks
+        if n > len(self._totals):
+            cap = max(n, 2 * len(self._totals))
+            self._totals = np.concatenate([self._totals, np.zeros((cap - len(self._totals), N_FIELDS))])
+            self._changed = np.concatenate([self._changed, np.zeros(cap - len(self._changed), dtype=bool)])
+            self._floor.grow_cells(cap)
+            self._price.grow_cells(cap)
         return rows
 
     def _advance(self, t: float) -> None:
-        """Move the reference time forward to ``t``, discounting what is already held."""
-        if t > self.t_ref:
-            if math.isfinite(self.t_ref):
-                self.data *= decay_factor(t - self.t_ref, self.half_life_seconds)
-            self.t_ref = t
+        """Move the reference time forward to ``t`` (nothing is rescaled, except every
+        ``RENORMALISE_HALF_LIVES`` half-lives)."""
+        if t <= self.t_ref:
+            return
+        self.t_ref = t
+        if not math.isfinite(self.t_origin):
+            self.t_origin = t
+        elif (t - self.t_origin) > RENORMALISE_HALF_LIVES * self.half_life_seconds:
+            scale = self._scale
+            for slab in (self._floor, self._price):
+                slab.scale(scale)
+            self._totals *= scale
+            self._pooled *= scale
+            self.t_origin = t
+
+    def _units(self, ts: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Stored weight of events at times ``ts``."""
+        if not math.isfinite(self.half_life_seconds):
+            return np.ones(len(ts))
+        return np.exp2((ts - self.t_origin) / self.half_life_seconds)
+
+    def _add_entries(self, cell: NDArray[np.int64], floor_cpm, filled, revenue_cpm, weight) -> None:
+        """Add events: cell keys, floors, fills, revenues and weights (stored units), each [n]."""
+        logf = log_price(floor_cpm)
+        fbin = price_bin(logf)
+        at_floor = is_at_floor(floor_cpm, revenue_cpm, filled)
+        above = filled & ~at_floor
+        w_fill = weight * filled
+        w_at = weight * at_floor
+        rev_w = weight * revenue_cpm
+        logp = log_price(revenue_cpm[above])
+        pbin = price_bin(logp)
+        w_above = weight[above]
+        by_floor = (weight, w_fill, rev_w, rev_w * revenue_cpm, (weight - w_fill) * logf, w_at, w_at * logf)
+        by_price = (w_above, w_above * logp)
+        self._add_binned(self._floor, cell, fbin, by_floor)
+        self._add_binned(self._price, cell[above], pbin, by_price)
+        cells, inverse = np.unique(cell, return_inverse=True)
+        for f, column in enumerate(by_floor):
+            self._totals[cells, f] += np.bincount(inverse, column, len(cells))
+        for f, column in enumerate(by_price):
+            self._totals[cells, FLOOR_FIELDS + f] += np.bincount(inverse[above], column, len(cells))
+        self._changed[cells] = True
+        net = cell % self.n_networks
+        size = self.n_networks * N_BINS
+        for f, column in enumerate(by_floor):
+            self._pooled[:, f] += np.bincount(net * N_BINS + fbin, column, size).reshape(-1, N_BINS)
+        pkey = net[above] * N_BINS + pbin
+        for f, column in enumerate(by_price):
+            self._pooled[:, FLOOR_FIELDS + f] += np.bincount(pkey, column, size).reshape(-1, N_BINS)
+
+    @staticmethod
+    def _add_binned(slab: BinSlab, cell: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence) -> None:
+        """Sum ``columns`` (each [n]) by (cell, bin) and add them to ``slab``."""
+        if len(cell) == 0:
+            return
+        keys, inverse = np.unique(cell * N_BINS + bins, return_inverse=True)
+        summed = np.stack([np.bincount(inverse, c, len(keys)) for c in columns], axis=1)
+        slab.add(keys // N_BINS, keys % N_BINS, summed)
 
     def add(self, batch: EventBatch) -> NDArray[np.int64]:
         """Add a batch; returns the rows (segments) it touched."""
@@ -168,16 +427,33 @@ class SufficientStats:
             return np.empty(0, dtype=np.int64)
         rows = self._rows_for(batch.segments)
         self._advance(float(batch.ts.max()))
-        if math.isfinite(self.half_life_seconds):
-            weight = np.exp2((batch.ts - self.t_ref) / self.half_life_seconds)
-        else:
-            weight = np.ones(len(batch))
         cell = rows[batch.segment_index] * self.n_networks + batch.network
-        n_cells = len(self.segments) * self.n_networks
-        self.data += accumulate(cell, n_cells, batch.floor_cpm, batch.filled, batch.revenue_cpm, weight).reshape(
-            self.data.shape
-        )
-        return np.flatnonzero(np.bincount(rows[batch.segment_index], minlength=len(self.segments)))
+        self._add_entries(cell, batch.floor_cpm, batch.filled, batch.revenue_cpm, self._units(batch.ts))
+        return np.unique(rows[batch.segment_index])
+
+    def scale_cell(self, row: int, network: int, factor: float) -> None:
+        """Keep ``factor`` of one cell's history (forgetting after a detected change)."""
+        key = row * self.n_networks + network
+        if key >= len(self._totals):
+            return
+        for slab, fields in ((self._floor, slice(0, FLOOR_FIELDS)), (self._price, slice(FLOOR_FIELDS, N_FIELDS))):
+            bins, values = slab.block(key)
+            self._pooled[network, fields, bins] -= (1.0 - factor) * values  # [k, fields]
+            values *= factor
+        self._totals[key] *= factor
+        self._changed[key] = True
+
+    def _add_dense_values(self, keys: NDArray[np.int64], dense: NDArray[np.float64]) -> None:
+        """Add dense values ``[C, F, B]`` (stored units) to cells ``keys`` (sorted, unique)."""
+        for slab, fields, nz in (
+            (self._floor, slice(0, FLOOR_FIELDS), dense[:, REQUESTS] != 0),
+            (self._price, slice(FLOOR_FIELDS, N_FIELDS), dense[:, PRICE] != 0),
+        ):
+            c, b = np.nonzero(nz)
+            slab.add(keys[c], b, dense[c, fields, b])
+        self._totals[keys] += dense.sum(axis=2)
+        np.add.at(self._pooled, keys % self.n_networks, dense)
+        self._changed[keys] = True
 
     def merge(self, other: SufficientStats) -> None:
         """Add another aggregate of the same placement (computed elsewhere) into this one."""
@@ -185,10 +461,91 @@ class SufficientStats:
             raise ValueError("cannot merge statistics of placements with different networks")
         if not math.isfinite(other.t_ref):
             return
-        rows = self._rows_for(other.segments)
         self._advance(other.t_ref)
-        factor = decay_factor(self.t_ref - other.t_ref, self.half_life_seconds)
-        np.add.at(self.data, rows, other.data * factor)
+        # other's stored units → values at other.t_ref → values at self.t_ref → self's units
+        factor = other._scale * decay_factor(self.t_ref - other.t_ref, self.half_life_seconds) / self._scale
+        rows = self._rows_for(other.segments)
+        for slab, mine in ((other._floor, self._floor), (other._price, self._price)):
+            cells, bins, values = slab.entries()
+            keys = rows[cells // other.n_networks] * self.n_networks + cells % other.n_networks
+            order = np.lexsort((bins, keys))
+            mine.add(keys[order], bins[order].astype(np.int64), values[order] * factor)
+        n_other = len(other.segments) * other.n_networks
+        their = np.flatnonzero(other._totals[:n_other].any(axis=1))
+        keys = rows[their // other.n_networks] * self.n_networks + their % other.n_networks
+        self._totals[keys] += other._totals[their] * factor
+        self._pooled += other._pooled * factor
+        self._changed[keys] = True
+
+    def take_changes(self) -> NDArray[np.int64]:
+        """Cells (``row * n_networks + network``) changed since the last call, and forget them."""
+        changed = np.flatnonzero(self._changed)
+        self._changed[:] = False
+        return changed
+
+    # -------------------------------------------------------------------- state
+    def entries(self, cells: NDArray[np.int64] | None = None) -> dict[str, np.ndarray]:
+        """Sparse entries (stored units) of ``cells`` (default all): cell and bin of each entry and
+        its floor- or price-indexed values, sorted by cell then bin; with the cells' totals."""
+        out: dict[str, np.ndarray] = {}
+        for kind, slab in (("floor", self._floor), ("price", self._price)):
+            if cells is None:
+                held = np.flatnonzero(slab.mask[: len(self._totals)].any(axis=1))
+            else:
+                held = np.asarray(cells, np.int64)
+            c, b, v = slab.entries(held)
+            out[f"stats_{kind}_cells"], out[f"stats_{kind}_bins"], out[f"stats_{kind}_values"] = c, b, v
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        n = len(self.segments) * self.n_networks
+        return {
+            **self.entries(),
+            "stats_segments": np.array(self.segments, dtype=np.str_),
+            "stats_n_networks": np.array(self.n_networks),
+            "stats_t_ref": np.array(self.t_ref),
+            "stats_t_origin": np.array(self.t_origin),
+            "stats_half_life": np.array(self.half_life_seconds),
+            "stats_totals": self._totals[:n].reshape(len(self.segments), self.n_networks, N_FIELDS).copy(),
+            "stats_pooled": self._pooled.copy(),
+        }
+
+    def load_cells(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the cells that ``state``'s entries name (stored units of the same origin; see
+        :meth:`entries`), updating totals and the placement level; other cells are kept."""
+        keys = np.union1d(state["stats_floor_cells"], state["stats_price_cells"]).astype(np.int64)
+        self.scale_cells_to_zero(keys)
+        dense = np.zeros((len(keys), N_FIELDS, N_BINS))
+        for kind, fields in (("floor", slice(0, FLOOR_FIELDS)), ("price", slice(FLOOR_FIELDS, N_FIELDS))):
+            at = np.searchsorted(keys, np.asarray(state[f"stats_{kind}_cells"], np.int64))
+            dense[at, fields, np.asarray(state[f"stats_{kind}_bins"], np.int64)] = state[f"stats_{kind}_values"]
+        self._add_dense_values(keys, dense)
+
+    def scale_cells_to_zero(self, keys: NDArray[np.int64]) -> None:
+        for key in keys.tolist():
+            self.scale_cell(*divmod(int(key), self.n_networks), 0.0)
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> SufficientStats:
+        segments = [str(s) for s in state["stats_segments"]]
+        half_life = float(state["stats_half_life"])
+        t_ref = float(state["stats_t_ref"])
+        if "stats_data" in state:  # dense layout of earlier versions
+            return cls.from_dense(segments, state["stats_data"], t_ref, half_life)
+        stats = cls(int(state["stats_n_networks"]), half_life, segments)
+        stats.t_ref = t_ref
+        stats.t_origin = float(state["stats_t_origin"])
+        for kind, slab in (("floor", stats._floor), ("price", stats._price)):
+            slab.add(
+                np.asarray(state[f"stats_{kind}_cells"], np.int64),
+                np.asarray(state[f"stats_{kind}_bins"], np.int64),
+                np.asarray(state[f"stats_{kind}_values"], np.float64).reshape(-1, slab.width),
+            )
+        n = len(segments) * stats.n_networks
+        stats._totals[:n] = np.asarray(state["stats_totals"], np.float64).reshape(n, N_FIELDS)
+        stats._pooled = np.array(state["stats_pooled"], dtype=np.float64)
+        stats._changed[:] = False
+        return stats
 
     @classmethod
     def from_dense(
@@ -196,43 +553,10 @@ class SufficientStats:
     ) -> SufficientStats:
         """Statistics from a dense array ``[S, N, F, B]`` held at reference time ``t_ref``."""
         data = np.asarray(data, dtype=np.float64)
-        return cls(data.shape[1], half_life_seconds, list(segments), data.copy(), t_ref)
-
-    def segment_data(self, row: int) -> NDArray[np.float64]:
-        """Statistics ``[N, F, B]`` of one segment (a copy) at ``t_ref``."""
-        return self.data[row].copy()
-
-    def cell(self, row: int, network: int) -> NDArray[np.float64]:
-        """Statistics ``[F, B]`` of one (segment, network) cell (a copy) at ``t_ref``."""
-        return self.data[row, network].copy()
-
-    def totals(self) -> NDArray[np.float64]:
-        """Every cell's fields summed over bins, ``[S, N, F]``, at ``t_ref``."""
-        return self.data.sum(axis=3)
-
-    def placement_level(self) -> NDArray[np.float64]:
-        """Statistics of the whole placement, ``[N, F, B]`` (sum over segments)."""
-        return self.data.sum(axis=0)
-
-    def decayed_to(self, t: float) -> NDArray[np.float64]:
-        """``data`` as it would look at time ``t`` (no change to this object)."""
-        return self.data * decay_factor(t - self.t_ref, self.half_life_seconds)
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {
-            "stats_data": self.data.copy(),
-            "stats_segments": np.array(self.segments, dtype=np.str_),
-            "stats_t_ref": np.array(self.t_ref),
-            "stats_half_life": np.array(self.half_life_seconds),
-        }
-
-    @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> SufficientStats:
-        data = np.array(state["stats_data"], dtype=np.float64)
-        return cls(
-            n_networks=data.shape[1],
-            half_life_seconds=float(state["stats_half_life"]),
-            segments=[str(s) for s in state["stats_segments"]],
-            data=data,
-            t_ref=float(state["stats_t_ref"]),
-        )
+        stats = cls(data.shape[1], half_life_seconds, segments)
+        stats.t_ref = stats.t_origin = t_ref
+        flat = data.reshape(-1, N_FIELDS, N_BINS)
+        keys = np.flatnonzero((flat[:, REQUESTS] != 0).any(axis=1) | (flat[:, PRICE] != 0).any(axis=1))
+        stats._add_dense_values(keys, flat[keys])
+        stats._changed[:] = False
+        return stats

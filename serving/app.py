@@ -109,6 +109,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         fsync=settings.fsync,
         max_event_skew_s=settings.max_event_skew_s,
         decision_key=key_from_setting(settings.decision_key.get_secret_value()) if settings.decision_key else None,
+        limits=settings.limits(),
     )
     start = time.perf_counter()
     await run_in_threadpool(store.open)

@@ -11,7 +11,11 @@ Learning updates the statistics only (``Policy.update(..., refresh=False)``): th
 decision tables of the touched segments are marked *stale* and rebuilt by
 :meth:`Applier.refit_stale`, live at most every ``refit_every_s`` per variant (refits
 cost milliseconds per segment and network, learning statistics microseconds), after a
-replay once at the end. Every learned record also goes to the outcome archive.
+replay once at the end. A policy that refits lazily (``ts_gmm`` refits a cell once its
+new events are a share of its weight, or after a bound of event time) keeps the
+segments it has not refit yet stale, so they are looked at again on the next pass.
+Every learned record also goes to the outcome archive. The segments learned join
+their placement's admitted segments (:mod:`serving.limits`).
 
 The caller holds the store's apply lock around every method except :meth:`enqueue`
 (called under the state lock); the applier takes each slot's ``learn_lock``.
@@ -109,6 +113,9 @@ class Applier:
                     touched = slot.learner.update(batch, refresh=False)
                     self._stale.setdefault(id(slot), (slot, set()))[1].update(touched)
                     slot.add_outcomes(batch)
+                # Live, ingest admitted these segments already; on replay this rebuilds
+                # the placement's admitted segments in log order.
+                entry.segments.learned(touched)
             except Exception:  # one bad group must not stop the others
                 log.exception("updating %s/%s failed; %d events skipped", placement_id, variant, _n_events(parts))
                 self._count(apply_errors=1)
@@ -138,8 +145,12 @@ class Applier:
             with slot.learn_lock:
                 slot.learner.refresh(sorted(segments))
                 slot.publish()
+                waiting = set(slot.learner.pending_segments())  # refit later, when due
             slot.refit_at = now
-            del self._stale[key]
+            if waiting:
+                self._stale[key] = (slot, waiting)
+            else:
+                del self._stale[key]
 
     def stale_segments(self, slot: VariantSlot) -> list[str]:
         """Segments of ``slot`` whose tables lag their statistics, sorted."""

@@ -125,6 +125,7 @@ def ingest_command(args: argparse.Namespace) -> int:
     from bandit import AdbanditError
     from serving.decision_ids import key_from_setting
     from serving.ingest import ingest_files
+    from serving.settings import Settings
 
     url = args.url
     state_dir = None if url else (args.state_dir or Path("./state"))
@@ -133,6 +134,8 @@ def ingest_command(args: argparse.Namespace) -> int:
     # Offline, outcomes' decision ids are verified with the service's key (else the state dir's).
     offline = {"decision_key": key_from_setting(decision_key)} if state_dir is not None and decision_key else {}
     try:
+        if state_dir is not None:  # the service's limits (ADBANDIT_MAX_*) apply offline too
+            offline["limits"] = Settings().limits()
         result = ingest_files(args.paths, state_dir=state_dir, url=url, api_key=api_key, **offline)
     except AdbanditError as exc:
         print(f"adbandit ingest: {exc}", file=sys.stderr)

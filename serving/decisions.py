@@ -6,6 +6,10 @@ A request is assigned to a variant by hashing its key — ``user_id``, else
 (:class:`serving.variants.Assigner`). The variant's *served* policy (:mod:`serving.live`)
 decides without any lock, with the caller's random generator; the decision id
 (:mod:`serving.decision_ids`) signs placement, variant, network, floor and propensities.
+
+A request's segment is the one its outcome will be learned under: a segment beyond the
+placement's limits is served from its nearest pooled level (:mod:`serving.limits`; a
+decision admits nothing) and counted.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 
 from bandit.errors import InvalidDecisionRequest
 from serving.decision_ids import DecisionSigner
+from serving.limits import DECIDE, Limits, check_context
 from serving.live import PlacementEntry
 
 __all__ = ["DecisionRecord", "decide", "decide_batch"]
@@ -62,10 +67,13 @@ def decide(
     *,
     rng: np.random.Generator,
     signer: DecisionSigner,
+    limits: Limits,
 ) -> DecisionRecord:
     """Network and floor for one request of ``entry``'s placement."""
     placement_id = entry.config.id
     context = context or {}
+    if limits.checks_context:
+        check_context(context, limits)
     key = user_id if user_id is not None else context.get("user_id")
     if key is None:
         if not isinstance(request_id, str) or not request_id:
@@ -74,7 +82,10 @@ def decide(
     variant = entry.assign(str(key))
     slot = entry.slot(variant)
     served = slot.served
-    d = served.decide(context, rng=rng)
+    segment, pooled = entry.segments.resolve(entry.segment_of(context), limits)
+    if pooled is not None:
+        entry.segments.count(pooled, DECIDE)
+    d = served.decide(segment=segment, rng=rng)
     slot.count_decisions(1)
     return DecisionRecord(
         signer.issue(placement_id, variant, d.network, d.floor_cpm, d.propensity, d.floor_propensity, d.floor_density),
@@ -96,6 +107,7 @@ def decide_batch(
     *,
     rng: np.random.Generator,
     signer: DecisionSigner,
+    limits: Limits,
 ) -> list[DecisionRecord]:
     """Decisions for ``(request_id, context)`` pairs of ``entry``'s placement, in request
     order; each variant decides its requests in one ``Policy.decide_batch`` call."""
@@ -103,8 +115,11 @@ def decide_batch(
     single = entry.assign.single
     by_variant: dict[str, list[int]] = {}
     contexts = []
+    check = limits.checks_context
     for i, (request_id, context) in enumerate(requests):
         context = context or {}
+        if check:
+            check_context(context, limits, where=f"requests[{i}].context")
         key = context.get("user_id")
         if key is None:
             if not isinstance(request_id, str) or not request_id:
@@ -116,12 +131,12 @@ def decide_batch(
     if single is not None:
         by_variant[single] = list(range(len(contexts)))
     out: list[DecisionRecord | None] = [None] * len(contexts)
-    segment_of = entry.segment_of
+    segments = _resolve_segments(entry, contexts, limits)
     ids = entry.config.network_ids
     for variant, rows in by_variant.items():
         slot = entry.slot(variant)
         served = slot.served
-        db = served.decide_batch([segment_of(contexts[i]) for i in rows], rng=rng)
+        db = served.decide_batch([segments[i] for i in rows], rng=rng)
         version = slot.model_version(served)
         decision_ids = signer.issue_batch(
             placement_id, variant, ids, db.network, db.floor_cpm, db.propensity, db.floor_propensity,
@@ -148,3 +163,26 @@ def decide_batch(
             )
         slot.count_decisions(len(rows))
     return out  # type: ignore[return-value]
+
+
+def _resolve_segments(entry: PlacementEntry, contexts: Sequence[Mapping[str, Any]], limits: Limits) -> list[str]:
+    """The segment each context is served from (pooled beyond the limits, and counted)."""
+    segment_of = entry.segment_of
+    index = entry.segments
+    segments = [segment_of(c) for c in contexts]
+    if not index.fields:  # one segment, the placement's
+        return segments
+    resolved: dict[str, tuple[str, str | None]] = {}
+    pooled: dict[str, int] = {}
+    for i, segment in enumerate(segments):
+        if segment in index:
+            continue
+        got = resolved.get(segment)
+        if got is None:
+            got = resolved[segment] = index.resolve(segment, limits)
+        segments[i], limit = got
+        if limit is not None:
+            pooled[limit] = pooled.get(limit, 0) + 1
+    for limit, n in pooled.items():
+        index.count(limit, DECIDE, n)
+    return segments

@@ -17,6 +17,7 @@ from typing import Any
 
 from bandit import read_events
 from bandit.errors import AdbanditError, InvalidConfig
+from serving.limits import Limits
 from serving.store import IngestResult, PolicyStore
 
 #: Events per ``ingest`` call or POST.
@@ -70,6 +71,7 @@ def ingest_files(
     timeout_s: float = 60.0,
     client: Any = None,
     decision_key: bytes | None = None,
+    limits: Limits | None = None,
 ) -> IngestResult:
     """Ingest outcome logs into ``state_dir`` or the service at ``url`` (exactly one).
 
@@ -78,7 +80,8 @@ def ingest_files(
     ``httpx.Client`` to use instead of a new one (its base URL is ignored). Offline, rows go
     through the same checks as ``POST /v1/outcomes`` (event time against this machine's
     clock, strict fields, revenue against floor, decision ids verified with ``decision_key``
-    — the service's ``ADBANDIT_DECISION_KEY`` — or the state dir's key file).
+    — the service's ``ADBANDIT_DECISION_KEY`` — or the state dir's key file), and segments
+    beyond the placements' limits (``limits``, the service's ``ADBANDIT_MAX_*``) are pooled.
     """
     if (state_dir is None) == (url is None):
         raise InvalidConfig("give exactly one of state_dir (offline) or url (running service)")
@@ -88,7 +91,7 @@ def ingest_files(
     total = IngestResult(0, 0, [])
     offset = 0
     if state_dir is not None:
-        with PolicyStore(state_dir, decision_key=decision_key) as store:
+        with PolicyStore(state_dir, decision_key=decision_key, limits=limits) as store:
             for batch in event_batches(frame, batch_size):
                 total = _merge(total, store.ingest(batch), offset)
                 offset += len(batch)

@@ -5,7 +5,9 @@ the live placements, as the columns of one events record.
 fields, time, revenue), verifies its decision id (:mod:`serving.decision_ids`) and names
 the variant that learns it: the one that made the decision, else the champion. Invalid
 events are listed with their index and reason and change nothing. De-duplication and
-logging happen afterwards, in the store, under its state lock.
+logging happen afterwards, in the store, under its state lock, and so does
+:meth:`PreparedEvents.admit_segments`: the segment each logged event is learned under,
+pooled beyond its placement's limits (:mod:`serving.limits`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from numpy.typing import NDArray
 from bandit import OutcomeEvent
 from bandit.errors import AdbanditError, InvalidOutcome
 from serving.decision_ids import DecisionSigner
+from serving.limits import Limits, SegmentIndex
 from serving.live import PlacementEntry, placement_entry
 from serving.records import EventRecord
 from serving.validation import check_event_time, check_fields, check_revenue
@@ -44,6 +47,36 @@ class PreparedEvents:
     @property
     def event_ids(self) -> list[str]:
         return [r[0] for r in self.rows]
+
+    def admit_segments(
+        self, keep: NDArray[np.bool_], entries: Mapping[str, PlacementEntry], limits: Limits
+    ) -> tuple[dict[tuple[str, str], int], list[tuple[SegmentIndex, list]]]:
+        """Set each row's segment to the one it is learned under, admitting the new segments
+        of the kept rows (in order of first appearance) within their placement's limits.
+
+        Returns the kept rows pooled per (placement, limit), and what was admitted per
+        placement (:meth:`SegmentIndex.undo` takes it back if the rows are not logged).
+        """
+        kept = self.rows if keep.all() else [self.rows[i] for i in np.flatnonzero(keep).tolist()]
+        mapped: dict[tuple[str, str], tuple[str, str | None]] = {}
+        admitted: dict[str, tuple[SegmentIndex, list]] = {}
+        pooled: dict[tuple[str, str], int] = {}
+        for key in dict.fromkeys((r[1], r[3]) for r in kept):
+            placement, segment = key
+            index = entries[placement].segments
+            if segment in index or not index.fields:
+                continue
+            taken = admitted.setdefault(placement, (index, []))[1]
+            mapped[key] = index.resolve(segment, limits, admit=taken)
+        mapped = {k: v for k, v in mapped.items() if v[1] is not None}
+        if mapped:
+            for i, row in enumerate(self.rows):
+                got = mapped.get((row[1], row[3]))
+                if got is not None:
+                    self.rows[i] = (*row[:3], got[0], *row[4:])
+                    if keep[i]:
+                        pooled[(row[1], got[1])] = pooled.get((row[1], got[1]), 0) + 1
+        return pooled, [v for v in admitted.values() if v[1]]
 
     def record(self, ingest_time: float, hashes: NDArray[np.uint64], keep: NDArray[np.bool_]) -> EventRecord:
         """The kept rows as one columnar log record."""
@@ -75,15 +108,18 @@ def prepare_events(
     now: float,
     max_skew_s: float,
     signer: DecisionSigner,
+    limits: Limits | None = None,
 ) -> PreparedEvents:
     """Validate each event on its own, verify its decision id and name the variant that
     learns it (module docstring); ``now`` is the server's clock in seconds since the epoch."""
     prep = PreparedEvents()
     rows, rejected = prep.rows, prep.rejected
     nan = math.nan
+    limits = limits or Limits()
+    max_fields, max_value = limits.max_context_fields, limits.max_context_value_chars
     for i, raw in enumerate(events):
         try:
-            check_fields(raw)
+            check_fields(raw, max_fields, max_value)
             ev = OutcomeEvent.from_dict(raw)  # type: ignore[arg-type]
             check_event_time(ev.ts, now, max_skew_s)
             entry = placement_entry(entries, ev.placement)

@@ -7,7 +7,9 @@
   whole: a config, experiment or model change builds a new entry (:func:`build_entry`,
   :func:`with_model`) that the store installs in one assignment, so a decision sees
   either the old entry or the new one. :meth:`PlacementEntry.slot` is the one lookup of a
-  variant's slot.
+  variant's slot. Its :class:`~serving.limits.SegmentIndex` holds the segments it has
+  admitted (built from what its learners' statistics hold; it grows as ingest admits new
+  ones) and pools those beyond its limits.
 
 The functions here change no store: they build entries and policies for the store to
 install (it owns the locks; :func:`build_entry` takes a replaced slot's ``learn_lock``
@@ -30,7 +32,8 @@ import numpy as np
 from bandit import ALL_SEGMENTS, EventBatch, PlacementConfig, Policy, make_policy, policy_from_state
 from bandit.errors import InvalidDecisionRequest, InvalidState, UnknownPlacement
 from bandit.io import state_meta
-from serving.placement_config import ServicePlacement
+from serving.limits import SegmentIndex, limits_of
+from serving.placement_config import NO_LIMITS, ServicePlacement
 from serving.variants import CHAMPION, Assigner, ExperimentConfig, VariantConfig, stable_seed
 
 __all__ = [
@@ -117,12 +120,24 @@ class PlacementEntry:
     networks: dict[str, int]
     assign: Assigner
     champion: str
+    #: Segments admitted so far, and the limits that pool new ones (:mod:`serving.limits`).
+    segments: SegmentIndex
     segment_cache: dict[tuple, str] = field(default_factory=dict)
 
     @classmethod
     def create(
-        cls, config: PlacementConfig, experiment: ExperimentConfig, slots: dict[str, VariantSlot]
+        cls,
+        config: PlacementConfig,
+        experiment: ExperimentConfig,
+        slots: dict[str, VariantSlot],
+        previous: PlacementEntry | None = None,
     ) -> PlacementEntry:
+        """The entry of ``slots``; its admitted segments are those the learners' statistics
+        hold (``previous``: the entry it replaces, whose pooling counts carry over)."""
+        learned = (s for slot in slots.values() for s in slot.learner.stats.segments)
+        segments = SegmentIndex(config.segment_by, limits_of(config), learned)
+        if previous is not None:
+            segments.take_counts(previous.segments)
         return cls(
             config,
             experiment,
@@ -130,6 +145,7 @@ class PlacementEntry:
             {n: i for i, n in enumerate(config.network_ids)},
             Assigner(config.id, experiment),
             experiment.champion,
+            segments,
         )
 
     def find_slot(self, variant: str) -> VariantSlot | None:
@@ -197,7 +213,8 @@ def variant_policy(config: PlacementConfig, variant: VariantConfig) -> Policy:
 def build_entry(config: PlacementConfig, experiment: ExperimentConfig, old: PlacementEntry | None) -> PlacementEntry:
     """Slots for ``experiment`` on ``config``, carrying over what ``old`` learned.
 
-    Same config and same policy + params: the slot is kept as is. Same network ids and
+    Same config (but for the placement's own segment limits, which only the service reads)
+    and same policy + params: the slot is kept as is. Same network ids and
     segment fields: a new policy starts from the old one's statistics (``merge``).
     Outcome counters carry over while the policy and its parameters are unchanged.
     """
@@ -207,7 +224,7 @@ def build_entry(config: PlacementConfig, experiment: ExperimentConfig, old: Plac
     slots: dict[str, VariantSlot] = {}
     for variant in experiment.variants:
         prev = old.find_slot(variant.name) if old is not None else None
-        if prev is not None and old.config == config and prev.variant.same_learner(variant):
+        if prev is not None and same_learning(old.config, config) and prev.variant.same_learner(variant):
             prev.variant = variant  # traffic share only
             slots[variant.name] = prev
             continue
@@ -219,7 +236,13 @@ def build_entry(config: PlacementConfig, experiment: ExperimentConfig, old: Plac
         if prev is not None and prev.variant.same_learner(variant):
             slot.take_counters(prev)
         slots[variant.name] = slot
-    return PlacementEntry.create(config, experiment, slots)
+    return PlacementEntry.create(config, experiment, slots, old)
+
+
+def same_learning(a: PlacementConfig, b: PlacementConfig) -> bool:
+    """Whether policies of ``a`` and ``b`` learn alike: equal configs but for their own
+    segment limits (changing a limit must not rebuild every segment's table)."""
+    return a == b or ServicePlacement.of(a, limits=NO_LIMITS) == ServicePlacement.of(b, limits=NO_LIMITS)
 
 
 # ------------------------------------------------------------------ model swaps
@@ -263,4 +286,5 @@ def with_model(entry: PlacementEntry, variant: str, state: Mapping[str, np.ndarr
     slot = VariantSlot(config, policy, tag=state_tag(state))
     slot.take_counters(old)
     experiment = ExperimentConfig(tuple(config if v.name == variant else v for v in entry.experiment.variants))
-    return PlacementEntry.create(entry.config, experiment, {**entry.slots, variant: slot}), slot.model_version(policy)
+    new = PlacementEntry.create(entry.config, experiment, {**entry.slots, variant: slot}, entry)
+    return new, slot.model_version(policy)

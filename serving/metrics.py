@@ -86,7 +86,8 @@ class StoreCollector(Collector):
     Top-level numbers become ``adbandit_store_<name>`` (counters when the name ends in
     ``_total``); per placement ``adbandit_placement_<figure>{placement}`` and per variant
     ``adbandit_variant_<figure>{placement,variant}`` — notably
-    ``adbandit_placement_revenue_per_request_cpm`` and ``adbandit_store_log_lag_events``.
+    ``adbandit_placement_revenue_per_request_cpm`` and ``adbandit_store_log_lag_events``;
+    ``segments_over_limit`` becomes ``adbandit_segments_over_limit_total{placement,limit,path}``.
     """
 
     def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
@@ -113,8 +114,16 @@ class StoreCollector(Collector):
             families[name].add_metric(values, number)
 
         for key, value in figures.items():
-            if key != "placements":
+            if key not in ("placements", "segments_over_limit"):
                 add(f"adbandit_store_{_clean(key)}", [], [], value)
+        over_limit = CounterMetricFamily(
+            "adbandit_segments_over_limit",
+            "Segments served (path=decide) or learned (path=outcome) at their nearest pooled level because a "
+            "limit (segments per placement, or values per segment field) was reached.",
+            labels=["placement", "limit", "path"],
+        )
+        for placement, limit, path, n in figures.get("segments_over_limit") or ():
+            over_limit.add_metric([str(placement), str(limit), str(path)], n)
         for placement, row in (figures.get("placements") or {}).items():
             for key, value in row.items():
                 if key != "variants":
@@ -128,6 +137,7 @@ class StoreCollector(Collector):
                         value,
                     )
         yield from families.values()
+        yield over_limit
 
 
 def _clean(key: str) -> str:

@@ -11,6 +11,10 @@ Stored in the placement's dict as a top-level ``"net_revenue": [network ids]`` (
 non-empty, so placements without it serialise exactly as before); the core's
 ``PlacementConfig.from_dict`` ignores that key, so policy states and snapshots stay
 readable by :mod:`bandit` alone.
+
+A placement may also set its own segment limits below the service's
+(:class:`serving.limits.PlacementLimits`): ``"limits": {"max_segments": 1000}`` in the
+HTTP body and in the stored dict alike (only when set, like ``net_revenue``).
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from dataclasses import dataclass
 
 from bandit import PlacementConfig
 from bandit.errors import InvalidConfig
+from serving.limits import PlacementLimits
 
 REVENUE_KINDS = ("gross", "net")
+#: A placement without limits of its own (the service's apply).
+NO_LIMITS = PlacementLimits()
 
 
 def _core(config: PlacementConfig) -> tuple:
@@ -31,9 +38,10 @@ def _core(config: PlacementConfig) -> tuple:
 @dataclass(frozen=True, slots=True)
 class ServicePlacement(PlacementConfig):
     """A placement as the service keeps it: ``net_revenue`` holds the ids of the networks
-    that report revenue net of their share."""
+    that report revenue net of their share, ``limits`` its own segment limits."""
 
     net_revenue: frozenset[str] = frozenset()
+    limits: PlacementLimits = NO_LIMITS
 
     def __post_init__(self) -> None:
         PlacementConfig.__post_init__(self)  # slots dataclass: no zero-argument super()
@@ -42,16 +50,24 @@ class ServicePlacement(PlacementConfig):
         if unknown:
             raise InvalidConfig(f"net_revenue names networks {unknown} the placement does not have")
         object.__setattr__(self, "net_revenue", net)
+        if not isinstance(self.limits, PlacementLimits):
+            raise InvalidConfig("limits must be a PlacementLimits")
 
     def __eq__(self, other: object) -> bool:
-        # Equal to a plain PlacementConfig with the same fields when no network reports net.
+        # Equal to a plain PlacementConfig with the same fields when no network reports net
+        # and it sets no limits of its own.
         if not isinstance(other, PlacementConfig):
             return NotImplemented
-        theirs = other.net_revenue if isinstance(other, ServicePlacement) else frozenset()
-        return _core(self) == _core(other) and self.net_revenue == theirs
+        if isinstance(other, ServicePlacement):
+            theirs, their_limits = other.net_revenue, other.limits
+        else:
+            theirs, their_limits = frozenset(), PlacementLimits()
+        return _core(self) == _core(other) and self.net_revenue == theirs and self.limits == their_limits
 
     def __hash__(self) -> int:
-        return hash((*_core(self), self.net_revenue)) if self.net_revenue else hash(_core(self))
+        if not self.net_revenue and not self.limits:
+            return hash(_core(self))
+        return hash((*_core(self), self.net_revenue, self.limits))
 
     def reports_net(self, network: str) -> bool:
         return network in self.net_revenue
@@ -60,6 +76,8 @@ class ServicePlacement(PlacementConfig):
         body = PlacementConfig.to_dict(self)
         if self.net_revenue:
             body["net_revenue"] = sorted(self.net_revenue)
+        if self.limits:
+            body["limits"] = self.limits.to_dict()
         return body
 
     def to_public_dict(self) -> dict:
@@ -69,11 +87,14 @@ class ServicePlacement(PlacementConfig):
         for network in body["networks"]:
             if network["id"] in self.net_revenue:
                 network["revenue"] = "net"
+        if self.limits:
+            body["limits"] = self.limits.to_dict()
         return body
 
     @classmethod
     def from_dict(cls, placement: str, body: Mapping) -> ServicePlacement:
-        """From a PUT body (``revenue`` per network) or a stored dict (``net_revenue``)."""
+        """From a PUT body (``revenue`` per network) or a stored dict (``net_revenue``);
+        ``limits`` reads the same in both."""
         if not isinstance(body, Mapping):
             raise InvalidConfig("placement body must be a JSON object")
         net: set[str] = set()
@@ -95,13 +116,27 @@ class ServicePlacement(PlacementConfig):
                     n = {k: v for k, v in n.items() if k != "revenue"}
                 networks.append(n)
         core = PlacementConfig.from_dict(placement, {**body, "networks": networks})
-        return cls.of(core, net)
+        return cls.of(core, net, PlacementLimits.from_dict(body.get("limits")))
 
     @classmethod
-    def of(cls, config: PlacementConfig, net_revenue: frozenset[str] | set[str] | None = None) -> ServicePlacement:
-        """``config`` as a :class:`ServicePlacement` (keeping its ``net_revenue`` if it has one)."""
-        if net_revenue is None:
-            if isinstance(config, ServicePlacement):
+    def of(
+        cls,
+        config: PlacementConfig,
+        net_revenue: frozenset[str] | set[str] | None = None,
+        limits: PlacementLimits | None = None,
+    ) -> ServicePlacement:
+        """``config`` as a :class:`ServicePlacement` (keeping its ``net_revenue`` and
+        ``limits`` where not given)."""
+        if isinstance(config, ServicePlacement):
+            if net_revenue is None and limits is None:
                 return config
-            net_revenue = frozenset()
-        return cls(config.id, config.networks, config.segment_by, config.currency, frozenset(net_revenue))
+            net_revenue = config.net_revenue if net_revenue is None else net_revenue
+            limits = config.limits if limits is None else limits
+        return cls(
+            config.id,
+            config.networks,
+            config.segment_by,
+            config.currency,
+            frozenset(net_revenue or ()),
+            limits or PlacementLimits(),
+        )

@@ -6,7 +6,9 @@
   :func:`experiments.abstats.unpaired_lift`; ``None`` until both have >= 2 events). A
   variant's counters are its sums n, Σr and Σr² of per-request revenue r (0 when unfilled).
 * :func:`metrics_snapshot` — the store's counters and gauges: event counts, event log,
-  snapshots, storage damage, de-duplication window and per placement / variant traffic.
+  snapshots, storage damage, de-duplication window, per placement / variant traffic, and
+  per placement its segments, their limit and the segments pooled by a limit
+  (:mod:`serving.limits`).
 
 They read the store's state and change nothing; the store gathers the inputs under its
 locks.
@@ -21,6 +23,7 @@ from typing import Any
 from bandit.errors import AdbanditError
 from experiments.abstats import unpaired_lift
 from serving.eventlog import EventLog
+from serving.limits import Limits
 from serving.live import PlacementEntry
 from serving.quarantine import Damage
 
@@ -67,8 +70,10 @@ def experiment_report(placement_id: str, entry: PlacementEntry) -> dict:
     return {"placement": placement_id, "champion": entry.champion, "variants": variants}
 
 
-def placement_metrics(entries: Mapping[str, PlacementEntry]) -> dict[str, dict]:
-    """Requests, revenue per request and decisions per placement and per variant."""
+def placement_metrics(entries: Mapping[str, PlacementEntry], limits: Limits | None = None) -> dict[str, dict]:
+    """Requests, revenue per request and decisions per placement and per variant; the
+    placement's admitted segments and their limit."""
+    limits = limits or Limits()
     placements = {}
     for pid, entry in sorted(entries.items()):
         n = sum(s.requests for s in entry.slots.values())
@@ -77,6 +82,8 @@ def placement_metrics(entries: Mapping[str, PlacementEntry]) -> dict[str, dict]:
             "requests": n,
             "revenue_per_request": rev / n if n else 0.0,
             "decisions": sum(s.decisions for s in entry.slots.values()),
+            "segments": len(entry.segments),
+            "segments_limit": entry.segments.limit(limits),
             "variants": {
                 name: {
                     "requests": s.requests,
@@ -114,10 +121,21 @@ def metrics_snapshot(
     dedupe_entries: int,
     dedupe_bytes: int,
     damage: Sequence[Damage],
+    limits: Limits | None = None,
 ) -> dict:
     """Counters and gauges for ``/metrics`` from the store's counters (``counts``, since
-    this process started), live entries, event log, last snapshot and damage ledger."""
-    placements = placement_metrics(entries)
+    this process started), live entries, event log, last snapshot and damage ledger.
+
+    ``segments_over_limit`` lists (placement, limit, path, count) for every placement
+    with segment fields: requests (``decide``) and logged events (``outcome``) whose
+    segment a limit pooled, since this process started."""
+    placements = placement_metrics(entries, limits)
+    over_limit = [
+        (pid, limit, path, n)
+        for pid, entry in sorted(entries.items())
+        if entry.segments.fields
+        for (limit, path), n in entry.segments.counts().items()
+    ]
     return {
         "events_accepted_total": counts["accepted"],
         "events_duplicate_total": counts["duplicate"],
@@ -142,6 +160,7 @@ def metrics_snapshot(
         "dedupe_bytes": dedupe_bytes,
         "decisions_total": sum(p["decisions"] for p in placements.values()),
         "placements": placements,
+        "segments_over_limit": over_limit,
     }
 
 

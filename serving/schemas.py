@@ -13,15 +13,22 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from typing_extensions import TypedDict
 
 from bandit import MAX_CPM
+from serving.limits import (
+    SCHEMA_MAX_CONTEXT_FIELDS,
+    SCHEMA_MAX_CONTEXT_KEY,
+    SCHEMA_MAX_CONTEXT_VALUE,
+    SCHEMA_MAX_NETWORKS,
+    SCHEMA_MAX_SEGMENT_FIELDS,
+)
 from serving.settings import MAX_DECIDE_BATCH
 
 Cpm = Annotated[float, Field(ge=0.0, le=MAX_CPM, description="Price in CPM (currency per 1000 impressions).")]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-ContextValue = Annotated[str, StringConstraints(max_length=256)] | int | float | bool | None
+ContextValue = Annotated[str, StringConstraints(max_length=SCHEMA_MAX_CONTEXT_VALUE)] | int | float | bool | None
 Context = Annotated[
-    dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], ContextValue],
-    Field(max_length=64, description="Request context, e.g. {'country': 'KR', 'os': 'ios'}."),
+    dict[Annotated[str, StringConstraints(min_length=1, max_length=SCHEMA_MAX_CONTEXT_KEY)], ContextValue],
+    Field(max_length=SCHEMA_MAX_CONTEXT_FIELDS, description="Request context, e.g. {'country': 'KR', 'os': 'ios'}."),
 ]
 
 
@@ -60,6 +67,18 @@ class NetworkIn(_In):
     )
 
 
+class PlacementLimitsIn(_In):
+    """A placement's own segment limits, at most the service's (``ADBANDIT_MAX_SEGMENTS``,
+    ``ADBANDIT_MAX_FIELD_VALUES``); absent: the service's."""
+
+    max_segments: int | None = Field(
+        None, ge=1, description="Most segments; a new one beyond it is served and learned at the nearest pooled level."
+    )
+    max_field_values: int | None = Field(
+        None, ge=1, description="Most distinct values per segment field; a new value beyond it reads '*'."
+    )
+
+
 class PlacementIn(_In):
     """Body of ``PUT /v1/placements/{placement}``."""
 
@@ -77,11 +96,15 @@ class PlacementIn(_In):
         }
     )
 
-    networks: Annotated[list[NetworkIn], Field(min_length=1, max_length=256)]
+    networks: Annotated[list[NetworkIn], Field(min_length=1, max_length=SCHEMA_MAX_NETWORKS)]
     segment_by: Annotated[
-        list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(max_length=16)
+        list[Annotated[str, StringConstraints(min_length=1, max_length=64)]],
+        Field(max_length=SCHEMA_MAX_SEGMENT_FIELDS),
     ] = []
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$")] = "USD"
+    limits: PlacementLimitsIn | None = Field(
+        None, description="Segment limits of this placement below the service's (ADBANDIT_MAX_SEGMENTS, ...)."
+    )
 
 
 class NetworkOut(_Out):
@@ -96,11 +119,17 @@ class NetworkOut(_Out):
     )
 
 
+class PlacementLimitsOut(_Out):
+    max_segments: int | None = None
+    max_field_values: int | None = None
+
+
 class PlacementOut(_Out):
     placement: str
     networks: list[NetworkOut]
     segment_by: list[str]
     currency: str
+    limits: PlacementLimitsOut | None = Field(None, description="The placement's own segment limits, when set.")
 
 
 class PlacementList(_Out):

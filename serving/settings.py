@@ -13,6 +13,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serving.limits import (
+    SCHEMA_MAX_CONTEXT_FIELDS,
+    SCHEMA_MAX_CONTEXT_VALUE,
+    SCHEMA_MAX_NETWORKS,
+    SCHEMA_MAX_SEGMENT_FIELDS,
+    Limits,
+)
+
 #: Most decisions one ``POST /v1/decide/batch`` call may ask for.
 MAX_DECIDE_BATCH = 10_000
 
@@ -59,6 +67,44 @@ class Settings(BaseSettings):
     model_name: str = Field("adbandit-policy", description="MLflow registered model name.")
     demo: bool = Field(False, description="Create a demo placement when the state dir holds none.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_networks: int = Field(
+        64, ge=1, le=SCHEMA_MAX_NETWORKS, description="Most networks a placement may have (422 above)."
+    )
+    max_segment_fields: int = Field(
+        8, ge=1, le=SCHEMA_MAX_SEGMENT_FIELDS, description="Most segment_by fields a placement may have (422 above)."
+    )
+    max_segments: int = Field(
+        50_000,
+        ge=1,
+        description="Most segments per placement; a new segment beyond it is served and learned at the nearest "
+        "pooled level (a placement's own limits.max_segments may be lower).",
+    )
+    max_field_values: int = Field(
+        5_000,
+        ge=1,
+        description="Most distinct values per segment field and placement; a new value beyond it reads '*' "
+        "(a placement's own limits.max_field_values may be lower).",
+    )
+    max_context_fields: int = Field(
+        SCHEMA_MAX_CONTEXT_FIELDS, ge=1, le=SCHEMA_MAX_CONTEXT_FIELDS, description="Most fields of a request context."
+    )
+    max_context_value_chars: int = Field(
+        SCHEMA_MAX_CONTEXT_VALUE,
+        ge=1,
+        le=SCHEMA_MAX_CONTEXT_VALUE,
+        description="Longest string value of a request context, in characters.",
+    )
+
+    def limits(self) -> Limits:
+        """The limits on placements, segments and contexts (:mod:`serving.limits`)."""
+        return Limits(
+            max_networks=self.max_networks,
+            max_segment_fields=self.max_segment_fields,
+            max_segments=self.max_segments,
+            max_field_values=self.max_field_values,
+            max_context_fields=self.max_context_fields,
+            max_context_value_chars=self.max_context_value_chars,
+        )
 
     @field_validator("api_key", "read_api_key", "decide_api_key", "decision_key")
     @classmethod

@@ -11,7 +11,9 @@ with 500s, NaN propensities or floors outside the contract. It checks, in this o
    (:data:`bandit.params.POLICY_PARAMS`), half-life;
 2. the placement: same networks (ids, floor bounds, shares, auction) and segment fields;
 3. shapes: T tables ``table_*`` [T, N, ...] including the placement-level table ``*``,
-   statistics ``stats_data`` [S, N, F, B], segment keys with one value per segment field;
+   statistics (sparse cell entries ``stats_{floor,price}_{cells,bins,values}``, totals
+   [S, N, F], placement level [N, F, B]; or the dense ``stats_data`` [S, N, F, B] of
+   earlier versions), segment keys with one value per segment field;
 4. numbers: all finite (except the documented sentinels: infinite floor bounds, a
    ``-inf`` statistics time before any event, NaN for missing mixture fits); weights and
    floor probabilities are probability vectors; propensities in (0, 1] where a floor can
@@ -38,7 +40,18 @@ from bandit.errors import AdbanditError, InvalidConfig, InvalidState
 from bandit.io import state_meta
 from bandit.params import POLICY_PARAMS, check_params
 from bandit.policy import STATE_SCHEMA_VERSION
-from bandit.stats import ATFLOOR, FILLS, N_BINS, N_FIELDS, PRICE, REQUESTS, REVENUE, REVENUE_SQ
+from bandit.stats import (
+    ATFLOOR,
+    FILLS,
+    FLOOR_FIELDS,
+    N_BINS,
+    N_FIELDS,
+    PRICE,
+    RENORMALISE_HALF_LIVES,
+    REQUESTS,
+    REVENUE,
+    REVENUE_SQ,
+)
 
 #: A probability vector may miss 1 by this much (float sums).
 SUM_TOLERANCE = 1e-6
@@ -63,8 +76,10 @@ def check_model_state(
     *,
     now: float | None = None,
     max_skew_s: float = 300.0,
+    max_segments: int | None = None,
 ) -> None:
-    """Raise :class:`InvalidState` unless ``state`` can serve placement ``config`` (module docstring)."""
+    """Raise :class:`InvalidState` unless ``state`` can serve placement ``config`` (module
+    docstring), with statistics of at most ``max_segments`` segments when given."""
     if not isinstance(state, Mapping):
         raise _fail("not a mapping of arrays")
     meta = state_meta(state)
@@ -73,6 +88,13 @@ def check_model_state(
     arrays = {k: np.asarray(v) for k, v in state.items()}
     n = len(config.networks)
     tables = _check_shapes(arrays, config)
+    if max_segments is not None:
+        n_segments = sum(1 for s in arrays["stats_segments"].tolist() if s != ALL_SEGMENTS)
+        if n_segments > max_segments:
+            raise _fail(
+                f"its statistics hold {n_segments} segments; placement {config.id!r} allows at most {max_segments} "
+                "(max_segments: ADBANDIT_MAX_SEGMENTS, or the placement's limits.max_segments)"
+            )
     _check_numbers(arrays, config, tables, n)
     t_ref = float(arrays["stats_t_ref"])
     now = time.time() if now is None else now
@@ -179,24 +201,71 @@ def _check_shapes(arrays: dict[str, np.ndarray], config: PlacementConfig) -> lis
             )
     if floors.shape[2] < 1:
         raise _fail("table_floors has no floor candidates")
-    data = _need(arrays, "stats_data", 4)
-    stats_segments = _check_segment_keys("stats_segments", _need(arrays, "stats_segments", 1), config)
-    shape = (len(stats_segments), n, N_FIELDS, N_BINS)
-    if data.shape != shape:
-        raise _fail(
-            f"stats_data has shape {list(data.shape)}, expected {list(shape)} (segments × networks × fields × bins)"
-        )
+    _check_stats_shapes(arrays, config, n)
     for name in ("stats_t_ref", "stats_half_life"):
         if _need(arrays, name, 0).dtype.kind != "f":
             raise _fail(f"{name} must be a number")
     return segments
 
 
+def _check_stats_shapes(arrays: dict[str, np.ndarray], config: PlacementConfig, n: int) -> None:
+    stats_segments = _check_segment_keys("stats_segments", _need(arrays, "stats_segments", 1), config)
+    n_seg = len(stats_segments)
+    if "stats_data" in arrays:  # dense layout of earlier versions
+        data = _need(arrays, "stats_data", 4)
+        shape = (n_seg, n, N_FIELDS, N_BINS)
+        if data.shape != shape:
+            raise _fail(
+                f"stats_data has shape {list(data.shape)}, expected {list(shape)} (segments × networks × fields × bins)"
+            )
+        return
+    if int(_need(arrays, "stats_n_networks", 0)) != n:
+        raise _fail(f"stats_n_networks is {int(arrays['stats_n_networks'])}, the placement has {n} networks")
+    for kind, width in (("floor", FLOOR_FIELDS), ("price", N_FIELDS - FLOOR_FIELDS)):
+        cells = _need(arrays, f"stats_{kind}_cells", 1)
+        bins = _need(arrays, f"stats_{kind}_bins", 1)
+        values = _need(arrays, f"stats_{kind}_values", 2)
+        if cells.dtype.kind not in "iu" or bins.dtype.kind not in "iu":
+            raise _fail(f"stats_{kind}_cells and stats_{kind}_bins must be integers")
+        if not (len(cells) == len(bins) == values.shape[0]) or values.shape[1] != width:
+            raise _fail(
+                f"stats_{kind}_cells {list(cells.shape)}, stats_{kind}_bins {list(bins.shape)} and "
+                f"stats_{kind}_values {list(values.shape)} must describe the same entries, with {width} values each"
+            )
+        if len(cells) and (cells.min() < 0 or cells.max() >= n_seg * n or bins.min() < 0 or bins.max() >= N_BINS):
+            raise _fail(
+                f"stats_{kind}_cells or stats_{kind}_bins point outside {n_seg} segments × {n} networks × {N_BINS} bins"
+            )
+        order = cells.astype(np.int64) * N_BINS + bins.astype(np.int64)
+        if (np.diff(order) <= 0).any():
+            raise _fail(f"stats_{kind} entries must be sorted by cell and bin without repeats")
+    for name, shape in (("stats_totals", (n_seg, n, N_FIELDS)), ("stats_pooled", (n, N_FIELDS, N_BINS))):
+        if _need(arrays, name, len(shape)).shape != shape:
+            raise _fail(f"{name} has shape {list(arrays[name].shape)}, expected {list(shape)}")
+
+
+def _negative_stats(arrays: dict[str, np.ndarray]) -> int:
+    """How many counts or sums that must be >= 0 are negative (beyond float noise)."""
+    if "stats_data" in arrays:
+        return int((arrays["stats_data"][:, :, list(NON_NEGATIVE_FIELDS), :] < 0).sum())
+    floor_cols = [f for f in NON_NEGATIVE_FIELDS if f < FLOOR_FIELDS]
+    price_cols = [f - FLOOR_FIELDS for f in NON_NEGATIVE_FIELDS if f >= FLOOR_FIELDS]
+    pooled = arrays["stats_pooled"][:, list(NON_NEGATIVE_FIELDS), :]
+    noise = 1e-9 * max(1.0, float(np.abs(pooled).max(initial=0.0)))
+    return int(
+        (arrays["stats_floor_values"][:, floor_cols] < 0).sum()
+        + (arrays["stats_price_values"][:, price_cols] < 0).sum()
+        + (arrays["stats_totals"][:, :, list(NON_NEGATIVE_FIELDS)] < -noise).sum()
+        + (pooled < -noise).sum()
+    )
+
+
 def _check_numbers(arrays: dict[str, np.ndarray], config: PlacementConfig, segments: list[str], n: int) -> None:
     for name, arr in arrays.items():
         if arr.dtype.kind not in "fc":
             continue
-        if name.endswith(("table_floor_bounds", "stats_t_ref", "stats_half_life")):  # also recent_stats_*
+        # also recent_stats_*
+        if name.endswith(("table_floor_bounds", "stats_t_ref", "stats_t_origin", "stats_half_life")):
             if np.isnan(arr).any():
                 raise _fail(f"{name} holds NaN")
             continue
@@ -207,6 +276,13 @@ def _check_numbers(arrays: dict[str, np.ndarray], config: PlacementConfig, segme
         raise _fail("stats_t_ref is +inf")
     if not arrays["stats_half_life"] > 0:
         raise _fail("stats_half_life must be > 0 seconds (inf for no discounting)")
+    if "stats_t_origin" in arrays and np.isfinite(arrays["stats_t_ref"]):
+        t_ref, origin, half_life = (float(arrays[k]) for k in ("stats_t_ref", "stats_t_origin", "stats_half_life"))
+        if not (math.isfinite(origin) and 0 <= t_ref - origin <= RENORMALISE_HALF_LIVES * half_life):
+            raise _fail(
+                f"stats_t_origin must lie at most {RENORMALISE_HALF_LIVES:g} half-lives before stats_t_ref "
+                f"(it is {origin!r}, stats_t_ref {t_ref!r})"
+            )
     weights = arrays["table_weights"]
     if (weights < 0).any() or (np.abs(weights.sum(axis=1) - 1.0) > SUM_TOLERANCE).any():
         row = int(np.argmax((weights < 0).any(axis=1) | (np.abs(weights.sum(axis=1) - 1.0) > SUM_TOLERANCE)))
@@ -264,10 +340,9 @@ def _check_numbers(arrays: dict[str, np.ndarray], config: PlacementConfig, segme
                 f"table_floor_bounds of segment {segments[row]!r}, network {config.network_ids[j]!r} lets "
                 "jittered floors leave the network's floor bounds"
             )
-    data = arrays["stats_data"]
-    negative = data[:, :, list(NON_NEGATIVE_FIELDS), :] < 0
-    if negative.any():
-        raise _fail(f"stats_data holds {int(negative.sum())} negative counts or sums")
+    negative = _negative_stats(arrays)
+    if negative:
+        raise _fail(f"the statistics hold {negative} negative counts or sums")
 
 
 def _trial(state: Mapping[str, np.ndarray], config: PlacementConfig) -> None:

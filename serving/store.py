@@ -28,6 +28,11 @@ How an outcome event travels:
 Placement changes, experiment changes and model swaps are log records too: they first
 apply all pending events, then take effect, in log order, on replay as live.
 
+Limits (:mod:`serving.limits`): a placement over the service's limits is refused; an
+event whose segment would exceed its placement's segment limits is logged under the
+nearest pooled segment (step 1, under the state lock, so admission follows log order and
+the log holds the key each event is learned under).
+
 Online A/B: :mod:`serving.variants`. A variant's learned statistics survive a placement
 replacement when the network ids and segment fields are unchanged; its outcome counters
 (the experiment report) survive while its policy and parameters are unchanged.
@@ -68,6 +73,7 @@ from serving.decisions import DecisionRecord
 from serving.dedupe import DAY_SECONDS, DedupeWindow, event_hashes, first_occurrences
 from serving.eventlog import EventLog, storage_failure
 from serving.intake import prepare_events
+from serving.limits import OUTCOME, Limits, check_placement
 from serving.live import PlacementEntry, build_entry, normalise_state, placement_entry, with_model
 from serving.placement_config import ServicePlacement
 from serving.quarantine import Damage, Quarantine
@@ -145,6 +151,7 @@ class PolicyStore:
         clock: Callable[[], float] = time.time,
         max_event_skew_s: float = DEFAULT_MAX_EVENT_SKEW_S,
         decision_key: bytes | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if not (dedupe_days > 0):
             raise InvalidConfig(f"dedupe_days must be > 0, got {dedupe_days}")
@@ -163,6 +170,7 @@ class PolicyStore:
         if not (max_event_skew_s >= 0):
             raise InvalidConfig(f"max_event_skew_s must be >= 0, got {max_event_skew_s}")
         self.max_event_skew_s = float(max_event_skew_s)
+        self.limits = limits or Limits()
         self._decision_key = decision_key
         self._signer: DecisionSigner | None = None  # made by open(): the key may live in the state dir
         self._quarantine = Quarantine(self.state_dir / "quarantine", fsync=fsync)
@@ -311,10 +319,16 @@ class PolicyStore:
         """Create or replace a placement (durable before return); True if it was created.
 
         Without ``experiment`` a new placement gets one champion variant with the
-        store's default policy and an existing one keeps its experiment.
+        store's default policy and an existing one keeps its experiment. A config over
+        the store's limits raises :class:`InvalidConfig` naming the limit, changing nothing.
         """
         self._check_open()
         config = ServicePlacement.of(config)
+        check_placement(config, self.limits)
+        return self._put_placement(config, experiment)
+
+    def _put_placement(self, config: ServicePlacement, experiment: ExperimentConfig | None) -> bool:
+        self._check_open()
         self.flush()  # most pending events are learned before ingest is held up
         with self._state_lock:
             with self._apply_lock:
@@ -343,7 +357,8 @@ class PolicyStore:
 
     def set_experiment(self, placement_id: str, experiment: ExperimentConfig) -> None:
         """Change a placement's variants or traffic split (durable before return)."""
-        self.put_placement(self._entry(placement_id).config, experiment)
+        # The config is unchanged: a limit lowered since it was created does not refuse it.
+        self._put_placement(ServicePlacement.of(self._entry(placement_id).config), experiment)
 
     def get_experiment(self, placement_id: str) -> ExperimentConfig:
         return self._entry(placement_id).experiment
@@ -372,7 +387,9 @@ class PolicyStore:
         (else ``context["user_id"]``, else ``request_id``) with the placement id."""
         entry = self._entry(placement_id)
         assert self._signer is not None
-        return decisions.decide(entry, request_id, context, user_id, rng=self._rng(), signer=self._signer)
+        return decisions.decide(
+            entry, request_id, context, user_id, rng=self._rng(), signer=self._signer, limits=self.limits
+        )
 
     def decide_batch(
         self, placement_id: str, requests: Sequence[tuple[str, Mapping[str, Any]]]
@@ -380,7 +397,7 @@ class PolicyStore:
         """Decisions for ``(request_id, context)`` pairs, in request order."""
         entry = self._entry(placement_id)
         assert self._signer is not None
-        return decisions.decide_batch(entry, requests, rng=self._rng(), signer=self._signer)
+        return decisions.decide_batch(entry, requests, rng=self._rng(), signer=self._signer, limits=self.limits)
 
     def allocation(self, placement_id: str, segment: str | None = None, variant: str = "champion") -> Allocation:
         """Current weights and floors of a variant (``"champion"``: the experiment's champion)."""
@@ -413,9 +430,12 @@ class PolicyStore:
         self._check_open()
         signer = self._signer
         assert signer is not None
+        pooled: dict[tuple[str, str], int] = {}
         while True:
             entries = self._entries
-            prep = prepare_events(events, entries, now=self._clock(), max_skew_s=self.max_event_skew_s, signer=signer)
+            prep = prepare_events(
+                events, entries, now=self._clock(), max_skew_s=self.max_event_skew_s, signer=signer, limits=self.limits
+            )
             lsn = 0
             with self._state_lock:
                 if self._entries is not entries:
@@ -431,8 +451,16 @@ class PolicyStore:
                 keep = ~dup
                 n_keep = int(keep.sum())
                 if n_keep:
+                    # Segments beyond the limits are learned at their pooled level; admitted
+                    # here, in log order, and taken back if the log refuses the record.
+                    pooled, admitted = prep.admit_segments(keep, entries, self.limits)
                     record = prep.record(now, hashes, keep)
-                    lsn = self._log.write(EVENTS, record.encode())
+                    try:
+                        lsn = self._log.write(EVENTS, record.encode())
+                    except BaseException:
+                        for index, taken in admitted:
+                            index.undo(taken)
+                        raise
                     self._dedupe.add(record.event_hash, now)
                     self._applier.enqueue(lsn, record)
                     self._count(written=n_keep)
@@ -441,6 +469,8 @@ class PolicyStore:
             break
         if lsn:
             self._log.sync_to(lsn)
+        for (placement_id, limit), n in pooled.items():
+            entries[placement_id].segments.count(limit, OUTCOME, n)
         self._count(
             accepted=n_keep,
             duplicate=len(keep) - n_keep,
@@ -509,7 +539,13 @@ class PolicyStore:
         self._check_open()
         entry = self._entry(placement_id)
         entry.slot(variant)
-        check_model_state(state, entry.config, now=self._clock(), max_skew_s=self.max_event_skew_s)
+        check_model_state(
+            state,
+            entry.config,
+            now=self._clock(),
+            max_skew_s=self.max_event_skew_s,
+            max_segments=entry.segments.limit(self.limits),
+        )
         normalised = normalise_state(state, entry.config)
         self.flush()
         with self._state_lock:
@@ -554,6 +590,7 @@ class PolicyStore:
             dedupe_entries=dedupe_entries,
             dedupe_bytes=dedupe_bytes,
             damage=self._quarantine.entries(),
+            limits=self.limits,
         )
 
     # ----------------------------------------------------------------- snapshots

@@ -7,7 +7,8 @@ fix; the store lists the event in ``rejected`` and accepts the others of the bat
   ``revenu_cpm``) rejects the event, as the published schema (``additionalProperties:
   false``) says; the context is limited to :data:`MAX_CONTEXT_FIELDS` fields, keys of at
   most :data:`MAX_CONTEXT_KEY` characters and string values of at most
-  :data:`MAX_CONTEXT_VALUE` characters (numbers, booleans and null are allowed too).
+  :data:`MAX_CONTEXT_VALUE` characters (numbers, booleans and null are allowed too); the
+  service's settings may lower the fields and value lengths (:mod:`serving.limits`).
 - **Event time** (:func:`check_event_time`): an event dated more than the allowed skew
   after the server's clock is rejected. Event time drives the time discounting of the
   statistics (the newest event time is their reference time); one event dated decades
@@ -28,14 +29,15 @@ from datetime import UTC, datetime
 
 from bandit import OutcomeEvent
 from bandit.errors import InvalidOutcome
+from serving.limits import SCHEMA_MAX_CONTEXT_FIELDS, SCHEMA_MAX_CONTEXT_KEY, SCHEMA_MAX_CONTEXT_VALUE, SETTING
 
 #: The fields of an outcome event (the HTTP contract); any other field rejects the event.
 OUTCOME_FIELDS = frozenset(
     {"event_id", "decision_id", "ts", "placement", "network", "floor_cpm", "filled", "revenue_cpm", "context"}
 )
-MAX_CONTEXT_FIELDS = 64
-MAX_CONTEXT_KEY = 64
-MAX_CONTEXT_VALUE = 256
+MAX_CONTEXT_FIELDS = SCHEMA_MAX_CONTEXT_FIELDS
+MAX_CONTEXT_KEY = SCHEMA_MAX_CONTEXT_KEY
+MAX_CONTEXT_VALUE = SCHEMA_MAX_CONTEXT_VALUE
 #: Default of how far (seconds) an event's ``ts`` may lie after the server's clock.
 DEFAULT_MAX_EVENT_SKEW_S = 300.0
 #: A revenue may fall short of its floor by this much and still be a fill at the floor: float
@@ -45,8 +47,9 @@ REVENUE_FLOOR_RTOL = 1e-9
 REVENUE_FLOOR_ATOL = 0.005
 
 
-def check_fields(raw: object) -> None:
-    """Reject unknown fields and contexts over the documented limits."""
+def check_fields(raw: object, max_fields: int = MAX_CONTEXT_FIELDS, max_value: int = MAX_CONTEXT_VALUE) -> None:
+    """Reject unknown fields and contexts over the limits: at most ``max_fields`` fields and
+    string values of at most ``max_value`` characters."""
     if not isinstance(raw, Mapping):
         raise InvalidOutcome("an outcome event must be a JSON object")
     if not OUTCOME_FIELDS.issuperset(raw):
@@ -61,27 +64,33 @@ def check_fields(raw: object) -> None:
         return
     if type(context) is not dict and not isinstance(context, Mapping):
         raise InvalidOutcome("context must be an object of fields, e.g. {'country': 'KR', 'os': 'ios'}")
-    if len(context) > MAX_CONTEXT_FIELDS:
-        raise InvalidOutcome(f"context has {len(context)} fields; at most {MAX_CONTEXT_FIELDS} are allowed")
+    if len(context) > max_fields:
+        raise InvalidOutcome(
+            f"context has {len(context)} fields; at most {max_fields} are allowed "
+            f"(max_context_fields, {SETTING['max_context_fields']})"
+        )
     for key, value in context.items():
         # The common case first: short string keys and values.
         if type(key) is str and 0 < len(key) <= MAX_CONTEXT_KEY and type(value) is str:
-            if len(value) <= MAX_CONTEXT_VALUE:
+            if len(value) <= max_value:
                 continue
-            raise InvalidOutcome(
-                f"context.{key} is {len(value)} characters long; at most {MAX_CONTEXT_VALUE} are allowed"
-            )
-        _check_context_item(key, value)
+            raise _too_long(key, value, max_value)
+        _check_context_item(key, value, max_value)
 
 
-def _check_context_item(key: object, value: object) -> None:
+def _too_long(key: str, value: str, max_value: int) -> InvalidOutcome:
+    return InvalidOutcome(
+        f"context.{key} is {len(value)} characters long; at most {max_value} are allowed "
+        f"(max_context_value_chars, {SETTING['max_context_value_chars']})"
+    )
+
+
+def _check_context_item(key: object, value: object, max_value: int) -> None:
     if not isinstance(key, str) or not 1 <= len(key) <= MAX_CONTEXT_KEY:
         raise InvalidOutcome(f"context keys must be 1-{MAX_CONTEXT_KEY} characters, got {str(key)[:80]!r}")
     if isinstance(value, str):
-        if len(value) > MAX_CONTEXT_VALUE:
-            raise InvalidOutcome(
-                f"context.{key} is {len(value)} characters long; at most {MAX_CONTEXT_VALUE} are allowed"
-            )
+        if len(value) > max_value:
+            raise _too_long(key, value, max_value)
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidOutcome(f"context.{key} must be a finite number")

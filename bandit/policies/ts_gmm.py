@@ -93,6 +93,9 @@ MAX_FLOORS = 24
 #: from the current fit.
 BOOTSTRAP_DRAWS = 16
 BOOTSTRAP_EM_STEPS = 6
+#: EM steps of a refit warm-started from the cell's last fit (or, for a new segment, from
+#: the placement level's): bounded, since later refits keep refining from there.
+WARM_EM_STEPS = 8
 #: Candidate misfits, as multiples of ``model_doubt``, for the marginal-likelihood choice.
 DOUBT_STEPS = np.array([0.0, 0.25, 0.5, 1.0, 2.0])
 #: Share of the curve's peak below which the misfit's scale does not fall (the mixture may
@@ -153,6 +156,10 @@ class ThompsonGmmPolicy(Policy):
     - ``change_forget``: share of a cell's history kept when a change is detected;
     - ``level_events``: events of an hour of day that move its value level half-way
       (:mod:`bandit.season`; 0 turns hour-of-day levels off);
+    - ``refit_share`` / ``refit_max_age_s``: a (segment, network) cell's table row is refit
+      once its new events reach this share of its weight, or this many seconds of event time
+      after its last fit (a change detected refits it at once); until then it serves the
+      row of its last fit. 0 refits every touched cell at each refresh;
     - ``pool_fields``: 1 predicts each segment's prior from its context fields across
       segments (:mod:`bandit.pooling`), 0 pools every segment toward the flat placement level.
     """
@@ -176,6 +183,8 @@ class ThompsonGmmPolicy(Policy):
         change_threshold: float = 12.0,
         change_forget: float = 0.05,
         level_events: float = LEVEL_EVENTS,
+        refit_share: float = 0.05,
+        refit_max_age_s: float = 900.0,
         pool_fields: int = 1,
         seed: int | None = None,
     ) -> None:
@@ -194,6 +203,8 @@ class ThompsonGmmPolicy(Policy):
                 change_threshold=change_threshold,
                 change_forget=change_forget,
                 level_events=level_events,
+                refit_share=refit_share,
+                refit_max_age_s=refit_max_age_s,
                 pool_fields=pool_fields,
             ),
         )
@@ -209,8 +220,13 @@ class ThompsonGmmPolicy(Policy):
         self.change_threshold = checked["change_threshold"]
         self.change_forget = checked["change_forget"]
         self.level_events = checked["level_events"]
+        self.refit_share = checked["refit_share"]
+        self.refit_max_age_s = checked["refit_max_age_s"]
         self.pool_fields = checked["pool_fields"]
         self.changes_detected = 0
+        self._pending: dict[tuple[str, int], float] = {}  # events learned since the cell's last fit
+        self._fitted: dict[tuple[str, int], tuple[float, float]] = {}  # (t_ref, requests) at the last fit
+        self._values: dict[str, NDArray[np.float32]] = {}  # best-revenue draws [M, N] per table
         self._fits: dict[tuple[str, int], GmmParams] = {}
         self._cusum: dict[tuple[str, int], NDArray[np.float64]] = {}
         self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0)
@@ -237,6 +253,8 @@ class ThompsonGmmPolicy(Policy):
             change_threshold=self.change_threshold,
             change_forget=self.change_forget,
             level_events=self.level_events,
+            refit_share=self.refit_share,
+            refit_max_age_s=self.refit_max_age_s,
             pool_fields=self.pool_fields,
         )
 
@@ -268,7 +286,22 @@ class ThompsonGmmPolicy(Policy):
         if scale is not None:
             batch = self._deflate(batch, cells, hours, scale, alarmed)
             self._batch_span = float(batch.ts.max() - batch.ts.min())
+        self._mark_pending(batch, cells, alarmed)
         return super().update(batch, refresh=refresh)
+
+    def _mark_pending(
+        self, batch: EventBatch, cells: list[tuple[str, int, NDArray[np.int64]]], alarmed: set[tuple[str, int]]
+    ) -> None:
+        """Count the batch's events per cell (and per network at the placement level) as not yet
+        reflected in the tables; a cell where a change was detected is due at once."""
+        pending = self._pending
+        for seg, j, rows in cells:
+            pending[(seg, j)] = pending.get((seg, j), 0.0) + len(rows)
+        for j, n in enumerate(np.bincount(batch.network, minlength=len(self.placement.networks)).tolist()):
+            if n:
+                pending[(ALL_SEGMENTS, j)] = pending.get((ALL_SEGMENTS, j), 0.0) + n
+        for key in alarmed:
+            pending[key] = math.inf
 
     def _cells(self, batch: EventBatch) -> list[tuple[str, int, NDArray[np.int64]]]:
         """(segment, network, rows) of each (segment, network) cell in a batch."""
@@ -297,7 +330,7 @@ class ThompsonGmmPolicy(Policy):
             level = self._levels.get((seg, j), np.zeros(HOURS_PER_DAY))
             row = self.stats.segment_row(seg)
             if row is not None and (seg, j) not in alarmed:
-                expected = expected_revenue(self.stats.data[row, j], batch.floor_cpm[rows], before[rows])
+                expected = expected_revenue(self.stats.cell(row, j), batch.floor_cpm[rows], before[rows])
                 level = update_levels(level, hours[rows], batch.revenue_cpm[rows], expected)
             self._levels[(seg, j)] = level
             scale[rows] = np.exp(level[hours[rows]])
@@ -352,12 +385,18 @@ class ThompsonGmmPolicy(Policy):
             dev = None
             if recent_row is not None:
                 decay = decay_factor(t_batch - self._recent.t_ref, self._recent.half_life_seconds)
-                dev = batch_deviation(self._recent.data[recent_row, j] * decay, *observed)
+                dev = batch_deviation(self._recent.cell(recent_row, j) * decay, *observed)
             if dev is None:
-                base = observed if scale is None else (
-                    batch.floor_cpm[rows] / scale[rows], batch.filled[rows], batch.revenue_cpm[rows] / scale[rows]
+                base = (
+                    observed
+                    if scale is None
+                    else (
+                        batch.floor_cpm[rows] / scale[rows],
+                        batch.filled[rows],
+                        batch.revenue_cpm[rows] / scale[rows],
+                    )
                 )
-                dev = batch_deviation(self.stats.data[row, j], *base)
+                dev = batch_deviation(self.stats.cell(row, j), *base)
             if dev is None:
                 continue
             key = (seg, j)
@@ -365,10 +404,10 @@ class ThompsonGmmPolicy(Policy):
             if state.max() > self.change_threshold and abs(dev.relative) > CHANGE_GATE:
                 # Keep at most ``change_forget`` of the history, and never more than the batch
                 # that showed the change: the new market must outweigh the old at once.
-                history = float(self.stats.data[row, j, REQUESTS].sum())
-                self.stats.data[row, j] *= min(self.change_forget, len(rows) / max(history, 1.0))
+                history = float(self.stats.totals()[row, j, REQUESTS])
+                self.stats.scale_cell(row, j, min(self.change_forget, len(rows) / max(history, 1.0)))
                 if recent_row is not None:
-                    self._recent.data[recent_row, j] = 0.0
+                    self._recent.scale_cell(recent_row, j, 0.0)
                 # The hour-of-day levels are kept and do not learn from this batch: a break
                 # moves the base market (which has just forgotten its history), not the
                 # daily shape.
@@ -379,8 +418,49 @@ class ThompsonGmmPolicy(Policy):
         return alarmed
 
     def refresh(self, segments=()) -> None:
+        """Refit the due networks of ``segments`` and of the placement level (see :meth:`_due`);
+        cells not due yet stay pending (:meth:`pending_segments`)."""
         self._pool = SegmentPool.fit_stats(self.stats, len(self.placement.segment_by), fields=self.pool_fields == 1)
-        super().refresh(segments)
+        pooled = self.stats.placement_level()
+        for seg in dict.fromkeys([ALL_SEGMENTS, *segments]):
+            row = None if seg == ALL_SEGMENTS else self.stats.segment_row(seg)
+            if seg != ALL_SEGMENTS and row is None:
+                continue
+            own = pooled if row is None else self.stats.segment_data(row)
+            due = self._due(seg, own[:, REQUESTS].sum(axis=1))
+            if due or seg not in self._tables:
+                self._tables[seg] = self._build_table(seg, own, pooled, due)
+                for j in due:
+                    self._pending.pop((seg, j), None)
+                    self._fitted[(seg, j)] = (self.stats.t_ref, float(own[j, REQUESTS].sum()))
+
+    def _due(self, segment: str, requests: NDArray[np.float64]) -> list[int]:
+        """Networks of ``segment`` whose table rows must be refit now: new events of at least
+        ``refit_share`` of the cell's weight at its last fit, or ``refit_max_age_s`` of event
+        time since that fit (also: cells never fit, and cells where a change was detected)."""
+        due = []
+        for j in range(len(self.placement.networks)):
+            pending = self._pending.get((segment, j), 0.0)
+            fitted = self._fitted.get((segment, j))
+            if fitted is None or (segment not in self._tables):
+                due.append(j)
+            elif pending > 0 and (
+                pending >= self.refit_share * fitted[1] or self.stats.t_ref - fitted[0] >= self.refit_max_age_s
+            ):
+                due.append(j)
+        return due
+
+    def pending_segments(self) -> list[str]:
+        """Segments with learned events their tables do not reflect yet (refit when due)."""
+        return sorted({seg for seg, _ in self._pending if seg != ALL_SEGMENTS})
+
+    def merge(self, other) -> None:
+        for seg in other.stats.segments:
+            for j in range(len(self.placement.networks)):
+                self._pending[(seg, j)] = math.inf
+        for j in range(len(self.placement.networks)):
+            self._pending[(ALL_SEGMENTS, j)] = math.inf
+        super().merge(other)
 
     def _network_draws(self, segment: str, network: int, stats: NDArray[np.float64]) -> NetworkDraws:
         """Posterior draws of one network's revenue curve and their best floors."""
@@ -393,9 +473,9 @@ class ThompsonGmmPolicy(Policy):
         # perturbation of it), else the prior. Later updates keep refining from here.
         start = self._fits.get((segment, network))
         if start is not None:
-            mle = fit(data, start, prior, max_iter=12, tol=1e-5)
+            mle = fit(data, start, prior, max_iter=WARM_EM_STEPS, tol=1e-5)
         elif (ALL_SEGMENTS, network) in self._fits:
-            mle = fit(data, self._fits[ALL_SEGMENTS, network], prior, max_iter=30, tol=1e-5)
+            mle = fit(data, self._fits[ALL_SEGMENTS, network], prior, max_iter=WARM_EM_STEPS, tol=1e-5)
         else:
             mle = fit(data, initial_params(prior), prior, max_iter=200, tol=1e-5)
         self._fits[(segment, network)] = mle
@@ -452,43 +532,60 @@ class ThompsonGmmPolicy(Policy):
             self._z[key] = np.random.default_rng([NORMALS_SEED, network]).standard_normal((self.n_draws, size))
         return self._z[key]
 
-    def _build_table(self, segment: str, stats: NDArray[np.float64], pooled: NDArray[np.float64]) -> SegmentTable:
+    def _build_table(
+        self,
+        segment: str,
+        stats: NDArray[np.float64],
+        pooled: NDArray[np.float64],
+        networks: list[int] | None = None,
+    ) -> SegmentTable:
+        """The segment's table with ``networks`` (default all) refit; the other networks keep
+        their rows of the current table and their cached best-revenue draws."""
         n_net = len(self.placement.networks)
+        old = self._tables.get(segment)
+        if networks is None or old is None or segment not in self._values:
+            networks = list(range(n_net))
         if segment != ALL_SEGMENTS:
             stats = stats + self._pool.prior(segment, stats, pooled)
-        draws = [self._network_draws(segment, j, stats[j]) for j in range(n_net)]
         # Statistics hold the base market; the table serves the current hour's value level.
         level = np.array([self._level_now(segment, j) for j in range(n_net)])
-        best = np.stack([d.value for d in draws], axis=1) * level  # [M, N]
-        candidates, summary = [], np.zeros((n_net, len(SUMMARY_FIELDS)))
-        for j, (cfg, d) in enumerate(zip(self.placement.networks, draws, strict=True)):
+        values = self._values.get(segment)
+        if values is None:
+            values = self._values[segment] = np.zeros((self.n_draws, n_net), dtype=np.float32)
+        width = MAX_FLOORS + len(EXPLORE_FACTORS)  # fixed: tables of all segments stack
+        if old is not None and len(networks) < n_net:
+            floors, probs, summary = old.floors.copy(), old.floor_probs.copy(), old.summary.copy()
+        else:
+            floors, probs = np.zeros((n_net, width)), np.zeros((n_net, width))
+            summary = np.zeros((n_net, len(SUMMARY_FIELDS)))
+        for j in networks:
+            cfg, d = self.placement.networks[j], self._network_draws(segment, j, stats[j])
+            values[:, j] = d.value
+            best_j = d.value * level[j]
             log_floor = d.log_floor + math.log(level[j])
-            floors, probs = floor_histogram(
+            grid_floors, grid_probs = floor_histogram(
                 self._grids[j] + math.log(level[j]), log_floor, cfg.floor_min_cpm, cfg.floor_max_cpm, MAX_FLOORS
             )
             draw_floors = np.clip(np.exp(log_floor), cfg.floor_min_cpm, cfg.floor_max_cpm)
             f_mid = float(np.median(draw_floors))
             explore_p = exploration_probability(self.explore_floor, stats[j])
             explore = [cfg.clip_floor(f_mid * factor) for factor in EXPLORE_FACTORS]
-            explore_probs = np.full(len(explore), explore_p / len(explore))
-            candidates.append(
-                (np.concatenate([floors, explore]), np.concatenate([(1 - explore_p) * probs, explore_probs]))
-            )
+            row_floors = np.concatenate([grid_floors, explore])
+            row_probs = np.concatenate([(1 - explore_p) * grid_probs, np.full(len(explore), explore_p / len(explore))])
+            floors[j] = np.pad(row_floors, (0, width - len(row_floors)), mode="edge")
+            probs[j] = np.pad(row_probs, (0, width - len(row_probs))) / row_probs.sum()
             at = np.array([[math.log(max(f_mid, 1e-9))]])
             summary[j] = (
                 f_mid,
                 float(np.quantile(draw_floors, 0.1)),
                 float(np.quantile(draw_floors, 0.9)),
-                float(best[:, j].mean()),
-                float(best[:, j].std()),
+                float(best_j.mean()),
+                float(best_j.std()),
                 float(d.model.fill_rate(at - math.log(level[j]))[0, 0]),
                 AUCTION_CODES.index("second" if d.second_price else "first"),
                 d.auction_confidence,
             )
-        width = MAX_FLOORS + len(EXPLORE_FACTORS)  # fixed: tables of all segments stack
-        floors = np.array([np.pad(f, (0, width - len(f)), mode="edge") for f, _ in candidates])
-        probs = np.array([np.pad(p, (0, width - len(p))) for _, p in candidates])
-        probs /= probs.sum(axis=1, keepdims=True)
+        best = values.astype(np.float64) * level  # [M, N]
         if shares_bind(self._lo, self._hi):
             weights = matched_shares(best, self._lo, self._hi)
         else:
@@ -511,11 +608,21 @@ class ThompsonGmmPolicy(Policy):
     # -------------------------------------------------------------------- state
     def _extra_state(self) -> dict[str, np.ndarray]:
         keys = sorted({seg for seg, _ in self._fits})
+        at = {seg: i for i, seg in enumerate(keys)}
         width = 1 + 3 * self.n_components
         packed = np.full((len(keys), len(self.placement.networks), width), np.nan)
         for (seg, j), p in self._fits.items():
-            packed[keys.index(seg), j] = p.pack()[0]
+            packed[at[seg], j] = p.pack()[0]
+        n_net, m = len(self.placement.networks), self.n_draws
         return {
+            "refit_pending_keys": np.array([s for s, _ in self._pending], dtype=np.str_),
+            "refit_pending_networks": np.array([j for _, j in self._pending], dtype=np.int64),
+            "refit_pending": np.array(list(self._pending.values()), dtype=np.float64),
+            "refit_fitted_keys": np.array([s for s, _ in self._fitted], dtype=np.str_),
+            "refit_fitted_networks": np.array([j for _, j in self._fitted], dtype=np.int64),
+            "refit_fitted": np.array(list(self._fitted.values()), dtype=np.float64).reshape(-1, 2),
+            "refit_value_segments": np.array(list(self._values), dtype=np.str_),
+            "refit_values": np.array(list(self._values.values()), dtype=np.float32).reshape(-1, m, n_net),
             "gmm_segments": np.array(keys, dtype=np.str_),
             "gmm_params": packed,
             "gmm_fit_rng": np.array(json.dumps(self._fit_rng.bit_generator.state)),
@@ -531,6 +638,16 @@ class ThompsonGmmPolicy(Policy):
         }
 
     def _load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
+        if "refit_values" in state:
+            keys = zip(state["refit_pending_keys"], state["refit_pending_networks"], strict=True)
+            self._pending = {(str(s), int(j)): float(v) for (s, j), v in zip(keys, state["refit_pending"], strict=True)}
+            keys = zip(state["refit_fitted_keys"], state["refit_fitted_networks"], strict=True)
+            fitted = zip(keys, state["refit_fitted"].tolist(), strict=True)
+            self._fitted = {(str(s), int(j)): (t, w) for (s, j), (t, w) in fitted}
+            self._values = {
+                str(seg): np.array(v, dtype=np.float32)
+                for seg, v in zip(state["refit_value_segments"], state["refit_values"], strict=True)
+            }
         self._fits = {
             (str(seg), j): GmmParams.unpack(state["gmm_params"][i, j])
             for i, seg in enumerate(state["gmm_segments"])
@@ -549,6 +666,6 @@ class ThompsonGmmPolicy(Policy):
             }
         if "level_batch_span" in state:
             self._batch_span = float(state["level_batch_span"])
-        if "recent_stats_data" in state:
+        if "recent_stats_segments" in state:
             self._recent = SufficientStats.from_state({k[7:]: v for k, v in state.items() if k.startswith("recent_")})
         self._fit_rng.bit_generator.state = json.loads(str(state["gmm_fit_rng"]))

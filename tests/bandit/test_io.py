@@ -54,7 +54,7 @@ def test_log_files_update_like_event_objects(tmp_path, fmt):
     reference = _reference_stats(rows)
     order = [reference.segments.index(s) for s in policy.stats.segments]
     assert sorted(policy.stats.segments) == sorted(reference.segments)
-    np.testing.assert_allclose(policy.stats.data, reference.data[order], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(policy.stats.to_dense(), reference.to_dense()[order], rtol=1e-9, atol=1e-12)
     assert policy.stats.t_ref == pytest.approx(reference.t_ref)
 
 
@@ -64,7 +64,7 @@ def test_several_files_are_concatenated(tmp_path):
     (tmp_path / "b.ndjson").write_text("\n".join(json.dumps(r) for r in rows[150:]))
     policy = make_policy("static", PLACEMENT)
     policy.update(read_events([tmp_path / "a.parquet", tmp_path / "b.ndjson"]))
-    assert policy.stats.data[:, :, 0].sum() == pytest.approx(sum(r["placement"] == "p1" for r in rows))
+    assert policy.stats.to_dense()[:, :, 0].sum() == pytest.approx(sum(r["placement"] == "p1" for r in rows))
 
 
 @pytest.mark.parametrize(

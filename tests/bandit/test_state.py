@@ -155,7 +155,7 @@ def test_unreadable_meta_is_refused() -> None:
 def test_state_missing_arrays_is_refused() -> None:
     state = trained("epsilon_greedy").state()
     with pytest.raises(InvalidState):
-        policy_from_state({k: v for k, v in state.items() if k != "stats_data"})
+        policy_from_state({k: v for k, v in state.items() if k != "stats_floor_values"})
 
 
 CORRUPTIONS = {

@@ -97,7 +97,7 @@ def brute_force(events: list[tuple], half_life_hours: float = math.inf) -> dict[
 
 
 def as_dict(stats: SufficientStats) -> dict[str, np.ndarray]:
-    return {s: stats.data[stats.segment_row(s)] for s in stats.segments}
+    return {s: stats.to_dense()[stats.segment_row(s)] for s in stats.segments}
 
 
 def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], rtol: float = 1e-9) -> None:
@@ -118,7 +118,7 @@ def test_stats_equal_brute_force_loop(half_life_hours: float) -> None:
     assert_same(as_dict(stats), expected)
     # Every field is exercised (a field silently left at zero would pass a sum check).
     for f in range(len(FIELDS)):
-        assert np.abs(stats.data[:, :, f]).sum() > 0, FIELDS[f]
+        assert np.abs(stats.to_dense()[:, :, f]).sum() > 0, FIELDS[f]
     assert stats.t_ref == max(e[5] for e in events)
 
 
@@ -126,7 +126,7 @@ def test_requests_add_up_and_the_placement_level_is_the_sum() -> None:
     events = random_events(np.random.default_rng(3), 500)
     stats = SufficientStats(3)
     stats.add(to_batch(events))
-    assert stats.data[:, :, 0].sum() == pytest.approx(500)
+    assert stats.to_dense()[:, :, 0].sum() == pytest.approx(500)
     np.testing.assert_allclose(stats.placement_level(), sum(brute_force(events).values()))
 
 
@@ -210,7 +210,7 @@ def test_one_half_life_halves_an_aggregate(seed: int, half_life_hours: float) ->
     events = random_events(np.random.default_rng(seed), 50, t_span_hours=5.0)
     stats = SufficientStats(3, half_life_hours * HOUR)
     stats.add(to_batch(events))
-    before = stats.data.copy()
+    before = stats.to_dense().copy()
     later = stats.t_ref + half_life_hours * HOUR
     np.testing.assert_allclose(stats.decayed_to(later), 0.5 * before, rtol=1e-9)
     # A new event one half-life later halves what was held and adds itself with weight 1.
@@ -221,7 +221,7 @@ def test_one_half_life_halves_an_aggregate(seed: int, half_life_hours: float) ->
     fb, logf = brute_bin(1.0)
     expected[row, 0, 0, fb] += 1.0  # requests
     expected[row, 0, 4, fb] += logf  # nofill_logf
-    np.testing.assert_allclose(stats.data, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(stats.to_dense(), expected, rtol=1e-9, atol=1e-12)
     assert stats.t_ref == later
 
 
@@ -230,7 +230,7 @@ def test_events_older_than_the_reference_are_discounted_on_arrival() -> None:
     stats.add(to_batch([("KR", 1, 1.0, True, 2.0, T0 + 4 * HOUR)]))
     stats.add(to_batch([("KR", 1, 1.0, True, 2.0, T0)]))  # late, 2 half-lives old
     fb, _ = brute_bin(1.0)
-    assert stats.data[0, 1, 0, fb] == pytest.approx(1.25)
+    assert stats.to_dense()[0, 1, 0, fb] == pytest.approx(1.25)
     assert stats.t_ref == T0 + 4 * HOUR
 
 
@@ -241,7 +241,7 @@ def test_state_round_trip_of_stats() -> None:
     assert again.segments == stats.segments
     assert again.t_ref == stats.t_ref
     assert again.half_life_seconds == stats.half_life_seconds
-    np.testing.assert_array_equal(again.data, stats.data)
+    np.testing.assert_array_equal(again.to_dense(), stats.to_dense())
 
 
 def test_merge_rejects_other_networks() -> None:
@@ -271,4 +271,41 @@ def test_every_policy_learns_the_same_statistics_whatever_the_batch_order(
             batched.update(to_batch([events[i] for i in part]), refresh=False)
     batched.refresh(list(batched.stats.segments))
     order_a = [whole.stats.segments.index(s) for s in batched.stats.segments]
-    np.testing.assert_allclose(batched.stats.data, whole.stats.data[order_a], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(batched.stats.to_dense(), whole.stats.to_dense()[order_a], rtol=1e-9, atol=1e-9)
+
+
+def test_dense_state_of_earlier_versions_loads_the_same_statistics() -> None:
+    stats = SufficientStats(3, 5 * HOUR)
+    stats.add(to_batch(random_events(np.random.default_rng(4), 300, 3.0)))
+    dense = {
+        "stats_data": stats.to_dense(),
+        "stats_segments": np.array(stats.segments),
+        "stats_t_ref": np.array(stats.t_ref),
+        "stats_half_life": np.array(stats.half_life_seconds),
+    }
+    again = SufficientStats.from_state(dense)
+    np.testing.assert_allclose(again.to_dense(), stats.to_dense(), rtol=1e-12)
+    np.testing.assert_allclose(again.placement_level(), stats.placement_level(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(again.totals(), stats.to_dense().sum(axis=3), rtol=1e-9, atol=1e-9)
+
+
+def test_a_cell_holds_only_the_bins_it_has_seen() -> None:
+    stats = SufficientStats(3, 5 * HOUR)
+    stats.add(to_batch([("KR", 0, 1.0, True, 2.0, T0), ("KR", 0, 1.0, False, 0.0, T0)]))
+    # One floor bin and one price bin: a dense cell would hold 9 fields x 128 bins.
+    assert stats.n_cells == 1
+    assert stats.entries()["stats_floor_values"].shape == (1, 7)
+    assert stats.entries()["stats_price_values"].shape == (1, 2)
+
+
+def test_forgetting_a_cell_leaves_the_others_and_the_placement_level_consistent() -> None:
+    stats = SufficientStats(3, 5 * HOUR)
+    stats.add(to_batch(random_events(np.random.default_rng(5), 400, 3.0)))
+    before = stats.to_dense()
+    row = stats.segment_row(stats.segments[0])
+    stats.scale_cell(row, 1, 0.25)
+    expected = before.copy()
+    expected[row, 1] *= 0.25
+    np.testing.assert_allclose(stats.to_dense(), expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(stats.placement_level(), expected.sum(axis=0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(stats.totals(), expected.sum(axis=3), rtol=1e-9, atol=1e-9)

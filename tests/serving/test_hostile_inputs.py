@@ -346,8 +346,23 @@ def _at(index, value) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _stats(state: dict, value: float) -> dict:
-    """Statistics of one segment, every number ``value``."""
-    return {**state, "stats_segments": np.array(["KR|ios"]), "stats_data": np.full((1, 2, 9, 128), value)}
+    """Statistics of one segment with one floor bin, every number ``value``."""
+    n = int(state["stats_n_networks"])
+    return {
+        **state,
+        "stats_segments": np.array(["KR|ios"]),
+        "stats_floor_cells": np.array([0]),
+        "stats_floor_bins": np.array([10], dtype=np.uint8),
+        "stats_floor_values": np.full((1, 7), value),
+        "stats_totals": np.full((1, n, 9), value),
+    }
+
+
+def _dense_stats(state: dict, shape: tuple[int, ...]) -> dict:
+    """Dense statistics of earlier versions, of ``shape``."""
+    sparse = ("floor_cells", "floor_bins", "floor_values", "price_cells", "price_bins", "price_values")
+    kept = {k: v for k, v in state.items() if k.removeprefix("stats_") not in sparse}
+    return {**kept, "stats_segments": np.array(["KR|ios"]), "stats_data": np.zeros(shape)}
 
 
 def _without(name: str) -> Callable[[dict], dict]:
@@ -366,9 +381,18 @@ BAD_STATES = [
     ("floor probabilities not summing to 1", _set("table_floor_probs", lambda a: a * 2), "table_floor_probs"),
     ("zero propensity of a drawable floor", _set("table_floor_propensity", lambda a: a * 0), "(0, 1]"),
     ("NaN statistics", lambda s: _stats(s, np.nan), "non-finite"),
-    ("statistics of the wrong shape", _set("stats_data", lambda a: np.zeros((0, 3, 9, 128))), "stats_data has shape"),
+    ("statistics entries of the wrong shape", _set("stats_floor_values", lambda a: a[:, :3]), "the same entries"),
+    ("statistics entries out of order", lambda s: _set("stats_floor_cells", lambda a: np.array([0, 0]))(
+        _set("stats_floor_bins", lambda a: np.array([11, 10], dtype=np.uint8))(
+            _set("stats_floor_values", lambda a: np.ones((2, 7)))(_stats(s, 1.0)))), "sorted"),
+    ("statistics of another cell", lambda s: _set("stats_floor_cells", lambda a: a + 1000)(_stats(s, 1.0)),
+     "point outside"),
+    ("dense statistics of the wrong shape", lambda s: _dense_stats(s, (1, 3, 9, 128)), "stats_data has shape"),
     ("negative counts", lambda s: _stats(s, -1.0), "negative"),
-    ("statistics dated in the future", _set("stats_t_ref", lambda a: np.array(4.0e9)), "after the server's clock"),
+    ("statistics in units of another era",
+     lambda s: {**s, "stats_t_ref": np.array(1.7e9), "stats_t_origin": np.array(1.0)}, "stats_t_origin"),
+    ("statistics dated in the future",
+     lambda s: {**s, "stats_t_ref": np.array(4.0e9), "stats_t_origin": np.array(4.0e9)}, "after the server's clock"),
     ("no placement-level table", _set("table_segments", lambda a: np.array(["KR|ios"])), "'*'"),
     ("segment key not of segment_by", lambda s: {**_set("table_segments", lambda a: np.array(["*", "KR"]))(s),
      **{k: np.concatenate([s[k], s[k]]) for k in s if k.startswith("table_") and k != "table_segments"}},

@@ -26,7 +26,7 @@ from serving.ingest import IngestFailed, ingest_files
 from serving.store import ExperimentConfig, IngestResult, PolicyStore, VariantConfig
 
 T0 = 1_790_000_000.0
-STATS_KEYS = ("stats_data", "stats_segments", "stats_t_ref")
+STATS_KEYS = ("stats_floor_values", "stats_price_values", "stats_totals", "stats_segments", "stats_t_ref")
 
 
 def placement(pid: str = "p1", networks=("alpha", "beta", "house"), **kw) -> PlacementConfig:
@@ -324,9 +324,9 @@ def test_events_not_yet_applied_at_a_crash_are_learned_on_open(tmp_path):
     restarted = open_store(tmp_path / "crashed")
     assert restarted.metrics()["log_lag_events"] == 0
     a, b = stats(live), stats(restarted)
-    assert a["stats_data"].sum() > 0
+    assert a["stats_totals"].sum() > 0
     assert set(a["stats_segments"]) == set(b["stats_segments"])
-    assert np.isclose(a["stats_data"].sum(), b["stats_data"].sum(), rtol=1e-12)
+    assert np.isclose(a["stats_totals"].sum(), b["stats_totals"].sum(), rtol=1e-12)
     assert restarted.experiment_report("p1")["variants"]["champion"]["requests"] == 300
     # The crash-time grouping is now marked in the log: a second restart repeats it exactly.
     restarted.close()
