@@ -29,7 +29,7 @@ the segment, and weighted like κ extra requests per network. Per segment s and 
   ``TAU_PRIOR``² so that a placement with one or two segments still has a value.
   Leaving each segment out does what REML does for the fitted effects: their share of the
   residual spread is not mistaken for τ². Tiny segments no longer dominate (the moment
-  estimate they replace came out ~100× too strong on long-tailed segment sizes).
+  estimate this replaces came out hundreds of times too strong on long-tailed sizes).
 * **Strength.** κ = c² / (τ² + p) pseudo-requests: with the target's level known to
   variance τ² + p, the normal–normal posterior weighs it like κ requests of the segment's
   own. A segment with n ≫ κ requests moves to its own optimum; a new one starts where the

@@ -24,7 +24,7 @@ import polars as pl
 import ray
 
 from simulator.market import Market
-from simulator.runner import build_policy, capture, run, summarize, table_report
+from simulator.runner import SegmentCapture, build_policy, capture, run, summarize, table_report
 from simulator.scenario import Scenario
 
 
@@ -76,11 +76,12 @@ def run_one(market: Market, spec: RunSpec, run_kwargs: Mapping[str, Any]) -> pl.
 
 
 def tables_one(market: Market, spec: RunSpec, segments: Sequence[str], run_kwargs: Mapping[str, Any]) -> pl.DataFrame:
-    """Build the policy, run it, and report its final tables of ``segments``
-    (:func:`simulator.runner.table_report`; also usable in process)."""
+    """Build the policy, run it, and report its final tables of ``segments`` and their capture
+    over the run (:func:`simulator.runner.table_report`; also usable in process)."""
     policy = build_policy(spec.policy.name, market, dict(spec.policy.params), seed=spec.seed)
-    run(policy, market, spec.n_requests, seed=spec.seed, **run_kwargs)
-    return _label(table_report(policy, market, segments), market, spec)
+    during = SegmentCapture(market)
+    run(policy, market, spec.n_requests, seed=spec.seed, on_batch=during, **run_kwargs)
+    return _label(table_report(policy, market, segments, during=during), market, spec)
 
 
 def _label(frame: pl.DataFrame, market: Market, spec: RunSpec) -> pl.DataFrame:

@@ -280,6 +280,28 @@ def run(
     return recorder.frame()
 
 
+class SegmentCapture:
+    """An ``on_batch`` callback summing, per segment, the expected revenue of the decisions
+    made and the oracle's on the same requests: :meth:`capture` is each segment's capture
+    over the run (what its traffic earned while the policy learned)."""
+
+    def __init__(self, market: Market) -> None:
+        self.expected = np.zeros(market.n_segments)
+        self.oracle = np.zeros(market.n_segments)
+        self._index = {seg: i for i, seg in enumerate(market.segments)}
+
+    def __call__(self, record: BatchRecord) -> None:
+        # Requests carry the market's own segment indexes.
+        seg = record.requests.segment_index
+        n = len(self.expected)
+        self.expected += np.bincount(seg, weights=record.expected_revenue, minlength=n)
+        self.oracle += np.bincount(seg, weights=record.oracle_revenue, minlength=n)
+
+    def capture(self, segment: str) -> float:
+        i = self._index[segment]
+        return _ratio(float(self.expected[i]), float(self.oracle[i]))
+
+
 def table_report(
     policy: Policy,
     market: Market,
@@ -288,6 +310,7 @@ def table_report(
     ts: float | None = None,
     n_decisions: int = 4096,
     seed: int = 0,
+    during: SegmentCapture | None = None,
 ) -> pl.DataFrame:
     """How good each segment's current decision table is, against the oracle at time ``ts``
     (default: the scenario's start), one row per segment.
@@ -298,7 +321,9 @@ def table_report(
     table's weight on it; per network ``weight_<id>`` and ``floor_<id>`` (the table's
     median floor) next to ``oracle_floor_<id>`` (the network's best floor); ``requests``
     the (discounted) requests learned in the segment; ``pooled_capture`` the capture the
-    placement's table would have in the segment (how far its own optimum is from the pool's).
+    placement's table would have in the segment (how far its own optimum is from the pool's);
+    with ``during`` (the run's :class:`SegmentCapture`), ``run_capture`` the segment's
+    capture over the run.
     """
     ts = market.scenario.start_ts if ts is None else float(ts)
     ids = market.placement.network_ids
@@ -320,6 +345,7 @@ def table_report(
             "requests": alloc.effective_events,
             "capture": float(revenue.mean()) / oracle.revenue_per_request,
             "pooled_capture": float(pooled_revenue.mean()) / oracle.revenue_per_request,
+            "run_capture": during.capture(seg) if during is not None else math.nan,
             "oracle_network": ids[best],
             "weight_best": alloc.networks[best].weight,
         }

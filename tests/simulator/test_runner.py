@@ -9,7 +9,7 @@ import pytest
 from bandit import make_policy
 from bandit.policy import DecisionBatch
 from simulator import Market, capture, run, summarize
-from simulator.runner import table_report
+from simulator.runner import SegmentCapture, table_report
 
 
 @pytest.fixture(scope="module")
@@ -175,10 +175,15 @@ def test_drift_shows_in_the_trajectory():
 def test_only_the_followed_segments_get_tables_and_their_report_values_them_exactly():
     market = Market("segments")
     policy = make_policy("grid_ts", market.placement, seed=0)
-    run(policy, market, 8000, seed=0, batch_size=2000, refresh_segments={"KR|ios", "US|ios"})
+    during = SegmentCapture(market)
+    traj = run(policy, market, 8000, seed=0, batch_size=2000, refresh_segments={"KR|ios", "US|ios"}, on_batch=during)
     assert sorted(policy.segments) == ["KR|ios", "US|ios"]
+    # The per-segment sums add up to the trajectory's.
+    assert during.expected.sum() == pytest.approx(traj["expected_revenue"].sum())
+    assert during.oracle.sum() == pytest.approx(traj["oracle_revenue"].sum())
     assert policy.stats.segment_row("JP|android") is not None  # learned, not rebuilt
-    report = table_report(policy, market, ["KR|ios", "JP|android"], n_decisions=20_000)
+    report = table_report(policy, market, ["KR|ios", "JP|android"], n_decisions=20_000, during=during)
+    assert report["run_capture"].to_list() == [during.capture("KR|ios"), during.capture("JP|android")]
     assert report["segment"].to_list() == ["KR|ios", "JP|android"]
     # JP|android has no table of its own: it is served (and valued) as the placement's.
     jp = report.row(1, named=True)
