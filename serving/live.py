@@ -197,11 +197,15 @@ def placement_entry(entries: Mapping[str, PlacementEntry], placement_id: str) ->
 def serving_copy(policy: Policy) -> Policy:
     """A copy of ``policy`` for deciding while the original keeps learning.
 
-    It shares the statistics object (``decide`` reads only the tables), so the copy
-    costs the decision tables, not the statistics.
+    Decisions read only the decision tables, the placement and the model version, and the
+    learner replaces a segment's table rather than changing it, so the copy is shallow: it
+    shares everything (statistics, fits) but has its own table dict and random generator.
+    Publishing costs a dict of table references, whatever the size of the model.
     """
-    memo: dict[int, Any] = {id(policy.stats): policy.stats, id(policy.placement): policy.placement}
-    return copy.deepcopy(policy, memo)
+    served = copy.copy(policy)
+    served._tables = dict(policy._tables)
+    served._rng = copy.deepcopy(policy._rng)
+    return served
 
 
 def variant_policy(config: PlacementConfig, variant: VariantConfig) -> Policy:

@@ -15,7 +15,8 @@ with 500s, NaN propensities or floors outside the contract. It checks, in this o
    [S, N, F], placement level [N, F, B]; or the dense ``stats_data`` [S, N, F, B] of
    earlier versions), segment keys with one value per segment field;
 4. numbers: all finite (except the documented sentinels: infinite floor bounds, a
-   ``-inf`` statistics time before any event, NaN for missing mixture fits); weights and
+   ``-inf`` statistics or refit time before any event, an infinite pending count of a
+   cell due at once, NaN for missing mixture fits); weights and
    floor probabilities are probability vectors; propensities in (0, 1] where a floor can
    be drawn; floors inside each network's bounds; counts non-negative; the statistics'
    time not after the server's clock (plus skew);
@@ -264,8 +265,17 @@ def _check_numbers(arrays: dict[str, np.ndarray], config: PlacementConfig, segme
     for name, arr in arrays.items():
         if arr.dtype.kind not in "fc":
             continue
-        # also recent_stats_*
-        if name.endswith(("table_floor_bounds", "stats_t_ref", "stats_t_origin", "stats_half_life")):
+        # also recent_stats_*; refit times are -inf before any event, a pending count +inf
+        # marks a cell due at once
+        infinite_ok = (
+            "table_floor_bounds",
+            "stats_t_ref",
+            "stats_t_origin",
+            "stats_half_life",
+            "refit_fitted",
+            "refit_pending",
+        )
+        if name.endswith(infinite_ok):
             if np.isnan(arr).any():
                 raise _fail(f"{name} holds NaN")
             continue
