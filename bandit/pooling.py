@@ -87,9 +87,9 @@ DEFAULT_REL_VAR = 1.0
 MAX_STRENGTH = 1e4
 MAX_SHIFT = 4.0
 #: Iterations (one backfitting sweep and one step for each variance) and their convergence
-#: tolerance (relative, on the variances).
+#: tolerance: on every prediction (log level) and on log(τ² + its variance).
 MAX_ITER = 50
-TOL = 1e-3
+TOL = 5e-3
 
 
 # ------------------------------------------------------------------------------ levels
@@ -195,48 +195,45 @@ def fit_additive(
     ).reshape(-1, n)  # [F, N]
     fields = tuple(f for f in range(codes.shape[1]) if active_all[f].any())
     active = active_all[list(fields)]
-    index = [index_all[f] for f in fields]
     tau2 = np.full(n, TAU_PRIOR**2)
     field_var = np.full((len(fields), n), FIELD_SD_PRIOR**2)
     mu = np.array(prior_mean, dtype=np.float64)
     effects = [np.zeros((sizes[f], n)) for f in fields]
-    part = [np.zeros((s_count, n)) for _ in fields]  # each field's fitted values per segment
+    # Iterate on the segments in the fit only; the others are predicted once at the end.
+    rows = np.flatnonzero(in_fit.any(axis=1))
+    yr, vr, wr_in, cr = y[rows], v[rows], w_in[rows], codes[rows]
+    index_r = [(cr[:, f, None] * n + np.arange(n)).ravel() for f in fields]
+    part = [np.zeros((len(rows), n)) for _ in fields]  # each field's fitted values per segment
+    resid = yr - mu  # y − μ − Σ_f part_f
     mu_prec = 1.0 / INTERCEPT_SD_PRIOR**2
-    mean = np.broadcast_to(mu, (s_count, n)).copy()
-    var = np.full((s_count, n), INTERCEPT_SD_PRIOR**2)
+    last_mean, last_spread = np.full((len(rows), n), np.inf), np.full((len(rows), n), np.inf)
     iterations = 0
     for iterations in range(1, MAX_ITER + 1):  # noqa: B007 - reported
-        w = w_in / (v + tau2)
-        # Backfitting sweep.
-        total = sum(part, np.zeros((s_count, n)))
-        resid0 = y - total
-        sw, swr = w.sum(axis=0), (w * resid0).sum(axis=0)
-        mu = (swr + mu_prec * prior_mean) / (sw + mu_prec)
+        w = wr_in / (vr + tau2)
         # An inactive (field, network) has an infinite ridge: no effect, no variance.
         pens = np.where(active, 1.0 / field_var, np.inf)
-        weights = [_sums(index[k], sizes[f], w)[0] for k, f in enumerate(fields)]  # [L_f, N] each
-        for k, f in enumerate(fields):
-            partial = y - mu - (total - part[k])
-            (wsum,) = _sums(index[k], sizes[f], w * partial)
-            effects[k] = wsum / (weights[k] + pens[k])
-            new = effects[k][codes[:, f]]
-            total += new - part[k]
-            part[k] = new
-        # Leave-one-out predictions and their variances, from the sums at the current fit.
-        resid0 = y - total
-        sw, swr = w.sum(axis=0), (w * resid0).sum(axis=0)
-        prec = sw - w + mu_prec
-        mean = (swr - w * resid0 + mu_prec * prior_mean) / prec
-        var = 1.0 / prec
+        # One backfitting sweep (intercept, then each field); each step also gives the
+        # leave-one-out prediction of its component: its sums without the segment's own term.
+        partial = resid + mu
+        wp = w * partial
+        sw, swp = w.sum(axis=0), wp.sum(axis=0)
+        mu = (swp + mu_prec * prior_mean) / (sw + mu_prec)
+        resid = partial - mu
+        inv = 1.0 / (sw - w + mu_prec)
+        mean = (swp - wp + mu_prec * prior_mean) * inv
+        var = inv
         new_field_var = np.empty_like(field_var)
         for k, f in enumerate(fields):
-            partial = y - mu - (total - part[k])
-            (wsum,) = _sums(index[k], sizes[f], w * partial)
-            weight, pen = weights[k], pens[k]
-            c = codes[:, f]
-            prec_k = weight[c] - w + pen
-            mean += (wsum[c] - w * partial) / prec_k
-            var += 1.0 / prec_k
+            c = cr[:, f]
+            partial = resid + part[k]
+            wp = w * partial
+            weight, wsum = _sums(index_r[k], sizes[f], w, wp)
+            effects[k] = wsum / (weight + pens[k])
+            part[k] = effects[k][c]
+            resid = partial - part[k]
+            inv = 1.0 / (weight[c] - w + pens[k])
+            mean += (wsum[c] - wp) * inv
+            var += inv
             # σ_f² by the evidence fixed point (MacKay): Σβ² over the γ effectively
             # determined values, γ = Σ W / (W + 1/σ²), plus one pseudo-value at the prior.
             # It converges far faster than EM, whose steps stall where σ_f² and τ² trade.
@@ -244,18 +241,39 @@ def fit_additive(
             new_field_var[k] = ((effects[k] ** 2).sum(axis=0) + FIELD_SD_PRIOR**2) / (gamma + 1.0)
         new_field_var = np.where(active, np.maximum(new_field_var, MIN_VARIANCE), field_var)
         # τ²: likelihood equation of the leave-one-out residuals, one pseudo-segment at the prior.
-        spread = v + var + tau2
-        a = w_in / spread**2
-        excess = (y - mean) ** 2 - v - var
+        a = wr_in / (vr + var + tau2) ** 2
+        excess = (yr - mean) ** 2 - vr - var
         a0 = 1.0 / tau2**2
         new_tau2 = np.maximum(((a * excess).sum(axis=0) + a0 * TAU_PRIOR**2) / (a.sum(axis=0) + a0), MIN_VARIANCE)
+        # Converged when what the fit is for no longer moves: each prediction (log level)
+        # and its strength's denominator τ² + p (relative), to TOL.
+        spread = np.log(var + new_tau2)
         moved = max(
-            float(np.max(np.abs(new_tau2 - tau2) / tau2)),
-            float(np.max(np.abs(new_field_var - field_var) / field_var, initial=0.0)),
+            float(np.max(np.abs(mean - last_mean), initial=0.0)),
+            float(np.max(np.abs(spread - last_spread), initial=0.0)),
         )
-        tau2, field_var = new_tau2, new_field_var
+        tau2, field_var, last_mean, last_spread = new_tau2, new_field_var, mean, spread
         if moved < TOL:
             break
+    # Every segment's prediction from the final fit (leaving its own term out where it is in the fit).
+    w = w_in / (v + tau2)
+    pens = np.where(active, 1.0 / field_var, np.inf)
+    part_all = [effects[k][codes[:, f]] for k, f in enumerate(fields)]
+    resid = y - mu - sum(part_all, np.zeros((s_count, n)))
+    partial = resid + mu
+    wp = w * partial
+    sw, swp = w.sum(axis=0), wp.sum(axis=0)
+    inv = 1.0 / (sw - w + mu_prec)
+    mean = (swp - wp + mu_prec * prior_mean) * inv
+    var = inv
+    for k, f in enumerate(fields):
+        c = codes[:, f]
+        partial = resid + part_all[k]
+        wp = w * partial
+        weight, wsum = _sums(index_all[f], sizes[f], w, wp)
+        inv = 1.0 / (weight[c] - w + pens[k])
+        mean += (wsum[c] - wp) * inv
+        var += inv
     return AdditiveFit(mean, var, tau2, fields, field_var, mu, tuple(effects), iterations)
 
 
@@ -269,27 +287,25 @@ def shift_log_price(stats: NDArray[np.float64], delta: NDArray[np.float64]) -> N
     the price grid is dropped.
     """
     steps = np.asarray(delta, dtype=np.float64) / BIN_WIDTH
-    low = np.floor(steps)
-    frac = steps - low
-    out = np.zeros_like(stats)
-    for k, share in ((low, 1.0 - frac), (low + 1.0, frac)):
-        out += share[:, None, None] * _shift_bins(stats, k.astype(np.int64))
-    return out
+    low = np.floor(steps).astype(np.int64)
+    frac = (steps - low)[:, None, None]
+    return (1.0 - frac) * _shift_bins(stats, low) + frac * _shift_bins(stats, low + 1)
 
 
 def _shift_bins(stats: NDArray[np.float64], k: NDArray[np.int64]) -> NDArray[np.float64]:
     """``stats`` [N, F, B] moved up by ``k`` [N] whole bins, fields adjusted (see above)."""
-    n_bins = stats.shape[2]
-    source = np.arange(n_bins)[None, :] - k[:, None]  # [N, B]
+    n_net, n_fields, n_bins = stats.shape
+    source = np.arange(n_bins)[None, :] - k[:, None]  # [N, B]: the bin each bin comes from
     valid = (source >= 0) & (source < n_bins)
-    out = np.take_along_axis(stats, np.clip(source, 0, n_bins - 1)[:, None, :], axis=2) * valid[:, None, :]
+    first = (np.arange(n_net)[:, None, None] * n_fields + np.arange(n_fields)[None, :, None]) * n_bins
+    moved = stats.ravel().take(first + np.clip(source, 0, n_bins - 1)[:, None, :]) * valid[:, None, :]
     d = (k * BIN_WIDTH)[:, None]
-    out[:, REVENUE] *= np.exp(d)
-    out[:, REVENUE_SQ] *= np.exp(2.0 * d)
-    out[:, NOFILL_LOGF] += d * (out[:, REQUESTS] - out[:, FILLS])
-    out[:, ATFLOOR_LOGF] += d * out[:, ATFLOOR]
-    out[:, PRICE_LOGP] += d * out[:, PRICE]
-    return out
+    moved[:, REVENUE] *= np.exp(d)
+    moved[:, REVENUE_SQ] *= np.exp(2.0 * d)
+    moved[:, NOFILL_LOGF] += d * (moved[:, REQUESTS] - moved[:, FILLS])
+    moved[:, ATFLOOR_LOGF] += d * moved[:, ATFLOOR]
+    moved[:, PRICE_LOGP] += d * moved[:, PRICE]
+    return moved
 
 
 #: Statistics fields that are counts or sums of non-negative values (never negative after

@@ -55,9 +55,10 @@ def test_a_whole_bin_shift_equals_the_statistics_of_bids_moved_by_that_much(bins
     np.testing.assert_allclose(shifted, moved, rtol=1e-9, atol=1e-9)
 
 
-def test_a_fractional_shift_moves_mean_log_prices_by_exactly_delta_and_keeps_counts():
+@pytest.mark.parametrize("bins", [4.37, -3.6])
+def test_a_fractional_shift_moves_mean_log_prices_by_exactly_delta_and_keeps_counts(bins):
     stats = _stats(*_events(np.random.default_rng(2), 4000))
-    delta = 4.37 * BIN_WIDTH
+    delta = bins * BIN_WIDTH
     shifted = shift_log_price(stats, np.array([delta]))[0]
     stats = stats[0]
     assert shifted[REQUESTS].sum() == pytest.approx(stats[REQUESTS].sum())
@@ -71,7 +72,7 @@ def test_a_fractional_shift_moves_mean_log_prices_by_exactly_delta_and_keeps_cou
     assert ratio == pytest.approx(math.exp(delta), rel=BIN_WIDTH**2 / 8)
     # The bin-weighted mean position moves by δ too.
     pos = lambda s: (s[PRICE] * np.arange(s.shape[1])).sum() / s[PRICE].sum()  # noqa: E731
-    assert pos(shifted) - pos(stats) == pytest.approx(4.37, abs=1e-9)
+    assert pos(shifted) - pos(stats) == pytest.approx(bins, abs=1e-9)
 
 
 def _long_tail(rng, s=1500, n_net=2, sizes=(20, 3, 12), sds=(0.4, 0.2, 0.1), tau=0.15, total=3e5, rel_var=1.5):

@@ -15,10 +15,9 @@ against the oracle, and the segment's capture over the run is kept
   placement pool (``pool_fields=0``): over the run on every seed, and with their final
   tables on average.
 
-Measured (merged with the lazy refits): large segments' table capture 0.9976–0.9993 (the
-placement's table: 0.03–0.997, 0.49 on average), best floors within 8.2%; small segments
-over the run 0.767–0.780 against 0.735–0.756 flat (+0.015 to +0.046 per seed), final tables
-0.900–0.933 against 0.861–0.932.
+Measured: large segments' table capture 0.9976–0.9993 (the placement's table: 0.03–0.996,
+0.54 on average), best floors within 8.1%; small segments over the run 0.774–0.794 against
+0.739–0.757 flat (+0.031 to +0.054 per seed), final tables 0.905–0.947 against 0.851–0.925.
 """
 
 from __future__ import annotations
@@ -62,7 +61,8 @@ def longtail(ray_cluster) -> tuple[pl.DataFrame, list[str], list[str]]:
         refresh_segments=frozenset(large + small),
         progress=False,
     )
-    print(_figures(report, large, small))
+    with pl.Config(tbl_rows=-1):
+        print(_figures(report, large, small))
     return report, large, small
 
 
