@@ -179,9 +179,10 @@ def fit_additive(
     """Fit y [S, N] (sampling variances v [S, N]; segments ``in_fit``) on the field values
     ``codes`` [S, F] (``sizes`` values per field); ``prior_mean`` [N] centres the intercept.
 
-    Each iteration is one backfitting sweep (intercept, then each field), the EM step of
-    each σ_f², the leave-one-out predictions and one step of the likelihood equation for
-    τ²; it stops when the variances move less than ``TOL`` (relative).
+    Iterations run over the fitted segments only: one backfitting sweep (intercept, then
+    each field; each step also gives its component's leave-one-out term), the evidence step
+    of each σ_f² and one step of the likelihood equation for τ²; they stop when no
+    prediction and no log(τ² + p) moves by ``TOL``. A last pass predicts every segment.
     """
     s_count, n = y.shape
     w_in = in_fit.astype(np.float64)
