@@ -426,15 +426,15 @@ class ThompsonGmmPolicy(Policy):
             row = None if seg == ALL_SEGMENTS else self.stats.segment_row(seg)
             if seg != ALL_SEGMENTS and row is None:
                 continue
-            own = pooled if row is None else self.stats.segment_data(row)
-            due = self._due(seg, own[:, REQUESTS].sum(axis=1))
+            due = self._due(seg)
             if due or seg not in self._tables:
+                own = pooled if row is None else self.stats.segment_data(row)
                 self._tables[seg] = self._build_table(seg, own, pooled, due)
                 for j in due:
                     self._pending.pop((seg, j), None)
                     self._fitted[(seg, j)] = (self.stats.t_ref, float(own[j, REQUESTS].sum()))
 
-    def _due(self, segment: str, requests: NDArray[np.float64]) -> list[int]:
+    def _due(self, segment: str) -> list[int]:
         """Networks of ``segment`` whose table rows must be refit now: new events of at least
         ``refit_share`` of the cell's weight at its last fit, or ``refit_max_age_s`` of event
         time since that fit (also: cells never fit, and cells where a change was detected)."""
