@@ -152,6 +152,12 @@ def _rank(mask: NDArray[np.uint64], bins: NDArray[np.int64]) -> NDArray[np.int64
     return (np.bitwise_count(low) + np.bitwise_count(high)).astype(np.int64)
 
 
+def _holds(mask: NDArray[np.uint64], bins: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Whether ``mask`` ([n, 2] words) holds each of ``bins`` [n]."""
+    word = np.where(bins < 64, mask[:, 0], mask[:, 1])
+    return (np.right_shift(word, bins.astype(np.uint64) % np.uint64(64)) & _ONE).astype(bool)
+
+
 def _count(mask: NDArray[np.uint64]) -> NDArray[np.int64]:
     return np.bitwise_count(mask).sum(axis=-1).astype(np.int64)
 
@@ -252,6 +258,36 @@ class BinSlab:
         src = self.offset[cells][row] + (np.arange(len(row)) - first[row])
         return cells[row], b.astype(np.uint8), self.values[src]
 
+    def at(self, cells: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence[int]) -> NDArray[np.float64]:
+        """Values of ``columns`` [n, k] at (cell, bin) pairs ([n] each); 0 where the cell lacks the bin."""
+        mask = self.mask[cells]
+        held = _holds(mask, bins)
+        out = np.zeros((len(cells), len(columns)))
+        place = self.offset[cells[held]] + _rank(mask[held], bins[held])
+        out[held] = self.values[np.ix_(place, np.asarray(columns))]
+        return out
+
+    def cumulative(
+        self, cells: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence[int]
+    ) -> NDArray[np.float64]:
+        """Sums of ``columns`` [n, k] over each cell's entries at bins <= the pair's bin.
+
+        A segmented running sum: the blocks of the cells asked about are gathered in cell
+        order and summed once; a pair's sum is the running sum at its cell's last entry at or
+        below its bin minus the running sum before the cell's block. Costs the entries of
+        those cells, not their 128 bins.
+        """
+        touched, inverse = np.unique(cells, return_inverse=True)
+        counts = _count(self.mask[touched])
+        first = np.cumsum(counts) - counts  # each touched cell's first entry in the gathered run
+        total = int(counts.sum())
+        src = np.repeat(self.offset[touched] - first, counts) + np.arange(total)
+        run = np.zeros((total + 1, len(columns)))
+        np.cumsum(self.values[np.ix_(src, np.asarray(columns))], axis=0, out=run[1:])
+        mask = self.mask[cells]
+        start = first[inverse]
+        return run[start + _rank(mask, bins) + _holds(mask, bins)] - run[start]
+
     def scale(self, factor: float) -> None:
         self.values[: self.used] *= factor
 
@@ -265,8 +301,9 @@ class SufficientStats:
 
     ``segments[s]`` names row ``s``; cell ``row * n_networks + network``. Reads
     (:meth:`cell`, :meth:`segment_data`, :meth:`totals`, :meth:`placement_level`) return
-    dense arrays at ``t_ref``. Merging and adding are exact sums after both sides are
-    discounted to the same time.
+    dense arrays at ``t_ref``; :meth:`values_at`, :meth:`cumulative_at` and :meth:`cell_totals`
+    read many cells at once, at given bins (a batch's events), without making them dense.
+    Merging and adding are exact sums after both sides are discounted to the same time.
     """
 
     def __init__(self, n_networks: int, half_life_seconds: float = math.inf, segments: Sequence[str] = ()) -> None:
@@ -302,6 +339,57 @@ class SufficientStats:
             scale = self._scale
             out[:FLOOR_FIELDS, fb] = fv.T * scale
             out[FLOOR_FIELDS:, pb] = pv.T * scale
+        return out
+
+    def rows_of(self, segments: Sequence[str]) -> NDArray[np.int64]:
+        """Row of each of ``segments`` [k]; -1 for a segment not seen."""
+        get = self._index.get
+        return np.fromiter((get(s, -1) for s in segments), np.int64, len(segments))
+
+    def values_at(
+        self, cells: NDArray[np.int64], bins: NDArray[np.int64], fields: Sequence[int]
+    ) -> NDArray[np.float64]:
+        """Values ``[n, len(fields)]`` at t_ref of ``fields`` at (cell, bin) pairs ([n] each; cell
+        ``row * n_networks + network``); 0 where the cell does not hold the bin.
+
+        A field indexed by the floor bin is read at the pair's bin as a floor bin, one indexed by
+        the price bin as a price bin (as in :meth:`cell`)."""
+        return self._read(BinSlab.at, cells, bins, fields)
+
+    def cumulative_at(
+        self, cells: NDArray[np.int64], bins: NDArray[np.int64], fields: Sequence[int]
+    ) -> NDArray[np.float64]:
+        """Sums ``[n, len(fields)]`` at t_ref of ``fields`` over each pair's cell's bins ``<= bin``:
+        ``np.cumsum(cell(row, network)[fields], axis=1)[:, bin]`` for many (cell, bin) pairs at once
+        (``bin = N_BINS - 1`` gives the cell's sum over all bins)."""
+        return self._read(BinSlab.cumulative, cells, bins, fields)
+
+    def _read(self, read, cells: NDArray[np.int64], bins: NDArray[np.int64], fields: Sequence[int]) -> NDArray:
+        """``read`` (a :class:`BinSlab` method) of ``fields`` from the slab holding each, at t_ref."""
+        cells = np.asarray(cells, dtype=np.int64)
+        bins = np.asarray(bins, dtype=np.int64)
+        fields = list(fields)
+        inside = cells < len(self._totals)  # cells beyond the capacity hold nothing
+        if not inside.all():
+            cells, bins = cells[inside], bins[inside]
+        values = np.zeros((len(cells), len(fields)))
+        if len(cells):
+            for slab, lo, hi in ((self._floor, 0, FLOOR_FIELDS), (self._price, FLOOR_FIELDS, N_FIELDS)):
+                at = [k for k, f in enumerate(fields) if lo <= f < hi]
+                if at:
+                    values[:, at] = read(slab, cells, bins, [fields[k] - lo for k in at]) * self._scale
+        if len(cells) == len(inside):
+            return values
+        out = np.zeros((len(inside), len(fields)))
+        out[inside] = values
+        return out
+
+    def cell_totals(self, cells: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Fields summed over bins ``[n, F]`` at t_ref of cells ``cells`` [n] (as :meth:`totals`)."""
+        cells = np.asarray(cells, dtype=np.int64)
+        out = np.zeros((len(cells), N_FIELDS))
+        inside = cells < len(self._totals)
+        out[inside] = self._totals[cells[inside]] * self._scale
         return out
 
     def segment_data(self, row: int) -> NDArray[np.float64]:
