@@ -79,12 +79,13 @@ class FloorHistory:
         cls, stats: SufficientStats, cells: NDArray[np.int64], bins: NDArray[np.int64], factor: float = 1.0
     ) -> FloorHistory:
         """From ``stats`` at t_ref times ``factor``: cell ``cells[i]`` at floor bin ``bins[i]`` ([n] each)."""
-        at = stats.values_at(cells, bins, (REQUESTS, FILLS, REVENUE, REVENUE_SQ))
+        at = stats.values_at(cells, bins, (REQUESTS, FILLS, REVENUE, REVENUE_SQ), factor)
         below = stats.cumulative_at(
-            np.concatenate([cells, cells]), np.concatenate([bins, np.full(len(bins), N_BINS - 1)]), (REQUESTS, FILLS)
+            np.concatenate([cells, cells]),
+            np.concatenate([bins, np.full(len(bins), N_BINS - 1)]),  # the last bin: the cell's total
+            (REQUESTS, FILLS),
+            factor,
         )
-        if factor != 1.0:
-            at, below = at * factor, below * factor
         n = len(cells)
         return cls(*at.T, below[:n, 0], below[:n, 1], below[n:, 0], below[n:, 1])
 

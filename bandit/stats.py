@@ -159,7 +159,8 @@ def _holds(mask: NDArray[np.uint64], bins: NDArray[np.int64]) -> NDArray[np.bool
 
 
 def _count(mask: NDArray[np.uint64]) -> NDArray[np.int64]:
-    return np.bitwise_count(mask).sum(axis=-1).astype(np.int64)
+    """Bins held by each of ``mask`` [..., 2] words."""
+    return np.bitwise_count(mask[..., 0]).astype(np.int64) + np.bitwise_count(mask[..., 1])
 
 
 def _bins_of(mask: NDArray[np.uint64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -258,35 +259,59 @@ class BinSlab:
         src = self.offset[cells][row] + (np.arange(len(row)) - first[row])
         return cells[row], b.astype(np.uint8), self.values[src]
 
-    def at(self, cells: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence[int]) -> NDArray[np.float64]:
-        """Values of ``columns`` [n, k] at (cell, bin) pairs ([n] each); 0 where the cell lacks the bin."""
+    def at(
+        self, cells: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence[int], *factors: float
+    ) -> NDArray[np.float64]:
+        """Values of ``columns`` times ``factors`` (in turn) [n, k] at (cell, bin) pairs ([n] each); 0
+        where the cell lacks the bin."""
         mask = self.mask[cells]
         held = _holds(mask, bins)
-        out = np.zeros((len(cells), len(columns)))
-        place = self.offset[cells[held]] + _rank(mask[held], bins[held])
-        out[held] = self.values[np.ix_(place, np.asarray(columns))]
+        place = np.where(held, self.offset[cells] + _rank(mask, bins), 0)
+        out = np.take(self.values, place, axis=0)[:, columns]
+        for factor in factors:
+            out *= factor
+        out[~held] = 0.0
         return out
 
     def cumulative(
-        self, cells: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence[int]
+        self, cells: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence[int], *factors: float
     ) -> NDArray[np.float64]:
-        """Sums of ``columns`` [n, k] over each cell's entries at bins <= the pair's bin.
+        """Sums of ``columns`` times ``factors`` (each entry multiplied in turn, then summed) [n, k]
+        over each cell's entries at bins <= the pair's bin.
 
-        A segmented running sum: the blocks of the cells asked about are gathered in cell
-        order and summed once; a pair's sum is the running sum at its cell's last entry at or
-        below its bin minus the running sum before the cell's block. Costs the entries of
-        those cells, not their 128 bins.
+        Each cell's entries are summed in bin order from zero, as ``np.cumsum`` over its dense
+        bins would (the same floating-point sums, so thresholds on them agree), for all the
+        cells asked about at once: their entries are laid out rank by rank, the cells with
+        most entries first, so that the running sums of rank ``k`` are those of rank ``k - 1``
+        plus the ``k``-th entries, a slice of the cells; one step per rank (at most 128), and
+        work for the entries of those cells only.
         """
         touched, inverse = np.unique(cells, return_inverse=True)
         counts = _count(self.mask[touched])
-        first = np.cumsum(counts) - counts  # each touched cell's first entry in the gathered run
+        order = np.argsort(-counts, kind="stable")
+        slot = np.empty(len(touched), dtype=np.int64)  # each touched cell's place, most entries first
+        slot[order] = np.arange(len(touched))
+        depth = int(counts.max(initial=0))
+        # Cells with more than k entries (a prefix of the slots) and where rank k starts.
+        width = np.searchsorted(-counts[order], -np.arange(depth), side="left")
+        start = np.cumsum(width) - width
         total = int(counts.sum())
-        src = np.repeat(self.offset[touched] - first, counts) + np.arange(total)
-        run = np.zeros((total + 1, len(columns)))
-        np.cumsum(self.values[np.ix_(src, np.asarray(columns))], axis=0, out=run[1:])
+        first = np.cumsum(counts) - counts
+        rank = np.arange(total) - np.repeat(first, counts)
+        src = np.repeat(self.offset[touched], counts) + rank
+        entries = np.take(self.values, src, axis=0)[:, columns]
+        for factor in factors:
+            entries *= factor
+        run = np.empty((total, len(columns)))
+        run[start[rank] + np.repeat(slot, counts)] = entries
+        for lo, prev, n in zip(start[1:].tolist(), start[:-1].tolist(), width[1:].tolist(), strict=True):
+            run[lo : lo + n] += run[prev : prev + n]
         mask = self.mask[cells]
-        start = first[inverse]
-        return run[start + _rank(mask, bins) + _holds(mask, bins)] - run[start]
+        below = _rank(mask, bins) + _holds(mask, bins)  # entries at or below each pair's bin
+        out = np.zeros((len(cells), len(columns)))
+        some = below > 0
+        out[some] = run[start[below[some] - 1] + slot[inverse[some]]]
+        return out
 
     def scale(self, factor: float) -> None:
         self.values[: self.used] *= factor
@@ -347,24 +372,28 @@ class SufficientStats:
         return np.fromiter((get(s, -1) for s in segments), np.int64, len(segments))
 
     def values_at(
-        self, cells: NDArray[np.int64], bins: NDArray[np.int64], fields: Sequence[int]
+        self, cells: NDArray[np.int64], bins: NDArray[np.int64], fields: Sequence[int], factor: float = 1.0
     ) -> NDArray[np.float64]:
         """Values ``[n, len(fields)]`` at t_ref of ``fields`` at (cell, bin) pairs ([n] each; cell
-        ``row * n_networks + network``); 0 where the cell does not hold the bin.
+        ``row * n_networks + network``), times ``factor``; 0 where the cell does not hold the bin:
+        ``(cell(row, network) * factor)[fields, bin]`` for many pairs at once.
 
         A field indexed by the floor bin is read at the pair's bin as a floor bin, one indexed by
         the price bin as a price bin (as in :meth:`cell`)."""
-        return self._read(BinSlab.at, cells, bins, fields)
+        return self._read(BinSlab.at, cells, bins, fields, factor)
 
     def cumulative_at(
-        self, cells: NDArray[np.int64], bins: NDArray[np.int64], fields: Sequence[int]
+        self, cells: NDArray[np.int64], bins: NDArray[np.int64], fields: Sequence[int], factor: float = 1.0
     ) -> NDArray[np.float64]:
-        """Sums ``[n, len(fields)]`` at t_ref of ``fields`` over each pair's cell's bins ``<= bin``:
-        ``np.cumsum(cell(row, network)[fields], axis=1)[:, bin]`` for many (cell, bin) pairs at once
-        (``bin = N_BINS - 1`` gives the cell's sum over all bins)."""
-        return self._read(BinSlab.cumulative, cells, bins, fields)
+        """Sums ``[n, len(fields)]`` at t_ref of ``fields`` times ``factor`` over each pair's cell's
+        bins ``<= bin``: ``np.cumsum(cell(row, network)[fields] * factor, axis=1)[:, bin]`` for many
+        (cell, bin) pairs at once, with the same floating-point sums (``bin = N_BINS - 1`` gives
+        the cell's sum over all its bins)."""
+        return self._read(BinSlab.cumulative, cells, bins, fields, factor)
 
-    def _read(self, read, cells: NDArray[np.int64], bins: NDArray[np.int64], fields: Sequence[int]) -> NDArray:
+    def _read(
+        self, read, cells: NDArray[np.int64], bins: NDArray[np.int64], fields: Sequence[int], factor: float
+    ) -> NDArray[np.float64]:
         """``read`` (a :class:`BinSlab` method) of ``fields`` from the slab holding each, at t_ref."""
         cells = np.asarray(cells, dtype=np.int64)
         bins = np.asarray(bins, dtype=np.int64)
@@ -374,10 +403,12 @@ class SufficientStats:
             cells, bins = cells[inside], bins[inside]
         values = np.zeros((len(cells), len(fields)))
         if len(cells):
+            scale = self._scale
             for slab, lo, hi in ((self._floor, 0, FLOOR_FIELDS), (self._price, FLOOR_FIELDS, N_FIELDS)):
                 at = [k for k, f in enumerate(fields) if lo <= f < hi]
                 if at:
-                    values[:, at] = read(slab, cells, bins, [fields[k] - lo for k in at]) * self._scale
+                    # stored values * scale * factor, in that order: as the dense cell times factor
+                    values[:, at] = read(slab, cells, bins, [fields[k] - lo for k in at], scale, factor)
         if len(cells) == len(inside):
             return values
         out = np.zeros((len(inside), len(fields)))
