@@ -16,7 +16,7 @@ statistics expect at their (deflated) floors, model-free (mean revenue of the sa
 bin), and ``log s_h`` moves by ``n / (n + LEVEL_EVENTS)`` of the log ratio (``n`` events
 with an expectation). A regular cycle is learned within its first day and kept across
 days; a break is left to the change detector. Levels are [24] per cell; a batch's cells are
-updated at once (per-cell sums are ``np.bincount`` over cell × hour).
+updated at once (sums per cell and hour are one ``np.bincount``).
 """
 
 from __future__ import annotations
@@ -70,16 +70,17 @@ def update_cell_levels(
     known = np.isfinite(expected)
     if not known.any():
         return out
-    slot = cell[known] * HOURS_PER_DAY + hours[known]  # (cell, hour)
-    size = len(log_level) * HOURS_PER_DAY
-    n = np.bincount(slot, minlength=size).astype(np.float64)
-    observed = np.bincount(slot, weights=revenue[known], minlength=size)
-    predicted = np.bincount(slot, weights=expected[known], minlength=size)
-    ok = (n > 0) & (predicted > 0) & (observed > 0)
+    # Sums per (cell, hour) slot that has events: bincount over the slots' ranks, which adds
+    # each slot's events in their order, as a bincount over the hours of one cell would.
+    slots, inverse = np.unique(cell[known] * HOURS_PER_DAY + hours[known], return_inverse=True)
+    n = np.bincount(inverse, minlength=len(slots)).astype(np.float64)
+    observed = np.bincount(inverse, weights=revenue[known], minlength=len(slots))
+    predicted = np.bincount(inverse, weights=expected[known], minlength=len(slots))
+    ok = (predicted > 0) & (observed > 0)
     ratio = np.log(np.clip(observed[ok] / predicted[ok], 1 / LEVEL_BOUND, LEVEL_BOUND))
     flat = out.reshape(-1)
-    flat[ok] += n[ok] / (n[ok] + LEVEL_EVENTS) * ratio
-    compared = np.unique(cell[known])
+    flat[slots[ok]] += n[ok] / (n[ok] + LEVEL_EVENTS) * ratio
+    compared = np.unique(slots // HOURS_PER_DAY)
     out[compared] = np.clip(out[compared], -np.log(LEVEL_BOUND), np.log(LEVEL_BOUND))
     return out
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import repeat
 
 import numpy as np
 from numpy.typing import NDArray
@@ -267,11 +268,16 @@ class BinSlab:
         mask = self.mask[cells]
         held = _holds(mask, bins)
         place = np.where(held, self.offset[cells] + _rank(mask, bins), 0)
-        out = np.take(self.values, place, axis=0)[:, columns]
+        out = self._take(place, columns)
         for factor in factors:
             out *= factor
         out[~held] = 0.0
         return out
+
+    def _take(self, rows: NDArray[np.int64], columns: Sequence[int]) -> NDArray[np.float64]:
+        """``values[rows][:, columns]`` [n, k] (a new array), gathering only those columns."""
+        flat = (rows * self.width)[:, None] + np.asarray(columns)
+        return np.take(self.values.reshape(-1), flat)
 
     def cumulative(
         self, cells: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence[int], *factors: float
@@ -298,12 +304,11 @@ class BinSlab:
         total = int(counts.sum())
         first = np.cumsum(counts) - counts
         rank = np.arange(total) - np.repeat(first, counts)
-        src = np.repeat(self.offset[touched], counts) + rank
-        entries = np.take(self.values, src, axis=0)[:, columns]
+        src = np.empty(total, dtype=np.int64)  # slab row of each place in the rank-by-rank layout
+        src[start[rank] + np.repeat(slot, counts)] = np.repeat(self.offset[touched], counts) + rank
+        run = self._take(src, columns)
         for factor in factors:
-            entries *= factor
-        run = np.empty((total, len(columns)))
-        run[start[rank] + np.repeat(slot, counts)] = entries
+            run *= factor
         for lo, prev, n in zip(start[1:].tolist(), start[:-1].tolist(), width[1:].tolist(), strict=True):
             run[lo : lo + n] += run[prev : prev + n]
         mask = self.mask[cells]
@@ -368,8 +373,7 @@ class SufficientStats:
 
     def rows_of(self, segments: Sequence[str]) -> NDArray[np.int64]:
         """Row of each of ``segments`` [k]; -1 for a segment not seen."""
-        get = self._index.get
-        return np.fromiter((get(s, -1) for s in segments), np.int64, len(segments))
+        return np.fromiter(map(self._index.get, segments, repeat(-1)), np.int64, len(segments))
 
     def values_at(
         self, cells: NDArray[np.int64], bins: NDArray[np.int64], fields: Sequence[int], factor: float = 1.0

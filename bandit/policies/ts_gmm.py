@@ -56,7 +56,8 @@ from bandit.curve import (
     prob_best_draws,
     se_kernel,
 )
-from bandit.drift import FloorHistory, batch_deviations, cusum_step
+from bandit.drift import MIN_EVENTS, FloorHistory, batch_deviations, cusum_step
+from bandit.errors import InvalidState
 from bandit.events import EventBatch
 from bandit.gmm import (
     RESPONSE_SHADINGS,
@@ -457,11 +458,13 @@ class ThompsonGmmPolicy(Policy):
         """
         n_net, n_cells = len(self.placement.networks), len(cells)
         alarmed = np.zeros(n_cells, dtype=bool)
-        known = cells.key >= 0  # a segment the statistics have not seen has no history
-        if not known.any():
+        # A segment the statistics have not seen has no history, and every comparison needs
+        # MIN_EVENTS of the cell's events (most cells of a small batch over many have one).
+        compared = (cells.key >= 0) & (cells.count >= MIN_EVENTS)
+        if not compared.any():
             return alarmed
         recent_rows = self._recent.rows_of(batch.segments)[cells.segment]
-        recent_key = np.where(known & (recent_rows >= 0), recent_rows * n_net + cells.network, -1)
+        recent_key = np.where(compared & (recent_rows >= 0), recent_rows * n_net + cells.network, -1)
         bins = price_bin(log_price(batch.floor_cpm))
         z = np.full(n_cells, np.nan)
         rel = np.full(n_cells, np.nan)
@@ -472,7 +475,7 @@ class ThompsonGmmPolicy(Policy):
             z, rel = batch_deviations(
                 cells.index[events], n_cells, history, batch.filled[events], batch.revenue_cpm[events]
             )
-        fallback = known & np.isnan(z)
+        fallback = compared & np.isnan(z)
         if fallback.any():
             events = fallback[cells.index]
             floor, revenue = batch.floor_cpm[events], batch.revenue_cpm[events]
@@ -748,11 +751,15 @@ class ThompsonGmmPolicy(Policy):
         ):
             if values not in state:
                 continue
+            n_net = len(self.placement.networks)
             if names[0] in state:
                 keys = np.asarray(state[names[0]], dtype=np.int64)
-            else:  # earlier versions: keyed by (segment, network)
+                if ((keys < 0) | (keys >= len(self.stats.segments) * n_net)).any():
+                    raise InvalidState(f"{names[0]} names cells the statistics do not have")
+            else:  # earlier versions: keyed by (segment, network); cells of no statistics row are dropped
                 rows = self.stats.rows_of([str(seg) for seg in state[names[1]]])
-                keys = np.where(rows >= 0, rows * len(self.placement.networks) + state[names[2]], -1)
+                networks = np.asarray(state[names[2]], dtype=np.int64)
+                keys = np.where((rows >= 0) & (networks >= 0) & (networks < n_net), rows * n_net + networks, -1)
             known = keys >= 0
             array.set(keys[known], np.asarray(state[values], dtype=np.float64)[known])
         self.changes_detected = int(json.loads(str(state["drift_meta"]))["changes_detected"])

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
-from bandit import make_policy, policy_from_state
+from bandit import InvalidState, make_policy, policy_from_state
 from tests.bandit.test_state import CFG, synthetic_batch
 
 
@@ -34,3 +35,13 @@ def test_state_keyed_by_segment_and_network_loads_the_same() -> None:
     assert sorted(restored) == sorted(state)
     for key, value in state.items():
         np.testing.assert_array_equal(restored[key], value, err_msg=key)
+
+
+def test_state_naming_cells_beyond_the_statistics_is_refused() -> None:
+    policy = make_policy("ts_gmm", CFG, seed=5)
+    policy.update(synthetic_batch(np.random.default_rng(1), 300, 1.8e9))
+    state = policy.state()
+    state["level_cells"] = np.array([10**12], dtype=np.int64)  # would allocate beyond memory
+    state["level_log"] = np.zeros((1, 24))
+    with pytest.raises(InvalidState, match="level_cells"):
+        policy_from_state(state)
