@@ -76,18 +76,27 @@ class FloorHistory:
 
     @classmethod
     def of_stats(
-        cls, stats: SufficientStats, cells: NDArray[np.int64], bins: NDArray[np.int64], factor: float = 1.0
+        cls,
+        stats: SufficientStats,
+        keys: NDArray[np.int64],
+        cell: NDArray[np.int64],
+        bins: NDArray[np.int64],
+        factor: float = 1.0,
     ) -> FloorHistory:
-        """From ``stats`` at t_ref times ``factor``: cell ``cells[i]`` at floor bin ``bins[i]`` ([n] each)."""
-        at = stats.values_at(cells, bins, (REQUESTS, FILLS, REVENUE, REVENUE_SQ), factor)
-        below = stats.cumulative_at(
-            np.concatenate([cells, cells]),
-            np.concatenate([bins, np.full(len(bins), N_BINS - 1)]),  # the last bin: the cell's total
+        """From ``stats`` at t_ref times ``factor``: event i at floor bin ``bins[i]`` of the
+        statistics' cell ``keys[cell[i]]`` (``keys`` [C] distinct; ``cell``, ``bins`` [n])."""
+        at = stats.values_at(keys[cell], bins, (REQUESTS, FILLS, REVENUE, REVENUE_SQ), factor)
+        present = np.flatnonzero(np.bincount(cell, minlength=len(keys)))
+        sums = stats.cumulative_at(  # at each event's bin, and at the last bin: each cell's total
+            np.concatenate([keys[cell], keys[present]]),
+            np.concatenate([bins, np.full(len(present), N_BINS - 1)]),
             (REQUESTS, FILLS),
             factor,
         )
-        n = len(cells)
-        return cls(*at.T, below[:n, 0], below[:n, 1], below[n:, 0], below[n:, 1])
+        n = len(cell)
+        total = np.zeros((len(keys), 2))
+        total[present] = sums[n:]
+        return cls(*at.T, sums[:n, 0], sums[:n, 1], total[cell, 0], total[cell, 1])
 
 
 def batch_deviations(

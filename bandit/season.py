@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit.stats import log_price, price_bin
+from bandit.stats import distinct, log_price, price_bin
 
 HOURS_PER_DAY = 24
 #: Events of an hour that move its level half-way to what they show.
@@ -72,7 +72,7 @@ def update_cell_levels(
         return out
     # Sums per (cell, hour) slot that has events: bincount over the slots' ranks, which adds
     # each slot's events in their order, as a bincount over the hours of one cell would.
-    slots, inverse = np.unique(cell[known] * HOURS_PER_DAY + hours[known], return_inverse=True)
+    slots, inverse = distinct(cell[known] * HOURS_PER_DAY + hours[known], log_level.size)
     n = np.bincount(inverse, minlength=len(slots)).astype(np.float64)
     observed = np.bincount(inverse, weights=revenue[known], minlength=len(slots))
     predicted = np.bincount(inverse, weights=expected[known], minlength=len(slots))

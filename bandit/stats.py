@@ -153,10 +153,28 @@ def _rank(mask: NDArray[np.uint64], bins: NDArray[np.int64]) -> NDArray[np.int64
     return (np.bitwise_count(low) + np.bitwise_count(high)).astype(np.int64)
 
 
-def _holds(mask: NDArray[np.uint64], bins: NDArray[np.int64]) -> NDArray[np.bool_]:
-    """Whether ``mask`` ([n, 2] words) holds each of ``bins`` [n]."""
-    word = np.where(bins < 64, mask[:, 0], mask[:, 1])
-    return (np.right_shift(word, bins.astype(np.uint64) % np.uint64(64)) & _ONE).astype(bool)
+def _locate(mask: NDArray[np.uint64], bins: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """Bins of ``mask`` ([n, 2] words) below each of ``bins`` [n] (as :func:`_rank`), and whether
+    ``mask`` holds that bin."""
+    shift = (bins & 63).astype(np.uint64)
+    high = bins >= 64
+    word = np.where(high, mask[:, 1], mask[:, 0])
+    rank = np.bitwise_count(word & ((_ONE << shift) - _ONE)).astype(np.int64)
+    rank[high] += np.bitwise_count(mask[high, 0])
+    return rank, ((word >> shift) & _ONE).astype(bool)
+
+
+def distinct(values: NDArray[np.int64], size: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Distinct ``values`` (sorted) and each value's place among them, as ``np.unique(values,
+    return_inverse=True)`` for values in ``[0, size)``; many values without sorting them."""
+    if len(values) * 8 < size:
+        return np.unique(values, return_inverse=True)
+    seen = np.zeros(size, dtype=bool)
+    seen[values] = True
+    found = np.flatnonzero(seen)
+    place = np.empty(size, dtype=np.int64)
+    place[found] = np.arange(len(found))
+    return found, place[values]
 
 
 def _count(mask: NDArray[np.uint64]) -> NDArray[np.int64]:
@@ -266,8 +284,8 @@ class BinSlab:
         """Values of ``columns`` times ``factors`` (in turn) [n, k] at (cell, bin) pairs ([n] each); 0
         where the cell lacks the bin."""
         mask = self.mask[cells]
-        held = _holds(mask, bins)
-        place = np.where(held, self.offset[cells] + _rank(mask, bins), 0)
+        rank, held = _locate(mask, bins)
+        place = np.where(held, self.offset[cells] + rank, 0)
         out = self._take(place, columns)
         for factor in factors:
             out *= factor
@@ -292,7 +310,7 @@ class BinSlab:
         plus the ``k``-th entries, a slice of the cells; one step per rank (at most 128), and
         work for the entries of those cells only.
         """
-        touched, inverse = np.unique(cells, return_inverse=True)
+        touched, inverse = distinct(cells, len(self.offset))
         counts = _count(self.mask[touched])
         order = np.argsort(-counts, kind="stable")
         slot = np.empty(len(touched), dtype=np.int64)  # each touched cell's place, most entries first
@@ -312,7 +330,8 @@ class BinSlab:
         for lo, prev, n in zip(start[1:].tolist(), start[:-1].tolist(), width[1:].tolist(), strict=True):
             run[lo : lo + n] += run[prev : prev + n]
         mask = self.mask[cells]
-        below = _rank(mask, bins) + _holds(mask, bins)  # entries at or below each pair's bin
+        rank, held = _locate(mask, bins)
+        below = rank + held  # entries at or below each pair's bin
         out = np.zeros((len(cells), len(columns)))
         some = below > 0
         out[some] = run[start[below[some] - 1] + slot[inverse[some]]]

@@ -82,7 +82,17 @@ from bandit.season import (
     level_at,
     update_cell_levels,
 )
-from bandit.stats import FILLS, REQUESTS, REVENUE, REVENUE_SQ, SufficientStats, decay_factor, log_price, price_bin
+from bandit.stats import (
+    FILLS,
+    REQUESTS,
+    REVENUE,
+    REVENUE_SQ,
+    SufficientStats,
+    decay_factor,
+    distinct,
+    log_price,
+    price_bin,
+)
 from bandit.types import ALL_SEGMENTS, PlacementConfig
 
 #: Multipliers of the current floor tried on the exploration path of a trapped network.
@@ -391,8 +401,8 @@ class ThompsonGmmPolicy(Policy):
     def _cells(self, batch: EventBatch) -> BatchCells:
         """The (segment, network) cells of a batch and their keys in the statistics."""
         n_net = len(self.placement.networks)
-        cell = batch.segment_index * n_net + batch.network
-        ids, index, count = np.unique(cell, return_inverse=True, return_counts=True)
+        ids, index = distinct(batch.segment_index * n_net + batch.network, len(batch.segments) * n_net)
+        count = np.bincount(index, minlength=len(ids))
         segment, network = np.divmod(ids, n_net)
         rows = self.stats.rows_of(batch.segments)[segment]
         return BatchCells(index, segment, network, count, np.where(rows >= 0, rows * n_net + network, -1))
@@ -471,7 +481,7 @@ class ThompsonGmmPolicy(Policy):
         if (recent_key >= 0).any():
             events = (recent_key >= 0)[cells.index]
             decay = decay_factor(float(batch.ts.min()) - self._recent.t_ref, self._recent.half_life_seconds)
-            history = FloorHistory.of_stats(self._recent, recent_key[cells.index[events]], bins[events], decay)
+            history = FloorHistory.of_stats(self._recent, recent_key, cells.index[events], bins[events], decay)
             z, rel = batch_deviations(
                 cells.index[events], n_cells, history, batch.filled[events], batch.revenue_cpm[events]
             )
@@ -481,7 +491,7 @@ class ThompsonGmmPolicy(Policy):
             floor, revenue = batch.floor_cpm[events], batch.revenue_cpm[events]
             if scale is not None:
                 floor, revenue = floor / scale[events], revenue / scale[events]
-            history = FloorHistory.of_stats(self.stats, cells.key[cells.index[events]], price_bin(log_price(floor)))
+            history = FloorHistory.of_stats(self.stats, cells.key, cells.index[events], price_bin(log_price(floor)))
             z_all, rel_all = batch_deviations(cells.index[events], n_cells, history, batch.filled[events], revenue)
             z[fallback], rel[fallback] = z_all[fallback], rel_all[fallback]
         seen = np.flatnonzero(~np.isnan(z))

@@ -151,7 +151,9 @@ def test_deviations_of_many_cells_equal_the_one_cell_computation(seed: int, n_ce
     bins = price_bin(log_price(floor))
     # The history as the policy reads it: from statistics holding the cells (one segment each).
     stats = SufficientStats.from_dense([f"s{c}" for c in range(n_cells)], histories[:, None], t_ref=1.8e9)
-    z, rel = batch_deviations(cell, n_cells, FloorHistory.of_stats(stats, cell, bins), filled, revenue)
+    z, rel = batch_deviations(
+        cell, n_cells, FloorHistory.of_stats(stats, np.arange(n_cells), cell, bins), filled, revenue
+    )
     assert_matches_reference(z, rel, histories, cell, floor, filled, revenue)
     # The one-cell form.
     for c in range(n_cells):
@@ -159,7 +161,9 @@ def test_deviations_of_many_cells_equal_the_one_cell_computation(seed: int, n_ce
         dev = batch_deviation(histories[c], floor[rows], filled[rows], revenue[rows])
         assert (dev is None) == math.isnan(z[c]) and (dev is None or dev.z == pytest.approx(z[c], rel=1e-9)), c
     # Scaled (the recent history is discounted to the batch's time).
-    z, rel = batch_deviations(cell, n_cells, FloorHistory.of_stats(stats, cell, bins, 0.7), filled, revenue)
+    z, rel = batch_deviations(
+        cell, n_cells, FloorHistory.of_stats(stats, np.arange(n_cells), cell, bins, 0.7), filled, revenue
+    )
     assert_matches_reference(z, rel, histories * 0.7, cell, floor, filled, revenue)
 
 

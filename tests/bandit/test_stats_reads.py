@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bandit import EventBatch
-from bandit.stats import FIELDS, N_BINS, SufficientStats
+from bandit.stats import FIELDS, N_BINS, SufficientStats, distinct
 
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 N_NETWORKS = 3
@@ -47,20 +47,19 @@ def test_reads_at_bins_equal_the_dense_cells(seed: int, batches: int, half_life_
     stats = learned(seed, batches, half_life_hours)
     dense = stats.to_dense().reshape(-1, len(FIELDS), N_BINS)
     rng = np.random.default_rng(seed)
-    n = 500
-    # Cells with data, cells of known rows without data, and cells beyond the statistics.
-    cells = rng.integers(0, len(dense) + 2 * N_NETWORKS, n)
-    bins = np.where(rng.random(n) < 0.2, rng.choice([0, N_BINS - 1], n), rng.integers(0, N_BINS, n))
-    fields = list(rng.permutation(len(FIELDS))[: int(rng.integers(1, len(FIELDS) + 1))])
     padded = np.concatenate([dense, np.zeros((2 * N_NETWORKS, len(FIELDS), N_BINS))])
-    at = padded[cells][:, fields, :]
-    expected = at[np.arange(n), :, bins]
-    np.testing.assert_array_equal(stats.values_at(cells, bins, fields), expected)
-    below = np.cumsum(at, axis=2)[np.arange(n), :, bins]
     scale = max(1.0, float(np.abs(dense).max(initial=0.0)))
-    np.testing.assert_array_equal(stats.cumulative_at(cells, bins, fields), below)  # the same sums
-    totals = padded.sum(axis=2)[cells]
-    np.testing.assert_allclose(stats.cell_totals(cells), totals, rtol=1e-9, atol=1e-9 * scale)
+    for n in (2, 500):  # a few pairs (sorted out by np.unique) and many
+        # Cells with data, cells of known rows without data, and cells beyond the statistics.
+        cells = rng.integers(0, len(dense) + 2 * N_NETWORKS, n)
+        bins = np.where(rng.random(n) < 0.2, rng.choice([0, N_BINS - 1], n), rng.integers(0, N_BINS, n))
+        fields = list(rng.permutation(len(FIELDS))[: int(rng.integers(1, len(FIELDS) + 1))])
+        at = padded[cells][:, fields, :]
+        np.testing.assert_array_equal(stats.values_at(cells, bins, fields), at[np.arange(n), :, bins])
+        below = np.cumsum(at * 0.3, axis=2)[np.arange(n), :, bins]
+        np.testing.assert_array_equal(stats.cumulative_at(cells, bins, fields, 0.3), below)  # the same sums
+        totals = padded.sum(axis=2)[cells]
+        np.testing.assert_allclose(stats.cell_totals(cells), totals, rtol=1e-9, atol=1e-9 * scale)
 
 
 def test_rows_of_unknown_segments_are_minus_one() -> None:
@@ -75,3 +74,13 @@ def test_reads_of_empty_statistics_are_zero() -> None:
     assert not stats.values_at(cells, bins, [0, 7]).any()
     assert not stats.cumulative_at(cells, bins, [1]).any()
     assert stats.cell_totals(cells).shape == (2, len(FIELDS)) and not stats.cell_totals(cells).any()
+
+
+@PROPERTY
+@given(values=st.lists(st.integers(0, 199), max_size=300))
+def test_distinct_is_np_unique_with_inverse(values: list[int]) -> None:
+    values = np.array(values, dtype=np.int64)
+    expected = np.unique(values, return_inverse=True)
+    for got in (distinct(values, 200), distinct(values, 10**6)):  # without sorting, and sorting
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
