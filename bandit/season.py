@@ -15,7 +15,8 @@ Estimation is online: the events of a batch in hour h are compared with what the
 statistics expect at their (deflated) floors, model-free (mean revenue of the same floor
 bin), and ``log s_h`` moves by ``n / (n + LEVEL_EVENTS)`` of the log ratio (``n`` events
 with an expectation). A regular cycle is learned within its first day and kept across
-days; a break is left to the change detector. All arrays are [24] per cell.
+days; a break is left to the change detector. Levels are [24] per cell; a batch's cells are
+updated at once (sums per cell and hour are one ``np.bincount``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit.stats import REQUESTS, REVENUE, log_price, price_bin
+from bandit.stats import distinct, log_price, price_bin
 
 HOURS_PER_DAY = 24
 #: Events of an hour that move its level half-way to what they show.
@@ -39,37 +40,49 @@ def hour_of_day(ts: NDArray[np.float64]) -> NDArray[np.int64]:
     return (np.floor(np.asarray(ts, dtype=np.float64) / 3600.0).astype(np.int64)) % HOURS_PER_DAY
 
 
-def expected_revenue(base: NDArray[np.float64], floor_cpm: NDArray[np.float64], scale: NDArray[np.float64]) -> NDArray:
-    """What base statistics [F, B] expect an event at raw floor ``floor_cpm`` [n] to pay at
-    value scale ``scale`` [n]: ``s · m(f / s)`` with ``m`` the base floor bin's mean revenue
-    per request; NaN where that bin has too little history."""
-    b = price_bin(log_price(floor_cpm / scale))
-    n = base[REQUESTS, b]
-    mean = np.divide(base[REVENUE, b], n, out=np.full(len(b), np.nan), where=n >= MIN_BIN_HISTORY)
+def deflated_bin(floor_cpm: NDArray[np.float64], scale: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Floor bin [n] of each event in the base market: its raw floor divided by its level ``scale`` [n]."""
+    return price_bin(log_price(floor_cpm / scale))
+
+
+def expected_at(
+    requests: NDArray[np.float64], revenue: NDArray[np.float64], scale: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """What base statistics expect each event [n] to pay at value scale ``scale``: ``s · m(f / s)``
+    with ``m`` the mean revenue per request of the base floor bin of ``f / s``, given that bin's
+    ``requests`` and ``revenue`` [n] (see :func:`deflated_bin`); NaN where it has too little history."""
+    mean = np.divide(revenue, requests, out=np.full(len(requests), np.nan), where=requests >= MIN_BIN_HISTORY)
     return scale * mean
 
 
-def update_levels(
+def update_cell_levels(
     log_level: NDArray[np.float64],
+    cell: NDArray[np.int64],
     hours: NDArray[np.int64],
     revenue: NDArray[np.float64],
     expected: NDArray[np.float64],
 ) -> NDArray[np.float64]:
-    """New log levels [24] after events of one cell: per hour, move ``log s_h`` by
-    ``n / (n + LEVEL_EVENTS)`` of ``log(Σ revenue / Σ expected)`` over its events with an
-    expectation (``expected`` NaN: not compared)."""
+    """New log levels [C, 24] of C cells (``log_level`` [C, 24]) after their events (``cell`` [n]
+    in [0, C), with their hours, revenues and expectations): per cell and hour, move ``log s_h``
+    by ``n / (n + LEVEL_EVENTS)`` of ``log(Σ revenue / Σ expected)`` over its events with an
+    expectation (``expected`` NaN: not compared). A cell without such events is left as it is."""
     out = log_level.copy()
     known = np.isfinite(expected)
     if not known.any():
         return out
-    h = hours[known]
-    n = np.bincount(h, minlength=HOURS_PER_DAY).astype(np.float64)
-    observed = np.bincount(h, weights=revenue[known], minlength=HOURS_PER_DAY)
-    predicted = np.bincount(h, weights=expected[known], minlength=HOURS_PER_DAY)
-    ok = (n > 0) & (predicted > 0) & (observed > 0)
+    # Sums per (cell, hour) slot that has events: bincount over the slots' ranks, which adds
+    # each slot's events in their order, as a bincount over the hours of one cell would.
+    slots, inverse = distinct(cell[known] * HOURS_PER_DAY + hours[known], log_level.size)
+    n = np.bincount(inverse, minlength=len(slots)).astype(np.float64)
+    observed = np.bincount(inverse, weights=revenue[known], minlength=len(slots))
+    predicted = np.bincount(inverse, weights=expected[known], minlength=len(slots))
+    ok = (predicted > 0) & (observed > 0)
     ratio = np.log(np.clip(observed[ok] / predicted[ok], 1 / LEVEL_BOUND, LEVEL_BOUND))
-    out[ok] += n[ok] / (n[ok] + LEVEL_EVENTS) * ratio
-    return np.clip(out, -np.log(LEVEL_BOUND), np.log(LEVEL_BOUND))
+    flat = out.reshape(-1)
+    flat[slots[ok]] += n[ok] / (n[ok] + LEVEL_EVENTS) * ratio
+    compared = np.unique(slots // HOURS_PER_DAY)
+    out[compared] = np.clip(out[compared], -np.log(LEVEL_BOUND), np.log(LEVEL_BOUND))
+    return out
 
 
 def level_at(log_level: NDArray[np.float64], ts: float) -> float:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import repeat
 
 import numpy as np
 from numpy.typing import NDArray
@@ -152,8 +153,33 @@ def _rank(mask: NDArray[np.uint64], bins: NDArray[np.int64]) -> NDArray[np.int64
     return (np.bitwise_count(low) + np.bitwise_count(high)).astype(np.int64)
 
 
+def _locate(mask: NDArray[np.uint64], bins: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """Bins of ``mask`` ([n, 2] words) below each of ``bins`` [n] (as :func:`_rank`), and whether
+    ``mask`` holds that bin."""
+    shift = (bins & 63).astype(np.uint64)
+    high = bins >= 64
+    word = np.where(high, mask[:, 1], mask[:, 0])
+    rank = np.bitwise_count(word & ((_ONE << shift) - _ONE)).astype(np.int64)
+    rank[high] += np.bitwise_count(mask[high, 0])
+    return rank, ((word >> shift) & _ONE).astype(bool)
+
+
+def distinct(values: NDArray[np.int64], size: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Distinct ``values`` (sorted) and each value's place among them, as ``np.unique(values,
+    return_inverse=True)`` for values in ``[0, size)``; many values without sorting them."""
+    if len(values) * 8 < size:
+        return np.unique(values, return_inverse=True)
+    seen = np.zeros(size, dtype=bool)
+    seen[values] = True
+    found = np.flatnonzero(seen)
+    place = np.empty(size, dtype=np.int64)
+    place[found] = np.arange(len(found))
+    return found, place[values]
+
+
 def _count(mask: NDArray[np.uint64]) -> NDArray[np.int64]:
-    return np.bitwise_count(mask).sum(axis=-1).astype(np.int64)
+    """Bins held by each of ``mask`` [..., 2] words."""
+    return np.bitwise_count(mask[..., 0]).astype(np.int64) + np.bitwise_count(mask[..., 1])
 
 
 def _bins_of(mask: NDArray[np.uint64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -252,6 +278,65 @@ class BinSlab:
         src = self.offset[cells][row] + (np.arange(len(row)) - first[row])
         return cells[row], b.astype(np.uint8), self.values[src]
 
+    def at(
+        self, cells: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence[int], *factors: float
+    ) -> NDArray[np.float64]:
+        """Values of ``columns`` times ``factors`` (in turn) [n, k] at (cell, bin) pairs ([n] each); 0
+        where the cell lacks the bin."""
+        mask = self.mask[cells]
+        rank, held = _locate(mask, bins)
+        place = np.where(held, self.offset[cells] + rank, 0)
+        out = self._take(place, columns)
+        for factor in factors:
+            out *= factor
+        out[~held] = 0.0
+        return out
+
+    def _take(self, rows: NDArray[np.int64], columns: Sequence[int]) -> NDArray[np.float64]:
+        """``values[rows][:, columns]`` [n, k] (a new array), gathering only those columns."""
+        flat = (rows * self.width)[:, None] + np.asarray(columns)
+        return np.take(self.values.reshape(-1), flat)
+
+    def cumulative(
+        self, cells: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence[int], *factors: float
+    ) -> NDArray[np.float64]:
+        """Sums of ``columns`` times ``factors`` (each entry multiplied in turn, then summed) [n, k]
+        over each cell's entries at bins <= the pair's bin.
+
+        Each cell's entries are summed in bin order from zero, as ``np.cumsum`` over its dense
+        bins would (the same floating-point sums, so thresholds on them agree), for all the
+        cells asked about at once: their entries are laid out rank by rank, the cells with
+        most entries first, so that the running sums of rank ``k`` are those of rank ``k - 1``
+        plus the ``k``-th entries, a slice of the cells; one step per rank (at most 128), and
+        work for the entries of those cells only.
+        """
+        touched, inverse = distinct(cells, len(self.offset))
+        counts = _count(self.mask[touched])
+        order = np.argsort(-counts, kind="stable")
+        slot = np.empty(len(touched), dtype=np.int64)  # each touched cell's place, most entries first
+        slot[order] = np.arange(len(touched))
+        depth = int(counts.max(initial=0))
+        # Cells with more than k entries (a prefix of the slots) and where rank k starts.
+        width = np.searchsorted(-counts[order], -np.arange(depth), side="left")
+        start = np.cumsum(width) - width
+        total = int(counts.sum())
+        first = np.cumsum(counts) - counts
+        rank = np.arange(total) - np.repeat(first, counts)
+        src = np.empty(total, dtype=np.int64)  # slab row of each place in the rank-by-rank layout
+        src[start[rank] + np.repeat(slot, counts)] = np.repeat(self.offset[touched], counts) + rank
+        run = self._take(src, columns)
+        for factor in factors:
+            run *= factor
+        for lo, prev, n in zip(start[1:].tolist(), start[:-1].tolist(), width[1:].tolist(), strict=True):
+            run[lo : lo + n] += run[prev : prev + n]
+        mask = self.mask[cells]
+        rank, held = _locate(mask, bins)
+        below = rank + held  # entries at or below each pair's bin
+        out = np.zeros((len(cells), len(columns)))
+        some = below > 0
+        out[some] = run[start[below[some] - 1] + slot[inverse[some]]]
+        return out
+
     def scale(self, factor: float) -> None:
         self.values[: self.used] *= factor
 
@@ -265,8 +350,9 @@ class SufficientStats:
 
     ``segments[s]`` names row ``s``; cell ``row * n_networks + network``. Reads
     (:meth:`cell`, :meth:`segment_data`, :meth:`totals`, :meth:`placement_level`) return
-    dense arrays at ``t_ref``. Merging and adding are exact sums after both sides are
-    discounted to the same time.
+    dense arrays at ``t_ref``; :meth:`values_at`, :meth:`cumulative_at` and :meth:`cell_totals`
+    read many cells at once, at given bins (a batch's events), without making them dense.
+    Merging and adding are exact sums after both sides are discounted to the same time.
     """
 
     def __init__(self, n_networks: int, half_life_seconds: float = math.inf, segments: Sequence[str] = ()) -> None:
@@ -302,6 +388,62 @@ class SufficientStats:
             scale = self._scale
             out[:FLOOR_FIELDS, fb] = fv.T * scale
             out[FLOOR_FIELDS:, pb] = pv.T * scale
+        return out
+
+    def rows_of(self, segments: Sequence[str]) -> NDArray[np.int64]:
+        """Row of each of ``segments`` [k]; -1 for a segment not seen."""
+        return np.fromiter(map(self._index.get, segments, repeat(-1)), np.int64, len(segments))
+
+    def values_at(
+        self, cells: NDArray[np.int64], bins: NDArray[np.int64], fields: Sequence[int], factor: float = 1.0
+    ) -> NDArray[np.float64]:
+        """Values ``[n, len(fields)]`` at t_ref of ``fields`` at (cell, bin) pairs ([n] each; cell
+        ``row * n_networks + network``), times ``factor``; 0 where the cell does not hold the bin:
+        ``(cell(row, network) * factor)[fields, bin]`` for many pairs at once.
+
+        A field indexed by the floor bin is read at the pair's bin as a floor bin, one indexed by
+        the price bin as a price bin (as in :meth:`cell`)."""
+        return self._read(BinSlab.at, cells, bins, fields, factor)
+
+    def cumulative_at(
+        self, cells: NDArray[np.int64], bins: NDArray[np.int64], fields: Sequence[int], factor: float = 1.0
+    ) -> NDArray[np.float64]:
+        """Sums ``[n, len(fields)]`` at t_ref of ``fields`` times ``factor`` over each pair's cell's
+        bins ``<= bin``: ``np.cumsum(cell(row, network)[fields] * factor, axis=1)[:, bin]`` for many
+        (cell, bin) pairs at once, with the same floating-point sums (``bin = N_BINS - 1`` gives
+        the cell's sum over all its bins)."""
+        return self._read(BinSlab.cumulative, cells, bins, fields, factor)
+
+    def _read(
+        self, read, cells: NDArray[np.int64], bins: NDArray[np.int64], fields: Sequence[int], factor: float
+    ) -> NDArray[np.float64]:
+        """``read`` (a :class:`BinSlab` method) of ``fields`` from the slab holding each, at t_ref."""
+        cells = np.asarray(cells, dtype=np.int64)
+        bins = np.asarray(bins, dtype=np.int64)
+        fields = list(fields)
+        inside = cells < len(self._totals)  # cells beyond the capacity hold nothing
+        if not inside.all():
+            cells, bins = cells[inside], bins[inside]
+        values = np.zeros((len(cells), len(fields)))
+        if len(cells):
+            scale = self._scale
+            for slab, lo, hi in ((self._floor, 0, FLOOR_FIELDS), (self._price, FLOOR_FIELDS, N_FIELDS)):
+                at = [k for k, f in enumerate(fields) if lo <= f < hi]
+                if at:
+                    # stored values * scale * factor, in that order: as the dense cell times factor
+                    values[:, at] = read(slab, cells, bins, [fields[k] - lo for k in at], scale, factor)
+        if len(cells) == len(inside):
+            return values
+        out = np.zeros((len(inside), len(fields)))
+        out[inside] = values
+        return out
+
+    def cell_totals(self, cells: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Fields summed over bins ``[n, F]`` at t_ref of cells ``cells`` [n] (as :meth:`totals`)."""
+        cells = np.asarray(cells, dtype=np.int64)
+        out = np.zeros((len(cells), N_FIELDS))
+        inside = cells < len(self._totals)
+        out[inside] = self._totals[cells[inside]] * self._scale
         return out
 
     def segment_data(self, row: int) -> NDArray[np.float64]:

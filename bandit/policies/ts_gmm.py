@@ -58,7 +58,8 @@ from bandit.curve import (
     prob_best_draws,
     se_kernel,
 )
-from bandit.drift import batch_deviation, cusum_step
+from bandit.drift import MIN_EVENTS, FloorHistory, batch_deviations, cusum_step
+from bandit.errors import InvalidState
 from bandit.events import EventBatch
 from bandit.gmm import (
     RESPONSE_SHADINGS,
@@ -75,8 +76,25 @@ from bandit.params import check_params
 from bandit.policies.common import detect_auction
 from bandit.policy import Policy, as_event_batch
 from bandit.pooling import SegmentPool
-from bandit.season import HOURS_PER_DAY, LEVEL_EVENTS, expected_revenue, hour_of_day, level_at, update_levels
-from bandit.stats import FILLS, REQUESTS, REVENUE, SufficientStats, decay_factor, log_price, price_bin
+from bandit.season import (
+    HOURS_PER_DAY,
+    LEVEL_EVENTS,
+    deflated_bin,
+    expected_at,
+    hour_of_day,
+    level_at,
+    update_cell_levels,
+)
+from bandit.stats import (
+    FILLS,
+    REQUESTS,
+    REVENUE,
+    SufficientStats,
+    decay_factor,
+    distinct,
+    log_price,
+    price_bin,
+)
 from bandit.types import ALL_SEGMENTS, PlacementConfig
 
 #: Multipliers of the current floor tried on the exploration path of a trapped network.
@@ -115,6 +133,60 @@ class NetworkDraws:
     model: RevenueCurve | ResponsiveCurve
     second_price: bool
     auction_confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCells:
+    """A batch's C (segment, network) cells, in order of segment then network: each event's
+    cell ``index`` [n] in [0, C); per cell [C] its batch ``segment`` (index into
+    ``batch.segments``), ``network``, event ``count`` and ``key`` in the statistics
+    (``row * n_networks + network``; -1 for a segment they have not seen yet)."""
+
+    index: NDArray[np.int64]
+    segment: NDArray[np.int64]
+    network: NDArray[np.int64]
+    count: NDArray[np.int64]
+    key: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+
+class CellArrays:
+    """Per-cell learned values ``[cells, *shape]`` indexed by the statistics' cell key
+    (``row * n_networks + network``): zero until set, growing by doubling as cells appear."""
+
+    def __init__(self, *shape: int) -> None:
+        self.values = np.zeros((0, *shape))
+
+    def get(self, keys: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Values ``[k, *shape]`` of ``keys`` [k] (a copy; zeros for keys never set or < 0)."""
+        out = np.zeros((len(keys), *self.values.shape[1:]))
+        inside = (keys >= 0) & (keys < len(self.values))
+        out[inside] = self.values[keys[inside]]
+        return out
+
+    def at(self, keys: NDArray[np.int64], column: NDArray[np.int64]) -> NDArray[np.float64]:
+        """``values[keys[i], column[i]]`` [n] (0 for keys never set or < 0)."""
+        out = np.zeros(len(keys))
+        inside = (keys >= 0) & (keys < len(self.values))
+        out[inside] = self.values[keys[inside], column[inside]]
+        return out
+
+    def set(self, keys: NDArray[np.int64], values: NDArray[np.float64]) -> None:
+        if len(keys) == 0:
+            return
+        need = int(keys.max()) + 1
+        if need > len(self.values):
+            grown = np.zeros((max(need, 2 * len(self.values)), *self.values.shape[1:]))
+            grown[: len(self.values)] = self.values
+            self.values = grown
+        self.values[keys] = values
+
+    def state(self) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Keys [k] of the cells holding a value other than zero, and their values ``[k, *shape]``."""
+        held = np.flatnonzero((self.values != 0).any(axis=tuple(range(1, self.values.ndim))))
+        return held, self.values[held].copy()
 
 
 #: Exploration probability of a network that (almost) never fills at its floors.
@@ -228,9 +300,9 @@ class ThompsonGmmPolicy(Policy):
         self._fitted: dict[tuple[str, int], tuple[float, float]] = {}  # (t_ref, requests) at the last fit
         self._values: dict[str, NDArray[np.float32]] = {}  # best-revenue draws [M, N] per table
         self._fits: dict[tuple[str, int], GmmParams] = {}
-        self._cusum: dict[tuple[str, int], NDArray[np.float64]] = {}
+        self._cusum = CellArrays(2)  # (upper, lower) CUSUM per statistics cell
         self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0)
-        self._levels: dict[tuple[str, int], NDArray[np.float64]] = {}
+        self._levels = CellArrays(HOURS_PER_DAY)  # log hour-of-day levels per statistics cell
         self._batch_span = 0.0  # seconds of event time the last batch covered
         self._fit_rng = np.random.default_rng(None if seed is None else [seed, 1])
         self._z: dict[tuple[int, int], NDArray[np.float64]] = {}
@@ -271,15 +343,17 @@ class ThompsonGmmPolicy(Policy):
         return Prior(lam0=2.0, center=center, spread=1.0, strength=self.prior_strength)
 
     def update(self, events, *, refresh: bool = True) -> list[str]:
-        """Learn from outcome events; first check each (segment, network) for a change."""
+        """Learn from outcome events; first check each (segment, network) for a change.
+
+        Every step works on all the batch's cells at once (numpy over its events and cells)."""
         batch = as_event_batch(self.placement, events)
         if len(batch) == 0:
             return super().update(batch, refresh=refresh)
         cells = self._cells(batch)
         hours = hour_of_day(batch.ts)
         # Each event's hour-of-day level before this batch is learned (1 without levels).
-        scale = self._level_scale(cells, hours, len(batch)) if self.level_events > 0 else None
-        alarmed: set[tuple[str, int]] = set()
+        scale = self._level_scale(cells, hours) if self.level_events > 0 else None
+        alarmed = np.zeros(len(cells), dtype=bool)
         if self.change_threshold > 0:
             alarmed = self._detect_changes(batch, cells, scale)
             self._recent.add(batch)
@@ -289,51 +363,57 @@ class ThompsonGmmPolicy(Policy):
         self._mark_pending(batch, cells, alarmed)
         return super().update(batch, refresh=refresh)
 
-    def _mark_pending(
-        self, batch: EventBatch, cells: list[tuple[str, int, NDArray[np.int64]]], alarmed: set[tuple[str, int]]
-    ) -> None:
+    def _mark_pending(self, batch: EventBatch, cells: BatchCells, alarmed: NDArray[np.bool_]) -> None:
         """Count the batch's events per cell (and per network at the placement level) as not yet
-        reflected in the tables; a cell where a change was detected is due at once."""
+        reflected in the tables; a cell where a change was detected (``alarmed`` [C]) is due at once."""
         pending = self._pending
-        for seg, j, rows in cells:
-            pending[(seg, j)] = pending.get((seg, j), 0.0) + len(rows)
+        get = pending.get
+        names = batch.segments
+        for s, j, n in zip(cells.segment.tolist(), cells.network.tolist(), cells.count.tolist(), strict=True):
+            key = (names[s], j)
+            pending[key] = get(key, 0.0) + n
         for j, n in enumerate(np.bincount(batch.network, minlength=len(self.placement.networks)).tolist()):
             if n:
                 pending[(ALL_SEGMENTS, j)] = pending.get((ALL_SEGMENTS, j), 0.0) + n
-        for key in alarmed:
-            pending[key] = math.inf
+        for s, j in zip(cells.segment[alarmed].tolist(), cells.network[alarmed].tolist(), strict=True):
+            pending[(names[s], j)] = math.inf
 
-    def _cells(self, batch: EventBatch) -> list[tuple[str, int, NDArray[np.int64]]]:
-        """(segment, network, rows) of each (segment, network) cell in a batch."""
-        cell = batch.segment_index * len(self.placement.networks) + batch.network
-        order = np.argsort(cell, kind="stable")
-        bounds = np.flatnonzero(np.diff(cell[order])) + 1
-        return [
-            (batch.segments[int(batch.segment_index[rows[0]])], int(batch.network[rows[0]]), rows)
-            for rows in np.split(order, bounds)
-        ]
+    def _cells(self, batch: EventBatch) -> BatchCells:
+        """The (segment, network) cells of a batch and their keys in the statistics."""
+        n_net = len(self.placement.networks)
+        ids, index = distinct(batch.segment_index * n_net + batch.network, len(batch.segments) * n_net)
+        count = np.bincount(index, minlength=len(ids))
+        segment, network = np.divmod(ids, n_net)
+        rows = self.stats.rows_of(batch.segments)[segment]
+        return BatchCells(index, segment, network, count, np.where(rows >= 0, rows * n_net + network, -1))
 
     def _deflate(
         self,
         batch: EventBatch,
-        cells: list[tuple[str, int, NDArray[np.int64]]],
+        cells: BatchCells,
         hours: NDArray[np.int64],
         before: NDArray[np.float64],
-        alarmed: set[tuple[str, int]],
+        alarmed: NDArray[np.bool_],
     ) -> EventBatch:
         """Learn each cell's hour-of-day value levels from the batch (``before`` [n]: each
         event's level so far), and return the batch in base-market units (floors and revenues
-        divided by their hour's new level; see :mod:`bandit.season`). Cells in ``alarmed`` (a
+        divided by their hour's new level; see :mod:`bandit.season`). Cells in ``alarmed`` [C] (a
         change was just detected) keep their levels: the break is the base market's to learn."""
-        scale = np.ones(len(batch))
-        for seg, j, rows in cells:
-            level = self._levels.get((seg, j), np.zeros(HOURS_PER_DAY))
-            row = self.stats.segment_row(seg)
-            if row is not None and (seg, j) not in alarmed:
-                expected = expected_revenue(self.stats.cell(row, j), batch.floor_cpm[rows], before[rows])
-                level = update_levels(level, hours[rows], batch.revenue_cpm[rows], expected)
-            self._levels[(seg, j)] = level
-            scale[rows] = np.exp(level[hours[rows]])
+        learn = (cells.key >= 0) & ~alarmed  # [C]; a segment not seen yet has nothing to compare with
+        events = learn[cells.index]
+        if events.any():
+            keys = cells.key[learn]
+            local = (np.cumsum(learn) - 1)[cells.index[events]]  # each event's place among the learning cells
+            before_e = before[events]
+            base = self.stats.values_at(
+                cells.key[cells.index[events]], deflated_bin(batch.floor_cpm[events], before_e), (REQUESTS, REVENUE)
+            )
+            expected = expected_at(base[:, 0], base[:, 1], before_e)
+            levels = update_cell_levels(
+                self._levels.get(keys), local, hours[events], batch.revenue_cpm[events], expected
+            )
+            self._levels.set(keys, levels)
+        scale = np.exp(self._levels.at(cells.key[cells.index], hours))
         return replace(batch, floor_cpm=batch.floor_cpm / scale, revenue_cpm=batch.revenue_cpm / scale)
 
     def _level_now(self, segment: str, network: int) -> float:
@@ -343,30 +423,22 @@ class ThompsonGmmPolicy(Policy):
         read half a batch span after that event (the span of the last batch is the best
         guess of the time to the next one), interpolated between hour centres.
         """
-        level = self._levels.get((segment, network))
-        if level is None or not math.isfinite(self.stats.t_ref):
+        row = self.stats.segment_row(segment)
+        if row is None or not math.isfinite(self.stats.t_ref):
             return 1.0
+        level = self._levels.get(np.array([row * len(self.placement.networks) + network]))[0]
         return float(np.exp(level_at(level, self.stats.t_ref + 0.5 * self._batch_span)))
 
-    def _level_scale(
-        self, cells: list[tuple[str, int, NDArray[np.int64]]], hours: NDArray[np.int64], n: int
-    ) -> NDArray[np.float64]:
+    def _level_scale(self, cells: BatchCells, hours: NDArray[np.int64]) -> NDArray[np.float64]:
         """Each event's current hour-of-day level [n] (1 for cells without levels)."""
-        scale = np.ones(n)
-        for seg, j, rows in cells:
-            level = self._levels.get((seg, j))
-            if level is not None:
-                scale[rows] = np.exp(level[hours[rows]])
-        return scale
+        return np.exp(self._levels.at(cells.key[cells.index], hours))
 
     def _detect_changes(
-        self,
-        batch: EventBatch,
-        cells: list[tuple[str, int, NDArray[np.int64]]],
-        scale: NDArray[np.float64] | None,
-    ) -> set[tuple[str, int]]:
+        self, batch: EventBatch, cells: BatchCells, scale: NDArray[np.float64] | None
+    ) -> NDArray[np.bool_]:
         """Compare each cell's batch with its own history at the same floor bins (model-free,
-        so a model still learning about new floors is never mistaken for a change).
+        so a model still learning about new floors is never mistaken for a change); returns
+        the cells [C] where a change was detected.
 
         The history compared with is the cell's *recent* history (``RECENT_HALF_LIFE_HOURS``):
         like with like under a daily cycle, which moves prices a few percent an hour, while a
@@ -374,47 +446,55 @@ class ThompsonGmmPolicy(Policy):
         back to its whole (discounted) history, compared in base-market units (the batch
         divided by its hour-of-day levels ``scale`` [n], as the statistics hold it).
         """
-        t_batch = float(batch.ts.min())
-        alarmed: set[tuple[str, int]] = set()
-        for seg, j, rows in cells:
-            row = self.stats.segment_row(seg)
-            if row is None:
-                continue
-            observed = (batch.floor_cpm[rows], batch.filled[rows], batch.revenue_cpm[rows])
-            recent_row = self._recent.segment_row(seg)
-            dev = None
-            if recent_row is not None:
-                decay = decay_factor(t_batch - self._recent.t_ref, self._recent.half_life_seconds)
-                dev = batch_deviation(self._recent.cell(recent_row, j) * decay, *observed)
-            if dev is None:
-                base = (
-                    observed
-                    if scale is None
-                    else (
-                        batch.floor_cpm[rows] / scale[rows],
-                        batch.filled[rows],
-                        batch.revenue_cpm[rows] / scale[rows],
-                    )
-                )
-                dev = batch_deviation(self.stats.cell(row, j), *base)
-            if dev is None:
-                continue
-            key = (seg, j)
-            state = cusum_step(self._cusum.get(key, np.zeros(2)), dev.z, slack=3.0)
-            if state.max() > self.change_threshold and abs(dev.relative) > CHANGE_GATE:
-                # Keep at most ``change_forget`` of the history, and never more than the batch
-                # that showed the change: the new market must outweigh the old at once.
-                history = float(self.stats.totals()[row, j, REQUESTS])
-                self.stats.scale_cell(row, j, min(self.change_forget, len(rows) / max(history, 1.0)))
-                if recent_row is not None:
-                    self._recent.scale_cell(recent_row, j, 0.0)
-                # The hour-of-day levels are kept and do not learn from this batch: a break
-                # moves the base market (which has just forgotten its history), not the
-                # daily shape.
-                alarmed.add((seg, j))
-                self.changes_detected += 1
-                state = np.zeros(2)
-            self._cusum[key] = state
+        n_net, n_cells = len(self.placement.networks), len(cells)
+        alarmed = np.zeros(n_cells, dtype=bool)
+        # A segment the statistics have not seen has no history, and every comparison needs
+        # MIN_EVENTS of the cell's events (most cells of a small batch over many have one).
+        compared = (cells.key >= 0) & (cells.count >= MIN_EVENTS)
+        if not compared.any():
+            return alarmed
+        recent_rows = self._recent.rows_of(batch.segments)[cells.segment]
+        recent_key = np.where(compared & (recent_rows >= 0), recent_rows * n_net + cells.network, -1)
+        bins = price_bin(log_price(batch.floor_cpm))
+        z = np.full(n_cells, np.nan)
+        rel = np.full(n_cells, np.nan)
+        if (recent_key >= 0).any():
+            events = (recent_key >= 0)[cells.index]
+            decay = decay_factor(float(batch.ts.min()) - self._recent.t_ref, self._recent.half_life_seconds)
+            history = FloorHistory.of_stats(self._recent, recent_key, cells.index[events], bins[events], decay)
+            z, rel = batch_deviations(
+                cells.index[events], n_cells, history, batch.filled[events], batch.revenue_cpm[events]
+            )
+        fallback = compared & np.isnan(z)
+        if fallback.any():
+            events = fallback[cells.index]
+            floor, revenue = batch.floor_cpm[events], batch.revenue_cpm[events]
+            if scale is not None:
+                floor, revenue = floor / scale[events], revenue / scale[events]
+            history = FloorHistory.of_stats(self.stats, cells.key, cells.index[events], price_bin(log_price(floor)))
+            z_all, rel_all = batch_deviations(cells.index[events], n_cells, history, batch.filled[events], revenue)
+            z[fallback], rel[fallback] = z_all[fallback], rel_all[fallback]
+        seen = np.flatnonzero(~np.isnan(z))
+        keys = cells.key[seen]
+        state = cusum_step(self._cusum.get(keys), z[seen], slack=3.0)
+        alarm = (state.max(axis=1) > self.change_threshold) & (np.abs(rel[seen]) > CHANGE_GATE)
+        if alarm.any():
+            hit = seen[alarm]
+            # Keep at most ``change_forget`` of the history, and never more than the batch that
+            # showed the change: the new market must outweigh the old at once.
+            history_requests = self.stats.cell_totals(cells.key[hit])[:, REQUESTS]
+            keep = np.minimum(self.change_forget, cells.count[hit] / np.maximum(history_requests, 1.0))
+            forgets = zip(cells.key[hit].tolist(), recent_key[hit].tolist(), keep.tolist(), strict=True)
+            for key, recent, factor in forgets:
+                self.stats.scale_cell(*divmod(key, n_net), factor)
+                if recent >= 0:
+                    self._recent.scale_cell(*divmod(recent, n_net), 0.0)
+            # The hour-of-day levels are kept and do not learn from this batch: a break moves
+            # the base market (which has just forgotten its history), not the daily shape.
+            alarmed[hit] = True
+            self.changes_detected += len(hit)
+            state[alarm] = 0.0
+        self._cusum.set(keys, state)
         return alarmed
 
     def refresh(self, segments=()) -> None:
@@ -627,13 +707,9 @@ class ThompsonGmmPolicy(Policy):
             "gmm_params": packed,
             "gmm_fit_rng": np.array(json.dumps(self._fit_rng.bit_generator.state)),
             "drift_meta": np.array(json.dumps({"changes_detected": self.changes_detected})),
-            "drift_keys": np.array([s for s, _ in self._cusum], dtype=np.str_),
-            "drift_networks": np.array([j for _, j in self._cusum], dtype=np.int64),
-            "drift_cusum": np.array(list(self._cusum.values())).reshape(-1, 2),
+            **dict(zip(("drift_cells", "drift_cusum"), self._cusum.state(), strict=True)),
             **{f"recent_{k}": v for k, v in self._recent.state().items()},
-            "level_segments": np.array([s for s, _ in self._levels], dtype=np.str_),
-            "level_networks": np.array([j for _, j in self._levels], dtype=np.int64),
-            "level_log": np.array(list(self._levels.values())).reshape(-1, HOURS_PER_DAY),
+            **dict(zip(("level_cells", "level_log"), self._levels.state(), strict=True)),
             "level_batch_span": np.array(self._batch_span),
         }
 
@@ -654,16 +730,26 @@ class ThompsonGmmPolicy(Policy):
             for j in range(state["gmm_params"].shape[1])
             if not np.isnan(state["gmm_params"][i, j, 0])
         }
-        self._cusum = {
-            (str(seg), int(j)): np.array(c, dtype=np.float64)
-            for seg, j, c in zip(state["drift_keys"], state["drift_networks"], state["drift_cusum"], strict=True)
-        }
+        self._cusum = CellArrays(2)
+        self._levels = CellArrays(HOURS_PER_DAY)
+        for array, values, names in (
+            (self._cusum, "drift_cusum", ("drift_cells", "drift_keys", "drift_networks")),
+            (self._levels, "level_log", ("level_cells", "level_segments", "level_networks")),
+        ):
+            if values not in state:
+                continue
+            n_net = len(self.placement.networks)
+            if names[0] in state:
+                keys = np.asarray(state[names[0]], dtype=np.int64)
+                if ((keys < 0) | (keys >= len(self.stats.segments) * n_net)).any():
+                    raise InvalidState(f"{names[0]} names cells the statistics do not have")
+            else:  # earlier versions: keyed by (segment, network); cells of no statistics row are dropped
+                rows = self.stats.rows_of([str(seg) for seg in state[names[1]]])
+                networks = np.asarray(state[names[2]], dtype=np.int64)
+                keys = np.where((rows >= 0) & (networks >= 0) & (networks < n_net), rows * n_net + networks, -1)
+            known = keys >= 0
+            array.set(keys[known], np.asarray(state[values], dtype=np.float64)[known])
         self.changes_detected = int(json.loads(str(state["drift_meta"]))["changes_detected"])
-        if "level_log" in state:
-            self._levels = {
-                (str(seg), int(j)): np.array(v, dtype=np.float64)
-                for seg, j, v in zip(state["level_segments"], state["level_networks"], state["level_log"], strict=True)
-            }
         if "level_batch_span" in state:
             self._batch_span = float(state["level_batch_span"])
         if "recent_stats_segments" in state:

@@ -1,0 +1,214 @@
+"""The change detector's and the hour levels' maths over many cells at once equal the
+one-cell computation (kept here as the reference) on random histories and batches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bandit.drift import (
+    MIN_EVENTS,
+    MIN_HISTORY,
+    REL_SD_FLOOR,
+    Deviation,
+    FloorHistory,
+    batch_deviation,
+    batch_deviations,
+    cusum_step,
+)
+from bandit.season import (
+    HOURS_PER_DAY,
+    LEVEL_BOUND,
+    LEVEL_EVENTS,
+    MIN_BIN_HISTORY,
+    deflated_bin,
+    expected_at,
+    update_cell_levels,
+)
+from bandit.stats import FILLS, N_BINS, REQUESTS, REVENUE, REVENUE_SQ, SufficientStats, accumulate, log_price, price_bin
+
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ------------------------------------------------------------ one-cell reference
+def reference_deviation(history, floor_cpm, filled, revenue) -> Deviation | None:
+    """One cell's deviation from its history [F, B], as computed cell by cell."""
+    bins = price_bin(log_price(floor_cpm))
+    found: list[Deviation] = []
+    req = history[REQUESTS, bins]
+    known = req >= MIN_HISTORY
+    if known.sum() >= MIN_EVENTS:
+        b, r = bins[known], req[known]
+        mean = history[REVENUE, b] / r
+        var = np.maximum(history[REVENUE_SQ, b] / r - mean**2, 0.0) + (REL_SD_FLOOR * mean) ** 2 + 1e-9
+        observed = revenue[known]
+        z = float((observed - mean).sum()) / math.sqrt(float(var.sum()))
+        found.append(Deviation(z, reference_relative(float(observed.sum()), float(mean.sum()))))
+    cum_req = np.cumsum(history[REQUESTS])
+    cum_fill = np.cumsum(history[FILLS])
+    at_or_below = (cum_req[bins], cum_fill[bins])
+    at_or_above = (
+        cum_req[-1] - cum_req[bins] + history[REQUESTS, bins],
+        cum_fill[-1] - cum_fill[bins] + history[FILLS, bins],
+    )
+    for (r, f), direction in ((at_or_below, 1.0), (at_or_above, -1.0)):
+        usable = r >= MIN_HISTORY
+        if usable.sum() < MIN_EVENTS:
+            continue
+        p = (f[usable] + 0.5) / (r[usable] + 1.0)
+        observed = float(filled[usable].sum())
+        z = (observed - float(p.sum())) / math.sqrt(float((p * (1 - p)).sum()))
+        if z * direction > 0:
+            found.append(Deviation(z, reference_relative(observed, float(p.sum()))))
+    return max(found, key=lambda d: abs(d.z)) if found else None
+
+
+def reference_relative(observed: float, expected: float) -> float:
+    if expected > 0:
+        return observed / expected - 1.0
+    return math.inf if observed > 0 else 0.0
+
+
+def reference_cusum(state, z: float, slack: float):
+    return np.array([max(0.0, state[0] + z - slack), max(0.0, state[1] - z - slack)])
+
+
+def reference_expected(base, floor_cpm, scale):
+    b = price_bin(log_price(floor_cpm / scale))
+    n = base[REQUESTS, b]
+    mean = np.divide(base[REVENUE, b], n, out=np.full(len(b), np.nan), where=n >= MIN_BIN_HISTORY)
+    return scale * mean
+
+
+def reference_levels(log_level, hours, revenue, expected):
+    out = log_level.copy()
+    known = np.isfinite(expected)
+    if not known.any():
+        return out
+    h = hours[known]
+    n = np.bincount(h, minlength=HOURS_PER_DAY).astype(np.float64)
+    observed = np.bincount(h, weights=revenue[known], minlength=HOURS_PER_DAY)
+    predicted = np.bincount(h, weights=expected[known], minlength=HOURS_PER_DAY)
+    ok = (n > 0) & (predicted > 0) & (observed > 0)
+    ratio = np.log(np.clip(observed[ok] / predicted[ok], 1 / LEVEL_BOUND, LEVEL_BOUND))
+    out[ok] += n[ok] / (n[ok] + LEVEL_EVENTS) * ratio
+    return np.clip(out, -np.log(LEVEL_BOUND), np.log(LEVEL_BOUND))
+
+
+# ------------------------------------------------------------------ random cells
+def random_cells(seed: int, n_cells: int):
+    """Dense histories [C, F, B] and one batch spread over the cells (cell, floor, filled,
+    revenue [n]). Cells cover the edge cases: no history, history at other floors only,
+    bins just at ``MIN_HISTORY``, no fills at all, single events, nothing in the batch."""
+    rng = np.random.default_rng(seed)
+    histories, cell, floors, fills, revenues = [], [], [], [], []
+    for c in range(n_cells):
+        kind = rng.integers(6)
+        centre = math.exp(rng.uniform(-3.0, 4.0))
+        n_hist = [0, 5, 40, 400, 3000, 5][kind]
+        h_floor = centre * np.exp(rng.normal(0.0, 0.3 if kind != 5 else 0.0, n_hist))
+        h_fill = rng.random(n_hist) < (0.0 if kind == 2 else rng.uniform(0.05, 0.95))
+        h_rev = np.where(h_fill, h_floor * rng.uniform(1.0, 3.0, n_hist), 0.0)
+        weight = np.ones(n_hist) if kind in (1, 5) else rng.uniform(0.2, 1.0, n_hist)
+        histories.append(accumulate(np.zeros(n_hist, np.int64), 1, h_floor, h_fill, h_rev, weight)[0])
+        n = int(rng.choice([0, 1, 2, 3, 20, 200]))
+        shift = rng.choice([1.0, 1.0, 30.0, 0.02])  # 30x / 0.02x: no overlap with the history
+        b_floor = centre * shift * np.exp(rng.normal(0.0, 0.3, n))
+        b_fill = rng.random(n) < rng.choice([0.0, 0.5, 1.0])
+        cell.append(np.full(n, c))
+        floors.append(b_floor)
+        fills.append(b_fill)
+        revenues.append(np.where(b_fill, b_floor * rng.uniform(1.0, rng.choice([1.1, 5.0]), n), 0.0))
+    order = rng.permutation(sum(len(c) for c in cell))  # events of the cells interleaved
+    return (
+        np.stack(histories),
+        np.concatenate(cell).astype(np.int64)[order],
+        np.concatenate(floors)[order],
+        np.concatenate(fills)[order],
+        np.concatenate(revenues)[order],
+    )
+
+
+def assert_matches_reference(z, rel, histories, cell, floor, filled, revenue) -> None:
+    for c in range(len(histories)):
+        rows = cell == c
+        dev = reference_deviation(histories[c], floor[rows], filled[rows], revenue[rows])
+        if dev is None:
+            assert math.isnan(z[c]) and math.isnan(rel[c]), c
+        else:
+            assert z[c] == pytest.approx(dev.z, rel=1e-9, abs=1e-9), c
+            assert rel[c] == pytest.approx(dev.relative, rel=1e-9, abs=1e-9), c
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**32 - 1), n_cells=st.integers(1, 30))
+def test_deviations_of_many_cells_equal_the_one_cell_computation(seed: int, n_cells: int) -> None:
+    histories, cell, floor, filled, revenue = random_cells(seed, n_cells)
+    bins = price_bin(log_price(floor))
+    # The history as the policy reads it: from statistics holding the cells (one segment each).
+    stats = SufficientStats.from_dense([f"s{c}" for c in range(n_cells)], histories[:, None], t_ref=1.8e9)
+    z, rel = batch_deviations(
+        cell, n_cells, FloorHistory.of_stats(stats, np.arange(n_cells), cell, bins), filled, revenue
+    )
+    assert_matches_reference(z, rel, histories, cell, floor, filled, revenue)
+    # The one-cell form.
+    for c in range(n_cells):
+        rows = cell == c
+        dev = batch_deviation(histories[c], floor[rows], filled[rows], revenue[rows])
+        assert (dev is None) == math.isnan(z[c]) and (dev is None or dev.z == pytest.approx(z[c], rel=1e-9)), c
+    # Scaled (the recent history is discounted to the batch's time).
+    z, rel = batch_deviations(
+        cell, n_cells, FloorHistory.of_stats(stats, np.arange(n_cells), cell, bins, 0.7), filled, revenue
+    )
+    assert_matches_reference(z, rel, histories * 0.7, cell, floor, filled, revenue)
+
+
+def test_edge_cases_give_no_comparison_or_the_reference() -> None:
+    """MIN_EVENTS - 1 events, history just below MIN_HISTORY, no overlap: no comparison."""
+    one = np.zeros((len(FloorHistory.__slots__), 1))
+    history = np.zeros((9, N_BINS))
+    bins = price_bin(log_price(np.array([1.0, 1.0])))
+    history[REQUESTS, bins[0]] = MIN_HISTORY - 1e-9
+    history[FILLS, bins[0]] = 1.0
+    assert batch_deviation(history, np.array([1.0, 1.0]), np.array([True, False]), np.array([2.0, 0.0])) is None
+    history[REQUESTS, bins[0]] = MIN_HISTORY
+    dev = batch_deviation(history, np.array([1.0, 1.0]), np.array([True, True]), np.array([2.0, 2.0]))
+    ref = reference_deviation(history, np.array([1.0, 1.0]), np.array([True, True]), np.array([2.0, 2.0]))
+    assert dev == pytest.approx(ref) and dev is not None
+    assert batch_deviation(history, np.array([1.0]), np.array([True]), np.array([2.0])) is None  # one event
+    assert batch_deviation(np.zeros((9, N_BINS)), np.array([1.0, 2.0]), np.array([True, True]), np.ones(2)) is None
+    z, rel = batch_deviations(np.zeros(0, np.int64), 3, FloorHistory(*one[:, :0]), np.zeros(0, bool), np.zeros(0))
+    assert np.isnan(z).all() and np.isnan(rel).all() and len(z) == 3
+
+
+def test_cusum_of_many_cells_equals_one_at_a_time() -> None:
+    rng = np.random.default_rng(3)
+    state = rng.uniform(0.0, 10.0, (50, 2)) * (rng.random((50, 1)) < 0.7)
+    z = rng.normal(0.0, 6.0, 50)
+    expected = np.stack([reference_cusum(s, float(x), 3.0) for s, x in zip(state, z, strict=True)])
+    np.testing.assert_array_equal(cusum_step(state, z, slack=3.0), expected)
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**32 - 1), n_cells=st.integers(1, 20))
+def test_hour_levels_of_many_cells_equal_the_one_cell_computation(seed: int, n_cells: int) -> None:
+    histories, cell, floor, _, revenue = random_cells(seed, n_cells)
+    rng = np.random.default_rng(seed)
+    hours = rng.integers(0, HOURS_PER_DAY, len(cell))
+    # Levels so far, some beyond the bounds (left as they are when a cell compares nothing).
+    levels = rng.normal(0.0, 0.5, (n_cells, HOURS_PER_DAY)) * (rng.random((n_cells, 1)) < 0.7)
+    levels[0, 0] = 3.0
+    before = np.exp(levels[cell, hours])
+    stats = SufficientStats.from_dense([f"s{c}" for c in range(n_cells)], histories[:, None], t_ref=1.8e9)
+    base = stats.values_at(cell, deflated_bin(floor, before), (REQUESTS, REVENUE))
+    expected = expected_at(base[:, 0], base[:, 1], before)
+    new = update_cell_levels(levels, cell, hours, revenue, expected)
+    for c in range(n_cells):
+        rows = cell == c
+        ref_expected = reference_expected(histories[c], floor[rows], before[rows])
+        np.testing.assert_array_equal(expected[rows], ref_expected)
+        np.testing.assert_array_equal(new[c], reference_levels(levels[c], hours[rows], revenue[rows], ref_expected))
