@@ -26,8 +26,9 @@ follows the data (at most one row per event), not ``segments × networks × 9 ×
 
 The kernel is :func:`bandit.stats.accumulate`'s arithmetic on the same per-event terms
 (so it sums the very same numbers), with the price fields computed over the fills above
-the floor only and the sums taken over the occupied keys: bincounts over the key range
-when it is at most :data:`DENSE_RANGE` × the events, a sort (``np.unique``) otherwise.
+the floor only and each field summed into the occupied keys only (numbered by a count over
+the key range when it is at most :data:`DENSE_RANGE` × the events, by a sort otherwise), so
+its bincounts write small arrays that stay in cache.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from experiments.config import PolicyConfig
 #: Statistics fields indexed by the floor bin, and by the price bin, in the partials' column order.
 FLOOR_FIELDS = (REQUESTS, FILLS, REVENUE, REVENUE_SQ, NOFILL_LOGF, ATFLOOR, ATFLOOR_LOGF)
 PRICE_FIELDS = (PRICE, PRICE_LOGP)
+N_ENTRY_FIELDS = len(FLOOR_FIELDS) + len(PRICE_FIELDS)
 #: Sum by bincount over the whole key range while it is at most this many times the number
 #: of events (one pass per field over a small array); beyond, sort the keys first.
 DENSE_RANGE = 4
@@ -118,19 +120,25 @@ def sum_by_key(
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     """The distinct ``keys`` [n] (ascending, [K]) and each column [n] summed per key, [K, C].
 
-    Events are summed in their input order within a key, as ``np.bincount`` does, so the
-    sums are those of :func:`bandit.stats.accumulate` bit for bit.
+    Keys are first numbered 0..K-1 (a count over the key range and a look-up table when the
+    range is at most :data:`DENSE_RANGE` × n, else a sort), then each column is one bincount
+    into K slots. Events are summed in their input order within a key, as ``np.bincount``
+    over the raw keys does, so the sums are those of :func:`bandit.stats.accumulate` bit for bit.
     """
     if len(keys) == 0:
         return np.empty(0, dtype=np.int64), np.empty((0, len(columns)))
     span = int(keys.max()) + 1
     if span <= DENSE_RANGE * len(keys):
-        occupied = np.flatnonzero(np.bincount(keys, minlength=span))
-        sums = [np.bincount(keys, weights=c, minlength=span)[occupied] for c in columns]
-        return occupied, np.stack(sums, axis=1)
-    distinct, inverse = np.unique(keys, return_inverse=True)
-    sums = [np.bincount(inverse, weights=c, minlength=len(distinct)) for c in columns]
-    return distinct, np.stack(sums, axis=1)
+        distinct = np.flatnonzero(np.bincount(keys, minlength=span))
+        number = np.zeros(span, dtype=np.intp)
+        number[distinct] = np.arange(len(distinct))
+        inverse = number[keys]
+    else:
+        distinct, inverse = np.unique(keys, return_inverse=True)
+    sums = np.empty((len(distinct), len(columns)))
+    for j, column in enumerate(columns):
+        sums[:, j] = np.bincount(inverse, weights=column, minlength=len(distinct))
+    return distinct, sums
 
 
 def partition_stats(batch: EventBatch, n_networks: int, half_life_seconds: float) -> PartialStats:
@@ -160,28 +168,37 @@ def partition_stats(batch: EventBatch, n_networks: int, half_life_seconds: float
     )
 
 
-def scatter_partial(
-    out: NDArray[np.float64], cell_rows: NDArray[np.int64], partial: PartialStats, factor: float
+def add_partial(
+    entries: NDArray[np.float64], cell_rows: NDArray[np.int64], partial: PartialStats, factor: float
 ) -> None:
-    """Add ``factor`` × a partial into ``out`` [cells, F, B]; ``cell_rows[c]`` is the row of
-    the partial's cell ``c`` (= segment · N + network). Keys are distinct, so plain indexed
-    addition is exact."""
-    for keys, values, fields in (
-        (partial.floor_keys, partial.floor_values, FLOOR_FIELDS),
-        (partial.price_keys, partial.price_values, PRICE_FIELDS),
+    """Add ``factor`` × a partial into ``entries`` [cells · B, 9], one row per (cell, bin) and
+    the fields in the partials' column order (:data:`FLOOR_FIELDS` then :data:`PRICE_FIELDS`);
+    ``cell_rows[c]`` is the cell (= segment · N + network) of the partial's cell ``c``. Keys are
+    distinct, so plain indexed addition is exact; each key's fields are one contiguous row."""
+    n_floor = len(FLOOR_FIELDS)
+    for keys, values, columns in (
+        (partial.floor_keys, partial.floor_values, slice(0, n_floor)),
+        (partial.price_keys, partial.price_values, slice(n_floor, None)),
     ):
         cell, b = np.divmod(keys, N_BINS)
-        rows = cell_rows[cell]
-        for j, f in enumerate(fields):
-            out[rows, f, b] += values[:, j] * factor
+        entries[cell_rows[cell] * N_BINS + b, columns] += values * factor
+
+
+def entries_to_dense(entries: NDArray[np.float64], n_segments: int, n_networks: int) -> NDArray[np.float64]:
+    """Entries [S · N · B, 9] (partial column order) → statistics ``[S, N, F, B]``."""
+    out = np.empty((n_segments, n_networks, N_FIELDS, N_BINS))
+    out[:, :, list(FLOOR_FIELDS + PRICE_FIELDS), :] = entries.reshape(
+        n_segments, n_networks, N_BINS, N_ENTRY_FIELDS
+    ).transpose(0, 1, 3, 2)
+    return out
 
 
 def to_dense(partial: PartialStats) -> NDArray[np.float64]:
     """The partial as a dense array ``[S, N, F, B]`` over its own segments (at its ``t_ref``)."""
     n_cells = len(partial.segments) * partial.n_networks
-    out = np.zeros((n_cells, N_FIELDS, N_BINS))
-    scatter_partial(out, np.arange(n_cells), partial, 1.0)
-    return out.reshape(len(partial.segments), partial.n_networks, N_FIELDS, N_BINS)
+    entries = np.zeros((n_cells * N_BINS, N_ENTRY_FIELDS))
+    add_partial(entries, np.arange(n_cells), partial, 1.0)
+    return entries_to_dense(entries, len(partial.segments), partial.n_networks)
 
 
 def encode_partial(partial: PartialStats) -> bytes:
@@ -225,9 +242,10 @@ def shift_factor(t_from: float, t_to: float, half_life_seconds: float) -> float:
 
 
 class StatsMerger:
-    """Sum of partials arriving in any order: one dense array ``[S, N, F, B]`` held at an
-    anchor time, each partial added once at ``2^((t_p − anchor)/h)`` (so nothing is rescaled
-    per arrival), moved to the newest time when read (:meth:`stats`)."""
+    """Sum of partials arriving in any order, held at an anchor time: each partial is added
+    once at ``2^((t_p − anchor)/h)`` (nothing is rescaled per arrival) and the sum is moved to
+    the newest time when read (:meth:`dense`). Storage: one row per (segment, network, bin)
+    with its 9 fields side by side, so adding a partial touches one contiguous row per key."""
 
     def __init__(self, n_networks: int, half_life_seconds: float) -> None:
         self.n_networks = n_networks
@@ -237,7 +255,7 @@ class StatsMerger:
         self.t_ref = -math.inf
         self._anchor = -math.inf
         self._rows: dict[str, int] = {}
-        self._data = np.zeros((0, n_networks, N_FIELDS, N_BINS))
+        self._entries = np.zeros((0, N_ENTRY_FIELDS))  # [capacity · N · B, 9]
 
     @property
     def segments(self) -> list[str]:
@@ -255,28 +273,51 @@ class StatsMerger:
         if not math.isfinite(self._anchor):
             self._anchor = partial.t_ref
         elif partial.t_ref - self._anchor > REBASE_HALF_LIVES * h:
-            self._data *= shift_factor(self._anchor, partial.t_ref, h)
+            self._entries *= shift_factor(self._anchor, partial.t_ref, h)
             self._anchor = partial.t_ref
         self.t_ref = max(self.t_ref, partial.t_ref)
         cell_rows = (rows[:, None] * self.n_networks + np.arange(self.n_networks)).ravel()
-        factor = shift_factor(partial.t_ref, self._anchor, h)
-        scatter_partial(self._data.reshape(-1, N_FIELDS, N_BINS), cell_rows, partial, factor)
+        add_partial(self._entries, cell_rows, partial, shift_factor(partial.t_ref, self._anchor, h))
 
     def _rows_for(self, segments: Sequence[str]) -> NDArray[np.int64]:
         rows = np.array([self._rows.setdefault(s, len(self._rows)) for s in segments], dtype=np.int64)
-        if len(self._rows) > len(self._data):
-            grown = np.zeros((max(len(self._rows), 2 * len(self._data)), *self._data.shape[1:]))
-            grown[: len(self._data)] = self._data
-            self._data = grown
+        per_segment = self.n_networks * N_BINS
+        capacity = len(self._entries) // per_segment
+        if len(self._rows) > capacity:
+            grown = np.zeros((max(len(self._rows), 2 * capacity) * per_segment, N_ENTRY_FIELDS))
+            grown[: len(self._entries)] = self._entries
+            self._entries = grown
         return rows
+
+    def _sorted_entries(self) -> tuple[list[str], NDArray[np.float64]]:
+        """Sorted segment keys and their entries [S · N · B, 9] at :attr:`t_ref`."""
+        keys = sorted(self._rows)
+        per_segment = self.n_networks * N_BINS
+        by_segment = self._entries.reshape(-1, per_segment, N_ENTRY_FIELDS)
+        entries = by_segment[[self._rows[k] for k in keys]].reshape(-1, N_ENTRY_FIELDS)
+        if math.isfinite(self.t_ref):
+            entries *= shift_factor(self._anchor, self.t_ref, self.half_life_seconds)
+        return keys, entries
 
     def dense(self) -> tuple[list[str], NDArray[np.float64]]:
         """Sorted segment keys and their statistics ``[S, N, F, B]`` at :attr:`t_ref`."""
-        keys = sorted(self._rows)
-        data = self._data[[self._rows[k] for k in keys]] if keys else self._data[:0].copy()
-        if math.isfinite(self.t_ref):
-            data *= shift_factor(self._anchor, self.t_ref, self.half_life_seconds)
-        return keys, data
+        keys, entries = self._sorted_entries()
+        return keys, entries_to_dense(entries, len(keys), self.n_networks)
+
+    def partial(self) -> PartialStats:
+        """The merged statistics as one compact partial at :attr:`t_ref` (its nonzero
+        entries): what a task sends on after combining its own partitions (a tree merge)."""
+        keys, entries = self._sorted_entries()
+        if not keys:
+            return PartialStats.empty(self.n_networks)
+        n_floor = len(FLOOR_FIELDS)
+        floor, price = entries[:, :n_floor], entries[:, n_floor:]
+        floor_keys = np.flatnonzero(np.any(floor != 0.0, axis=1))
+        price_keys = np.flatnonzero(np.any(price != 0.0, axis=1))
+        return PartialStats(
+            tuple(keys), self.n_networks, self.t_ref, self.events,
+            floor_keys, floor[floor_keys], price_keys, price[price_keys],
+        )  # fmt: skip
 
     def stats(self) -> SufficientStats:
         """The merged statistics (segments in sorted order)."""
