@@ -5,7 +5,7 @@ Parquet files with Ray Data (a local Ray by default, a cluster with ``--address`
 every partition into additive statistics in parallel (:func:`partition_stats`), merges them
 on the driver as they arrive (:class:`StatsMerger`), fits the policy's tables once
 (:func:`fit_policy`) and writes a policy state that ``adbandit promote`` and the service
-load like any other (tracked as an MLflow run, :func:`track_relearn`).
+load like any other, tracked as an MLflow run (:func:`relearn`).
 
 **Why the result equals learning in one process.** The statistics of
 :mod:`bandit.stats` are weighted counts: an event at time ``t`` weighs
@@ -16,7 +16,10 @@ sum is ``Σ_e 2^((t_e − T)/h) x_e`` — what ``policy.update(all events)`` com
 batch — up to float rounding, in whatever order partitions finish. The fitted tables then
 match too, because segments are refreshed in one fixed order (sorted keys). The online
 learner's order-dependent extras are those of a single batch: no change alarm (nothing
-to compare a first batch with) and flat hour-of-day levels.
+to compare a first batch with) and flat hour-of-day levels. Not carried over is ts_gmm's
+short-memory copy of the statistics (30-minute half-life) that its change detector
+compares the next batch with: a relearned policy fed online compares its first batches
+with its whole (discounted) history instead, as after a restart without recent data.
 
 **Compact partials.** A partition's statistics keep only the (segment, network, bin)
 entries that hold events, as keys ``(segment · N + network) · B + bin`` over the
@@ -105,7 +108,8 @@ class PartialStats:
     @classmethod
     def empty(cls, n_networks: int) -> PartialStats:
         keys = np.empty(0, dtype=np.int64)
-        return cls((), n_networks, -math.inf, 0, keys, np.empty((0, 7)), keys, np.empty((0, 2)))
+        floor, price = np.empty((0, len(FLOOR_FIELDS))), np.empty((0, len(PRICE_FIELDS)))
+        return cls((), n_networks, -math.inf, 0, keys, floor, keys, price)
 
 
 def event_weights(ts: NDArray[np.float64], t_ref: float, half_life_seconds: float) -> NDArray[np.float64]:
@@ -348,6 +352,27 @@ def expand_logs(patterns: str | Sequence[str]) -> list[str]:
     return paths
 
 
+#: Columns :func:`bandit.io.batch_from_frame` may read (besides the placement's segment fields).
+LOG_COLUMNS = ("placement", "network", "floor_cpm", "filled", "revenue_cpm", "ts", "segment", "context")
+
+
+def log_columns(paths: Sequence[str], placement: PlacementConfig) -> list[str] | None:
+    """The columns of the first local log file that learning reads (others, such as event
+    ids, are not decoded at all); None when the first path is remote (read everything)."""
+    import pyarrow.parquet as pq
+
+    first = paths[0]
+    if "://" in first:
+        return None
+    if os.path.isdir(first):
+        found = sorted(glob.glob(os.path.join(first, "**", "*.parquet"), recursive=True))
+        if not found:
+            return None
+        first = found[0]
+    wanted = {*LOG_COLUMNS, *placement.segment_by}
+    return [name for name in pq.read_schema(first).names if name in wanted]
+
+
 def partial_table(table: Any, placement: Mapping[str, Any], half_life_seconds: float) -> Any:
     """Ray Data UDF: one Arrow batch of log rows → a one-row Arrow table holding its partial
     (``.npz`` bytes), the rows read and the error, if the rows are not valid outcome events."""
@@ -405,7 +430,11 @@ def learn_statistics(
     quiet_ray_data(progress)
     start = time.perf_counter()
     compute = ray.data.TaskPoolStrategy(size=workers) if workers else None
-    dataset = ray.data.read_parquet(paths).map_batches(
+    dataset = ray.data.read_parquet(paths)
+    columns = log_columns(paths, placement)
+    if columns is not None:
+        dataset = dataset.select_columns(columns)
+    dataset = dataset.map_batches(
         partial_table,
         batch_format="pyarrow",
         batch_size=partial_rows,

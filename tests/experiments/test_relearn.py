@@ -321,6 +321,15 @@ def test_log_patterns_that_match_nothing_are_refused(tmp_path):
     assert rl.expand_logs("s3://bucket/logs/") == ["s3://bucket/logs/"]
 
 
+def test_only_the_columns_learning_needs_are_read(tmp_path):
+    _write_day(tmp_path / "day", np.random.default_rng(6), files=1, rows=10)
+    columns = rl.log_columns([str(tmp_path / "day")], PLACEMENT)
+    assert columns == ["placement", "network", "floor_cpm", "filled", "revenue_cpm", "ts", "context"]
+    by_field = PlacementConfig.from_dict("p1", {**PLACEMENT_BODY, "segment_by": ["event_id"]})
+    assert "event_id" in rl.log_columns([str(tmp_path / "day" / "part-000.parquet")], by_field)
+    assert rl.log_columns(["s3://bucket/logs/"], PLACEMENT) is None
+
+
 def test_a_hundred_thousand_events_relearn_within_seconds(tmp_path, ray_cluster):
     """Not a benchmark (benchmarks/bench_relearn.py is): a guard that the Ray path stays far
     from per-event Python work."""
