@@ -309,18 +309,20 @@ class StatsMerger:
         return keys, entries_to_dense(entries, len(keys), self.n_networks)
 
     def partial(self) -> PartialStats:
-        """The merged statistics as one compact partial at :attr:`t_ref` (its nonzero
-        entries): what a task sends on after combining its own partitions (a tree merge)."""
-        keys, entries = self._sorted_entries()
-        if not keys:
+        """The sum so far as one compact partial at :attr:`t_ref` (segments in arrival order):
+        what a task sends on after learning several partitions (a tree merge). An entry is
+        kept when its weighted count is positive: every other field is a multiple of it."""
+        if not self._rows:
             return PartialStats.empty(self.n_networks)
         n_floor = len(FLOOR_FIELDS)
-        floor, price = entries[:, :n_floor], entries[:, n_floor:]
-        floor_keys = np.flatnonzero(np.any(floor != 0.0, axis=1))
-        price_keys = np.flatnonzero(np.any(price != 0.0, axis=1))
+        entries = self._entries[: len(self._rows) * self.n_networks * N_BINS]
+        factor = shift_factor(self._anchor, self.t_ref, self.half_life_seconds)
+        floor_keys = np.flatnonzero(entries[:, 0])  # requests
+        price_keys = np.flatnonzero(entries[:, n_floor])  # fills above the floor
         return PartialStats(
-            tuple(keys), self.n_networks, self.t_ref, self.events,
-            floor_keys, floor[floor_keys], price_keys, price[price_keys],
+            tuple(self._rows), self.n_networks, self.t_ref, self.events,
+            floor_keys, entries[floor_keys, :n_floor] * factor,
+            price_keys, entries[price_keys, n_floor:] * factor,
         )  # fmt: skip
 
     def stats(self) -> SufficientStats:

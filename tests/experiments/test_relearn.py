@@ -189,11 +189,15 @@ def test_partials_merged_in_any_order_equal_one_aggregate_of_all_events(half_lif
             merger.add(partials[k])
         assert merger.events == sum(len(p) for p in parts)
         assert_same_arrays(merger.stats().state(), reference.state(), rtol=1e-12)
-    # Merged partials travel on as one compact partial (a tree merge).
-    combined = merger.partial()
-    keys, dense = merger.dense()
-    assert combined.segments == tuple(keys) and combined.t_ref == merger.t_ref
-    np.testing.assert_array_equal(rl.to_dense(combined), dense)
+    # Partials combined first (a tree merge: a task's partitions travel on as one partial).
+    tree = rl.StatsMerger(len(NETWORKS), h)
+    for group in (partials[:2], [*partials[2:], rl.PartialStats.empty(len(NETWORKS))]):
+        task = rl.StatsMerger(len(NETWORKS), h)
+        for partial in group:
+            task.add(partial)
+        tree.add(rl.decode_partial(rl.encode_partial(task.partial())))
+    assert tree.events == merger.events
+    assert_same_arrays(tree.stats().state(), reference.state(), rtol=1e-12)
 
 
 # ------------------------------------------------------------------ the Ray job
