@@ -78,8 +78,6 @@ N_ENTRY_FIELDS = len(FLOOR_FIELDS) + len(PRICE_FIELDS)
 #: Sum by bincount over the whole key range while it is at most this many times the number
 #: of events (one pass per field over a small array); beyond, sort the keys first.
 DENSE_RANGE = 4
-#: Rows per partial (one Ray Data batch): bounds a task's working memory (~100 bytes/row).
-PARTIAL_ROWS = 1_000_000
 #: Rebase the merger's anchor time once a partial is this many half-lives newer (2^64 ≪ float max).
 REBASE_HALF_LIVES = 64.0
 DEFAULT_EXPERIMENT = "adbandit-relearn"
@@ -416,13 +414,15 @@ def learn_statistics(
     *,
     address: str | None = None,
     workers: int | None = None,
-    partial_rows: int = PARTIAL_ROWS,
+    partial_rows: int | None = None,
     progress: bool = False,
 ) -> StatisticsRun:
     """Read the logs with Ray Data, compute each partition's partial in parallel (at most
-    ``workers`` tasks at a time) and merge them on the driver as they arrive. Rows of other
-    placements are skipped (as by :func:`bandit.io.batch_from_frame`); an invalid row fails
-    the job with :class:`InvalidOutcome`."""
+    ``workers`` tasks at a time) and merge them on the driver as they arrive. A partition is
+    a Ray Data block (Ray packs Parquet row groups into read tasks of at most 128 MiB), or
+    ``partial_rows`` rows of one. Rows of other placements are skipped (as by
+    :func:`bandit.io.batch_from_frame`); an invalid row fails the job with
+    :class:`InvalidOutcome`."""
     import ray
 
     from simulator.parallel import ensure_ray
@@ -431,8 +431,8 @@ def learn_statistics(
     ensure_ray(address, workers)
     quiet_ray_data(progress)
     start = time.perf_counter()
-    compute = ray.data.TaskPoolStrategy(size=workers) if workers else None
-    dataset = ray.data.read_parquet(paths)
+    # The same cap on reading and on the partials keeps them one fused task per block.
+    dataset = ray.data.read_parquet(paths, concurrency=workers)
     columns = log_columns(paths, placement)
     if columns is not None:
         dataset = dataset.select_columns(columns)
@@ -440,7 +440,7 @@ def learn_statistics(
         partial_table,
         batch_format="pyarrow",
         batch_size=partial_rows,
-        compute=compute,
+        compute=ray.data.TaskPoolStrategy(size=workers) if workers else None,
         fn_kwargs={
             "placement": {"id": placement.id, "body": placement.to_dict()},
             "half_life_seconds": half_life_seconds,
@@ -519,7 +519,7 @@ def relearn(
     address: str | None = None,
     workers: int | None = None,
     seed: int | None = None,
-    partial_rows: int = PARTIAL_ROWS,
+    partial_rows: int | None = None,
     track: bool = True,
     experiment: str = DEFAULT_EXPERIMENT,
     progress: bool = False,
@@ -589,11 +589,11 @@ def _track(
 
 def summary_lines(result: RelearnResult) -> Iterable[str]:
     m = result.metrics
+    partials = int(m["partials"])
     yield (
         f"{result.params['policy']} for {result.params['placement']}: {int(m['events']):,} events "
-        f"({int(m['rows']):,} rows, {int(m['partials'])} partials) in {int(m['segments'])} segments; "
-        f"statistics {m['seconds_statistics']:.1f} s ({m['events_per_s'] / 1e6:.2f} M events/s), "
-        f"fit {m['seconds_fit']:.1f} s"
+        f"({int(m['rows']):,} rows, {partials} partial{'s' * (partials != 1)}) in {int(m['segments'])} segments; "
+        f"statistics {m['seconds_statistics']:.1f} s ({m['events_per_s']:,.0f} events/s), fit {m['seconds_fit']:.1f} s"
     )
     yield f"state written to {result.state_path}"
     if result.run_id:
