@@ -1,6 +1,6 @@
 """Daily re-learning throughput (``experiments/relearn.py``): events/s with 1 and 2 Ray workers.
 
-    .venv/bin/python benchmarks/bench_relearn.py [--events 100_000_000] [--parquet-events 10_000_000] [--quick]
+    .venv/bin/python benchmarks/bench_relearn.py [--events N] [--parquet-events N] [--only PART] [--quick]
 
 Prints a table of figures and the machine:
 
@@ -191,19 +191,25 @@ def write_parquet(directory: Path, events: int, files: int = 10) -> None:
         ).write_parquet(directory / f"part-{k:03d}.parquet")
 
 
-def parquet_in_process(directory: Path) -> float:
+def parquet_in_process(directory: Path) -> dict[str, float]:
     """The same work without Ray: polars reads each file (the columns learning needs), then
-    batch + partial + merge."""
+    frame → validated batch (segment keys from the context), partial, merge; seconds of each."""
     from bandit.io import batch_from_frame
 
     config = placement()
     merger = rl.StatsMerger(N_NETWORKS, HALF_LIFE_S)
-    t = time.perf_counter()
+    seconds = {"read": 0.0, "batch": 0.0, "statistics": 0.0}
     for path in sorted(directory.glob("*.parquet")):
+        t0 = time.perf_counter()
         frame = pl.read_parquet(path, columns=rl.log_columns([str(path)], config))
-        merger.add(rl.partition_stats(batch_from_frame(config, frame), N_NETWORKS, HALF_LIFE_S))
-    merger.stats()
-    return merger.events / (time.perf_counter() - t)
+        t1 = time.perf_counter()
+        batch = batch_from_frame(config, frame)
+        t2 = time.perf_counter()
+        merger.add(rl.partition_stats(batch, N_NETWORKS, HALF_LIFE_S))
+        t3 = time.perf_counter()
+        for key, dt in zip(seconds, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            seconds[key] += dt
+    return {"rate": merger.events / sum(seconds.values()), **{k: v / merger.events * 1e6 for k, v in seconds.items()}}
 
 
 def parquet_on_ray(directory: Path, warmup: Path, workers: int) -> dict[str, float]:
@@ -219,28 +225,23 @@ def parquet_on_ray(directory: Path, warmup: Path, workers: int) -> dict[str, flo
     return {"seconds": run.seconds, "rate": run.events / run.seconds, "partials": run.partials, "fixed": fixed}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000_000, help="events generated on the fly")
-    parser.add_argument("--parquet-events", type=int, default=10_000_000, help="events written as Parquet")
-    parser.add_argument("--quick", action="store_true", help="10M on the fly, 2M in Parquet (a smoke run)")
-    args = parser.parse_args()
-    if args.quick:
-        args.events, args.parquet_events = 10_000_000, 2_000_000
-    rows: list[tuple[str, str, str]] = []
-    ceiling_before = available_parallelism()
-    k = kernel_rates(3 if args.quick else 10)
-    rows += [
+def kernel_rows(quick: bool) -> list[tuple[str, str, str]]:
+    k = kernel_rates(3 if quick else 10)
+    return [
         ("synthetic generator alone, one core", f"{k['generator'] / 1e6:.1f} M events/s", ""),
         ("partition kernel (`partition_stats`), one core", f"{k['kernel'] / 1e6:.1f} M events/s", "≥ 2.5 M/s"),
         ("online statistics (`SufficientStats.add`), one core", f"{k['online'] / 1e6:.1f} M events/s", ""),
     ]
-    fly = {w: on_the_fly(w, args.events) for w in (1, 2)}
+
+
+def fly_rows(events: int) -> list[tuple[str, str, str]]:
+    fly = {w: on_the_fly(w, events) for w in (1, 2)}
+    rows = []
     for w, r in fly.items():
         share = r["learning"] / (r["learning"] + r["generating"])
         rows.append(
             (
-                f"{args.events / 1e6:.0f}M events generated on the fly, {w} worker{'s' * (w > 1)}",
+                f"{events / 1e6:.0f}M events generated on the fly, {w} worker{'s' * (w > 1)}",
                 f"{r['rate'] / 1e6:.1f} M events/s ({r['seconds']:.1f} s; statistics {share:.0%} of task time)",
                 "≥ 5 M/s" if w == 2 else "",
             )
@@ -249,23 +250,29 @@ def main() -> None:
     rows.append(
         (
             "on the fly, statistics alone (events per second of a task's time in `partition_stats` + merge)",
-            f"{args.events / fly[2]['learning'] / 1e6:.1f} M events/s per worker",
+            f"{events / fly[2]['learning'] / 1e6:.1f} M events/s per worker",
             "≥ 2.5 M/s",
         )
     )
+    return rows
+
+
+def parquet_rows(events: int) -> list[tuple[str, str, str]]:
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         logs, warm = Path(tmp) / "logs", Path(tmp) / "warm"
         logs.mkdir()
         warm.mkdir()
-        write_parquet(logs, args.parquet_events)
+        write_parquet(logs, events)
         write_parquet(warm, 20_000, files=2)
         size = sum(p.stat().st_size for p in logs.glob("*.parquet"))
         local = parquet_in_process(logs)
         rows.append(
             (
-                f"Parquet, {args.parquet_events / 1e6:.0f}M events ({size / 2**20:.0f} MiB, 10 files), "
+                f"Parquet, {events / 1e6:.0f}M events ({size / 2**20:.0f} MiB, 10 files), "
                 "in process without Ray, one core",
-                f"{local / 1e6:.2f} M events/s",
+                f"{local['rate'] / 1e6:.2f} M events/s (per 1M events: read {local['read']:.2f} s, frame → batch "
+                f"{local['batch']:.2f} s, statistics + merge {local['statistics']:.2f} s)",
                 "",
             )
         )
@@ -280,6 +287,28 @@ def main() -> None:
                 )
             )
         rows.append(("Parquet, speed-up 1 → 2 workers", f"{parquet[2]['rate'] / parquet[1]['rate']:.2f}×", ""))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000_000, help="events generated on the fly")
+    parser.add_argument("--parquet-events", type=int, default=10_000_000, help="events written as Parquet")
+    parser.add_argument("--quick", action="store_true", help="10M on the fly, 2M in Parquet (a smoke run)")
+    parser.add_argument(
+        "--only", choices=("kernel", "fly", "parquet"), default=None, help="one part (e.g. to rerun it when quiet)"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.parquet_events = 10_000_000, 2_000_000
+    ceiling_before = available_parallelism()
+    rows: list[tuple[str, str, str]] = []
+    if args.only in (None, "kernel"):
+        rows += kernel_rows(args.quick)
+    if args.only in (None, "fly"):
+        rows += fly_rows(args.events)
+    if args.only in (None, "parquet"):
+        rows += parquet_rows(args.parquet_events)
     print(f"workload: {N_SEGMENTS:,} segments × {N_NETWORKS} networks, half-life 48 h, chunks of {CHUNK:,} events")
     for fact in machine_facts():
         print(fact)

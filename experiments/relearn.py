@@ -77,7 +77,7 @@ PRICE_FIELDS = (PRICE, PRICE_LOGP)
 N_ENTRY_FIELDS = len(FLOOR_FIELDS) + len(PRICE_FIELDS)
 #: Sum by bincount over the whole key range while it is at most this many times the number
 #: of events (one pass per field over a small array); beyond, sort the keys first.
-DENSE_RANGE = 4
+DENSE_RANGE = 8
 #: Rebase the merger's anchor time once a partial is this many half-lives newer (2^64 ≪ float max).
 REBASE_HALF_LIVES = 64.0
 DEFAULT_EXPERIMENT = "adbandit-relearn"
