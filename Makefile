@@ -36,6 +36,7 @@ bench-all: $(STAMP)
 	$(PY) benchmarks/bench_simulator.py
 	$(PY) benchmarks/bench_store.py
 	$(PY) benchmarks/bench_service.py
+	$(PY) benchmarks/bench_relearn.py
 
 report: $(STAMP)
 	$(PY) -m experiments.report --seeds 10 --out docs/figures.md --plots docs/figures

@@ -1,4 +1,4 @@
-"""``adbandit simulate | ab | ope | tune | promote``: the experiment commands.
+"""``adbandit simulate | ab | ope | relearn | tune | promote``: the experiment commands.
 
 :func:`register` adds them to the ``adbandit`` parser (``serving/cli.py``). Each handler
 returns the exit code; domain errors print one line to stderr and exit with 2.
@@ -46,7 +46,7 @@ def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``simulate``, ``ab``, ``ope``, ``tune`` and ``promote`` to the ``adbandit`` parser."""
+    """Add ``simulate``, ``ab``, ``ope``, ``relearn``, ``tune`` and ``promote`` to the ``adbandit`` parser."""
     sim = subparsers.add_parser(
         "simulate",
         help="simulate a policy on a scenario over seeds (Ray), tracked in MLflow",
@@ -128,6 +128,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ope.add_argument("--estimators", type=_csv, default=None, help="comma-separated estimators (default: all)")
     ope.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ope.set_defaults(func=_guard(ope_command))
+
+    relearn = subparsers.add_parser(
+        "relearn",
+        help="re-learn a placement's policy from a day of Parquet logs on Ray, tracked in MLflow",
+        description="Read partitioned Parquet outcome logs (or the service's archive, "
+        "state/outcomes/*.parquet) with Ray Data, compute the additive statistics of every "
+        "partition in parallel, merge them, fit the policy once and write its state (.npz), "
+        "loadable by the service and logged as an MLflow run that `adbandit promote` registers. "
+        "The result equals learning all the events in one batch in one process. Rows of other "
+        "placements are skipped; an invalid row fails the job, naming it.",
+    )
+    relearn.add_argument(
+        "--logs", nargs="+", required=True, metavar="GLOB", help="Parquet files, globs or directories (or s3://…)"
+    )
+    relearn.add_argument("--placement", type=Path, required=True, help="placement JSON (the PUT body)")
+    relearn.add_argument("--placement-id", default=None, help="placement id (default: the file's stem)")
+    relearn_policy = relearn.add_mutually_exclusive_group()
+    relearn_policy.add_argument("--policy", default="ts_gmm", help="policy name (default ts_gmm)")
+    relearn_policy.add_argument("--config", type=Path, help="policy config JSON (as written by tune --out)")
+    relearn.add_argument("--seed", type=int, default=None, help="seed of the policy's draws (default: fresh)")
+    relearn.add_argument("--out", type=Path, default=None, help="state file (default relearned-<placement>.npz)")
+    relearn.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    relearn.add_argument(
+        "--workers", type=_positive, default=None, help="parallel tasks (default: every CPU of the local Ray/cluster)"
+    )
+    relearn.add_argument(
+        "--experiment", default="adbandit-relearn", help="MLflow experiment (default adbandit-relearn)"
+    )
+    relearn.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    relearn.set_defaults(func=_guard(relearn_command))
 
     tune = subparsers.add_parser(
         "tune",
@@ -214,8 +244,8 @@ def ab_command(args: argparse.Namespace) -> int:
 
 
 def _candidate(args: argparse.Namespace) -> Any:
-    from bandit import InvalidConfig, PlacementConfig, load_state, policy_from_state
-    from experiments.config import PolicyConfig, read_policy_config
+    from bandit import InvalidConfig, load_state, policy_from_state
+    from experiments.config import PolicyConfig, read_placement, read_policy_config
 
     if args.state:
         return policy_from_state(load_state(args.state))
@@ -224,11 +254,7 @@ def _candidate(args: argparse.Namespace) -> Any:
 
         placement = load_scenario(args.scenario).placement()
     elif args.placement:
-        try:
-            body = json.loads(args.placement.read_text())
-        except (OSError, ValueError) as exc:
-            raise InvalidConfig(f"cannot read placement {str(args.placement)!r}: {exc}") from None
-        placement = PlacementConfig.from_dict(args.placement_id or args.placement.stem, body)
+        placement = read_placement(args.placement, args.placement_id)
     else:
         raise InvalidConfig("--policy/--config need the placement: give --placement FILE or --scenario NAME")
     config = read_policy_config(args.config) if args.config else PolicyConfig(args.policy)
@@ -271,6 +297,29 @@ def ope_command(args: argparse.Namespace) -> int:
     print(f"candidate mass without logged support {first.unsupported:.1%}")
     for note in notes:
         print(f"WARNING: {note}")
+    return 0
+
+
+def relearn_command(args: argparse.Namespace) -> int:
+    from experiments.config import PolicyConfig, read_placement, read_policy_config
+    from experiments.relearn import relearn, summary_lines
+
+    placement = read_placement(args.placement, args.placement_id)
+    config = read_policy_config(args.config) if args.config else PolicyConfig(args.policy)
+    result = relearn(
+        args.logs,
+        placement,
+        config,
+        out=args.out or Path(f"relearned-{placement.id}.npz"),
+        address=args.address,
+        workers=args.workers,
+        seed=args.seed,
+        track=not args.no_track,
+        experiment=args.experiment,
+        progress=sys.stderr.isatty(),
+    )
+    for line in summary_lines(result):
+        print(line)
     return 0
 
 

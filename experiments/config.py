@@ -77,6 +77,17 @@ def write_policy_config(path: str | os.PathLike, config: PolicyConfig, **extra: 
     Path(path).write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
 
 
+def read_placement(path: str | os.PathLike, placement_id: str | None = None) -> PlacementConfig:
+    """A placement from a JSON file holding its ``PUT /v1/placements/{id}`` body; the id is
+    ``placement_id`` or the file's stem (``p1.json`` → ``p1``)."""
+    path = Path(path)
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidConfig(f"cannot read placement {str(path)!r}: {exc}") from None
+    return PlacementConfig.from_dict(placement_id or path.stem, body)
+
+
 def policy_from_file(path: str | os.PathLike, placement: PlacementConfig, *, seed: int | None = None) -> Policy:
     """The policy configured by a JSON file (as written by ``adbandit tune --out``)."""
     return read_policy_config(path).build(placement, seed=seed)

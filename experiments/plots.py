@@ -1,7 +1,9 @@
-"""PNG figures of simulation trajectories (matplotlib, Agg backend: no display needed).
+"""PNG figures of simulation trajectories and learned allocations (matplotlib, Agg backend:
+no display needed).
 
-Every function takes trajectories as returned by :func:`simulator.runner.run` (one polars
-frame per seed, same schedule) and returns a matplotlib Figure; the caller saves or logs it.
+The trajectory functions take trajectories as returned by :func:`simulator.runner.run` (one
+polars frame per seed, same schedule); :func:`allocation_by_segment` takes a policy. Each
+returns a matplotlib Figure; the caller saves or logs it.
 """
 
 from __future__ import annotations
@@ -131,3 +133,32 @@ def compare_capture(trajectories: Mapping[str, Sequence[pl.DataFrame]], title: s
         caps = np.array([t["capture"].to_numpy()[:length] for t in ts], dtype=float)
         ax.plot(_x(ts[0])[:length], np.nanmean(caps, axis=0), label=arm)
     return _capture_axes(fig, ax, title or "capture by arm")
+
+
+def allocation_by_segment(policy: Any, top: int = 20, title: str = "") -> Any:
+    """Weights (stacked bars) and floors (points, log scale) per network of the ``top``
+    segments with the most (discounted) events, the placement level ``*`` first."""
+    from bandit import ALL_SEGMENTS
+
+    allocations = [policy.allocation(s) for s in policy.segments]
+    allocations.sort(key=lambda a: -a.effective_events)
+    shown = [policy.allocation(ALL_SEGMENTS), *allocations[:top]]
+    labels = [a.segment for a in shown]
+    x = np.arange(len(shown))
+    fig, (top_ax, bottom_ax) = plt.subplots(2, 1, figsize=(_FIGSIZE[0], 1.5 * _FIGSIZE[1]), sharex=True)
+    bottom = np.zeros(len(shown))
+    for j, net in enumerate(policy.placement.network_ids):
+        weights = np.array([a.networks[j].weight for a in shown])
+        top_ax.bar(x, weights, bottom=bottom, label=net)
+        bottom += weights
+        floors = np.array([a.networks[j].floor_cpm for a in shown])
+        bottom_ax.plot(x, np.maximum(floors, 1e-3), "o", label=net)
+    top_ax.set_ylabel("exposure weight")
+    top_ax.set_title(title or f"{policy.name} allocation by segment ({policy.model_version})")
+    top_ax.legend(fontsize="small", ncol=4)
+    bottom_ax.set_yscale("log")
+    bottom_ax.set_ylabel("floor (CPM)")
+    bottom_ax.set_xticks(x, labels, rotation=60, ha="right", fontsize="small")
+    bottom_ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,5 +1,5 @@
 """The ``adbandit`` command line. Each package registers its own subcommands:
-``serve`` and ``ingest`` here (serving), ``simulate``, ``ab``, ``ope``, ``tune`` and
+``serve``, ``ingest`` and ``store`` here (serving), ``simulate``, ``ab``, ``ope``, ``relearn``, ``tune`` and
 ``promote`` in :mod:`experiments.cli`."""
 
 from __future__ import annotations

@@ -8,6 +8,11 @@ bucket is dropped once all of it is older than the window, so an id is remembere
 least ``window`` seconds and at most one bucket longer; with the 7-day default, buckets
 are days.
 
+The outcome archive (:mod:`serving.archive`) keeps only the hash of each event. An archived
+row ingested again gets the id ``archived:<the hash as 16 hex digits>``
+(:func:`archived_event_id`), whose hash is that very hash: it is the same event, a
+duplicate wherever the original is still remembered, and archived again under its own hash.
+
 Each bucket holds sorted ``uint64`` runs merged like a binary counter (a new run is
 merged with the previous one while it is at least half its size), so a bucket has
 ``O(log n)`` runs, a batch look-up is a few vectorised ``searchsorted`` calls and memory
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,10 +34,26 @@ from bandit.errors import InvalidState
 DAY_SECONDS = 86400.0
 
 
+#: Prefix of the ids of archived events: ``archived:`` + the event hash as 16 lowercase hex digits.
+ARCHIVED_ID_PREFIX = "archived:"
+_ARCHIVED_ID = re.compile(r"archived:[0-9a-f]{16}")
+
+
+def archived_event_id(event_hash: int) -> str:
+    """The event id of an archived event (the archive keeps only its 64-bit hash)."""
+    return f"{ARCHIVED_ID_PREFIX}{int(event_hash):016x}"
+
+
 def event_hashes(event_ids: Sequence[str]) -> NDArray[np.uint64]:
-    """64-bit blake2b hashes of event ids, shape [n]."""
+    """64-bit hashes of event ids, shape [n]: blake2b, except that an archived event's id
+    (:func:`archived_event_id`) is its original hash."""
     blake = hashlib.blake2b
-    raw = b"".join(blake(e.encode(), digest_size=8).digest() for e in event_ids)
+    raw = b"".join(
+        int(e[len(ARCHIVED_ID_PREFIX) :], 16).to_bytes(8, "little")
+        if e.startswith(ARCHIVED_ID_PREFIX) and _ARCHIVED_ID.fullmatch(e)
+        else blake(e.encode(), digest_size=8).digest()
+        for e in event_ids
+    )
     return np.frombuffer(raw, dtype="<u8").astype(np.uint64)
 
 

@@ -6,19 +6,30 @@ Rows go in batches through the same validation and de-duplication as ``POST
 (the service must not be running on it: the directory is locked), or as JSON arrays
 POSTed to ``URL/v1/outcomes``. Re-running an ingest is safe: repeated ``event_id`` s
 count as duplicates.
+
+The service's own outcome archive (``state/outcomes/*.parquet``, :mod:`serving.archive`) is
+valid input too. Its rows keep the event's hash instead of its id and the segment key
+instead of the context; each becomes an outcome event with the id
+:func:`~serving.dedupe.archived_event_id` (which de-duplicates as the original event) and
+the context read back from the segment key by the placement's ``segment_by`` fields. The
+archive does not keep decision ids, so these events are learned by the champion, without
+propensities.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from bandit import read_events
-from bandit.errors import AdbanditError, InvalidConfig
+from bandit.errors import AdbanditError, InvalidConfig, UnknownPlacement
+from serving.dedupe import archived_event_id
 from serving.limits import Limits
 from serving.store import IngestResult, PolicyStore
+from serving.validation import OUTCOME_FIELDS
 
 #: Events per ``ingest`` call or POST.
 BATCH_SIZE = 5000
@@ -51,6 +62,39 @@ def _drop_nulls(row: dict) -> dict:
             value = {k: v for k, v in value.items() if v is not None}
         out[key] = value
     return out
+
+
+def is_archived(row: Mapping[str, Any]) -> bool:
+    """A row of the service's outcome archive (it has the event's hash, not its id)."""
+    return "event_id" not in row and "event_hash" in row
+
+
+def archived_event(row: Mapping[str, Any], segment_by: Sequence[str] | None) -> dict:
+    """An archive row as an outcome event: its id from its hash, its context from its segment
+    key split into the placement's ``segment_by`` fields (none when they do not match, or the
+    placement is unknown), and only the fields of the HTTP contract."""
+    event = {k: row[k] for k in OUTCOME_FIELDS if k in row}
+    event["event_id"] = archived_event_id(row["event_hash"])
+    values = str(row.get("segment", "")).split("|")
+    if segment_by and len(values) == len(segment_by):
+        event["context"] = dict(zip(segment_by, values, strict=True))
+    return event
+
+
+def contract_events(rows: list[dict], segment_by: Callable[[str], Sequence[str] | None]) -> list[dict]:
+    """Rows as outcome events: archive rows converted (:func:`archived_event`), others as they are."""
+    return [archived_event(r, segment_by(str(r.get("placement")))) if is_archived(r) else r for r in rows]
+
+
+def _cached(lookup: Callable[[str], Sequence[str] | None]) -> Callable[[str], Sequence[str] | None]:
+    seen: dict[str, Sequence[str] | None] = {}
+
+    def cached(placement: str) -> Sequence[str] | None:
+        if placement not in seen:
+            seen[placement] = lookup(placement)
+        return seen[placement]
+
+    return cached
 
 
 def _merge(total: IngestResult, part: IngestResult, offset: int) -> IngestResult:
@@ -92,8 +136,16 @@ def ingest_files(
     offset = 0
     if state_dir is not None:
         with PolicyStore(state_dir, decision_key=decision_key, limits=limits) as store:
+
+            def store_segment_by(placement: str) -> Sequence[str] | None:
+                try:
+                    return store.get_placement(placement).segment_by
+                except UnknownPlacement:
+                    return None  # the store rejects these events, naming the placement
+
+            segment_by = _cached(store_segment_by)
             for batch in event_batches(frame, batch_size):
-                total = _merge(total, store.ingest(batch), offset)
+                total = _merge(total, store.ingest(contract_events(batch, segment_by)), offset)
                 offset += len(batch)
         return total
     import httpx
@@ -106,15 +158,33 @@ def ingest_files(
     own = client is None
     if own:
         client = httpx.Client(timeout=timeout_s)
+    segment_by = _cached(lambda placement: _service_segment_by(client, base, placement, headers))
     try:
         for batch in event_batches(frame, batch_size):
-            body = orjson.dumps(batch, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
+            events = contract_events(batch, segment_by)
+            body = orjson.dumps(events, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
             total = _merge(total, _post(client, f"{base}/v1/outcomes", body, headers), offset)
             offset += len(batch)
     finally:
         if own:
             client.close()
     return total
+
+
+def _service_segment_by(client: Any, base: str, placement: str, headers: dict[str, str]) -> Sequence[str] | None:
+    """The ``segment_by`` fields of a placement of the service (None if it has no such placement)."""
+    import httpx
+
+    url = f"{base}/v1/placements/{quote(placement, safe='')}"
+    try:
+        response = client.get(url, headers={k: v for k, v in headers.items() if k == "Authorization"})
+    except httpx.TransportError as exc:
+        raise IngestFailed(f"service unreachable at {url}: {exc}") from None
+    if response.status_code == 404:
+        return None
+    if response.status_code >= 300:
+        raise IngestFailed(f"GET /v1/placements/{placement} answered {response.status_code}: {response.text[:500]}")
+    return list(response.json().get("segment_by") or [])
 
 
 def _post(client: Any, url: str, body: bytes, headers: dict[str, str]) -> IngestResult:

@@ -1,10 +1,13 @@
 """The outcome archive: every learned event once, with its decision's propensities, usable
-for off-policy evaluation straight from the service's state directory."""
+for off-policy evaluation straight from the service's state directory, and as input to
+``adbandit ingest`` (re-learning from it is tested in ``tests/experiments/test_relearn.py``)."""
 
 from __future__ import annotations
 
+import json
 import math
 
+import httpx
 import numpy as np
 import polars as pl
 import pytest
@@ -12,7 +15,10 @@ import pytest
 from bandit import make_policy
 from experiments.ope import LoggedDecisions, evaluate
 from serving.decision_ids import DecisionSigner
-from tests.serving.test_store import crash_copy, events, open_store, placement
+from serving.dedupe import event_hashes
+from serving.ingest import ingest_files
+from serving.validation import OUTCOME_FIELDS
+from tests.serving.test_store import crash_copy, events, open_store, placement, stats
 
 
 def _archive(state_dir) -> pl.DataFrame:
@@ -109,3 +115,70 @@ def test_decision_ids_carry_propensities_to_four_significant_digits(p):
 def test_foreign_decision_ids_have_unknown_propensities(decision_id):
     v = DecisionSigner(b"k" * 32).verify(decision_id, "p1", "alpha", 1.0)
     assert not v.ok and all(math.isnan(x) for x in (v.propensity, v.floor_propensity, v.floor_density))
+
+
+# ------------------------------------------------------------------ the archive as input
+def _archived_store(path, n: int = 300):
+    """A store that learned ``n`` events and archived them; returns (its stats, the archive parts)."""
+    store = open_store(path)
+    store.put_placement(placement())
+    rng = np.random.default_rng(7)
+    store.ingest(events(rng, n // 2, 0))
+    store.ingest(events(rng, n - n // 2, n // 2))
+    store.snapshot()
+    learned = stats(store)
+    store.close()
+    return learned, sorted((path / "outcomes").glob("*.parquet"))
+
+
+def test_the_service_archive_ingests_into_a_new_state_dir_as_the_same_events(tmp_path):
+    """The archive keeps hashes, not event ids, and segment keys, not contexts: ingested again,
+    every row is accepted, learned into the same segments, and de-duplicated as the original
+    event (in the new store on a re-run, and in the store that archived it)."""
+    learned, parts = _archived_store(tmp_path / "live")
+    assert parts and "event_id" not in pl.read_parquet(parts[0]).columns
+    fresh = open_store(tmp_path / "fresh")
+    fresh.put_placement(placement())
+    fresh.close()
+    result = ingest_files(parts, state_dir=tmp_path / "fresh", batch_size=70)
+    assert (result.accepted, result.duplicates, result.rejected) == (300, 0, [])
+    again = ingest_files(parts, state_dir=tmp_path / "fresh")
+    assert (again.accepted, again.duplicates) == (0, 300)
+    original = ingest_files(parts, state_dir=tmp_path / "live")
+    assert (original.accepted, original.duplicates) == (0, 300)
+    store = open_store(tmp_path / "fresh")
+    relearned = stats(store)
+    store.snapshot()
+    rearchived = _archive(tmp_path / "fresh")
+    store.close()
+    np.testing.assert_array_equal(relearned["stats_segments"], learned["stats_segments"])
+    np.testing.assert_allclose(relearned["stats_data"], learned["stats_data"], rtol=1e-12, atol=1e-9)
+    first = _archive(tmp_path / "live")
+    np.testing.assert_array_equal(rearchived["event_hash"].to_numpy(), first["event_hash"].to_numpy())
+    np.testing.assert_array_equal(rearchived["segment"].to_numpy(), first["segment"].to_numpy())
+
+
+def test_the_service_archive_posts_to_a_service_as_contract_events(tmp_path):
+    _, parts = _archived_store(tmp_path / "live", n=40)
+    posted: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            assert request.url.path == "/v1/placements/p1"
+            return httpx.Response(200, json={"placement": "p1", "segment_by": ["country", "os"], "networks": []})
+        body = json.loads(request.content)
+        posted.extend(body)
+        return httpx.Response(200, json={"accepted": len(body), "duplicates": 0, "rejected": []})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    result = ingest_files(parts, url="http://svc:1", client=client)
+    assert result.accepted == 40 and len(posted) == 40
+    archive = _archive(tmp_path / "live")
+    for event, row in zip(posted, archive.iter_rows(named=True), strict=True):
+        assert set(event) <= OUTCOME_FIELDS and "event_hash" not in event
+        assert event["event_id"] == f"archived:{row['event_hash']:016x}"
+        assert event_hashes([event["event_id"]])[0] == row["event_hash"]
+        assert placement().segment_of(event["context"]) == row["segment"]
+    # Ids that only look archived hash as ordinary ids.
+    assert event_hashes(["archived:0123456789ABCDEF"])[0] != 0x0123456789ABCDEF
+    assert event_hashes(["archived:0123456789abcdef"])[0] == 0x0123456789ABCDEF
