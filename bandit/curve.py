@@ -175,11 +175,19 @@ def curve_posterior(
     return CurvePosterior(grid, evidence, gain, chol)
 
 
+#: Relative gap below which two grid values of a curve count as tied.
+TIE_RTOL = 1e-9
+
+
 def best_on_grid(grid: NDArray[np.float64], curves: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
     """Each curve's [M, G] maximising log floor and its value ([M] each), refined between grid
     points by the vertex of the parabola through the best point and its neighbours."""
     m, g = curves.shape
-    j = np.argmax(curves, axis=1)
+    # Ties within float noise (a flat curve: floors below every bid earn the same) go to the
+    # highest floor, so statistics equal up to float error give the same best floor.
+    top = curves.max(axis=1, keepdims=True)
+    near = curves >= top - TIE_RTOL * np.maximum(np.abs(top), 1e-12)
+    j = g - 1 - np.argmax(near[:, ::-1], axis=1)
     rows = np.arange(m)
     best_x, best_v = grid[j].copy(), curves[rows, j].copy()
     if g < 3:

@@ -86,9 +86,12 @@ DEFAULT_REL_VAR = 1.0
 #: Largest prior strength, in pseudo-requests, and largest level shift, in log price.
 MAX_STRENGTH = 1e4
 MAX_SHIFT = 4.0
-#: Iterations (one backfitting sweep and one step for each variance) and their convergence
-#: tolerance: on every prediction (log level) and on log(τ² + its variance).
-MAX_ITER = 50
+#: Iterations (one backfitting sweep and one step for each variance), always all of them:
+#: a convergence test would make the fit a discontinuous function of the statistics, so
+#: statistics equal up to float error (merged from workers, or learned in another order)
+#: could stop at different sweeps and give visibly different priors. ``TOL`` is what the
+#: fit reports as converged (``moved`` below it at the last sweep).
+MAX_ITER = 12
 TOL = 5e-3
 
 
@@ -158,7 +161,8 @@ class AdditiveFit:
     field_var: NDArray[np.float64]
     intercept: NDArray[np.float64]
     effects: tuple[NDArray[np.float64], ...]
-    iterations: int
+    #: How far predictions or log(τ² + p) moved in the last sweep (below ``TOL``: converged).
+    last_change: float
 
 
 def _sums(index: NDArray[np.int64], size: int, *weights: NDArray[np.float64]) -> list[NDArray[np.float64]]:
@@ -182,7 +186,8 @@ def fit_additive(
     Iterations run over the fitted segments only: one backfitting sweep (intercept, then
     each field; each step also gives its component's leave-one-out term), the evidence step
     of each σ_f² and one step of the likelihood equation for τ²; they stop when no
-    prediction and no log(τ² + p) moves by ``TOL``. A last pass predicts every segment.
+    prediction and no log(τ² + p) moves by ``TOL`` — run ``MAX_ITER`` times (see there). A
+    last pass predicts every segment.
     """
     s_count, n = y.shape
     w_in = in_fit.astype(np.float64)
@@ -208,8 +213,8 @@ def fit_additive(
     resid = yr - mu  # y − μ − Σ_f part_f
     mu_prec = 1.0 / INTERCEPT_SD_PRIOR**2
     last_mean, last_spread = np.full((len(rows), n), np.inf), np.full((len(rows), n), np.inf)
-    iterations = 0
-    for iterations in range(1, MAX_ITER + 1):  # noqa: B007 - reported
+    moved = np.inf
+    for _ in range(MAX_ITER):
         w = wr_in / (vr + tau2)
         # An inactive (field, network) has an infinite ridge: no effect, no variance.
         pens = np.where(active, 1.0 / field_var, np.inf)
@@ -246,16 +251,14 @@ def fit_additive(
         excess = (yr - mean) ** 2 - vr - var
         a0 = 1.0 / tau2**2
         new_tau2 = np.maximum(((a * excess).sum(axis=0) + a0 * TAU_PRIOR**2) / (a.sum(axis=0) + a0), MIN_VARIANCE)
-        # Converged when what the fit is for no longer moves: each prediction (log level)
-        # and its strength's denominator τ² + p (relative), to TOL.
+        # What the fit is for: each prediction (log level) and its strength's denominator
+        # τ² + p (relative); how far they moved in the last sweep is reported.
         spread = np.log(var + new_tau2)
         moved = max(
             float(np.max(np.abs(mean - last_mean), initial=0.0)),
             float(np.max(np.abs(spread - last_spread), initial=0.0)),
         )
         tau2, field_var, last_mean, last_spread = new_tau2, new_field_var, mean, spread
-        if moved < TOL:
-            break
     # Every segment's prediction from the final fit (leaving its own term out where it is in the fit).
     w = w_in / (v + tau2)
     pens = np.where(active, 1.0 / field_var, np.inf)
@@ -275,7 +278,7 @@ def fit_additive(
         inv = 1.0 / (weight[c] - w + pens[k])
         mean += (wsum[c] - wp) * inv
         var += inv
-    return AdditiveFit(mean, var, tau2, fields, field_var, mu, tuple(effects), iterations)
+    return AdditiveFit(mean, var, tau2, fields, field_var, mu, tuple(effects), moved)
 
 
 # ------------------------------------------------------------------------------ target

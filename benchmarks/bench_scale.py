@@ -80,7 +80,7 @@ def part_statistics(table: Table, n_segments: int, events_per_cell: int) -> None
     t = time.perf_counter()
     pool = SegmentPool.fit_stats(stats, 3)  # reads stats.totals()
     table.add(
-        f"per-refresh pass over all cells (totals + segment pooling model, {pool.fit.iterations} iterations) [ms]",
+        f"per-refresh pass over all cells (totals + pooling model; last sweep {pool.fit.last_change:.0e}) [ms]",
         f"{(time.perf_counter() - t) * 1e3:.1f}",
     )
     batch = market_batch(rng, keys[:1800], 2000, T0 + 86_400.0, 60.0)

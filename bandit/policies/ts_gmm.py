@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -304,7 +305,9 @@ class ThompsonGmmPolicy(Policy):
         self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0)
         self._levels = CellArrays(HOURS_PER_DAY)  # log hour-of-day levels per statistics cell
         self._batch_span = 0.0  # seconds of event time the last batch covered
-        self._fit_rng = np.random.default_rng(None if seed is None else [seed, 1])
+        # Each cell's refits draw from their own generator (see _cell_rng), so a cell's draws do
+        # not depend on which cells were refit before it, or in what order.
+        self._fit_base = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
         self._z: dict[tuple[int, int], NDArray[np.float64]] = {}
         self._doubts = self.model_doubt * DOUBT_STEPS
         self._grids = [floor_grid(n.floor_min_cpm, n.floor_max_cpm) for n in placement.networks]
@@ -561,8 +564,9 @@ class ThompsonGmmPolicy(Policy):
         self._fits[(segment, network)] = mle
         # Parametric uncertainty: Bayesian-bootstrap refits of the mixture (a randomised prior
         # keeps them apart while data are few).
-        boot = data.reweighted(self._fit_rng, BOOTSTRAP_DRAWS)
-        boot_prior = self._prior(network, BOOTSTRAP_DRAWS, self._fit_rng)
+        rng = self._cell_rng(segment, network)
+        boot = data.reweighted(rng, BOOTSTRAP_DRAWS)
+        boot_prior = self._prior(network, BOOTSTRAP_DRAWS, rng)
         draws = fit(boot, mle.repeat(BOOTSTRAP_DRAWS), boot_prior, max_iter=BOOTSTRAP_EM_STEPS)
         # Misfit: the mixture curves are the prior means of a GP correction from binned revenue.
         grid = self._grids[network]
@@ -576,7 +580,7 @@ class ThompsonGmmPolicy(Policy):
             response = shading_posterior(stats, model)
             model = ResponsiveCurve(model, RESPONSE_SHADINGS[[int(np.argmax(response))]])
             boot_curves = ResponsiveCurve(
-                boot_curves, self._fit_rng.choice(RESPONSE_SHADINGS, BOOTSTRAP_DRAWS, p=response)
+                boot_curves, rng.choice(RESPONSE_SHADINGS, BOOTSTRAP_DRAWS, p=response)
             )
         prior_grid = model.revenue(grid[None, :])[0]
         prior_at = model.revenue(evidence.log_floor[None, :])[0]
@@ -604,6 +608,13 @@ class ThompsonGmmPolicy(Policy):
             z = self._normals(network, len(grid))[:, 0]
             best_value = best_value + math.sqrt(se**2 - spread**2) * (z - z.mean()) / max(z.std(), 1e-12)
         return NetworkDraws(best_x, best_value, model, second, confidence)
+
+    def _cell_rng(self, segment: str, network: int) -> np.random.Generator:
+        """The generator of one cell's bootstrap refits: fixed per (policy seed, segment,
+        network), the same random numbers at every refit (like the fixed curve normals), and
+        independent of the order in which cells are refit — so a policy that learned events
+        in one process and one that merged them from workers refit every cell alike."""
+        return np.random.default_rng([self._fit_base, zlib.crc32(segment.encode()), network, 1])
 
     def _normals(self, network: int, size: int) -> NDArray[np.float64]:
         """Fixed standard normals [M, G] of one network (common random numbers across refreshes)."""
@@ -705,7 +716,7 @@ class ThompsonGmmPolicy(Policy):
             "refit_values": np.array(list(self._values.values()), dtype=np.float32).reshape(-1, m, n_net),
             "gmm_segments": np.array(keys, dtype=np.str_),
             "gmm_params": packed,
-            "gmm_fit_rng": np.array(json.dumps(self._fit_rng.bit_generator.state)),
+            "gmm_fit_base": np.array(self._fit_base, dtype=np.uint64),
             "drift_meta": np.array(json.dumps({"changes_detected": self.changes_detected})),
             **dict(zip(("drift_cells", "drift_cusum"), self._cusum.state(), strict=True)),
             **{f"recent_{k}": v for k, v in self._recent.state().items()},
@@ -754,4 +765,5 @@ class ThompsonGmmPolicy(Policy):
             self._batch_span = float(state["level_batch_span"])
         if "recent_stats_segments" in state:
             self._recent = SufficientStats.from_state({k[7:]: v for k, v in state.items() if k.startswith("recent_")})
-        self._fit_rng.bit_generator.state = json.loads(str(state["gmm_fit_rng"]))
+        if "gmm_fit_base" in state:
+            self._fit_base = int(state["gmm_fit_base"])
