@@ -446,6 +446,9 @@ def learn_statistics(
             "half_life_seconds": half_life_seconds,
         },
     )
+    # Partials merged in the order of the files and their blocks, not of arrival: the same
+    # logs then give bit-for-bit the same statistics (float sums depend on their order).
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     merger = StatsMerger(len(placement.networks), half_life_seconds)
     rows = 0
     for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -610,11 +610,12 @@ class ThompsonGmmPolicy(Policy):
         return NetworkDraws(best_x, best_value, model, second, confidence)
 
     def _cell_rng(self, segment: str, network: int) -> np.random.Generator:
-        """The generator of one cell's bootstrap refits: fixed per (policy seed, segment,
-        network), the same random numbers at every refit (like the fixed curve normals), and
-        independent of the order in which cells are refit — so a policy that learned events
-        in one process and one that merged them from workers refit every cell alike."""
-        return np.random.default_rng([self._fit_base, zlib.crc32(segment.encode()), network, 1])
+        """The generator of one cell's bootstrap refit: seeded by the policy seed, the segment,
+        the network and the newest event time learned — fresh numbers at each refit, and
+        independent of the order in which cells are refit, so a policy that learned events in
+        one process and one that merged them from workers refit every cell alike."""
+        t = int(self.stats.t_ref) if math.isfinite(self.stats.t_ref) else 0
+        return np.random.default_rng([self._fit_base, zlib.crc32(segment.encode()), network, t])
 
     def _normals(self, network: int, size: int) -> NDArray[np.float64]:
         """Fixed standard normals [M, G] of one network (common random numbers across refreshes)."""
