@@ -14,9 +14,8 @@ Prints a table of figures and the machine:
   on 2 cores;
 * **Parquet, Ray Data**: ``--parquet-events`` (default 10M) events written as 10 Parquet files
   in the HTTP contract's columns (context as a struct, as the ad server logs them), then
-  ``learn_statistics`` (read, segment keys, validation, partials, merge) with 1 and 2 workers
-  (read tasks of 32 MiB, so that 10M events split as a larger day does), and the same work in
-  one process without Ray for reference.
+  ``learn_statistics`` (read, segment keys, validation, partials, merge; one read task per
+  file) with 1 and 2 workers, and the same work in one process without Ray for reference.
 
 A final check says how much faster two CPU-bound processes run than one after the other right
 now (2.0 on two idle cores): the ceiling of any 2-worker speed-up while others use the machine.
@@ -30,9 +29,6 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS"):
     os.environ[_var] = "1"
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-# Ray Data packs Parquet row groups into read tasks of 128 MiB: 10M events would make ~5 tasks
-# (uneven on 2 workers), where a day of 100M+ makes 50+. Tasks of 32 MiB (~20 here) stand in.
-os.environ.setdefault("RAY_DATA_PARQUET_BIN_PACKING_BYTES", str(32 * 2**20))
 
 import argparse  # noqa: E402
 import platform  # noqa: E402

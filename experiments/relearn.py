@@ -356,21 +356,30 @@ def expand_logs(patterns: str | Sequence[str]) -> list[str]:
 LOG_COLUMNS = ("placement", "network", "floor_cpm", "filled", "revenue_cpm", "ts", "segment", "context")
 
 
+def local_files(paths: Sequence[str]) -> list[str] | None:
+    """The Parquet files behind local paths (directories searched recursively); None when
+    a path is remote (Ray Data lists it)."""
+    if any("://" in p for p in paths):
+        return None
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            files.extend(sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)))
+        else:
+            files.append(path)
+    return files
+
+
 def log_columns(paths: Sequence[str], placement: PlacementConfig) -> list[str] | None:
     """The columns of the first local log file that learning reads (others, such as event
-    ids, are not decoded at all); None when the first path is remote (read everything)."""
+    ids, are not decoded at all); None when the logs are remote (read everything)."""
     import pyarrow.parquet as pq
 
-    first = paths[0]
-    if "://" in first:
+    files = local_files(paths)
+    if not files:
         return None
-    if os.path.isdir(first):
-        found = sorted(glob.glob(os.path.join(first, "**", "*.parquet"), recursive=True))
-        if not found:
-            return None
-        first = found[0]
     wanted = {*LOG_COLUMNS, *placement.segment_by}
-    return [name for name in pq.read_schema(first).names if name in wanted]
+    return [name for name in pq.read_schema(files[0]).names if name in wanted]
 
 
 def partial_table(table: Any, placement: Mapping[str, Any], half_life_seconds: float) -> Any:
@@ -419,8 +428,8 @@ def learn_statistics(
 ) -> StatisticsRun:
     """Read the logs with Ray Data, compute each partition's partial in parallel (at most
     ``workers`` tasks at a time) and merge them on the driver as they arrive. A partition is
-    a Ray Data block (Ray packs Parquet row groups into read tasks of at most 128 MiB), or
-    ``partial_rows`` rows of one. Rows of other placements are skipped (as by
+    one file (of local logs; remote ones are split as Ray Data sees fit), or ``partial_rows``
+    rows of one. Rows of other placements are skipped (as by
     :func:`bandit.io.batch_from_frame`); an invalid row fails the job with
     :class:`InvalidOutcome`."""
     import ray
@@ -431,11 +440,17 @@ def learn_statistics(
     ensure_ray(address, workers)
     quiet_ray_data(progress)
     start = time.perf_counter()
-    # The same cap on reading and on the partials keeps them one fused task per block.
-    dataset = ray.data.read_parquet(paths, concurrency=workers)
-    columns = log_columns(paths, placement)
-    if columns is not None:
-        dataset = dataset.select_columns(columns)
+    # One read task per local file (Ray Data's file-based reader): on 2 CPUs it ran a day of
+    # logs twice as fast as the row-group bin packing reader, whose listing task holds a CPU.
+    # The same cap on reading and on the partials keeps them one fused task per file.
+    ray.data.DataContext.get_current().use_datasource_v2 = False
+    files = local_files(paths)
+    dataset = ray.data.read_parquet(
+        paths,
+        columns=log_columns(paths, placement),
+        override_num_blocks=len(files) if files else None,
+        concurrency=workers,
+    )
     dataset = dataset.map_batches(
         partial_table,
         batch_format="pyarrow",
