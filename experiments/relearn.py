@@ -309,7 +309,8 @@ class StatsMerger:
     def partial(self) -> PartialStats:
         """The sum so far as one compact partial at :attr:`t_ref` (segments in arrival order):
         what a task sends on after learning several partitions (a tree merge). An entry is
-        kept when its weighted count is positive: every other field is a multiple of it."""
+        kept when its weighted count is positive (its other fields are sums of the same
+        weights times something, so zero when it is)."""
         if not self._rows:
             return PartialStats.empty(self.n_networks)
         n_floor = len(FLOOR_FIELDS)
