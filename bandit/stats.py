@@ -628,7 +628,7 @@ class SufficientStats:
     # -------------------------------------------------------------------- state
     def entries(self, cells: NDArray[np.int64] | None = None) -> dict[str, np.ndarray]:
         """Sparse entries (stored units) of ``cells`` (default all): cell and bin of each entry and
-        its floor- or price-indexed values, sorted by cell then bin; with the cells' totals."""
+        its floor- or price-indexed values, sorted by cell then bin."""
         out: dict[str, np.ndarray] = {}
         for kind, slab in (("floor", self._floor), ("price", self._price)):
             if cells is None:
@@ -651,21 +651,6 @@ class SufficientStats:
             "stats_totals": self._totals[:n].reshape(len(self.segments), self.n_networks, N_FIELDS).copy(),
             "stats_pooled": self._pooled.copy(),
         }
-
-    def load_cells(self, state: dict[str, np.ndarray]) -> None:
-        """Replace the cells that ``state``'s entries name (stored units of the same origin; see
-        :meth:`entries`), updating totals and the placement level; other cells are kept."""
-        keys = np.union1d(state["stats_floor_cells"], state["stats_price_cells"]).astype(np.int64)
-        self.scale_cells_to_zero(keys)
-        dense = np.zeros((len(keys), N_FIELDS, N_BINS))
-        for kind, fields in (("floor", slice(0, FLOOR_FIELDS)), ("price", slice(FLOOR_FIELDS, N_FIELDS))):
-            at = np.searchsorted(keys, np.asarray(state[f"stats_{kind}_cells"], np.int64))
-            dense[at, fields, np.asarray(state[f"stats_{kind}_bins"], np.int64)] = state[f"stats_{kind}_values"]
-        self._add_dense_values(keys, dense)
-
-    def scale_cells_to_zero(self, keys: NDArray[np.int64]) -> None:
-        for key in keys.tolist():
-            self.scale_cell(*divmod(int(key), self.n_networks), 0.0)
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> SufficientStats:
