@@ -10,6 +10,7 @@ learned state through :meth:`Policy._extra_state` / :meth:`Policy._load_extra_st
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -116,6 +117,16 @@ class Policy:
             if seg != ALL_SEGMENTS:
                 row = self.stats.segment_row(seg)
                 self._tables[seg] = self._build_table(seg, self.stats.segment_data(row), pooled)
+
+    def decision_copy(self) -> Policy:
+        """A copy for deciding while this policy keeps learning: decisions read only the
+        tables, the placement and the model version, and learning replaces a segment's table
+        rather than changing it, so the copy shares everything but the table dict and the
+        random generator (its cost does not grow with the model)."""
+        served = copy.copy(self)
+        served._tables = dict(self._tables)
+        served._rng = copy.deepcopy(self._rng)
+        return served
 
     def pending_segments(self) -> list[str]:
         """Segments whose tables do not reflect all their learned events yet (a policy that

@@ -18,7 +18,6 @@ to read what it learned).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import threading
@@ -195,17 +194,9 @@ def placement_entry(entries: Mapping[str, PlacementEntry], placement_id: str) ->
 
 
 def serving_copy(policy: Policy) -> Policy:
-    """A copy of ``policy`` for deciding while the original keeps learning.
-
-    Decisions read only the decision tables, the placement and the model version, and the
-    learner replaces a segment's table rather than changing it, so the copy is shallow: it
-    shares everything (statistics, fits) but has its own table dict and random generator.
-    Publishing costs a dict of table references, whatever the size of the model.
-    """
-    served = copy.copy(policy)
-    served._tables = dict(policy._tables)
-    served._rng = copy.deepcopy(policy._rng)
-    return served
+    """A copy of ``policy`` for deciding while the original keeps learning
+    (:meth:`bandit.policy.Policy.decision_copy`: publishing costs a dict of table references)."""
+    return policy.decision_copy()
 
 
 def variant_policy(config: PlacementConfig, variant: VariantConfig) -> Policy:
