@@ -106,7 +106,7 @@ def main() -> None:
         assert not report.damaged and counted == args.events, (report.damaged, counted)
         print(f"verify (in process): {seconds:.2f} s for {counted:,} events, {len(report.segments)} segments, "
               f"{size / 2**20 / seconds:,.0f} MiB/s, {counted / seconds / 1e6:.1f} M events/s")  # fmt: skip
-        cmd = [sys.executable, "-m", "serving.cli", "store", "verify", "--state-dir", str(state_dir)]
+        cmd = [sys.executable, "-m", "adbandit", "store", "verify", "--state-dir", str(state_dir)]
         started = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         print(f"adbandit store verify (command, with start-up): {time.perf_counter() - started:.2f} s, "

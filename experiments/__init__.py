@@ -3,7 +3,7 @@
 Only :mod:`experiments.tracking` and :mod:`experiments.model_registry` import MLflow, and
 only inside their functions; this package's import pulls in numpy/scipy only.
 
-Modules: ``abstats`` (lift with CIs), ``ab`` (offline A/B on the simulator), ``ope``
+Modules: ``ab`` (offline A/B on the simulator; its statistics are :mod:`bandit.abstats`), ``ope``
 (IPS / SNIPS / doubly robust, and their kernel versions for continuous floors), ``jitter``
 (continuous floor exploration around any policy's floors), ``simulate`` (tracked
 simulation runs), ``tracking`` (MLflow), ``model_registry`` (promote / load the champion),
@@ -11,7 +11,7 @@ simulation runs), ``tracking`` (MLflow), ``model_registry`` (promote / load the 
 figures), ``cli``.
 """
 
-from experiments.abstats import LiftResult, paired_lift, unpaired_lift
+from bandit.abstats import LiftResult, paired_lift, unpaired_lift
 from experiments.config import PolicyConfig, policy_from_file, read_policy_config, write_policy_config
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Every arm runs on the same seeds; a seed fixes the requests and the bidders' draws for
 every arm (common random numbers), so per-seed revenues are paired and the lift's
-interval is much tighter than with independent traffic (:func:`experiments.abstats.paired_lift`).
+interval is much tighter than with independent traffic (:func:`bandit.abstats.paired_lift`).
 
 The lift is measured on *expected* revenue per request — the exact expectation of each
 decision's revenue given the request (``market.expected``) — which removes the auction
@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from bandit import InvalidConfig
-from experiments.abstats import paired_lift
+from bandit.abstats import paired_lift
 
 DEFAULT_ARMS = ("static", "grid_ts", "ts_gmm")
 #: "Within 1% of the oracle": trailing-window capture at or above this.

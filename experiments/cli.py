@@ -1,6 +1,6 @@
 """``adbandit simulate | ab | ope | relearn | tune | promote``: the experiment commands.
 
-:func:`register` adds them to the ``adbandit`` parser (``serving/cli.py``). Each handler
+:func:`register` adds them to the adbandit parser (adbandit/cli.py). Each handler
 returns the exit code; domain errors print one line to stderr and exit with 2.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bandit import AdbanditError
+from bandit import POLICIES, AdbanditError
 
 
 def _csv(text: str) -> list[str]:
@@ -45,17 +45,29 @@ def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
     return wrapped
 
 
+def _choices_text() -> tuple[str, str]:
+    """The policy names and the bundled scenario names, for help texts."""
+    from simulator.scenario import list_scenarios
+
+    return ", ".join(sorted(POLICIES)), ", ".join(list_scenarios())
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``simulate``, ``ab``, ``ope``, ``relearn``, ``tune`` and ``promote`` to the ``adbandit`` parser."""
+    policies, scenarios = _choices_text()
+    policy_names = sorted(POLICIES)
+    scenario_help = f"bundled scenario ({scenarios}) or a .toml path"
     sim = subparsers.add_parser(
         "simulate",
         help="simulate a policy on a scenario over seeds (Ray), tracked in MLflow",
         description="Run one policy on one simulated market over several seeds; log an MLflow run "
         "(metrics, plots, scenario, final policy state) and print capture vs the oracle.",
     )
-    sim.add_argument("--scenario", required=True, help="bundled scenario name or .toml path")
+    sim.add_argument("--scenario", required=True, metavar="SCENARIO", help=scenario_help)
     policy = sim.add_mutually_exclusive_group()
-    policy.add_argument("--policy", default="ts_gmm", help="policy name (default ts_gmm)")
+    policy.add_argument(
+        "--policy", default="ts_gmm", choices=policy_names, metavar="NAME", help=f"{policies} (default ts_gmm)"
+    )
     policy.add_argument("--config", type=Path, help="policy config JSON (as written by tune --out)")
     sim.add_argument("--seeds", type=_positive, default=5, help="number of seeds (default 5)")
     sim.add_argument("--requests", type=_positive, default=None, help="requests per run (default: scenario's)")
@@ -70,15 +82,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ab",
         help="offline A/B evaluation of policies on common random numbers",
         description="Evaluate policies on the same seeds of a scenario; print revenue per request, "
-        "capture, lift vs the control with a paired 95%% CI and p-value, and requests until within "
-        "1%% of the oracle.",
+        "capture, lift vs the control with a paired 95% CI and p-value, and requests until within "
+        "1% of the oracle.",
     )
-    ab.add_argument("--scenario", required=True, help="bundled scenario name or .toml path")
+    ab.add_argument("--scenario", required=True, metavar="SCENARIO", help=scenario_help)
     ab.add_argument(
         "--arms",
         type=_csv,
         default=["static", "grid_ts", "ts_gmm"],
-        help="comma-separated policy names or label=config.json (default static,grid_ts,ts_gmm)",
+        help=f"comma-separated policy names ({policies}) or label=config.json (default static,grid_ts,ts_gmm)",
     )
     ab.add_argument("--control", default=None, help="control arm (default: the first)")
     ab.add_argument("--seeds", type=_positive, default=20, help="number of seeds (default 20)")
@@ -101,18 +113,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "by (network, floor bin); kernel_* smooth the candidate's floors with a Gaussian kernel of "
         "bandwidth h in log CPM (Silverman's rule per network on the logged log floors, "
         "0.9 min(sd, IQR/1.349) n^(-1/5), unless --bandwidth). Every estimate reports its effective "
-        "sample size (ESS, and %% of n), largest weight's share, the candidate's probability mass "
+        "sample size (ESS, and % of n), largest weight's share, the candidate's probability mass "
         "without logged support and the logging policy's own value; a warning is printed when "
-        "more than 3%% of the mass is unsupported or an ESS is below 100 or 1%% of n.",
+        "more than 3% of the mass is unsupported or an ESS is below 100 or 1% of n.",
     )
     ope.add_argument("--logs", nargs="+", type=Path, required=True, metavar="PATH", help=".parquet/.ndjson logs")
     cand = ope.add_mutually_exclusive_group(required=True)
-    cand.add_argument("--policy", help="policy name with default parameters (fresh, unlearned)")
+    cand.add_argument(
+        "--policy", choices=policy_names, metavar="NAME", help=f"{policies}, with default parameters (fresh, unlearned)"
+    )
     cand.add_argument("--config", type=Path, help="policy config JSON")
     cand.add_argument("--state", type=Path, help="saved policy state (.npz), e.g. a snapshot or MLflow artifact")
     where = ope.add_mutually_exclusive_group()
     where.add_argument("--placement", type=Path, help="placement JSON (PUT body) for --policy/--config")
-    where.add_argument("--scenario", help="take the placement from a simulator scenario")
+    where.add_argument("--scenario", metavar="SCENARIO", help=f"take the placement from a {scenario_help}")
     ope.add_argument("--placement-id", default=None, help="placement id for --placement (default: file stem)")
     ope.add_argument("--folds", type=_positive, default=2, help="cross-fitting folds of the DR model (default 2)")
     ope.add_argument(
@@ -145,7 +159,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     relearn.add_argument("--placement", type=Path, required=True, help="placement JSON (the PUT body)")
     relearn.add_argument("--placement-id", default=None, help="placement id (default: the file's stem)")
     relearn_policy = relearn.add_mutually_exclusive_group()
-    relearn_policy.add_argument("--policy", default="ts_gmm", help="policy name (default ts_gmm)")
+    relearn_policy.add_argument(
+        "--policy", default="ts_gmm", choices=policy_names, metavar="NAME", help=f"{policies} (default ts_gmm)"
+    )
     relearn_policy.add_argument("--config", type=Path, help="policy config JSON (as written by tune --out)")
     relearn.add_argument("--seed", type=int, default=None, help="seed of the policy's draws (default: fresh)")
     relearn.add_argument("--out", type=Path, default=None, help="state file (default relearned-<placement>.npz)")
@@ -166,10 +182,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "over scenarios x seeds; the best configuration is written as JSON.",
     )
     tune.add_argument(
-        "--scenarios", type=_csv, default=["core_stationary", "core_drift"], help="comma-separated scenarios"
+        "--scenarios",
+        type=_csv,
+        default=["core_stationary", "core_drift"],
+        help=f"comma-separated scenarios: {scenarios}, or .toml paths (default core_stationary,core_drift)",
     )
     tune.add_argument("--trials", type=_positive, default=20, help="number of trials (default 20)")
-    tune.add_argument("--policy", default="ts_gmm", help="policy to tune (default ts_gmm)")
+    tune.add_argument(
+        "--policy",
+        default="ts_gmm",
+        choices=policy_names,
+        metavar="NAME",
+        help=f"policy to tune: {policies} (default ts_gmm)",
+    )
     tune.add_argument("--seeds", type=_positive, default=3, help="seeds per scenario (default 3)")
     tune.add_argument("--requests", type=_positive, default=None, help="requests per run (default: scenario's)")
     tune.add_argument("--batch-size", type=_positive, default=2000, help="feedback batch size (default 2000)")

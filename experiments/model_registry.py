@@ -3,8 +3,8 @@
 A promoted model version's source is the run's ``policy_state`` artifact directory (the
 ``bandit.save_state`` .npz written by :func:`experiments.tracking.log_policy_state`); the
 ``champion`` alias points at the version the live service loads
-(``adbandit serve --model champion``). No pickle: the service rebuilds the policy with
-:func:`bandit.policy_from_state`.
+(``adbandit serve --model champion``, through :class:`MlflowModelSource`). No pickle: the
+service rebuilds the policy with :func:`bandit.policy_from_state`.
 """
 
 from __future__ import annotations
@@ -106,3 +106,14 @@ def load_model_state(
     except MlflowException as exc:
         raise InvalidState(f"no model version {name}@{alias}: {exc.message}") from None
     return _download_state(version.source)
+
+
+@dataclass(frozen=True, slots=True)
+class MlflowModelSource:
+    """The MLflow model registry as the service's :class:`serving.sources.ModelSource`
+    (``adbandit serve`` wires it in; ``project_dir`` as in :func:`experiments.tracking.setup`)."""
+
+    project_dir: str | os.PathLike | None = None
+
+    def load(self, alias: str, name: str) -> dict[str, np.ndarray]:
+        return load_model_state(alias=alias, name=name, project_dir=self.project_dir)

@@ -8,7 +8,7 @@ file with
   per scenario for static, epsilon_greedy, ucb1, grid_ts and ts_gmm;
 * the lift in expected revenue per request of ts_gmm over the *best baseline* of that
   scenario (the other policy with the highest mean capture), with its paired 95% CI and
-  p-value (:func:`experiments.abstats.paired_lift`);
+  p-value (:func:`bandit.abstats.paired_lift`);
 * requests until ts_gmm's rolling capture first reaches 99% (median over seeds);
 
 and (with ``--plots``) one PNG per scenario comparing the policies' capture over time.

@@ -1,4 +1,4 @@
-"""The FastAPI application: :func:`create_app` builds it, :func:`lifespan` opens and closes the store.
+"""The FastAPI application: :func:`create_app` builds it, :func:`start_store` opens the store.
 
 Routes are thin: they validate the HTTP body (:mod:`serving.schemas`), call the
 :class:`~serving.store.PolicyStore`, and shape the reply. Errors become HTTP statuses in
@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bandit import InvalidConfig
 from serving import errors
 from serving.auth import accepted_keys
 from serving.client_guard import BodyTimeoutMiddleware
@@ -24,6 +25,7 @@ from serving.demo import install_demo
 from serving.metrics import MetricsMiddleware, ServiceMetrics
 from serving.routes import admin, allocation, decide, experiment, health, outcomes, placements, prebid
 from serving.settings import Settings, get_settings
+from serving.sources import DemoSource, ModelSource
 from serving.store import PolicyStore
 
 log = logging.getLogger("adbandit.serving")
@@ -96,11 +98,18 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the store (replaying the event log since the last snapshot), load the start-up
-    model and the demo placement if asked, and close the store (final snapshot) at exit."""
-    settings: Settings = app.state.settings
+def start_store(
+    settings: Settings, model_source: ModelSource | None = None, demo_source: DemoSource | None = None
+) -> PolicyStore:
+    """Open the store over ``settings.state_dir`` (replaying the event log since the last
+    snapshot), load the start-up model (``settings.model``, from ``model_source``) and the demo
+    placement (``settings.demo``, from ``demo_source``). On any failure the store is closed
+    again and the error raised: ``adbandit serve`` calls this before it listens, so a start-up
+    failure is one line on stderr."""
+    if settings.model and model_source is None:
+        raise InvalidConfig("--model needs a model registry; install adbandit[offline] (MLflow)")
+    if settings.demo and demo_source is None:
+        raise InvalidConfig("--demo needs a demo market; none was given to the service")
     store = PolicyStore(
         settings.state_dir,
         default_policy=settings.default_policy,
@@ -112,38 +121,53 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limits=settings.limits(),
     )
     start = time.perf_counter()
-    await run_in_threadpool(store.open)
-    app.state.store = store
-    log.info(
-        "store open",
-        extra={
-            "fields": {
-                "state_dir": str(settings.state_dir),
-                "placements": len(store.list_placements()),
-                "seconds": round(time.perf_counter() - start, 3),
-            }
-        },
-    )
+    store.open()
     try:
+        log.info(
+            "store open",
+            extra={
+                "fields": {
+                    "state_dir": str(settings.state_dir),
+                    "placements": len(store.list_placements()),
+                    "seconds": round(time.perf_counter() - start, 3),
+                }
+            },
+        )
         if settings.model:
-            await run_in_threadpool(load_startup_model, store, settings.model, settings.model_name)
+            assert model_source is not None
+            load_startup_model(store, model_source, settings.model, settings.model_name)
         if settings.demo:
-            await run_in_threadpool(install_demo, store)
+            assert demo_source is not None
+            install_demo(store, demo_source)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start the store (:func:`start_store`) unless the app was given an open one, and close it
+    (final snapshot) at exit."""
+    if getattr(app.state, "store", None) is None:
+        app.state.store = await run_in_threadpool(
+            start_store, app.state.settings, app.state.model_source, app.state.demo_source
+        )
+    try:
         yield
     finally:
-        await run_in_threadpool(store.close)
+        await run_in_threadpool(app.state.store.close)
         log.info("store closed")
 
 
-def load_startup_model(store: PolicyStore, alias: str, name: str) -> None:
-    """``serve --model ALIAS``: make MLflow model ``name@alias`` the champion of its placement
-    (creating the placement from the state's configuration if it does not exist)."""
+def load_startup_model(store: PolicyStore, source: ModelSource, alias: str, name: str) -> None:
+    """``serve --model ALIAS``: make model ``name@alias`` of ``source`` the champion of its
+    placement (creating the placement from the state's configuration if it does not exist)."""
     from bandit import UnknownPlacement
     from bandit.io import state_meta
-    from experiments.model_registry import load_model_state
     from serving.placement_config import ServicePlacement
 
-    state = load_model_state(alias=alias, name=name)
+    state = source.load(alias, name)
     meta = state_meta(state)
     placement = meta["placement_id"]
     try:
@@ -157,8 +181,19 @@ def load_startup_model(store: PolicyStore, alias: str, name: str) -> None:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service with ``settings`` (default: :func:`get_settings`, from the environment)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    model_source: ModelSource | None = None,
+    demo_source: DemoSource | None = None,
+    store: PolicyStore | None = None,
+) -> FastAPI:
+    """The service with ``settings`` (default: :func:`get_settings`, from the environment).
+
+    ``model_source`` serves ``settings.model`` and model swaps by alias (none: such swaps are
+    a 503), ``demo_source`` the demo placement (:mod:`serving.sources`; the command line wires
+    both). ``store``: an already started store (:func:`start_store`) that the app closes at
+    exit; by default the app's lifespan starts one."""
     settings = settings or get_settings()
     app = FastAPI(
         title="adbandit",
@@ -169,6 +204,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         strict_content_type=False,  # a body without Content-Type is read as JSON
     )
     app.state.settings = settings
+    app.state.model_source = model_source
+    app.state.demo_source = demo_source
+    app.state.store = store
     app.state.decide_keys = accepted_keys(settings, "decide")
     app.state.metrics = ServiceMetrics()
     app.state.started = time.monotonic()

@@ -1,4 +1,4 @@
-"""Prometheus metrics (one registry per app) and structured JSON logs.
+"""Prometheus metrics, one registry per app (logs: :mod:`serving.logs`).
 
 Request counts and latency per endpoint come from :class:`MetricsMiddleware` (a plain
 ASGI middleware: a few µs per request). Outcome counts are recorded by the outcomes
@@ -9,10 +9,8 @@ variant, …) are read from :meth:`PolicyStore.metrics` at scrape time by
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -191,37 +189,3 @@ class MetricsMiddleware:
                         }
                     },
                 )
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, and any ``extra={"fields": {...}}``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, Mapping):
-            entry.update(fields)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-#: Loggers of the service: ours, the store's (``serving.store`` …) and uvicorn's.
-SERVICE_LOGGERS = ("adbandit", "serving", "bandit", "experiments", "uvicorn")
-
-
-def configure_logging(level: str = "info") -> None:
-    """Send the service's logs to stderr as JSON lines at ``level`` (idempotent)."""
-    for name in SERVICE_LOGGERS:
-        logger = logging.getLogger(name)
-        logger.setLevel(level.upper())
-        if not any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(JsonFormatter())
-            logger.addHandler(handler)
-        logger.propagate = False

@@ -39,7 +39,7 @@ def start_server(
     fills up and blocks the server the way an unread pipe does), else to a pipe.
     """
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("ADBANDIT_")}, **(env or {})}
-    cmd = [sys.executable, "-m", "serving.cli", "serve", "--host", HOST, "--port", str(port),
+    cmd = [sys.executable, "-m", "adbandit", "serve", "--host", HOST, "--port", str(port),
            "--state-dir", str(state_dir), "--log-level", "warning", *extra_args]  # fmt: skip
     err = open(stderr_path, "ab") if stderr_path is not None else subprocess.PIPE
     try:

@@ -3,7 +3,7 @@
 * :func:`experiment_report` — per variant of one placement: decisions, outcome events
   (requests), revenue per request (CPM) and, against the champion, the lift of revenue
   per request with its 95% CI and p-value (Welch / Fieller,
-  :func:`experiments.abstats.unpaired_lift`; ``None`` until both have >= 2 events). A
+  :func:`bandit.abstats.unpaired_lift`; ``None`` until both have >= 2 events). A
   variant's counters are its sums n, Σr and Σr² of per-request revenue r (0 when unfilled).
 * :func:`metrics_snapshot` — the store's counters and gauges: event counts, event log,
   snapshots, storage damage, de-duplication window, per placement / variant traffic, and
@@ -20,8 +20,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bandit.abstats import unpaired_lift
 from bandit.errors import AdbanditError
-from experiments.abstats import unpaired_lift
 from serving.eventlog import EventLog
 from serving.limits import Limits
 from serving.live import PlacementEntry

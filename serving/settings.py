@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     model_name: str = Field("adbandit-policy", description="MLflow registered model name.")
     demo: bool = Field(False, description="Create a demo placement when the state dir holds none.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "text", "json"] = Field(
+        "auto", description="Logs on stderr: text, JSON lines, or auto (text on a terminal, JSON otherwise)."
+    )
     max_networks: int = Field(
         64, ge=1, le=SCHEMA_MAX_NETWORKS, description="Most networks a placement may have (422 above)."
     )
@@ -111,7 +114,7 @@ class Settings(BaseSettings):
     def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value() else None
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

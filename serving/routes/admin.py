@@ -10,7 +10,7 @@ import logging
 import time
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from bandit import AdbanditError, InvalidState
@@ -18,6 +18,7 @@ from serving.auth import WriteAuth
 from serving.errors import ServiceUnavailable
 from serving.routes.deps import BODY_ERRORS, OrjsonRoute, SettingsDep, StoreDep, errors
 from serving.schemas import AcknowledgeOut, DamageListOut, ModelSwapIn, ModelSwapOut, SnapshotOut
+from serving.sources import ModelSource
 
 router = APIRouter(
     prefix="/v1/admin", tags=["admin"], dependencies=[WriteAuth], route_class=OrjsonRoute, responses=errors(401)
@@ -38,12 +39,13 @@ def state_from_b64(data: str) -> dict[str, np.ndarray]:
         raise InvalidState(f"state_npz_b64 is not a readable .npz policy state: {exc}") from None
 
 
-def registry_state(alias: str, name: str) -> dict[str, np.ndarray]:
-    """The state of MLflow model ``name`` at ``alias``; 503 when the registry cannot be used."""
+def registry_state(source: ModelSource | None, alias: str, name: str) -> dict[str, np.ndarray]:
+    """The state of model ``name`` at ``alias`` in the service's model source (the MLflow
+    registry when started by ``adbandit serve``); 503 when there is none or it cannot be used."""
+    if source is None:
+        raise ServiceUnavailable("no model registry is configured (start with adbandit serve; needs adbandit[offline])")
     try:
-        from experiments.model_registry import load_model_state
-
-        return load_model_state(alias=alias, name=name)
+        return source.load(alias, name)
     except AdbanditError:
         raise
     except Exception as exc:
@@ -56,7 +58,9 @@ def registry_state(alias: str, name: str) -> dict[str, np.ndarray]:
     response_model=ModelSwapOut,
     responses=errors(404, 503, 507, *BODY_ERRORS),
 )
-async def swap_model(placement: str, body: ModelSwapIn, store: StoreDep, settings: SettingsDep) -> dict:
+async def swap_model(
+    placement: str, body: ModelSwapIn, store: StoreDep, settings: SettingsDep, request: Request
+) -> dict:
     """Replace the live policy of one variant, from an MLflow alias (``mlflow_alias``, e.g.
     ``champion``) or a base64 ``.npz`` state (``state_npz_b64``). Decisions keep being served
     during the swap: the new policy is built aside and replaces the old one in one step."""
@@ -65,7 +69,7 @@ async def swap_model(placement: str, body: ModelSwapIn, store: StoreDep, setting
     store.get_placement(placement)  # 404 before any download
     if body.mlflow_alias is not None:
         name = body.model_name or settings.model_name
-        state = await run_in_threadpool(registry_state, body.mlflow_alias, name)
+        state = await run_in_threadpool(registry_state, request.app.state.model_source, body.mlflow_alias, name)
     else:
         state = state_from_b64(body.state_npz_b64 or "")
     version = await run_in_threadpool(store.swap_model, placement, body.variant, state)

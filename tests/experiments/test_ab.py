@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 
 from bandit import InvalidConfig
+from bandit.abstats import paired_lift
 from experiments import tracking
 from experiments.ab import AB_COLUMNS, ab_table, requests_to_near_oracle, rolling_capture, run_ab
-from experiments.abstats import paired_lift
 from experiments.config import PolicyConfig, write_policy_config
 from tests.experiments.trajectories import synthetic
 

@@ -9,10 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+from adbandit.cli import build_parser, main
 from bandit import make_policy
 from experiments import tracking
 from experiments.ope import simulate_logs
-from serving.cli import build_parser, main
 from simulator.market import Market
 
 

@@ -15,12 +15,12 @@ import numpy as np
 import polars as pl
 import pytest
 
+from adbandit.cli import main
 from bandit import ALL_SEGMENTS, PlacementConfig, load_state, policy_from_state, read_events
 from bandit.events import EventBatch
 from bandit.stats import N_BINS, SufficientStats, accumulate
 from experiments import relearn as rl
 from experiments.config import PolicyConfig
-from serving.cli import main
 
 PLACEMENT_BODY = {
     "networks": [

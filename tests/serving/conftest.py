@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
+from adbandit.wiring import create_app
 from serving.settings import Settings
 
 #: The placement of the design doc's examples: two networks, segments by country and OS.
@@ -39,7 +39,8 @@ test_settings.__test__ = False  # a helper, not a test
 
 @pytest.fixture
 def make_client(tmp_path) -> Iterator[Callable[..., TestClient]]:
-    """``make_client(**settings)`` → a started TestClient (lifespan run); all closed at teardown."""
+    """``make_client(**settings)`` → a started TestClient (lifespan run); all closed at teardown.
+    ``model_source=`` replaces the MLflow registry (a :class:`serving.sources.ModelSource`)."""
     with _clients(tmp_path) as make:
         yield make
 
@@ -48,8 +49,9 @@ def make_client(tmp_path) -> Iterator[Callable[..., TestClient]]:
 def _clients(tmp_path):
     opened: list[TestClient] = []
 
-    def make(state_dir=None, **overrides) -> TestClient:
-        client = TestClient(create_app(test_settings(state_dir or tmp_path / "state", **overrides)))
+    def make(state_dir=None, model_source=None, **overrides) -> TestClient:
+        wired = {"model_source": model_source} if model_source is not None else {}
+        client = TestClient(create_app(test_settings(state_dir or tmp_path / "state", **overrides), **wired))
         client.__enter__()
         opened.append(client)
         return client
@@ -59,6 +61,18 @@ def _clients(tmp_path):
     finally:
         for client in reversed(opened):
             client.__exit__(None, None, None)
+
+
+class FakeModelSource:
+    """A :class:`serving.sources.ModelSource` whose ``load`` is ``loader(alias, name)``; records its calls."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+        self.calls: list[tuple[str, str]] = []
+
+    def load(self, alias: str, name: str):
+        self.calls.append((alias, name))
+        return self.loader(alias, name)
 
 
 @pytest.fixture

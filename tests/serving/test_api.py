@@ -14,12 +14,13 @@ import time
 import numpy as np
 import pytest
 
-from bandit import Allocation, NetworkAllocation, PlacementConfig, make_policy, save_state
+from bandit import Allocation, InvalidState, NetworkAllocation, PlacementConfig, make_policy, save_state
 from serving import prebid as prebid_mod
 from serving.commands import settings_from_args
-from serving.demo import DEMO_PLACEMENT, demo_events
-from serving.metrics import JsonFormatter
-from tests.serving.conftest import P1_BODY, outcome
+from serving.logs import JsonFormatter
+from serving.sources import ModelSource
+from simulator.demo import DEMO_PLACEMENT, demo_events
+from tests.serving.conftest import P1_BODY, FakeModelSource, outcome
 
 DECISION_KEYS = {
     "decision_id",
@@ -471,33 +472,61 @@ def test_model_swap_under_concurrent_decisions_drops_nothing(p1):
     assert {(d["network"], d["floor_cpm"]) for d in after} <= {("alpha", 3.0), ("beta", 0.5)}
 
 
-def test_model_swap_from_the_registry(p1, monkeypatch):
-    import experiments.model_registry as registry
-
+def test_model_swap_from_the_registry(make_client):
     config = PlacementConfig.from_dict("p1", P1_BODY)
     state = make_policy("static", config, weights={"beta": 1.0, "alpha": 0.0}).state()
-    calls = []
-    monkeypatch.setattr(registry, "load_model_state", lambda alias, name: calls.append((alias, name)) or state)
+    source = FakeModelSource(lambda alias, name: state)
+    p1 = make_client(model_source=source)
+    p1.put("/v1/placements/p1", json=P1_BODY)
     ok = p1.post("/v1/admin/placements/p1/model", json={"variant": "champion", "mlflow_alias": "champion"})
-    assert ok.status_code == 200 and calls == [("champion", "adbandit-policy")]
+    assert ok.status_code == 200 and source.calls == [("champion", "adbandit-policy")]
     decision = p1.post("/v1/decide", json={"placement": "p1", "request_id": "r"}).json()
     assert decision["network"] == "beta" and decision["model_version"] == ok.json()["model_version"]
 
     def down(alias, name):
         raise ConnectionError("registry at http://mlflow:5000 refused the connection")
 
-    monkeypatch.setattr(registry, "load_model_state", down)
+    source.loader = down
     unavailable = p1.post("/v1/admin/placements/p1/model", json={"mlflow_alias": "champion"})
     assert unavailable.status_code == 503 and "refused" in unavailable.json()["detail"]
 
+    def missing(alias, name):
+        raise InvalidState(f"no model version {name}@{alias}")
 
-def test_serve_model_loads_the_registry_champion_at_start(make_client, tmp_path, monkeypatch):
+    source.loader = missing
+    gone = p1.post("/v1/admin/placements/p1/model", json={"mlflow_alias": "nope"})
+    assert gone.status_code == 422 and "adbandit-policy@nope" in gone.json()["detail"]
+    assert p1.post("/v1/decide", json={"placement": "p1", "request_id": "r"}).json()["network"] == "beta"
+
+
+def test_model_swap_by_alias_without_a_registry_is_503(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from tests.serving.conftest import test_settings
+
+    with TestClient(create_app(test_settings(tmp_path / "bare"))) as bare:  # no model source wired
+        bare.put("/v1/placements/p1", json=P1_BODY)
+        response = bare.post("/v1/admin/placements/p1/model", json={"mlflow_alias": "champion"})
+    assert response.status_code == 503 and "no model registry" in response.json()["detail"]
+
+
+def test_the_cli_wires_the_mlflow_registry_as_the_model_source(monkeypatch):
     import experiments.model_registry as registry
+    from adbandit.wiring import mlflow_source
 
+    calls = []
+    monkeypatch.setattr(registry, "load_model_state", lambda **kw: calls.append(kw) or {"x": np.zeros(1)})
+    source = mlflow_source()
+    assert isinstance(source, ModelSource)
+    assert source.load("champion", "adbandit-policy")["x"].shape == (1,)
+    assert calls == [{"alias": "champion", "name": "adbandit-policy", "project_dir": None}]
+
+
+def test_serve_model_loads_the_registry_champion_at_start(make_client):
     config = PlacementConfig.from_dict("home", P1_BODY)
     state = make_policy("static", config, floors={"alpha": 4.0, "beta": 4.0}).state()
-    monkeypatch.setattr(registry, "load_model_state", lambda alias, name: state)
-    client = make_client(model="champion")
+    client = make_client(model="champion", model_source=FakeModelSource(lambda alias, name: state))
     decision = client.post("/v1/decide", json={"placement": "home", "request_id": "r"}).json()
     assert decision["floor_cpm"] == 4.0 and decision["model_version"].startswith("static")
 
@@ -566,7 +595,7 @@ def test_demo_placement_is_created_only_on_an_empty_state_dir(make_client, tmp_p
 
 
 def test_serve_flags_override_the_environment(monkeypatch, tmp_path):
-    from serving.cli import build_parser
+    from adbandit.cli import build_parser
 
     monkeypatch.setenv("ADBANDIT_STATE_DIR", str(tmp_path / "env"))
     monkeypatch.setenv("ADBANDIT_API_KEY", "k")
@@ -596,7 +625,7 @@ def test_ingest_command_posts_files_to_a_running_service(tmp_path, monkeypatch, 
 
     monkeypatch.setattr("serving.ingest.ingest_files", fake_ingest_files)
     monkeypatch.setenv("ADBANDIT_API_KEY", "k")
-    from serving.cli import main
+    from adbandit.cli import main
 
     assert main(["ingest", str(path), "--url", "http://127.0.0.1:1"]) == 0
     assert seen == {"paths": [path], "state_dir": None, "url": "http://127.0.0.1:1", "api_key": "k"}

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import cli, eventlog, snapshots
+from adbandit import cli
+from serving import eventlog, snapshots
 from serving.dedupe import event_hashes
 from serving.records import EVENTS, EventRecord
 from tests.serving.faultkit import BATCH, Server, batch

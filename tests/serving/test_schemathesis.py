@@ -18,7 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
-from serving.app import create_app
+from adbandit.wiring import create_app
 from tests.serving.conftest import test_settings
 
 MAX_EXAMPLES = 25

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from bandit import POLICIES, PlacementConfig, make_policy
+from bandit.abstats import unpaired_lift
 from bandit.errors import (
     AdbanditError,
     InvalidConfig,
@@ -20,7 +21,6 @@ from bandit.errors import (
     InvalidState,
     UnknownPlacement,
 )
-from experiments.abstats import unpaired_lift
 from serving import eventlog
 from serving.ingest import IngestFailed, ingest_files
 from serving.store import ExperimentConfig, IngestResult, PolicyStore, VariantConfig

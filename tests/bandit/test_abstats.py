@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from bandit.abstats import fieller_ratio_interval, paired_lift, unpaired_lift
 from bandit.errors import AdbanditError
-from experiments.abstats import fieller_ratio_interval, paired_lift, unpaired_lift
 
 
 def test_paired_p_value_matches_scipy_ttest_rel() -> None:
