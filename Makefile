@@ -1,10 +1,14 @@
 # Two commands on a fresh machine (python3 + make):
 #   make run    create .venv, install, start the live service on http://127.0.0.1:8000 (docs at /docs)
 #   make test   create .venv, install, run the whole test suite
+# make run HOST=0.0.0.0 PORT=8080 STATE_DIR=/var/lib/adbandit serves elsewhere; EXTRAS=serve installs
+# only the service's dependencies (no Ray, MLflow, plots, test tools) into the venv.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+EXTRAS ?= dev
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 HOST ?= 127.0.0.1
 PORT ?= 8000
 STATE_DIR ?= state
@@ -12,14 +16,20 @@ STATE_DIR ?= state
 .PHONY: setup run test lint bench bench-all report clean
 
 $(STAMP): pyproject.toml
+	@echo "==> [1/3] creating $(VENV) with $$($(PYTHON) --version)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "==> [2/3] updating pip"
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	@echo "==> [3/3] installing adbandit[$(EXTRAS)] into $(VENV) (the first time takes minutes: Ray and MLflow are large)"
+	$(PY) -m pip install --progress-bar on -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
+	@echo "==> $(VENV) ready: adbandit[$(EXTRAS)]"
 
 setup: $(STAMP)
 
 run: $(STAMP)
+	@echo "==> serving http://$(HOST):$(PORT) (API docs at /docs), state in $(STATE_DIR)/; Ctrl-C stops"
 	$(VENV)/bin/adbandit serve --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR) --demo
 
 test: $(STAMP)

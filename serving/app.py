@@ -22,6 +22,7 @@ from serving.auth import accepted_keys
 from serving.client_guard import BodyTimeoutMiddleware
 from serving.decision_ids import key_from_setting
 from serving.demo import install_demo
+from serving.docs_ui import install_docs
 from serving.metrics import MetricsMiddleware, ServiceMetrics
 from serving.routes import admin, allocation, decide, experiment, health, outcomes, placements, prebid
 from serving.settings import Settings, get_settings
@@ -181,6 +182,16 @@ def load_startup_model(store: PolicyStore, source: ModelSource, alias: str, name
     )
 
 
+def package_version() -> str:
+    """The installed adbandit version (``0+unknown`` when run from a tree that is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("adbandit")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -197,11 +208,14 @@ def create_app(
     settings = settings or get_settings()
     app = FastAPI(
         title="adbandit",
-        version="0.1.0",
+        version=package_version(),
         summary="Exposure weights and floor prices of ad networks, learned online.",
         description=DESCRIPTION,
         lifespan=lifespan,
         strict_content_type=False,  # a body without Content-Type is read as JSON
+        docs_url=None,  # served from local files by install_docs, not from a CDN
+        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the public validator
     )
     app.state.settings = settings
     app.state.model_source = model_source
@@ -215,6 +229,7 @@ def create_app(
     # Hot routes first: matching is linear in the number of routes before the match.
     for module in (decide, outcomes, placements, allocation, experiment, prebid, admin, health):
         app.include_router(module.router)
+    install_docs(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -641,3 +641,23 @@ def test_state_file_round_trip_helper(tmp_path):
 
     restored = state_from_b64(encoded)
     assert sorted(restored) == sorted(state)
+
+
+# ------------------------------------------------------------- API docs without a CDN
+def test_docs_pages_load_their_assets_from_the_service(client):
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "text/html" in client.get(page).headers["content-type"]
+        urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", html)
+        assert urls and not [u for u in urls if "//" in u], (page, urls)  # nothing absolute: no CDN
+        assets = [u for u in urls if u.startswith("/static/")]
+        assert assets, (page, urls)
+        for url in assets:
+            response = client.get(url)
+            assert response.status_code == 200 and len(response.content) > 1000, url
+    js = client.get("/static/docs/swagger-ui-bundle.js")
+    assert "javascript" in js.headers["content-type"] and b"SwaggerUIBundle" in js.content
+    assert client.get("/docs/oauth2-redirect").status_code == 200
+    assert "/docs" not in client.get("/openapi.json").json()["paths"]
