@@ -11,11 +11,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from serving.auth import check_bearer
-from serving.routes.deps import BODY_ERRORS, JSON, body_schema, errors, read_body
+from serving.routes.deps import BODY_ERRORS, JSON, StrictQueryRoute, body_schema, errors, read_body
 from serving.schemas import DecideBatchRequest, DecideBatchResponse, DecideRequest, DecisionOut
 from serving.store import DecisionRecord
 
-router = APIRouter(prefix="/v1/decide", tags=["decide"])
+router = APIRouter(prefix="/v1/decide", tags=["decide"], route_class=StrictQueryRoute)
 
 _ERRORS = errors(401, 404, *BODY_ERRORS)
 

@@ -11,10 +11,10 @@ from starlette.responses import Response
 from serving.auth import ReadAuth
 from serving.errors import STORAGE_RETRY_AFTER_S, ServiceUnavailable
 from serving.metrics import CONTENT_TYPE
-from serving.routes.deps import MetricsDep, StoreDep, errors
+from serving.routes.deps import MetricsDep, StoreDep, StrictQueryRoute, errors
 from serving.schemas import HealthOut
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=StrictQueryRoute)
 
 
 @router.get("/healthz", response_model=HealthOut, responses=errors(503))

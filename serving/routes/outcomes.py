@@ -23,6 +23,7 @@ from serving.routes.deps import (
     JSON,
     MetricsDep,
     StoreDep,
+    StrictQueryRoute,
     errors,
     is_json,
     media_type,
@@ -31,7 +32,7 @@ from serving.routes.deps import (
 )
 from serving.schemas import IngestResponse
 
-router = APIRouter(prefix="/v1/outcomes", tags=["outcomes"])
+router = APIRouter(prefix="/v1/outcomes", tags=["outcomes"], route_class=StrictQueryRoute)
 log = logging.getLogger("adbandit.serving")
 
 #: Most events one request may carry (a 16 MiB body of real events holds far fewer).

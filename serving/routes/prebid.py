@@ -16,11 +16,11 @@ from starlette.responses import Response
 from bandit import ALL_SEGMENTS
 from serving.auth import DecideAuth
 from serving.prebid import VariantFloors, prebid_floors
-from serving.routes.deps import JSON, StoreDep, errors
+from serving.routes.deps import JSON, StoreDep, StrictQueryRoute, errors
 from serving.schemas import PrebidFloors
 from serving.store import PolicyStore
 
-router = APIRouter(prefix="/v1/prebid", tags=["prebid"])
+router = APIRouter(prefix="/v1/prebid", tags=["prebid"], route_class=StrictQueryRoute)
 
 
 @router.get(
