@@ -24,6 +24,7 @@ from serving.decision_ids import key_from_setting
 from serving.demo import install_demo
 from serving.docs_ui import install_docs
 from serving.metrics import MetricsMiddleware, ServiceMetrics
+from serving.report import allocation_metrics
 from serving.routes import admin, allocation, decide, experiment, health, outcomes, placements, prebid
 from serving.settings import Settings, get_settings
 from serving.sources import DemoSource, ModelSource
@@ -225,6 +226,7 @@ def create_app(
     app.state.metrics = ServiceMetrics()
     app.state.started = time.monotonic()
     app.state.metrics.watch(lambda: app.state.store.metrics())
+    app.state.metrics.watch_allocations(lambda: allocation_metrics(app.state.store))
     errors.install(app)
     # Hot routes first: matching is linear in the number of routes before the match.
     for module in (decide, outcomes, placements, allocation, experiment, prebid, admin, health):

@@ -5,6 +5,7 @@
   per request with its 95% CI and p-value (Welch / Fieller,
   :func:`bandit.abstats.unpaired_lift`; ``None`` until both have >= 2 events). A
   variant's counters are its sums n, Σr and Σr² of per-request revenue r (0 when unfilled).
+* :func:`allocation_metrics` — each placement's champion weights and floors per network.
 * :func:`metrics_snapshot` — the store's counters and gauges: event counts, event log,
   snapshots, storage damage, de-duplication window, per placement / variant traffic, and
   per placement its segments, their limit and the segments pooled by a limit
@@ -27,7 +28,7 @@ from serving.limits import Limits
 from serving.live import PlacementEntry
 from serving.quarantine import Damage
 
-__all__ = ["damage_metrics", "experiment_report", "metrics_snapshot", "placement_metrics"]
+__all__ = ["allocation_metrics", "damage_metrics", "experiment_report", "metrics_snapshot", "placement_metrics"]
 
 
 def experiment_report(placement_id: str, entry: PlacementEntry) -> dict:
@@ -71,8 +72,9 @@ def experiment_report(placement_id: str, entry: PlacementEntry) -> dict:
 
 
 def placement_metrics(entries: Mapping[str, PlacementEntry], limits: Limits | None = None) -> dict[str, dict]:
-    """Requests, revenue per request and decisions per placement and per variant; the
-    placement's admitted segments and their limit."""
+    """Requests (outcome events learned), revenue (their sum of revenue per request, CPM),
+    revenue per request and decisions per placement and per variant; the placement's
+    admitted segments and their limit."""
     limits = limits or Limits()
     placements = {}
     for pid, entry in sorted(entries.items()):
@@ -80,6 +82,7 @@ def placement_metrics(entries: Mapping[str, PlacementEntry], limits: Limits | No
         rev = sum(s.revenue for s in entry.slots.values())
         placements[pid] = {
             "requests": n,
+            "revenue": rev,
             "revenue_per_request": rev / n if n else 0.0,
             "decisions": sum(s.decisions for s in entry.slots.values()),
             "segments": len(entry.segments),
@@ -87,6 +90,7 @@ def placement_metrics(entries: Mapping[str, PlacementEntry], limits: Limits | No
             "variants": {
                 name: {
                     "requests": s.requests,
+                    "revenue": s.revenue,
                     "revenue_per_request": s.revenue / s.requests if s.requests else 0.0,
                     "decisions": s.decisions,
                     "model_version": s.model_version(),
@@ -95,6 +99,27 @@ def placement_metrics(entries: Mapping[str, PlacementEntry], limits: Limits | No
             },
         }
     return placements
+
+
+def allocation_metrics(store) -> list[tuple[str, str, dict[str, float]]]:  # store: PolicyStore
+    """(placement, network, figures) of every placement's champion allocation over all its
+    traffic (segment ``*``): weight, floor_cpm, expected_revenue_cpm, fill_rate. A placement
+    removed or changed while this runs is skipped."""
+    rows = []
+    for config in store.list_placements():
+        try:
+            allocation = store.allocation(config.id)
+        except AdbanditError:
+            continue
+        for n in allocation.networks:
+            figures = {
+                "weight": n.weight,
+                "floor_cpm": n.floor_cpm,
+                "expected_revenue_cpm": n.expected_revenue_cpm,
+                "fill_rate": n.fill_rate,
+            }
+            rows.append((config.id, n.network, figures))
+    return rows
 
 
 def damage_metrics(damage: Sequence[Damage]) -> dict[str, int]:

@@ -47,5 +47,7 @@ async def healthz(request: Request, store: StoreDep) -> dict:
 )
 async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus metrics: requests and latency per endpoint, outcome events by result,
-    decisions per placement, and the store's figures (event-log lag, revenue per request …)."""
-    return Response(metrics.render(), media_type=CONTENT_TYPE)
+    decisions per placement, the store's figures (event-log lag, requests and revenue per
+    placement and variant …) and each placement's weights and floors per network."""
+    # In the thread pool: reading allocations waits while the applier refits a variant.
+    return Response(await run_in_threadpool(metrics.render), media_type=CONTENT_TYPE)

@@ -546,7 +546,7 @@ def test_health_metrics_and_docs(p1):
         'adbandit_decisions_total{placement="p1"} 1.0',
         "adbandit_store_log_lag_events 0.0",
         'adbandit_placement_revenue_per_request_cpm{placement="p1"} 2.0',
-        'adbandit_variant_requests{placement="p1",variant="champion"} 1.0',
+        'adbandit_variant_requests_total{placement="p1",variant="champion"} 1.0',
     ):
         assert line in text, line
     assert 'adbandit_http_request_duration_seconds_bucket{endpoint="/v1/decide",le="0.01",method="POST"}' in text
