@@ -19,10 +19,8 @@ propensities.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote
 
 from bandit import read_events
 from bandit.errors import AdbanditError, InvalidConfig, UnknownPlacement
@@ -33,7 +31,8 @@ from serving.validation import OUTCOME_FIELDS
 
 #: Events per ``ingest`` call or POST.
 BATCH_SIZE = 5000
-#: Attempts per POST on connection errors and 429/5xx answers (with exponential back-off).
+#: Attempts per POST on connection errors, timeouts and 429/502/503/504/507 answers
+#: (with exponential back-off; :mod:`serving.client`).
 HTTP_ATTEMPTS = 5
 
 
@@ -148,70 +147,34 @@ def ingest_files(
                 total = _merge(total, store.ingest(contract_events(batch, segment_by)), offset)
                 offset += len(batch)
         return total
-    import httpx
     import orjson
 
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    base = str(url).rstrip("/")
-    own = client is None
-    if own:
-        client = httpx.Client(timeout=timeout_s)
-    segment_by = _cached(lambda placement: _service_segment_by(client, base, placement, headers))
+    from serving.client import AdbanditClient, ServiceError
+
+    api = AdbanditClient(str(url), api_key, timeout_s=timeout_s, attempts=HTTP_ATTEMPTS, http=client)
+    segment_by = _cached(lambda placement: _service_segment_by(api, placement))
     try:
         for batch in event_batches(frame, batch_size):
             events = contract_events(batch, segment_by)
             body = orjson.dumps(events, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
-            total = _merge(total, _post(client, f"{base}/v1/outcomes", body, headers), offset)
+            try:
+                reply = api.post_outcomes(body)
+            except ServiceError as exc:
+                raise IngestFailed(str(exc)) from None
+            part = IngestResult(reply.accepted, reply.duplicates, [(r.index, r.error) for r in reply.rejected])
+            total = _merge(total, part, offset)
             offset += len(batch)
     finally:
-        if own:
-            client.close()
+        api.close()
     return total
 
 
-def _service_segment_by(client: Any, base: str, placement: str, headers: dict[str, str]) -> Sequence[str] | None:
+def _service_segment_by(api: Any, placement: str) -> Sequence[str] | None:
     """The ``segment_by`` fields of a placement of the service (None if it has no such placement)."""
-    import httpx
+    from serving.client import ServiceError
 
-    url = f"{base}/v1/placements/{quote(placement, safe='')}"
     try:
-        response = client.get(url, headers={k: v for k, v in headers.items() if k == "Authorization"})
-    except httpx.TransportError as exc:
-        raise IngestFailed(f"service unreachable at {url}: {exc}") from None
-    if response.status_code == 404:
-        return None
-    if response.status_code >= 300:
-        raise IngestFailed(f"GET /v1/placements/{placement} answered {response.status_code}: {response.text[:500]}")
-    return list(response.json().get("segment_by") or [])
-
-
-def _post(client: Any, url: str, body: bytes, headers: dict[str, str]) -> IngestResult:
-    """POST one batch to ``url``, retrying transient failures (ingest is idempotent)."""
-    import httpx
-
-    delay = 0.5
-    for attempt in range(1, HTTP_ATTEMPTS + 1):
-        try:
-            response = client.post(url, content=body, headers=headers)
-        except httpx.TransportError as exc:
-            if attempt == HTTP_ATTEMPTS:
-                raise IngestFailed(f"service unreachable at {url}: {exc}") from None
-        else:
-            if response.status_code < 300:
-                data = response.json()
-                return IngestResult(
-                    int(data["accepted"]),
-                    int(data["duplicates"]),
-                    [(int(r["index"]), str(r["error"])) for r in data.get("rejected", [])],
-                )
-            if response.status_code not in (429, 500, 502, 503, 504) or attempt == HTTP_ATTEMPTS:
-                try:
-                    detail = response.json().get("detail")
-                except ValueError:
-                    detail = response.text[:500]
-                raise IngestFailed(f"POST /v1/outcomes answered {response.status_code}: {detail}")
-        time.sleep(delay)
-        delay *= 2
-    raise AssertionError("unreachable")
+        config = api.placement(placement)
+    except ServiceError as exc:
+        raise IngestFailed(str(exc)) from None
+    return None if config is None else list(config.get("segment_by") or [])
