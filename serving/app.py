@@ -150,8 +150,9 @@ def start_store(
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start the store (:func:`start_store`) unless the app was given an open one, and close it
-    (final snapshot) at exit."""
-    if getattr(app.state, "store", None) is None:
+    (final snapshot) at exit; a later lifespan of the same app starts a new store."""
+    store = getattr(app.state, "store", None)
+    if store is None or not store.is_open:  # none given, or the previous lifespan's, closed
         app.state.store = await run_in_threadpool(
             start_store, app.state.settings, app.state.model_source, app.state.demo_source
         )

@@ -661,3 +661,17 @@ def test_docs_pages_load_their_assets_from_the_service(client):
     assert "javascript" in js.headers["content-type"] and b"SwaggerUIBundle" in js.content
     assert client.get("/docs/oauth2-redirect").status_code == 200
     assert "/docs" not in client.get("/openapi.json").json()["paths"]
+
+
+def test_an_app_can_be_started_again_after_it_stopped(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from adbandit.wiring import create_app
+    from tests.serving.conftest import test_settings
+
+    app = create_app(test_settings(tmp_path / "state"))
+    with TestClient(app) as first:
+        assert first.put("/v1/placements/p1", json=P1_BODY).status_code == 201
+    with TestClient(app) as second:  # a new store over the same state dir
+        assert second.post("/v1/outcomes", json=[outcome(0)]).json()["accepted"] == 1
+        assert second.get("/healthz").status_code == 200
