@@ -9,6 +9,8 @@ functions and under ``TYPE_CHECKING``.
 from __future__ import annotations
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,55 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from experiments.model_registry import x\n    import simulator.demo\n")
     assert imported_modules(source) == [(2, "experiments"), (3, "simulator")]
+
+
+# ------------------------------------------------------------- declared dependencies
+#: Distribution name -> import name, where they differ.
+IMPORT_NAME = {"prometheus-client": "prometheus_client", "pydantic-settings": "pydantic_settings",
+               "fastapi-offline": "fastapi_offline", "typing-extensions": "typing_extensions"}  # fmt: skip
+#: Which requirement groups each package may use (core = the unconditional dependencies).
+LAYER_GROUPS = {
+    "bandit": ("core",),
+    "simulator": ("core", "offline"),
+    "experiments": ("core", "offline"),
+    "serving": ("core", "serve"),
+}
+
+
+def declared() -> dict[str, set[str]]:
+    """Import names of the requirements of pyproject.toml, by group (core, serve, offline)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    groups = {"core": project["dependencies"], **project["optional-dependencies"]}
+
+    def name(requirement: str) -> str:
+        dist = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].strip().lower()
+        return IMPORT_NAME.get(dist, dist.replace("-", "_"))
+
+    return {group: {name(r) for r in reqs} for group, reqs in groups.items()}
+
+
+def third_party(package: str) -> set[str]:
+    """Top-level modules ``package`` imports (or loads package data of) outside the stdlib and the project."""
+    ours = {"bandit", "simulator", "experiments", "serving", "adbandit"}
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        found |= {m for _, m in imported_modules(path)}
+        found |= set(re.findall(r"""files\(["'](\w+)["']\)""", path.read_text()))
+    return {m for m in found if m not in sys.stdlib_module_names and m not in ours}
+
+
+def test_packages_import_only_declared_dependencies_of_their_layer():
+    groups = declared()
+    for package, allowed in LAYER_GROUPS.items():
+        undeclared = third_party(package) - set().union(*(groups[g] for g in allowed))
+        assert sorted(undeclared) == [], package
+
+
+def test_every_declared_dependency_is_used():
+    groups = declared()
+    used = set().union(*(third_party(p) for p in LAYER_GROUPS))
+    for group in ("core", "serve", "offline"):
+        assert sorted(groups[group] - used) == [], group
+    assert "adbandit" in " ".join(groups["dev"])  # dev = serve + offline + the tools
