@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +152,24 @@ def serve_command(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"adbandit serve: {exc}", file=sys.stderr)
         return exc.code
+    except KeyboardInterrupt:
+        print("adbandit serve: interrupted during start-up", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While starting (replay may take seconds), SIGTERM stops like Ctrl-C: the store closes
+    what it opened and releases the state dir (uvicorn handles signals once it serves)."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -173,7 +193,8 @@ def _serve(args: argparse.Namespace) -> int:
         model_source = wiring.model_source()
         demo_source = wiring.demo_source() if settings.demo else None
         try:
-            store = start_store(settings, model_source, demo_source)
+            with sigterm_interrupts():
+                store = start_store(settings, model_source, demo_source)
         except AdbanditError as exc:
             raise StartupError(str(exc)) from None
         except OSError as exc:

@@ -104,6 +104,28 @@ def test_a_missing_model_alias_is_one_line(tmp_path, capsys, monkeypatch):
     store.close()
 
 
+def test_sigterm_during_start_up_releases_the_state_dir(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    import adbandit.wiring
+
+    class Terminated:
+        def load(self, alias, name):
+            os.kill(os.getpid(), signal.SIGTERM)  # as if stopped while the model downloads
+            raise AssertionError("SIGTERM should have interrupted the start-up")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(adbandit.wiring, "mlflow_source", Terminated)
+    argv = ["serve", "--no-fsync", "--log-level", "error", "--port", "0", "--state-dir", str(tmp_path / "s")]
+    code = main([*argv, "--model", "x"])
+    assert code == 130 and capsys.readouterr().err.strip() == "adbandit serve: interrupted during start-up"
+    assert signal.getsignal(signal.SIGTERM) == before
+    store = PolicyStore(tmp_path / "s", fsync=False)
+    store.open()
+    store.close()
+
+
 def test_a_bad_setting_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ADBANDIT_MAX_NETWORKS", "many")
     line = _serve_fails(["--port", "0", "--state-dir", str(tmp_path / "s")], capsys)
