@@ -68,3 +68,14 @@ def test_writes_with_an_unknown_query_parameter_change_nothing(p1):
     assert p1.post("/v1/outcomes", json=[outcome(0)]).json() == {"accepted": 1, "duplicates": 0, "rejected": []}
     metrics = p1.get("/metrics").text
     assert 'adbandit_decisions_total{placement="p1"}' not in metrics
+
+
+def test_an_unknown_path_or_method_says_what_exists(p1):
+    missing = p1.get("/v1/decid")
+    assert missing.status_code == 404
+    assert missing.json()["detail"] == "no endpoint GET /v1/decid; the API is listed at /docs"
+    wrong = p1.get("/v1/decide")
+    assert wrong.status_code == 405 and wrong.json()["detail"] == "GET is not allowed on /v1/decide; use POST"
+    assert wrong.headers["allow"] == "POST"
+    # Domain 404s keep their own message.
+    assert p1.get("/v1/placements/nope/allocation").json()["detail"] == "placement 'nope' does not exist"
