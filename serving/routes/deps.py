@@ -51,7 +51,14 @@ class StrictQueryRoute(APIRoute):
     """An APIRoute that answers 422 to query parameters it does not declare, or gives twice,
     naming the ones it takes (a misspelt ``?segmnet=`` would otherwise be ignored silently).
 
-    A request without a query string costs one look-up (the decide hot path)."""
+    A request without a query string costs one look-up (the decide hot path). Every such
+    route documents the 422."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        responses = dict(kwargs.get("responses") or {})
+        responses.setdefault(422, {"model": ErrorOut, "description": ERROR_TEXT[422]})
+        kwargs["responses"] = responses
+        super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
