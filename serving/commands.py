@@ -72,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction, wiring: Wiring | None = Non
         "--model",
         default=None,
         metavar="ALIAS",
-        help="load MLflow model adbandit-policy@ALIAS (e.g. champion) as its placement's champion",
+        help="load MLflow model adbandit-policy@ALIAS (e.g. champion) as its placement's champion "
+        "(needs adbandit[offline])",
     )
     serve.add_argument("--model-name", default=None, help="MLflow registered model name (default adbandit-policy)")
     serve.add_argument(
@@ -85,7 +86,8 @@ def register(subparsers: argparse._SubParsersAction, wiring: Wiring | None = Non
     serve.add_argument(
         "--demo",
         action="store_true",
-        help="on an empty state dir, create the 'demo' placement fed with synthetic outcomes",
+        help="on an empty state dir, create the 'demo' placement fed with synthetic outcomes from the "
+        "simulator's demo market",
     )
     serve.add_argument("--no-fsync", action="store_true", help="do not fsync the event log (tests/benchmarks only)")
     serve.add_argument(
