@@ -9,9 +9,15 @@
 from __future__ import annotations
 
 from importlib.util import find_spec
+from typing import TYPE_CHECKING, Any
 
 from serving.commands import Wiring
 from serving.sources import DemoSource, ModelSource
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from serving.settings import Settings
 
 
 def mlflow_source() -> ModelSource | None:
@@ -32,7 +38,7 @@ def wiring() -> Wiring:
     return Wiring(model_source=mlflow_source, demo_source=market_demo)
 
 
-def create_app(settings=None, **kwargs):  # -> fastapi.FastAPI
+def create_app(settings: Settings | None = None, **kwargs: Any) -> FastAPI:
     """:func:`serving.app.create_app` with the command line's model source and demo market
     (what tests and scripts use to get the app ``adbandit serve`` runs)."""
     from serving.app import create_app as create
