@@ -139,8 +139,9 @@ POLICY_PARAMS: dict[str, tuple[Param, ...]] = {
             "float",
             0.0,
             1e9,
-            "Events of an hour of day that move its value level half-way (daily cycles; 0 turns levels off).",
-            5000.0,
+            "Events of an hour of day that move its value level half-way, and the strength of the segment's "
+            "common level in each network's (daily cycles; 0 turns levels off).",
+            2000.0,
         ),
         Param(
             "refit_share",

@@ -27,8 +27,9 @@ from numpy.typing import NDArray
 from bandit.stats import distinct, log_price, price_bin
 
 HOURS_PER_DAY = 24
-#: Events of an hour that move its level half-way to what they show.
-LEVEL_EVENTS = 5000.0
+#: Events of an hour that move its level half-way to what they show; also the strength
+#: (in events) of the segment's common level in a network's served level.
+LEVEL_EVENTS = 2000.0
 #: Floor-bin history (discounted requests) needed before an event is compared with it.
 MIN_BIN_HISTORY = 5.0
 #: Levels stay within [1 / LEVEL_BOUND, LEVEL_BOUND].
@@ -61,10 +62,11 @@ def update_cell_levels(
     hours: NDArray[np.int64],
     revenue: NDArray[np.float64],
     expected: NDArray[np.float64],
+    level_events: float = LEVEL_EVENTS,
 ) -> NDArray[np.float64]:
     """New log levels [C, 24] of C cells (``log_level`` [C, 24]) after their events (``cell`` [n]
     in [0, C), with their hours, revenues and expectations): per cell and hour, move ``log s_h``
-    by ``n / (n + LEVEL_EVENTS)`` of ``log(Σ revenue / Σ expected)`` over its events with an
+    by ``n / (n + level_events)`` of ``log(Σ revenue / Σ expected)`` over its events with an
     expectation (``expected`` NaN: not compared). A cell without such events is left as it is."""
     out = log_level.copy()
     known = np.isfinite(expected)
@@ -79,10 +81,32 @@ def update_cell_levels(
     ok = (predicted > 0) & (observed > 0)
     ratio = np.log(np.clip(observed[ok] / predicted[ok], 1 / LEVEL_BOUND, LEVEL_BOUND))
     flat = out.reshape(-1)
-    flat[slots[ok]] += n[ok] / (n[ok] + LEVEL_EVENTS) * ratio
+    flat[slots[ok]] += n[ok] / (n[ok] + level_events) * ratio
     compared = np.unique(slots // HOURS_PER_DAY)
     out[compared] = np.clip(out[compared], -np.log(LEVEL_BOUND), np.log(LEVEL_BOUND))
     return out
+
+
+def count_level_events(
+    counts: NDArray[np.float64], cell: NDArray[np.int64], hours: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """Counts [C, 24] of compared events per cell and hour (``counts`` [C, 24]) after one more
+    event per (``cell`` [n], ``hours`` [n]) pair."""
+    out = counts.copy()
+    np.add.at(out, (cell, hours), 1.0)
+    return out
+
+
+def shrunk_levels(log_level: NDArray[np.float64], events: NDArray[np.float64], strength: float) -> NDArray[np.float64]:
+    """Served log levels [N] of one segment's N networks at one time of day, from their own
+    levels ``log_level`` [N] learned from ``events`` [N] compared events at that hour: each
+    is pulled toward the segment's common level (the event-weighted mean over networks) with
+    ``strength`` events. A daily cycle is mostly the market's, so a network seldom served at
+    an hour follows the others instead of a stale level of its own, and networks are ranked
+    on levels that are equally well learned."""
+    total = float(events.sum())
+    common = float(events @ log_level) / total if total > 0 else 0.0
+    return (events * log_level + strength * common) / (events + strength)
 
 
 def level_at(log_level: NDArray[np.float64], ts: float) -> float:

@@ -80,10 +80,12 @@ from bandit.pooling import SegmentPool
 from bandit.season import (
     HOURS_PER_DAY,
     LEVEL_EVENTS,
+    count_level_events,
     deflated_bin,
     expected_at,
     hour_of_day,
     level_at,
+    shrunk_levels,
     update_cell_levels,
 )
 from bandit.stats import (
@@ -304,6 +306,7 @@ class ThompsonGmmPolicy(Policy):
         self._cusum = CellArrays(2)  # (upper, lower) CUSUM per statistics cell
         self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0)
         self._levels = CellArrays(HOURS_PER_DAY)  # log hour-of-day levels per statistics cell
+        self._level_events = CellArrays(HOURS_PER_DAY)  # events compared per cell and hour
         self._batch_span = 0.0  # seconds of event time the last batch covered
         # Each cell's refits draw from their own generator (see _cell_rng), so a cell's draws do
         # not depend on which cells were refit before it, or in what order.
@@ -413,24 +416,32 @@ class ThompsonGmmPolicy(Policy):
             )
             expected = expected_at(base[:, 0], base[:, 1], before_e)
             levels = update_cell_levels(
-                self._levels.get(keys), local, hours[events], batch.revenue_cpm[events], expected
+                self._levels.get(keys), local, hours[events], batch.revenue_cpm[events], expected, self.level_events
             )
             self._levels.set(keys, levels)
+            known = np.isfinite(expected)
+            counts = count_level_events(self._level_events.get(keys), local[known], hours[events][known])
+            self._level_events.set(keys, counts)
         scale = np.exp(self._levels.at(cells.key[cells.index], hours))
         return replace(batch, floor_cpm=batch.floor_cpm / scale, revenue_cpm=batch.revenue_cpm / scale)
 
-    def _level_now(self, segment: str, network: int) -> float:
-        """The cell's value level for the decisions this table will serve (1 without levels).
+    def _served_levels(self, segment: str) -> NDArray[np.float64]:
+        """The value levels [N] of the segment's networks for the decisions this table will
+        serve (ones without levels): each network's own level shrunk toward the segment's
+        common one (:func:`bandit.season.shrunk_levels`, strength ``level_events``).
 
-        A table serves from the newest event learned until the next update, so the level is
-        read half a batch span after that event (the span of the last batch is the best
-        guess of the time to the next one), interpolated between hour centres.
+        A table serves from the newest event learned until the next update, so levels are
+        read half a batch span after that event, interpolated between hour centres.
         """
+        n_net = len(self.placement.networks)
         row = self.stats.segment_row(segment)
-        if row is None or not math.isfinite(self.stats.t_ref):
-            return 1.0
-        level = self._levels.get(np.array([row * len(self.placement.networks) + network]))[0]
-        return float(np.exp(level_at(level, self.stats.t_ref + 0.5 * self._batch_span)))
+        if row is None or not math.isfinite(self.stats.t_ref) or self.level_events <= 0:
+            return np.ones(n_net)
+        keys = row * n_net + np.arange(n_net)
+        at = self.stats.t_ref + 0.5 * self._batch_span
+        own = np.array([level_at(x, at) for x in self._levels.get(keys)])
+        events = np.array([level_at(x, at) for x in self._level_events.get(keys)])
+        return np.exp(shrunk_levels(own, events, self.level_events))
 
     def _level_scale(self, cells: BatchCells, hours: NDArray[np.int64]) -> NDArray[np.float64]:
         """Each event's current hour-of-day level [n] (1 for cells without levels)."""
@@ -640,7 +651,7 @@ class ThompsonGmmPolicy(Policy):
         if segment != ALL_SEGMENTS:
             stats = stats + self._pool.prior(segment, stats, pooled)
         # Statistics hold the base market; the table serves the current hour's value level.
-        level = np.array([self._level_now(segment, j) for j in range(n_net)])
+        level = self._served_levels(segment)
         values = self._values.get(segment)
         if values is None:
             values = self._values[segment] = np.zeros((self.n_draws, n_net), dtype=np.float32)
@@ -722,6 +733,7 @@ class ThompsonGmmPolicy(Policy):
             **dict(zip(("drift_cells", "drift_cusum"), self._cusum.state(), strict=True)),
             **{f"recent_{k}": v for k, v in self._recent.state().items()},
             **dict(zip(("level_cells", "level_log"), self._levels.state(), strict=True)),
+            **dict(zip(("level_event_cells", "level_events"), self._level_events.state(), strict=True)),
             "level_batch_span": np.array(self._batch_span),
         }
 
@@ -744,7 +756,9 @@ class ThompsonGmmPolicy(Policy):
         }
         self._cusum = CellArrays(2)
         self._levels = CellArrays(HOURS_PER_DAY)
+        self._level_events = CellArrays(HOURS_PER_DAY)
         for array, values, names in (
+            (self._level_events, "level_events", ("level_event_cells", "", "")),
             (self._cusum, "drift_cusum", ("drift_cells", "drift_keys", "drift_networks")),
             (self._levels, "level_log", ("level_cells", "level_segments", "level_networks")),
         ):

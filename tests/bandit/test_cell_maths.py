@@ -25,8 +25,10 @@ from bandit.season import (
     LEVEL_BOUND,
     LEVEL_EVENTS,
     MIN_BIN_HISTORY,
+    count_level_events,
     deflated_bin,
     expected_at,
+    shrunk_levels,
     update_cell_levels,
 )
 from bandit.stats import FILLS, N_BINS, REQUESTS, REVENUE, REVENUE_SQ, SufficientStats, accumulate, log_price, price_bin
@@ -212,3 +214,35 @@ def test_hour_levels_of_many_cells_equal_the_one_cell_computation(seed: int, n_c
         ref_expected = reference_expected(histories[c], floor[rows], before[rows])
         np.testing.assert_array_equal(expected[rows], ref_expected)
         np.testing.assert_array_equal(new[c], reference_levels(levels[c], hours[rows], revenue[rows], ref_expected))
+
+
+def test_level_events_sets_how_far_one_batch_moves_a_level() -> None:
+    # One cell, hour 3, 500 events paying twice what the base expects: log s moves by
+    # n / (n + level_events) of log 2, whatever level_events is given.
+    cell, hours = np.zeros(500, dtype=np.int64), np.full(500, 3)
+    revenue, expected = np.full(500, 2.0), np.ones(500)
+    for level_events in (100.0, 2000.0, 1e6):
+        new = update_cell_levels(np.zeros((1, HOURS_PER_DAY)), cell, hours, revenue, expected, level_events)
+        assert new[0, 3] == pytest.approx(500 / (500 + level_events) * np.log(2.0))
+        assert np.count_nonzero(new) == 1
+
+
+def test_level_events_are_counted_per_cell_and_hour() -> None:
+    counts = np.zeros((2, HOURS_PER_DAY))
+    counts[1, 5] = 7.0
+    new = count_level_events(counts, np.array([0, 1, 1, 0]), np.array([2, 5, 5, 23]))
+    assert new[0, 2] == 1 and new[0, 23] == 1 and new[1, 5] == 9 and new.sum() == 11
+    assert counts[1, 5] == 7.0  # the input is left as it was
+
+
+def test_shrunk_levels_pull_networks_with_few_events_to_the_common_level() -> None:
+    own = np.array([0.4, 0.0, -0.2])
+    events = np.array([3000.0, 0.0, 1000.0])
+    common = (3000 * 0.4 - 1000 * 0.2) / 4000
+    served = shrunk_levels(own, events, 2000.0)
+    # Never seen at this hour: the common level; well seen: mostly its own.
+    assert served[1] == pytest.approx(common)
+    assert served[0] == pytest.approx((3000 * 0.4 + 2000 * common) / 5000)
+    # Strength 0 serves each network's own level where it has events; no events at all: no level.
+    np.testing.assert_allclose(shrunk_levels(own, events + 1.0, 0.0), own)
+    np.testing.assert_array_equal(shrunk_levels(own, np.zeros(3), 2000.0), np.zeros(3))
