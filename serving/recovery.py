@@ -2,9 +2,14 @@
 
 * :func:`clean_temporary_files` removes ``*.tmp`` files a crash or a full disk left behind
   (half-written snapshots, archive parts, segment rewrites).
-* :func:`load_snapshot` returns the newest snapshot that reads back cleanly; newer ones
-  that do not (damaged, empty, half written) are moved to the quarantine and reported
-  (their content is in the log: the older snapshot plus the log replay rebuild it).
+* :func:`load_chain` returns the newest snapshot chain that reads back cleanly: the newest
+  sound base and its deltas up to the first that is damaged (empty, half written, a flipped
+  bit) or does not link to the file before it. A damaged file is moved to the quarantine and
+  reported, the deltas after it are set aside too (they follow a missing link); their
+  content is in the log, which is replayed from the end of the chain. A damaged base falls
+  back to the previous base and its chain (the log is kept back to it).
+  :func:`restore_chain` builds the live placements from a chain, cutting it before a delta
+  that does not apply.
 * :func:`replay` reads the log after the snapshot (the log cuts out damage and reports
   it, see :mod:`serving.eventlog`) and re-applies it in exactly the groups the live store
   applied, as the ``APPLIED`` markers recorded; events after the last marker are handed
@@ -69,24 +74,142 @@ def clean_temporary_files(state_dir: Path) -> list[Path]:
     return removed
 
 
-def load_snapshot(directory: Path, quarantine: Quarantine | None = None) -> snapshots.Snapshot | None:
-    """The newest snapshot that reads back cleanly. Unreadable newer ones are moved to
-    ``quarantine`` (when given) and reported, so a later snapshot never prunes the sound
-    one they would otherwise shadow."""
-    for covered, path in reversed(snapshots.list_snapshots(directory)):
+#: What reading a damaged snapshot file raises.
+READ_ERRORS = (InvalidState, KeyError, OSError, ValueError)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A base snapshot and the deltas of its chain that read back and link, in order;
+    ``intact`` is false when deltas of it on disk were left out."""
+
+    base: snapshots.Snapshot
+    deltas: list[snapshots.Snapshot]
+    intact: bool = True
+
+    @property
+    def last(self) -> snapshots.Snapshot:
+        return self.deltas[-1] if self.deltas else self.base
+
+    @property
+    def covered_lsn(self) -> int:
+        return self.last.covered_lsn
+
+    @property
+    def created(self) -> float:
+        return self.last.created
+
+
+@dataclass
+class ChainPick:
+    """The chain :func:`pick_chain` chose, the files it found damaged (with the error) and the
+    deltas it could not use (after a damaged one, or not linking)."""
+
+    chain: Chain | None
+    damaged: list[tuple[snapshots.SnapshotFile, str]] = field(default_factory=list)
+    unusable: list[snapshots.SnapshotFile] = field(default_factory=list)
+
+
+def pick_chain(
+    files: Sequence[snapshots.SnapshotFile], read: Callable[[Path], snapshots.Snapshot]
+) -> ChainPick:
+    """The newest base that ``read`` reads back, with its deltas in order up to the first
+    damaged or unlinked one (``files`` as :func:`serving.snapshots.list_files` lists them).
+    Deltas newer than the chain that are not in it (their base is damaged or missing) are
+    found damaged or unusable too."""
+    pick = _pick_base_chain(files, read)
+    end = pick.chain.covered_lsn if pick.chain is not None else 0
+    seen = {f.path for f, _ in pick.damaged} | {f.path for f in pick.unusable}
+    seen |= {d.path for d in pick.chain.deltas} if pick.chain is not None else set()
+    for f in files:
+        if f.is_delta and f.covered_lsn > end and f.path not in seen:
+            try:
+                read(f.path)
+            except READ_ERRORS as exc:
+                pick.damaged.append((f, str(exc)))
+            else:
+                pick.unusable.append(f)
+    return pick
+
+
+def _pick_base_chain(
+    files: Sequence[snapshots.SnapshotFile], read: Callable[[Path], snapshots.Snapshot]
+) -> ChainPick:
+    pick = ChainPick(None)
+    for bf in reversed([f for f in files if not f.is_delta]):
         try:
-            return snapshots.read_snapshot(path)
-        except (InvalidState, KeyError, OSError, ValueError) as exc:
-            size = path.stat().st_size if path.exists() else 0
-            damage = Damage(
-                f"{path.name}@{time.time():.0f}", "snapshot", path.name, 0, size, None, None, 0, 0, covered,
-                f"unreadable snapshot ({exc}); recovery falls back to an older one and the log",
-            )  # fmt: skip
-            log.error("snapshot damage: %s", damage.message())
-            if quarantine is not None:
-                name = quarantine.move(path, f"{path.name}.bad")
-                quarantine.record(Damage.from_dict({**damage.to_dict(), "quarantined": name}))
-    return None
+            base = read(bf.path)
+        except READ_ERRORS as exc:
+            pick.damaged.append((bf, str(exc)))
+            continue
+        deltas: list[snapshots.Snapshot] = []
+        broken = False
+        for f in files:
+            if not f.is_delta or f.base_lsn != bf.covered_lsn:
+                continue
+            if broken:
+                pick.unusable.append(f)
+                continue
+            try:
+                delta = read(f.path)
+            except READ_ERRORS as exc:
+                pick.damaged.append((f, str(exc)))
+                broken = True
+                continue
+            if not delta.is_delta or delta.prev_lsn != (deltas[-1] if deltas else base).covered_lsn:
+                pick.unusable.append(f)
+                broken = True
+                continue
+            deltas.append(delta)
+        pick.chain = Chain(base, deltas, intact=not broken)
+        return pick
+    return pick
+
+
+def load_chain(directory: Path, quarantine: Quarantine | None = None) -> Chain | None:
+    """The newest snapshot chain that reads back cleanly (:func:`pick_chain`). Damaged files
+    are moved to ``quarantine`` (when given) and reported, unusable deltas moved there too,
+    so a later snapshot never prunes the sound files they would otherwise shadow."""
+    pick = pick_chain(snapshots.list_files(directory), snapshots.read_snapshot)
+    for f, error in pick.damaged:
+        _report_damage(quarantine, f, f"unreadable snapshot ({error})")
+    for f in pick.unusable:
+        log.warning("snapshot %s follows a damaged or missing delta: set aside, the log replays it", f.path.name)
+        if quarantine is not None:
+            quarantine.move(f.path, f"{f.path.name}.unused")
+    return pick.chain
+
+
+def _report_damage(quarantine: Quarantine | None, f: snapshots.SnapshotFile, what: str) -> None:
+    path = f.path
+    size = path.stat().st_size if path.exists() else 0
+    damage = Damage(
+        f"{path.name}@{time.time():.0f}", "snapshot", path.name, 0, size, None, None, 0, 0, f.covered_lsn,
+        f"{what}; recovery falls back to the snapshots before it and the log",
+    )  # fmt: skip
+    log.error("snapshot damage: %s", damage.message())
+    if quarantine is not None:
+        name = quarantine.move(path, f"{path.name}.bad")
+        quarantine.record(Damage.from_dict({**damage.to_dict(), "quarantined": name}))
+
+
+def restore_chain(chain: Chain, quarantine: Quarantine | None = None) -> tuple[Chain, dict, list]:
+    """The live placements of ``chain`` (:func:`serving.snapshots.restore_live`) and the chain
+    they come from: cut before a delta that does not apply (reported as damage, it and the
+    deltas after it moved to the quarantine)."""
+    while True:
+        try:
+            entries, stale = snapshots.restore_live(chain.base, chain.deltas)
+            return chain, entries, stale
+        except snapshots.DeltaRefused as exc:
+            if exc.index < 0:
+                raise
+            refused = chain.deltas[exc.index]
+            _report_damage(quarantine, snapshots.SnapshotFile.parse(refused.path), f"snapshot does not apply ({exc})")
+            for later in chain.deltas[exc.index + 1 :]:
+                if quarantine is not None:
+                    quarantine.move(later.path, f"{later.path.name}.unused")
+            chain = Chain(chain.base, chain.deltas[: exc.index], intact=False)
 
 
 @dataclass
@@ -265,15 +388,24 @@ def verify(state_dir: Path) -> VerifyReport:
     started = time.perf_counter()
     report = VerifyReport(str(state_dir))
     snap_dir, log_dir = state_dir / "snapshots", state_dir / "log"
-    covered = 0
-    for lsn, path in snapshots.list_snapshots(snap_dir):
+    read: dict[Path, snapshots.Snapshot | Exception] = {}
+    for f in snapshots.list_files(snap_dir):
+        entry = {"name": f.path.name, "sound": True, "covered_lsn": f.covered_lsn, "error": None}
         try:
-            snap = snapshots.read_snapshot(path)
-        except (InvalidState, KeyError, OSError, ValueError) as exc:
-            report.snapshots.append({"name": path.name, "sound": False, "covered_lsn": lsn, "error": str(exc)})
-        else:
-            report.snapshots.append({"name": path.name, "sound": True, "covered_lsn": snap.covered_lsn, "error": None})
-            covered = max(covered, snap.covered_lsn)
+            read[f.path] = snapshots.read_snapshot(f.path)
+        except READ_ERRORS as exc:
+            read[f.path] = exc
+            entry.update(sound=False, error=str(exc))
+        report.snapshots.append(entry)
+
+    def cached(path: Path) -> snapshots.Snapshot:
+        got = read[path]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    chain = pick_chain(snapshots.list_files(snap_dir), cached).chain
+    covered = chain.covered_lsn if chain is not None else 0
     quarantine = Quarantine(state_dir / "quarantine")
     report.quarantined = quarantine.entries()
     for sub in TEMP_DIRS:

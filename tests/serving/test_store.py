@@ -359,9 +359,11 @@ def test_snapshots_compact_covered_log_segments(tmp_path):
         store.ingest(events(rng, 60, k * 100))
     store.flush()
     before = store.metrics()["log_segments"]
-    store.snapshot()
+    store.snapshot()  # a base
     store.ingest(events(rng, 60, 900))
-    store.snapshot()  # the first snapshot is now the older one kept: segments it covers go
+    store.snapshot()  # a delta: the log stays back to the only base
+    assert store.metrics()["log_segments"] >= before
+    store.snapshot(full=True)  # the first base is now the older one kept: segments it covers go
     after = store.metrics()["log_segments"]
     assert before > 3 and after < before
     firsts = [f for f, _ in eventlog.list_segments(tmp_path / "log")]
