@@ -322,7 +322,7 @@ class Policy:
             **_table_arrays(rebuilt, [self._tables[s] for s in rebuilt]),
             "table_removed": np.array([s for s in saved if s not in self._tables], dtype=np.str_),
             **stats,
-            **self._extra_changes(sorted(dirty), cells),
+            **self._extra_changes(sorted(dirty), rebuilt, cells),
         }
         self._saved_tables = dict(self._tables)
         self._saved_segments = len(self.stats.segments)
@@ -350,10 +350,13 @@ class Policy:
     def _checkpoint_extra(self) -> None:
         """Subclasses with changes of their own start recording them here."""
 
-    def _extra_changes(self, segments: list[str], cells: NDArray[np.int64]) -> dict[str, np.ndarray]:
+    def _extra_changes(
+        self, segments: list[str], rebuilt: list[str], cells: NDArray[np.int64]
+    ) -> dict[str, np.ndarray]:
         """What a subclass derived that changed since the checkpoint, given the segments whose
-        statistics or tables changed (sorted; with the placement level) and the changed
-        statistics cells. The default stores all of :meth:`_extra_state`."""
+        statistics or tables changed (sorted; with the placement level), those whose tables
+        were rebuilt, and the changed statistics cells. The default stores all of
+        :meth:`_extra_state`."""
         return self._extra_state()
 
     def _apply_extra_changes(self, changes: Mapping[str, np.ndarray]) -> None:

@@ -747,22 +747,27 @@ class ThompsonGmmPolicy(Policy):
         self._recent.take_changes()
         self._saved_recent_segments = len(self._recent.segments)
 
-    def _extra_changes(self, segments: list[str], cells: NDArray[np.int64]) -> dict[str, np.ndarray]:
-        """Everything derived for ``segments`` (fits, pending and fitted bookkeeping, cached
-        draws: they change only where statistics changed or a table was rebuilt), the change
-        detector and hour levels of the changed ``cells``, and the recent history's changes."""
+    def _extra_changes(
+        self, segments: list[str], rebuilt: list[str], cells: NDArray[np.int64]
+    ) -> dict[str, np.ndarray]:
+        """The pending events of ``segments`` (they change where statistics changed or a table
+        was rebuilt); the fits, fitted bookkeeping and cached draws of the ``rebuilt`` ones
+        (they change only when a table is built); the change detector and hour levels of the
+        changed ``cells``; and the recent history's changes."""
         n_net = len(self.placement.networks)
+        rebuilt = sorted(rebuilt)
         keys = [(seg, j) for seg in segments for j in range(n_net)]
+        fitted = [(seg, j) for seg in rebuilt for j in range(n_net)]
         recent = self._recent.changed_state(self._recent.take_changes(), self._saved_recent_segments)
         self._saved_recent_segments = len(self._recent.segments)
         return {
             **self._derived(
-                segments,
+                rebuilt,
                 [k for k in keys if k in self._pending],
-                [k for k in keys if k in self._fitted],
-                [seg for seg in segments if seg in self._values],
+                [k for k in fitted if k in self._fitted],
+                [seg for seg in rebuilt if seg in self._values],
             ),
-            "derived_segments": np.array(segments, dtype=np.str_),
+            "pending_segments": np.array(segments, dtype=np.str_),
             "drift_cells": cells,
             "drift_cusum": self._cusum.get(cells),
             "level_cells": cells,
@@ -776,9 +781,11 @@ class ThompsonGmmPolicy(Policy):
             self._recent.apply_changed_state({k[7:]: v for k, v in changes.items() if k.startswith("recent_")})
         except (KeyError, ValueError) as exc:
             raise InvalidState(f"recent history changes do not apply: {exc}") from None
-        for seg in map(str, changes["derived_segments"]):
+        for seg in map(str, changes["pending_segments"]):
             for j in range(n_net):
                 self._pending.pop((seg, j), None)
+        for seg in map(str, changes["gmm_segments"]):
+            for j in range(n_net):
                 self._fitted.pop((seg, j), None)
                 self._fits.pop((seg, j), None)
         keys = zip(changes["refit_pending_keys"].tolist(), changes["refit_pending_networks"].tolist(), strict=True)
