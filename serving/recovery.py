@@ -11,9 +11,15 @@
   :func:`restore_chain` builds the live placements from a chain, cutting it before a delta
   that does not apply.
 * :func:`replay` reads the log after the snapshot (the log cuts out damage and reports
-  it, see :mod:`serving.eventlog`) and re-applies it in exactly the groups the live store
-  applied, as the ``APPLIED`` markers recorded; events after the last marker are handed
-  back (:class:`Replayed`) to be learned and marked in bounded groups.
+  it, see :mod:`serving.eventlog`) and re-applies it in the groups the live store applied,
+  as the ``APPLIED`` markers recorded — consecutive groups merged into one of at most
+  ``group_events`` events (0: each group alone, bit-for-bit what the live store learned;
+  a merged group is what a live store whose applier had taken those groups at once would
+  learn: the same statistics for policies whose learning does not depend on batching, and
+  for ``ts_gmm`` change detection and hour levels learned per merged group). The merging
+  depends only on the log, so every restart from the same snapshot learns the same. Events
+  after the last marker are handed back (:class:`Replayed`) to be learned and marked in
+  bounded groups.
 
 Every intact events record after the snapshot is learned exactly once: records up to
 the snapshot's lsn are in the snapshot (it is written only after every record it covers
@@ -226,20 +232,36 @@ def replay(
     event_log: EventLog,
     covered_lsn: int,
     *,
-    apply_group: Callable[[Group], object],
+    apply_group: Callable[[list[Group]], object],
     on_placement: Callable[[dict], None],
     on_model: Callable[[dict, dict[str, np.ndarray]], None],
+    group_events: int = 0,
 ) -> Replayed:
-    """Re-apply the log after ``covered_lsn`` exactly as it was applied live (module docstring)."""
+    """Re-apply the log after ``covered_lsn`` as it was applied live, consecutive groups
+    merged up to ``group_events`` events (module docstring). ``apply_group`` gets the live
+    groups that form one replay group, in order."""
     out = Replayed()
-    buffered: Group = []
+    buffered: Group = []  # records no marker covers yet
+    merged: list[Group] = []  # marked groups learned together at the next flush
+    merged_events = 0
 
-    def apply(upto: int | None) -> None:
-        nonlocal buffered
+    def learn() -> None:
+        nonlocal merged, merged_events
+        if merged:
+            apply_group(merged)
+            merged, merged_events = [], 0
+
+    def mark(upto: int | None) -> None:
+        nonlocal buffered, merged_events
         take = [r for r in buffered if upto is None or r[0] <= upto]
-        if take:
-            buffered = [r for r in buffered if upto is not None and r[0] > upto]
-            apply_group(take)
+        if not take:
+            return
+        buffered = [r for r in buffered if upto is not None and r[0] > upto]
+        n = sum(len(events) for _, events in take)
+        if merged and merged_events + n > group_events:
+            learn()
+        merged.append(take)
+        merged_events += n
 
     for rec in event_log.recover(covered_lsn):
         if rec.kind == EVENTS:
@@ -248,13 +270,16 @@ def replay(
             out.seen.append((events.event_hash, events.ingest_time))
             out.events += len(events)
         elif rec.kind == APPLIED:
-            apply(decode_applied(rec.payload))
+            mark(decode_applied(rec.payload))
         elif rec.kind == PLACEMENT:
-            apply(None)
+            mark(None)
+            learn()
             on_placement(decode_json(rec.payload))
         elif rec.kind == MODEL:
-            apply(None)
+            mark(None)
+            learn()
             on_model(*decode_with_state(rec.payload))
+    learn()
     out.unmarked = buffered
     return out
 

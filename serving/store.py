@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import threading
 import time
@@ -179,6 +180,9 @@ class PolicyStore:
         segment_max_bytes: int = 64 * 2**20,
         apply_every_s: float = 0.05,
         refit_every_s: float = 1.0,
+        refit_budget_s: float = 1.0,
+        open_refit_budget_s: float = 10.0,
+        replay_group_events: int = 250_000,
         archive_part_events: int = 500_000,
         fsync: bool = True,
         clock: Callable[[], float] = time.time,
@@ -202,6 +206,11 @@ class PolicyStore:
         self.snapshot_delta_share = float(snapshot_delta_share)
         self.apply_every_s = float(apply_every_s)
         self.refit_every_s = float(refit_every_s)
+        if not (refit_budget_s > 0) or not (open_refit_budget_s >= 0) or replay_group_events < 0:
+            raise InvalidConfig("refit_budget_s must be > 0, open_refit_budget_s and replay_group_events >= 0")
+        self.refit_budget_s = float(refit_budget_s)
+        self.open_refit_budget_s = float(open_refit_budget_s)
+        self.replay_group_events = int(replay_group_events)
         self.fsync = bool(fsync)
         self._clock = clock
         if not (max_event_skew_s >= 0):
@@ -550,7 +559,7 @@ class PolicyStore:
             try:
                 with self._apply_lock:
                     self._apply_pending_locked()
-                    self._refit_stale(self.refit_every_s)
+                    self._refit_stale(self.refit_every_s, self.refit_budget_s)
             except Exception:  # the applier must survive and retry
                 log.exception("applying outcome events failed")
             wait = max(self.apply_every_s, time.perf_counter() - started)
@@ -563,9 +572,13 @@ class PolicyStore:
         """Learn ``records`` as one group (:meth:`serving.applier.Applier.apply_group`)."""
         return self._applier.apply_group(records, self._entries)
 
-    def _refit_stale(self, min_age_s: float = 0.0) -> None:
+    def _apply_groups(self, groups: Sequence[Sequence[tuple[int, EventRecord]]]) -> int:
+        """Learn consecutive live groups as one (:meth:`serving.applier.Applier.apply_groups`)."""
+        return self._applier.apply_groups(groups, self._entries)
+
+    def _refit_stale(self, min_age_s: float = 0.0, budget_s: float = math.inf) -> None:
         """Refit and publish the stale segments (:meth:`serving.applier.Applier.refit_stale`)."""
-        self._applier.refit_stale(self._entries, min_age_s)
+        self._applier.refit_stale(self._entries, min_age_s, budget_s)
 
     # ------------------------------------------------------------------- models
     def swap_model(self, placement_id: str, variant: str, state: Mapping[str, np.ndarray]) -> str:
@@ -778,14 +791,17 @@ class PolicyStore:
 
     # -------------------------------------------------------------------- replay
     def _replay(self, covered_lsn: int) -> None:
-        """Re-apply the log after ``covered_lsn`` exactly as it was applied live
-        (:func:`serving.recovery.replay`), then learn and mark what came after the last marker."""
+        """Re-apply the log after ``covered_lsn`` in the groups it was applied live, merged up to
+        ``replay_group_events`` (:func:`serving.recovery.replay`), then learn and mark what came
+        after the last marker; refit stale segments for at most ``open_refit_budget_s`` (the
+        applier refits the rest in the background)."""
         done = recovery.replay(
             self._log,
             covered_lsn,
-            apply_group=self._apply_group,
+            apply_group=self._apply_groups,
             on_placement=self._replay_placement,
             on_model=self._replay_model,
+            group_events=self.replay_group_events,
         )
         self._count(written=done.events, replayed=done.events)
         self._log.open()
@@ -797,7 +813,7 @@ class PolicyStore:
         for hashes, t in recovery.group_by_bucket(done.seen, self._dedupe.bucket_seconds):
             self._dedupe.add(hashes, t)
         self._dedupe.expire(self._clock())
-        self._refit_stale()
+        self._refit_stale(budget_s=self.open_refit_budget_s)
         for entry in self._entries.values():
             for slot in entry.slots.values():
                 slot.publish()

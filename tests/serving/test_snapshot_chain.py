@@ -23,6 +23,7 @@ def open_store(path, **kw) -> PolicyStore:
     kw.setdefault("snapshot_delta_share", 100.0)
     kw.setdefault("snapshot_every_s", 1e10)  # no periodic snapshots: each test takes its own
     kw.setdefault("snapshot_every_events", 10**9)
+    kw.setdefault("replay_group_events", 0)  # bit-for-bit replays
     store = PolicyStore(path, **kw)
     store.open()
     return store
@@ -168,7 +169,8 @@ def test_deltas_grow_into_a_new_base_by_their_bytes(tmp_path):
 
 
 def test_a_failed_delta_write_starts_a_new_chain(tmp_path, monkeypatch):
-    store = open_store(tmp_path, default_policy="static")
+    state = tmp_path / "state"
+    store = open_store(state, default_policy="static")
     store.put_placement(placement())
     rng = np.random.default_rng(16)
     drive(store, rng, range(1))
@@ -185,11 +187,11 @@ def test_a_failed_delta_write_starts_a_new_chain(tmp_path, monkeypatch):
     # The learners' changes since the base went with the failed file: a delta now would miss them.
     drive(store, rng, range(2, 3))
     store.snapshot()
-    assert kinds(tmp_path) == ["base", "base"]
+    assert kinds(state) == ["base", "base"]
     expected = stats(store)
-    crash_copy(tmp_path, tmp_path.parent / "copy")
+    crash_copy(state, tmp_path / "copy")
     store.close()
-    reopened = open_store(tmp_path.parent / "copy", default_policy="static")
+    reopened = open_store(tmp_path / "copy", default_policy="static")
     assert reopened.metrics()["events_replayed_total"] == 0
     assert_same_stats(stats(reopened), expected)
     reopened.close()
