@@ -181,7 +181,7 @@ class PolicyStore:
         apply_every_s: float = 0.05,
         refit_every_s: float = 1.0,
         refit_budget_s: float = 1.0,
-        open_refit_budget_s: float = 10.0,
+        open_refit_budget_s: float = 5.0,
         replay_group_events: int = 250_000,
         archive_part_events: int = 500_000,
         fsync: bool = True,
