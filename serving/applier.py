@@ -4,14 +4,16 @@ Ingest queues each fsynced events record (:meth:`Applier.enqueue`). A pass
 (:meth:`Applier.apply_pending`) takes every queued record as one *group*, splits the
 group's events by (placement, variant), updates each variant's learner once with its
 :class:`bandit.EventBatch` and writes an ``APPLIED`` marker saying which records formed
-the group; replay (:func:`serving.recovery.replay`) hands the same groups to
-:meth:`Applier.apply_group`, so a restarted store learns bit-for-bit the same statistics.
+the group; replay (:func:`serving.recovery.replay`) hands the same groups, consecutive
+ones merged up to a size, to :meth:`Applier.apply_groups`, so a restarted store learns the
+same events in the same order (bit-for-bit the same statistics when groups are not merged).
 
 Learning updates the statistics only (``Policy.update(..., refresh=False)``): the
 decision tables of the touched segments are marked *stale* and rebuilt by
 :meth:`Applier.refit_stale`, live at most every ``refit_every_s`` per variant (refits
-cost milliseconds per segment and network, learning statistics microseconds), after a
-replay once at the end. A policy that refits lazily (``ts_gmm`` refits a cell once its
+cost milliseconds per segment and network, learning statistics microseconds), in slices
+of a time budget when many are stale (after a replay: first within the store's open
+budget, the rest in the background). A policy that refits lazily (``ts_gmm`` refits a cell once its
 new events are a share of its weight, or after a bound of event time) keeps the
 segments it has not refit yet stale, so they are looked at again on the next pass.
 Every learned record also goes to the outcome archive. The segments learned join
