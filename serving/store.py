@@ -113,7 +113,8 @@ log = logging.getLogger(__name__)
 
 #: Base snapshots kept on disk (with their deltas); log segments are compacted up to the oldest.
 SNAPSHOTS_KEPT = 2
-#: On open, events written after the last APPLIED marker are learned in groups of this size.
+#: On open, live groups are replayed merged into groups of up to this many events (the default
+#: of ``replay_group_events``), and events after the last APPLIED marker learned in groups of it.
 REPLAY_GROUP_EVENTS = 1_000_000
 
 
@@ -182,7 +183,7 @@ class PolicyStore:
         refit_every_s: float = 1.0,
         refit_budget_s: float = 1.0,
         open_refit_budget_s: float = 5.0,
-        replay_group_events: int = 250_000,
+        replay_group_events: int = REPLAY_GROUP_EVENTS,
         archive_part_events: int = 500_000,
         fsync: bool = True,
         clock: Callable[[], float] = time.time,
