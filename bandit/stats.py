@@ -366,9 +366,19 @@ class SufficientStats:
     Merging and adding are exact sums after both sides are discounted to the same time.
     """
 
-    def __init__(self, n_networks: int, half_life_seconds: float = math.inf, segments: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        n_networks: int,
+        half_life_seconds: float = math.inf,
+        segments: Sequence[str] = (),
+        *,
+        floor_only: bool = False,
+    ) -> None:
         self.n_networks = int(n_networks)
         self.half_life_seconds = float(half_life_seconds)
+        #: Learn only the floor-indexed fields (fills above the floor are not binned by price):
+        #: enough for a change detector's history, which compares at the floors, at half the cost.
+        self.floor_only = floor_only
         self.t_ref = -math.inf
         self.t_origin = -math.inf  # time at which stored units equal values
         self.segments: list[str] = []
@@ -545,6 +555,8 @@ class SufficientStats:
         w_fill = weight * filled
         w_at = weight * at_floor
         rev_w = weight * revenue_cpm
+        if self.floor_only:
+            above = np.zeros(len(cell), dtype=bool)
         logp = log_price(revenue_cpm[above])
         pbin = price_bin(logp)
         w_above = weight[above]

@@ -302,7 +302,7 @@ class ThompsonGmmPolicy(Policy):
         self._values: dict[str, NDArray[np.float32]] = {}  # best-revenue draws [M, N] per table
         self._fits: dict[tuple[str, int], GmmParams] = {}
         self._cusum = CellArrays(2)  # (upper, lower) CUSUM per statistics cell
-        self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0)
+        self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0, floor_only=True)
         self._levels = CellArrays(HOURS_PER_DAY)  # log hour-of-day levels per statistics cell
         self._batch_span = 0.0  # seconds of event time the last batch covered
         self._saved_recent_segments = 0  # segments of the recent history at the last checkpoint
@@ -847,5 +847,6 @@ class ThompsonGmmPolicy(Policy):
             self._batch_span = float(state["level_batch_span"])
         if "recent_stats_segments" in state:
             self._recent = SufficientStats.from_state({k[7:]: v for k, v in state.items() if k.startswith("recent_")})
+            self._recent.floor_only = True  # read at the floors only (states of earlier versions hold prices too)
         if "gmm_fit_base" in state:
             self._fit_base = int(state["gmm_fit_base"])
