@@ -28,9 +28,12 @@ How an outcome event travels:
    a failed write); log segments covered by the older of the two bases kept are then
    deleted, so one unreadable file never loses an event.
 5. ``open`` loads the newest readable chain and replays the log after it, applying the
-   events in exactly the groups the ``APPLIED`` markers recorded, so the restarted store
-   holds bit-for-bit the statistics of a store that never stopped. Events written after
-   the last marker (a crash) are applied on open and marked then.
+   events in the groups the ``APPLIED`` markers recorded, consecutive ones merged up to
+   ``replay_group_events`` (the same events in the same order, alike at every restart; with
+   0, group by group: bit-for-bit the statistics of a store that never stopped). Events
+   written after the last marker (a crash) are applied on open and marked then. Stale
+   tables are refit for at most ``open_refit_budget_s``; the applier refits the rest in
+   slices of ``refit_budget_s`` while decisions use the restored tables.
 
 Placement changes, experiment changes and model swaps are log records too: they first
 apply all pending events, then take effect, in log order, on replay as live.
