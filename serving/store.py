@@ -382,7 +382,7 @@ class PolicyStore:
 
     def _put_placement(self, config: ServicePlacement, experiment: ExperimentConfig | None) -> bool:
         self._check_open()
-        self.flush()  # most pending events are learned before ingest is held up
+        self._learn_pending()  # most pending events are learned before ingest is held up
         with self._state_lock:
             with self._apply_lock:
                 old = self._entries.get(config.id)
@@ -553,6 +553,12 @@ class PolicyStore:
             self._refit_stale()
             return n
 
+    def _learn_pending(self) -> None:
+        """Learn the accepted events now, leaving refits to the applier (before a change that
+        holds ingest up: a refit backlog after a restart must not hold up a placement change)."""
+        with self._apply_lock:
+            self._apply_pending_locked()
+
     def _apply_loop(self) -> None:
         """Apply pending events every ``apply_every_s``, or, when refits take longer than
         that, wait as long as the last pass took: the applier then uses at most half the
@@ -604,7 +610,7 @@ class PolicyStore:
             max_segments=entry.segments.limit(self.limits),
         )
         normalised = normalise_state(state, entry.config)
-        self.flush()
+        self._learn_pending()
         with self._state_lock:
             with self._apply_lock:
                 self._apply_pending_locked()
