@@ -564,7 +564,7 @@ class SufficientStats:
         by_price = (w_above, w_above * logp)
         self._add_binned(self._floor, cell, fbin, by_floor)
         self._add_binned(self._price, cell[above], pbin, by_price)
-        cells, inverse = np.unique(cell, return_inverse=True)
+        cells, inverse = distinct(cell, len(self._totals))  # many events: without sorting them
         for f, column in enumerate(by_floor):
             self._totals[cells, f] += np.bincount(inverse, column, len(cells))
         for f, column in enumerate(by_price):
@@ -595,7 +595,7 @@ class SufficientStats:
         self._advance(float(batch.ts.max()))
         cell = rows[batch.segment_index] * self.n_networks + batch.network
         self._add_entries(cell, batch.floor_cpm, batch.filled, batch.revenue_cpm, self._units(batch.ts))
-        return np.unique(rows[batch.segment_index])
+        return distinct(rows[batch.segment_index], len(self.segments))[0]
 
     def scale_cell(self, row: int, network: int, factor: float) -> None:
         """Keep ``factor`` of one cell's history (forgetting after a detected change)."""
