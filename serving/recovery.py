@@ -116,9 +116,7 @@ class ChainPick:
     unusable: list[snapshots.SnapshotFile] = field(default_factory=list)
 
 
-def pick_chain(
-    files: Sequence[snapshots.SnapshotFile], read: Callable[[Path], snapshots.Snapshot]
-) -> ChainPick:
+def pick_chain(files: Sequence[snapshots.SnapshotFile], read: Callable[[Path], snapshots.Snapshot]) -> ChainPick:
     """The newest base that ``read`` reads back, with its deltas in order up to the first
     damaged or unlinked one (``files`` as :func:`serving.snapshots.list_files` lists them).
     Deltas newer than the chain that are not in it (their base is damaged or missing) are
@@ -138,9 +136,7 @@ def pick_chain(
     return pick
 
 
-def _pick_base_chain(
-    files: Sequence[snapshots.SnapshotFile], read: Callable[[Path], snapshots.Snapshot]
-) -> ChainPick:
+def _pick_base_chain(files: Sequence[snapshots.SnapshotFile], read: Callable[[Path], snapshots.Snapshot]) -> ChainPick:
     pick = ChainPick(None)
     for bf in reversed([f for f in files if not f.is_delta]):
         try:

@@ -253,9 +253,7 @@ class DeltaRefused(InvalidState):
         self.index = index
 
 
-def restore_policies(
-    base: Snapshot, deltas: Sequence[Snapshot]
-) -> dict[tuple[str, str], Policy]:
+def restore_policies(base: Snapshot, deltas: Sequence[Snapshot]) -> dict[tuple[str, str], Policy]:
     """Each (placement, variant)'s learner after ``base`` and ``deltas``, checkpointed.
 
     Raises :class:`DeltaRefused` naming the first delta that does not apply."""

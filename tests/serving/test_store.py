@@ -349,9 +349,10 @@ def test_replay_merging_live_groups_learns_the_same_events_alike_at_every_restar
         assert merged["updates"] == want["updates"]  # model versions carry on as live
         requests = (..., FIELDS.index("requests"))
         assert np.allclose(merged["stats_totals"][requests], want["stats_totals"][requests], rtol=1e-12)
-        assert a.experiment_report("p1")["variants"][v]["requests"] == live.experiment_report("p1")["variants"][v][
-            "requests"
-        ]
+        assert (
+            a.experiment_report("p1")["variants"][v]["requests"]
+            == live.experiment_report("p1")["variants"][v]["requests"]
+        )
     # The static holdout's learning does not depend on batching: equal up to float rounding.
     merged, want = stats(a, "p1", "holdout"), stats(live, "p1", "holdout")
     assert np.allclose(merged["stats_totals"], want["stats_totals"], rtol=1e-12)
