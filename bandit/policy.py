@@ -83,6 +83,9 @@ class Policy:
         self._tables: dict[str, SegmentTable] = {}
         self._lo = np.array([n.min_share for n in placement.networks])
         self._hi = np.array([n.max_share for n in placement.networks])
+        #: Tables and segment count at the last :meth:`checkpoint` (``None``: none taken).
+        self._saved_tables: dict[str, SegmentTable] | None = None
+        self._saved_segments = 0
         self.refresh()
 
     # ------------------------------------------------------------------ learning
@@ -258,6 +261,17 @@ class Policy:
     def state(self) -> dict[str, np.ndarray]:
         """Plain arrays (no pickle) from which :func:`bandit.registry.policy_from_state` rebuilds
         this policy exactly, including its random generator and decision tables."""
+        segs = list(self._tables)
+        state = {
+            "meta": self._meta(),
+            **_table_arrays(segs, [self._tables[s] for s in segs]),
+            **self.stats.state(),
+        }
+        state.update(self._extra_state())
+        return state
+
+    def _meta(self) -> np.ndarray:
+        """The state's ``meta`` entry: JSON of the policy, placement, parameters, update count and generator."""
         meta = {
             "schema_version": STATE_SCHEMA_VERSION,
             "policy": self.name,
@@ -269,25 +283,84 @@ class Policy:
             "updates": self.updates,
             "rng": self._rng.bit_generator.state,
         }
-        segs = list(self._tables)
-        tables = [self._tables[s] for s in segs]
-        state = {
-            "meta": np.array(json.dumps(meta)),
-            "table_segments": np.array(segs, dtype=np.str_),
-            "table_weights": np.stack([t.weights for t in tables]),
-            "table_floors": np.stack([t.floors for t in tables]),
-            "table_floor_probs": np.stack([t.floor_probs for t in tables]),
-            "table_floor_propensity": np.stack([t.floor_propensity for t in tables]),
-            "table_summary": np.stack([t.summary for t in tables]),
-            "table_floor_log_sd": np.stack([t.floor_log_sd for t in tables]),
-            "table_floor_bounds": np.stack([t.floor_bounds for t in tables]),
-            **self.stats.state(),
-        }
-        state.update(self._extra_state())
-        return state
+        return np.array(json.dumps(meta))
 
     def _extra_state(self) -> dict[str, np.ndarray]:
         return {}
+
+    # ------------------------------------------------------------ incremental state
+    def checkpoint(self) -> None:
+        """Start recording changes: :meth:`take_changes` returns what changed from here on.
+
+        The statistics record their changed cells as they learn; a table is replaced, never
+        changed in place, when it is rebuilt, so a changed table is one that is not the
+        object held at the checkpoint."""
+        self.stats.take_changes()
+        self._saved_tables = dict(self._tables)
+        self._saved_segments = len(self.stats.segments)
+        self._checkpoint_extra()
+
+    def take_changes(self) -> dict[str, np.ndarray] | None:
+        """What changed since the last :meth:`checkpoint` as plain arrays, then checkpoint again;
+        ``None`` when no checkpoint was taken (the caller stores :meth:`state` instead).
+
+        :meth:`apply_changes` on this policy as it was at the checkpoint (e.g. rebuilt from
+        the state saved then) makes its :meth:`state` equal to this one's. Holds the meta,
+        the rebuilt tables, the statistics of the changed cells and what the policy derived
+        for the segments those belong to (:meth:`_extra_changes`)."""
+        if self._saved_tables is None:
+            return None
+        cells = self.stats.take_changes()
+        saved = self._saved_tables
+        rebuilt = [seg for seg, table in self._tables.items() if saved.get(seg) is not table]
+        stats = self.stats.changed_state(cells, self._saved_segments)
+        dirty = {self.stats.segments[r] for r in np.unique(cells // self.stats.n_networks).tolist()}
+        dirty.update(rebuilt)
+        dirty.add(ALL_SEGMENTS)
+        changes = {
+            "meta": self._meta(),
+            **_table_arrays(rebuilt, [self._tables[s] for s in rebuilt]),
+            "table_removed": np.array([s for s in saved if s not in self._tables], dtype=np.str_),
+            **stats,
+            **self._extra_changes(sorted(dirty), rebuilt, cells),
+        }
+        self._saved_tables = dict(self._tables)
+        self._saved_segments = len(self.stats.segments)
+        return changes
+
+    def apply_changes(self, changes: Mapping[str, np.ndarray]) -> None:
+        """Bring this policy forward by :meth:`take_changes` of a later version of it (see
+        there), and checkpoint. Raises :class:`InvalidState` when they are of another policy
+        or do not follow this state (checked before anything changes)."""
+        meta = json.loads(str(changes["meta"]))
+        if meta.get("policy") != self.name or meta.get("placement") != self.placement.to_dict():
+            raise InvalidState(f"changes of policy {meta.get('policy')!r} on another placement do not apply here")
+        try:
+            self.stats.apply_changed_state(changes)
+        except (KeyError, ValueError) as exc:
+            raise InvalidState(f"policy changes do not apply: {exc}") from None
+        self.updates = int(meta["updates"])
+        self._rng.bit_generator.state = meta["rng"]
+        for seg in changes["table_removed"]:
+            self._tables.pop(str(seg), None)
+        self._tables.update(_tables_of(changes))
+        self._apply_extra_changes(changes)
+        self.checkpoint()
+
+    def _checkpoint_extra(self) -> None:
+        """Subclasses with changes of their own start recording them here."""
+
+    def _extra_changes(
+        self, segments: list[str], rebuilt: list[str], cells: NDArray[np.int64]
+    ) -> dict[str, np.ndarray]:
+        """What a subclass derived that changed since the checkpoint, given the segments whose
+        statistics or tables changed (sorted; with the placement level), those whose tables
+        were rebuilt, and the changed statistics cells. The default stores all of
+        :meth:`_extra_state`."""
+        return self._extra_state()
+
+    def _apply_extra_changes(self, changes: Mapping[str, np.ndarray]) -> None:
+        self._load_extra_state(changes)
 
     def _load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
         return None
@@ -301,19 +374,42 @@ class Policy:
         policy.updates = int(meta["updates"])
         policy._rng.bit_generator.state = meta["rng"]
         policy._load_extra_state(state)
-        policy._tables = {
-            str(seg): SegmentTable(
-                weights=np.array(state["table_weights"][i]),
-                floors=np.array(state["table_floors"][i]),
-                floor_probs=np.array(state["table_floor_probs"][i]),
-                floor_propensity=np.array(state["table_floor_propensity"][i]),
-                summary=np.array(state["table_summary"][i]),
-                floor_log_sd=np.array(state["table_floor_log_sd"][i]) if "table_floor_log_sd" in state else None,
-                floor_bounds=np.array(state["table_floor_bounds"][i]) if "table_floor_bounds" in state else None,
-            )
-            for i, seg in enumerate(state["table_segments"])
-        }
+        policy._tables = _tables_of(state)
         return policy
+
+
+def _table_arrays(segments: Sequence[str], tables: Sequence[SegmentTable]) -> dict[str, np.ndarray]:
+    """Tables of ``segments`` as stacked arrays ``[T, ...]`` (empty arrays for no tables)."""
+
+    def stack(values: list[NDArray]) -> NDArray:
+        return np.stack(values) if values else np.zeros((0, 0))
+
+    return {
+        "table_segments": np.array(list(segments), dtype=np.str_),
+        "table_weights": stack([t.weights for t in tables]),
+        "table_floors": stack([t.floors for t in tables]),
+        "table_floor_probs": stack([t.floor_probs for t in tables]),
+        "table_floor_propensity": stack([t.floor_propensity for t in tables]),
+        "table_summary": stack([t.summary for t in tables]),
+        "table_floor_log_sd": stack([t.floor_log_sd for t in tables]),
+        "table_floor_bounds": stack([t.floor_bounds for t in tables]),
+    }
+
+
+def _tables_of(state: Mapping[str, np.ndarray]) -> dict[str, SegmentTable]:
+    """The tables stored by :func:`_table_arrays`, by segment, in stored order."""
+    return {
+        str(seg): SegmentTable(
+            weights=np.array(state["table_weights"][i]),
+            floors=np.array(state["table_floors"][i]),
+            floor_probs=np.array(state["table_floor_probs"][i]),
+            floor_propensity=np.array(state["table_floor_propensity"][i]),
+            summary=np.array(state["table_summary"][i]),
+            floor_log_sd=np.array(state["table_floor_log_sd"][i]) if "table_floor_log_sd" in state else None,
+            floor_bounds=np.array(state["table_floor_bounds"][i]) if "table_floor_bounds" in state else None,
+        )
+        for i, seg in enumerate(state["table_segments"])
+    }
 
 
 def as_event_batch(placement: PlacementConfig, events: Any) -> EventBatch:

@@ -26,7 +26,7 @@ compacted when half of it is garbage.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import repeat
 
 import numpy as np
@@ -263,6 +263,17 @@ class BinSlab:
         self.offset[cells] = start
         self.used = self.live = len(src)
 
+    def replace(
+        self, cells: NDArray[np.int64], entry_cells: NDArray[np.int64], bins: NDArray[np.int64], values: NDArray
+    ) -> None:
+        """Make ``cells`` (unique) hold exactly the given entries ([n] cells among ``cells`` and bins,
+        sorted by cell then bin, values [n, width]); a cell of ``cells`` without entries holds nothing."""
+        if len(cells) == 0:
+            return
+        self.live -= int(_count(self.mask[cells]).sum())
+        self.mask[cells] = 0
+        self.add(entry_cells, bins, values)
+
     def block(self, cell: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         """Bins [k] and values [k, width] of one cell (a view into the slab)."""
         _, b = _bins_of(self.mask[cell : cell + 1])
@@ -355,9 +366,19 @@ class SufficientStats:
     Merging and adding are exact sums after both sides are discounted to the same time.
     """
 
-    def __init__(self, n_networks: int, half_life_seconds: float = math.inf, segments: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        n_networks: int,
+        half_life_seconds: float = math.inf,
+        segments: Sequence[str] = (),
+        *,
+        floor_only: bool = False,
+    ) -> None:
         self.n_networks = int(n_networks)
         self.half_life_seconds = float(half_life_seconds)
+        #: Learn only the floor-indexed fields (fills above the floor are not binned by price):
+        #: enough for a change detector's history, which compares at the floors, at half the cost.
+        self.floor_only = floor_only
         self.t_ref = -math.inf
         self.t_origin = -math.inf  # time at which stored units equal values
         self.segments: list[str] = []
@@ -517,6 +538,7 @@ class SufficientStats:
             self._totals *= scale
             self._pooled *= scale
             self.t_origin = t
+            self._changed[: len(self.segments) * self.n_networks] = True  # every stored value moved
 
     def _units(self, ts: NDArray[np.float64]) -> NDArray[np.float64]:
         """Stored weight of events at times ``ts``."""
@@ -533,6 +555,8 @@ class SufficientStats:
         w_fill = weight * filled
         w_at = weight * at_floor
         rev_w = weight * revenue_cpm
+        if self.floor_only:
+            above = np.zeros(len(cell), dtype=bool)
         logp = log_price(revenue_cpm[above])
         pbin = price_bin(logp)
         w_above = weight[above]
@@ -540,7 +564,7 @@ class SufficientStats:
         by_price = (w_above, w_above * logp)
         self._add_binned(self._floor, cell, fbin, by_floor)
         self._add_binned(self._price, cell[above], pbin, by_price)
-        cells, inverse = np.unique(cell, return_inverse=True)
+        cells, inverse = distinct(cell, len(self._totals))  # many events: without sorting them
         for f, column in enumerate(by_floor):
             self._totals[cells, f] += np.bincount(inverse, column, len(cells))
         for f, column in enumerate(by_price):
@@ -571,7 +595,7 @@ class SufficientStats:
         self._advance(float(batch.ts.max()))
         cell = rows[batch.segment_index] * self.n_networks + batch.network
         self._add_entries(cell, batch.floor_cpm, batch.filled, batch.revenue_cpm, self._units(batch.ts))
-        return np.unique(rows[batch.segment_index])
+        return distinct(rows[batch.segment_index], len(self.segments))[0]
 
     def scale_cell(self, row: int, network: int, factor: float) -> None:
         """Keep ``factor`` of one cell's history (forgetting after a detected change)."""
@@ -651,6 +675,53 @@ class SufficientStats:
             "stats_totals": self._totals[:n].reshape(len(self.segments), self.n_networks, N_FIELDS).copy(),
             "stats_pooled": self._pooled.copy(),
         }
+
+    def changed_state(self, cells: NDArray[np.int64], since_segments: int) -> dict[str, np.ndarray]:
+        """What changed since an earlier state of this object that held ``since_segments``
+        segments, given the cells changed since (:meth:`take_changes`, sorted): the segments
+        added, the times, the placement level, and the totals and entries of ``cells``.
+        :meth:`apply_changed_state` makes that earlier state equal to this one; its size is
+        that of the changed cells (plus ``[N, F, B]`` for the placement level)."""
+        cells = np.asarray(cells, dtype=np.int64)
+        return {
+            **self.entries(cells),
+            "stats_cells": cells,
+            "stats_cell_totals": self._totals[cells].copy(),
+            "stats_segments_from": np.array(since_segments, dtype=np.int64),
+            "stats_new_segments": np.array(self.segments[since_segments:], dtype=np.str_),
+            "stats_n_networks": np.array(self.n_networks),
+            "stats_t_ref": np.array(self.t_ref),
+            "stats_t_origin": np.array(self.t_origin),
+            "stats_half_life": np.array(self.half_life_seconds),
+            "stats_pooled": self._pooled.copy(),
+        }
+
+    def apply_changed_state(self, delta: Mapping[str, np.ndarray]) -> None:
+        """Bring this object forward by a :meth:`changed_state` taken from a later version of it
+        (raises ``ValueError``, changing nothing, when the delta does not follow this state)."""
+        since = int(delta["stats_segments_from"])
+        if since != len(self.segments):
+            raise ValueError(f"statistics changes follow {since} segments, these statistics hold {len(self.segments)}")
+        same_kind = int(delta["stats_n_networks"]) == self.n_networks
+        if not same_kind or float(delta["stats_half_life"]) != self.half_life_seconds:
+            raise ValueError("statistics changes are of statistics with other networks or another half-life")
+        cells = np.asarray(delta["stats_cells"], dtype=np.int64)
+        n_cells = (since + len(delta["stats_new_segments"])) * self.n_networks
+        if len(cells) and (cells.min() < 0 or cells.max() >= n_cells):
+            raise ValueError("statistics changes name cells beyond their segments")
+        self._rows_for([str(s) for s in delta["stats_new_segments"]])
+        self.t_ref = float(delta["stats_t_ref"])
+        self.t_origin = float(delta["stats_t_origin"])
+        for kind, slab in (("floor", self._floor), ("price", self._price)):
+            slab.replace(
+                cells,
+                np.asarray(delta[f"stats_{kind}_cells"], np.int64),
+                np.asarray(delta[f"stats_{kind}_bins"], np.int64),
+                np.asarray(delta[f"stats_{kind}_values"], np.float64).reshape(-1, slab.width),
+            )
+        self._totals[cells] = np.asarray(delta["stats_cell_totals"], np.float64).reshape(len(cells), N_FIELDS)
+        self._pooled = np.array(delta["stats_pooled"], dtype=np.float64)
+        self._changed[cells] = False
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> SufficientStats:

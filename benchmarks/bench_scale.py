@@ -12,12 +12,24 @@ up to 1,800 segments learned and its tables live (``update`` + ``refresh`` of th
 segments, which refits only the cells that are due), the refit backlog that batch leaves,
 replay throughput in 2,000-event groups (restart), process RSS and bytes per segment.
 
-Usage: ``python benchmarks/bench_scale.py [--fitted-segments 1000]``.
+Part 3, snapshots and restart at 10,000 segments × 20 networks (``--only snapshots``):
+the fitted placement plus statistics for every one of the 200,000 cells (``--segments``),
+as a live store holds it. A base (whole) snapshot of that policy; the incremental snapshot
+after one 2,000-event batch and after ``--interval-batches`` of them (capture = the part
+under the store's locks, then the file written and fsynced); and a real ``PolicyStore``
+restarted with that base plus ``--restart-events`` events behind it in the log (2,000-event
+records, each its own live group, as a loaded applier leaves them): ready time with the
+live groups merged into replay groups (the default) and, measured on ``--exact-events``
+and extrapolated, group by group.
+
+Usage: ``python benchmarks/bench_scale.py [--fitted-segments 1000] [--only statistics|learner|snapshots]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -29,11 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_bandit import Table, machine_facts
-from scale_fixture import N_NETWORKS, T0, fixture, market_batch, segment_keys
+from scale_fixture import N_NETWORKS, T0, fixture, market_batch, placement, segment_keys
 
 from bandit import EventBatch, save_state
 from bandit.pooling import SegmentPool
 from bandit.stats import N_BINS, SufficientStats
+from serving.eventlog import EventLog
+from serving.records import APPLIED, EVENTS, EventRecord, encode_applied
+from serving.store import PolicyStore
 
 
 def rss_mb() -> float:
@@ -152,16 +167,206 @@ def part_learner(table: Table, n_fitted: int, events_per_cell: int) -> None:
     table.add("whole policy state written [s] / size [MB]", f"{time.perf_counter() - t:.2f} / {size / 1e6:,.0f}")
 
 
+def scale_policy(n_fitted: int, n_segments: int, events_per_cell: int):
+    """The fitted fixture, then statistics for every cell of the other segments up to
+    ``n_segments`` × 20 (learned, not fitted: fitting them is a relearn's job)."""
+    policy, _, _ = fixture(n_fitted, events_per_cell)
+    keys = segment_keys(n_segments)
+    rng = np.random.default_rng(3)
+    others = keys[n_fitted:]
+    total = len(others) * N_NETWORKS * events_per_cell
+    t0 = policy.stats.t_ref + 1.0
+    chunk = 1_000_000
+    for lo in range(0, total, chunk):
+        n = min(chunk, total - lo)
+        policy.update(market_batch(rng, others, n, t0 + lo / total * 60.0, 60.0 * n / total), refresh=False)
+    return policy, keys, rng
+
+
+def file_size(path: Path) -> float:
+    return path.stat().st_size / 1e6
+
+
+def part_snapshots(table: Table, args: argparse.Namespace) -> None:
+    t = time.perf_counter()
+    policy, keys, rng = scale_policy(args.fitted_segments, args.segments, args.events_per_cell)
+    table.add(
+        f"policy built: {args.fitted_segments:,} fitted segments + statistics of {args.segments:,} × {N_NETWORKS} [s]",
+        f"{time.perf_counter() - t:.0f}",
+    )
+    table.add("  cells with data", f"{policy.stats.n_cells:,}")
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    try:
+        t = time.perf_counter()
+        state = policy.state()
+        policy.checkpoint()
+        capture = time.perf_counter() - t
+        t = time.perf_counter()
+        save_state(work / "base.npz", state)
+        table.add(
+            "base (whole) snapshot of the policy: capture / write + fsync [s] / size [MB]",
+            f"{capture:.2f} / {time.perf_counter() - t:.2f} / {file_size(work / 'base.npz'):,.0f}",
+        )
+        del state
+        fitted = keys[: args.fitted_segments]
+        t_next = policy.stats.t_ref + 60.0
+        intervals = (("one 2,000-event batch", 1), (f"{args.interval_batches} batches", args.interval_batches))
+        for label, n_batches in intervals:
+            for _ in range(n_batches):
+                touched = policy.update(market_batch(rng, fitted, 2000, t_next, 1.0), refresh=False)
+                policy.refresh(touched)
+                t_next += 1.0
+            t = time.perf_counter()
+            changes = policy.take_changes()
+            capture = time.perf_counter() - t
+            t = time.perf_counter()
+            save_state(work / "delta.npz", changes)
+            write = time.perf_counter() - t
+            total = capture + write
+            table.add(
+                f"incremental snapshot after {label}: capture / write + fsync [s] / size [MB]",
+                f"{capture:.3f} / {write:.3f} / {file_size(work / 'delta.npz'):,.1f}",
+                "<= 2 s",
+                total <= 2.0,
+            )
+            table.add("  cells / tables in it", f"{len(changes['stats_cells']):,} / {len(changes['table_segments']):,}")
+        state = policy.state()
+        del policy, changes
+        part_restart(table, args, state, keys, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def part_restart(table: Table, args: argparse.Namespace, state: dict, keys: tuple[str, ...], work: Path) -> None:
+    """A store with ``state`` in a base snapshot and events written behind it, restarted."""
+    base_dir = work / "base"
+    options = {"default_policy": "ts_gmm", "snapshot_every_s": 1e10, "snapshot_every_events": 10**12}
+    store = PolicyStore(base_dir, **options)
+    store.open()
+    store.put_placement(placement())
+    t = time.perf_counter()
+    store.swap_model("scale", "champion", state)
+    swap = time.perf_counter() - t
+    t = time.perf_counter()
+    store.snapshot(full=True)
+    table.add("store: model installed / base snapshot written [s]", f"{swap:.1f} / {time.perf_counter() - t:.1f}")
+    store.close()
+    state.clear()
+
+    def with_log(name: str, n_events: int, seed: int) -> tuple[Path, float, float]:
+        """A copy of the base state dir with ``n_events`` more in its log, in 2,000-event
+        records each marked as its own live group."""
+        state_dir = work / name
+        shutil.copytree(base_dir, state_dir)
+        before = sum(p.stat().st_size for p in (state_dir / "log").iterdir())
+        log = EventLog(state_dir / "log", fsync=False)
+        for _ in log.recover(0):
+            pass
+        log.open()
+        gen = np.random.default_rng(seed)
+        start = time.perf_counter()
+        t_start = time.time() - 3600.0
+        hashes = np.uint64(seed) << np.uint64(40)
+        networks = tuple(f"net{j:02d}" for j in range(N_NETWORKS))
+        for lo in range(0, n_events, 2000):
+            batch = market_batch(gen, keys, 2000, t_start + lo * 1e-4, 0.2)
+            codes, seg = np.unique(batch.segment_index, return_inverse=True)
+            rec = EventRecord(
+                ingest_time=time.time(),
+                placements=("scale",),
+                variants=("champion",),
+                segments=tuple(keys[c] for c in codes.tolist()),
+                networks=networks,
+                event_hash=(np.arange(lo, lo + 2000, dtype=np.uint64) + hashes) * np.uint64(0x9E3779B97F4A7C15),
+                ts=batch.ts,
+                floor_cpm=batch.floor_cpm,
+                revenue_cpm=batch.revenue_cpm,
+                propensity=np.full(2000, 0.05),
+                floor_propensity=np.full(2000, 0.1),
+                segment=seg.astype(np.uint32),
+                placement=np.zeros(2000, np.uint16),
+                variant=np.zeros(2000, np.uint16),
+                network=batch.network.astype(np.uint16),
+                filled=batch.filled,
+            )
+            lsn = log.write(EVENTS, rec.encode())
+            log.write(APPLIED, encode_applied(lsn))
+        log.close()
+        size = (sum(p.stat().st_size for p in (state_dir / "log").iterdir()) - before) / 2**20
+        return state_dir, time.perf_counter() - start, size
+
+    def restart(state_dir: Path, n_events: int, **kw) -> tuple[float, int, float]:
+        """Seconds to open a copy of ``state_dir`` (wall clock; the CPU seconds are printed too:
+        on a shared machine they are the work done), segments left stale, seconds to close it."""
+        copy = work / "run"
+        shutil.copytree(state_dir, copy)
+        store = PolicyStore(copy, **options, **kw)
+        t, cpu = time.perf_counter(), time.process_time()
+        store.open()
+        ready = time.perf_counter() - t
+        cpu = time.process_time() - cpu
+        print(f"    (open: {ready:.1f} s wall clock, {cpu:.1f} s CPU, 1-minute load {os.getloadavg()[0]:.1f})")
+        assert store.metrics()["events_replayed_total"] == n_events
+        # Segments whose tables still lag their statistics (the applier refits them).
+        stale = len(store._applier.stale_segments(store._entry("scale").slot("champion")))
+        t = time.perf_counter()
+        store.close()  # its final snapshot: the first delta after the restart
+        closing = time.perf_counter() - t
+        shutil.rmtree(copy, ignore_errors=True)
+        return ready, stale, closing
+
+    loading, _, _ = restart(base_dir, 0)
+    table.add("restart with nothing behind the base (load the snapshot, build the policies) [s]", f"{loading:.1f}")
+    exact_n = args.exact_events
+    if exact_n:
+        state_dir, _, _ = with_log("exact", exact_n, 1)
+        ready, _, _ = restart(state_dir, exact_n, replay_group_events=0, open_refit_budget_s=0.0)
+        rate = exact_n / max(ready - loading, 1e-9)
+        shutil.rmtree(state_dir)
+        table.add(
+            f"restart, {exact_n:,} events behind the base, group by group: ready [s] / replayed [events/s]",
+            f"{ready:.1f} / {rate:,.0f}",
+        )
+        extrapolated = loading + args.restart_events / rate
+        table.add(f"  → {args.restart_events:,} events, extrapolated [s]", f"{extrapolated:,.0f}")
+    state_dir, gen_s, size = with_log("merged", args.restart_events, 2)
+    table.add(f"log of {args.restart_events:,} events written [s] / size [MiB]", f"{gen_s:.0f} / {size:,.0f}")
+    ready, stale, closing = restart(state_dir, args.restart_events, open_refit_budget_s=0.0)
+    table.add(
+        f"restart, {args.restart_events:,} events behind the base, replay groups of 1,000,000: ready [s] / [events/s]",
+        f"{ready:.1f} / {args.restart_events / max(ready - loading, 1e-9):,.0f}",
+        "<= 30",
+        ready <= 30,
+    )
+    table.add("  first snapshot after it (at close: a delta of the replayed cells and ids) [s]", f"{closing:.1f}")
+    ready, stale, _ = restart(state_dir, args.restart_events)
+    table.add(
+        "  ready incl. refits for open_refit_budget_s (default) [s] / segments left to the applier",
+        f"{ready:.1f} / {stale:,}",
+        "<= 30",
+        ready <= 30,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--segments", type=int, default=10_000)
     parser.add_argument("--events-per-cell", type=int, default=100)
     parser.add_argument("--fitted-segments", type=int, default=1_000)
+    parser.add_argument("--interval-batches", type=int, default=30, help="batches between two snapshots")
+    parser.add_argument("--restart-events", type=int, default=10_000_000)
+    parser.add_argument("--exact-events", type=int, default=1_000_000)
+    parser.add_argument("--only", choices=("statistics", "learner", "snapshots"), action="append")
     args = parser.parse_args()
+    parts = args.only or ["statistics", "learner", "snapshots"]
     table = Table()
     print("\n".join(machine_facts()))
-    part_statistics(table, args.segments, args.events_per_cell)
-    part_learner(table, args.fitted_segments, args.events_per_cell)
+    if "statistics" in parts:
+        part_statistics(table, args.segments, args.events_per_cell)
+    if "learner" in parts:
+        part_learner(table, args.fitted_segments, args.events_per_cell)
+    if "snapshots" in parts:
+        part_snapshots(table, args)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,8 @@ def start_store(
         default_policy=settings.default_policy,
         dedupe_days=settings.dedupe_days,
         snapshot_every_s=settings.snapshot_every_s,
+        snapshot_max_deltas=settings.snapshot_max_deltas,
+        snapshot_delta_share=settings.snapshot_delta_share,
         fsync=settings.fsync,
         max_event_skew_s=settings.max_event_skew_s,
         decision_key=key_from_setting(settings.decision_key.get_secret_value()) if settings.decision_key else None,

@@ -4,14 +4,16 @@ Ingest queues each fsynced events record (:meth:`Applier.enqueue`). A pass
 (:meth:`Applier.apply_pending`) takes every queued record as one *group*, splits the
 group's events by (placement, variant), updates each variant's learner once with its
 :class:`bandit.EventBatch` and writes an ``APPLIED`` marker saying which records formed
-the group; replay (:func:`serving.recovery.replay`) hands the same groups to
-:meth:`Applier.apply_group`, so a restarted store learns bit-for-bit the same statistics.
+the group; replay (:func:`serving.recovery.replay`) hands the same groups, consecutive
+ones merged up to a size, to :meth:`Applier.apply_groups`, so a restarted store learns the
+same events in the same order (bit-for-bit the same statistics when groups are not merged).
 
 Learning updates the statistics only (``Policy.update(..., refresh=False)``): the
 decision tables of the touched segments are marked *stale* and rebuilt by
 :meth:`Applier.refit_stale`, live at most every ``refit_every_s`` per variant (refits
-cost milliseconds per segment and network, learning statistics microseconds), after a
-replay once at the end. A policy that refits lazily (``ts_gmm`` refits a cell once its
+cost milliseconds per segment and network, learning statistics microseconds), in slices
+of a time budget when many are stale (after a replay: first within the store's open
+budget, the rest in the background). A policy that refits lazily (``ts_gmm`` refits a cell once its
 new events are a share of its weight, or after a bound of event time) keeps the
 segments it has not refit yet stale, so they are looked at again on the next pass.
 Every learned record also goes to the outcome archive. The segments learned join
@@ -24,6 +26,7 @@ The caller holds the store's apply lock around every method except :meth:`enqueu
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -85,9 +88,29 @@ class Applier:
                 self._marker_due = upto
         return n
 
-    def apply_group(self, records: Sequence[tuple[int, EventRecord]], entries: Mapping[str, PlacementEntry]) -> int:
+    def apply_groups(
+        self, groups: Sequence[Sequence[tuple[int, EventRecord]]], entries: Mapping[str, PlacementEntry]
+    ) -> int:
+        """Learn consecutive groups of records as one (a replay merging the live groups,
+        :func:`serving.recovery.replay`); each learner's update count still advances by the
+        number of groups that held its events, as live, so model versions carry on as if
+        the store had never stopped."""
+        updates: dict[tuple[str, str], int] = {}
+        for group in groups:
+            for key in {key for _, rec in group for key in variant_keys(rec)}:
+                updates[key] = updates.get(key, 0) + 1
+        return self.apply_group([r for group in groups for r in group], entries, updates=updates)
+
+    def apply_group(
+        self,
+        records: Sequence[tuple[int, EventRecord]],
+        entries: Mapping[str, PlacementEntry],
+        *,
+        updates: Mapping[tuple[str, str], int] | None = None,
+    ) -> int:
         """Update each (placement, variant) learner once with its events from ``records``;
-        returns how many events were learned.
+        returns how many events were learned. ``updates``: how many updates each learner's
+        count advances by (default one).
 
         Events of an unknown placement or of a variant removed since are never credited
         to another; a group whose update fails is skipped without stopping the others.
@@ -111,6 +134,8 @@ class Applier:
                 batch = batch_from_parts(entry, parts)
                 with slot.learn_lock:
                     touched = slot.learner.update(batch, refresh=False)
+                    if updates is not None:
+                        slot.learner.updates += updates.get((placement_id, variant), 1) - 1
                     self._stale.setdefault(id(slot), (slot, set()))[1].update(touched)
                     slot.add_outcomes(batch)
                 # Live, ingest admitted these segments already; on replay this rebuilds
@@ -131,26 +156,42 @@ class Applier:
         self.archive.flush()
 
     # ------------------------------------------------------------------- refits
-    def refit_stale(self, entries: Mapping[str, PlacementEntry], min_age_s: float = 0.0) -> None:
+    def refit_stale(
+        self, entries: Mapping[str, PlacementEntry], min_age_s: float = 0.0, budget_s: float = math.inf
+    ) -> None:
         """Rebuild the decision tables of segments whose statistics changed, for variants
-        last refit at least ``min_age_s`` ago, and publish them to decisions."""
+        last refit at least ``min_age_s`` ago, and publish them to decisions.
+
+        With a finite ``budget_s`` the segments are refit in chunks (sized from the time a
+        segment took so far) until the budget is spent; the rest stay stale for the next
+        pass, and a variant left unfinished goes to the back of the queue. A backlog (after
+        a restart behind many events) is so worked off without holding learning up for long."""
         live = {id(s) for e in entries.values() for s in e.slots.values()}
         now = time.monotonic()
+        started = time.perf_counter()
+        deadline = started + budget_s
         for key, (slot, segments) in list(self._stale.items()):
             if key not in live:  # slots replaced meanwhile were merged (and refit) into their successor
                 del self._stale[key]
                 continue
             if now - slot.refit_at < min_age_s:
                 continue
+            if time.perf_counter() >= deadline:
+                break
+            todo = sorted(segments)
+            done = 0
+            begun = time.perf_counter()
             with slot.learn_lock:
-                slot.learner.refresh(sorted(segments))
-                slot.publish()
-                waiting = set(slot.learner.pending_segments())  # refit later, when due
+                while done < len(todo) and (done == 0 or time.perf_counter() < deadline):
+                    chunk = refit_chunk(len(todo) - done, done, time.perf_counter() - begun, deadline)
+                    slot.learner.refresh(todo[done : done + chunk])
+                    done += chunk
+                    slot.publish()
+                waiting = set(slot.learner.pending_segments()) | set(todo[done:])  # refit later, when due
             slot.refit_at = now
+            del self._stale[key]
             if waiting:
-                self._stale[key] = (slot, waiting)
-            else:
-                del self._stale[key]
+                self._stale[key] = (slot, waiting)  # to the back: the others' turn first next time
 
     def stale_segments(self, slot: VariantSlot) -> list[str]:
         """Segments of ``slot`` whose tables lag their statistics, sorted."""
@@ -161,6 +202,27 @@ class Applier:
         segments = set(segments)
         if segments:
             self._stale[id(slot)] = (slot, segments)
+
+
+def refit_chunk(left: int, done: int, spent_s: float, deadline: float) -> int:
+    """Segments to refit next: all that are ``left`` without a deadline; else one at first,
+    then as many as half the time to the ``deadline`` allows at the pace so far (``done``
+    segments in ``spent_s``)."""
+    if math.isinf(deadline):
+        return left
+    if done == 0:
+        return 1
+    per_segment = max(spent_s / done, 1e-6)
+    return max(1, min(left, int((deadline - time.perf_counter()) / per_segment / 2)))
+
+
+def variant_keys(rec: EventRecord) -> list[tuple[str, str]]:
+    """The (placement, variant) pairs an events record holds rows of."""
+    if len(rec.placements) == 1 and len(rec.variants) == 1:
+        return [(rec.placements[0], rec.variants[0])]
+    nv = len(rec.variants)
+    combos = np.unique(rec.placement.astype(np.int64) * nv + rec.variant).tolist()
+    return [(rec.placements[c // nv], rec.variants[c % nv]) for c in combos]
 
 
 def split_by_variant(records: Sequence[tuple[int, EventRecord]]) -> dict[tuple[str, str], list[Part]]:

@@ -53,10 +53,9 @@ class OutcomeArchive:
         """Write the buffered records as one Parquet part (atomic); returns its path."""
         if not self._buffer:
             return None
-        import polars as pl
 
         first, last = self._buffer[0][0], self._buffer[-1][0]
-        frame = pl.concat([_frame(rec) for _, rec in self._buffer], how="vertical")
+        frame = _frame([rec for _, rec in self._buffer])
         path = self.directory / f"outcomes-{first:012d}-{last:012d}.parquet"
         tmp = path.with_name(path.name + ".tmp")
         try:
@@ -71,25 +70,34 @@ class OutcomeArchive:
         return path
 
 
-def _frame(rec: EventRecord):  # -> polars.DataFrame
+def _frame(records: list[EventRecord]):  # -> polars.DataFrame
+    """One frame of the rows of ``records``, in order. A text column is decoded once for all
+    records: their code tables concatenated, each record's codes shifted to its table's place."""
     import polars as pl
 
-    def decoded(table: tuple[str, ...], codes: np.ndarray) -> pl.Series:
-        return pl.Series(list(table), dtype=pl.String).gather(codes.astype(np.int64))
+    def decoded(tables: list[tuple[str, ...]], codes: list[np.ndarray]) -> pl.Series:
+        starts = np.cumsum([0] + [len(t) for t in tables[:-1]])
+        flat = [name for table in tables for name in table]
+        index = np.concatenate([c.astype(np.int64) + start for c, start in zip(codes, starts, strict=True)])
+        return pl.Series(flat, dtype=pl.String).gather(index)
 
+    def column(name: str) -> np.ndarray:
+        return np.concatenate([np.asarray(getattr(rec, name)) for rec in records])
+
+    density = [np.full(len(r), np.nan) if r.floor_density is None else np.asarray(r.floor_density) for r in records]
     return pl.DataFrame(
         {
-            "event_hash": np.asarray(rec.event_hash),
-            "ts": pl.Series(rec.ts * 1e6).cast(pl.Int64).cast(pl.Datetime("us", "UTC")),
-            "placement": decoded(rec.placements, rec.placement),
-            "variant": decoded(rec.variants, rec.variant),
-            "segment": decoded(rec.segments, rec.segment),
-            "network": decoded(rec.networks, rec.network),
-            "floor_cpm": np.asarray(rec.floor_cpm),
-            "filled": np.asarray(rec.filled),
-            "revenue_cpm": np.asarray(rec.revenue_cpm),
-            "propensity": np.asarray(rec.propensity),
-            "floor_propensity": np.asarray(rec.floor_propensity),
-            "floor_density": np.full(len(rec), np.nan) if rec.floor_density is None else np.asarray(rec.floor_density),
+            "event_hash": column("event_hash"),
+            "ts": pl.Series(column("ts") * 1e6).cast(pl.Int64).cast(pl.Datetime("us", "UTC")),
+            "placement": decoded([r.placements for r in records], [r.placement for r in records]),
+            "variant": decoded([r.variants for r in records], [r.variant for r in records]),
+            "segment": decoded([r.segments for r in records], [r.segment for r in records]),
+            "network": decoded([r.networks for r in records], [r.network for r in records]),
+            "floor_cpm": column("floor_cpm"),
+            "filled": column("filled"),
+            "revenue_cpm": column("revenue_cpm"),
+            "propensity": column("propensity"),
+            "floor_propensity": column("floor_propensity"),
+            "floor_density": np.concatenate(density),
         }
     )

@@ -100,6 +100,8 @@ class DedupeWindow:
         self.n_buckets = int(n_buckets)
         self.bucket_seconds = self.window_seconds / self.n_buckets
         self._buckets: dict[int, list[NDArray[np.uint64]]] = {}
+        #: (bucket, sorted hashes) added since the last :meth:`take_added`: an incremental snapshot's part.
+        self._added: list[tuple[int, NDArray[np.uint64]]] = []
 
     def __len__(self) -> int:
         return sum(len(r) for runs in self._buckets.values() for r in runs)
@@ -137,7 +139,9 @@ class DedupeWindow:
         run = sorted_unique(np.asarray(hashes, dtype=np.uint64))
         if not len(run):
             return
-        runs = self._buckets.setdefault(self._bucket(t), [])
+        bucket = self._bucket(t)
+        self._added.append((bucket, run))
+        runs = self._buckets.setdefault(bucket, [])
         runs.append(run)
         while len(runs) >= 2 and 2 * len(runs[-1]) >= len(runs[-2]):
             top = runs.pop()
@@ -169,6 +173,38 @@ class DedupeWindow:
             "dedupe_offsets": offsets,
         }
 
+    def frozen(self) -> DedupeWindow:
+        """A copy that shares the (never modified) hash runs: its :meth:`state` can be computed
+        later, outside the lock that guards this window, at the cost of a few list copies."""
+        copy = DedupeWindow(self.window_seconds, self.n_buckets)
+        copy._buckets = {b: list(runs) for b, runs in self._buckets.items()}
+        return copy
+
+    def take_added(self) -> dict[str, np.ndarray]:
+        """The hashes added since the last call (or :meth:`load_state`), by bucket, as plain
+        arrays (:meth:`add_state` adds them to a window restored from an earlier state)."""
+        added, self._added = self._added, []
+        offsets = np.zeros(len(added) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(run) for _, run in added])
+        return {
+            "dedupe_added_buckets": np.array([b for b, _ in added], dtype=np.int64),
+            "dedupe_added_hashes": np.concatenate([run for _, run in added]) if added else np.empty(0, np.uint64),
+            "dedupe_added_offsets": offsets,
+        }
+
+    def add_state(self, added: dict[str, np.ndarray]) -> None:
+        """Add the hashes of a :meth:`take_added` of a window with the same bucket width."""
+        try:
+            buckets = np.asarray(added["dedupe_added_buckets"], dtype=np.int64)
+            hashes = np.asarray(added["dedupe_added_hashes"], dtype=np.uint64)
+            offsets = np.asarray(added["dedupe_added_offsets"], dtype=np.int64)
+        except (KeyError, ValueError) as exc:
+            raise InvalidState(f"de-duplication changes are unreadable: {exc}") from None
+        if len(offsets) != len(buckets) + 1 or offsets[-1] != len(hashes):
+            raise InvalidState("de-duplication changes have inconsistent offsets")
+        for i, b in enumerate(buckets.tolist()):
+            self.add(hashes[offsets[i] : offsets[i + 1]], (b + 0.5) * self.bucket_seconds)
+
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Replace the contents by a :meth:`state` (of a window with any bucket width)."""
         try:
@@ -186,3 +222,4 @@ class DedupeWindow:
             # Re-filed under the bucket of its last instant, so a wider or narrower
             # bucket width never forgets an id earlier than the saved window promised.
             self.add(hashes[offsets[i] : offsets[i + 1]], float(b) * width + 0.999 * width)
+        self._added = []

@@ -2,13 +2,24 @@
 
 * :func:`clean_temporary_files` removes ``*.tmp`` files a crash or a full disk left behind
   (half-written snapshots, archive parts, segment rewrites).
-* :func:`load_snapshot` returns the newest snapshot that reads back cleanly; newer ones
-  that do not (damaged, empty, half written) are moved to the quarantine and reported
-  (their content is in the log: the older snapshot plus the log replay rebuild it).
+* :func:`load_chain` returns the newest snapshot chain that reads back cleanly: the newest
+  sound base and its deltas up to the first that is damaged (empty, half written, a flipped
+  bit) or does not link to the file before it. A damaged file is moved to the quarantine and
+  reported, the deltas after it are set aside too (they follow a missing link); their
+  content is in the log, which is replayed from the end of the chain. A damaged base falls
+  back to the previous base and its chain (the log is kept back to it).
+  :func:`restore_chain` builds the live placements from a chain, cutting it before a delta
+  that does not apply.
 * :func:`replay` reads the log after the snapshot (the log cuts out damage and reports
-  it, see :mod:`serving.eventlog`) and re-applies it in exactly the groups the live store
-  applied, as the ``APPLIED`` markers recorded; events after the last marker are handed
-  back (:class:`Replayed`) to be learned and marked in bounded groups.
+  it, see :mod:`serving.eventlog`) and re-applies it in the groups the live store applied,
+  as the ``APPLIED`` markers recorded — consecutive groups merged into one of at most
+  ``group_events`` events (0: each group alone, bit-for-bit what the live store learned;
+  a merged group is what a live store whose applier had taken those groups at once would
+  learn: the same statistics for policies whose learning does not depend on batching, and
+  for ``ts_gmm`` change detection and hour levels learned per merged group). The merging
+  depends only on the log, so every restart from the same snapshot learns the same. Events
+  after the last marker are handed back (:class:`Replayed`) to be learned and marked in
+  bounded groups.
 
 Every intact events record after the snapshot is learned exactly once: records up to
 the snapshot's lsn are in the snapshot (it is written only after every record it covers
@@ -69,24 +80,138 @@ def clean_temporary_files(state_dir: Path) -> list[Path]:
     return removed
 
 
-def load_snapshot(directory: Path, quarantine: Quarantine | None = None) -> snapshots.Snapshot | None:
-    """The newest snapshot that reads back cleanly. Unreadable newer ones are moved to
-    ``quarantine`` (when given) and reported, so a later snapshot never prunes the sound
-    one they would otherwise shadow."""
-    for covered, path in reversed(snapshots.list_snapshots(directory)):
+#: What reading a damaged snapshot file raises.
+READ_ERRORS = (InvalidState, KeyError, OSError, ValueError)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A base snapshot and the deltas of its chain that read back and link, in order;
+    ``intact`` is false when deltas of it on disk were left out."""
+
+    base: snapshots.Snapshot
+    deltas: list[snapshots.Snapshot]
+    intact: bool = True
+
+    @property
+    def last(self) -> snapshots.Snapshot:
+        return self.deltas[-1] if self.deltas else self.base
+
+    @property
+    def covered_lsn(self) -> int:
+        return self.last.covered_lsn
+
+    @property
+    def created(self) -> float:
+        return self.last.created
+
+
+@dataclass
+class ChainPick:
+    """The chain :func:`pick_chain` chose, the files it found damaged (with the error) and the
+    deltas it could not use (after a damaged one, or not linking)."""
+
+    chain: Chain | None
+    damaged: list[tuple[snapshots.SnapshotFile, str]] = field(default_factory=list)
+    unusable: list[snapshots.SnapshotFile] = field(default_factory=list)
+
+
+def pick_chain(files: Sequence[snapshots.SnapshotFile], read: Callable[[Path], snapshots.Snapshot]) -> ChainPick:
+    """The newest base that ``read`` reads back, with its deltas in order up to the first
+    damaged or unlinked one (``files`` as :func:`serving.snapshots.list_files` lists them).
+    Deltas newer than the chain that are not in it (their base is damaged or missing) are
+    found damaged or unusable too."""
+    pick = _pick_base_chain(files, read)
+    end = pick.chain.covered_lsn if pick.chain is not None else 0
+    seen = {f.path for f, _ in pick.damaged} | {f.path for f in pick.unusable}
+    seen |= {d.path for d in pick.chain.deltas} if pick.chain is not None else set()
+    for f in files:
+        if f.is_delta and f.covered_lsn > end and f.path not in seen:
+            try:
+                read(f.path)
+            except READ_ERRORS as exc:
+                pick.damaged.append((f, str(exc)))
+            else:
+                pick.unusable.append(f)
+    return pick
+
+
+def _pick_base_chain(files: Sequence[snapshots.SnapshotFile], read: Callable[[Path], snapshots.Snapshot]) -> ChainPick:
+    pick = ChainPick(None)
+    for bf in reversed([f for f in files if not f.is_delta]):
         try:
-            return snapshots.read_snapshot(path)
-        except (InvalidState, KeyError, OSError, ValueError) as exc:
-            size = path.stat().st_size if path.exists() else 0
-            damage = Damage(
-                f"{path.name}@{time.time():.0f}", "snapshot", path.name, 0, size, None, None, 0, 0, covered,
-                f"unreadable snapshot ({exc}); recovery falls back to an older one and the log",
-            )  # fmt: skip
-            log.error("snapshot damage: %s", damage.message())
-            if quarantine is not None:
-                name = quarantine.move(path, f"{path.name}.bad")
-                quarantine.record(Damage.from_dict({**damage.to_dict(), "quarantined": name}))
-    return None
+            base = read(bf.path)
+        except READ_ERRORS as exc:
+            pick.damaged.append((bf, str(exc)))
+            continue
+        deltas: list[snapshots.Snapshot] = []
+        broken = False
+        for f in files:
+            if not f.is_delta or f.base_lsn != bf.covered_lsn:
+                continue
+            if broken:
+                pick.unusable.append(f)
+                continue
+            try:
+                delta = read(f.path)
+            except READ_ERRORS as exc:
+                pick.damaged.append((f, str(exc)))
+                broken = True
+                continue
+            if not delta.is_delta or delta.prev_lsn != (deltas[-1] if deltas else base).covered_lsn:
+                pick.unusable.append(f)
+                broken = True
+                continue
+            deltas.append(delta)
+        pick.chain = Chain(base, deltas, intact=not broken)
+        return pick
+    return pick
+
+
+def load_chain(directory: Path, quarantine: Quarantine | None = None) -> Chain | None:
+    """The newest snapshot chain that reads back cleanly (:func:`pick_chain`). Damaged files
+    are moved to ``quarantine`` (when given) and reported, unusable deltas moved there too,
+    so a later snapshot never prunes the sound files they would otherwise shadow."""
+    pick = pick_chain(snapshots.list_files(directory), snapshots.read_snapshot)
+    for f, error in pick.damaged:
+        _report_damage(quarantine, f, f"unreadable snapshot ({error})")
+    for f in pick.unusable:
+        log.warning("snapshot %s follows a damaged or missing delta: set aside, the log replays it", f.path.name)
+        if quarantine is not None:
+            quarantine.move(f.path, f"{f.path.name}.unused")
+    return pick.chain
+
+
+def _report_damage(quarantine: Quarantine | None, f: snapshots.SnapshotFile, what: str) -> None:
+    path = f.path
+    size = path.stat().st_size if path.exists() else 0
+    damage = Damage(
+        f"{path.name}@{time.time():.0f}", "snapshot", path.name, 0, size, None, None, 0, 0, f.covered_lsn,
+        f"{what}; recovery falls back to the snapshots before it and the log",
+    )  # fmt: skip
+    log.error("snapshot damage: %s", damage.message())
+    if quarantine is not None:
+        name = quarantine.move(path, f"{path.name}.bad")
+        quarantine.record(Damage.from_dict({**damage.to_dict(), "quarantined": name}))
+
+
+def restore_chain(chain: Chain, quarantine: Quarantine | None = None) -> tuple[Chain, dict, list]:
+    """The live placements of ``chain`` (:func:`serving.snapshots.restore_live`) and the chain
+    they come from: cut before a delta that does not apply (reported as damage, it and the
+    deltas after it moved to the quarantine)."""
+    while True:
+        try:
+            entries, stale = snapshots.restore_live(chain.base, chain.deltas)
+            return chain, entries, stale
+        except snapshots.DeltaRefused as exc:
+            if exc.index < 0:
+                raise
+            refused = chain.deltas[exc.index]
+            _report_damage(quarantine, snapshots.SnapshotFile.parse(refused.path), f"snapshot does not apply ({exc})")
+            for later in chain.deltas[exc.index + 1 :]:
+                if quarantine is not None:
+                    quarantine.move(later.path, f"{later.path.name}.unused")
+            chain = Chain(chain.base, chain.deltas[: exc.index], intact=False)
 
 
 @dataclass
@@ -103,20 +228,36 @@ def replay(
     event_log: EventLog,
     covered_lsn: int,
     *,
-    apply_group: Callable[[Group], object],
+    apply_group: Callable[[list[Group]], object],
     on_placement: Callable[[dict], None],
     on_model: Callable[[dict, dict[str, np.ndarray]], None],
+    group_events: int = 0,
 ) -> Replayed:
-    """Re-apply the log after ``covered_lsn`` exactly as it was applied live (module docstring)."""
+    """Re-apply the log after ``covered_lsn`` as it was applied live, consecutive groups
+    merged up to ``group_events`` events (module docstring). ``apply_group`` gets the live
+    groups that form one replay group, in order."""
     out = Replayed()
-    buffered: Group = []
+    buffered: Group = []  # records no marker covers yet
+    merged: list[Group] = []  # marked groups learned together at the next flush
+    merged_events = 0
 
-    def apply(upto: int | None) -> None:
-        nonlocal buffered
+    def learn() -> None:
+        nonlocal merged, merged_events
+        if merged:
+            apply_group(merged)
+            merged, merged_events = [], 0
+
+    def mark(upto: int | None) -> None:
+        nonlocal buffered, merged_events
         take = [r for r in buffered if upto is None or r[0] <= upto]
-        if take:
-            buffered = [r for r in buffered if upto is not None and r[0] > upto]
-            apply_group(take)
+        if not take:
+            return
+        buffered = [r for r in buffered if upto is not None and r[0] > upto]
+        n = sum(len(events) for _, events in take)
+        if merged and merged_events + n > group_events:
+            learn()
+        merged.append(take)
+        merged_events += n
 
     for rec in event_log.recover(covered_lsn):
         if rec.kind == EVENTS:
@@ -125,13 +266,16 @@ def replay(
             out.seen.append((events.event_hash, events.ingest_time))
             out.events += len(events)
         elif rec.kind == APPLIED:
-            apply(decode_applied(rec.payload))
+            mark(decode_applied(rec.payload))
         elif rec.kind == PLACEMENT:
-            apply(None)
+            mark(None)
+            learn()
             on_placement(decode_json(rec.payload))
         elif rec.kind == MODEL:
-            apply(None)
+            mark(None)
+            learn()
             on_model(*decode_with_state(rec.payload))
+    learn()
     out.unmarked = buffered
     return out
 
@@ -265,15 +409,24 @@ def verify(state_dir: Path) -> VerifyReport:
     started = time.perf_counter()
     report = VerifyReport(str(state_dir))
     snap_dir, log_dir = state_dir / "snapshots", state_dir / "log"
-    covered = 0
-    for lsn, path in snapshots.list_snapshots(snap_dir):
+    read: dict[Path, snapshots.Snapshot | Exception] = {}
+    for f in snapshots.list_files(snap_dir):
+        entry = {"name": f.path.name, "sound": True, "covered_lsn": f.covered_lsn, "error": None}
         try:
-            snap = snapshots.read_snapshot(path)
-        except (InvalidState, KeyError, OSError, ValueError) as exc:
-            report.snapshots.append({"name": path.name, "sound": False, "covered_lsn": lsn, "error": str(exc)})
-        else:
-            report.snapshots.append({"name": path.name, "sound": True, "covered_lsn": snap.covered_lsn, "error": None})
-            covered = max(covered, snap.covered_lsn)
+            read[f.path] = snapshots.read_snapshot(f.path)
+        except READ_ERRORS as exc:
+            read[f.path] = exc
+            entry.update(sound=False, error=str(exc))
+        report.snapshots.append(entry)
+
+    def cached(path: Path) -> snapshots.Snapshot:
+        got = read[path]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    chain = pick_chain(snapshots.list_files(snap_dir), cached).chain
+    covered = chain.covered_lsn if chain is not None else 0
     quarantine = Quarantine(state_dir / "quarantine")
     report.quarantined = quarantine.entries()
     for sub in TEMP_DIRS:

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     default_policy: str = Field("ts_gmm", description="Policy of a new placement's champion variant.")
     dedupe_days: float = Field(7.0, gt=0, description="How long a seen event_id is remembered.")
     snapshot_every_s: float = Field(60.0, gt=0, description="Seconds between automatic snapshots.")
+    snapshot_max_deltas: int = Field(
+        10, ge=0, description="Incremental snapshots after a whole one before the next whole one (0: always whole)."
+    )
+    snapshot_delta_share: float = Field(
+        0.5, ge=0, description="A whole snapshot is next once the incremental ones reach this share of its bytes."
+    )
     fsync: bool = Field(True, description="fsync the event log before acknowledging outcomes.")
     model: str | None = Field(
         None, description="MLflow model alias (e.g. 'champion') whose state is loaded at start-up."

@@ -16,14 +16,24 @@ How an outcome event travels:
    learner (sharing its statistics, which deciding does not read) that ``decide`` uses
    without any lock, with a per-thread random generator. Decisions therefore never wait
    for an fsync or a refit.
-4. Snapshots (periodic, and on ``close``) write every learner's ``state()``, the
-   placements, experiments, outcome counters and the de-duplication window, atomically,
-   with the log position they cover; log segments covered by the older retained snapshot
-   are then deleted.
-5. ``open`` loads the newest readable snapshot and replays the log after it, applying the
-   events in exactly the groups the ``APPLIED`` markers recorded, so the restarted store
-   holds bit-for-bit the statistics of a store that never stopped. Events written after
-   the last marker (a crash) are applied on open and marked then.
+4. Snapshots (periodic, and on ``close``) form chains (:mod:`serving.snapshots`): a base
+   holds every learner's ``state()``, the placements, experiments, outcome counters and the
+   de-duplication window; each later delta holds only what changed since the file before
+   it (the changed statistics cells, rebuilt tables and refit bookkeeping, the event hashes
+   added), with the log position it covers. Capturing is short — ingest waits while the
+   log position and the de-duplication window's additions are read, the applier while the
+   learners' changes are copied, decisions never — and the file is written and fsynced
+   outside every lock but the snapshot lock. A new base starts a chain once the deltas
+   reach ``snapshot_max_deltas`` or ``snapshot_delta_share`` of the base's bytes (or after
+   a failed write); log segments covered by the older of the two bases kept are then
+   deleted, so one unreadable file never loses an event.
+5. ``open`` loads the newest readable chain and replays the log after it, applying the
+   events in the groups the ``APPLIED`` markers recorded, consecutive ones merged up to
+   ``replay_group_events`` (the same events in the same order, alike at every restart; with
+   0, group by group: bit-for-bit the statistics of a store that never stopped). Events
+   written after the last marker (a crash) are applied on open and marked then. Stale
+   tables are refit for at most ``open_refit_budget_s``; the applier refits the rest in
+   slices of ``refit_budget_s`` while decisions use the restored tables.
 
 Placement changes, experiment changes and model swaps are log records too: they first
 apply all pending events, then take effect, in log order, on replay as live.
@@ -53,6 +63,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import threading
 import time
@@ -103,10 +114,35 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Snapshots kept on disk; log segments are compacted up to the oldest of them.
+#: Base snapshots kept on disk (with their deltas); log segments are compacted up to the oldest.
 SNAPSHOTS_KEPT = 2
-#: On open, events written after the last APPLIED marker are learned in groups of this size.
+#: On open, live groups are replayed merged into groups of up to this many events (the default
+#: of ``replay_group_events``), and events after the last APPLIED marker learned in groups of it.
 REPLAY_GROUP_EVENTS = 1_000_000
+
+
+@dataclass
+class ChainOnDisk:
+    """The snapshot chain the next delta extends: its base's lsn and bytes, its last file's
+    lsn, and how many deltas (and bytes of them) follow the base."""
+
+    base_lsn: int
+    end_lsn: int
+    base_bytes: int
+    deltas: int = 0
+    delta_bytes: int = 0
+
+
+@dataclass
+class SnapshotCapture:
+    """A snapshot's content, captured under the store's locks, to be written outside them."""
+
+    covered: int
+    base: bool
+    meta: dict
+    arrays: dict[str, np.ndarray]
+    written: int
+    dedupe: DedupeWindow | None  # a frozen copy, for a base: its arrays are made off the locks
 
 
 @dataclass(frozen=True)
@@ -143,9 +179,14 @@ class PolicyStore:
         dedupe_days: float = 7.0,
         snapshot_every_s: float = 60.0,
         snapshot_every_events: int = 1_000_000,
+        snapshot_max_deltas: int = 10,
+        snapshot_delta_share: float = 0.5,
         segment_max_bytes: int = 64 * 2**20,
         apply_every_s: float = 0.05,
         refit_every_s: float = 1.0,
+        refit_budget_s: float = 1.0,
+        open_refit_budget_s: float = 5.0,
+        replay_group_events: int = REPLAY_GROUP_EVENTS,
         archive_part_events: int = 500_000,
         fsync: bool = True,
         clock: Callable[[], float] = time.time,
@@ -163,8 +204,17 @@ class PolicyStore:
         self.dedupe_days = float(dedupe_days)
         self.snapshot_every_s = float(snapshot_every_s)
         self.snapshot_every_events = int(snapshot_every_events)
+        if snapshot_max_deltas < 0 or not (snapshot_delta_share >= 0):
+            raise InvalidConfig("snapshot_max_deltas and snapshot_delta_share must be >= 0")
+        self.snapshot_max_deltas = int(snapshot_max_deltas)
+        self.snapshot_delta_share = float(snapshot_delta_share)
         self.apply_every_s = float(apply_every_s)
         self.refit_every_s = float(refit_every_s)
+        if not (refit_budget_s > 0) or not (open_refit_budget_s >= 0) or replay_group_events < 0:
+            raise InvalidConfig("refit_budget_s must be > 0, open_refit_budget_s and replay_group_events >= 0")
+        self.refit_budget_s = float(refit_budget_s)
+        self.open_refit_budget_s = float(open_refit_budget_s)
+        self.replay_group_events = int(replay_group_events)
         self.fsync = bool(fsync)
         self._clock = clock
         if not (max_event_skew_s >= 0):
@@ -213,6 +263,9 @@ class PolicyStore:
         }
         self._snapshot_lsn = 0
         self._snapshot_time: float | None = None
+        self._chain: ChainOnDisk | None = None  # None: the next snapshot is a base
+        #: Test hook: called with the path about to be written, outside every lock but the snapshot lock.
+        self._before_snapshot_write: Callable[[Path], None] | None = None
         self._snapshot_written = 0
         self.open_seconds: float | None = None
 
@@ -237,10 +290,10 @@ class PolicyStore:
             recovery.clean_temporary_files(self.state_dir)
             self._signer = DecisionSigner(self._decision_key or load_or_create_key(self.state_dir))
             self._applier.archive = OutcomeArchive(self.state_dir / "outcomes", self._archive_part_events)
-            snap = recovery.load_snapshot(self._snap_dir, self._quarantine)
-            if snap is not None:
-                self._restore(snap)
-            self._replay(snap.covered_lsn if snap else 0)
+            chain = recovery.load_chain(self._snap_dir, self._quarantine)
+            if chain is not None:
+                chain = self._restore(chain)
+            self._replay(chain.covered_lsn if chain else 0)
         except BaseException:
             self._log.close()
             self._release_dir_lock()
@@ -329,7 +382,7 @@ class PolicyStore:
 
     def _put_placement(self, config: ServicePlacement, experiment: ExperimentConfig | None) -> bool:
         self._check_open()
-        self.flush()  # most pending events are learned before ingest is held up
+        self._learn_pending()  # most pending events are learned before ingest is held up
         with self._state_lock:
             with self._apply_lock:
                 old = self._entries.get(config.id)
@@ -500,6 +553,12 @@ class PolicyStore:
             self._refit_stale()
             return n
 
+    def _learn_pending(self) -> None:
+        """Learn the accepted events now, leaving refits to the applier (before a change that
+        holds ingest up: a refit backlog after a restart must not hold up a placement change)."""
+        with self._apply_lock:
+            self._apply_pending_locked()
+
     def _apply_loop(self) -> None:
         """Apply pending events every ``apply_every_s``, or, when refits take longer than
         that, wait as long as the last pass took: the applier then uses at most half the
@@ -510,7 +569,7 @@ class PolicyStore:
             try:
                 with self._apply_lock:
                     self._apply_pending_locked()
-                    self._refit_stale(self.refit_every_s)
+                    self._refit_stale(self.refit_every_s, self.refit_budget_s)
             except Exception:  # the applier must survive and retry
                 log.exception("applying outcome events failed")
             wait = max(self.apply_every_s, time.perf_counter() - started)
@@ -523,9 +582,13 @@ class PolicyStore:
         """Learn ``records`` as one group (:meth:`serving.applier.Applier.apply_group`)."""
         return self._applier.apply_group(records, self._entries)
 
-    def _refit_stale(self, min_age_s: float = 0.0) -> None:
+    def _apply_groups(self, groups: Sequence[Sequence[tuple[int, EventRecord]]]) -> int:
+        """Learn consecutive live groups as one (:meth:`serving.applier.Applier.apply_groups`)."""
+        return self._applier.apply_groups(groups, self._entries)
+
+    def _refit_stale(self, min_age_s: float = 0.0, budget_s: float = math.inf) -> None:
         """Refit and publish the stale segments (:meth:`serving.applier.Applier.refit_stale`)."""
-        self._applier.refit_stale(self._entries, min_age_s)
+        self._applier.refit_stale(self._entries, min_age_s, budget_s)
 
     # ------------------------------------------------------------------- models
     def swap_model(self, placement_id: str, variant: str, state: Mapping[str, np.ndarray]) -> str:
@@ -547,7 +610,7 @@ class PolicyStore:
             max_segments=entry.segments.limit(self.limits),
         )
         normalised = normalise_state(state, entry.config)
-        self.flush()
+        self._learn_pending()
         with self._state_lock:
             with self._apply_lock:
                 self._apply_pending_locked()
@@ -569,7 +632,7 @@ class PolicyStore:
     def experiment_report(self, placement_id: str) -> dict:
         """Per variant: decisions, outcome events (requests), revenue per request (CPM)
         and, against the champion, the lift with its 95% CI and p-value (Welch / Fieller,
-        :func:`experiments.abstats.unpaired_lift`; ``None`` until both have >= 2 events)."""
+        :func:`bandit.abstats.unpaired_lift`; ``None`` until both have >= 2 events)."""
         return report.experiment_report(placement_id, self._entry(placement_id))
 
     def metrics(self) -> dict:
@@ -594,10 +657,11 @@ class PolicyStore:
         )
 
     # ----------------------------------------------------------------- snapshots
-    def snapshot(self) -> None:
-        """Write a snapshot now (atomic) and compact the log behind the older one kept."""
+    def snapshot(self, *, full: bool = False) -> None:
+        """Write a snapshot now — a delta of the current chain, or with ``full`` (or when a
+        new chain is due) a base — and compact the log behind the older base kept."""
         self._check_open()
-        self._snapshot(only_if_changed=False)
+        self._snapshot(only_if_changed=False, full=full)
 
     def _snapshot_loop(self) -> None:
         interval = min(1.0, max(self.snapshot_every_s / 4.0, 0.01))
@@ -619,59 +683,135 @@ class PolicyStore:
                 else:
                     log.exception("snapshot failed")
 
-    def _snapshot(self, *, only_if_changed: bool) -> None:
+    def _snapshot(self, *, only_if_changed: bool, full: bool = False) -> None:
         with self._snapshot_lock:
             with self._apply_lock:
-                self._apply_pending_locked()
-            with self._state_lock:
-                with self._apply_lock:
-                    self._apply_pending_locked()
-                    # Everything the snapshot covers is archived before its log segments go.
-                    try:
-                        self._applier.flush_archive()
-                    except OSError as exc:
-                        raise storage_failure(exc, "writing the outcome archive") from None
-                    covered = self._log.last_lsn
-                    if only_if_changed and covered == self._snapshot_lsn and self._snapshot_time is not None:
-                        return
-                    meta, arrays = snapshots.capture_live(self._entries, self._applier.stale_segments)
-                    arrays.update(self._dedupe.state())
-                    with self._stats_lock:
-                        written = self._counts["written"]
-            self._log.sync_to(covered)
-            now = self._clock()
+                self._apply_pending_locked()  # most pending events are learned before ingest is held up
             try:
-                snapshots.write_snapshot(self._snap_dir, covered, meta, arrays, fsync=self.fsync, created=now)
-            except OSError as exc:  # nothing older was touched; the log still holds everything
-                raise storage_failure(exc, "writing a snapshot") from None
-            self._snapshot_lsn = covered
-            self._snapshot_time = now
-            self._snapshot_written = written
-            snapshots.prune(self._snap_dir, keep=SNAPSHOTS_KEPT)
-            kept = snapshots.list_snapshots(self._snap_dir)
-            # Segments go only once an older snapshot covers them too: if the newest one is
-            # ever unreadable, the older one plus the log still rebuild everything.
-            if len(kept) >= SNAPSHOTS_KEPT:
-                self._log.compact(kept[0][0])
+                capture = self._capture(only_if_changed=only_if_changed, full=full)
+                if capture is not None:
+                    self._write_snapshot(capture)
+            except BaseException:
+                self._chain = None  # the learners' changes since the last file are lost: start a new chain
+                raise
 
-    def _restore(self, snap: snapshots.Snapshot) -> None:
-        self._entries, stale = snapshots.restore_live(snap)
+    def _capture(self, *, only_if_changed: bool, full: bool) -> SnapshotCapture | None:
+        """What the next snapshot holds. Ingest waits while pending events are applied and the
+        log position and de-duplication additions are read; the applier also while the
+        learners' states or changes are copied; decisions never."""
+        self._state_lock.acquire()
+        self._apply_lock.acquire()
+        try:
+            try:
+                self._apply_pending_locked()
+                # Everything the snapshot covers is archived before its log segments go.
+                try:
+                    self._applier.flush_archive()
+                except OSError as exc:
+                    raise storage_failure(exc, "writing the outcome archive") from None
+                covered = self._log.last_lsn
+                if only_if_changed and covered == self._snapshot_lsn and self._snapshot_time is not None:
+                    return None
+                chain = self._chain
+                base = full or chain is None or covered <= chain.end_lsn or self._chain_full(chain)
+                frozen = self._dedupe.frozen() if base else None
+                added = self._dedupe.take_added()
+                with self._stats_lock:
+                    written = self._counts["written"]
+            finally:
+                self._state_lock.release()
+            meta, arrays = snapshots.capture_live(self._entries, self._applier.stale_segments, base=base)
+        finally:
+            self._apply_lock.release()
+        if not base:
+            arrays.update(added)
+        return SnapshotCapture(covered, base, meta, arrays, written, frozen)
+
+    def _chain_full(self, chain: ChainOnDisk) -> bool:
+        """Whether the next snapshot starts a new chain: enough deltas, or bytes of them."""
+        many = chain.deltas >= self.snapshot_max_deltas
+        return many or chain.delta_bytes >= self.snapshot_delta_share * chain.base_bytes
+
+    def _write_snapshot(self, capture: SnapshotCapture) -> None:
+        """Write a captured snapshot (no store lock held: decisions, ingest and learning go on),
+        read it back, and extend the chain with it; after a base, prune and compact the log."""
+        if capture.dedupe is not None:
+            capture.arrays.update(capture.dedupe.state())
+        self._log.sync_to(capture.covered)
+        chain = self._chain
+        base_lsn = None if capture.base or chain is None else chain.base_lsn
+        prev_lsn = None if base_lsn is None or chain is None else chain.end_lsn
+        now = self._clock()
+        path = snapshots.snapshot_path(self._snap_dir, capture.covered, base_lsn)
+        if self._before_snapshot_write is not None:
+            self._before_snapshot_write(path)
+        try:
+            snapshots.write_snapshot(
+                self._snap_dir,
+                capture.covered,
+                capture.meta,
+                capture.arrays,
+                fsync=self.fsync,
+                created=now,
+                base_lsn=base_lsn,
+                prev_lsn=prev_lsn,
+            )
+        except OSError as exc:  # nothing older was touched; the log still holds everything
+            raise storage_failure(exc, "writing a snapshot") from None
+        try:
+            snapshots.read_snapshot(path)  # only a file that reads back joins the chain
+        except recovery.READ_ERRORS as exc:
+            path.unlink(missing_ok=True)
+            raise StorageFailure(f"snapshot {path.name} did not read back ({exc}); the log keeps everything") from None
+        size = path.stat().st_size
+        if base_lsn is None:
+            self._chain = ChainOnDisk(capture.covered, capture.covered, size)
+        else:
+            assert chain is not None
+            self._chain = replace(
+                chain, end_lsn=capture.covered, deltas=chain.deltas + 1, delta_bytes=chain.delta_bytes + size
+            )
+        self._snapshot_lsn = capture.covered
+        self._snapshot_time = now
+        self._snapshot_written = capture.written
+        if base_lsn is None:
+            snapshots.prune(self._snap_dir, keep=SNAPSHOTS_KEPT)
+            bases = snapshots.list_bases(self._snap_dir)
+            # Segments go only once an older base covers them too: if any file of the newest
+            # chain is ever unreadable, the older base, its deltas and the log rebuild everything.
+            if len(bases) >= SNAPSHOTS_KEPT:
+                self._log.compact(bases[0][0])
+
+    def _restore(self, chain: recovery.Chain) -> recovery.Chain:
+        """Install the placements of a snapshot chain; returns the chain as far as it applied."""
+        chain, self._entries, stale = recovery.restore_chain(chain, self._quarantine)
         for slot, segments in stale:
             self._applier.mark_stale(slot, segments)
-        self._dedupe.load_state(snap.arrays)
-        self._snapshot_lsn = snap.covered_lsn
-        self._snapshot_time = snap.created
+        self._dedupe.load_state(chain.base.arrays)
+        for delta in chain.deltas:
+            self._dedupe.add_state(delta.arrays)
+        self._dedupe.take_added()  # the next delta holds what is added from here on
+        self._snapshot_lsn = chain.covered_lsn
+        self._snapshot_time = chain.created
+        if chain.intact:
+            sizes = [d.path.stat().st_size for d in chain.deltas]
+            base_bytes = chain.base.path.stat().st_size
+            self._chain = ChainOnDisk(chain.base.covered_lsn, chain.covered_lsn, base_bytes, len(sizes), sum(sizes))
+        return chain
 
     # -------------------------------------------------------------------- replay
     def _replay(self, covered_lsn: int) -> None:
-        """Re-apply the log after ``covered_lsn`` exactly as it was applied live
-        (:func:`serving.recovery.replay`), then learn and mark what came after the last marker."""
+        """Re-apply the log after ``covered_lsn`` in the groups it was applied live, merged up to
+        ``replay_group_events`` (:func:`serving.recovery.replay`), then learn and mark what came
+        after the last marker; refit stale segments for at most ``open_refit_budget_s`` (the
+        applier refits the rest in the background)."""
         done = recovery.replay(
             self._log,
             covered_lsn,
-            apply_group=self._apply_group,
+            apply_group=self._apply_groups,
             on_placement=self._replay_placement,
             on_model=self._replay_model,
+            group_events=self.replay_group_events,
         )
         self._count(written=done.events, replayed=done.events)
         self._log.open()
@@ -683,7 +823,7 @@ class PolicyStore:
         for hashes, t in recovery.group_by_bucket(done.seen, self._dedupe.bucket_seconds):
             self._dedupe.add(hashes, t)
         self._dedupe.expire(self._clock())
-        self._refit_stale()
+        self._refit_stale(budget_s=self.open_refit_budget_s)
         for entry in self._entries.values():
             for slot in entry.slots.values():
                 slot.publish()

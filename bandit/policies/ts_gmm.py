@@ -304,10 +304,11 @@ class ThompsonGmmPolicy(Policy):
         self._values: dict[str, NDArray[np.float32]] = {}  # best-revenue draws [M, N] per table
         self._fits: dict[tuple[str, int], GmmParams] = {}
         self._cusum = CellArrays(2)  # (upper, lower) CUSUM per statistics cell
-        self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0)
+        self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0, floor_only=True)
         self._levels = CellArrays(HOURS_PER_DAY)  # log hour-of-day levels per statistics cell
         self._level_events = CellArrays(HOURS_PER_DAY)  # events compared per cell and hour
         self._batch_span = 0.0  # seconds of event time the last batch covered
+        self._saved_recent_segments = 0  # segments of the recent history at the last checkpoint
         # Each cell's refits draw from their own generator (see _cell_rng), so a cell's draws do
         # not depend on which cells were refit before it, or in what order.
         self._fit_base = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
@@ -710,32 +711,114 @@ class ThompsonGmmPolicy(Policy):
 
     # -------------------------------------------------------------------- state
     def _extra_state(self) -> dict[str, np.ndarray]:
-        keys = sorted({seg for seg, _ in self._fits})
-        at = {seg: i for i, seg in enumerate(keys)}
-        width = 1 + 3 * self.n_components
-        packed = np.full((len(keys), len(self.placement.networks), width), np.nan)
-        for (seg, j), p in self._fits.items():
-            packed[at[seg], j] = p.pack()[0]
-        n_net, m = len(self.placement.networks), self.n_draws
+        """Fits, refit bookkeeping, change detector and hour levels; per-segment entries in
+        sorted order, so equal policies give equal states whatever the order they learned in."""
+        segments = sorted({seg for seg, _ in self._fits})
         return {
-            "refit_pending_keys": np.array([s for s, _ in self._pending], dtype=np.str_),
-            "refit_pending_networks": np.array([j for _, j in self._pending], dtype=np.int64),
-            "refit_pending": np.array(list(self._pending.values()), dtype=np.float64),
-            "refit_fitted_keys": np.array([s for s, _ in self._fitted], dtype=np.str_),
-            "refit_fitted_networks": np.array([j for _, j in self._fitted], dtype=np.int64),
-            "refit_fitted": np.array(list(self._fitted.values()), dtype=np.float64).reshape(-1, 2),
-            "refit_value_segments": np.array(list(self._values), dtype=np.str_),
-            "refit_values": np.array(list(self._values.values()), dtype=np.float32).reshape(-1, m, n_net),
-            "gmm_segments": np.array(keys, dtype=np.str_),
-            "gmm_params": packed,
-            "gmm_fit_base": np.array(self._fit_base, dtype=np.uint64),
-            "drift_meta": np.array(json.dumps({"changes_detected": self.changes_detected})),
+            **self._derived(segments, sorted(self._pending), sorted(self._fitted), sorted(self._values)),
             **dict(zip(("drift_cells", "drift_cusum"), self._cusum.state(), strict=True)),
             **{f"recent_{k}": v for k, v in self._recent.state().items()},
             **dict(zip(("level_cells", "level_log"), self._levels.state(), strict=True)),
             **dict(zip(("level_event_cells", "level_events"), self._level_events.state(), strict=True)),
+        }
+
+    def _derived(
+        self,
+        fit_segments: list[str],
+        pending: list[tuple[str, int]],
+        fitted: list[tuple[str, int]],
+        value_segments: list[str],
+    ) -> dict[str, np.ndarray]:
+        """The mixture fits of ``fit_segments`` (NaN rows for networks not fitted), the pending
+        and fitted bookkeeping of the ``pending`` and ``fitted`` cells, the cached best-revenue
+        draws of ``value_segments``, and the scalars."""
+        n_net, m = len(self.placement.networks), self.n_draws
+        packed = np.full((len(fit_segments), n_net, 1 + 3 * self.n_components), np.nan)
+        for i, seg in enumerate(fit_segments):
+            for j in range(n_net):
+                p = self._fits.get((seg, j))
+                if p is not None:
+                    packed[i, j] = p.pack()[0]
+        return {
+            "refit_pending_keys": np.array([s for s, _ in pending], dtype=np.str_),
+            "refit_pending_networks": np.array([j for _, j in pending], dtype=np.int64),
+            "refit_pending": np.array([self._pending[k] for k in pending], dtype=np.float64),
+            "refit_fitted_keys": np.array([s for s, _ in fitted], dtype=np.str_),
+            "refit_fitted_networks": np.array([j for _, j in fitted], dtype=np.int64),
+            "refit_fitted": np.array([self._fitted[k] for k in fitted], dtype=np.float64).reshape(-1, 2),
+            "refit_value_segments": np.array(value_segments, dtype=np.str_),
+            "refit_values": np.array([self._values[s] for s in value_segments], dtype=np.float32).reshape(-1, m, n_net),
+            "gmm_segments": np.array(fit_segments, dtype=np.str_),
+            "gmm_params": packed,
+            "gmm_fit_base": np.array(self._fit_base, dtype=np.uint64),
+            "drift_meta": np.array(json.dumps({"changes_detected": self.changes_detected})),
             "level_batch_span": np.array(self._batch_span),
         }
+
+    def _checkpoint_extra(self) -> None:
+        self._recent.take_changes()
+        self._saved_recent_segments = len(self._recent.segments)
+
+    def _extra_changes(
+        self, segments: list[str], rebuilt: list[str], cells: NDArray[np.int64]
+    ) -> dict[str, np.ndarray]:
+        """The pending events of ``segments`` (they change where statistics changed or a table
+        was rebuilt); the fits, fitted bookkeeping and cached draws of the ``rebuilt`` ones
+        (they change only when a table is built); the change detector and hour levels of the
+        changed ``cells``; and the recent history's changes."""
+        n_net = len(self.placement.networks)
+        rebuilt = sorted(rebuilt)
+        keys = [(seg, j) for seg in segments for j in range(n_net)]
+        fitted = [(seg, j) for seg in rebuilt for j in range(n_net)]
+        recent = self._recent.changed_state(self._recent.take_changes(), self._saved_recent_segments)
+        self._saved_recent_segments = len(self._recent.segments)
+        return {
+            **self._derived(
+                rebuilt,
+                [k for k in keys if k in self._pending],
+                [k for k in fitted if k in self._fitted],
+                [seg for seg in rebuilt if seg in self._values],
+            ),
+            "pending_segments": np.array(segments, dtype=np.str_),
+            "drift_cells": cells,
+            "drift_cusum": self._cusum.get(cells),
+            "level_cells": cells,
+            "level_log": self._levels.get(cells),
+            "level_events": self._level_events.get(cells),
+            **{f"recent_{k}": v for k, v in recent.items()},
+        }
+
+    def _apply_extra_changes(self, changes: Mapping[str, np.ndarray]) -> None:
+        n_net = len(self.placement.networks)
+        try:
+            self._recent.apply_changed_state({k[7:]: v for k, v in changes.items() if k.startswith("recent_")})
+        except (KeyError, ValueError) as exc:
+            raise InvalidState(f"recent history changes do not apply: {exc}") from None
+        for seg in map(str, changes["pending_segments"]):
+            for j in range(n_net):
+                self._pending.pop((seg, j), None)
+        for seg in map(str, changes["gmm_segments"]):
+            for j in range(n_net):
+                self._fitted.pop((seg, j), None)
+                self._fits.pop((seg, j), None)
+        keys = zip(changes["refit_pending_keys"].tolist(), changes["refit_pending_networks"].tolist(), strict=True)
+        self._pending.update(zip(keys, changes["refit_pending"].tolist(), strict=True))
+        keys = zip(changes["refit_fitted_keys"].tolist(), changes["refit_fitted_networks"].tolist(), strict=True)
+        self._fitted.update(zip(keys, map(tuple, changes["refit_fitted"].tolist()), strict=True))
+        for seg, values in zip(changes["refit_value_segments"], changes["refit_values"], strict=True):
+            self._values[str(seg)] = np.array(values, dtype=np.float32)
+        params = changes["gmm_params"]
+        for i, seg in enumerate(changes["gmm_segments"]):
+            for j in range(params.shape[1]):
+                if not np.isnan(params[i, j, 0]):
+                    self._fits[(str(seg), j)] = GmmParams.unpack(params[i, j])
+        cells = np.asarray(changes["drift_cells"], dtype=np.int64)
+        self._cusum.set(cells, np.asarray(changes["drift_cusum"], dtype=np.float64))
+        self._levels.set(cells, np.asarray(changes["level_log"], dtype=np.float64))
+        self._level_events.set(cells, np.asarray(changes["level_events"], dtype=np.float64))
+        self.changes_detected = int(json.loads(str(changes["drift_meta"]))["changes_detected"])
+        self._batch_span = float(changes["level_batch_span"])
+        self._fit_base = int(changes["gmm_fit_base"])
 
     def _load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
         if "refit_values" in state:
@@ -780,5 +863,6 @@ class ThompsonGmmPolicy(Policy):
             self._batch_span = float(state["level_batch_span"])
         if "recent_stats_segments" in state:
             self._recent = SufficientStats.from_state({k[7:]: v for k, v in state.items() if k.startswith("recent_")})
+            self._recent.floor_only = True  # read at the floors only (states of earlier versions hold prices too)
         if "gmm_fit_base" in state:
             self._fit_base = int(state["gmm_fit_base"])

@@ -91,6 +91,27 @@ def test_state_round_trip_keeps_membership_and_ages():
     assert back.contains(event_hashes(["d0-1", "d1-1"])).tolist() == [False, True]
 
 
+def test_a_state_plus_the_ids_added_since_equals_the_window_that_kept_going():
+    """What an incremental snapshot holds of the window: the ids added since the last one."""
+    day = 86400.0
+    live = DedupeWindow(7 * day, 7)
+    rng = np.random.default_rng(5)
+    live.add(rng.integers(0, 2**63, 500, dtype=np.uint64), 0.5 * day)
+    saved = live.frozen().state()  # a frozen copy: its state is computed later, off the lock
+    live.take_added()
+    for t in (0.7 * day, 1.5 * day, 1.6 * day):
+        live.add(rng.integers(0, 2**63, 300, dtype=np.uint64), t)
+    late = live.frozen()
+    live.add(rng.integers(0, 2**63, 10, dtype=np.uint64), 2.5 * day)  # after the copy: not in it
+    restored = DedupeWindow(7 * day, 7)
+    restored.load_state(saved)
+    restored.add_state(live.take_added())
+    for key, value in live.state().items():
+        np.testing.assert_array_equal(restored.state()[key], value, err_msg=key)
+    assert len(late) == len(live) - 10
+    assert len(live.take_added()["dedupe_added_hashes"]) == 0  # taken: the next delta starts empty
+
+
 def test_state_loaded_into_a_narrower_window_never_forgets_early():
     w = DedupeWindow(7 * DAY)
     w.add(event_hashes(["a"]), 10 * DAY + 5.0)

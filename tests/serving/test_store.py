@@ -21,6 +21,7 @@ from bandit.errors import (
     InvalidState,
     UnknownPlacement,
 )
+from bandit.stats import FIELDS
 from serving import eventlog
 from serving.ingest import IngestFailed, ingest_files
 from serving.store import ExperimentConfig, IngestResult, PolicyStore, VariantConfig
@@ -47,6 +48,9 @@ def ab(policy: str = "static", **params) -> ExperimentConfig:
 
 def open_store(path, **kw) -> PolicyStore:
     kw.setdefault("default_policy", "static")
+    # Replays learn the live groups one by one: bit-for-bit what the store that never stopped
+    # learned (merged replay groups: test_replay_merging_live_groups_...).
+    kw.setdefault("replay_group_events", 0)
     store = PolicyStore(path, **kw)
     store.open()
     return store
@@ -312,6 +316,53 @@ def test_snapshot_plus_replay_equals_a_store_that_never_restarted(tmp_path, poli
     again.close()
 
 
+def test_replay_merging_live_groups_learns_the_same_events_alike_at_every_restart(tmp_path, monkeypatch):
+    from serving.applier import Applier
+
+    live = open_store(tmp_path / "live")
+    live.put_placement(placement(), ab("ts_gmm", half_life_hours=1.0))
+    ids = {"p1": [None], "p2": [None]}
+    rng = np.random.default_rng(8)
+    _drive(live, rng, range(2), ids)
+    live.snapshot()
+    _drive(live, rng, range(2, 6), ids)  # four live groups behind the snapshot
+    for copy in ("a", "b", "exact"):
+        crash_copy(tmp_path / "live", tmp_path / copy)
+    calls = []
+    real = Applier.apply_group
+
+    def counted(self, records, entries, **kw):
+        calls.append((self, len(records)))
+        return real(self, records, entries, **kw)
+
+    def replay_groups(store: PolicyStore) -> list[int]:
+        """Records per group its replay learned (stores of other tests may still be applying)."""
+        return [n for applier, n in calls if applier is store._applier]
+
+    monkeypatch.setattr(Applier, "apply_group", counted)
+    a = open_store(tmp_path / "a", replay_group_events=10_000)
+    assert replay_groups(a) == [4]  # one update per learner for the four groups
+    b = open_store(tmp_path / "b", replay_group_events=10_000)
+    exact = open_store(tmp_path / "exact", replay_group_events=0)
+    assert replay_groups(exact) == [1, 1, 1, 1]
+    for v in ("champion", "challenger", "holdout"):
+        assert_same_stats(stats(a, "p1", v), stats(b, "p1", v))  # every restart learns alike
+        assert_same_stats(stats(exact, "p1", v), stats(live, "p1", v))
+        merged, want = stats(a, "p1", v), stats(live, "p1", v)
+        assert merged["updates"] == want["updates"]  # model versions carry on as live
+        requests = (..., FIELDS.index("requests"))
+        assert np.allclose(merged["stats_totals"][requests], want["stats_totals"][requests], rtol=1e-12)
+        assert (
+            a.experiment_report("p1")["variants"][v]["requests"]
+            == live.experiment_report("p1")["variants"][v]["requests"]
+        )
+    # The static holdout's learning does not depend on batching: equal up to float rounding.
+    merged, want = stats(a, "p1", "holdout"), stats(live, "p1", "holdout")
+    assert np.allclose(merged["stats_totals"], want["stats_totals"], rtol=1e-12)
+    for store in (a, b, exact, live):
+        store.close()
+
+
 def test_events_not_yet_applied_at_a_crash_are_learned_on_open(tmp_path):
     live = open_store(tmp_path / "live", apply_every_s=30.0)  # the applier never runs by itself here
     live.put_placement(placement())
@@ -359,9 +410,11 @@ def test_snapshots_compact_covered_log_segments(tmp_path):
         store.ingest(events(rng, 60, k * 100))
     store.flush()
     before = store.metrics()["log_segments"]
-    store.snapshot()
+    store.snapshot()  # a base
     store.ingest(events(rng, 60, 900))
-    store.snapshot()  # the first snapshot is now the older one kept: segments it covers go
+    store.snapshot()  # a delta: the log stays back to the only base
+    assert store.metrics()["log_segments"] >= before
+    store.snapshot(full=True)  # the first base is now the older one kept: segments it covers go
     after = store.metrics()["log_segments"]
     assert before > 3 and after < before
     firsts = [f for f, _ in eventlog.list_segments(tmp_path / "log")]
@@ -771,3 +824,41 @@ def test_tables_lagging_their_statistics_at_a_snapshot_are_refit_after_restart(t
     got = restored.allocation("p1", "KR|ios").to_dict()
     restored.close()
     assert got["networks"] == expected["networks"]
+
+
+def test_a_refit_backlog_after_a_restart_is_worked_off_in_the_background(tmp_path, monkeypatch):
+    """Opening refits stale segments for at most ``open_refit_budget_s``; the applier refits
+    the rest in slices of ``refit_budget_s``, while the store already serves."""
+    from bandit.policies.static import StaticPolicy
+
+    batch = events(np.random.default_rng(10), 300, 0)
+    segments = sorted({"|".join(e["context"].values()) for e in batch})
+    reference = open_store(tmp_path / "reference")
+    reference.put_placement(placement())
+    reference.ingest(batch)
+    reference.flush()
+    expected = {seg: reference.allocation("p1", seg).to_dict()["networks"] for seg in segments}
+    reference.close()
+
+    lagging = open_store(tmp_path / "lagging", refit_every_s=1e9)
+    lagging.put_placement(placement())
+    lagging.ingest(batch)
+    lagging.snapshot()  # statistics applied, tables not refit yet
+    lagging.close()
+    real = StaticPolicy._build_table
+
+    def slow_build(self, *args):
+        time.sleep(0.05)
+        return real(self, *args)
+
+    monkeypatch.setattr(StaticPolicy, "_build_table", slow_build)
+    store = open_store(tmp_path / "lagging", open_refit_budget_s=0.01, refit_budget_s=0.01, refit_every_s=0.01)
+    served = {seg: store.allocation("p1", seg).to_dict()["networks"] for seg in segments}
+    assert served != expected  # open returned before every segment was refit
+    for _ in range(500):
+        served = {seg: store.allocation("p1", seg).to_dict()["networks"] for seg in segments}
+        if served == expected:
+            break
+        time.sleep(0.02)
+    assert served == expected
+    store.close()
