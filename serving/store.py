@@ -406,6 +406,11 @@ class PolicyStore:
             alloc = slot.learner.allocation(segment or ALL_SEGMENTS)
         return replace(alloc, model_version=slot.model_version(slot.learner))
 
+    def built_at(self, placement_id: str, variant: str = "champion") -> float:
+        """When (epoch seconds) the variant's served model was last built: its last refit, or
+        when it was loaded, swapped or created in this process."""
+        return self._entry(placement_id).slot(variant, champion_alias=True).built_at
+
     def policy_state(self, placement_id: str, variant: str = "champion") -> dict[str, np.ndarray]:
         """A copy of a variant's live policy state (``bandit.save_state`` / ``swap_model`` input)."""
         slot = self._entry(placement_id).slot(variant, champion_alias=True)

@@ -1,26 +1,38 @@
-"""``GET /v1/prebid/floors``: the placement's floors for the Prebid.js Price Floors Module.
+"""``GET /v1/prebid/floors``: floors for the Prebid.js Price Floors Module.
 
 Point Prebid's ``floors.endpoint.url`` here. The mapping from allocations to floor rules
-(fields, weight-averaged floor, one model group per A/B variant) is in :mod:`serving.prebid`.
+(fields, weight-averaged floor, one model group per A/B variant, several ad units, per-bidder
+rules, the fallback of variants without data) is in :mod:`serving.prebid`. Browsers fetch it
+from publishers' pages, so it answers CORS (``ADBANDIT_PREBID_CORS_ORIGINS``, preflight
+``OPTIONS`` included) and says how long it may be cached (``ADBANDIT_PREBID_CACHE_MAX_AGE_S``).
 """
 
 from __future__ import annotations
 
-import time
-from typing import Annotated
+import re
+from collections.abc import Mapping
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from bandit import ALL_SEGMENTS
 from serving.auth import DecideAuth
-from serving.prebid import VariantFloors, prebid_floors
-from serving.routes.deps import JSON, StoreDep, StrictQueryRoute, errors
+from serving.prebid import FloorsOptions, VariantFloors, page_floors, prebid_floors, with_fallback
+from serving.routes.deps import JSON, PLACEMENT_PATTERN, SettingsDep, StoreDep, StrictQueryRoute, errors
 from serving.schemas import PrebidFloors
+from serving.settings import Settings
 from serving.store import PolicyStore
 
 router = APIRouter(prefix="/v1/prebid", tags=["prebid"], route_class=StrictQueryRoute)
+
+#: Most placements (ad units) one floors document may hold.
+MAX_PLACEMENTS = 500
+#: Seconds a browser may cache a CORS preflight answer.
+PREFLIGHT_MAX_AGE_S = 600
 
 
 @router.get(
@@ -31,22 +43,110 @@ router = APIRouter(prefix="/v1/prebid", tags=["prebid"], route_class=StrictQuery
     responses=errors(401, 404, 422),
 )
 async def floors(
+    request: Request,
     store: StoreDep,
-    placement: Annotated[str, Query(min_length=1, max_length=128, description="Placement id.")],
+    settings: SettingsDep,
+    placement: Annotated[
+        list[str],
+        Query(
+            min_length=1,
+            max_length=MAX_PLACEMENTS,
+            description="Placement id; repeat it (?placement=a&placement=b) for one document of several ad units.",
+        ),
+    ],
+    key: Annotated[
+        Literal["adUnitCode", "gptSlot"] | None,
+        Query(
+            description="Schema field keyed by the placement id, e.g. adUnitCode (the default with several "
+            "placements); omitted with one placement: the original one-placement document."
+        ),
+    ] = None,
+    bidders: Annotated[
+        bool,
+        Query(description="Add the schema field 'bidder' with per-bidder floors (networks' Prebid bidder codes)."),
+    ] = False,
 ) -> Response:
     """Floors data in Price Floors Module schema 2: one model group per experiment variant
     (``modelWeight`` = its traffic percent), one rule per learned segment, floor = the
     segment allocation's weight-averaged floor (CPM). Prebid.js needs
-    ``floors.additionalSchemaFields`` for fields it does not know natively (``country``, ``os``)."""
+    ``floors.additionalSchemaFields`` for fields it does not know natively (``country``, ``os``,
+    ``bidder``)."""
+    check_placement_ids(placement)
+    options = FloorsOptions(
+        key=key or ("adUnitCode" if len(set(placement)) > 1 else None),
+        bidders=bidders,
+        skip_rate=settings.prebid_skip_rate,
+    )
     # In the thread pool: reading allocations waits while the applier refits a variant.
-    return JSON(await run_in_threadpool(floors_of, store, placement))
+    doc = await run_in_threadpool(floors_of, store, list(dict.fromkeys(placement)), options, settings.prebid_min_events)
+    return JSON(doc, headers={**cors_headers(request.headers.get("origin"), settings), **cache_headers(settings)})
 
 
-def floors_of(store: PolicyStore, placement: str) -> dict:
-    config = store.get_placement(placement)
-    groups = []
-    for variant in store.get_experiment(placement).variants:
+def check_placement_ids(placements: list[str]) -> None:
+    """422 for a placement id that cannot exist (as ``PUT /v1/placements/{p}`` would refuse it)."""
+    pattern = re.compile(PLACEMENT_PATTERN)
+    bad = [
+        {"loc": ("query", "placement", i), "msg": f"not a placement id: {p[:80]!r}", "type": "string_pattern_mismatch"}
+        for i, p in enumerate(placements)
+        if not pattern.match(p)
+    ]
+    if bad:
+        raise RequestValidationError(bad)
+
+
+async def preflight(request: Request) -> Response:
+    """CORS preflight of the floors: which origins, methods and headers may be used."""
+    settings: Settings = request.app.state.settings
+    headers = cors_headers(request.headers.get("origin"), settings)
+    if headers:
+        headers.update(
+            {
+                "Access-Control-Allow-Methods": "GET, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_S),
+            }
+        )
+    return Response(status_code=204, headers=headers)
+
+
+# Not a StrictQueryRoute: a preflight carries the query string of the request it asks for.
+router.routes.append(
+    APIRoute("/v1/prebid/floors", preflight, methods=["OPTIONS"], include_in_schema=False, response_class=Response)
+)
+
+
+def cors_headers(origin: str | None, settings: Settings) -> dict[str, str]:
+    """``Access-Control-Allow-Origin`` for an allowed ``origin`` (``*`` when any is allowed);
+    empty when the origin is not allowed (the browser then withholds the answer)."""
+    allowed = settings.cors_origins()
+    if "*" in allowed:
+        return {"Access-Control-Allow-Origin": "*"}
+    if origin and origin.rstrip("/") in allowed:
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {"Vary": "Origin"} if allowed else {}
+
+
+def cache_headers(settings: Settings) -> dict[str, str]:
+    age = settings.prebid_cache_max_age_s
+    return {"Cache-Control": f"max-age={age}" if age > 0 else "no-cache"}
+
+
+def variant_floors(store: PolicyStore, placement: str, min_events: float) -> list[VariantFloors]:
+    """Each variant's allocations (pooled first, then its learned segments), with fallback."""
+    experiment = store.get_experiment(placement)
+    variants = []
+    for variant in experiment.variants:
         segments = [ALL_SEGMENTS, *store.segments(placement, variant.name)]
         allocations = [store.allocation(placement, segment=s, variant=variant.name) for s in segments]
-        groups.append(VariantFloors(variant.name, variant.traffic, allocations))
-    return prebid_floors(config, groups, timestamp=int(time.time()))
+        built = store.built_at(placement, variant.name)
+        variants.append(VariantFloors(variant.name, variant.traffic, allocations, built))
+    return with_fallback(variants, experiment.champion, min_events)
+
+
+def floors_of(store: PolicyStore, placements: list[str], options: FloorsOptions, min_events: float) -> Mapping:
+    configs = [store.get_placement(p) for p in placements]
+    variants = [variant_floors(store, p, min_events) for p in placements]
+    if options.key is None:
+        return prebid_floors(configs[0], variants[0], options=options)
+    champions = [store.get_experiment(p).champion for p in placements]
+    return page_floors(configs, variants, champions, options=options)
