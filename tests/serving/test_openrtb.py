@@ -19,7 +19,7 @@ from tests.serving.conftest import P1_BODY
 from tests.serving.test_api import fingerprint, settle
 
 EXAMPLES = Path(__file__).parent / "openrtb"
-#: P1 with network alpha bidding as "appnexus"; floors of at least 0.5 (a price of 0.0001 is below any).
+#: P1 with network alpha bidding as "appnexus"; floors of 0.5 to 50 (a price of 0.0001 is below any, 60 above).
 P1_BIDDERS = {**P1_BODY, "networks": [{**P1_BODY["networks"][0], "bidder": "appnexus", "floor_min_cpm": 0.5},
                                       P1_BODY["networks"][1]]}  # fmt: skip
 P2_BODY = {"networks": [{"id": "gamma", "floor_min_cpm": 0.2, "floor_max_cpm": 8.0}],
@@ -194,12 +194,12 @@ def test_loss_notice_is_a_no_fill(rtb):
     (lambda u: u.replace("${AUCTION_PRICE}", "abc"), 422, "clear-text"),
     (lambda u: u, 422, "not substitute"),
     (lambda u: u.replace("${AUCTION_PRICE}", "0.0001"), 422, "below floor"),
-    (lambda u: u.replace("${AUCTION_PRICE}", "30").replace("d=champion.", "d=champion.X"), 422, "not a decision"),
-    (lambda u: _other_network(u.replace("${AUCTION_PRICE}", "30")), 422, "issued for network"),
-    (lambda u: u.replace("${AUCTION_PRICE}", "30").replace("&f=", "&f=1"), 422, "issued for floor_cpm"),
-    (lambda u: u.replace("${AUCTION_PRICE}", "30").replace("p=p1", "p=nope"), 404, "nope"),
-    (lambda u: u.replace("${AUCTION_PRICE}", "30").replace("s=KOR%7Cios", "s=KOR"), 422, "segments by"),
-    (lambda u: u.replace("${AUCTION_PRICE}", "30") + "&extra=1", 422, "unknown query parameter"),
+    (lambda u: u.replace("${AUCTION_PRICE}", "60").replace("d=champion.", "d=champion.X"), 422, "not a decision"),
+    (lambda u: _other_network(u.replace("${AUCTION_PRICE}", "60")), 422, "issued for network"),
+    (lambda u: u.replace("${AUCTION_PRICE}", "60").replace("&f=", "&f=1"), 422, "issued for floor_cpm"),
+    (lambda u: u.replace("${AUCTION_PRICE}", "60").replace("p=p1", "p=nope"), 404, "nope"),
+    (lambda u: u.replace("${AUCTION_PRICE}", "60").replace("s=KOR%7Cios", "s=KOR"), 422, "segments by"),
+    (lambda u: u.replace("${AUCTION_PRICE}", "60") + "&extra=1", 422, "unknown query parameter"),
 ])  # fmt: skip
 def test_bad_notices_are_4xx_and_learn_nothing(rtb, tamper, status, fragment):
     mark = rtb.post("/v1/openrtb/floors", json=example("app_video")).json()["imp"][0]["ext"]["adbandit"]
@@ -211,7 +211,7 @@ def test_bad_notices_are_4xx_and_learn_nothing(rtb, tamper, status, fragment):
     settle(rtb)
     assert fingerprint(rtb) == before
     # The decision can still be reported properly afterwards.
-    ok = rtb.get(notice_path(mark["nurl"], AUCTION_PRICE="30"))
+    ok = rtb.get(notice_path(mark["nurl"], AUCTION_PRICE="60"))
     assert ok.json() == {"accepted": 1, "duplicates": 0}
 
 
@@ -260,4 +260,4 @@ def test_floors_need_the_decide_key_and_notices_need_none(make_client):
                       headers={"Authorization": "Bearer d-key-123"})  # fmt: skip
     assert got.status_code == 200
     mark = got.json()["imp"][0]["ext"]["adbandit"]
-    assert client.get(notice_path(mark["nurl"], AUCTION_PRICE="9.5")).json()["accepted"] == 1
+    assert client.get(notice_path(mark["nurl"], AUCTION_PRICE="60")).json()["accepted"] == 1
