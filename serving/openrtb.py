@@ -50,7 +50,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
-from urllib.parse import urlencode
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
@@ -229,14 +229,10 @@ def check_currency(accepted: Sequence[str] | None, currency: str, placement: str
 
 def notice_urls(base: str, floor: ImpFloor) -> dict[str, str]:
     """``nurl``/``burl``/``lurl`` for the bid responses of an imp (macros left for the exchange)."""
-    query = urlencode(
-        {
-            "d": floor.decision_id,
-            "p": floor.placement,
-            "n": floor.network,
-            "f": repr(floor.floor_cpm),
-            "s": floor.raw_segment,
-        }
+    # A decision id is "<variant>.<base64url>" (URL-safe as it is); the rest is quoted.
+    query = (
+        f"d={floor.decision_id}&p={quote(floor.placement, safe='')}&n={quote(floor.network, safe='')}"
+        f"&f={floor.floor_cpm!r}&s={quote(floor.raw_segment, safe='')}"
     )
     root = base.rstrip("/") + "/v1/openrtb"
     return {

@@ -135,13 +135,16 @@ def bidder_floors(allocation: Allocation, bidders: Mapping[str, str]) -> dict[st
     return {code: _weighted(pairs) for code, pairs in by_code.items()}
 
 
-def segment_values(placement: PlacementConfig, segment: str) -> dict[str, str] | None:
+def segment_values(
+    placement: PlacementConfig, segment: str, fields: Sequence[str] | None = None
+) -> dict[str, str] | None:
     """A segment key as Prebid field values (``KR|unknown`` → ``{"country": "KR", "os": "*"}``);
-    ``{}`` for the pooled segment, None for a key that does not fit the placement's fields."""
+    ``{}`` for the pooled segment, None for a key that does not fit the placement's fields
+    (``fields``: :func:`segment_fields` of the placement, when already known)."""
     if segment == ALL_SEGMENTS:
         return {}
     parts = segment.split("|")
-    fields = segment_fields(placement)
+    fields = segment_fields(placement) if fields is None else fields
     if len(parts) != len(fields) or not fields:
         return None
     return {f: WILDCARD if p == MISSING_VALUE or not p else p for f, p in zip(fields, parts, strict=True)}
@@ -166,8 +169,9 @@ def placement_rules(
     rule per bidder code."""
     rules: list[Rule] = []
     pooled: Rule | None = None
+    fields = segment_fields(placement)
     for alloc in allocations:
-        values = segment_values(placement, alloc.segment)
+        values = segment_values(placement, alloc.segment, fields)
         if values is None:
             continue
         rule = (values, round(weighted_floor(alloc), DECIMALS))
