@@ -4,7 +4,8 @@
   key ``ADBANDIT_API_KEY``.
 - **read**: ``GET`` placements, allocations, experiment reports, ``/metrics``; key
   ``ADBANDIT_READ_API_KEY`` or the write key.
-- **decide**: ``POST /v1/decide``, ``/v1/decide/batch``, ``GET /v1/prebid/floors``; key
+- **decide**: ``POST /v1/decide``, ``/v1/decide/batch``, ``GET /v1/prebid/floors``,
+  ``POST /v1/openrtb/floors``; key
   ``ADBANDIT_DECIDE_API_KEY`` or the write key.
 
 Without ``ADBANDIT_READ_API_KEY`` reads stay open and without ``ADBANDIT_DECIDE_API_KEY``
