@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from bandit import InvalidOutcome, UnknownPlacement
 from serving.auth import DecideAuth
+from serving.limits import check_context
 from serving.openrtb import (
     MAX_BODY_BYTES,
     BidRequest,
@@ -70,7 +71,8 @@ async def floors(request: Request) -> Response:
     data = parse_json(raw)
     bid_request = read_bid_request(data)
     state = request.app.state
-    priced = price_bid_request(state.store, bid_request, data, str(request.base_url))
+    # In the thread pool: per-bidder floors read allocations, which wait while the applier refits.
+    priced = await run_in_threadpool(price_bid_request, state.store, bid_request, data, str(request.base_url))
     for floor in priced[1]:
         state.metrics.decisions.labels(floor.placement).inc()
     return JSON(priced[0])
@@ -81,6 +83,7 @@ def price_bid_request(
 ) -> tuple[dict[str, Any], list[ImpFloor]]:
     """Decide every imp (placements and currencies checked first: a bad imp decides nothing)."""
     configs = []
+    contexts: list[dict[str, str]] = []
     seen: set[str] = set()
     for i, imp in enumerate(bid_request.imp):
         if imp.id in seen:
@@ -94,12 +97,13 @@ def price_bid_request(
                 f"imp[{i}].tagid {placement!r} names no placement: create it (PUT /v1/placements/{{p}}) or fix tagid"
             ) from None
         check_currency(bid_request.cur, config.currency, placement)
+        contexts.append(context_of(bid_request, imp))
+        check_context(contexts[-1], store.limits, where=f"the context of imp[{i}] (from device, site or app)")
         configs.append(config)
     user = bid_request.user.id if bid_request.user else None
     allocations: dict[tuple[str, str, str], dict[str, float]] = {}
     floors = []
-    for imp, config in zip(bid_request.imp, configs, strict=True):
-        context = context_of(bid_request, imp)
+    for imp, config, context in zip(bid_request.imp, configs, contexts, strict=True):
         record = store.decide(config.id, f"{bid_request.id}:{imp.id}", context, user_id=user)
         per_bidder: dict[str, float] = {}
         bidders = bidders_of(config)

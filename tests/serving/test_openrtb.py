@@ -238,6 +238,7 @@ BAD_REQUESTS = [
     (b'{"id": "r", "imp": [{"id": "1", "tagid": "p1", "bidfloor": NaN}]}', None, 400, "malformed JSON"),
     (b"id=r", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
     (json.dumps(_request(ext={"pad": "x" * (openrtb.MAX_BODY_BYTES + 10)})).encode(), None, 413, "at most"),
+    (json.dumps(_request(site={"domain": "x" * 300})).encode(), None, 422, "the context of imp[0]"),
 ]  # fmt: skip
 
 
