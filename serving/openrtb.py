@@ -35,8 +35,11 @@ duplicate), learned through the same intake as ``POST /v1/outcomes``:
 
 * ``win`` (``nurl``) and ``billing`` (``burl``): ``filled`` true, ``revenue_cpm`` =
   ``${AUCTION_PRICE}`` (the clearing price, CPM, in the placement's currency, clear text);
-* ``loss`` (``lurl``): ``filled`` false, ``revenue_cpm`` 0; ``${AUCTION_LOSS}`` is only
-  checked to be a number (any loss means the decision's network did not fill at its floor).
+* ``loss`` (``lurl``) with an auction loss reason (``${AUCTION_LOSS}`` in 100-199: below
+  the auction or deal floor, lost to a higher bid or a deal, seat blocked) or none:
+  ``filled`` false, ``revenue_cpm`` 0, the decision's network did not fill at its floor. Any
+  other reason (0 won, 1-10 technical failures, 200+ creative filtered, exchange-specific
+  codes) says nothing about the floor: answered, not learned (:func:`loss_ignored`).
 
 The notice's context is read back from the raw segment key it carries (``s``), so the event
 is learned under the segment the decision was made for. Notices are unauthenticated (an
@@ -272,6 +275,28 @@ def with_floors(raw: Mapping[str, Any], floors: Sequence[ImpFloor], base: str) -
     """The BidRequest as received with each imp's floor set (``floors[i]`` is for ``imp[i]``)."""
     imps = [imp_with_floor(imp, f, notice_urls(base, f)) for imp, f in zip(raw["imp"], floors, strict=True)]
     return {**raw, "imp": imps}
+
+
+#: OpenRTB loss reason codes of losing the auction itself (5.25: 100 below auction floor, 101
+#: below deal floor, 102 lost to a higher bid, 103 lost to a PMP deal, 104 buyer seat blocked).
+AUCTION_LOSSES = range(100, 200)
+
+
+def loss_ignored(reason: str | None) -> str:
+    """Why a loss notice is not learned ("" when it is a no-fill at the floor); a reason that is
+    not an integer code is an :class:`InvalidOutcome`."""
+    if reason is None or reason == "" or reason.startswith("${"):
+        return ""  # not given: a loss in the auction
+    try:
+        code = int(reason)
+    except ValueError:
+        raise InvalidOutcome(f"reason must be an OpenRTB loss reason code (an integer), got {reason[:40]!r}") from None
+    if code in AUCTION_LOSSES:
+        return ""
+    return (
+        f"loss reason {code} is not a loss in the auction (100-199: below the floor, outbid, ...); "
+        "nothing is learned from it"
+    )
 
 
 def parse_price(text: str | None, name: str = "price") -> float:

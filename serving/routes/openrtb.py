@@ -27,6 +27,7 @@ from serving.openrtb import (
     NoticeKind,
     check_currency,
     context_of,
+    loss_ignored,
     notice_event,
     parse_price,
     placement_of,
@@ -161,9 +162,11 @@ async def loss(
     request: Request, d: DecisionQ, p: PlacementQ, n: NetworkQ, f: FloorQ, s: SegmentQ,
     reason: Annotated[str | None, Query(max_length=64, description="${AUCTION_LOSS}: loss reason code.")] = None,
 ) -> Response:  # fmt: skip
-    """Loss notice (``lurl``): the decision's network did not fill at its floor → a no-fill outcome."""
-    if reason is not None and not reason.startswith("${") and not reason.lstrip("-").isdigit():
-        raise InvalidOutcome(f"reason must be an OpenRTB loss reason code (an integer), got {reason[:40]!r}")
+    """Loss notice (``lurl``): lost in the auction (reason 100-199, or none given) → a no-fill
+    outcome; any other reason (a technical failure, a filtered creative) is answered and not learned."""
+    why_not = loss_ignored(reason)
+    if why_not:
+        return JSON({"accepted": 0, "duplicates": 0, "ignored": why_not})
     return await notice(request, "loss", d, p, n, f, s, 0.0)
 
 

@@ -262,3 +262,22 @@ def test_floors_need_the_decide_key_and_notices_need_none(make_client):
     assert got.status_code == 200
     mark = got.json()["imp"][0]["ext"]["adbandit"]
     assert client.get(notice_path(mark["nurl"], AUCTION_PRICE="60")).json()["accepted"] == 1
+
+
+@pytest.mark.parametrize(("reason", "learned"), [
+    ("100", True), ("102", True), ("${AUCTION_LOSS}", True), ("2", False), ("0", False), ("203", False),
+    ("1001", False)])  # fmt: skip
+def test_only_auction_losses_are_learned_as_no_fills(rtb, reason, learned):
+    mark = rtb.post("/v1/openrtb/floors", json=example("site_banner")).json()["imp"][0]["ext"]["adbandit"]
+    response = rtb.get(notice_path(mark["lurl"], AUCTION_LOSS=reason))
+    assert response.status_code == 200
+    assert response.json()["accepted"] == int(learned)
+    assert ("ignored" in response.json()) is not learned
+    settle(rtb)
+    assert rtb.get("/v1/placements/p1/experiment").json()["variants"]["champion"]["requests"] == int(learned)
+
+
+def test_a_loss_reason_that_is_not_a_code_is_422(rtb):
+    mark = rtb.post("/v1/openrtb/floors", json=example("site_banner")).json()["imp"][0]["ext"]["adbandit"]
+    response = rtb.get(notice_path(mark["lurl"], AUCTION_LOSS="outbid"))
+    assert response.status_code == 422 and "loss reason code" in response.text
