@@ -24,7 +24,8 @@ placement-level (pooled) allocation gives the all-``*`` rule and the group ``def
 Options of the document (:class:`FloorsOptions`):
 
 * **Several placements** (ad units) in one document: the first schema field is the key
-  (``adUnitCode`` or ``gptSlot``) whose value is the placement id, followed by the union
+  (``adUnitCode`` or ``gptSlot``) whose value is the placement id (or the ad unit code or
+  GPT slot the page maps to it), followed by the union
   of the placements' segment fields (``*`` where a placement has no such field). Each
   placement's pooled floor is its ``<id>|*|…`` rule; the group ``default`` (ad units the
   document does not name) is ``floorMin``. Model groups are per variant when every
@@ -317,9 +318,12 @@ def page_floors(
     champions: Sequence[str],
     *,
     options: FloorsOptions,
+    codes: Sequence[str] | None = None,
 ) -> dict:
     """One document for several placements keyed by ``options.key`` (module docstring).
-    ``variants[i]`` are placement ``i``'s variants, ``champions[i]`` its champion's name.
+    ``variants[i]`` are placement ``i``'s variants, ``champions[i]`` its champion's name,
+    ``codes[i]`` the ad unit code (or GPT slot) of its rules (default: the placement id; a
+    placement may appear several times, once per ad unit it serves).
     Placements of one document must share a currency (:func:`check_currencies`)."""
     check_currencies(placements)
     key = options.key or "adUnitCode"
@@ -336,10 +340,11 @@ def page_floors(
     groups = []
     for column, weight in zip(columns, weights, strict=True):
         rules: list[Rule] = []
-        for placement, variant in zip(placements, column, strict=True):
+        for i, (placement, variant) in enumerate(zip(placements, column, strict=True)):
             bidders = bidders_of(placement) if options.bidders else None
             own, _ = placement_rules(placement, variant.allocations, bidders=bidders)
-            rules.extend(({**values, key: placement.id}, floor) for values, floor in own)
+            code = placement.id if codes is None else codes[i]
+            rules.extend(({**values, key: code}, floor) for values, floor in own)
         groups.append(
             group_of(
                 fields,

@@ -65,6 +65,14 @@ async def floors(
         bool,
         Query(description="Add the schema field 'bidder' with per-bidder floors (networks' Prebid bidder codes)."),
     ] = False,
+    code: Annotated[
+        list[str] | None,
+        Query(
+            max_length=MAX_PLACEMENTS,
+            description="Page mapping: the ad unit code (or GPT slot, e.g. /1234/home/top) of each placement, "
+            "in the order of the placement parameters (default: the placement ids).",
+        ),
+    ] = None,
 ) -> Response:
     """Floors data in Price Floors Module schema 2: one model group per experiment variant
     (``modelWeight`` = its traffic percent), one rule per learned segment, floor = the
@@ -72,14 +80,33 @@ async def floors(
     ``floors.additionalSchemaFields`` for fields it does not know natively (``country``, ``os``,
     ``bidder``)."""
     check_placement_ids(placement)
+    units = ad_units(placement, code)
     options = FloorsOptions(
-        key=key or ("adUnitCode" if len(set(placement)) > 1 else None),
+        key=key or ("adUnitCode" if len(units) > 1 or code is not None else None),
         bidders=bidders,
         skip_rate=settings.prebid_skip_rate,
     )
     # In the thread pool: reading allocations waits while the applier refits a variant.
-    doc = await run_in_threadpool(floors_of, store, list(dict.fromkeys(placement)), options, settings.prebid_min_events)
+    doc = await run_in_threadpool(floors_of, store, units, options, settings.prebid_min_events)
     return JSON(doc, headers={**cors_headers(request.headers.get("origin"), settings), **cache_headers(settings)})
+
+
+def ad_units(placements: list[str], codes: list[str] | None) -> list[tuple[str, str]]:
+    """(placement, ad unit code) pairs of a request, repeats dropped: ``codes[i]`` belongs to
+    ``placements[i]`` (422 unless there are as many); without codes, the placement ids."""
+    if codes is None:
+        return [(p, p) for p in dict.fromkeys(placements)]
+    if len(codes) != len(placements):
+        raise RequestValidationError([{
+            "loc": ("query", "code"), "type": "value_error",
+            "msg": f"{len(codes)} code values for {len(placements)} placement values: give one code per placement, "
+            "in the same order"}])  # fmt: skip
+    bad = [i for i, c in enumerate(codes) if not c.strip() or len(c) > 256 or "|" in c]
+    if bad:
+        raise RequestValidationError([{
+            "loc": ("query", "code", bad[0]), "type": "value_error",
+            "msg": "an ad unit code is 1-256 characters without '|' (the rule delimiter)"}])  # fmt: skip
+    return list(dict.fromkeys(zip(placements, codes, strict=True)))
 
 
 def check_placement_ids(placements: list[str]) -> None:
@@ -143,10 +170,18 @@ def variant_floors(store: PolicyStore, placement: str, min_events: float) -> lis
     return with_fallback(variants, experiment.champion, min_events)
 
 
-def floors_of(store: PolicyStore, placements: list[str], options: FloorsOptions, min_events: float) -> Mapping:
-    configs = [store.get_placement(p) for p in placements]
-    variants = [variant_floors(store, p, min_events) for p in placements]
+def floors_of(store: PolicyStore, units: list[tuple[str, str]], options: FloorsOptions, min_events: float) -> Mapping:
+    """The document of (placement, ad unit code) pairs; each placement is read once."""
+    placements = list(dict.fromkeys(p for p, _ in units))
+    configs = {p: store.get_placement(p) for p in placements}
+    variants = {p: variant_floors(store, p, min_events) for p in placements}
     if options.key is None:
-        return prebid_floors(configs[0], variants[0], options=options)
-    champions = [store.get_experiment(p).champion for p in placements]
-    return page_floors(configs, variants, champions, options=options)
+        return prebid_floors(configs[placements[0]], variants[placements[0]], options=options)
+    champions = {p: store.get_experiment(p).champion for p in placements}
+    return page_floors(
+        [configs[p] for p, _ in units],
+        [variants[p] for p, _ in units],
+        [champions[p] for p, _ in units],
+        options=options,
+        codes=[c for _, c in units],
+    )

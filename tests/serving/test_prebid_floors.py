@@ -145,7 +145,21 @@ def test_several_placements_in_one_document_with_bidder_rules(two):
     assert not any(k.startswith("p2|") and not k.endswith("|*") for k in group["values"])  # p2 maps no bidder
 
 
+def test_a_page_mapping_keys_the_rules_by_gpt_slot(two):
+    query = "placement=p1&code=/1234/home/top&placement=p2&code=/1234/home/side&placement=p1&code=/1234/art/top"
+    doc = two.get(f"/v1/prebid/floors?{query}&key=gptSlot").json()
+    values = doc["modelGroups"][0]["values"]
+    assert doc["modelGroups"][0]["schema"]["fields"][0] == "gptSlot"
+    assert {k.split("|")[0] for k in values} == {"/1234/home/top", "/1234/home/side", "/1234/art/top", "*"}
+    assert values["/1234/home/top|*|*"] == values["/1234/art/top|*|*"]  # one placement serving two slots
+    single = two.get("/v1/prebid/floors?placement=p1&code=div-top").json()  # a code alone: the keyed document
+    assert single["modelGroups"][0]["schema"]["fields"][0] == "adUnitCode" and "div-top|*|*" in single[
+        "modelGroups"][0]["values"]  # fmt: skip
+
+
 @pytest.mark.parametrize(("query", "status", "fragment"), [
+    ("placement=p1&placement=p2&code=a", 422, "one code per placement"),
+    ("placement=p1&code=a%7Cb", 422, "without '|'"),
     ("placement=p1&placement=nope", 404, "nope"),
     ("placement=p1&placement=bad%20id", 422, "not a placement id"),
     ("placement=p1&key=slot", 422, "key"),
