@@ -72,11 +72,25 @@ async def floors(request: Request) -> Response:
     data = parse_json(raw)
     bid_request = read_bid_request(data)
     state = request.app.state
-    # In the thread pool: per-bidder floors read allocations, which wait while the applier refits.
-    priced = await run_in_threadpool(price_bid_request, state.store, bid_request, data, str(request.base_url))
+    base = str(request.base_url)
+    if reads_allocations(state.store, bid_request):  # they wait while the applier refits: not on the loop
+        priced = await run_in_threadpool(price_bid_request, state.store, bid_request, data, base)
+    else:  # decisions only: served from the decision tables, on the event loop like POST /v1/decide
+        priced = price_bid_request(state.store, bid_request, data, base)
     for floor in priced[1]:
         state.metrics.decisions.labels(floor.placement).inc()
     return JSON(priced[0])
+
+
+def reads_allocations(store: PolicyStore, bid_request: BidRequest) -> bool:
+    """Whether pricing reads allocations: some imp's placement maps networks to bidder codes."""
+    for imp in bid_request.imp:
+        try:
+            if bidders_of(store.get_placement(imp.tagid or "")):
+                return True
+        except UnknownPlacement:
+            return False  # price_bid_request answers it
+    return False
 
 
 def price_bid_request(
