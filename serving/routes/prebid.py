@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bandit import ALL_SEGMENTS
 from serving.auth import DecideAuth
@@ -31,6 +32,7 @@ router = APIRouter(prefix="/v1/prebid", tags=["prebid"], route_class=StrictQuery
 
 #: Most placements (ad units) one floors document may hold.
 MAX_PLACEMENTS = 500
+FLOORS_PATH = "/v1/prebid/floors"
 #: Seconds a browser may cache a CORS preflight answer.
 PREFLIGHT_MAX_AGE_S = 600
 
@@ -43,7 +45,6 @@ PREFLIGHT_MAX_AGE_S = 600
     responses=errors(401, 404, 422),
 )
 async def floors(
-    request: Request,
     store: StoreDep,
     settings: SettingsDep,
     placement: Annotated[
@@ -88,7 +89,7 @@ async def floors(
     )
     # In the thread pool: reading allocations waits while the applier refits a variant.
     doc = await run_in_threadpool(floors_of, store, units, options, settings.prebid_min_events)
-    return JSON(doc, headers={**cors_headers(request.headers.get("origin"), settings), **cache_headers(settings)})
+    return JSON(doc, headers=cache_headers(settings))  # CORS headers: FloorsCorsMiddleware
 
 
 def ad_units(placements: list[str], codes: list[str] | None) -> list[tuple[str, str]]:
@@ -122,23 +123,22 @@ def check_placement_ids(placements: list[str]) -> None:
 
 
 async def preflight(request: Request) -> Response:
-    """CORS preflight of the floors: which origins, methods and headers may be used."""
+    """CORS preflight of the floors: which methods and headers may be used (the origin is
+    answered by :class:`FloorsCorsMiddleware`)."""
     settings: Settings = request.app.state.settings
-    headers = cors_headers(request.headers.get("origin"), settings)
-    if headers:
-        headers.update(
-            {
-                "Access-Control-Allow-Methods": "GET, OPTIONS",
-                "Access-Control-Allow-Headers": "Authorization, Content-Type",
-                "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_S),
-            }
-        )
+    headers = {}
+    if "Access-Control-Allow-Origin" in cors_headers(request.headers.get("origin"), settings):
+        headers = {
+            "Access-Control-Allow-Methods": "GET, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+            "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_S),
+        }
     return Response(status_code=204, headers=headers)
 
 
 # Not a StrictQueryRoute: a preflight carries the query string of the request it asks for.
 router.routes.append(
-    APIRoute("/v1/prebid/floors", preflight, methods=["OPTIONS"], include_in_schema=False, response_class=Response)
+    APIRoute(FLOORS_PATH, preflight, methods=["OPTIONS"], include_in_schema=False, response_class=Response)
 )
 
 
@@ -151,6 +151,29 @@ def cors_headers(origin: str | None, settings: Settings) -> dict[str, str]:
     if origin and origin.rstrip("/") in allowed:
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
     return {"Vary": "Origin"} if allowed else {}
+
+
+class FloorsCorsMiddleware:
+    """Adds the CORS headers of :func:`cors_headers` to every answer of ``/v1/prebid/floors``,
+    errors included (a 401, 404 or 422 a page cannot read would only say "CORS error")."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != FLOORS_PATH:
+            await self.app(scope, receive, send)
+            return
+        origin = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"), None)
+        extra = [(k.lower().encode(), v.encode("latin-1")) for k, v in cors_headers(origin, self.settings).items()]
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start" and extra:
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
 
 
 def cache_headers(settings: Settings) -> dict[str, str]:

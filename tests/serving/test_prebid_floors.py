@@ -122,6 +122,21 @@ def test_preflight_names_origin_methods_and_headers(two):
     assert refused.status_code == 204 and "access-control-allow-origin" not in refused.headers
 
 
+def test_errors_carry_cors_headers_too_so_a_page_can_read_them(make_client):
+    client = make_client(decide_api_key="page-key-123", prebid_cors_origins="https://news.example")
+    client.put("/v1/placements/p1", json=P1_BODY)
+    origin = {"Origin": "https://news.example"}
+    unauthorized = client.get("/v1/prebid/floors?placement=p1", headers=origin)
+    assert unauthorized.status_code == 401 and unauthorized.headers["access-control-allow-origin"] == origin["Origin"]
+    auth = {**origin, "Authorization": "Bearer page-key-123"}
+    missing = client.get("/v1/prebid/floors?placement=nope", headers=auth)
+    assert missing.status_code == 404 and missing.headers["access-control-allow-origin"] == origin["Origin"]
+    ok = client.get("/v1/prebid/floors?placement=p1", headers=auth)
+    assert ok.status_code == 200 and ok.headers.get_list("access-control-allow-origin") == [origin["Origin"]]
+    other = client.get("/v1/placements/p1/allocation", headers=auth)  # only the floors answer CORS
+    assert "access-control-allow-origin" not in other.headers
+
+
 def test_any_origin_by_default(make_client):
     client = make_client()
     client.put("/v1/placements/p1", json=P1_BODY)
