@@ -25,7 +25,7 @@ from serving.demo import install_demo
 from serving.docs_ui import install_docs
 from serving.metrics import MetricsMiddleware, ServiceMetrics
 from serving.report import allocation_metrics
-from serving.routes import admin, allocation, decide, experiment, health, outcomes, placements, prebid
+from serving.routes import admin, allocation, decide, experiment, health, openrtb, outcomes, placements, prebid
 from serving.settings import Settings, get_settings
 from serving.sources import DemoSource, ModelSource
 from serving.store import PolicyStore
@@ -40,6 +40,8 @@ Gaussian-mixture price model — and serves those decisions to the ad server.
 * **Ad server**: `POST /v1/decide` (or `/v1/decide/batch`) per request, or poll
   `GET /v1/placements/{placement}/allocation`; post what happened to `POST /v1/outcomes`.
 * **Prebid.js**: `GET /v1/prebid/floors?placement=…` (Price Floors Module, schema 2).
+* **OpenRTB 2.6**: `POST /v1/openrtb/floors` sets `imp[].bidfloor` of a BidRequest;
+  `GET /v1/openrtb/{win,billing,loss}` take the `nurl`/`burl`/`lurl` notices as outcomes.
 * **Ad-ops**: configure placements and A/B variants, read the experiment report, swap models.
 
 Errors are `{"detail": …}` with a 4xx status. Keys (`Authorization: Bearer <key>`), each
@@ -232,12 +234,13 @@ def create_app(
     app.state.metrics.watch_allocations(lambda: allocation_metrics(app.state.store))
     errors.install(app)
     # Hot routes first: matching is linear in the number of routes before the match.
-    for module in (decide, outcomes, placements, allocation, experiment, prebid, admin, health):
+    for module in (decide, outcomes, placements, allocation, experiment, prebid, openrtb, admin, health):
         app.include_router(module.router)
     install_docs(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(prebid.FloorsCorsMiddleware, settings=settings)
     _publish_extra_schemas(app)
     return app
 
@@ -247,6 +250,7 @@ def _publish_extra_schemas(app: FastAPI) -> None:
     from fastapi.openapi.utils import get_openapi
     from pydantic.json_schema import models_json_schema
 
+    from serving.openrtb import BidRequest
     from serving.schemas import DecideBatchRequest, DecideRequest, OutcomeEventIn
 
     def openapi() -> dict:
@@ -258,7 +262,7 @@ def _publish_extra_schemas(app: FastAPI) -> None:
                 description=app.description,
                 routes=app.routes,
             )
-            models = [(m, "validation") for m in (DecideRequest, DecideBatchRequest, OutcomeEventIn)]
+            models = [(m, "validation") for m in (DecideRequest, DecideBatchRequest, OutcomeEventIn, BidRequest)]
             _, extra = models_json_schema(models, ref_template="#/components/schemas/{model}")
             schema.setdefault("components", {}).setdefault("schemas", {}).update(extra.get("$defs", {}))
             app.openapi_schema = schema

@@ -4,8 +4,11 @@
   key ``ADBANDIT_API_KEY``.
 - **read**: ``GET`` placements, allocations, experiment reports, ``/metrics``; key
   ``ADBANDIT_READ_API_KEY`` or the write key.
-- **decide**: ``POST /v1/decide``, ``/v1/decide/batch``, ``GET /v1/prebid/floors``; key
-  ``ADBANDIT_DECIDE_API_KEY`` or the write key.
+- **decide**: ``POST /v1/decide``, ``/v1/decide/batch``, ``GET /v1/prebid/floors``,
+  ``POST /v1/openrtb/floors``; key ``ADBANDIT_DECIDE_API_KEY`` or the write key.
+
+The OpenRTB notices (``GET /v1/openrtb/{win,billing,loss}``) take no key: exchanges fire them
+and cannot send one; the signed decision id they carry must verify (:mod:`serving.openrtb`).
 
 Without ``ADBANDIT_READ_API_KEY`` reads stay open and without ``ADBANDIT_DECIDE_API_KEY``
 decisions and Prebid floors stay open (as before: ad servers and Prebid.js poll them).

@@ -241,8 +241,21 @@ class AdbanditClient:
             self.request("GET", f"/v1/placements/{_quote(placement)}/allocation", params=params)
         )
 
-    def prebid_floors(self, placement: str) -> dict:
-        return self.request("GET", "/v1/prebid/floors", params={"placement": placement})
+    def prebid_floors(
+        self, placement: str | Sequence[str], *, key: str | None = None, bidders: bool = False
+    ) -> dict:
+        """Prebid floors of one placement, or of several in one document (``key``:
+        ``adUnitCode`` or ``gptSlot``; ``bidders``: per-bidder rules)."""
+        params: dict[str, Any] = {"placement": [placement] if isinstance(placement, str) else list(placement)}
+        if key is not None:
+            params["key"] = key
+        if bidders:
+            params["bidders"] = "true"
+        return self.request("GET", "/v1/prebid/floors", params=params)
+
+    def openrtb_floors(self, bid_request: Mapping[str, Any]) -> dict:
+        """An OpenRTB 2.6 BidRequest back with ``imp[].bidfloor``/``bidfloorcur`` set."""
+        return self.request("POST", "/v1/openrtb/floors", json=dict(bid_request))
 
     def set_experiment(self, placement: str, variants: Sequence[Mapping[str, Any]]) -> dict:
         return self.request("PUT", f"/v1/placements/{_quote(placement)}/experiment", json={"variants": list(variants)})

@@ -57,6 +57,7 @@ class VariantSlot:
     its outcome counters (requests, revenue and revenue² per request, in CPM)."""
 
     __slots__ = (
+        "built_at",
         "counter_lock",
         "decisions",
         "learn_lock",
@@ -82,9 +83,12 @@ class VariantSlot:
         self.decisions = 0
         self.served = serving_copy(learner)
         self.refit_at = time.monotonic()
+        #: Wall-clock time (epoch seconds) the served model was last built (Prebid's modelTimestamp).
+        self.built_at = time.time()
 
     def publish(self) -> None:
         self.served = serving_copy(self.learner)
+        self.built_at = time.time()
 
     def model_version(self, policy: Policy | None = None) -> str:
         version = (policy or self.served).model_version

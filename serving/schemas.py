@@ -65,6 +65,11 @@ class NetworkIn(_In):
         description="How the network reports revenue_cpm: 'gross' (what the buyer paid; a fill below the floor "
         "is rejected) or 'net' (after the network's share; may be below the floor).",
     )
+    bidder: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = Field(
+        None,
+        description="Prebid bidder code of this network (e.g. 'appnexus'), for per-bidder floors in "
+        "GET /v1/prebid/floors?bidders=true and POST /v1/openrtb/floors; absent: none.",
+    )
 
 
 class PlacementLimitsIn(_In):
@@ -117,6 +122,7 @@ class NetworkOut(_Out):
     revenue: Literal["net"] | None = Field(
         None, description="'net' when the network reports net revenue; absent: gross."
     )
+    bidder: str | None = Field(None, description="Prebid bidder code, when set.")
 
 
 class PlacementLimitsOut(_Out):

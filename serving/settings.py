@@ -104,6 +104,28 @@ class Settings(BaseSettings):
         description="Longest string value of a request context, in characters.",
     )
 
+    prebid_cors_origins: str = Field(
+        "*",
+        description="Origins (comma-separated, e.g. 'https://www.example.com,https://m.example.com') whose pages "
+        "may fetch GET /v1/prebid/floors from a browser (CORS); '*': any; empty: none.",
+    )
+    prebid_cache_max_age_s: int = Field(
+        300, ge=0, description="Cache-Control max-age (seconds) of the Prebid floors document; 0: no-cache."
+    )
+    prebid_skip_rate: int = Field(
+        0, ge=0, le=100, description="skipRate of the Prebid floors document: percent of auctions run without floors."
+    )
+    prebid_min_events: float = Field(
+        100.0,
+        ge=0,
+        description="A challenger variant that learned from fewer (discounted) events publishes the champion's "
+        "floors in the Prebid floors document.",
+    )
+
+    def cors_origins(self) -> frozenset[str]:
+        """The allowed CORS origins of the Prebid floors (``"*"`` for any)."""
+        return frozenset(o.strip().rstrip("/") for o in self.prebid_cors_origins.split(",") if o.strip())
+
     def limits(self) -> Limits:
         """The limits on placements, segments and contexts (:mod:`serving.limits`)."""
         return Limits(

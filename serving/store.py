@@ -79,7 +79,7 @@ from bandit.errors import InvalidConfig, StorageFailure
 from serving import decisions, recovery, report, snapshots
 from serving.applier import Applier
 from serving.archive import OutcomeArchive
-from serving.decision_ids import DecisionSigner, load_or_create_key
+from serving.decision_ids import DecisionSigner, Verdict, load_or_create_key
 from serving.decisions import DecisionRecord
 from serving.dedupe import DAY_SECONDS, DedupeWindow, event_hashes, first_occurrences
 from serving.eventlog import EventLog, storage_failure
@@ -458,6 +458,18 @@ class PolicyStore:
         with slot.learn_lock:
             alloc = slot.learner.allocation(segment or ALL_SEGMENTS)
         return replace(alloc, model_version=slot.model_version(slot.learner))
+
+    def verify_decision(self, decision_id: str, placement_id: str, network: str, floor_cpm: float) -> Verdict:
+        """Whether ``decision_id`` was issued by this service for that placement, network and
+        floor (:meth:`serving.decision_ids.DecisionSigner.verify`)."""
+        entry = self._entry(placement_id)
+        assert self._signer is not None
+        return self._signer.verify(decision_id, placement_id, network, floor_cpm, entry.networks)
+
+    def built_at(self, placement_id: str, variant: str = "champion") -> float:
+        """When (epoch seconds) the variant's served model was last built: its last refit, or
+        when it was loaded, swapped or created in this process."""
+        return self._entry(placement_id).slot(variant, champion_alias=True).built_at
 
     def policy_state(self, placement_id: str, variant: str = "champion") -> dict[str, np.ndarray]:
         """A copy of a variant's live policy state (``bandit.save_state`` / ``swap_model`` input)."""

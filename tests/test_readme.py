@@ -50,7 +50,7 @@ def test_the_readme_curl_tour_runs_against_a_live_service(service):
     assert done.returncode == 0, done.stderr
     replies = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert len(replies) == block.count("\ncurl ") + block.startswith("curl ")
-    placement, decision, outcome, logged, allocation, floors, _, report = replies
+    placement, decision, outcome, logged, allocation, floors, _, report, bid_request = replies
     assert [n["id"] for n in placement["networks"]] == ["admob", "adfit", "house"]
     assert decision["placement"] == "p1" and decision["segment"] == "KR|ios"
     assert outcome == {"accepted": 1, "duplicates": 0, "rejected": []}
@@ -58,6 +58,9 @@ def test_the_readme_curl_tour_runs_against_a_live_service(service):
     assert allocation["segment"] == "KR|ios" and abs(sum(n["weight"] for n in allocation["networks"]) - 1) < 1e-6
     assert floors["floorsSchemaVersion"] == 2
     assert set(report["variants"]) == {"champion", "challenger", "holdout"}
+    (imp,) = bid_request["imp"]
+    assert imp["tagid"] == "demo" and imp["bidfloorcur"] == "USD" and imp["bidfloor"] >= 0
+    assert imp["ext"]["adbandit"]["segment"] == "KR|ios" and "${AUCTION_PRICE}" in imp["ext"]["adbandit"]["nurl"]
 
 
 def test_examples_tour_runs_against_a_live_service(service):

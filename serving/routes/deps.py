@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import Depends, Path, Request
+from fastapi._compat import field_annotation_is_sequence
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
@@ -63,11 +64,12 @@ class StrictQueryRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         allowed = query_names(self.dependant)
+        repeatable = list_query_names(self.dependant)
         takes = f"it takes {', '.join(sorted(allowed))}" if allowed else "it takes none"
 
         async def strict_handler(request: Request) -> Response:
             if request.scope.get("query_string"):
-                check_query(request, allowed, takes)
+                check_query(request, allowed, takes, repeatable)
             return await handler(request)
 
         return strict_handler
@@ -81,8 +83,18 @@ def query_names(dependant: Any) -> frozenset[str]:
     return frozenset(names)
 
 
-def check_query(request: Request, allowed: frozenset[str], takes: str) -> None:
-    """422 for each query parameter not in ``allowed``, or given more than once."""
+def list_query_names(dependant: Any) -> frozenset[str]:
+    """The query parameters a route declares as lists (``?placement=a&placement=b``)."""
+    names = {p.alias for p in dependant.query_params if field_annotation_is_sequence(p.field_info.annotation)}
+    for sub in dependant.dependencies:
+        names |= list_query_names(sub)
+    return frozenset(names)
+
+
+def check_query(
+    request: Request, allowed: frozenset[str], takes: str, repeatable: frozenset[str] = frozenset()
+) -> None:
+    """422 for each query parameter not in ``allowed``, or given more than once (unless a list)."""
     names = [name for name, _ in request.query_params.multi_items()]
     issues = [
         {"loc": ("query", name), "msg": f"unknown query parameter {name!r}: {takes}", "type": "extra_forbidden"}
@@ -92,7 +104,7 @@ def check_query(request: Request, allowed: frozenset[str], takes: str) -> None:
     issues += [
         {"loc": ("query", name), "msg": f"query parameter {name!r} is given more than once", "type": "repeated"}
         for name in dict.fromkeys(names)
-        if name in allowed and names.count(name) > 1
+        if name in allowed and name not in repeatable and names.count(name) > 1
     ]
     if issues:
         raise RequestValidationError(issues)

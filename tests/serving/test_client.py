@@ -25,6 +25,10 @@ def test_typed_results_from_the_real_app(client):
     assert isinstance(allocation, Allocation) and allocation.segment == "KR|ios" and allocation.currency == "USD"
     assert allocation.network("alpha").weight + allocation.network("beta").weight == pytest.approx(1.0)
     assert api.prebid_floors("p1")["floorsSchemaVersion"] == 2
+    page = api.prebid_floors(["p1", "p1"], key="gptSlot", bidders=True)
+    assert page["modelGroups"][0]["schema"]["fields"] == ["gptSlot", "country", "os", "bidder"]
+    priced = api.openrtb_floors({"id": "r", "imp": [{"id": "1", "tagid": "p1", "ext": {"x": 1}}]})
+    assert priced["imp"][0]["bidfloor"] >= 0 and priced["imp"][0]["ext"]["x"] == 1
     with pytest.raises(ServiceError) as bad:
         api.allocation("p1", segment="KR")
     assert bad.value.status == 422 and "country|os" in str(bad.value)

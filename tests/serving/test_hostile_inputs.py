@@ -587,6 +587,7 @@ def _call(base: str, method: str, path: str, key: str | None) -> int:
         "/v1/decide/batch": {"placement": "p1", "requests": [{"request_id": "r1"}]},
         "/v1/outcomes": [outcome(0, prefix="scoped", ts=NOW_TS)],
         "/v1/placements/p1/experiment": {"variants": [{"name": "champion", "traffic": 100}]},
+        "/v1/openrtb/floors": {"id": "r1", "imp": [{"id": "1", "tagid": "p1"}], "device": {"geo": {"country": "KR"}}},
     }
     body = bodies.get(path) if method != "GET" else None
     return httpx.request(method, base + path, json=body, headers=headers, timeout=10).status_code
@@ -602,6 +603,7 @@ SCOPES = [  # (method, path, {key: expected status})
     ("POST", "/v1/decide", {None: 401, "decide-key": 200, "write-key": 200, "read-key": 401}),
     ("POST", "/v1/decide/batch", {None: 401, "decide-key": 200, "read-key": 401}),
     ("GET", "/v1/prebid/floors?placement=p1", {None: 401, "decide-key": 200, "write-key": 200, "read-key": 401}),
+    ("POST", "/v1/openrtb/floors", {None: 401, "decide-key": 200, "write-key": 200, "read-key": 401}),
     ("POST", "/v1/outcomes", {None: 401, "read-key": 401, "decide-key": 401}),
     ("PUT", "/v1/placements/p1/experiment", {None: 401, "read-key": 401, "decide-key": 401}),
     ("POST", "/v1/admin/snapshot", {"read-key": 401, "decide-key": 401, "write-key": 200}),

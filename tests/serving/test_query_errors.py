@@ -41,7 +41,7 @@ def test_a_placement_without_segment_fields_takes_only_the_whole_placement(clien
     ("method", "path", "params", "takes"),
     [
         ("get", "/v1/placements/p1/allocation", {"segmnet": "KR|ios"}, "it takes segment, variant"),
-        ("get", "/v1/prebid/floors", {"placement": "p1", "format": "v1"}, "it takes placement"),
+        ("get", "/v1/prebid/floors", {"placement": "p1", "format": "v1"}, "it takes bidders, code, key, placement"),
         ("get", "/v1/placements/p1", {"verbose": "1"}, "it takes none"),
         ("get", "/healthz", {"deep": "1"}, "it takes none"),
         ("get", "/metrics", {"name[]": "x"}, "it takes none"),
