@@ -73,7 +73,9 @@ def seasonal_runs(ray_cluster) -> pl.DataFrame:
 def test_follows_a_daily_price_cycle(seasonal_runs):
     runs = _runs(seasonal_runs, "ood_daily", "ts_gmm")
     whole = np.array([capture(t) for t in runs])
-    assert whole.mean() >= 0.97 and whole.min() >= 0.95, whole
+    # 0.982-0.985 before hour levels learned at their stated speed (level_events) and were
+    # shrunk toward the segment's common level; 0.991 after (3 seeds, README).
+    assert whole.mean() >= 0.985 and whole.min() >= 0.97, whole
     # After the first day, with the cycle learned, no worse than over the whole run.
     later = np.array([capture(t, start=24 * 10_000) for t in runs])
     assert later.mean() >= whole.mean(), (later, whole)
@@ -87,4 +89,4 @@ def test_a_purely_seasonal_market_raises_at_most_one_alarm_per_cell_and_week(sea
     alarms = np.array([int(t["change_alarms"].max()) for t in runs])
     assert np.all(alarms <= np.ceil(cells * np.array(weeks))), alarms
     # And it keeps learning the market while quiet (a ±30% cycle, stronger than ood_daily's).
-    assert np.mean([capture(t) for t in runs]) >= 0.95
+    assert np.mean([capture(t) for t in runs]) >= 0.96
