@@ -841,7 +841,7 @@ class ThompsonGmmPolicy(Policy):
         self._levels = CellArrays(HOURS_PER_DAY)
         self._level_events = CellArrays(HOURS_PER_DAY)
         for array, values, names in (
-            (self._level_events, "level_events", ("level_event_cells", "", "")),
+            (self._level_events, "level_events", ("level_event_cells",)),
             (self._cusum, "drift_cusum", ("drift_cells", "drift_keys", "drift_networks")),
             (self._levels, "level_log", ("level_cells", "level_segments", "level_networks")),
         ):
@@ -852,6 +852,8 @@ class ThompsonGmmPolicy(Policy):
                 keys = np.asarray(state[names[0]], dtype=np.int64)
                 if ((keys < 0) | (keys >= len(self.stats.segments) * n_net)).any():
                     raise InvalidState(f"{names[0]} names cells the statistics do not have")
+            elif len(names) == 1:
+                raise InvalidState(f"{values} needs {names[0]}")
             else:  # earlier versions: keyed by (segment, network); cells of no statistics row are dropped
                 rows = self.stats.rows_of([str(seg) for seg in state[names[1]]])
                 networks = np.asarray(state[names[2]], dtype=np.int64)

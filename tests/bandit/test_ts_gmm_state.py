@@ -45,3 +45,15 @@ def test_state_naming_cells_beyond_the_statistics_is_refused() -> None:
     state["level_log"] = np.zeros((1, 24))
     with pytest.raises(InvalidState, match="level_cells"):
         policy_from_state(state)
+
+
+def test_hour_level_counts_without_their_cells_are_refused_by_name() -> None:
+    policy = make_policy("ts_gmm", CFG, seed=5, level_events=200.0)
+    rng = np.random.default_rng(2)
+    for k in range(3):  # events are compared with the history of the batches before them
+        policy.update(synthetic_batch(rng, 600, 1.8e9 + k * 3600.0), refresh=k == 2)
+    state = policy.state()
+    assert len(state["level_event_cells"]) and state["level_events"].sum() > 0
+    del state["level_event_cells"]
+    with pytest.raises(InvalidState, match="level_events needs level_event_cells"):
+        policy_from_state(state)
