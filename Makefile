@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STATE_DIR ?= state
 
-.PHONY: setup run test lint bench bench-all report clean
+.PHONY: setup browser run test lint bench bench-all report clean
 
 $(STAMP): pyproject.toml
 	@echo "==> [1/3] creating $(VENV) with $$($(PYTHON) --version)"
@@ -32,7 +32,16 @@ run: $(STAMP)
 	@echo "==> serving http://$(HOST):$(PORT) (API docs at /docs), state in $(STATE_DIR)/; Ctrl-C stops"
 	$(VENV)/bin/adbandit serve --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR) --demo
 
-test: $(STAMP)
+# The browser tests (console, Prebid.js page) drive Debian's chromium through Playwright; no browser
+# build is ever downloaded. As root with apt-get, a missing chromium is installed; elsewhere they skip.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "==> installing Debian's chromium for the browser tests (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "==> no chromium and no root apt-get: the browser tests will skip"; fi; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
