@@ -144,6 +144,14 @@ class SegmentTable:
     summary: NDArray[np.float64]
     floor_log_sd: NDArray[np.float64] | None = None
     floor_bounds: NDArray[np.float64] | None = None
+    #: Multi-network placements (waterfall, auction): P candidate plans, each the tier of every
+    #: network (0, 1, … in calling order; −1 not called; an auction calls all its tier-0
+    #: networks at once) ``plan_tiers`` [P, N], their floors ``plan_floors`` [P, N] (CPM) and
+    #: probabilities ``plan_probs`` [P] (Thompson sampling: the share of posterior draws whose
+    #: optimal plan it is). None for single-network placements.
+    plan_tiers: NDArray[np.int64] | None = None
+    plan_floors: NDArray[np.float64] | None = None
+    plan_probs: NDArray[np.float64] | None = None
     cum: NDArray[np.float64] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -185,6 +193,13 @@ class SegmentTable:
         floor = np.where(jit & (floor > 0), np.exp(log_f), floor)
         fprop = np.where(jit, self.floor_bin_probability(net, floor), self.floor_propensity.ravel()[flat])
         return net, floor, self.weights[net], fprop
+
+    def sample_plans(self, u: NDArray[np.float64]) -> NDArray[np.int64]:
+        """Plan indices [k] for uniforms ``u`` [k] (multi-network placements)."""
+        if self.plan_probs is None:
+            raise ValueError("this table has no plans (a single-network placement)")
+        cum = np.cumsum(self.plan_probs)
+        return np.minimum(np.searchsorted(cum / cum[-1], u, side="right"), len(cum) - 1)
 
     def sample_one(self, u: float, v: float | None = None) -> tuple[int, float, float, float]:
         if self.jittered and v is not None:

@@ -361,6 +361,16 @@ class RevenueCurve:
         """P(fill | floor) [D, G]."""
         return 1.0 - np.exp(-self.lam[:, None] * self._interp(self.survival, log_floor))
 
+    @property
+    def n_draws(self) -> int:
+        return len(self.lam)
+
+    def pay_cdf(self, log_price: NDArray) -> NDArray:
+        """P(pay ≤ x) [D, G] at log prices x at or above the floor: the top bid's CDF when the
+        network pays its bid, P(at most one bid above x) when it pays the second bid."""
+        ls = self.lam[:, None] * self._interp(self.survival, log_price)
+        return np.exp(-ls) * (1.0 + ls) if self.second_price else np.exp(-ls)
+
     def revenue(self, log_floor: NDArray) -> NDArray:
         """Expected revenue per request (CPM) at log floors [D, G]."""
         r = self._interp(self.tail, log_floor)
@@ -442,6 +452,14 @@ class ResponsiveCurve:
 
     def fill_rate(self, log_floor: NDArray) -> NDArray:
         return self.base.fill_rate(log_floor + np.log(self.shading)[:, None])
+
+    @property
+    def n_draws(self) -> int:
+        return len(self.base.lam)
+
+    def pay_cdf(self, log_price: NDArray) -> NDArray:
+        """Above the floor the network pays max(B, f) = B: the top bid's CDF."""
+        return self.base.pay_cdf(log_price)
 
     def revenue(self, log_floor: NDArray) -> NDArray:
         lifted = self.fill_rate(log_floor) - self.base.fill_rate(log_floor)

@@ -58,6 +58,30 @@ class DecisionBatch:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PlanBatch:
+    """Waterfall or auction decisions for a batch of requests, in request order: per request
+    and network the tier (0, 1, … in calling order; −1 not called; an auction calls its
+    tier-0 networks at once) ``tiers`` [n, N] and floor ``floor_cpm`` [n, N]; ``propensity``
+    [n] is the probability of the whole plan (order or subset, and floors)."""
+
+    tiers: NDArray[np.int64]
+    floor_cpm: NDArray[np.float64]
+    propensity: NDArray[np.float64]
+    segments: tuple[str, ...]
+    segment_index: NDArray[np.int64]
+    model_version: str
+
+    def __len__(self) -> int:
+        return len(self.tiers)
+
+    def offers(self, i: int, network_ids: Sequence[str]) -> list[tuple[str, float]]:
+        """(network, floor_cpm) of request ``i`` in calling order."""
+        called = np.flatnonzero(self.tiers[i] >= 0)
+        called = called[np.argsort(self.tiers[i, called], kind="stable")]
+        return [(network_ids[j], float(self.floor_cpm[i, j])) for j in called]
+
+
 class Policy:
     """Base class: statistics, tables, decisions, state. See the module docstring."""
 
@@ -221,6 +245,32 @@ class Policy:
         return DecisionBatch(
             net, floor, prop, fprop, tuple(segments), np.asarray(segment_index), self.model_version, density
         )
+
+    def decide_plans(
+        self,
+        segments: Sequence[str],
+        segment_index: NDArray[np.int64],
+        *,
+        rng: np.random.Generator | None = None,
+    ) -> PlanBatch:
+        """Waterfall or auction decisions for requests given as indexes into segment keys."""
+        if self.placement.mode == "single":
+            raise InvalidDecisionRequest(f"placement {self.placement.id!r} is single-network: use decide")
+        rng = rng or self._rng
+        k, n_net = len(segment_index), len(self.placement.networks)
+        u = rng.random(k)
+        tiers = np.empty((k, n_net), dtype=np.int64)
+        floors = np.empty((k, n_net))
+        prop = np.empty(k)
+        for s, seg in enumerate(segments):
+            rows = np.flatnonzero(segment_index == s)
+            if not len(rows):
+                continue
+            table = self.table(seg)
+            plan = table.sample_plans(u[rows])
+            tiers[rows], floors[rows] = table.plan_tiers[plan], table.plan_floors[plan]
+            prop[rows] = table.plan_probs[plan] / table.plan_probs.sum()
+        return PlanBatch(tiers, floors, prop, tuple(segments), np.asarray(segment_index), self.model_version)
 
     def allocation(self, segment: str = ALL_SEGMENTS) -> Allocation:
         """Current weights and floors (with uncertainty) of a segment."""
@@ -393,6 +443,15 @@ def _table_arrays(segments: Sequence[str], tables: Sequence[SegmentTable]) -> di
         "table_summary": stack([t.summary for t in tables]),
         "table_floor_log_sd": stack([t.floor_log_sd for t in tables]),
         "table_floor_bounds": stack([t.floor_bounds for t in tables]),
+        **(
+            {
+                "table_plan_tiers": stack([t.plan_tiers for t in tables]),
+                "table_plan_floors": stack([t.plan_floors for t in tables]),
+                "table_plan_probs": stack([t.plan_probs for t in tables]),
+            }
+            if tables and tables[0].plan_probs is not None
+            else {}
+        ),
     }
 
 
@@ -407,6 +466,15 @@ def _tables_of(state: Mapping[str, np.ndarray]) -> dict[str, SegmentTable]:
             summary=np.array(state["table_summary"][i]),
             floor_log_sd=np.array(state["table_floor_log_sd"][i]) if "table_floor_log_sd" in state else None,
             floor_bounds=np.array(state["table_floor_bounds"][i]) if "table_floor_bounds" in state else None,
+            **(
+                {
+                    "plan_tiers": np.array(state["table_plan_tiers"][i]),
+                    "plan_floors": np.array(state["table_plan_floors"][i]),
+                    "plan_probs": np.array(state["table_plan_probs"][i]),
+                }
+                if "table_plan_probs" in state
+                else {}
+            ),
         )
         for i, seg in enumerate(state["table_segments"])
     }

@@ -81,6 +81,10 @@ class NetworkConfig:
         return min(max(floor_cpm, self.floor_min_cpm), self.floor_max_cpm)
 
 
+#: How a placement calls its networks (see :class:`PlacementConfig`).
+MODES = ("single", "waterfall", "auction")
+
+
 @dataclass(frozen=True, slots=True)
 class PlacementConfig:
     """An ad slot: its networks, the context fields that key segments, and the currency."""
@@ -89,6 +93,14 @@ class PlacementConfig:
     networks: tuple[NetworkConfig, ...]
     segment_by: tuple[str, ...] = ()
     currency: str = "USD"
+    #: How a request calls networks: ``single`` (one network, one floor: exposure weights),
+    #: ``waterfall`` (tiers tried in order, each with its floor, until one fills) or
+    #: ``auction`` (networks called at once, each with its floor; the highest bid wins).
+    mode: str = "single"
+    #: Waterfall: at most this many tiers (0: every network).
+    max_tiers: int = 0
+    #: Auction: at most this many networks called per request (0: every network).
+    max_calls: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip() or len(self.id) > 128:
@@ -111,9 +123,30 @@ class PlacementConfig:
             raise InvalidConfig(f"segment_by must be distinct non-empty field names, got {list(segment_by)}")
         if not isinstance(self.currency, str) or len(self.currency) != 3 or not self.currency.isalpha():
             raise InvalidConfig(f"currency must be a 3-letter ISO 4217 code, got {self.currency!r}")
+        if self.mode not in MODES:
+            raise InvalidConfig(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        for name in ("max_tiers", "max_calls"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= len(networks):
+                raise InvalidConfig(
+                    f"{name} must be an integer in [0, {len(networks)}] (0: every network), got {value!r}"
+                )
+        if self.mode != "single" and any(n.min_share > 0 or n.max_share < 1 for n in networks):
+            raise InvalidConfig(
+                f"min_share/max_share are contracts of the single mode; a {self.mode} placement calls several "
+                "networks per request: remove them (cap calls with max_calls or max_tiers)"
+            )
         object.__setattr__(self, "networks", networks)
         object.__setattr__(self, "segment_by", segment_by)
         object.__setattr__(self, "currency", self.currency.upper())
+
+    @property
+    def depth(self) -> int:
+        """Networks per request: 1 (single), the waterfall's tiers or the auction's calls."""
+        if self.mode == "single":
+            return 1
+        limit = self.max_tiers if self.mode == "waterfall" else self.max_calls
+        return limit or len(self.networks)
 
     @property
     def network_ids(self) -> tuple[str, ...]:
@@ -149,6 +182,12 @@ class PlacementConfig:
             ],
             "segment_by": list(self.segment_by),
             "currency": self.currency,
+            # Only for the multi-network modes, so single placements serialise as before.
+            **(
+                {"mode": self.mode, "max_tiers": self.max_tiers, "max_calls": self.max_calls}
+                if self.mode != "single"
+                else {}
+            ),
         }
 
     @classmethod
@@ -170,7 +209,15 @@ class PlacementConfig:
         segment_by = body.get("segment_by", ())
         if isinstance(segment_by, str) or not isinstance(segment_by, Sequence):
             raise InvalidConfig("segment_by must be a list of context field names")
-        return cls(placement, tuple(networks), tuple(segment_by), body.get("currency", "USD"))
+        return cls(
+            placement,
+            tuple(networks),
+            tuple(segment_by),
+            body.get("currency", "USD"),
+            body.get("mode", "single"),
+            body.get("max_tiers", 0),
+            body.get("max_calls", 0),
+        )
 
 
 def _segment_value(value: object) -> str:

@@ -42,7 +42,9 @@ BIDDER_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def _core(config: PlacementConfig) -> tuple:
-    return (config.id, config.networks, config.segment_by, config.currency)
+    return (
+        config.id, config.networks, config.segment_by, config.currency, config.mode, config.max_tiers, config.max_calls
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +186,10 @@ class ServicePlacement(PlacementConfig):
             config.networks,
             config.segment_by,
             config.currency,
-            frozenset(net_revenue or ()),
-            limits or PlacementLimits(),
-            tuple((bidders or {}).items()),
+            mode=config.mode,
+            max_tiers=config.max_tiers,
+            max_calls=config.max_calls,
+            net_revenue=frozenset(net_revenue or ()),
+            limits=limits or PlacementLimits(),
+            bidders=tuple((bidders or {}).items()),
         )

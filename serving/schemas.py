@@ -110,6 +110,14 @@ class PlacementIn(_In):
     limits: PlacementLimitsIn | None = Field(
         None, description="Segment limits of this placement below the service's (ADBANDIT_MAX_SEGMENTS, ...)."
     )
+    mode: Literal["single", "waterfall", "auction"] = Field(
+        "single",
+        description="How a request calls networks: 'single' (one network and floor per request), 'waterfall' "
+        "(tiers in order, each with a floor, until one fills) or 'auction' (networks called at once with a floor "
+        "each; the highest bid wins).",
+    )
+    max_tiers: int = Field(0, ge=0, description="Waterfall: most tiers per request (0: every network).")
+    max_calls: int = Field(0, ge=0, description="Auction: most networks called per request (0: every network).")
 
 
 class NetworkOut(_Out):
@@ -136,6 +144,9 @@ class PlacementOut(_Out):
     segment_by: list[str]
     currency: str
     limits: PlacementLimitsOut | None = Field(None, description="The placement's own segment limits, when set.")
+    mode: str | None = Field(None, description="'waterfall' or 'auction' for multi-network placements; absent: single.")
+    max_tiers: int | None = None
+    max_calls: int | None = None
 
 
 class PlacementList(_Out):

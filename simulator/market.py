@@ -60,6 +60,8 @@ _GAP_STREAM, _SEGMENT_STREAM, _SHOCK_STREAM = 0, 1, 2
 _NETWORK_STREAM = 16
 # Throttle coins: one stream per network, far above the bid streams (2 per network).
 _THROTTLE_STREAM = 1 << 32
+# Time-out coins of the multi-network modes (Market.pays): one stream per network.
+_TIMEOUT_STREAM = 1 << 33
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,7 @@ class Market:
         self._throttle_cpm = np.array([n.throttle_floor_cpm for n in sc.networks])
         self._throttle_power = np.array([n.throttle_power for n in sc.networks])
         self._dispersion = np.array([n.dispersion for n in sc.networks])
+        self._timeout = np.array([n.timeout_rate for n in sc.networks])
         self._caps = np.array([n.cap_fills_per_hour for n in sc.networks])
         self._floor_lo = np.array([n.floor_min_cpm for n in sc.networks])
         self._floor_hi = np.array([n.floor_max_cpm for n in sc.networks])
@@ -363,6 +366,30 @@ class Market:
             filled &= available
         revenue = np.where(filled, np.minimum(price, MAX_CPM), 0.0)
         return Outcome(filled, revenue, available)
+
+    def pays(self, req: RequestBatch, network: int, floor_cpm: NDArray[np.float64]) -> NDArray[np.float64]:
+        """What ``network`` pays [n, G] for each request at each of the floors [G] (0: no fill),
+        by the mechanisms of :meth:`sample` from one draw of the bids (demand caps aside: they
+        depend on the run's history)."""
+        floors = np.asarray(floor_cpm, dtype=np.float64)[None, :]
+        top, second = (b[:, None] for b in self.bids(req, network))
+        price = np.maximum(second, floors) if self._second[network] else np.broadcast_to(top, (len(req), floors.size))
+        if self._responsive[network]:
+            filled = (top > 0.0) & (top >= self._shading[network] * floors)
+            price = np.maximum(top, floors)
+        else:
+            filled = (top > 0.0) & (top >= floors)
+        if self._second[network] and self._increment[network] > 0:
+            price = np.minimum(top, price + self._increment[network])
+        half = self._throttle_cpm[network]
+        if np.isfinite(half):
+            stream = np.uint64(_THROTTLE_STREAM) + np.uint64(network)
+            u = stream_uniform_keyed(req.key, stream)[:, None]
+            filled &= u < throttle_factor(floors, half, self._throttle_power[network])
+        if self._timeout[network] > 0:
+            stream = np.uint64(_TIMEOUT_STREAM) + np.uint64(network)
+            filled &= (stream_uniform_keyed(req.key, stream) >= self._timeout[network])[:, None]
+        return np.where(filled, np.minimum(price, MAX_CPM), 0.0)
 
     def answers(
         self, req: RequestBatch, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]

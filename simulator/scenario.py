@@ -32,6 +32,7 @@ File layout (TOML; defaults in brackets)::
     name, description, placement_id [name], currency ["USD"], start [2026-11-21T00:00:00Z]
     requests_per_hour [10000], default_requests [200000], shock_sd [0]  # common value shock
     segment_by = ["country", "os"]                                       # [] = one segment "*"
+    mode ["single"|"waterfall"|"auction"], max_tiers [0 = all], max_calls [0 = all]
     [[networks]]  id, auction ("first"|"second"), bidders (mean λ), dispersion [0 = Poisson],
                   value_dist ["lognormal"|"pareto"|"lognormal_pareto"],
                   value_weights [equal], value_log_means, value_log_sds (log CPM mixture;
@@ -39,7 +40,7 @@ File layout (TOML; defaults in brackets)::
                   pareto_weight (share of the Pareto component, "lognormal_pareto" only),
                   shading [1, first price only], floor_responsive [false, first price only],
                   price_increment_cpm [0, second price only],
-                  throttle_floor_cpm [inf = none], throttle_power [2],
+                  throttle_floor_cpm [inf = none], throttle_power [2], timeout_rate [0],
                   floor_min_cpm [0], floor_max_cpm [50],
                   min_share [0], max_share [1], cap_fills_per_hour [inf],
                   declared_auction [= auction; "auto" hides it from the policy]
@@ -126,6 +127,8 @@ class NetworkSpec:
     price_increment_cpm: float = 0.0
     throttle_floor_cpm: float = math.inf
     throttle_power: float = 2.0
+    #: Probability that the network does not answer in time (a no-bid), an independent coin.
+    timeout_rate: float = 0.0
 
     @property
     def mechanisms(self) -> tuple[str, ...]:
@@ -209,6 +212,10 @@ class Scenario:
     placement_id: str = ""
     currency: str = "USD"
     description: str = ""
+    #: How requests call networks (``PlacementConfig.mode``) and the mode's limits.
+    mode: str = "single"
+    max_tiers: int = 0
+    max_calls: int = 0
 
     @property
     def network_ids(self) -> tuple[str, ...]:
@@ -221,6 +228,9 @@ class Scenario:
             tuple(n.config() for n in self.networks),
             self.segment_by,
             self.currency,
+            self.mode,
+            self.max_tiers,
+            self.max_calls,
         )
 
     def segment_keys(self) -> tuple[str, ...]:
@@ -450,6 +460,7 @@ def _parse_network(f: _Fields) -> NetworkSpec:
         price_increment_cpm=increment,
         throttle_floor_cpm=throttle,
         throttle_power=f.number("throttle_power", 2.0, lo=0.5, hi=20.0),
+        timeout_rate=f.number("timeout_rate", 0.0, lo=0.0, hi=1.0),
     )
     if spec.floor_max_cpm < spec.floor_min_cpm:
         raise f.fail(
@@ -630,6 +641,9 @@ def _parse_scenario(f: _Fields, name: str | None) -> Scenario:
         placement_id=f.string("placement_id", name),
         currency=f.string("currency", "USD"),
         description=str(f.raw("description", "")),
+        mode=f.string("mode", "single", choices=("single", "waterfall", "auction")),
+        max_tiers=int(f.number("max_tiers", 0, lo=0.0, hi=len(networks))),
+        max_calls=int(f.number("max_calls", 0, lo=0.0, hi=len(networks))),
     )
     f.done()
     try:

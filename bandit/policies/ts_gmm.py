@@ -73,6 +73,7 @@ from bandit.gmm import (
     initial_params,
     shading_posterior,
 )
+from bandit.modes import allowed_floors, pay_curves, plan_summary, plan_table
 from bandit.params import check_params
 from bandit.policies.common import detect_auction
 from bandit.policy import Policy, as_event_batch
@@ -136,6 +137,8 @@ class NetworkDraws:
     model: RevenueCurve | ResponsiveCurve
     second_price: bool
     auction_confidence: float
+    #: The bootstrap refits' curves [BOOTSTRAP_DRAWS] (waterfall and auction plans use them).
+    boot: RevenueCurve | ResponsiveCurve | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,7 +622,7 @@ class ThompsonGmmPolicy(Policy):
         if se > spread:
             z = self._normals(network, len(grid))[:, 0]
             best_value = best_value + math.sqrt(se**2 - spread**2) * (z - z.mean()) / max(z.std(), 1e-12)
-        return NetworkDraws(best_x, best_value, model, second, confidence)
+        return NetworkDraws(best_x, best_value, model, second, confidence, boot_curves)
 
     def _cell_rng(self, segment: str, network: int) -> np.random.Generator:
         """The generator of one cell's bootstrap refit: seeded by the policy seed, the segment,
@@ -647,8 +650,10 @@ class ThompsonGmmPolicy(Policy):
         their rows of the current table and their cached best-revenue draws."""
         n_net = len(self.placement.networks)
         old = self._tables.get(segment)
-        if networks is None or old is None or segment not in self._values:
-            networks = list(range(n_net))
+        multi = self.placement.mode != "single"
+        if networks is None or old is None or segment not in self._values or multi:
+            networks = list(range(n_net))  # a plan is optimised over all networks at once
+        boots: list = []
         if segment != ALL_SEGMENTS:
             stats = stats + self._pool.prior(segment, stats, pooled)
         # Statistics hold the base market; the table serves the current hour's value level.
@@ -664,6 +669,7 @@ class ThompsonGmmPolicy(Policy):
             summary = np.zeros((n_net, len(SUMMARY_FIELDS)))
         for j in networks:
             cfg, d = self.placement.networks[j], self._network_draws(segment, j, stats[j])
+            boots.append(d.boot)
             values[:, j] = d.value
             best_j = d.value * level[j]
             log_floor = d.log_floor + math.log(level[j])
@@ -698,6 +704,11 @@ class ThompsonGmmPolicy(Policy):
             # Every network keeps a trickle of traffic: fresh data for the change detector,
             # so a network whose demand arrives (or returns) is noticed.
             weights = self._constrain((1 - self.explore_network) * weights + self.explore_network / n_net)
+        plans = {}
+        if multi:
+            plan_tiers, plan_floors, plan_probs = self._plans(boots, level)
+            plans = {"plan_tiers": plan_tiers, "plan_floors": plan_floors, "plan_probs": plan_probs}
+            weights, summary = plan_summary(plan_tiers, plan_floors, plan_probs, summary)
         bins = price_bin(log_price(floors))
         return SegmentTable(
             weights,
@@ -707,7 +718,16 @@ class ThompsonGmmPolicy(Policy):
             summary,
             floor_log_sd=np.full(n_net, self.floor_jitter),
             floor_bounds=self._log_bounds,
+            **plans,
         )
+
+    def _plans(self, boots: list, level: NDArray[np.float64]) -> tuple[NDArray, NDArray, NDArray]:
+        """Waterfall or auction plans of a segment from its networks' bootstrap draws."""
+        cfgs = self.placement.networks
+        lo = np.array([c.floor_min_cpm for c in cfgs])
+        hi = np.array([c.floor_max_cpm for c in cfgs])
+        curves = pay_curves(boots, np.log(level).tolist(), allowed_floors(lo, hi), BOOTSTRAP_DRAWS)
+        return plan_table(curves, self.placement.mode, self.placement.depth, lo, hi)
 
     # -------------------------------------------------------------------- state
     def _extra_state(self) -> dict[str, np.ndarray]:

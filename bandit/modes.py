@@ -1,0 +1,396 @@
+"""Floors for several networks at once: waterfalls and parallel auctions (pure numpy).
+
+A network is described by what it *pays given its floor*, on one log-spaced price grid
+``p_0 < … < p_{X−1}`` (:data:`PRICE_POINTS`) whose points are also the candidate floors.
+Cells ``c = 0 … X−1`` split the price axis: cell 0 is ``[0, p_0)``, cell c is
+``[p_{c−1}, p_c)``, of width ``w_c``. For a network at floor ``p_k``:
+
+* ``nofill[k]`` — P(no bid at floor p_k);
+* ``H(c; k)`` — P(pay ≤ x) for x in cell c: ``nofill[k]`` on the cells below the floor
+  (c ≤ k), ``cdf[c]`` above it (c > k), where ``cdf`` is floor-free: the top bid's CDF for
+  a first-price network (it pays its bid when the bid clears the floor, so
+  P(pay ≤ x) = P(B ≤ x) for x ≥ f), P(at most one bid above x) for a second-price
+  network (it pays max(second bid, f)).
+
+Then, with E[Y] = ∫ P(Y > x) dx for Y ≥ 0,
+
+* revenue of one network R(k) = Σ_c w_c (1 − H(c; k)) = p_k (1 − nofill[k]) + Σ_{c>k} w_c (1 − cdf[c]);
+* a **waterfall** (tiers tried in order until one fills, networks independent given the
+  draw) earns Σ_t Π_{s<t} nofill_s R_t. For a fixed order the floors are optimal by
+  backward induction, V_t = max_k R_t(k) + nofill_t[k] · V_{t+1} (a tier's floor trades its
+  own revenue against passing the request on); the order is searched exhaustively for
+  small placements, else by local search (:func:`best_waterfall`);
+* a **parallel auction** (called networks bid at once, the highest bid wins and pays its
+  bid) earns E[max_i pay_i] = Σ_c w_c (1 − Π_i H_i(c; k_i)). For one network given the
+  others (Q = Π_{j≠i} H_j) the value of each of its floors costs one cumulative sum, so
+  floors are optimised by coordinate ascent, and the called subset (at most ``max_calls``)
+  greedily then by swaps (:func:`best_auction`).
+
+Every function is vectorised over a leading axis D of posterior draws: Thompson sampling
+optimises one plan per draw, and the share of draws choosing a plan is its probability.
+Search results are checked against brute force in ``tests/bandit/test_modes.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+#: Candidate floors and price grid (CPM): 5% steps from 0.01 to 1,000.
+PRICE_POINTS = np.exp(np.arange(math.log(0.01), math.log(1000.0) + 1e-9, 0.05))
+#: Width of each price cell [X]: cell 0 is [0, p_0), cell c is [p_{c−1}, p_c).
+CELL_WIDTHS = np.diff(np.concatenate([[0.0], PRICE_POINTS]))
+#: Placements up to this many networks search waterfall orders exhaustively.
+EXHAUSTIVE_NETWORKS = 6
+#: Local-search passes (waterfall moves, auction swaps) and coordinate-ascent sweeps.
+MAX_PASSES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PayCurves:
+    """What each network pays given its floor, per draw: ``nofill`` and ``cdf`` are [D, N, X]
+    (see the module docstring); ``allowed`` [N, X] marks the floors inside each network's bounds."""
+
+    nofill: NDArray[np.float64]
+    cdf: NDArray[np.float64]
+    allowed: NDArray[np.bool_]
+    log_nofill: NDArray[np.float64] = field(init=False, repr=False)
+    log_cdf: NDArray[np.float64] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "log_nofill", np.log(np.maximum(self.nofill, 1e-300)))
+        object.__setattr__(self, "log_cdf", np.log(np.maximum(self.cdf, 1e-300)))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        d, n, x = self.nofill.shape
+        return d, n, x
+
+    def revenue(self) -> NDArray[np.float64]:
+        """R [D, N, X]: expected revenue per call at each candidate floor."""
+        tail = np.cumsum(((1.0 - self.cdf) * CELL_WIDTHS)[..., ::-1], axis=-1)[..., ::-1]
+        above = np.concatenate([tail[..., 1:], np.zeros_like(tail[..., :1])], axis=-1)
+        return PRICE_POINTS * (1.0 - self.nofill) + above
+
+
+class BidCurve(Protocol):
+    """One network's posterior draws (:class:`bandit.gmm.RevenueCurve` and kin)."""
+
+    @property
+    def n_draws(self) -> int: ...
+
+    def fill_rate(self, log_floor: NDArray[np.float64]) -> NDArray[np.float64]: ...
+
+    def pay_cdf(self, log_price: NDArray[np.float64]) -> NDArray[np.float64]: ...
+
+
+def pay_curves(
+    curves: Sequence[BidCurve], log_levels: Sequence[float], allowed: NDArray[np.bool_], draws: int
+) -> PayCurves:
+    """:class:`PayCurves` of N networks from their curves' draws (the first ``draws`` of each,
+    cycled when a curve has fewer), with bids scaled by the hour level e^{log_level}."""
+    x = np.log(PRICE_POINTS)
+    nofill, cdf = [], []
+    for curve, shift in zip(curves, log_levels, strict=True):
+        grid = np.broadcast_to(x - shift, (curve.n_draws, len(x)))
+        no = 1.0 - curve.fill_rate(grid)
+        above = curve.pay_cdf(grid)
+        cells = np.concatenate([above[:, :1], 0.5 * (above[:, 1:] + above[:, :-1])], axis=1)
+        pick = np.arange(draws) % len(no)
+        nofill.append(np.clip(no[pick], 0.0, 1.0))
+        cdf.append(np.clip(cells[pick], 0.0, 1.0))
+    return PayCurves(np.stack(nofill, axis=1), np.stack(cdf, axis=1), allowed)
+
+
+def allowed_floors(floor_min: NDArray[np.float64], floor_max: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """[N, X]: candidate floors within each network's bounds; the lowest point stands for any
+    floor below it (a floor of 0 is 'no floor'), so a network always has one candidate."""
+    lo, hi = np.asarray(floor_min)[:, None], np.asarray(floor_max)[:, None]
+    inside = (PRICE_POINTS[None, :] >= lo * (1 - 1e-9)) & (PRICE_POINTS[None, :] <= hi * (1 + 1e-9))
+    first = np.clip(np.searchsorted(PRICE_POINTS, np.asarray(floor_min) * (1 - 1e-9)), 0, len(PRICE_POINTS) - 1)
+    inside[np.arange(len(first)), first] = True
+    return inside
+
+
+def floor_cpm(index: NDArray[np.int64], floor_min: NDArray[np.float64], floor_max: NDArray[np.float64]) -> NDArray:
+    """The floors (CPM) of candidate indices, clipped to the bounds (same shapes)."""
+    return np.clip(PRICE_POINTS[index], floor_min, floor_max)
+
+
+# --------------------------------------------------------------------------- waterfall
+def tier_floors(
+    fill: NDArray[np.float64], revenue: NDArray[np.float64], allowed: NDArray[np.bool_]
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Best floors of a waterfall in a fixed order by backward induction.
+
+    ``fill``, ``revenue``: [D, K, X] of the tiers in order; ``allowed`` [D, K, X] (or
+    broadcastable). Returns floor indices [D, K] and the waterfall's value [D].
+    """
+    d, k, _ = fill.shape
+    value = np.zeros(d)
+    floors = np.zeros((d, k), dtype=np.int64)
+    for t in range(k - 1, -1, -1):
+        total = revenue[:, t] + (1.0 - fill[:, t]) * value[:, None]
+        total = np.where(np.broadcast_to(allowed, fill.shape)[:, t], total, -np.inf)
+        floors[:, t] = np.argmax(total, axis=1)
+        value = np.take_along_axis(total, floors[:, t, None], axis=1)[:, 0]
+    return floors, value
+
+
+def _ordered(a: NDArray, order: NDArray[np.int64]) -> NDArray:
+    """a [D, N, X] rearranged to the tiers of ``order`` [D, K]: [D, K, X]."""
+    return np.take_along_axis(a, order[:, :, None], axis=1)
+
+
+def _waterfall_of(
+    fill: NDArray, revenue: NDArray, allowed: NDArray, order: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    allowed_o = np.broadcast_to(allowed[None], fill.shape)
+    return tier_floors(_ordered(fill, order), _ordered(revenue, order), _ordered(allowed_o, order))
+
+
+def waterfall_value(
+    fill: NDArray[np.float64], revenue: NDArray[np.float64], order: NDArray[np.int64], floors: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """Value [D] of waterfalls ``order`` [D, K] (network indices) at floor indices [D, K]."""
+    f = np.take_along_axis(_ordered(fill, order), floors[:, :, None], axis=2)[..., 0]
+    r = np.take_along_axis(_ordered(revenue, order), floors[:, :, None], axis=2)[..., 0]
+    reach = np.cumprod(np.concatenate([np.ones((len(f), 1)), 1.0 - f[:, :-1]], axis=1), axis=1)
+    return (reach * r).sum(axis=1)
+
+
+def best_waterfall(
+    fill: NDArray[np.float64], revenue: NDArray[np.float64], allowed: NDArray[np.bool_], max_depth: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+    """The best waterfall per draw from each network's fill rate and revenue per call at each
+    candidate floor ([D, N, X]; ``allowed`` [N, X]): order [D, K] (network indices), floor
+    indices [D, K] and value [D], with K = min(max_depth, N).
+
+    Exhaustive over ordered subsets when N ≤ :data:`EXHAUSTIVE_NETWORKS`; otherwise tiers
+    start in decreasing price given fill at each network's own best floor (the order that
+    is optimal for fixed floors by an exchange argument), floors follow by backward
+    induction, and local search swaps adjacent tiers and replaces a tier by a network left
+    out until no move improves (at most :data:`MAX_PASSES` passes).
+    """
+    d, n, _ = fill.shape
+    k = min(max_depth, n)
+    best_value = np.full(d, -np.inf)
+    best_order = np.zeros((d, k), dtype=np.int64)
+    best_floors = np.zeros((d, k), dtype=np.int64)
+
+    def consider(order: NDArray[np.int64]) -> None:
+        floors, value = _waterfall_of(fill, revenue, allowed, order)
+        better = value > best_value + 1e-12
+        best_value[better] = value[better]
+        best_order[better] = order[better]
+        best_floors[better] = floors[better]
+
+    if n <= EXHAUSTIVE_NETWORKS:
+        for perm in itertools.permutations(range(n), k):
+            consider(np.broadcast_to(np.array(perm), (d, k)))
+        return best_order, best_floors, best_value
+    solo = np.where(allowed[None], revenue, -np.inf)
+    at = np.argmax(solo, axis=2)
+    price = np.take_along_axis(revenue, at[..., None], axis=2)[..., 0] / np.maximum(
+        np.take_along_axis(fill, at[..., None], axis=2)[..., 0], 1e-12
+    )
+    consider(np.argsort(-price, axis=1, kind="stable")[:, :k])
+    rows = np.arange(d)
+    for _ in range(MAX_PASSES):
+        before = best_value.copy()
+        for t in range(k - 1):  # adjacent swaps
+            order = best_order.copy()
+            order[:, [t, t + 1]] = order[:, [t + 1, t]]
+            consider(order)
+        if k < n:  # a network left out replaces a tier
+            for t in range(k):
+                for j in range(n):
+                    order = best_order.copy()
+                    out = ~(best_order == j).any(axis=1)
+                    order[rows[out], t] = j
+                    consider(order)
+        if not (best_value > before + 1e-12).any():
+            break
+    return best_order, best_floors, best_value
+
+
+# ----------------------------------------------------------------------- parallel auction
+def _log_cdfs(curves: PayCurves, called: NDArray[np.bool_], floors: NDArray[np.int64]) -> NDArray[np.float64]:
+    """log H_i(c; k_i) [D, N, X] of every network at its floor index [D, N]; 0 (H = 1: never
+    bids) for a network not ``called`` [D, N]."""
+    x = curves.nofill.shape[2]
+    below = np.arange(x)[None, None, :] <= floors[:, :, None]
+    nofill = np.take_along_axis(curves.log_nofill, floors[:, :, None], axis=2)
+    return np.where(called[:, :, None], np.where(below, nofill, curves.log_cdf), 0.0)
+
+
+def auction_value(curves: PayCurves, called: NDArray[np.bool_], floors: NDArray[np.int64]) -> NDArray[np.float64]:
+    """E[highest bid] [D] when the networks ``called`` [D, N] bid at floor indices [D, N]."""
+    lose = np.exp(_log_cdfs(curves, called, floors).sum(axis=1))
+    return ((1.0 - lose) * CELL_WIDTHS).sum(axis=1)
+
+
+def _response(curves: PayCurves, network: int, others: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
+    """The network's best floor index [D] and the auction's value [D] given the others'
+    P(highest bid ≤ x) ``others`` [D, X]: value(k) = Σ w − nofill[k]·Σ_{c≤k} w Q − Σ_{c>k} w Q cdf."""
+    wq = CELL_WIDTHS * others
+    below = np.cumsum(wq, axis=1)
+    above = np.cumsum((wq * curves.cdf[:, network])[:, ::-1], axis=1)[:, ::-1]
+    above = np.concatenate([above[:, 1:], np.zeros((len(above), 1))], axis=1)
+    value = CELL_WIDTHS.sum() - curves.nofill[:, network] * below - above
+    value = np.where(curves.allowed[network][None], value, -np.inf)
+    k = np.argmax(value, axis=1)
+    return k, np.take_along_axis(value, k[:, None], axis=1)[:, 0]
+
+
+def _others(curves: PayCurves, called: NDArray, floors: NDArray, skip: int) -> NDArray[np.float64]:
+    """P(highest bid of the called networks other than ``skip`` ≤ x) [D, X]."""
+    logs = _log_cdfs(curves, called, floors)
+    return np.exp(logs.sum(axis=1) - logs[:, skip])
+
+
+def auction_floors(
+    curves: PayCurves, called: NDArray[np.bool_], floors: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Coordinate ascent on the floors of the ``called`` networks [D, N] from ``floors`` [D, N]:
+    each network in turn takes its best floor given the others', until no floor moves."""
+    floors = floors.copy()
+    n = curves.shape[1]
+    for _ in range(MAX_PASSES):
+        moved = False
+        for j in range(n):
+            k, _ = _response(curves, j, _others(curves, called, floors, j))
+            change = called[:, j] & (k != floors[:, j])
+            if change.any():
+                floors[change, j] = k[change]
+                moved = True
+        if not moved:
+            break
+    return floors, auction_value(curves, called, floors)
+
+
+def best_auction(curves: PayCurves, max_calls: int) -> tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.float64]]:
+    """The best parallel auction per draw: networks called [D, N] (at most ``max_calls``),
+    floor indices [D, N] and value [D].
+
+    Floors by coordinate ascent from two starts — each network's own best floor (as if it
+    were alone) and the lowest allowed floor — keeping the better. Calling one more network
+    never lowers the highest bid, so with a cap below N the subset grows greedily (the
+    network adding most at its best response floor), then swaps a called network for one
+    left out while that gains (at most :data:`MAX_PASSES` passes).
+    """
+    d, n, _ = curves.shape
+    revenue = np.where(curves.allowed[None], curves.revenue(), -np.inf)
+    solo = np.argmax(revenue, axis=2)  # [D, N]
+    lowest = np.broadcast_to(np.argmax(curves.allowed, axis=1)[None], (d, n)).copy()
+    rows = np.arange(d)
+    if max_calls >= n:
+        called = np.ones((d, n), dtype=bool)
+    else:
+        called = np.zeros((d, n), dtype=bool)
+        floors = solo.copy()
+        for _ in range(max_calls):
+            gains = np.full((d, n), -np.inf)
+            picks = np.zeros((d, n), dtype=np.int64)
+            lose = np.exp(_log_cdfs(curves, called, floors).sum(axis=1))  # the called networks
+            for j in range(n):
+                k, value = _response(curves, j, lose)  # j is not called where it counts
+                gains[:, j] = np.where(called[:, j], -np.inf, value)
+                picks[:, j] = k
+            j = np.argmax(gains, axis=1)
+            called[rows, j] = True
+            floors[rows, j] = picks[rows, j]
+    best_floors, best_value = auction_floors(curves, called, solo)
+    alt_floors, alt_value = auction_floors(curves, called, lowest)
+    use = alt_value > best_value
+    best_floors[use], best_value[use] = alt_floors[use], alt_value[use]
+    if max_calls < n:
+        for _ in range(MAX_PASSES):
+            improved = False
+            for i in range(n):
+                logs = _log_cdfs(curves, called, best_floors)
+                without_i = np.exp(logs.sum(axis=1) - logs[:, i])
+                for j in range(n):
+                    move = called[:, i] & ~called[:, j]
+                    if not move.any():
+                        continue
+                    # j at its best response to the others without i; re-ascend only where it gains.
+                    trial = called.copy()
+                    trial[move, i] = False
+                    k, v = _response(curves, j, without_i)
+                    gain = move & (v > best_value + 1e-12)
+                    if not gain.any():
+                        continue
+                    trial[gain, j] = True
+                    trial[~gain] = called[~gain]
+                    start = best_floors.copy()
+                    start[gain, j] = k[gain]
+                    f, v = auction_floors(curves, trial, start)
+                    better = gain & (v > best_value + 1e-12)
+                    if better.any():
+                        called[better], best_floors[better], best_value[better] = trial[better], f[better], v[better]
+                        logs = _log_cdfs(curves, called, best_floors)
+                        without_i = np.exp(logs.sum(axis=1) - logs[:, i])
+                        improved = True
+            if not improved:
+                break
+    best_floors = np.where(called, best_floors, solo)
+    return called, best_floors, best_value
+
+
+# --------------------------------------------------------------------------- plans
+def plan_table(
+    curves: PayCurves, mode: str, depth: int, floor_min: NDArray[np.float64], floor_max: NDArray[np.float64]
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+    """Thompson sampling over whole plans: each draw's optimal waterfall (``mode =
+    "waterfall"``, at most ``depth`` tiers) or auction (at most ``depth`` calls); identical
+    plans merge. Returns tiers [D, N] (−1: not called), floors [D, N] (CPM) and probabilities
+    [D] (the share of draws; rows past the distinct plans have probability 0)."""
+    d, n, _ = curves.shape
+    tiers = np.full((d, n), -1, dtype=np.int64)
+    index = np.zeros((d, n), dtype=np.int64)
+    rows = np.arange(d)
+    if mode == "waterfall":
+        order, floors, _ = best_waterfall(1.0 - curves.nofill, curves.revenue(), curves.allowed, depth)
+        for t in range(order.shape[1]):
+            tiers[rows, order[:, t]] = t
+            index[rows, order[:, t]] = floors[:, t]
+    elif mode == "auction":
+        called, floors, _ = best_auction(curves, depth)
+        tiers[called] = 0
+        index = np.where(called, floors, 0)
+    else:
+        raise ValueError(f"no plans for mode {mode!r}")
+    cpm = np.where(tiers >= 0, floor_cpm(index, floor_min[None, :], floor_max[None, :]), 0.0)
+    plans = np.concatenate([tiers, index], axis=1)
+    _, first, counts = np.unique(plans, axis=0, return_index=True, return_counts=True)
+    out_t = np.full((d, n), -1, dtype=np.int64)
+    out_f = np.zeros((d, n))
+    probs = np.zeros(d)
+    out_t[: len(first)], out_f[: len(first)], probs[: len(first)] = tiers[first], cpm[first], counts / d
+    return out_t, out_f, probs
+
+
+def plan_summary(
+    tiers: NDArray[np.int64], floors: NDArray[np.float64], probs: NDArray[np.float64], summary: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per-network weights [N] and summary [N, F] of a plan table for the single-network
+    view of an allocation: a network's weight is its share of first calls (the first tier of
+    a waterfall; for an auction its call probability, normalised), its ``floor_cpm`` (summary
+    column 0) the probability-weighted mean floor of the plans calling it."""
+    first = (tiers == 0) * probs[:, None]
+    weights = first.sum(axis=0)
+    weights = weights / weights.sum() if weights.sum() > 0 else np.full(tiers.shape[1], 1.0 / tiers.shape[1])
+    called = (tiers >= 0) * probs[:, None]
+    mass = called.sum(axis=0)
+    summary = summary.copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_floor = (called * floors).sum(axis=0) / mass
+    summary[:, 0] = np.where(mass > 0, mean_floor, summary[:, 0])
+    return weights, summary

@@ -1,0 +1,181 @@
+"""Waterfall and parallel-auction optimisation (bandit/modes.py) against brute force and Monte Carlo."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from bandit.gmm import GmmParams, ResponsiveCurve, RevenueCurve
+from bandit.modes import (
+    PRICE_POINTS,
+    PayCurves,
+    allowed_floors,
+    auction_floors,
+    auction_value,
+    best_auction,
+    best_waterfall,
+    pay_curves,
+    tier_floors,
+    waterfall_value,
+)
+
+
+def random_curves(rng: np.random.Generator, d: int, n: int, second: list[bool] | None = None) -> list:
+    """Random Poisson-bidder log-normal networks, ``d`` draws each."""
+    out = []
+    for j in range(n):
+        lam = rng.uniform(0.3, 4.0, size=d)
+        mu = rng.normal(math.log(1.5), 0.6, size=(d, 1))
+        sd = rng.uniform(0.3, 0.9, size=(d, 1))
+        curve = RevenueCurve.of(GmmParams(lam, np.ones((d, 1)), mu, sd), bool(second[j]) if second else j % 2 == 0)
+        out.append(curve)
+    return out
+
+
+def curves_of(rng, d, n, lo=0.0, hi=20.0, grid_every=1, **kw) -> PayCurves:
+    nets = random_curves(rng, d, n, **kw)
+    allowed = allowed_floors(np.full(n, lo), np.full(n, hi))
+    if grid_every > 1:  # a coarse floor grid keeps brute force affordable
+        keep = np.zeros(len(PRICE_POINTS), dtype=bool)
+        keep[::grid_every] = True
+        allowed &= keep[None, :]
+        allowed[:, 0] = True
+    return pay_curves(nets, [0.0] * n, allowed, d)
+
+
+def test_revenue_matches_the_mixture_curve():
+    rng = np.random.default_rng(0)
+    nets = [
+        *random_curves(rng, 3, 2),
+        ResponsiveCurve(random_curves(rng, 3, 1, second=[False])[0], np.array([0.7, 0.8, 1.0])),
+    ]
+    curves = pay_curves(nets, [0.0, 0.0, 0.0], allowed_floors(np.zeros(3), np.full(3, 50.0)), 3)
+    rev = curves.revenue()
+    x = np.log(PRICE_POINTS)
+    for j, net in enumerate(nets):
+        exact = net.revenue(np.broadcast_to(x, (3, len(x))))
+        inside = (PRICE_POINTS > 0.05) & (PRICE_POINTS < 50)
+        np.testing.assert_allclose(rev[:, j, inside], exact[:, inside], rtol=0.02, atol=2e-3)
+
+
+def test_a_level_scales_bids():
+    rng = np.random.default_rng(1)
+    net = random_curves(rng, 1, 1)
+    allowed = allowed_floors(np.zeros(1), np.full(1, 50.0))
+    base = pay_curves(net, [0.0], allowed, 1).revenue()[0, 0]
+    doubled = pay_curves(net, [math.log(2.0)], allowed, 1).revenue()[0, 0]
+    # R_2(2f) = 2 R(f): 14 grid steps of 5% are a factor e^0.7 ≈ 2.01.
+    k = np.searchsorted(PRICE_POINTS, 1.0)
+    step = round(math.log(2.0) / 0.05)
+    assert doubled[k + step] == pytest.approx(2 * base[k] * math.exp(step * 0.05) / 2, rel=0.03)
+
+
+def test_tier_floors_match_brute_force():
+    rng = np.random.default_rng(2)
+    curves = curves_of(rng, 4, 3, grid_every=12)
+    fill, rev = 1.0 - curves.nofill, curves.revenue()
+    order = np.broadcast_to(np.array([2, 0, 1]), (4, 3))
+    floors, value = tier_floors(fill[:, [2, 0, 1]], rev[:, [2, 0, 1]], curves.allowed[None][:, [2, 0, 1]])
+    choices = [np.flatnonzero(curves.allowed[j]) for j in (2, 0, 1)]
+    for d in range(4):
+        best = max(
+            waterfall_value(fill[d : d + 1], rev[d : d + 1], order[d : d + 1], np.array([combo]))[0]
+            for combo in itertools.product(*choices)
+        )
+        assert value[d] == pytest.approx(best, rel=1e-9)
+        assert waterfall_value(fill[d : d + 1], rev[d : d + 1], order[d : d + 1], floors[d : d + 1])[
+            0
+        ] == pytest.approx(best)
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_waterfall_local_search_is_near_exhaustive(depth, monkeypatch):
+    rng = np.random.default_rng(3)
+    curves = curves_of(rng, 24, 6)
+    fill, rev = 1.0 - curves.nofill, curves.revenue()
+    exact_order, _, exact = best_waterfall(fill, rev, curves.allowed, depth)
+    monkeypatch.setattr("bandit.modes.EXHAUSTIVE_NETWORKS", 0)
+    order, floors, value = best_waterfall(fill, rev, curves.allowed, depth)
+    assert (value <= exact + 1e-9).all()
+    ratio = value / exact
+    assert ratio.mean() > 0.999 and ratio.min() > 0.99, ratio
+    np.testing.assert_allclose(waterfall_value(fill, rev, order, floors), value)
+    assert len({tuple(o) for o in exact_order}) > 1  # the draws disagree: a real test of the search
+
+
+def test_auction_value_matches_monte_carlo():
+    """The highest bid of an auction, sampled from the bidders themselves: Poisson counts,
+    log-normal values; first price pays the top bid, second price max(second bid, floor)."""
+    rng = np.random.default_rng(4)
+    lam, mu, sd = np.array([2.0, 1.2, 3.0]), np.log([1.5, 2.0, 0.8]), np.array([0.5, 0.7, 0.4])
+    second = [True, False, True]
+    nets = [
+        RevenueCurve.of(GmmParams(lam[j : j + 1], np.ones((1, 1)), mu[j : j + 1, None], sd[j : j + 1, None]), second[j])
+        for j in range(3)
+    ]
+    curves = pay_curves(nets, [0.0] * 3, allowed_floors(np.zeros(3), np.full(3, 50.0)), 1)
+    floors = np.array([[np.searchsorted(PRICE_POINTS, f) for f in (1.2, 1.5, 0.6)]])
+    n = 200_000
+    best = np.zeros(n)
+    for j in range(3):
+        count = rng.poisson(lam[j], n)
+        values = np.sort(
+            np.exp(mu[j] + sd[j] * rng.standard_normal((n, 12))) * (np.arange(12)[None, :] < count[:, None]), axis=1
+        )
+        top, runner = values[:, -1], values[:, -2]
+        f = PRICE_POINTS[floors[0, j]]
+        pay = np.where(top >= f, np.maximum(runner, f) if second[j] else top, 0.0)
+        best = np.maximum(best, pay)
+    assert auction_value(curves, np.ones((1, 3), dtype=bool), floors)[0] == pytest.approx(best.mean(), rel=0.01)
+
+
+def test_auction_floors_match_brute_force():
+    rng = np.random.default_rng(5)
+    curves = curves_of(rng, 6, 3, grid_every=10)
+    called = np.ones((6, 3), dtype=bool)
+    choices = [np.flatnonzero(curves.allowed[j]) for j in range(3)]
+    combos = np.array(list(itertools.product(*choices)))
+    _, floors, value = best_auction(curves, 3)
+    for d in range(6):
+        sub = PayCurves(
+            curves.nofill[d : d + 1].repeat(len(combos), 0),
+            curves.cdf[d : d + 1].repeat(len(combos), 0),
+            curves.allowed,
+        )
+        brute = auction_value(sub, np.ones((len(combos), 3), dtype=bool), combos).max()
+        assert value[d] >= brute * 0.995
+        assert value[d] <= brute + 1e-9
+    again, _v2 = auction_floors(curves, called, floors)
+    np.testing.assert_array_equal(again, floors)
+
+
+def test_auction_subset_under_a_cap_matches_brute_force():
+    rng = np.random.default_rng(6)
+    curves = curves_of(rng, 8, 6)
+    called, _floors, value = best_auction(curves, 2)
+    assert (called.sum(axis=1) == 2).all()
+    for d in range(8):
+        one = PayCurves(curves.nofill[d : d + 1], curves.cdf[d : d + 1], curves.allowed)
+        best = 0.0
+        for pair in itertools.combinations(range(6), 2):
+            mask = np.zeros((1, 6), dtype=bool)
+            mask[0, list(pair)] = True
+            _, _, v = best_auction(
+                PayCurves(one.nofill[:, list(pair)], one.cdf[:, list(pair)], one.allowed[list(pair)]), 2
+            )
+            best = max(best, v[0])
+        assert value[d] >= best * 0.995 and value[d] <= best * 1.0001
+
+
+def test_calling_more_networks_never_earns_less():
+    rng = np.random.default_rng(7)
+    curves = curves_of(rng, 8, 5)
+    values = [best_auction(curves, cap)[2] for cap in (1, 2, 3, 5)]
+    for a, b in itertools.pairwise(values):
+        assert (b >= a - 1e-9).all()
+    # and an auction of all beats the best single network at its own best floor
+    solo = np.where(curves.allowed[None], curves.revenue(), -np.inf).max(axis=2).max(axis=1)
+    assert (values[-1] >= solo - 1e-9).all()
