@@ -289,7 +289,7 @@ def unified_floor_auction(market: Market, regime: int = 0) -> FixedPlans:
         called[np.argsort(-own)[: market.placement.depth]] = True
         points = PRICE_POINTS[::FLOOR_STEP]
         best, best_floor = -np.inf, 0.0
-        for g, f in enumerate(points):
+        for f in points:
             cols = []
             for j in np.flatnonzero(called):
                 k = np.flatnonzero(cand[j] == f)
