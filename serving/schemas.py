@@ -310,7 +310,12 @@ class VariantReport(_Out):
     lift: float | None = Field(description="Relative lift of revenue per request over the champion.")
     ci_low: float | None = Field(description="Lower end of the lift's 95% confidence interval.")
     ci_high: float | None = Field(description="Upper end of the lift's 95% confidence interval.")
-    p_value: float | None
+    p_value: float | None = Field(description="Fixed-horizon p-value of the lift (Welch's t-test).")
+    p_value_always_valid: float | None = Field(
+        None,
+        description="Always-valid p-value (mixture SPRT, bandit.abstats.msprt_p_value): valid however often it is "
+        "looked at; stop the experiment the first time it is below 0.05.",
+    )
 
 
 class ExperimentReport(_Out):
