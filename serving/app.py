@@ -25,7 +25,19 @@ from serving.demo import install_demo
 from serving.docs_ui import install_docs
 from serving.metrics import MetricsMiddleware, ServiceMetrics
 from serving.report import allocation_metrics
-from serving.routes import admin, allocation, decide, experiment, health, openrtb, outcomes, placements, prebid
+from serving.routes import (
+    admin,
+    allocation,
+    console,
+    decide,
+    experiment,
+    health,
+    history,
+    openrtb,
+    outcomes,
+    placements,
+    prebid,
+)
 from serving.settings import Settings, get_settings
 from serving.sources import DemoSource, ModelSource
 from serving.store import PolicyStore
@@ -125,6 +137,9 @@ def start_store(
         max_event_skew_s=settings.max_event_skew_s,
         decision_key=key_from_setting(settings.decision_key.get_secret_value()) if settings.decision_key else None,
         limits=settings.limits(),
+        history_every_s=settings.history_every_s or None,
+        history_max_points=settings.history_max_points,
+        history_max_segments=settings.history_max_segments,
     )
     start = time.perf_counter()
     store.open()
@@ -234,9 +249,10 @@ def create_app(
     app.state.metrics.watch_allocations(lambda: allocation_metrics(app.state.store))
     errors.install(app)
     # Hot routes first: matching is linear in the number of routes before the match.
-    for module in (decide, outcomes, placements, allocation, experiment, prebid, openrtb, admin, health):
+    for module in (decide, outcomes, placements, allocation, experiment, history, prebid, openrtb, admin, health):
         app.include_router(module.router)
     install_docs(app)
+    console.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

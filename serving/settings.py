@@ -67,6 +67,15 @@ class Settings(BaseSettings):
         0.5, ge=0, description="A whole snapshot is next once the incremental ones reach this share of its bytes."
     )
     fsync: bool = Field(True, description="fsync the event log before acknowledging outcomes.")
+    history_every_s: float = Field(
+        30.0, ge=0, description="Seconds between points of the console's history (STATE_DIR/history); 0: none kept."
+    )
+    history_max_points: int = Field(
+        2880, ge=4, description="Points kept per history series; beyond, the older half is thinned to half resolution."
+    )
+    history_max_segments: int = Field(
+        16, ge=0, description="Segments per placement with a history of their own (the first seen), besides '*'."
+    )
     model: str | None = Field(
         None, description="MLflow model alias (e.g. 'champion') whose state is loaded at start-up."
     )

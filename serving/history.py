@@ -1,0 +1,324 @@
+"""A compact time series per placement for the console: allocations, revenue, fill, alarms.
+
+Every ``every_s`` seconds the store's history thread takes, per placement, what its
+variants learned since the last tick (:class:`WindowTally`, filled by the applier under each
+variant's learn lock) and the champion's allocation, and :class:`HistoryRecorder` appends one
+*point* per series — the placement as a whole (segment ``*``) and each of its tracked
+segments (the first ``max_segments`` seen, kept across restarts):
+
+    {"t": 1764672000.0, "s": "KR|ios", "req": 812, "fill": 640, "rev": 1523.7,
+     "last": 1764671999.2, "n": {"admob": [0.61, 1.35], "adfit": [0.27, 0.9], ...}}
+
+``t`` is the server time of the tick (the window is the time since the previous point),
+``req``/``fill``/``rev`` the window's outcome events, fills and revenue (sum of CPM; revenue
+per request is ``rev / req``), ``last`` the newest event time learned so far, ``n`` per network
+its exposure weight and floor (CPM). Change alarms (:class:`bandit.drift.ChangeAlarm`) are
+lines ``{"t": …, "alarm": {"ts", "segment", "network", "relative"}}``.
+
+**On disk**: ``STATE_DIR/history/<placement>.ndjson``, append-only JSON lines. A torn or
+unreadable line (a crash mid-write) is skipped at load and the file rewritten without it.
+**Bounded**: a series keeps at most ``max_points`` points; when full, its older half is
+thinned by merging neighbours (counts add, the later allocation is kept), so resolution
+halves for old data while totals stay exact; at most ``MAX_ALARMS_KEPT`` alarms per
+placement. The file is rewritten from memory (temporary file, fsync, rename) when it holds
+twice the lines kept. **Never in the way**: ticks run on their own thread; reads copy lists
+under a lock held only for that copy, and neither takes a lock of decisions or ingest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from bandit import ALL_SEGMENTS, EventBatch
+from bandit.drift import ChangeAlarm
+
+log = logging.getLogger("adbandit.serving")
+
+__all__ = ["HistoryRecorder", "WindowTally", "merge_points"]
+
+#: Segments one variant's window tallies on their own; outcomes of others count at ``*`` only.
+WINDOW_SEGMENTS = 256
+#: Change alarms kept per placement.
+MAX_ALARMS_KEPT = 500
+#: Points the file may hold per point kept before it is rewritten.
+REWRITE_FACTOR = 2
+
+
+class WindowTally:
+    """Outcome events of one variant since the last :meth:`take`: requests, fills, revenue
+    (sum of CPM), per segment (the first ``WINDOW_SEGMENTS`` of the window) and in total, and
+    the newest event time. Not thread-safe: used under the variant's learn lock."""
+
+    __slots__ = ("last_ts", "segments", "total")
+
+    def __init__(self) -> None:
+        self.segments: dict[str, np.ndarray] = {}
+        self.total = np.zeros(3)
+        self.last_ts: float | None = None
+
+    def add(self, batch: EventBatch) -> None:
+        if not len(batch):
+            return
+        reward = np.where(batch.filled, batch.revenue_cpm, 0.0)
+        k = len(batch.segments)
+        sums = np.stack(
+            [
+                np.bincount(batch.segment_index, minlength=k).astype(np.float64),
+                np.bincount(batch.segment_index, weights=batch.filled.astype(np.float64), minlength=k),
+                np.bincount(batch.segment_index, weights=reward, minlength=k),
+            ],
+            axis=1,
+        )  # [k, 3]
+        self.total += sums.sum(axis=0)
+        for i, segment in enumerate(batch.segments):
+            if sums[i, 0] == 0 or segment == ALL_SEGMENTS:
+                continue
+            have = self.segments.get(segment)
+            if have is not None:
+                have += sums[i]
+            elif len(self.segments) < WINDOW_SEGMENTS:
+                self.segments[segment] = sums[i].copy()
+        newest = float(batch.ts.max())
+        self.last_ts = newest if self.last_ts is None else max(self.last_ts, newest)
+
+    def take(self) -> WindowTally:
+        """This window's tallies; this one starts a new window."""
+        taken = WindowTally()
+        taken.segments, taken.total, taken.last_ts = self.segments, self.total, self.last_ts
+        self.segments, self.total, self.last_ts = {}, np.zeros(3), None
+        return taken
+
+    def merge(self, other: WindowTally) -> None:
+        self.total += other.total
+        for segment, sums in other.segments.items():
+            have = self.segments.get(segment)
+            if have is not None:
+                have += sums
+            else:
+                self.segments[segment] = sums.copy()
+        if other.last_ts is not None:
+            self.last_ts = other.last_ts if self.last_ts is None else max(self.last_ts, other.last_ts)
+
+
+def merge_points(a: dict, b: dict) -> dict:
+    """One point for the windows of ``a`` and then ``b``: counts add, ``b``'s time, allocation
+    and newest event time are kept (what thinning keeps of two neighbours)."""
+    return {**b, "req": a["req"] + b["req"], "fill": a["fill"] + b["fill"], "rev": a["rev"] + b["rev"]}
+
+
+@dataclass
+class _Placement:
+    """What is kept of one placement: its series (points per segment) and alarms."""
+
+    series: dict[str, list[dict]] = field(default_factory=dict)
+    alarms: list[dict] = field(default_factory=list)
+    last_event_ts: float | None = None
+    lines: int = 0  # lines in its file
+
+
+class HistoryRecorder:
+    """The history of every placement, in memory and in ``directory`` (module docstring)."""
+
+    def __init__(self, directory: str | os.PathLike, *, max_points: int = 2880, max_segments: int = 16) -> None:
+        if max_points < 4 or max_segments < 0:
+            raise ValueError("max_points must be >= 4 and max_segments >= 0")
+        self.directory = Path(directory)
+        self.max_points = int(max_points)
+        self.max_segments = int(max_segments)
+        self._lock = threading.Lock()
+        self._placements: dict[str, _Placement] = {}
+        #: Lines skipped at load (torn or unreadable), per placement file.
+        self.skipped_lines = 0
+
+    # ------------------------------------------------------------------ files
+    def _path(self, placement: str) -> Path:
+        return self.directory / f"{quote(placement, safe='')}.ndjson"
+
+    def load(self) -> None:
+        """Read every placement's file (skipping torn or unreadable lines, then rewriting a
+        file that had any, so appends never follow a torn line)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for path in sorted(self.directory.glob("*.ndjson")):
+            kept, placement_id, bad, raw = _Placement(), None, 0, b"\n"
+            with open(path, "rb") as f:
+                for raw in f:
+                    try:
+                        line = json.loads(raw)
+                        placement_id = placement_id or line["p"]
+                        if "alarm" in line:
+                            self._add_alarm(kept, line)
+                        else:
+                            self._add_point(kept, line)
+                    except (ValueError, KeyError, TypeError):
+                        bad += 1
+                        continue
+                    kept.lines += 1
+            if placement_id is None:
+                continue
+            self._placements[placement_id] = kept
+            if bad or not raw.endswith(b"\n"):
+                self.skipped_lines += bad
+                log.warning("history of %s: %d unreadable lines skipped", placement_id, bad)
+                self._rewrite(placement_id, kept)
+
+    def _rewrite(self, placement_id: str, kept: _Placement) -> None:
+        path = self._path(placement_id)
+        lines = [*kept.alarms, *(p for points in kept.series.values() for p in points)]
+        lines.sort(key=lambda line: line["t"])
+        tmp = path.with_suffix(".ndjson.tmp")
+        with open(tmp, "wb") as f:
+            f.writelines(_encode(line) for line in lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        kept.lines = len(lines)
+
+    def _append(self, placement_id: str, kept: _Placement, lines: list[dict]) -> None:
+        with open(self._path(placement_id), "ab") as f:
+            f.writelines(_encode(line) for line in lines)
+        kept.lines += len(lines)
+        held = len(kept.alarms) + sum(len(points) for points in kept.series.values())
+        if kept.lines > REWRITE_FACTOR * held + 64:
+            self._rewrite(placement_id, kept)
+
+    # ------------------------------------------------------------------ memory
+    def _add_point(self, kept: _Placement, point: dict) -> None:
+        for key in ("t", "req", "fill", "rev"):
+            if not isinstance(point[key], (int, float)) or not math.isfinite(point[key]):
+                raise ValueError(key)
+        if not isinstance(point["n"], dict) or not isinstance(point["s"], str):
+            raise TypeError("n")
+        points = kept.series.get(point["s"])
+        if points is None:
+            tracked = sum(s != ALL_SEGMENTS for s in kept.series)
+            if point["s"] != ALL_SEGMENTS and tracked >= self.max_segments:
+                return
+            points = kept.series[point["s"]] = []
+        points.append(point)
+        if len(points) > self.max_points:
+            half = len(points) // 2
+            old = points[:half]
+            thinned = [merge_points(old[i], old[i + 1]) for i in range(0, half - 1, 2)]
+            if half % 2:
+                thinned.append(old[-1])
+            points[:] = thinned + points[half:]
+        if point.get("last") is not None:
+            kept.last_event_ts = max(kept.last_event_ts or -math.inf, float(point["last"]))
+
+    def _add_alarm(self, kept: _Placement, line: dict) -> None:
+        alarm = line["alarm"]
+        if not isinstance(alarm, dict) or not isinstance(line["t"], (int, float)):
+            raise TypeError("alarm")
+        kept.alarms.append(line)
+        del kept.alarms[:-MAX_ALARMS_KEPT]
+
+    # ------------------------------------------------------------------ record
+    def record(
+        self,
+        now: float,
+        placement_id: str,
+        window: WindowTally,
+        alarms: Iterable[ChangeAlarm],
+        allocations: Mapping[str, Mapping[str, tuple[float, float]]],
+    ) -> None:
+        """Append one point per series of ``placement_id`` at time ``now``: the whole placement
+        and each tracked segment, with ``window``'s counts and ``allocations[segment]`` (network
+        → (weight, floor)); new segments of the window are tracked while there is room
+        (:meth:`segments_to_record` says which, before the allocations are read)."""
+        with self._lock:
+            kept = self._placements.setdefault(placement_id, _Placement())
+        lines: list[dict] = []
+        for alarm in alarms:
+            lines.append({"t": now, "p": placement_id, "alarm": alarm.to_dict()})
+        for segment, networks in allocations.items():
+            sums = window.total if segment == ALL_SEGMENTS else window.segments.get(segment, np.zeros(3))
+            point = {
+                "t": now,
+                "p": placement_id,
+                "s": segment,
+                "req": int(np.rint(sums[0])),
+                "fill": int(np.rint(sums[1])),
+                "rev": float(sums[2]),
+                "last": window.last_ts if window.last_ts is not None else kept.last_event_ts,
+                "n": {name: [_finite(w), _finite(f)] for name, (w, f) in networks.items()},
+            }
+            lines.append(point)
+        with self._lock:
+            for line in lines:
+                if "alarm" in line:
+                    self._add_alarm(kept, line)
+                else:
+                    self._add_point(kept, line)
+        try:
+            self._append(placement_id, kept, lines)
+        except OSError as exc:  # the console loses a point; decisions and ingest are not concerned
+            log.error("history of %s not written: %s", placement_id, exc)
+
+    def segments_to_record(self, placement_id: str, window: WindowTally) -> list[str]:
+        """``*``, the segments tracked so far, then new ones of ``window`` (most requests first)
+        while fewer than ``max_segments`` are tracked."""
+        with self._lock:
+            kept = self._placements.get(placement_id)
+            tracked = [s for s in (kept.series if kept else ()) if s != ALL_SEGMENTS]
+        room = self.max_segments - len(tracked)
+        new = [s for s in window.segments if s not in tracked]
+        new.sort(key=lambda s: -window.segments[s][0])
+        return [ALL_SEGMENTS, *tracked, *new[: max(room, 0)]]
+
+    # ------------------------------------------------------------------ read
+    def segments(self, placement_id: str) -> list[str]:
+        with self._lock:
+            kept = self._placements.get(placement_id)
+            return sorted(kept.series, key=lambda s: (s != ALL_SEGMENTS, s)) if kept else []
+
+    def read(self, placement_id: str, segment: str = ALL_SEGMENTS, since: float | None = None) -> dict[str, Any]:
+        """The points of one series and the placement's alarms, after ``since`` (epoch seconds),
+        in the HTTP shape of ``GET /v1/placements/{p}/history``."""
+        with self._lock:
+            kept = self._placements.get(placement_id)
+            points = list(kept.series.get(segment, ())) if kept else []
+            alarms = list(kept.alarms) if kept else []
+            last = kept.last_event_ts if kept else None
+        if since is not None:
+            points = [p for p in points if p["t"] > since]
+            alarms = [a for a in alarms if a["t"] > since]
+        networks = list(dict.fromkeys(name for p in points for name in p["n"]))
+        return {
+            "points": [_point_out(p) for p in points],
+            "networks": networks,
+            "alarms": [{"t": a["t"], **a["alarm"]} for a in alarms],
+            "last_event_ts": last,
+        }
+
+
+def _point_out(p: dict) -> dict[str, Any]:
+    req, fill = p["req"], p["fill"]
+    return {
+        "t": p["t"],
+        "requests": req,
+        "fills": fill,
+        "revenue": p["rev"],
+        "revenue_per_request": p["rev"] / req if req else None,
+        "fill_rate": fill / req if req else None,
+        "networks": {name: {"weight": w, "floor_cpm": f} for name, (w, f) in p["n"].items()},
+    }
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _encode(line: dict) -> bytes:
+    return (json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n").encode()
