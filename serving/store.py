@@ -342,7 +342,7 @@ class PolicyStore:
         if self._history is not None:
             with self._apply_lock:
                 self._apply_pending_locked()
-            self._record_history()  # the last window, so a restart loses none of it
+            self.record_history()  # the last window, so a restart loses none of it
         try:
             self._snapshot(only_if_changed=True)
         finally:
@@ -740,7 +740,7 @@ class PolicyStore:
             taken.append((placement_id, entry, window, alarms))
         return taken
 
-    def _record_history(self) -> None:
+    def record_history(self) -> None:
         """One history point per recorded series of every placement (:mod:`serving.history`)."""
         history = self._history
         assert history is not None
@@ -758,7 +758,7 @@ class PolicyStore:
         assert self.history_every_s is not None
         while not self._stop.wait(self.history_every_s):
             try:
-                self._record_history()
+                self.record_history()
             except Exception:  # the console misses a point; the next tick tries again
                 log.exception("recording the history failed")
 
