@@ -61,7 +61,8 @@ function niceTicks(lo, hi, count = 4) {
   const raw = (hi - lo) / count;
   const step = [1, 2, 2.5, 5, 10].map((m) => m * 10 ** Math.floor(Math.log10(raw))).find((s) => s >= raw);
   const ticks = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(+v.toPrecision(12));
+  const top = Math.ceil(hi / step - 1e-9) * step;
+  for (let v = Math.floor(lo / step + 1e-9) * step; v <= top + step * 1e-9; v += step) ticks.push(+v.toPrecision(12));
   return { ticks, lo: Math.min(lo, ticks[0]), hi: Math.max(hi, ticks[ticks.length - 1]) };
 }
 
@@ -183,7 +184,7 @@ function drawExperiment(report) {
     const ci = v.ci_low == null ? "–" : `${signedPct(v.ci_low)} … ${signedPct(v.ci_high)}`;
     const decided = v.p_value_always_valid != null && v.p_value_always_valid < 0.05;
     return el("tr", { "data-variant": name },
-      el("td", {}, champion ? `${name} (champion)` : name), el("td", {}, v.policy), el("td", {}, `${v.traffic}%`),
+      el("td", {}, champion && name !== "champion" ? `${name} (champion)` : name), el("td", {}, v.policy), el("td", {}, `${v.traffic}%`),
       el("td", {}, String(v.requests)), el("td", {}, cpm(v.revenue_per_request)),
       el("td", { class: v.lift == null ? null : decided ? (v.lift > 0 ? "win" : "loss") : null }, signedPct(v.lift)),
       el("td", {}, ci), el("td", {}, pval(v.p_value)), el("td", { "data-field": "p_value_always_valid" },
@@ -212,10 +213,10 @@ async function refresh() {
   try {
     const placements = (await api("/v1/placements")).placements;
     if (!placements.length) { $("status").textContent = "no placement yet"; return; }
-    const ids = placements.map((p) => p.id);
+    const ids = placements.map((p) => p.placement);
     if (!ids.includes(state.placement)) state.placement = ids[0];
     setOptions($("placement"), ids, state.placement);
-    state.networks = placements.find((p) => p.id === state.placement).networks.map((n) => n.id);
+    state.networks = placements.find((p) => p.placement === state.placement).networks.map((n) => n.id);
     const p = encodeURIComponent(state.placement);
     const range = Number($("range").value);
     const sinceArg = range ? `&since=${(Date.now() / 1000 - range).toFixed(0)}` : "";
