@@ -167,9 +167,8 @@ def test_console_draws_what_the_api_reports_and_follows_the_pickers(live):
         challenger = report["variants"]["challenger"]
         assert challenger["p_value_always_valid"] is not None
         cell = page.inner_text("#experiment tr[data-variant=challenger] td[data-field=p_value_always_valid]")
-        assert cell == (
-            "<0.0001" if challenger["p_value_always_valid"] < 1e-4 else f"{challenger['p_value_always_valid']:.4f}"
-        )
+        p = challenger["p_value_always_valid"]
+        assert cell == ("<0.0001" if p < 1e-4 else f"{p:.4f}")
         # Data health: the duplicate and the rejected event posted by the fixture.
         health = {
             label: page.inner_text(f'[data-health="{label}"] dd')
