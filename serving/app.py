@@ -21,7 +21,7 @@ from serving import errors
 from serving.auth import accepted_keys
 from serving.client_guard import BodyTimeoutMiddleware
 from serving.decision_ids import key_from_setting
-from serving.demo import install_demo
+from serving.demo import DemoFeed, install_demo
 from serving.docs_ui import install_docs
 from serving.metrics import MetricsMiddleware, ServiceMetrics
 from serving.report import allocation_metrics
@@ -175,9 +175,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = await run_in_threadpool(
             start_store, app.state.settings, app.state.model_source, app.state.demo_source
         )
+    settings, feed = app.state.settings, None
+    if settings.demo and settings.demo_feed_s > 0 and app.state.demo_source is not None:
+        feed = DemoFeed(app.state.store, app.state.demo_source, settings.demo_feed_s)
+        feed.start()
     try:
         yield
     finally:
+        if feed is not None:
+            await run_in_threadpool(feed.stop)
         await run_in_threadpool(app.state.store.close)
         log.info("store closed")
 

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     )
     model_name: str = Field("adbandit-policy", description="MLflow registered model name.")
     demo: bool = Field(False, description="Create a demo placement when the state dir holds none.")
+    demo_feed_s: float = Field(
+        0.0, ge=0, description="With demo: feed the demo placement synthetic traffic every this many seconds; 0: off."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "text", "json"] = Field(
         "auto", description="Logs on stderr: text, JSON lines, or auto (text on a terminal, JSON otherwise)."

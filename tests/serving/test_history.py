@@ -4,6 +4,7 @@ stays bounded, and ``GET /v1/placements/{p}/history`` (its parameters and its ke
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -183,3 +184,24 @@ def test_history_endpoint_filters_by_since_and_follows_the_read_key(make_client)
     assert client.get("/v1/placements/p1/history?since=1970-01-01T00:00:00Z", headers=read).json()["points"] == points
     schema = client.get("/openapi.json").json()
     assert "/v1/placements/{placement}/history" in schema["paths"]
+
+
+def test_the_demo_feed_gives_the_console_live_traffic(tmp_path):
+    from serving.demo import DemoFeed, install_demo
+    from simulator.demo import MarketDemo
+
+    store = open_store(tmp_path, history_every_s=3600.0)
+    install_demo(store, MarketDemo(), n=300, rounds=1)
+    store.flush()
+    store.record_history()
+    feed = DemoFeed(store, MarketDemo(), every_s=0.05, n=50)
+    feed.start()
+    deadline = time.monotonic() + 20
+    while feed.rounds < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    feed.stop()
+    store.flush()
+    store.record_history()
+    fed = store.history("demo")["points"][-1]["requests"]
+    assert feed.rounds >= 3 and fed == 50 * feed.rounds
+    store.close()
