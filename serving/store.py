@@ -340,9 +340,12 @@ class PolicyStore:
             t.join()
         self._threads.clear()
         if self._history is not None:
-            with self._apply_lock:
-                self._apply_pending_locked()
-            self.record_history()  # the last window, so a restart loses none of it
+            try:
+                with self._apply_lock:
+                    self._apply_pending_locked()
+                self.record_history()  # the last window, so a restart loses none of it
+            except Exception:  # the history misses a window; closing goes on
+                log.exception("recording the last history window failed")
         try:
             self._snapshot(only_if_changed=True)
         finally:
