@@ -67,7 +67,8 @@ function niceTicks(lo, hi, count = 4) {
 }
 
 // series: [{name, color, points: [[t, v|null], ...]}]; v null breaks the line (an empty window).
-function drawChart(figure, series, { yMin = null, yMax = null, format = (v) => v.toString() } = {}) {
+// marks: times of change alarms, drawn as dashed vertical lines.
+function drawChart(figure, series, { yMin = null, yMax = null, format = (v) => v.toString(), marks = [] } = {}) {
   for (const old of figure.querySelectorAll("svg, .legend, table.points")) old.remove();
   const svg = el("svg:svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": figure.dataset.chart });
   const table = el("table", { class: "points", "data-chart": figure.dataset.chart });
@@ -97,6 +98,10 @@ function drawChart(figure, series, { yMin = null, yMax = null, format = (v) => v
     axis.append(el("svg:text", { x: px(t), y: H - 6, "text-anchor": anchor }, clock(t)));
   }
   svg.append(axis);
+  for (const t of marks.filter((m) => m >= t0 && m <= t1)) {
+    svg.append(el("svg:line", { x1: px(t), x2: px(t), y1: M.top, y2: H - M.bottom, class: "alarm", "data-t": t },
+      el("svg:title", {}, `change alarm ${clock(t)}`)));
+  }
   for (const s of series) {
     const g = el("svg:g", { "data-series": s.name });
     let run = [];
@@ -140,12 +145,14 @@ function drawHistory(history) {
     name, color: colorOf(name), points: points.map((p) => [p.t, p.networks[name] ? p.networks[name][field] : null]),
   }));
   const chart = (name) => document.querySelector(`figure[data-chart="${name}"]`);
-  drawChart(chart("weights"), perNetwork("weight"), { yMin: 0, yMax: 1, format: (v) => pct(v, 0) });
-  drawChart(chart("floors"), perNetwork("floor_cpm"), { yMin: 0, format: (v) => v.toFixed(2) });
+  // Alarms of this segment (all of them for the whole placement), at the point that took them.
+  const marks = history.alarms.filter((a) => history.segment === "*" || a.segment === history.segment).map((a) => a.t);
+  drawChart(chart("weights"), perNetwork("weight"), { yMin: 0, yMax: 1, format: (v) => pct(v, 0), marks });
+  drawChart(chart("floors"), perNetwork("floor_cpm"), { yMin: 0, format: (v) => v.toFixed(2), marks });
   drawChart(chart("revenue"), [{ name: "revenue/request", color: COLORS[0],
-    points: points.map((p) => [p.t, p.revenue_per_request]) }], { yMin: 0, format: (v) => v.toFixed(2) });
+    points: points.map((p) => [p.t, p.revenue_per_request]) }], { yMin: 0, format: (v) => v.toFixed(2), marks });
   drawChart(chart("fill"), [{ name: "fill rate", color: COLORS[2], points: points.map((p) => [p.t, p.fill_rate]) }],
-    { yMin: 0, yMax: 1, format: (v) => pct(v, 0) });
+    { yMin: 0, yMax: 1, format: (v) => pct(v, 0), marks });
   for (const figure of document.querySelectorAll("figure.chart")) {
     figure.dataset.segment = history.segment;
     figure.dataset.placement = history.placement;
@@ -171,7 +178,7 @@ function drawHealth(history) {
 }
 
 function drawAlarms(history) {
-  const rows = history.alarms.slice(-50).reverse().map((a) => el("tr", { "data-network": a.network },
+  const rows = history.alarms.slice(-50).reverse().map((a) => el("tr", { "data-network": a.network, "data-segment": a.segment, "data-ts": a.ts },
     el("td", {}, when(a.ts)), el("td", {}, a.segment), el("td", {}, a.network),
     el("td", { class: a.relative < 0 ? "loss" : "win" }, signedPct(a.relative))));
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 4 }, "no change detected in this range")));

@@ -66,7 +66,7 @@ def live(tmp_path_factory):
 
 def feed(api: httpx.Client, rounds: int) -> None:
     """``rounds`` of the demo market answering the service's decisions, on both placements; the
-    second placement's prices rise by half from the middle on (something for its charts to show)."""
+    second placement's prices triple from the middle on (its change detector fires: alarms to show)."""
     for r in range(rounds):
         for placement in (DEMO_PLACEMENT, SECOND):
 
@@ -80,7 +80,7 @@ def feed(api: httpx.Client, rounds: int) -> None:
                 e["event_id"] = f"{placement}-{e['event_id']}"
                 e["placement"] = placement
                 if placement == SECOND and r >= rounds // 2 and e["filled"]:
-                    e["revenue_cpm"] = round(e["revenue_cpm"] * 1.5, 4)
+                    e["revenue_cpm"] = round(e["revenue_cpm"] * 3, 4)
             result = api.post("/v1/outcomes", json=events).json()
             assert result["accepted"] == PER_ROUND and not result["rejected"], result
         time.sleep(1.1)  # a history point per round
@@ -195,6 +195,15 @@ def test_console_draws_what_the_api_reports_and_follows_the_pickers(live):
         wait_for(page, SECOND, "*")
         second = assert_charts_show_the_api(page, live, SECOND, "*")
         assert second["weights"]["rows"] != whole["weights"]["rows"]
+        # Its change alarms, newest first, as the history reports them.
+        alarms = httpx.get(f"{live}/v1/placements/{SECOND}/history", headers=READ).json()["alarms"]
+        assert alarms, "tripled prices raised no change alarm"
+        shown = page.eval_on_selector_all(
+            "#alarms tr[data-network]",
+            "rs => rs.map((r) => [Number(r.dataset.ts), r.dataset.segment, r.dataset.network])",
+        )
+        assert shown == [[a["ts"], a["segment"], a["network"]] for a in reversed(alarms)]
+        assert all(a["relative"] > 0.5 for a in alarms)
         shot = ARTIFACTS / "console-demo-b.png"
         page.screenshot(path=str(shot), full_page=True)
         print(f"console screenshot: {shot}")
