@@ -141,7 +141,13 @@ def wait_for(page, placement: str, segment: str) -> None:
     )
 
 
-def test_console_draws_what_the_api_reports_and_follows_the_pickers(live):
+def announce(capsys, text: str) -> None:
+    """``text`` on the terminal now, also while pytest captures the test's output."""
+    with capsys.disabled():
+        print(text)
+
+
+def test_console_draws_what_the_api_reports_and_follows_the_pickers(live, capsys):
     ARTIFACTS.mkdir(exist_ok=True)
     with chromium_page(viewport=(1280, 1000)) as page:
         errors: list[str] = []
@@ -179,7 +185,7 @@ def test_console_draws_what_the_api_reports_and_follows_the_pickers(live):
 
         shot = ARTIFACTS / "console-demo.png"
         page.screenshot(path=str(shot), full_page=True)
-        print(f"\nconsole screenshot: {shot}")
+        announce(capsys, f"\nconsole screenshot: {shot}")
 
         # Another segment: the charts follow and show that segment's own points.
         options = page.eval_on_selector_all("#segment option", "os => os.map((o) => o.value)")
@@ -206,7 +212,7 @@ def test_console_draws_what_the_api_reports_and_follows_the_pickers(live):
         assert all(a["relative"] > 0.5 for a in alarms)
         shot = ARTIFACTS / "console-demo-b.png"
         page.screenshot(path=str(shot), full_page=True)
-        print(f"console screenshot: {shot}")
+        announce(capsys, f"console screenshot: {shot}")
 
         assert not errors, errors
         assert not outside, f"the page fetched from elsewhere: {outside}"
