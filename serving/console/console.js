@@ -15,7 +15,9 @@ const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2"
 const SVG_NS = "http://www.w3.org/2000/svg";
 const W = 560, H = 220, M = { top: 10, right: 14, bottom: 24, left: 48 };
 
-const state = { placement: null, segment: "*", networks: [], timer: null, everyS: 30, loading: false };
+// serverOffset: the server's clock minus this browser's (seconds), from the last reply.
+const state = { placement: null, segment: "*", networks: [], timer: null, everyS: 30, loading: false, again: false,
+  serverOffset: 0 };
 const $ = (id) => document.getElementById(id);
 
 class Unauthorized extends Error {}
@@ -215,8 +217,9 @@ function saveHash() {
 }
 
 async function refresh() {
-  if (state.loading) return;
+  if (state.loading) { state.again = true; return; } // a picker changed mid-load: load again after this one
   state.loading = true;
+  state.again = false;
   try {
     const placements = (await api("/v1/placements")).placements;
     if (!placements.length) { $("status").textContent = "no placement yet"; return; }
@@ -226,7 +229,7 @@ async function refresh() {
     state.networks = placements.find((p) => p.placement === state.placement).networks.map((n) => n.id);
     const p = encodeURIComponent(state.placement);
     const range = Number($("range").value);
-    const sinceArg = range ? `&since=${(Date.now() / 1000 - range).toFixed(0)}` : "";
+    const sinceArg = range ? `&since=${(Date.now() / 1000 + state.serverOffset - range).toFixed(0)}` : "";
     const [history, report] = await Promise.all([
       api(`/v1/placements/${p}/history?segment=${encodeURIComponent(state.segment)}${sinceArg}`),
       api(`/v1/placements/${p}/experiment`),
@@ -240,6 +243,7 @@ async function refresh() {
     drawAlarms(history);
     drawExperiment(report);
     state.everyS = history.every_s || 30;
+    state.serverOffset = history.health.now - Date.now() / 1000;
     const status = $("status");
     status.classList.remove("error");
     status.textContent = `${history.points.length} points · updated ${clock(Date.now() / 1000)}`;
@@ -254,7 +258,8 @@ async function refresh() {
     }
   } finally {
     state.loading = false;
-    schedule();
+    if (state.again) refresh();
+    else schedule();
   }
 }
 
