@@ -224,6 +224,8 @@ class HistoryRecorder:
                 for raw in f:
                     try:
                         line = json.loads(raw)
+                        if not isinstance(line["p"], str):
+                            raise TypeError("p")
                         placement_id = placement_id or line["p"]
                         if "alarm" in line:
                             self._add_alarm(kept, line)
@@ -290,7 +292,12 @@ class HistoryRecorder:
 
     def _add_alarm(self, kept: _Placement, line: dict) -> None:
         alarm = line["alarm"]
-        if not isinstance(alarm, dict) or not isinstance(line["t"], (int, float)):
+        if not isinstance(alarm, dict) or set(alarm) != {"ts", "segment", "network", "relative"}:
+            raise TypeError("alarm")
+        numbers = (line["t"], alarm["ts"], alarm["relative"])
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers):
+            raise ValueError("alarm")
+        if not (isinstance(alarm["segment"], str) and isinstance(alarm["network"], str)):
             raise TypeError("alarm")
         kept.alarms.append(line)
         del kept.alarms[:-MAX_ALARMS_KEPT]

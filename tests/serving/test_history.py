@@ -101,10 +101,11 @@ def test_a_torn_line_is_skipped_and_the_file_repaired(tmp_path):
         recorder.record(100.0 + i, "p1", tally(10, 5, 12.5), [], {ALL_SEGMENTS: ALLOCATION})
     path = tmp_path / "p1.ndjson"
     with open(path, "ab") as f:
+        f.write(b'{"t": 102.5, "p": "p1", "alarm": {"ts": 1.0, "segment": "*"}}\n')  # JSON, but not an alarm
         f.write(b'{"t": 103.0, "p": "p1", "s": "*", "req": 1')  # a crash mid-write
     reloaded = HistoryRecorder(tmp_path)
     reloaded.load()
-    assert reloaded.skipped_lines == 1
+    assert reloaded.skipped_lines == 2
     assert [p["t"] for p in reloaded.read("p1")["points"]] == [100.0, 101.0, 102.0]
     reloaded.record(104.0, "p1", tally(1, 1, 2.0), [], {ALL_SEGMENTS: ALLOCATION})
     lines = path.read_bytes().splitlines()
