@@ -159,6 +159,10 @@ def test_console_draws_what_the_api_reports_and_follows_the_pickers(live, capsys
         # The read key is set: the page asks for it, keeps it in sessionStorage, sends it as a bearer.
         page.wait_for_selector("#keyform:not([hidden])", timeout=15_000)
         assert "read key" in page.inner_text("#key-reason")
+        page.fill("#key", "not-the-key")
+        page.click("#keyform button[type=submit]")
+        page.wait_for_function("document.querySelector('#key-reason').textContent.includes('refused')")
+        assert page.is_hidden("#main")
         page.fill("#key", READ_KEY)
         page.click("#keyform button[type=submit]")
         page.wait_for_selector("body[data-loaded]", timeout=15_000)
