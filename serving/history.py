@@ -241,7 +241,10 @@ class HistoryRecorder:
             if bad or not raw.endswith(b"\n"):
                 self.skipped_lines += bad
                 log.warning("history of %s: %d unreadable lines skipped", placement_id, bad)
-                self._rewrite(placement_id, kept)
+                try:
+                    self._rewrite(placement_id, kept)
+                except OSError as exc:  # appends may follow the torn line; the next load skips it again
+                    log.error("history of %s not rewritten: %s", placement_id, exc)
 
     def _rewrite(self, placement_id: str, kept: _Placement) -> None:
         path = self._path(placement_id)
