@@ -169,3 +169,53 @@ def unpaired_lift(
     t_crit = float(stats.t.ppf(1.0 - alpha / 2.0, df))
     lo, hi = fieller_ratio_interval(mt, mc, se_t2, se_c2, 0.0, t_crit)
     return LiftResult(lift, lo - 1.0, hi - 1.0, p, int(n_c + n_t), mc, mt)
+
+
+#: Mixing scale of :func:`msprt_p_value` relative to the control mean: effects of about ±10%.
+MSPRT_RELATIVE_TAU = 0.1
+
+
+def msprt_p_value(diff: float, se2: float, tau2: float) -> float:
+    """Always-valid p-value of "no difference in means" by the mixture SPRT (Johari et al. 2017).
+
+    ``diff`` is the estimated difference of means, ``se2`` its variance (``var_t/n_t +
+    var_c/n_c``) and ``tau2`` the variance of the normal mixture N(0, τ²) over the true
+    difference. The mixture likelihood ratio of the normal approximation is
+
+        Λ = sqrt(se2 / (se2 + τ²)) · exp(diff² τ² / (2 se2 (se2 + τ²)))
+
+    and ``min(1, 1/Λ)`` is a p-value at *any* stopping time (Ville's inequality: under the
+    null, P(sup Λ ≥ 1/α) ≤ α), so it may be watched continuously and the experiment stopped
+    the first time it falls below α without inflating the false-positive rate — unlike the
+    fixed-horizon t-test p-value. It is larger than that p-value: the price of peeking.
+    """
+    if not (tau2 > 0.0) or not math.isfinite(tau2):
+        raise AdbanditError(f"tau2 must be finite and > 0, got {tau2}")
+    if not (math.isfinite(diff) and math.isfinite(se2)) or se2 < 0.0:
+        raise AdbanditError("diff and se2 must be finite, se2 >= 0")
+    if se2 == 0.0:
+        return 1.0 if diff == 0.0 else 0.0
+    log_lambda = 0.5 * math.log(se2 / (se2 + tau2)) + diff * diff * tau2 / (2.0 * se2 * (se2 + tau2))
+    return 1.0 if log_lambda <= 0.0 else math.exp(-log_lambda)
+
+
+def unpaired_msprt_p_value(
+    n_c: float,
+    sum_c: float,
+    sumsq_c: float,
+    n_t: float,
+    sum_t: float,
+    sumsq_t: float,
+    *,
+    relative_tau: float = MSPRT_RELATIVE_TAU,
+) -> float:
+    """:func:`msprt_p_value` of a challenger against a champion from their running sums (as
+    :func:`unpaired_lift`); the mixture's scale is ``relative_tau`` times the champion's
+    revenue per request (its standard deviation per request when that mean is 0)."""
+    mc, vc = _mean_var(n_c, sum_c, sumsq_c, "control")
+    mt, vt = _mean_var(n_t, sum_t, sumsq_t, "treatment")
+    scale = abs(mc) if mc != 0.0 else math.sqrt(vc)
+    tau = relative_tau * scale
+    if not (tau > 0.0):
+        return 1.0 if mt == mc else 0.0
+    return msprt_p_value(mt - mc, vc / n_c + vt / n_t, tau * tau)

@@ -34,6 +34,24 @@ MIN_EVENTS = 2
 REL_SD_FLOOR = 0.25
 
 
+#: Change alarms a policy keeps until they are taken (:class:`ChangeAlarm`); older ones are dropped.
+MAX_ALARMS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeAlarm:
+    """A detected change: the newest event time of the batch that showed it (epoch seconds),
+    its segment and network, and the batch's relative gap from history (``-0.4``: 40% below)."""
+
+    ts: float
+    segment: str
+    network: str
+    relative: float
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {"ts": self.ts, "segment": self.segment, "network": self.network, "relative": self.relative}
+
+
 @dataclass(frozen=True, slots=True)
 class Deviation:
     """How a batch compares with history: signed z-score and relative revenue gap."""

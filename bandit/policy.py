@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable, project_shares
+from bandit.drift import ChangeAlarm
 from bandit.errors import InvalidDecisionRequest, InvalidState
 from bandit.events import EventBatch
 from bandit.stats import REQUESTS, SufficientStats
@@ -154,6 +155,11 @@ class Policy:
         served._tables = dict(self._tables)
         served._rng = copy.deepcopy(self._rng)
         return served
+
+    def take_alarms(self) -> list[ChangeAlarm]:
+        """The change alarms (:class:`bandit.drift.ChangeAlarm`) raised since the last call, oldest
+        first (at most :data:`bandit.drift.MAX_ALARMS`); a policy without change detection has none."""
+        return []
 
     def pending_segments(self) -> list[str]:
         """Segments whose tables do not reflect all their learned events yet (a policy that

@@ -21,11 +21,23 @@ from serving import errors
 from serving.auth import accepted_keys
 from serving.client_guard import BodyTimeoutMiddleware
 from serving.decision_ids import key_from_setting
-from serving.demo import install_demo
+from serving.demo import DemoFeed, install_demo
 from serving.docs_ui import install_docs
 from serving.metrics import MetricsMiddleware, ServiceMetrics
 from serving.report import allocation_metrics
-from serving.routes import admin, allocation, decide, experiment, health, openrtb, outcomes, placements, prebid
+from serving.routes import (
+    admin,
+    allocation,
+    console,
+    decide,
+    experiment,
+    health,
+    history,
+    openrtb,
+    outcomes,
+    placements,
+    prebid,
+)
 from serving.settings import Settings, get_settings
 from serving.sources import DemoSource, ModelSource
 from serving.store import PolicyStore
@@ -125,6 +137,9 @@ def start_store(
         max_event_skew_s=settings.max_event_skew_s,
         decision_key=key_from_setting(settings.decision_key.get_secret_value()) if settings.decision_key else None,
         limits=settings.limits(),
+        history_every_s=settings.history_every_s or None,
+        history_max_points=settings.history_max_points,
+        history_max_segments=settings.history_max_segments,
     )
     start = time.perf_counter()
     store.open()
@@ -160,9 +175,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = await run_in_threadpool(
             start_store, app.state.settings, app.state.model_source, app.state.demo_source
         )
+    settings, feed = app.state.settings, None
+    if settings.demo and settings.demo_feed_s > 0 and app.state.demo_source is not None:
+        feed = DemoFeed(app.state.store, app.state.demo_source, settings.demo_feed_s)
+        feed.start()
     try:
         yield
     finally:
+        if feed is not None:
+            await run_in_threadpool(feed.stop)
         await run_in_threadpool(app.state.store.close)
         log.info("store closed")
 
@@ -234,9 +255,10 @@ def create_app(
     app.state.metrics.watch_allocations(lambda: allocation_metrics(app.state.store))
     errors.install(app)
     # Hot routes first: matching is linear in the number of routes before the match.
-    for module in (decide, outcomes, placements, allocation, experiment, prebid, openrtb, admin, health):
+    for module in (decide, outcomes, placements, allocation, experiment, history, prebid, openrtb, admin, health):
         app.include_router(module.router)
     install_docs(app)
+    console.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

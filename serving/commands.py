@@ -89,6 +89,14 @@ def register(subparsers: argparse._SubParsersAction, wiring: Wiring | None = Non
         help="on an empty state dir, create the 'demo' placement fed with synthetic outcomes from the "
         "simulator's demo market",
     )
+    serve.add_argument(
+        "--demo-feed",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --demo (implied): keep feeding the demo placement synthetic traffic every SECONDS "
+        "(live data for /console)",
+    )
     serve.add_argument("--no-fsync", action="store_true", help="do not fsync the event log (tests/benchmarks only)")
     serve.add_argument(
         "--log-level", default=None, choices=["debug", "info", "warning", "error"], help="default info"
@@ -138,6 +146,9 @@ def settings_from_args(args: argparse.Namespace):  # -> serving.settings.Setting
     if args.policy is not None:
         overrides["default_policy"] = args.policy
     if args.demo:
+        overrides["demo"] = True
+    if getattr(args, "demo_feed", None) is not None:
+        overrides["demo_feed_s"] = args.demo_feed
         overrides["demo"] = True
     if args.no_fsync:
         overrides["fsync"] = False

@@ -31,6 +31,7 @@ import numpy as np
 from bandit import ALL_SEGMENTS, EventBatch, PlacementConfig, Policy, make_policy, policy_from_state
 from bandit.errors import InvalidDecisionRequest, InvalidState, UnknownPlacement
 from bandit.io import state_meta
+from serving.history import WindowTally
 from serving.limits import SegmentIndex, limits_of
 from serving.placement_config import NO_LIMITS, ServicePlacement
 from serving.variants import CHAMPION, Assigner, ExperimentConfig, VariantConfig, stable_seed
@@ -69,6 +70,7 @@ class VariantSlot:
         "served",
         "tag",
         "variant",
+        "window",
     )
 
     def __init__(self, variant: VariantConfig, learner: Policy, tag: str = "") -> None:
@@ -81,6 +83,8 @@ class VariantSlot:
         self.revenue = 0.0
         self.revenue_sq = 0.0
         self.decisions = 0
+        #: Outcomes since the history's last tick (:mod:`serving.history`).
+        self.window = WindowTally()
         self.served = serving_copy(learner)
         self.refit_at = time.monotonic()
         #: Wall-clock time (epoch seconds) the served model was last built (Prebid's modelTimestamp).
@@ -99,6 +103,7 @@ class VariantSlot:
         self.requests += len(reward)
         self.revenue += float(reward.sum())
         self.revenue_sq += float(np.dot(reward, reward))
+        self.window.add(batch)
 
     def take_counters(self, other: VariantSlot) -> None:
         self.requests, self.revenue, self.revenue_sq = (
@@ -107,6 +112,7 @@ class VariantSlot:
             other.revenue_sq,
         )
         self.decisions = other.decisions
+        self.window.merge(other.window.take())
 
     def count_decisions(self, n: int) -> None:
         with self.counter_lock:

@@ -3,7 +3,8 @@
 * :func:`experiment_report` — per variant of one placement: decisions, outcome events
   (requests), revenue per request (CPM) and, against the champion, the lift of revenue
   per request with its 95% CI and p-value (Welch / Fieller,
-  :func:`bandit.abstats.unpaired_lift`; ``None`` until both have >= 2 events). A
+  :func:`bandit.abstats.unpaired_lift`; ``None`` until both have >= 2 events) and an
+  always-valid p-value (mixture SPRT, :func:`bandit.abstats.unpaired_msprt_p_value`). A
   variant's counters are its sums n, Σr and Σr² of per-request revenue r (0 when unfilled).
 * :func:`allocation_metrics` — each placement's champion weights and floors per network.
 * :func:`metrics_snapshot` — the store's counters and gauges: event counts, event log,
@@ -21,7 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bandit.abstats import unpaired_lift
+from bandit.abstats import unpaired_lift, unpaired_msprt_p_value
 from bandit.errors import AdbanditError
 from serving.eventlog import EventLog
 from serving.limits import Limits
@@ -54,6 +55,7 @@ def experiment_report(placement_id: str, entry: PlacementEntry) -> dict:
             "ci_low": None,
             "ci_high": None,
             "p_value": None,
+            "p_value_always_valid": None,
         }
         if v.name != entry.champion:
             try:
@@ -66,6 +68,7 @@ def experiment_report(placement_id: str, entry: PlacementEntry) -> dict:
                     ci_low=_finite_or_none(r.ci_low),
                     ci_high=_finite_or_none(r.ci_high),
                     p_value=_finite_or_none(r.p_value),
+                    p_value_always_valid=_finite_or_none(unpaired_msprt_p_value(n_c, s_c, q_c, n, s, q)),
                 )
         variants[v.name] = row
     return {"placement": placement_id, "champion": entry.champion, "variants": variants}

@@ -270,6 +270,52 @@ class AllocationOut(_Out):
     networks: list[NetworkAllocationOut]
 
 
+# ------------------------------------------------------------------------------- history
+class HistoryNetworkOut(_Out):
+    weight: float | None = Field(description="Exposure weight (share of the placement's requests).")
+    floor_cpm: float | None
+
+
+class HistoryPointOut(_Out):
+    t: float = Field(description="Server time of the point (seconds since the epoch); its window began at the last.")
+    requests: int = Field(description="Outcome events learned in the window (all variants).")
+    fills: int
+    revenue: float = Field(description="Sum of revenue per request (CPM) in the window.")
+    revenue_per_request: float | None = Field(description="revenue / requests (CPM); null for an empty window.")
+    fill_rate: float | None
+    networks: dict[str, HistoryNetworkOut] = Field(description="The champion's allocation at time t.")
+
+
+class ChangeAlarmOut(_Out):
+    t: float = Field(description="Server time of the history point that took the alarm.")
+    ts: float = Field(description="Newest event time of the batch that showed the change.")
+    segment: str
+    network: str
+    relative: float = Field(description="The batch's relative gap from history (-0.4: 40% below).")
+
+
+class DataHealthOut(_Out):
+    log_lag_events: int = Field(description="Events written to the log and not learned yet.")
+    events_accepted_total: int = Field(description="Since the process started.")
+    events_rejected_total: int
+    events_duplicate_total: int
+    last_accepted_at: float | None = Field(description="Server time events were last accepted (epoch seconds).")
+    now: float = Field(description="The server's clock.")
+
+
+class HistoryOut(_Out):
+    placement: str
+    segment: str
+    every_s: float | None = Field(description="Seconds between points (null: the service keeps no history).")
+    segments: list[str] = Field(description="Segments with a history: '*' (the placement) and the first seen.")
+    champion: str
+    networks: list[str]
+    points: list[HistoryPointOut]
+    alarms: list[ChangeAlarmOut] = Field(description="Change alarms of the placement (all segments), oldest first.")
+    last_event_ts: float | None = Field(description="Newest event time learned for the placement (epoch seconds).")
+    health: DataHealthOut
+
+
 # --------------------------------------------------------------------------- experiments
 class VariantIn(_In):
     name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -321,7 +367,12 @@ class VariantReport(_Out):
     lift: float | None = Field(description="Relative lift of revenue per request over the champion.")
     ci_low: float | None = Field(description="Lower end of the lift's 95% confidence interval.")
     ci_high: float | None = Field(description="Upper end of the lift's 95% confidence interval.")
-    p_value: float | None
+    p_value: float | None = Field(description="Fixed-horizon p-value of the lift (Welch's t-test).")
+    p_value_always_valid: float | None = Field(
+        None,
+        description="Always-valid p-value (mixture SPRT, bandit.abstats.msprt_p_value): valid however often it is "
+        "looked at; stop the experiment the first time it is below 0.05.",
+    )
 
 
 class ExperimentReport(_Out):

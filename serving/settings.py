@@ -67,11 +67,23 @@ class Settings(BaseSettings):
         0.5, ge=0, description="A whole snapshot is next once the incremental ones reach this share of its bytes."
     )
     fsync: bool = Field(True, description="fsync the event log before acknowledging outcomes.")
+    history_every_s: float = Field(
+        30.0, ge=0, description="Seconds between points of the console's history (STATE_DIR/history); 0: none kept."
+    )
+    history_max_points: int = Field(
+        2880, ge=4, description="Points kept per history series; beyond, the older half is thinned to half resolution."
+    )
+    history_max_segments: int = Field(
+        16, ge=0, description="Segments per placement with a history of their own (the first seen), besides '*'."
+    )
     model: str | None = Field(
         None, description="MLflow model alias (e.g. 'champion') whose state is loaded at start-up."
     )
     model_name: str = Field("adbandit-policy", description="MLflow registered model name.")
     demo: bool = Field(False, description="Create a demo placement when the state dir holds none.")
+    demo_feed_s: float = Field(
+        0.0, ge=0, description="With demo: feed the demo placement synthetic traffic every this many seconds; 0: off."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "text", "json"] = Field(
         "auto", description="Logs on stderr: text, JSON lines, or auto (text on a terminal, JSON otherwise)."

@@ -52,7 +52,9 @@ done by :mod:`serving.live` (slots and placement entries, model swaps),
 :mod:`serving.decisions` (deciding, decision ids), :mod:`serving.intake` (ingest
 validation), :mod:`serving.applier` (learning events in groups, refits),
 :mod:`serving.report` (A/B report, metrics), :mod:`serving.snapshots` (what a snapshot
-holds) and :mod:`serving.recovery` (snapshot choice, replay).
+holds), :mod:`serving.recovery` (snapshot choice, replay) and :mod:`serving.history` (the
+console's time series, recorded every ``history_every_s`` by a thread of its own, which
+takes each slot's ``learn_lock`` briefly and no other).
 
 Lock order: ``_state_lock`` (writers of the log: ingest, config changes, snapshot
 capture) → ``_apply_lock`` (anything that updates or replaces learners) → a slot's
@@ -75,6 +77,7 @@ from typing import Any
 import numpy as np
 
 from bandit import ALL_SEGMENTS, Allocation, PlacementConfig
+from bandit.drift import ChangeAlarm
 from bandit.errors import InvalidConfig, StorageFailure
 from serving import decisions, recovery, report, snapshots
 from serving.applier import Applier
@@ -83,6 +86,7 @@ from serving.decision_ids import DecisionSigner, Verdict, load_or_create_key
 from serving.decisions import DecisionRecord
 from serving.dedupe import DAY_SECONDS, DedupeWindow, event_hashes, first_occurrences
 from serving.eventlog import EventLog, storage_failure
+from serving.history import HistoryRecorder, WindowTally
 from serving.intake import prepare_events
 from serving.limits import OUTCOME, Limits, check_placement
 from serving.live import PlacementEntry, build_entry, normalise_state, placement_entry, with_model
@@ -193,6 +197,9 @@ class PolicyStore:
         max_event_skew_s: float = DEFAULT_MAX_EVENT_SKEW_S,
         decision_key: bytes | None = None,
         limits: Limits | None = None,
+        history_every_s: float | None = None,
+        history_max_points: int = 2880,
+        history_max_segments: int = 16,
     ) -> None:
         if not (dedupe_days > 0):
             raise InvalidConfig(f"dedupe_days must be > 0, got {dedupe_days}")
@@ -268,6 +275,16 @@ class PolicyStore:
         self._before_snapshot_write: Callable[[Path], None] | None = None
         self._snapshot_written = 0
         self.open_seconds: float | None = None
+        if history_every_s is not None and not (history_every_s > 0):
+            raise InvalidConfig(f"history_every_s must be > 0, got {history_every_s}")
+        self.history_every_s = history_every_s
+        #: The console's time series (:mod:`serving.history`); ``None`` when ``history_every_s`` is.
+        self._history = None
+        if history_every_s is not None:
+            self._history = HistoryRecorder(
+                self.state_dir / "history", max_points=history_max_points, max_segments=history_max_segments
+            )
+        self._last_accepted_at: float | None = None
 
     def __enter__(self) -> PolicyStore:
         self.open()
@@ -294,13 +311,19 @@ class PolicyStore:
             if chain is not None:
                 chain = self._restore(chain)
             self._replay(chain.covered_lsn if chain else 0)
+            if self._history is not None:
+                self._take_windows()  # what replay re-learned was recorded before the restart
+                self._history.load()
         except BaseException:
             self._log.close()
             self._release_dir_lock()
             raise
         self._opened = True
         self._stop.clear()
-        for target, name in ((self._apply_loop, "applier"), (self._snapshot_loop, "snapshotter")):
+        loops = [(self._apply_loop, "applier"), (self._snapshot_loop, "snapshotter")]
+        if self._history is not None:
+            loops.append((self._history_loop, "history"))
+        for target, name in loops:
             t = threading.Thread(target=target, name=f"adbandit-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -316,6 +339,13 @@ class PolicyStore:
         for t in self._threads:
             t.join()
         self._threads.clear()
+        if self._history is not None:
+            try:
+                with self._apply_lock:
+                    self._apply_pending_locked()
+                self.record_history()  # the last window, so a restart loses none of it
+            except Exception:  # the history misses a window; closing goes on
+                log.exception("recording the last history window failed")
         try:
             self._snapshot(only_if_changed=True)
         finally:
@@ -536,6 +566,8 @@ class PolicyStore:
             self._log.sync_to(lsn)
         for (placement_id, limit), n in pooled.items():
             entries[placement_id].segments.count(limit, OUTCOME, n)
+        if n_keep:
+            self._last_accepted_at = self._clock()
         self._count(
             accepted=n_keep,
             duplicate=len(keep) - n_keep,
@@ -667,6 +699,71 @@ class PolicyStore:
             damage=self._quarantine.entries(),
             limits=self.limits,
         )
+
+    # ------------------------------------------------------------------- history
+    def history(self, placement_id: str, segment: str = ALL_SEGMENTS, since: float | None = None) -> dict:
+        """The console's time series of one placement and segment after ``since`` (epoch
+        seconds): points, alarms, the segments recorded and the data health
+        (:meth:`serving.history.HistoryRecorder.read`)."""
+        entry = self._entry(placement_id)
+        history = self._history or HistoryRecorder(self.state_dir / "history")  # none kept: an empty one
+        return {
+            "placement": placement_id,
+            "segment": segment,
+            "every_s": self.history_every_s,
+            "segments": history.segments(placement_id) or [ALL_SEGMENTS],
+            "champion": entry.champion,
+            **history.read(placement_id, segment, since),
+            "health": self.data_health(),
+        }
+
+    def data_health(self) -> dict:
+        """Service-wide: events written but not learned yet (log lag), events accepted,
+        rejected and duplicate since this process started, and when events were last accepted."""
+        with self._stats_lock:
+            counts = dict(self._counts)
+        return {
+            "log_lag_events": counts["written"] - counts["applied"],
+            "events_accepted_total": counts["accepted"],
+            "events_rejected_total": counts["rejected"],
+            "events_duplicate_total": counts["duplicate"],
+            "last_accepted_at": self._last_accepted_at,
+            "now": self._clock(),
+        }
+
+    def _take_windows(self) -> list[tuple[str, PlacementEntry, WindowTally, list[ChangeAlarm]]]:
+        """Per placement: the outcomes and change alarms of all its variants since the last take."""
+        taken = []
+        for placement_id, entry in self._entries.items():
+            window, alarms = WindowTally(), []
+            for slot in entry.slots.values():
+                with slot.learn_lock:
+                    window.merge(slot.window.take())
+                    alarms += slot.learner.take_alarms()
+            taken.append((placement_id, entry, window, alarms))
+        return taken
+
+    def record_history(self) -> None:
+        """One history point per recorded series of every placement (:mod:`serving.history`)."""
+        history = self._history
+        assert history is not None
+        now = self._clock()
+        for placement_id, entry, window, alarms in self._take_windows():
+            slot = entry.slot(entry.champion)
+            allocations = {}
+            for segment in history.segments_to_record(placement_id, window):
+                with slot.learn_lock:
+                    allocation = slot.learner.allocation(segment)
+                allocations[segment] = {n.network: (n.weight, n.floor_cpm) for n in allocation.networks}
+            history.record(now, placement_id, window, alarms, allocations)
+
+    def _history_loop(self) -> None:
+        assert self.history_every_s is not None
+        while not self._stop.wait(self.history_every_s):
+            try:
+                self.record_history()
+            except Exception:  # the console misses a point; the next tick tries again
+                log.exception("recording the history failed")
 
     # ----------------------------------------------------------------- snapshots
     def snapshot(self, *, full: bool = False) -> None:

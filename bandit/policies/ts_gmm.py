@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -59,7 +60,7 @@ from bandit.curve import (
     prob_best_draws,
     se_kernel,
 )
-from bandit.drift import MIN_EVENTS, FloorHistory, batch_deviations, cusum_step
+from bandit.drift import MAX_ALARMS, MIN_EVENTS, ChangeAlarm, FloorHistory, batch_deviations, cusum_step
 from bandit.errors import InvalidState
 from bandit.events import EventBatch
 from bandit.gmm import (
@@ -302,6 +303,7 @@ class ThompsonGmmPolicy(Policy):
         self.refit_max_age_s = checked["refit_max_age_s"]
         self.pool_fields = checked["pool_fields"]
         self.changes_detected = 0
+        self._alarms: deque[ChangeAlarm] = deque(maxlen=MAX_ALARMS)  # not part of the state: taken by the service
         self._pending: dict[tuple[str, int], float] = {}  # events learned since the cell's last fit
         self._fitted: dict[tuple[str, int], tuple[float, float]] = {}  # (t_ref, requests) at the last fit
         self._values: dict[str, NDArray[np.float32]] = {}  # best-revenue draws [M, N] per table
@@ -511,9 +513,18 @@ class ThompsonGmmPolicy(Policy):
             # the base market (which has just forgotten its history), not the daily shape.
             alarmed[hit] = True
             self.changes_detected += len(hit)
+            t_batch, names = float(batch.ts.max()), self.placement.network_ids
+            for c in hit.tolist():
+                segment, network = batch.segments[cells.segment[c]], names[cells.network[c]]
+                self._alarms.append(ChangeAlarm(t_batch, segment, network, float(rel[c])))
             state[alarm] = 0.0
         self._cusum.set(keys, state)
         return alarmed
+
+    def take_alarms(self) -> list[ChangeAlarm]:
+        alarms = list(self._alarms)
+        self._alarms.clear()
+        return alarms
 
     def refresh(self, segments=()) -> None:
         """Refit the due networks of ``segments`` and of the placement level (see :meth:`_due`);

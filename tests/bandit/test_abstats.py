@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bandit.abstats import fieller_ratio_interval, paired_lift, unpaired_lift
+from bandit.abstats import (
+    fieller_ratio_interval,
+    msprt_p_value,
+    paired_lift,
+    unpaired_lift,
+    unpaired_msprt_p_value,
+)
 from bandit.errors import AdbanditError
 
 
@@ -137,3 +143,53 @@ def test_paired_rejects_bad_input(control, treatment, message: str) -> None:
 def test_unpaired_rejects_bad_input(args, message: str) -> None:
     with pytest.raises(AdbanditError, match=message):
         unpaired_lift(*args)
+
+
+def test_msprt_p_value_is_one_without_evidence_and_falls_with_it() -> None:
+    assert msprt_p_value(0.0, 1.0, 1.0) == 1.0
+    assert msprt_p_value(0.0, 0.0, 1.0) == 1.0 and msprt_p_value(0.5, 0.0, 1.0) == 0.0
+    # The same difference measured more precisely is stronger evidence.
+    ps = [msprt_p_value(0.5, se2, 1.0) for se2 in (0.1, 0.01, 0.001)]
+    assert ps[0] > ps[1] > ps[2]
+    # The same z-score on more data is weaker evidence: the price of looking at every n.
+    ps = [msprt_p_value(3.0 * math.sqrt(se2), se2, 1.0) for se2 in (0.1, 0.01, 0.001)]
+    assert ps[0] < ps[1] < ps[2]
+    # The closed form: 1/Λ with Λ = sqrt(V/(V+τ²)) exp(d²τ²/(2V(V+τ²))).
+    d, v, t2 = 0.8, 0.04, 0.25
+    expected = 1.0 / (math.sqrt(v / (v + t2)) * math.exp(d * d * t2 / (2 * v * (v + t2))))
+    assert msprt_p_value(d, v, t2) == pytest.approx(expected)
+
+
+def test_msprt_p_value_is_always_valid_under_continuous_peeking() -> None:
+    """Watching after every batch and stopping at the first p < 5%: the false-positive rate
+    stays under 5% (the t-test's peeked p-value goes far over it)."""
+    rng = np.random.default_rng(3)
+    runs, batches, per = 400, 50, 20
+    fp_msprt = fp_t = 0
+    for _ in range(runs):
+        c = rng.exponential(2.0, size=(batches, per))
+        t = rng.exponential(2.0, size=(batches, per))
+        hit_m = hit_t = False
+        for k in range(2, batches + 1):
+            cc, tt = c[:k].ravel(), t[:k].ravel()
+            sums = (len(cc), cc.sum(), (cc * cc).sum(), len(tt), tt.sum(), (tt * tt).sum())
+            hit_m |= unpaired_msprt_p_value(*sums, relative_tau=0.2) < 0.05
+            hit_t |= unpaired_lift(*sums).p_value < 0.05
+        fp_msprt += hit_m
+        fp_t += hit_t
+    assert fp_msprt / runs <= 0.05
+    assert fp_t / runs > 0.15
+
+
+def test_msprt_p_value_detects_a_real_lift() -> None:
+    rng = np.random.default_rng(4)
+    c, t = rng.exponential(2.0, 20_000), rng.exponential(2.3, 20_000)
+    p = unpaired_msprt_p_value(len(c), c.sum(), (c * c).sum(), len(t), t.sum(), (t * t).sum())
+    assert p < 1e-3
+
+
+def test_msprt_p_value_refuses_bad_inputs() -> None:
+    with pytest.raises(AdbanditError, match="tau2"):
+        msprt_p_value(0.1, 1.0, 0.0)
+    with pytest.raises(AdbanditError, match="se2"):
+        msprt_p_value(0.1, -1.0, 1.0)

@@ -123,3 +123,20 @@ def test_statistics_changes_cover_a_renormalisation():
     restored = SufficientStats.from_state(saved)
     restored.apply_changed_state(live.changed_state(live.take_changes(), len(saved["stats_segments"])))
     assert_same_state(live.state(), restored.state())
+
+
+def test_change_alarms_name_the_segment_network_and_gap_and_are_taken_once():
+    """A price break raises alarms (kept out of the state) that say where and by how much."""
+    policy = make_policy("ts_gmm", CFG, half_life_hours=24.0, seed=5, level_events=200.0, change_threshold=4.0)
+    rng = np.random.default_rng(0)
+    learn(policy, rng, range(2))
+    assert policy.take_alarms() == []
+    learn(policy, rng, range(2, 5))
+    alarms = policy.take_alarms()
+    assert len(alarms) == policy.changes_detected > 0
+    first = CFG.network_ids[0]
+    assert any(a.network == first and a.relative > 0.5 for a in alarms), alarms  # prices tripled
+    assert all(a.ts >= T0 + 3 * 3600.0 for a in alarms)
+    assert policy.take_alarms() == []
+    assert "alarms" not in " ".join(policy.state())
+    assert make_policy("static", CFG).take_alarms() == []

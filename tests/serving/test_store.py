@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from bandit import POLICIES, PlacementConfig, make_policy
-from bandit.abstats import unpaired_lift
+from bandit.abstats import unpaired_lift, unpaired_msprt_p_value
 from bandit.errors import (
     AdbanditError,
     InvalidConfig,
@@ -512,6 +512,9 @@ def test_experiment_report_matches_the_ab_statistics_of_the_events(tmp_path):
     assert row["revenue_per_request"] == pytest.approx(sums["challenger"][1] / sums["challenger"][0])
     for key in ("lift", "ci_low", "ci_high", "p_value"):
         assert row[key] == pytest.approx(getattr(expected, key), rel=1e-9)
+    always_valid = unpaired_msprt_p_value(*sums["champion"], *sums["challenger"])
+    assert row["p_value_always_valid"] == pytest.approx(always_valid, rel=1e-9)
+    assert row["p_value_always_valid"] >= row["p_value"]  # the price of looking at any time
     assert report["variants"]["champion"]["lift"] is None
     assert report["variants"]["holdout"]["lift"] is None or report["variants"]["holdout"]["requests"] >= 2
     store.close()
