@@ -12,7 +12,8 @@
  *   bidWon       → marks the winner's event (context.prebid_won = true) before it is sent
  *
  * The network of an event is the bidder code (or options.networks[bidder]), its placement
- * the ad unit code (or options.placements[adUnitCode]). Events are batched: sent once
+ * the ad unit code (or options.placements[adUnitCode]; a mapping function may return null to
+ * leave an ad unit out); options.context(adUnitCode, bid) gives the context of its segment. Events are batched: sent once
  * their auction has ended and options.winWaitMs has passed (so a bidWon that follows the
  * auction can mark its event), at most options.batchSize per POST, and on pagehide.
  * A POST that fails is retried (event ids make repeats harmless: the service counts them
@@ -54,6 +55,9 @@
     this.maxQueue = options.maxQueue || 10000;
     this.onPost = options.onPost || null;
     this.records = {}; // event_id → pending record (not yet sent)
+    this.sent = {}; // event_id → true for the last maxSent events sent
+    this.sentOrder = [];
+    this.maxSent = options.maxSent || 20000;
     this.order = []; // event ids in arrival order
     this.ended = {}; // auctionId → time its auctionEnd was seen
     this.timer = null;
@@ -105,11 +109,13 @@
     var bidder = source.bidderCode || source.bidder;
     var adUnitCode = source.adUnitCode;
     if (!bidder || !adUnitCode || !source.auctionId) return;
+    var placement = lookup(this.placements, adUnitCode);
+    if (placement === null || placement === undefined) return; // an ad unit left out
     var id = this.eventId(source.auctionId, adUnitCode, bidder);
+    if (this.sent[id]) return; // sent already: e.g. the noBid Prebid emits after a bidTimeout
     var old = this.records[id];
     if (old && (old.filled || !filled) && !(filled && cpm > old.revenue_cpm)) return;
     if (!old && this.order.length >= this.maxQueue) { this.counts.dropped++; return; }
-    var placement = lookup(this.placements, adUnitCode);
     var context = {};
     var extra = this.context ? this.context(adUnitCode, source) : null;
     for (var k in extra || {}) if (Object.prototype.hasOwnProperty.call(extra, k)) context[k] = extra[k];
@@ -186,6 +192,9 @@
       if (all || (ended !== undefined && now - ended >= this.winWaitMs)) {
         ready.push(event);
         delete this.records[id];
+        this.sent[id] = true;
+        this.sentOrder.push(id);
+        if (this.sentOrder.length > this.maxSent) delete this.sent[this.sentOrder.shift()];
       } else {
         kept.push(id);
       }
