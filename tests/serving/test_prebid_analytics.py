@@ -92,4 +92,5 @@ def test_the_script_parses_and_exposes_attach_without_prebid():
              "console.log(t.endpoint, calls.sort().join(','))")  # fmt: skip
     out = subprocess.run(["node", "-e", probe, str(SCRIPT)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["http://svc/v1/outcomes", "auctionEnd,bidRejected,bidResponse,bidTimeout,bidWon,noBid"]
+    events = "auctionEnd,bidRejected,bidResponse,bidTimeout,bidWon,noBid"
+    assert out.stdout.split() == ["http://svc/v1/outcomes", events]
