@@ -16,7 +16,7 @@
   var MARKET = {
     alpha: {timeout: 0.0, nobid: 0.1, buyers: 1, median: 2.0, sigma: 0.5},
     beta: {timeout: 0.0, nobid: 0.15, buyers: 2, median: 0.8, sigma: 0.35},
-    gamma: {timeout: 0.08, nobid: 0.12, buyers: 1, median: 6.0, sigma: 0.3}
+    gamma: {timeout: 0.08, nobid: 0.12, buyers: 1, median: 8.0, sigma: 0.3}
   };
 
   // mulberry32: a small deterministic PRNG (uniform in [0, 1)).
