@@ -4,6 +4,7 @@ serving/static/adbandit-prebid.js). The browser end to end is tests/browser_preb
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -94,3 +95,65 @@ def test_the_script_parses_and_exposes_attach_without_prebid():
     assert out.returncode == 0, out.stderr
     events = "auctionEnd,bidRejected,bidResponse,bidTimeout,bidWon,noBid"
     assert out.stdout.split() == ["http://svc/v1/outcomes", events]
+
+
+TRACKER_PROBE = r"""
+global.window = global;
+const posts = [];
+global.fetch = (url, init) => {
+  const events = JSON.parse(init.body);
+  posts.push({url, events, headers: init.headers});
+  return Promise.resolve({ok: true, status: 200,
+    json: () => Promise.resolve({accepted: events.length, duplicates: 0, rejected: []})});
+};
+require(process.argv[1]);
+const handlers = {};
+const pbjs = {onEvent: (name, fn) => { handlers[name] = fn; }};
+const tracker = window.adbanditPrebid.attach(pbjs, {
+  url: 'http://svc', apiKey: 'k', winWaitMs: 0, networks: {rubicon: 'rubicon_kr'},
+  placements: (code) => (code === 'skip' ? null : 'p-' + code), context: () => ({country: 'KR'}),
+});
+const floorData = (floor, cpm) => ({floorValue: floor, cpmAfterAdjustments: cpm, modelVersion: 'champion:v7'});
+const request = (bidder, code, floor) => ({bidder, adUnitCode: code, auctionId: 'a1', bidId: bidder + code,
+  getFloor: () => ({floor, currency: 'USD'}), floorData: {modelVersion: 'champion:v7'}});
+handlers.bidResponse({bidderCode: 'appnexus', adUnitCode: 'top', auctionId: 'a1', cpm: 2.5,
+  floorData: floorData(1.5, 2.5)});
+handlers.bidRejected({bidderCode: 'rubicon', adUnitCode: 'top', auctionId: 'a1', cpm: 0.9,
+  rejectionReason: 'Bid does not meet price floor', floorData: floorData(1.2, 0.9)});
+handlers.noBid(request('rubicon', 'top', 1.2));          // after its rejection: still one event
+handlers.bidRejected({bidderCode: 'ix', adUnitCode: 'top', auctionId: 'a1', cpm: 3,
+  rejectionReason: 'Invalid bid'});                       // not about the floor: no event
+handlers.bidTimeout([request('ix', 'top', 0.8)]);
+handlers.noBid(request('openx', 'top', 0.7));
+handlers.noBid(request('openx', 'skip', 0.7));            // an ad unit left out
+handlers.bidWon({bidderCode: 'appnexus', adUnitCode: 'top', auctionId: 'a1'});
+handlers.auctionEnd({auctionId: 'a1'});
+tracker.flush(false).then(() => {
+  handlers.noBid(request('ix', 'top', 0.8));              // Prebid's noBid after a timeout: already sent
+  return tracker.flush(true);
+}).then(() => console.log(JSON.stringify({posts, counts: tracker.counts})));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed (runs the script's logic)")
+def test_the_script_turns_prebid_events_into_one_outcome_per_bidder_and_ad_unit():
+    out = subprocess.run(["node", "-e", TRACKER_PROBE, str(SCRIPT)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    [post] = result["posts"]
+    assert post["url"] == "http://svc/v1/outcomes" and post["headers"]["Authorization"] == "Bearer k"
+    events = {e["network"]: e for e in post["events"]}
+    assert sorted(events) == ["appnexus", "ix", "openx", "rubicon_kr"]
+    won = events["appnexus"]
+    assert (won["placement"], won["floor_cpm"], won["filled"], won["revenue_cpm"]) == ("p-top", 1.5, True, 2.5)
+    assert won["event_id"] == "pb:a1:top:appnexus"
+    assert won["context"] == {"country": "KR", "prebid_event": "bidResponse", "prebid_model": "champion:v7",
+                              "prebid_won": True}  # fmt: skip
+    rejected = events["rubicon_kr"]
+    assert (rejected["floor_cpm"], rejected["filled"], rejected["revenue_cpm"]) == (1.2, False, 0)
+    assert rejected["context"]["prebid_event"] == "bidRejected"
+    assert (events["ix"]["floor_cpm"], events["ix"]["filled"], events["ix"]["context"]["prebid_event"]) == (
+        0.8, False, "bidTimeout")
+    assert events["openx"]["context"]["prebid_event"] == "noBid" and events["openx"]["floor_cpm"] == 0.7
+    counts = result["counts"]
+    assert counts["posted"] == counts["accepted"] == 4 and counts["rejectedOther"] == 1 and counts["bidWon"] == 1
