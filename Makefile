@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STATE_DIR ?= state
 
-.PHONY: setup browser run test lint bench bench-all report clean
+.PHONY: setup browser prebid-bundle run test lint bench bench-all report clean
 
 $(STAMP): pyproject.toml
 	@echo "==> [1/3] creating $(VENV) with $$($(PYTHON) --version)"
@@ -41,7 +41,26 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "==> no chromium and no root apt-get: the browser tests will skip"; fi; }
 
-test: $(STAMP) browser
+# The Prebid.js browser test bundles the real Prebid.js from npm (pinned in tests/browser_prebid's
+# package-lock.json) with its Price Floors Module: npm ci + esbuild, once (the bundle is the stamp).
+# As root with apt-get, a missing npm is installed; without npm the test skips and says why.
+PREBID_DIR := tests/browser_prebid
+PREBID_BUNDLE := $(PREBID_DIR)/dist/prebid.js
+
+prebid-bundle:
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "==> installing Debian's nodejs and npm to bundle Prebid.js (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  fi; }
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(PREBID_BUNDLE); \
+	else echo "==> no npm: the Prebid.js browser test will skip"; fi
+
+$(PREBID_BUNDLE): $(PREBID_DIR)/package.json $(PREBID_DIR)/package-lock.json $(PREBID_DIR)/entry.js $(PREBID_DIR)/build.mjs
+	@echo "==> bundling Prebid.js from npm for the browser test (npm ci + esbuild)"
+	cd $(PREBID_DIR) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent bundle
+
+test: $(STAMP) browser prebid-bundle
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

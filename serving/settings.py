@@ -119,7 +119,8 @@ class Settings(BaseSettings):
     prebid_cors_origins: str = Field(
         "*",
         description="Origins (comma-separated, e.g. 'https://www.example.com,https://m.example.com') whose pages "
-        "may fetch GET /v1/prebid/floors from a browser (CORS); '*': any; empty: none.",
+        "may fetch GET /v1/prebid/floors and post POST /v1/outcomes (the Prebid analytics script) from a browser "
+        "(CORS); '*': any; empty: none.",
     )
     prebid_cache_max_age_s: int = Field(
         300, ge=0, description="Cache-Control max-age (seconds) of the Prebid floors document; 0: no-cache."
@@ -135,7 +136,7 @@ class Settings(BaseSettings):
     )
 
     def cors_origins(self) -> frozenset[str]:
-        """The allowed CORS origins of the Prebid floors (``"*"`` for any)."""
+        """The allowed CORS origins of the Prebid floors and outcomes (``"*"`` for any)."""
         return frozenset(o.strip().rstrip("/") for o in self.prebid_cors_origins.split(",") if o.strip())
 
     def limits(self) -> Limits:

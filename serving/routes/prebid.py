@@ -5,12 +5,18 @@ Point Prebid's ``floors.endpoint.url`` here. The mapping from allocations to flo
 rules, the fallback of variants without data) is in :mod:`serving.prebid`. Browsers fetch it
 from publishers' pages, so it answers CORS (``ADBANDIT_PREBID_CORS_ORIGINS``, preflight
 ``OPTIONS`` included) and says how long it may be cached (``ADBANDIT_PREBID_CACHE_MAX_AGE_S``).
+
+``GET /v1/prebid/adbandit-prebid.js`` serves the analytics script (package data
+``serving/static/adbandit-prebid.js``) that posts a page's Prebid auction results to
+``POST /v1/outcomes``; that route answers the same CORS (and its preflight) so the page may post.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import cache
+from importlib import resources
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -33,6 +39,10 @@ router = APIRouter(prefix="/v1/prebid", tags=["prebid"], route_class=StrictQuery
 #: Most placements (ad units) one floors document may hold.
 MAX_PLACEMENTS = 500
 FLOORS_PATH = "/v1/prebid/floors"
+SCRIPT_PATH = "/v1/prebid/adbandit-prebid.js"
+OUTCOMES_PATH = "/v1/outcomes"
+#: Paths a publisher's page calls from the browser → the methods its CORS preflight allows.
+BROWSER_PATHS: dict[str, str] = {FLOORS_PATH: "GET, OPTIONS", OUTCOMES_PATH: "POST, OPTIONS", SCRIPT_PATH: "GET"}
 #: Seconds a browser may cache a CORS preflight answer.
 PREFLIGHT_MAX_AGE_S = 600
 
@@ -122,14 +132,35 @@ def check_placement_ids(placements: list[str]) -> None:
         raise RequestValidationError(bad)
 
 
+@router.get(
+    "/adbandit-prebid.js",
+    response_class=Response,
+    responses={200: {"content": {"text/javascript": {}}, "description": "The analytics script."}},
+)
+async def analytics_script(settings: SettingsDep) -> Response:
+    """The Prebid analytics script: load it on the page and call
+    ``adbanditPrebid.attach(pbjs, {url: "<this service>"})``; it posts every bidder's answer
+    in every auction (bid, floor not met, no bid, timeout; the winner marked) to
+    ``POST /v1/outcomes``. Open (no key: a script tag cannot send one)."""
+    return Response(
+        analytics_script_bytes(), media_type="text/javascript; charset=utf-8", headers=cache_headers(settings)
+    )
+
+
+@cache
+def analytics_script_bytes() -> bytes:
+    """``serving/static/adbandit-prebid.js`` (package data), read once."""
+    return resources.files("serving").joinpath("static/adbandit-prebid.js").read_bytes()
+
+
 async def preflight(request: Request) -> Response:
-    """CORS preflight of the floors: which methods and headers may be used (the origin is
-    answered by :class:`FloorsCorsMiddleware`)."""
+    """CORS preflight of a browser path (:data:`BROWSER_PATHS`): which methods and headers may
+    be used (the origin is answered by :class:`FloorsCorsMiddleware`)."""
     settings: Settings = request.app.state.settings
     headers = {}
     if "Access-Control-Allow-Origin" in cors_headers(request.headers.get("origin"), settings):
         headers = {
-            "Access-Control-Allow-Methods": "GET, OPTIONS",
+            "Access-Control-Allow-Methods": BROWSER_PATHS[request.url.path],
             "Access-Control-Allow-Headers": "Authorization, Content-Type",
             "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_S),
         }
@@ -137,9 +168,10 @@ async def preflight(request: Request) -> Response:
 
 
 # Not a StrictQueryRoute: a preflight carries the query string of the request it asks for.
-router.routes.append(
-    APIRoute(FLOORS_PATH, preflight, methods=["OPTIONS"], include_in_schema=False, response_class=Response)
-)
+for _path in (FLOORS_PATH, OUTCOMES_PATH):
+    router.routes.append(
+        APIRoute(_path, preflight, methods=["OPTIONS"], include_in_schema=False, response_class=Response)
+    )
 
 
 def cors_headers(origin: str | None, settings: Settings) -> dict[str, str]:
@@ -154,15 +186,16 @@ def cors_headers(origin: str | None, settings: Settings) -> dict[str, str]:
 
 
 class FloorsCorsMiddleware:
-    """Adds the CORS headers of :func:`cors_headers` to every answer of ``/v1/prebid/floors``,
-    errors included (a 401, 404 or 422 a page cannot read would only say "CORS error")."""
+    """Adds the CORS headers of :func:`cors_headers` to every answer of the paths a page calls
+    (:data:`BROWSER_PATHS`: the floors, ``POST /v1/outcomes`` and the analytics script), errors
+    included (a 401, 404 or 422 a page cannot read would only say "CORS error")."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != FLOORS_PATH:
+        if scope["type"] != "http" or scope["path"] not in BROWSER_PATHS:
             await self.app(scope, receive, send)
             return
         origin = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"), None)
