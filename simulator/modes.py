@@ -262,19 +262,21 @@ class FixedPlans:
 
 
 def ecpm_waterfall(market: Market, regime: int = 0) -> FixedPlans:
-    """The ad-ops waterfall: networks ordered by eCPM (price paid per fill at the lowest
-    floor), each tier at that network's own best floor, knowing the market."""
+    """The ad-ops waterfall: networks ordered by their historical eCPM (the price paid per
+    fill at the lowest floor, known exactly here), each tier floored at that eCPM, as
+    mediation waterfalls are priced (a tier is asked for what it usually pays)."""
     plans = {}
     for s in range(market.n_segments):
         cand, fill, revenue = _exact_curves(market, regime, s)
         lowest = np.nanargmin(cand, axis=1)
         rows = np.arange(market.n_networks)
         ecpm = revenue[rows, lowest] / np.maximum(fill[rows, lowest], 1e-12)
-        best = np.argmax(np.where(np.isnan(cand), -np.inf, revenue), axis=1)
         order = np.argsort(-ecpm, kind="stable")[: market.placement.depth]
         tiers = np.full(market.n_networks, -1, dtype=np.int64)
         tiers[order] = np.arange(len(order))
-        plans[s] = Plan(tiers, np.where(tiers >= 0, cand[rows, best], 0.0), float("nan"))
+        lo = np.array([n.floor_min_cpm for n in market.placement.networks])
+        hi = np.array([n.floor_max_cpm for n in market.placement.networks])
+        plans[s] = Plan(tiers, np.where(tiers >= 0, np.clip(ecpm, lo, hi), 0.0), float("nan"))
     return FixedPlans(market, plans, "ecpm_waterfall")
 
 
