@@ -292,3 +292,79 @@ def _track_ab(
             for fname, fig in plots.all_figures(ts, f"{arm} on {name}").items():
                 tracking.log_figure(fig, f"plots/{arm}/{fname}")
     return run.info.run_id
+
+
+# ------------------------------------------------------------------ modes on the same traffic
+MODES_COLUMNS = ("mode", "seeds", "revenue_per_request", "lift", "lift_ci_low", "lift_ci_high", "p_value")
+
+
+def run_mode_ab(
+    scenario: str,
+    modes: Sequence[str],
+    seeds: int = 10,
+    n_requests: int | None = None,
+    control: str | None = None,
+    *,
+    policy: str = "ts_gmm",
+    root_seed: int = 0,
+    batch_size: int = 2000,
+) -> pl.DataFrame:
+    """Which way of calling the networks earns the publisher more: the same market run as
+    ``single`` (exposure weights), ``waterfall`` and/or ``auction`` placements, each learned
+    by ``policy``, on the same seeds — the same requests and the same bids (common random
+    numbers, bids keyed by request and network) — with the paired lift of realised revenue
+    per request over the control mode (default: the first) and its 95% CI."""
+    import dataclasses
+
+    from simulator.market import Market
+    from simulator.modes import run_plans
+    from simulator.parallel import seed_sequences
+    from simulator.runner import build_policy, run
+    from simulator.scenario import load_scenario
+
+    unknown = sorted(set(modes) - {"single", "waterfall", "auction"})
+    if unknown or not modes:
+        raise InvalidConfig(f"modes must be among single, waterfall, auction; got {list(modes)}")
+    control = control or modes[0]
+    if control not in modes:
+        raise InvalidConfig(f"control {control!r} is not one of the modes {list(modes)}")
+    if seeds < 2:
+        raise InvalidConfig(f"comparing modes needs at least 2 seeds, got {seeds}")
+    base = load_scenario(scenario)
+    n = n_requests or base.default_requests
+    revenue: dict[str, np.ndarray] = {}
+    for mode in modes:
+        market = Market(dataclasses.replace(base, mode=mode))
+        per_seed = []
+        for ss in seed_sequences(root_seed, seeds):
+            learner = build_policy(policy, market, seed=ss)
+            if mode == "single":
+                frame = run(learner, market, n, seed=ss, batch_size=batch_size)
+            else:
+                frame = run_plans(learner, market, n, seed=ss, batch_size=batch_size)
+            per_seed.append(float(frame["revenue"].sum()) / n)
+        revenue[mode] = np.array(per_seed)
+    rows = []
+    for mode in modes:
+        lift = paired_lift(revenue[control], revenue[mode]) if mode != control else None
+        rows.append(
+            {
+                "mode": mode,
+                "seeds": seeds,
+                "revenue_per_request": float(revenue[mode].mean()),
+                "lift": lift.lift if lift else 0.0,
+                "lift_ci_low": lift.ci_low if lift else math.nan,
+                "lift_ci_high": lift.ci_high if lift else math.nan,
+                "p_value": lift.p_value if lift else math.nan,
+            }
+        )
+    return pl.DataFrame(rows, schema=list(MODES_COLUMNS), orient="row")
+
+
+def format_modes(table: pl.DataFrame, control: str) -> str:
+    lines = [f"{'mode':10s} {'rev/req':>9s} {'lift vs ' + control:>14s} {'95% CI':>20s} {'p':>7s}"]
+    for r in table.iter_rows(named=True):
+        ci = "" if math.isnan(r["lift_ci_low"]) else f"[{_pct(r['lift_ci_low'])}, {_pct(r['lift_ci_high'])}]"
+        p = "" if math.isnan(r["p_value"]) else f"{r['p_value']:.3g}"
+        lines.append(f"{r['mode']:10s} {r['revenue_per_request']:9.4f} {_pct(r['lift']):>14s} {ci:>20s} {p:>7s}")
+    return "\n".join(lines)

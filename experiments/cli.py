@@ -101,6 +101,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ab.add_argument("--experiment", default="adbandit-ab", help="MLflow experiment (default adbandit-ab)")
     ab.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     ab.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
+    ab.add_argument(
+        "--modes",
+        type=_csv,
+        default=None,
+        help="compare ways of calling the networks instead of policies: comma-separated single, waterfall, "
+        "auction (the scenario's networks, learned by ts_gmm, on the same requests and bids); the first is the control",
+    )
     ab.set_defaults(func=_guard(ab_command))
 
     ope = subparsers.add_parser(
@@ -247,8 +254,22 @@ def simulate_command(args: argparse.Namespace) -> int:
 
 
 def ab_command(args: argparse.Namespace) -> int:
-    from experiments.ab import format_table, run_ab
+    from experiments.ab import format_modes, format_table, run_ab, run_mode_ab
 
+    if args.modes:
+        table = run_mode_ab(
+            args.scenario,
+            args.modes,
+            args.seeds,
+            args.requests,
+            args.control,
+            root_seed=args.root_seed,
+            batch_size=args.batch_size,
+        )
+        print(format_modes(table, args.control or args.modes[0]))
+        if args.csv:
+            table.write_csv(args.csv)
+        return 0
     table = run_ab(
         args.scenario,
         args.arms,

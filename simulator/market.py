@@ -360,6 +360,9 @@ class Market:
             price = np.where(self._second[network], np.minimum(top, price + self._increment[network]), price)
         if np.isfinite(self._throttle_cpm).any():
             filled &= self.answers(req, network, floor_cpm)
+        if self._timeout.any():  # a network that times out is a no-bid (as in Market.pays)
+            stream = np.uint64(_TIMEOUT_STREAM) + network.astype(np.uint64)
+            filled &= stream_uniform_keyed(req.key, stream) >= self._timeout[network]
         available = np.ones(len(req), dtype=bool)
         if np.isfinite(self._caps).any():
             available = self._apply_caps(req.ts, network, filled, ledger or self.ledger)
