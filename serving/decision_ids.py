@@ -290,6 +290,8 @@ class DecisionSigner:
         tiers it called). Floors compare as in :meth:`verify`; the verdict's ``propensity``
         is the plan's, its ``floor_propensity`` 1 (the plan fixes the floors)."""
         variant, sep, body = decision_id.rpartition(".")
+        if sep and len(body) == ID_CHARS:
+            return Verdict(False, reason="it is a single-network decision id: report network, floor_cpm and filled")
         if not sep or len(body) < 44 or (len(body) - 36) % 8:
             return Verdict(False, reason="not a waterfall or auction decision id of this service")
         try:

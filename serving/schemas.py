@@ -169,15 +169,34 @@ class DecideRequest(_In):
     user_id: Id | None = Field(None, description="Sticky variant assignment key (else request_id).")
 
 
+class OfferOut(_Out):
+    """One network called by a waterfall or auction decision, with its floor."""
+
+    network: str
+    floor_cpm: float
+
+
 class DecisionOut(_Out):
     decision_id: str
     placement: str
-    network: str
+    network: str = Field(description="The network to call (a waterfall's first tier; an auction's first bidder).")
     floor_cpm: float
-    propensity: float = Field(description="P(network) under the allocation that made the decision.")
+    propensity: float = Field(
+        description="P(network) under the allocation that made the decision; for a waterfall or auction, the "
+        "probability of the whole plan (networks, order and floors)."
+    )
     segment: str
     variant: str
     model_version: str
+    mode: Literal["waterfall", "auction"] | None = Field(
+        None, description="Waterfall and auction placements only; absent for a single-network decision."
+    )
+    tiers: list[OfferOut] | None = Field(
+        None, description="Waterfall: the tiers to try in order until one fills, each a network and its floor."
+    )
+    bidders: list[OfferOut] | None = Field(
+        None, description="Auction: the networks to call at once, each with its floor; the highest bid wins."
+    )
 
 
 class DecideBatchItem(TypedDict):
