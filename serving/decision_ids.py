@@ -272,9 +272,7 @@ class DecisionSigner:
             return Verdict(False, reason=f"it was issued for floor_cpm {floor:.6g}, the event has {floor_cpm:g}")
         return Verdict(True, variant, _PROPENSITY_OF[p], _PROPENSITY_OF[fp], _DENSITY_OF[d])
 
-    def issue_plan(
-        self, placement: str, variant: str, offers: Sequence[tuple[str, float]], propensity: float
-    ) -> str:
+    def issue_plan(self, placement: str, variant: str, offers: Sequence[tuple[str, float]], propensity: float) -> str:
         """Id of a waterfall or auction decision: its (network, floor_cpm) offers in calling
         order and the probability of the whole plan (module docstring)."""
         if not 1 <= len(offers) <= 255:

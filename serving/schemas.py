@@ -279,6 +279,13 @@ class NetworkAllocationOut(_Out):
     )
 
 
+class PlanOut(_Out):
+    """One plan of a waterfall or auction placement: the networks it calls with their floors."""
+
+    probability: float = Field(description="Share of decisions drawing this plan (Thompson sampling).")
+    offers: list[OfferOut] = Field(description="Waterfall: tiers in calling order; auction: the bidders called.")
+
+
 class AllocationOut(_Out):
     placement: str
     segment: str
@@ -287,6 +294,15 @@ class AllocationOut(_Out):
     model_version: str
     effective_events: float = Field(description="(Discounted) number of outcome events behind it.")
     networks: list[NetworkAllocationOut]
+    mode: Literal["waterfall", "auction"] | None = Field(
+        None, description="Waterfall and auction placements only; absent for a single-network placement."
+    )
+    plans: list[PlanOut] | None = Field(
+        None,
+        description="Waterfall and auction placements only: the most probable plans (at most 10), most probable "
+        "first. A network's weight is then its share of first-tier calls (waterfall) or its normalised call "
+        "probability (auction).",
+    )
 
 
 # --------------------------------------------------------------------------- experiments
