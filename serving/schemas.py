@@ -252,6 +252,50 @@ class OutcomeEventIn(_In):
     context: Context = {}
 
 
+class ResponseIn(_In):
+    """What one network called by a waterfall or auction decision answered."""
+
+    network: Id
+    floor_cpm: Cpm = Field(description="The floor the network was given (the decision's).")
+    status: Literal["bid", "no_bid", "below_floor", "timeout"] = Field(
+        description="'bid': it bid (or filled) at price_cpm >= floor_cpm; the others fill nothing."
+    )
+    price_cpm: Cpm | None = Field(None, description="Price bid or paid (CPM); required with status 'bid' only.")
+    won: bool = Field(False, description="True for the response that won the impression (at most one).")
+
+
+class MultiOutcomeEventIn(_In):
+    """The outcome of one waterfall or auction decision: one response per called network,
+    expanded by the service into per-network outcome events ``"<event_id>/<network>"``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "e7",
+                    "decision_id": "d7",
+                    "ts": "2026-11-21T10:00:00Z",
+                    "placement": "wf",
+                    "context": {"country": "KR", "os": "ios"},
+                    "responses": [
+                        {"network": "alpha", "floor_cpm": 3.1, "status": "no_bid"},
+                        {"network": "beta", "floor_cpm": 1.2, "status": "bid", "price_cpm": 1.5, "won": True},
+                    ],
+                }
+            ]
+        }
+    )
+
+    event_id: Id
+    decision_id: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = Field(
+        None, description="The decision's id (a plan's id grows with its offers: 36 + 8 per offer characters)."
+    )
+    ts: str | float = Field(description="ISO 8601 time (e.g. 2026-11-21T10:00:00Z) or epoch seconds.")
+    placement: Id
+    context: Context = {}
+    responses: Annotated[list[ResponseIn], Field(min_length=1, max_length=SCHEMA_MAX_NETWORKS)]
+
+
 class RejectedEvent(_Out):
     index: int = Field(description="0-based position in the array (or non-blank NDJSON line).")
     error: str
