@@ -231,3 +231,22 @@ def test_a_policy_that_cannot_plan_is_refused_with_a_422(modes, make_client):
     reply = static.put("/v1/placements/au", json=AUCTION)
     assert reply.status_code == 422 and "cannot serve auction placements" in reply.json()["detail"]
     assert static.put("/v1/placements/p1", json=P1_BODY).status_code == 201
+
+
+def test_plans_and_their_decision_ids_survive_a_restart(make_client, tmp_path):
+    first = make_client(state_dir=tmp_path / "s")
+    assert first.put("/v1/placements/au", json=AUCTION).status_code == 201
+    decision = first.post("/v1/decide", json={"placement": "au", "request_id": "r", "context": KR}).json()
+    assert first.post("/v1/outcomes", json=[multi_outcome(0, decision, "au")]).json()["accepted"] == 1
+    first.app.state.store.flush()
+    before = first.get("/v1/placements/au/allocation", params={"segment": "KR"}).json()
+    first.__exit__(None, None, None)
+    again = make_client(state_dir=tmp_path / "s")
+    after = again.get("/v1/placements/au/allocation", params={"segment": "KR"}).json()
+    assert after["mode"] == "auction" and after["effective_events"] == before["effective_events"]
+    check_plan_decision(
+        again.post("/v1/decide", json={"placement": "au", "request_id": "r2", "context": KR}).json(), "au", "auction", 2
+    )
+    late = multi_outcome(1, decision, "au")  # decided before the restart
+    assert again.post("/v1/outcomes", json=[late]).json()["accepted"] == 1
+    assert metric(again, "adbandit_store_events_unverified_decision_total") == 0
