@@ -87,6 +87,9 @@ class Policy:
     """Base class: statistics, tables, decisions, state. See the module docstring."""
 
     name: ClassVar[str] = "policy"
+    #: Placement modes this policy can decide (:data:`bandit.types.MODES`): only a policy that
+    #: builds plan tables (waterfall tiers, auction bidders) serves the multi-network modes.
+    modes: ClassVar[tuple[str, ...]] = ("single",)
 
     def __init__(
         self,
@@ -262,6 +265,11 @@ class Policy:
         """Waterfall or auction decisions for requests given as indexes into segment keys."""
         if self.placement.mode == "single":
             raise InvalidDecisionRequest(f"placement {self.placement.id!r} is single-network: use decide")
+        if self.placement.mode not in self.modes:
+            raise InvalidDecisionRequest(
+                f"policy {self.name!r} cannot decide {self.placement.mode} placements (it builds no plans); "
+                f"placement {self.placement.id!r} needs a policy that does, e.g. 'ts_gmm'"
+            )
         rng = rng or self._rng
         k, n_net = len(segment_index), len(self.placement.networks)
         u = rng.random(k)

@@ -273,7 +273,7 @@ def _publish_extra_schemas(app: FastAPI) -> None:
     from pydantic.json_schema import models_json_schema
 
     from serving.openrtb import BidRequest
-    from serving.schemas import DecideBatchRequest, DecideRequest, OutcomeEventIn
+    from serving.schemas import DecideBatchRequest, DecideRequest, MultiOutcomeEventIn, OutcomeEventIn
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -284,7 +284,8 @@ def _publish_extra_schemas(app: FastAPI) -> None:
                 description=app.description,
                 routes=app.routes,
             )
-            models = [(m, "validation") for m in (DecideRequest, DecideBatchRequest, OutcomeEventIn, BidRequest)]
+            bodies = (DecideRequest, DecideBatchRequest, OutcomeEventIn, MultiOutcomeEventIn, BidRequest)
+            models = [(m, "validation") for m in bodies]
             _, extra = models_json_schema(models, ref_template="#/components/schemas/{model}")
             schema.setdefault("components", {}).setdefault("schemas", {}).update(extra.get("$defs", {}))
             app.openapi_schema = schema

@@ -9,6 +9,16 @@ id is only valid for the outcome of that placement, variant and network. Payload
     version u8 = 1 | nonce 9 bytes | placement tag u16 | network tag u16 | floor_cpm f32
     | propensity code u16 | floor propensity code u16 | floor density code u16
 
+A waterfall or auction decision (a *plan*) has an id of the same form but its own layout
+and MAC domain (``adbandit/plan/1``; the context binds placement and variant)::
+
+    version u8 = 2 | nonce 9 bytes | placement tag u16 | plan propensity code u16
+    | k u8 | k × (network tag u16 | floor_cpm f32)
+
+the k offers in calling order, so its body has 36 + 8k base64 characters (never the 48 of
+a single decision). Its outcome, one response per called network, verifies when every
+response names an offer of the plan at its floor (:meth:`DecisionSigner.verify_plan`).
+
 The tags (16-bit blake2b of the ids) only make error messages precise ("issued for
 network 'alpha'"); the MAC is what is trusted. Propensities are 16-bit log codes
 (:func:`serving.variants.propensity_code`, relative error < 0.04%); the floor density (of
@@ -57,6 +67,10 @@ ID_CHARS = ID_BYTES * 4 // 3
 KEY_FILE = "decision.key"
 KEY_BYTES = 32
 _DOMAIN = b"adbandit/decision/1"
+_PLAN_DOMAIN = b"adbandit/plan/1"
+PLAN_VERSION = 2
+PLAN_HEAD = struct.Struct(">B9sHHB")
+PLAN_OFFER = struct.Struct(">Hf")
 #: Floors in an outcome may differ from the decision's by rounding to cents (ad servers
 #: and networks often take floors in cents) plus float noise; anything more is another floor.
 FLOOR_ABS_TOLERANCE = 0.005
@@ -98,9 +112,11 @@ def tag(value: str) -> int:
     return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=2).digest(), "big")
 
 
-def _context(placement: str, variant: str, network: str) -> bytes:
-    parts = [_DOMAIN]
-    for s in (placement, variant, network):
+def _context(placement: str, variant: str, network: str | None) -> bytes:
+    """What a MAC binds: a single decision's placement, variant and network, or (``network``
+    None) a plan's placement and variant, under its own domain."""
+    parts = [_DOMAIN if network is not None else _PLAN_DOMAIN]
+    for s in (placement, variant) if network is None else (placement, variant, network):
         b = s.encode()
         parts.append(len(b).to_bytes(2, "big") + b)
     return b"".join(parts)
@@ -139,7 +155,7 @@ class DecisionSigner:
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
         self._contexts: dict[tuple[str, str, str], object] = {}
 
-    def _inner_for(self, placement: str, variant: str, network: str):  # -> hashlib sha256 state
+    def _inner_for(self, placement: str, variant: str, network: str | None):  # -> hashlib sha256 state
         k = (placement, variant, network)
         state = self._contexts.get(k)
         if state is None:
@@ -227,6 +243,8 @@ class DecisionSigner:
         """Check an outcome's ``decision_id`` against the outcome's placement, network and
         floor (``networks``: the placement's network ids, to name the one an id was for)."""
         variant, sep, body = decision_id.rpartition(".")
+        if sep and len(body) >= 44 and (len(body) - 36) % 8 == 0:  # a plan's id (36 + 8k chars)
+            return Verdict(False, reason="it is a waterfall or auction decision id: report its outcome with responses")
         if not sep or len(body) != ID_CHARS:
             return Verdict(False, reason="not a decision id of this service")
         try:  # urlsafe_b64decode, strict, at half its cost
@@ -253,6 +271,52 @@ class DecisionSigner:
         if abs(floor_cpm - floor) > FLOOR_ABS_TOLERANCE + FLOOR_REL_TOLERANCE * abs(floor):
             return Verdict(False, reason=f"it was issued for floor_cpm {floor:.6g}, the event has {floor_cpm:g}")
         return Verdict(True, variant, _PROPENSITY_OF[p], _PROPENSITY_OF[fp], _DENSITY_OF[d])
+
+    def issue_plan(self, placement: str, variant: str, offers: Sequence[tuple[str, float]], propensity: float) -> str:
+        """Id of a waterfall or auction decision: its (network, floor_cpm) offers in calling
+        order and the probability of the whole plan (module docstring)."""
+        if not 1 <= len(offers) <= 255:
+            raise ValueError(f"a plan has 1 to 255 offers, got {len(offers)}")
+        payload = PLAN_HEAD.pack(PLAN_VERSION, os.urandom(9), tag(placement), propensity_code(propensity), len(offers))
+        payload += b"".join(PLAN_OFFER.pack(tag(network), floor) for network, floor in offers)
+        mac = self._mac(self._inner_for(placement, variant, None), payload)
+        return f"{variant}.{base64.urlsafe_b64encode(payload + mac).decode()}"
+
+    def verify_plan(self, decision_id: str, placement: str, responses: Sequence[tuple[str, float]]) -> Verdict:
+        """Check a multi-network outcome's ``decision_id``: a plan of ``placement`` whose offers
+        include every (network, floor_cpm) of ``responses`` (a waterfall reports only the
+        tiers it called). Floors compare as in :meth:`verify`; the verdict's ``propensity``
+        is the plan's, its ``floor_propensity`` 1 (the plan fixes the floors)."""
+        variant, sep, body = decision_id.rpartition(".")
+        if sep and len(body) == ID_CHARS:
+            return Verdict(False, reason="it is a single-network decision id: report network, floor_cpm and filled")
+        if not sep or len(body) < 44 or (len(body) - 36) % 8:
+            return Verdict(False, reason="not a waterfall or auction decision id of this service")
+        try:
+            raw = binascii.a2b_base64(body.replace("-", "+").replace("_", "/"), strict_mode=True)
+        except (binascii.Error, ValueError):
+            return Verdict(False, reason="not a decision id of this service")
+        if raw[0] != PLAN_VERSION:
+            return Verdict(False, reason="it is a single-network decision id: report network, floor_cpm and filled")
+        payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+        _, _, ptag, p, k = PLAN_HEAD.unpack_from(payload)
+        if len(payload) != PLAN_HEAD.size + k * PLAN_OFFER.size:
+            return Verdict(False, reason="not a decision id of this service")
+        if not hmac.compare_digest(mac, self._mac(self._inner_for(placement, variant, None), payload)):
+            if ptag != tag(placement):
+                return Verdict(False, reason=f"it was issued for another placement than {placement!r}")
+            return Verdict(False, reason="its signature does not verify (altered, forged, or signed with another key)")
+        offers = [PLAN_OFFER.unpack_from(payload, PLAN_HEAD.size + i * PLAN_OFFER.size) for i in range(k)]
+        for network, floor_cpm in responses:
+            floors = [f for t, f in offers if t == tag(network)]
+            if not floors:
+                return Verdict(False, reason=f"network {network!r} was not in the decision's plan")
+            if not any(abs(floor_cpm - f) <= FLOOR_ABS_TOLERANCE + FLOOR_REL_TOLERANCE * abs(f) for f in floors):
+                return Verdict(
+                    False,
+                    reason=f"network {network!r} was offered floor_cpm {floors[0]:.6g}, the event has {floor_cpm:g}",
+                )
+        return Verdict(True, variant, _PROPENSITY_OF[p], 1.0, math.nan)
 
 
 def load_or_create_key(state_dir: str | os.PathLike) -> bytes:

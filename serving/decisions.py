@@ -7,6 +7,11 @@ A request is assigned to a variant by hashing its key — ``user_id``, else
 decides without any lock, with the caller's random generator; the decision id
 (:mod:`serving.decision_ids`) signs placement, variant, network, floor and propensities.
 
+A waterfall or auction placement decides a *plan* (``Policy.decide_plans``): its offers,
+(network, floor) in calling order, with the probability of the whole plan; the record keeps
+the first offer as ``network``/``floor_cpm`` (what a single-network client reads) and its
+id signs every offer (:meth:`serving.decision_ids.DecisionSigner.issue_plan`).
+
 A request's segment is the one its outcome will be learned under: a segment beyond the
 placement's limits is served from its nearest pooled level (:mod:`serving.limits`; a
 decision admits nothing) and counted.
@@ -22,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bandit.errors import InvalidDecisionRequest
+from bandit.policy import PlanBatch
 from serving.decision_ids import DecisionSigner
 from serving.limits import DECIDE, Limits, check_context
 from serving.live import PlacementEntry
@@ -44,6 +50,10 @@ class DecisionRecord:
     model_version: str
     #: Density of log floor given the network (continuous floors), NaN for discrete floors.
     floor_density: float = math.nan
+    #: ``single``, or ``waterfall`` / ``auction`` for a plan decision.
+    mode: str = "single"
+    #: A plan's (network, floor_cpm) offers in calling order (tiers or bidders); () if single.
+    offers: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -85,6 +95,10 @@ def decide(
     segment, pooled = entry.segments.resolve(entry.segment_of(context), limits)
     if pooled is not None:
         entry.segments.count(pooled, DECIDE)
+    if entry.config.mode != "single":
+        plans = served.decide_plans([segment], np.zeros(1, dtype=np.int64), rng=rng)
+        slot.count_decisions(1)
+        return _plan_record(entry, plans, 0, segment, variant, slot.model_version(served), signer)
     d = served.decide(segment=segment, rng=rng)
     slot.count_decisions(1)
     return DecisionRecord(
@@ -133,9 +147,19 @@ def decide_batch(
     out: list[DecisionRecord | None] = [None] * len(contexts)
     segments = _resolve_segments(entry, contexts, limits)
     ids = entry.config.network_ids
+    multi = entry.config.mode != "single"
     for variant, rows in by_variant.items():
         slot = entry.slot(variant)
         served = slot.served
+        if multi:
+            keys = list(dict.fromkeys(segments[i] for i in rows))
+            where = {s: k for k, s in enumerate(keys)}
+            plans = served.decide_plans(keys, np.array([where[segments[i]] for i in rows], dtype=np.int64), rng=rng)
+            version = slot.model_version(served)
+            for k, i in enumerate(rows):
+                out[i] = _plan_record(entry, plans, k, segments[i], variant, version, signer)
+            slot.count_decisions(len(rows))
+            continue
         db = served.decide_batch([segments[i] for i in rows], rng=rng)
         version = slot.model_version(served)
         decision_ids = signer.issue_batch(
@@ -163,6 +187,29 @@ def decide_batch(
             )
         slot.count_decisions(len(rows))
     return out  # type: ignore[return-value]
+
+
+def _plan_record(
+    entry: PlacementEntry, plans: PlanBatch, k: int, segment: str, variant: str, version: str, signer: DecisionSigner
+) -> DecisionRecord:
+    """The record of request ``k`` of ``plans`` (a waterfall's tiers or an auction's bidders)."""
+    config = entry.config
+    offers = tuple(plans.offers(k, config.network_ids))
+    propensity = float(plans.propensity[k])
+    network, floor = offers[0]
+    return DecisionRecord(
+        signer.issue_plan(config.id, variant, offers, propensity),
+        config.id,
+        network,
+        floor,
+        propensity,
+        1.0,
+        segment,
+        variant,
+        version,
+        mode=config.mode,
+        offers=offers,
+    )
 
 
 def _resolve_segments(entry: PlacementEntry, contexts: Sequence[Mapping[str, Any]], limits: Limits) -> list[str]:

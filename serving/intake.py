@@ -8,6 +8,11 @@ events are listed with their index and reason and change nothing. De-duplication
 logging happen afterwards, in the store, under its state lock, and so does
 :meth:`PreparedEvents.admit_segments`: the segment each logged event is learned under,
 pooled beyond its placement's limits (:mod:`serving.limits`).
+
+An outcome of a waterfall or auction placement may come as one event with ``responses``
+(:mod:`serving.plans`): it becomes one row per response, all from the event's index
+(``origins``), learned by the variant its plan's decision id names; one bad response
+rejects them all. ``accepted`` and ``duplicates`` count events as sent (:meth:`PreparedEvents.counts`).
 """
 
 from __future__ import annotations
@@ -24,8 +29,15 @@ from bandit.errors import AdbanditError, InvalidOutcome
 from serving.decision_ids import DecisionSigner
 from serving.limits import Limits, SegmentIndex
 from serving.live import PlacementEntry, placement_entry
+from serving.plans import check_multi_fields, expand_outcome
 from serving.records import EventRecord
-from serving.validation import check_event_time, check_fields, check_revenue
+from serving.validation import (
+    REVENUE_FLOOR_ATOL,
+    REVENUE_FLOOR_RTOL,
+    check_event_time,
+    check_fields,
+    check_revenue,
+)
 
 __all__ = ["PreparedEvents", "prepare_events"]
 
@@ -43,6 +55,18 @@ class PreparedEvents:
     #: Rejected events whose decision came from a variant no longer in the experiment.
     removed_variant: int = 0
     first_unverified: str = ""
+    #: The index of the sent event each row comes from (several rows for one with responses).
+    origins: list[int] = field(default_factory=list)
+
+    def counts(self, keep: NDArray[np.bool_]) -> tuple[int, int]:
+        """(accepted, duplicates) counted per sent event: one with responses is accepted if
+        any of its rows is kept, a duplicate if none is."""
+        if len(self.origins) == len(set(self.origins)):
+            n_keep = int(keep.sum())
+            return n_keep, len(keep) - n_keep
+        kept = {o for o, k in zip(self.origins, keep.tolist(), strict=True) if k}
+        sent = set(self.origins)
+        return len(kept), len(sent) - len(kept)
 
     @property
     def event_ids(self) -> list[str]:
@@ -117,7 +141,17 @@ def prepare_events(
     nan = math.nan
     limits = limits or Limits()
     max_fields, max_value = limits.max_context_fields, limits.max_context_value_chars
+    origins = prep.origins
     for i, raw in enumerate(events):
+        if isinstance(raw, Mapping) and "responses" in raw:
+            try:
+                multi = _multi_rows(raw, entries, now, max_skew_s, signer, limits, prep)
+            except (AdbanditError, TypeError, ValueError) as exc:
+                rejected.append((i, str(exc)))
+                continue
+            rows.extend(multi)
+            origins.extend([i] * len(multi))
+            continue
         try:
             check_fields(raw, max_fields, max_value)
             ev = OutcomeEvent.from_dict(raw)  # type: ignore[arg-type]
@@ -148,6 +182,7 @@ def prepare_events(
         except (AdbanditError, TypeError, ValueError) as exc:
             rejected.append((i, str(exc)))
             continue
+        origins.append(i)
         rows.append(
             (
                 ev.event_id,
@@ -163,3 +198,63 @@ def prepare_events(
             )
         )
     return prep
+
+
+def _multi_rows(
+    raw: Mapping,
+    entries: Mapping[str, PlacementEntry],
+    now: float,
+    max_skew_s: float,
+    signer: DecisionSigner,
+    limits: Limits,
+    prep: PreparedEvents,
+) -> list[tuple]:
+    """Rows of one outcome with ``responses`` (all or none: the first problem raises)."""
+    check_multi_fields(raw)
+    entry = placement_entry(entries, raw.get("placement"))  # type: ignore[arg-type]
+    config = entry.config
+    expanded = expand_outcome(raw, config.network_ids, config.mode)
+    check_fields({"context": raw.get("context")}, limits.max_context_fields, limits.max_context_value_chars)
+    events = [OutcomeEvent.from_dict(e) for e in expanded]
+    check_event_time(events[0].ts, now, max_skew_s)
+    for k, ev in enumerate(events):
+        short = ev.floor_cpm * (1.0 - REVENUE_FLOOR_RTOL) - REVENUE_FLOOR_ATOL - ev.revenue_cpm
+        if ev.filled and short > 0 and not entry.reports_net(ev.network):
+            raise InvalidOutcome(
+                f"responses[{k}]: price_cpm {ev.revenue_cpm:g} is below floor_cpm {ev.floor_cpm:g}; a bid under its "
+                'floor is status \'below_floor\' (or declare the network "revenue": "net")'
+            )
+    decision_id = raw.get("decision_id")
+    if decision_id is not None and not isinstance(decision_id, str):
+        raise InvalidOutcome(f"decision_id must be a string, got {decision_id!r}")
+    variant, props = entry.champion, (math.nan, math.nan, math.nan)
+    if decision_id:
+        verdict = signer.verify_plan(decision_id, config.id, [(e.network, e.floor_cpm) for e in events])
+        if not verdict.ok:
+            prep.unverified += 1
+            prep.first_unverified = prep.first_unverified or f"event {raw['event_id']!r}: {verdict.reason}"
+        elif entry.find_slot(verdict.variant) is None:  # type: ignore[arg-type]
+            prep.removed_variant += 1
+            raise InvalidOutcome(
+                f"decision_id was made by variant {verdict.variant!r}, which is no longer in the "
+                f"experiment of placement {config.id!r}; its outcomes are not learned or reported"
+            )
+        else:
+            variant = verdict.variant  # type: ignore[assignment]
+            props = (verdict.propensity, verdict.floor_propensity, verdict.floor_density)
+    segment = entry.segment_of(events[0].context)
+    return [
+        (
+            ev.event_id,
+            ev.placement,
+            variant,
+            segment,
+            ev.network,
+            ev.ts,
+            ev.floor_cpm,
+            ev.revenue_cpm,
+            ev.filled,
+            *props,
+        )
+        for ev in events
+    ]

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from bandit import ALL_SEGMENTS, EventBatch, PlacementConfig, Policy, make_policy, policy_from_state
-from bandit.errors import InvalidDecisionRequest, InvalidState, UnknownPlacement
+from bandit import ALL_SEGMENTS, POLICIES, EventBatch, PlacementConfig, Policy, make_policy, policy_from_state
+from bandit.errors import InvalidConfig, InvalidDecisionRequest, InvalidState, UnknownPlacement
 from bandit.io import state_meta
 from serving.history import WindowTally
 from serving.limits import SegmentIndex, limits_of
@@ -210,7 +210,18 @@ def serving_copy(policy: Policy) -> Policy:
 
 
 def variant_policy(config: PlacementConfig, variant: VariantConfig) -> Policy:
-    """A fresh policy of ``variant`` on ``config``, seeded by the placement and variant names."""
+    """A fresh policy of ``variant`` on ``config``, seeded by the placement and variant names.
+
+    A waterfall or auction placement needs a policy that plans (``Policy.modes``): any other
+    is refused here, so a ``PUT`` of the placement or its experiment is a 422 naming it.
+    """
+    cls = POLICIES.get(variant.policy)
+    if cls is not None and config.mode not in cls.modes:
+        able = sorted(name for name, c in POLICIES.items() if config.mode in c.modes)
+        raise InvalidConfig(
+            f"variant {variant.name!r}: policy {variant.policy!r} cannot serve {config.mode} placements "
+            f"(placement {config.id!r}); use one of {able}"
+        )
     params = {"seed": stable_seed(config.id, variant.name), **variant.params}
     return make_policy(variant.policy, config, **params)
 

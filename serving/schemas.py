@@ -169,15 +169,34 @@ class DecideRequest(_In):
     user_id: Id | None = Field(None, description="Sticky variant assignment key (else request_id).")
 
 
+class OfferOut(_Out):
+    """One network called by a waterfall or auction decision, with its floor."""
+
+    network: str
+    floor_cpm: float
+
+
 class DecisionOut(_Out):
     decision_id: str
     placement: str
-    network: str
+    network: str = Field(description="The network to call (a waterfall's first tier; an auction's first bidder).")
     floor_cpm: float
-    propensity: float = Field(description="P(network) under the allocation that made the decision.")
+    propensity: float = Field(
+        description="P(network) under the allocation that made the decision; for a waterfall or auction, the "
+        "probability of the whole plan (networks, order and floors)."
+    )
     segment: str
     variant: str
     model_version: str
+    mode: Literal["waterfall", "auction"] | None = Field(
+        None, description="Waterfall and auction placements only; absent for a single-network decision."
+    )
+    tiers: list[OfferOut] | None = Field(
+        None, description="Waterfall: the tiers to try in order until one fills, each a network and its floor."
+    )
+    bidders: list[OfferOut] | None = Field(
+        None, description="Auction: the networks to call at once, each with its floor; the highest bid wins."
+    )
 
 
 class DecideBatchItem(TypedDict):
@@ -233,6 +252,50 @@ class OutcomeEventIn(_In):
     context: Context = {}
 
 
+class ResponseIn(_In):
+    """What one network called by a waterfall or auction decision answered."""
+
+    network: Id
+    floor_cpm: Cpm = Field(description="The floor the network was given (the decision's).")
+    status: Literal["bid", "no_bid", "below_floor", "timeout"] = Field(
+        description="'bid': it bid (or filled) at price_cpm >= floor_cpm; the others fill nothing."
+    )
+    price_cpm: Cpm | None = Field(None, description="Price bid or paid (CPM); required with status 'bid' only.")
+    won: bool = Field(False, description="True for the response that won the impression (at most one).")
+
+
+class MultiOutcomeEventIn(_In):
+    """The outcome of one waterfall or auction decision: one response per called network,
+    expanded by the service into per-network outcome events ``"<event_id>/<network>"``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "e7",
+                    "decision_id": "d7",
+                    "ts": "2026-11-21T10:00:00Z",
+                    "placement": "wf",
+                    "context": {"country": "KR", "os": "ios"},
+                    "responses": [
+                        {"network": "alpha", "floor_cpm": 3.1, "status": "no_bid"},
+                        {"network": "beta", "floor_cpm": 1.2, "status": "bid", "price_cpm": 1.5, "won": True},
+                    ],
+                }
+            ]
+        }
+    )
+
+    event_id: Id
+    decision_id: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = Field(
+        None, description="The decision's id (a plan's id grows with its offers: 36 + 8 per offer characters)."
+    )
+    ts: str | float = Field(description="ISO 8601 time (e.g. 2026-11-21T10:00:00Z) or epoch seconds.")
+    placement: Id
+    context: Context = {}
+    responses: Annotated[list[ResponseIn], Field(min_length=1, max_length=SCHEMA_MAX_NETWORKS)]
+
+
 class RejectedEvent(_Out):
     index: int = Field(description="0-based position in the array (or non-blank NDJSON line).")
     error: str
@@ -260,6 +323,13 @@ class NetworkAllocationOut(_Out):
     )
 
 
+class PlanOut(_Out):
+    """One plan of a waterfall or auction placement: the networks it calls with their floors."""
+
+    probability: float = Field(description="Share of decisions drawing this plan (Thompson sampling).")
+    offers: list[OfferOut] = Field(description="Waterfall: tiers in calling order; auction: the bidders called.")
+
+
 class AllocationOut(_Out):
     placement: str
     segment: str
@@ -268,6 +338,15 @@ class AllocationOut(_Out):
     model_version: str
     effective_events: float = Field(description="(Discounted) number of outcome events behind it.")
     networks: list[NetworkAllocationOut]
+    mode: Literal["waterfall", "auction"] | None = Field(
+        None, description="Waterfall and auction placements only; absent for a single-network placement."
+    )
+    plans: list[PlanOut] | None = Field(
+        None,
+        description="Waterfall and auction placements only: the most probable plans (at most 10), most probable "
+        "first. A network's weight is then its share of first-tier calls (waterfall) or its normalised call "
+        "probability (auction).",
+    )
 
 
 # ------------------------------------------------------------------------------- history

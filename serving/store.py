@@ -91,6 +91,7 @@ from serving.intake import prepare_events
 from serving.limits import OUTCOME, Limits, check_placement
 from serving.live import PlacementEntry, build_entry, normalise_state, placement_entry, with_model
 from serving.placement_config import ServicePlacement
+from serving.plans import TOP_PLANS, top_plans
 from serving.quarantine import Damage, Quarantine
 from serving.records import (
     APPLIED,
@@ -489,6 +490,18 @@ class PolicyStore:
             alloc = slot.learner.allocation(segment or ALL_SEGMENTS)
         return replace(alloc, model_version=slot.model_version(slot.learner))
 
+    def allocation_plans(
+        self, placement_id: str, segment: str | None = None, variant: str = "champion", top: int = TOP_PLANS
+    ) -> tuple[Allocation, list[dict]]:
+        """:meth:`allocation` of a waterfall or auction placement and, read under the same
+        lock, its ``top`` most probable plans (:func:`serving.plans.top_plans`)."""
+        entry = self._entry(placement_id)
+        slot = entry.slot(variant, champion_alias=True)
+        with slot.learn_lock:
+            alloc = slot.learner.allocation(segment or ALL_SEGMENTS)
+            plans = top_plans(slot.learner.table(segment or ALL_SEGMENTS), entry.config.network_ids, top)
+        return replace(alloc, model_version=slot.model_version(slot.learner)), plans
+
     def verify_decision(self, decision_id: str, placement_id: str, network: str, floor_cpm: float) -> Verdict:
         """Whether ``decision_id`` was issued by this service for that placement, network and
         floor (:meth:`serving.decision_ids.DecisionSigner.verify`)."""
@@ -545,6 +558,7 @@ class PolicyStore:
                 dup = ~first_occurrences(hashes) | self._dedupe.contains(hashes)
                 keep = ~dup
                 n_keep = int(keep.sum())
+                accepted, duplicates = prep.counts(keep)
                 if n_keep:
                     # Segments beyond the limits are learned at their pooled level; admitted
                     # here, in log order, and taken back if the log refuses the record.
@@ -569,8 +583,8 @@ class PolicyStore:
         if n_keep:
             self._last_accepted_at = self._clock()
         self._count(
-            accepted=n_keep,
-            duplicate=len(keep) - n_keep,
+            accepted=accepted,
+            duplicate=duplicates,
             rejected=len(prep.rejected),
             unverified_decision=prep.unverified,
             removed_variant=prep.removed_variant,
@@ -580,7 +594,7 @@ class PolicyStore:
                 "outcome decision ids not verified; events learned without propensities",
                 extra={"fields": {"events": prep.unverified, "first_reason": prep.first_unverified}},
             )
-        return IngestResult(n_keep, len(keep) - n_keep, prep.rejected)
+        return IngestResult(accepted, duplicates, prep.rejected)
 
     def _count(self, **deltas: int) -> None:
         with self._stats_lock:

@@ -100,7 +100,7 @@ from bandit.stats import (
     log_price,
     price_bin,
 )
-from bandit.types import ALL_SEGMENTS, PlacementConfig
+from bandit.types import ALL_SEGMENTS, MODES, PlacementConfig
 
 #: Multipliers of the current floor tried on the exploration path of a trapped network.
 EXPLORE_FACTORS = (0.5, 0.75)
@@ -244,6 +244,7 @@ class ThompsonGmmPolicy(Policy):
     """
 
     name = "ts_gmm"
+    modes = MODES
 
     def __init__(
         self,

@@ -41,6 +41,11 @@ async def get_allocation(
     band, expected revenue per request with its posterior standard deviation, fill rate and
     auction type; plus the model version and the (discounted) number of events behind it.
 
+    A waterfall or auction placement adds ``mode`` and its most probable ``plans`` (each a
+    probability and its offers in calling order); a network's weight is then its share of
+    first-tier calls (waterfall) or its normalised call probability (auction), its floor the
+    mean floor of the plans calling it.
+
     A ``segment`` must have one value per ``segment_by`` field of the placement (``*`` for
     any value, or ``*`` alone for the whole placement); anything else is a 422 naming the fields."""
     config = store.get_placement(placement)
@@ -48,8 +53,13 @@ async def get_allocation(
         check_segment_key(placement, config.segment_by, segment)
     name = variant or store.get_experiment(placement).champion
     # In the thread pool: reading an allocation waits while the applier refits that variant.
-    allocation = await run_in_threadpool(store.allocation, placement, segment, name)
-    return JSON({**allocation.to_dict(), "variant": name, "currency": config.currency})
+    if config.mode == "single":
+        allocation = await run_in_threadpool(store.allocation, placement, segment, name)
+        return JSON({**allocation.to_dict(), "variant": name, "currency": config.currency})
+    allocation, plans = await run_in_threadpool(store.allocation_plans, placement, segment, name)
+    return JSON(
+        {**allocation.to_dict(), "variant": name, "currency": config.currency, "mode": config.mode, "plans": plans}
+    )
 
 
 def check_segment_key(placement: str, segment_by: Sequence[str], segment: str) -> None:

@@ -21,8 +21,9 @@ _ERRORS = errors(401, 404, *BODY_ERRORS)
 
 
 def decision_out(record: DecisionRecord) -> dict:
-    """The HTTP shape of a decision (the contract in docs/design.md)."""
-    return {
+    """The HTTP shape of a decision (the contract in docs/design.md); a waterfall or auction
+    decision adds ``mode`` and its offers as ``tiers`` (calling order) or ``bidders``."""
+    out = {
         "decision_id": record.decision_id,
         "placement": record.placement,
         "network": record.network,
@@ -32,6 +33,12 @@ def decision_out(record: DecisionRecord) -> dict:
         "variant": record.variant,
         "model_version": record.model_version,
     }
+    if record.offers:
+        out["mode"] = record.mode
+        out["tiers" if record.mode == "waterfall" else "bidders"] = [
+            {"network": network, "floor_cpm": floor} for network, floor in record.offers
+        ]
+    return out
 
 
 @router.post("", response_model=DecisionOut, responses=_ERRORS, openapi_extra=body_schema("DecideRequest"))

@@ -2,7 +2,9 @@
 
 Every event is validated on its own: the reply counts the accepted events and the
 duplicates (an ``event_id`` already seen is counted once) and lists the rejected ones
-with their index and the reason. Accepted events are durable (written and fsynced to the
+with their index and the reason. An event of a waterfall or auction placement may report
+every called network at once (``responses``, :mod:`serving.plans`); it is expanded into one
+per-network event each and counted once. Accepted events are durable (written and fsynced to the
 event log) before the reply.
 """
 
@@ -41,7 +43,12 @@ NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "applica
 
 _EVENTS_SCHEMA = {
     "type": "array",
-    "items": {"$ref": "#/components/schemas/OutcomeEventIn"},
+    "items": {
+        "anyOf": [
+            {"$ref": "#/components/schemas/OutcomeEventIn"},
+            {"$ref": "#/components/schemas/MultiOutcomeEventIn"},
+        ]
+    },
 }
 OPENAPI_BODY = {
     "requestBody": {
