@@ -42,6 +42,8 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from bandit.allocation import matched_shares
+
 #: Candidate floors and price grid (CPM): 5% steps from 0.01 to 1,000.
 PRICE_POINTS = np.exp(np.arange(math.log(0.01), math.log(1000.0) + 1e-9, 0.05))
 #: Width of each price cell [X]: cell 0 is [0, p_0), cell c is [p_{c−1}, p_c).
@@ -344,18 +346,65 @@ def best_auction(curves: PayCurves, max_calls: int) -> tuple[NDArray[np.bool_], 
     return called, best_floors, best_value
 
 
+def waterfalls_led_by(
+    fill: NDArray[np.float64], revenue: NDArray[np.float64], allowed: NDArray[np.bool_], max_depth: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+    """Per draw and network j, the best waterfall whose first tier is j: orders [D, N, K],
+    floor indices [D, N, K] and values [D, N]. The tiers after j are the best waterfall of
+    the other networks (it does not depend on j), and j's floor follows by backward induction."""
+    d, n, _ = fill.shape
+    k = min(max_depth, n)
+    orders = np.zeros((d, n, k), dtype=np.int64)
+    floors = np.zeros((d, n, k), dtype=np.int64)
+    values = np.zeros((d, n))
+    for j in range(n):
+        rest = np.array([i for i in range(n) if i != j], dtype=np.int64)
+        if k > 1:
+            order, index, after = best_waterfall(fill[:, rest], revenue[:, rest], allowed[rest], k - 1)
+            orders[:, j, 1:], floors[:, j, 1:] = rest[order], index
+        else:
+            after = np.zeros(d)
+        total = np.where(allowed[j][None], revenue[:, j] + (1.0 - fill[:, j]) * after[:, None], -np.inf)
+        orders[:, j, 0], floors[:, j, 0] = j, np.argmax(total, axis=1)
+        values[:, j] = total.max(axis=1)
+    return orders, floors, values
+
+
 # --------------------------------------------------------------------------- plans
 def plan_table(
-    curves: PayCurves, mode: str, depth: int, floor_min: NDArray[np.float64], floor_max: NDArray[np.float64]
+    curves: PayCurves,
+    mode: str,
+    depth: int,
+    floor_min: NDArray[np.float64],
+    floor_max: NDArray[np.float64],
+    first_shares: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None,
 ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
     """Thompson sampling over whole plans: each draw's optimal waterfall (``mode =
     "waterfall"``, at most ``depth`` tiers) or auction (at most ``depth`` calls); identical
-    plans merge. Returns tiers [D, N] (−1: not called), floors [D, N] (CPM) and probabilities
-    [D] (the share of draws; rows past the distinct plans have probability 0)."""
+    plans merge. Returns tiers [P, N] (−1: not called), floors [P, N] (CPM) and probabilities
+    [P] (the share of draws; rows past the distinct plans have probability 0), P = D.
+
+    ``first_shares`` (min, max [N]) is a waterfall's share contract on first-tier calls: each
+    draw values every network as the first tier (:func:`waterfalls_led_by`), the first-tier
+    shares are the posterior average of the contract-constrained optimum (as in the single
+    mode), and the plans of first network j are the draws' best waterfalls led by j, sharing
+    its share equally (P = N·D)."""
     d, n, _ = curves.shape
+    rows = np.arange(d)
+    if mode == "waterfall" and first_shares is not None:
+        lo, hi = first_shares
+        orders, floors, values = waterfalls_led_by(1.0 - curves.nofill, curves.revenue(), curves.allowed, depth)
+        share = matched_shares(values, lo, hi)
+        tiers = np.full((n, d, n), -1, dtype=np.int64)
+        index = np.zeros((n, d, n), dtype=np.int64)
+        for j in range(n):
+            for t in range(orders.shape[2]):
+                tiers[j, rows, orders[:, j, t]] = t
+                index[j, rows, orders[:, j, t]] = floors[:, j, t]
+        weights = np.repeat(share / d, d)
+        return _merged(tiers.reshape(n * d, n), index.reshape(n * d, n), weights, floor_min, floor_max)
     tiers = np.full((d, n), -1, dtype=np.int64)
     index = np.zeros((d, n), dtype=np.int64)
-    rows = np.arange(d)
     if mode == "waterfall":
         order, floors, _ = best_waterfall(1.0 - curves.nofill, curves.revenue(), curves.allowed, depth)
         for t in range(order.shape[1]):
@@ -367,13 +416,28 @@ def plan_table(
         index = np.where(called, floors, 0)
     else:
         raise ValueError(f"no plans for mode {mode!r}")
+    return _merged(tiers, index, np.full(d, 1.0 / d), floor_min, floor_max)
+
+
+def _merged(
+    tiers: NDArray[np.int64],
+    index: NDArray[np.int64],
+    weights: NDArray[np.float64],
+    floor_min: NDArray[np.float64],
+    floor_max: NDArray[np.float64],
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+    """Plans [P, N] with probabilities [P], identical ones merged (padded back to P rows)."""
+    p, n = tiers.shape
+    index = np.where(tiers >= 0, index, 0)
+    _, first, inverse = np.unique(
+        np.concatenate([tiers, index], axis=1), axis=0, return_index=True, return_inverse=True
+    )
+    mass = np.bincount(inverse.ravel(), weights=weights, minlength=len(first))
     cpm = np.where(tiers >= 0, floor_cpm(index, floor_min[None, :], floor_max[None, :]), 0.0)
-    plans = np.concatenate([tiers, index], axis=1)
-    _, first, counts = np.unique(plans, axis=0, return_index=True, return_counts=True)
-    out_t = np.full((d, n), -1, dtype=np.int64)
-    out_f = np.zeros((d, n))
-    probs = np.zeros(d)
-    out_t[: len(first)], out_f[: len(first)], probs[: len(first)] = tiers[first], cpm[first], counts / d
+    out_t = np.full((p, n), -1, dtype=np.int64)
+    out_f = np.zeros((p, n))
+    probs = np.zeros(p)
+    out_t[: len(first)], out_f[: len(first)], probs[: len(first)] = tiers[first], cpm[first], mass
     return out_t, out_f, probs
 
 

@@ -131,10 +131,10 @@ class PlacementConfig:
                 raise InvalidConfig(
                     f"{name} must be an integer in [0, {len(networks)}] (0: every network), got {value!r}"
                 )
-        if self.mode != "single" and any(n.min_share > 0 or n.max_share < 1 for n in networks):
+        if self.mode == "auction" and any(n.min_share > 0 or n.max_share < 1 for n in networks):
             raise InvalidConfig(
-                f"min_share/max_share are contracts of the single mode; a {self.mode} placement calls several "
-                "networks per request: remove them (cap calls with max_calls or max_tiers)"
+                "min_share/max_share are shares of first calls (single and waterfall placements); an auction "
+                "calls its networks at once: remove them (cap calls with max_calls)"
             )
         object.__setattr__(self, "networks", networks)
         object.__setattr__(self, "segment_by", segment_by)

@@ -739,7 +739,8 @@ class ThompsonGmmPolicy(Policy):
         lo = np.array([c.floor_min_cpm for c in cfgs])
         hi = np.array([c.floor_max_cpm for c in cfgs])
         curves = pay_curves(boots, np.log(level).tolist(), allowed_floors(lo, hi), BOOTSTRAP_DRAWS)
-        return plan_table(curves, self.placement.mode, self.placement.depth, lo, hi)
+        shares = (self._lo, self._hi) if shares_bind(self._lo, self._hi) else None
+        return plan_table(curves, self.placement.mode, self.placement.depth, lo, hi, first_shares=shares)
 
     # -------------------------------------------------------------------- state
     def _extra_state(self) -> dict[str, np.ndarray]:

@@ -18,8 +18,10 @@ from bandit.modes import (
     best_auction,
     best_waterfall,
     pay_curves,
+    plan_table,
     tier_floors,
     waterfall_value,
+    waterfalls_led_by,
 )
 
 
@@ -179,3 +181,41 @@ def test_calling_more_networks_never_earns_less():
     # and an auction of all beats the best single network at its own best floor
     solo = np.where(curves.allowed[None], curves.revenue(), -np.inf).max(axis=2).max(axis=1)
     assert (values[-1] >= solo - 1e-9).all()
+
+
+def test_waterfalls_led_by_each_network_match_exhaustive_search():
+    rng = np.random.default_rng(8)
+    curves = curves_of(rng, 6, 5, grid_every=4)
+    fill, rev = 1.0 - curves.nofill, curves.revenue()
+    orders, floors, values = waterfalls_led_by(fill, rev, curves.allowed, 3)
+    for j in range(5):
+        best = np.full(6, -np.inf)
+        for perm in itertools.permutations([i for i in range(5) if i != j], 2):
+            order = np.broadcast_to(np.array([j, *perm]), (6, 3))
+            _, v = tier_floors(
+                fill[:, list(order[0])], rev[:, list(order[0])], curves.allowed[None][:, list(order[0])]
+            )
+            best = np.maximum(best, v)
+        np.testing.assert_allclose(values[:, j], best, rtol=1e-9)
+        assert (orders[:, j, 0] == j).all()
+        np.testing.assert_allclose(waterfall_value(fill, rev, orders[:, j], floors[:, j]), values[:, j])
+
+
+def test_a_first_tier_share_contract_holds_in_the_plans():
+    rng = np.random.default_rng(9)
+    curves = curves_of(rng, 16, 4)
+    lo_f, hi_f = np.zeros(4), np.full(4, 20.0)
+    free_t, _, free_p = plan_table(curves, "waterfall", 4, lo_f, hi_f)
+    free_first = ((free_t == 0) * free_p[:, None]).sum(axis=0)
+    weak = int(np.argmin(free_first))
+    lo, hi = np.zeros(4), np.ones(4)
+    lo[weak] = 0.3
+    strong = int(np.argmax(free_first))
+    hi[strong] = 0.4
+    tiers, _floors, probs = plan_table(curves, "waterfall", 4, lo_f, hi_f, first_shares=(lo, hi))
+    first = ((tiers == 0) * probs[:, None]).sum(axis=0)
+    assert probs.sum() == pytest.approx(1.0)
+    assert first[weak] >= 0.3 - 1e-9 and first[strong] <= 0.4 + 1e-9, first
+    assert (first >= lo - 1e-9).all() and (first <= hi + 1e-9).all()
+    called = tiers[probs > 0] >= 0
+    assert called.sum(axis=1).min() >= 1

@@ -250,3 +250,21 @@ def test_plans_and_their_decision_ids_survive_a_restart(make_client, tmp_path):
     late = multi_outcome(1, decision, "au")  # decided before the restart
     assert again.post("/v1/outcomes", json=[late]).json()["accepted"] == 1
     assert metric(again, "adbandit_store_events_unverified_decision_total") == 0
+
+
+def test_prebid_floors_of_an_auction_placement_are_its_plan_floors_per_bidder(make_client):
+    """A Prebid page runs a parallel auction: each bidder's rule is the floor the auction
+    optimisation gives its network (the plans' probability-weighted floor), not a floor
+    averaged over networks as for single placements."""
+    client = make_client()
+    networks = [{**n, "bidder": f"b_{n['id']}"} for n in NETWORKS]
+    body = {"networks": networks, "segment_by": ["country"], "mode": "auction"}
+    assert client.put("/v1/placements/au", json=body).status_code == 201
+    allocation = client.get("/v1/placements/au/allocation").json()
+    floors = {n["network"]: n["floor_cpm"] for n in allocation["networks"]}
+    assert len({round(f, 2) for f in floors.values()}) > 1  # the plans give networks different floors
+    doc = client.get("/v1/prebid/floors", params={"placement": "au", "bidders": "true"})
+    assert doc.status_code == 200, doc.text
+    values = doc.json()["modelGroups"][0]["values"]
+    for network, floor in floors.items():
+        assert values[f"*|b_{network}"] == pytest.approx(floor, abs=0.01)
