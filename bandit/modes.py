@@ -232,6 +232,13 @@ def _log_cdfs(curves: PayCurves, called: NDArray[np.bool_], floors: NDArray[np.i
     return np.where(called[:, :, None], np.where(below, nofill, curves.log_cdf), 0.0)
 
 
+def _log_cdf(curves: PayCurves, j: int, called: NDArray[np.bool_], floors: NDArray[np.int64]) -> NDArray:
+    """log H_j(c; k_j) [D, X] of network ``j`` alone (``called`` and ``floors`` [D] of it)."""
+    below = np.arange(curves.nofill.shape[2])[None, :] <= floors[:, None]
+    nofill = np.take_along_axis(curves.log_nofill[:, j], floors[:, None], axis=1)
+    return np.where(called[:, None], np.where(below, nofill, curves.log_cdf[:, j]), 0.0)
+
+
 def auction_value(curves: PayCurves, called: NDArray[np.bool_], floors: NDArray[np.int64]) -> NDArray[np.float64]:
     """E[highest bid] [D] when the networks ``called`` [D, N] bid at floor indices [D, N]."""
     lose = np.exp(_log_cdfs(curves, called, floors).sum(axis=1))
@@ -264,13 +271,18 @@ def auction_floors(
     each network in turn takes its best floor given the others', until no floor moves."""
     floors = floors.copy()
     n = curves.shape[1]
+    logs = _log_cdfs(curves, called, floors)
+    total = logs.sum(axis=1)
     for _ in range(MAX_PASSES):
         moved = False
         for j in range(n):
-            k, _ = _response(curves, j, _others(curves, called, floors, j))
+            k, _ = _response(curves, j, np.exp(total - logs[:, j]))
             change = called[:, j] & (k != floors[:, j])
             if change.any():
                 floors[change, j] = k[change]
+                new = _log_cdf(curves, j, called[:, j], floors[:, j])
+                total += new - logs[:, j]
+                logs[:, j] = new
                 moved = True
         if not moved:
             break

@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 
 from bandit.modes import allowed_floors, pay_curves, plan_table
-from bandit.policies.ts_gmm import BOOTSTRAP_DRAWS
+from bandit.policies.ts_gmm import BOOTSTRAP_DRAWS, bid_curves
 from simulator.market import Market
 from simulator.modes import run_plans
 from simulator.runner import build_policy
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         cfgs = market.placement.networks
         lo = np.array([c.floor_min_cpm for c in cfgs])
         hi = np.array([c.floor_max_cpm for c in cfgs])
-        boots = [policy._network_draws("*", j, policy.stats.placement_level()[j]).boot for j in range(len(cfgs))]
+        draws = [policy._network_draws("*", j, policy.stats.placement_level()[j]) for j in range(len(cfgs))]
+        boots = [bid_curves(d.boot, d.second_price, d.boot_shading) for d in draws]
         curves = pay_curves(boots, [0.0] * len(cfgs), allowed_floors(lo, hi), BOOTSTRAP_DRAWS)
         start = time.perf_counter()
         plan_table(curves, market.placement.mode, market.placement.depth, lo, hi)

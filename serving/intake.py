@@ -183,20 +183,7 @@ def prepare_events(
             rejected.append((i, str(exc)))
             continue
         origins.append(i)
-        rows.append(
-            (
-                ev.event_id,
-                ev.placement,
-                variant,
-                segment,
-                ev.network,
-                ev.ts,
-                ev.floor_cpm,
-                ev.revenue_cpm,
-                ev.filled,
-                *props,
-            )
-        )
+        rows.append(_row(ev, variant, segment, props))
     return prep
 
 
@@ -243,18 +230,11 @@ def _multi_rows(
             variant = verdict.variant  # type: ignore[assignment]
             props = (verdict.propensity, verdict.floor_propensity, verdict.floor_density)
     segment = entry.segment_of(events[0].context)
-    return [
-        (
-            ev.event_id,
-            ev.placement,
-            variant,
-            segment,
-            ev.network,
-            ev.ts,
-            ev.floor_cpm,
-            ev.revenue_cpm,
-            ev.filled,
-            *props,
-        )
-        for ev in events
-    ]
+    return [_row(ev, variant, segment, props) for ev in events]
+
+
+def _row(ev: OutcomeEvent, variant: str | None, segment: str, props: tuple) -> tuple:
+    """One prepared event: the columns the store's log and learner take, in order."""
+    return (
+        ev.event_id, ev.placement, variant, segment, ev.network, ev.ts, ev.floor_cpm, ev.revenue_cpm, ev.filled, *props
+    )

@@ -138,8 +138,18 @@ class NetworkDraws:
     model: RevenueCurve | ResponsiveCurve
     second_price: bool
     auction_confidence: float
-    #: The bootstrap refits' curves [BOOTSTRAP_DRAWS] (waterfall and auction plans use them).
-    boot: RevenueCurve | ResponsiveCurve | None = None
+    #: The bootstrap refits [BOOTSTRAP_DRAWS]: their parameters, and the first-price shadings
+    #: drawn for them (None for second price). Waterfall and auction plans use them.
+    boot: GmmParams | None = None
+    boot_shading: NDArray[np.float64] | None = None
+
+
+def bid_curves(
+    draws: GmmParams, second: bool, shading: NDArray[np.float64] | None
+) -> RevenueCurve | ResponsiveCurve:
+    """The curves of bootstrap draws: floor-responsive first price with ``shading`` [D]."""
+    curves = RevenueCurve.of(draws, second)
+    return curves if shading is None else ResponsiveCurve(curves, shading)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +319,10 @@ class ThompsonGmmPolicy(Policy):
         self._fitted: dict[tuple[str, int], tuple[float, float]] = {}  # (t_ref, requests) at the last fit
         self._values: dict[str, NDArray[np.float32]] = {}  # best-revenue draws [M, N] per table
         self._fits: dict[tuple[str, int], GmmParams] = {}
+        #: Waterfall/auction placements: each cell's bootstrap draws as last refit (params, second
+        #: price, shadings), so a refresh refits only the cells due and plans over all networks.
+        #: Derived, not persisted: a cell missing here is refit at the next refresh.
+        self._boots: dict[tuple[str, int], tuple[GmmParams, bool, NDArray[np.float64] | None]] = {}
         self._cusum = CellArrays(2)  # (upper, lower) CUSUM per statistics cell
         self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0, floor_only=True)
         self._levels = CellArrays(HOURS_PER_DAY)  # log hour-of-day levels per statistics cell
@@ -600,15 +614,14 @@ class ThompsonGmmPolicy(Policy):
         lo, hi = log_bounds(cfg.floor_min_cpm, cfg.floor_max_cpm)
         evidence = BinnedEvidence.of(stats, lo, hi)
         model = RevenueCurve.of(mle, second)
-        boot_curves = RevenueCurve.of(draws, second)
+        boot_shading = None
         if not second:
             # First price: bidders may respond to the floor (bid at least it when their value
             # clears it); each bootstrap draw takes a shading from its posterior.
             response = shading_posterior(stats, model)
             model = ResponsiveCurve(model, RESPONSE_SHADINGS[[int(np.argmax(response))]])
-            boot_curves = ResponsiveCurve(
-                boot_curves, rng.choice(RESPONSE_SHADINGS, BOOTSTRAP_DRAWS, p=response)
-            )
+            boot_shading = rng.choice(RESPONSE_SHADINGS, BOOTSTRAP_DRAWS, p=response)
+        boot_curves = bid_curves(draws, second, boot_shading)
         prior_grid = model.revenue(grid[None, :])[0]
         prior_at = model.revenue(evidence.log_floor[None, :])[0]
         requests = float(stats[REQUESTS].sum())
@@ -634,7 +647,7 @@ class ThompsonGmmPolicy(Policy):
         if se > spread:
             z = self._normals(network, len(grid))[:, 0]
             best_value = best_value + math.sqrt(se**2 - spread**2) * (z - z.mean()) / max(z.std(), 1e-12)
-        return NetworkDraws(best_x, best_value, model, second, confidence, boot_curves)
+        return NetworkDraws(best_x, best_value, model, second, confidence, draws, boot_shading)
 
     def _cell_rng(self, segment: str, network: int) -> np.random.Generator:
         """The generator of one cell's bootstrap refit: seeded by the policy seed, the segment,
@@ -663,9 +676,10 @@ class ThompsonGmmPolicy(Policy):
         n_net = len(self.placement.networks)
         old = self._tables.get(segment)
         multi = self.placement.mode != "single"
-        if networks is None or old is None or segment not in self._values or multi:
-            networks = list(range(n_net))  # a plan is optimised over all networks at once
-        boots: list = []
+        if networks is None or old is None or segment not in self._values:
+            networks = list(range(n_net))
+        if multi:  # a plan is optimised over all networks at once: refit those without draws
+            networks = sorted(set(networks) | {j for j in range(n_net) if (segment, j) not in self._boots})
         if segment != ALL_SEGMENTS:
             stats = stats + self._pool.prior(segment, stats, pooled)
         # Statistics hold the base market; the table serves the current hour's value level.
@@ -681,7 +695,8 @@ class ThompsonGmmPolicy(Policy):
             summary = np.zeros((n_net, len(SUMMARY_FIELDS)))
         for j in networks:
             cfg, d = self.placement.networks[j], self._network_draws(segment, j, stats[j])
-            boots.append(d.boot)
+            if multi:
+                self._boots[(segment, j)] = (d.boot, d.second_price, d.boot_shading)
             values[:, j] = d.value
             best_j = d.value * level[j]
             log_floor = d.log_floor + math.log(level[j])
@@ -718,6 +733,7 @@ class ThompsonGmmPolicy(Policy):
             weights = self._constrain((1 - self.explore_network) * weights + self.explore_network / n_net)
         plans = {}
         if multi:
+            boots = [bid_curves(*self._boots[(segment, j)]) for j in range(n_net)]
             plan_tiers, plan_floors, plan_probs = self._plans(boots, level)
             plans = {"plan_tiers": plan_tiers, "plan_floors": plan_floors, "plan_probs": plan_probs}
             weights, summary = plan_summary(plan_tiers, plan_floors, plan_probs, summary)
@@ -834,6 +850,7 @@ class ThompsonGmmPolicy(Policy):
             for j in range(n_net):
                 self._fitted.pop((seg, j), None)
                 self._fits.pop((seg, j), None)
+                self._boots.pop((seg, j), None)
         keys = zip(changes["refit_pending_keys"].tolist(), changes["refit_pending_networks"].tolist(), strict=True)
         self._pending.update(zip(keys, changes["refit_pending"].tolist(), strict=True))
         keys = zip(changes["refit_fitted_keys"].tolist(), changes["refit_fitted_networks"].tolist(), strict=True)
