@@ -80,7 +80,9 @@ def placement_body(i: int, segments: int) -> tuple[dict, list[dict]]:
     return {"networks": NETWORKS, "segment_by": ["country", "os"]}, contexts
 
 
-def outcome_events(placement: str, contexts: list[dict], per_segment: int, rng: np.random.Generator, tag: str) -> list[dict]:
+def outcome_events(
+    placement: str, contexts: list[dict], per_segment: int, rng: np.random.Generator, tag: str
+) -> list[dict]:
     """``per_segment`` synthetic outcome events for every context: a random network and floor,
     filled with probability exp(-floor / 3), paid the floor plus an exponential margin."""
     n = per_segment * len(contexts)
@@ -188,7 +190,8 @@ def measure_page(base: str, contexts: dict[str, list], loads: int, switches: int
         "loads": loads, "switches": switches,
         "first_chart_ms": med(drawn), "first_chart_ms_range": [round(min(drawn), 1), round(max(drawn), 1)],
         "dom_content_loaded_ms": med(dcl), "load_ms": med(load),
-        "json_bytes_first_load": int(statistics.median(json_bytes)), "fetches_first_load": int(statistics.median(fetches)),
+        "json_bytes_first_load": int(statistics.median(json_bytes)),
+        "fetches_first_load": int(statistics.median(fetches)),
         "points_drawn_first_load": points[0], "points_per_series": series_points,
         "switch_placement_ms": med(place_ms), "switch_placement_ms_max": round(max(place_ms), 1),
         "json_bytes_switch_placement": int(statistics.median(place_bytes)),
@@ -230,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             stop_server(server)
     print(f"adbandit console page-load benchmark ({os.cpu_count()} CPUs shared by browser and server)")
     print(f"  {placements} placements x {segments} segments, {page['points_per_series']} history points per series "
-          f"({rounds} rounds fed in {fed_s:.0f} s, {args.policy}); medians of {loads} cold loads and {switches} switches")  # fmt: skip
+          f"({rounds} rounds fed in {fed_s:.0f} s, {args.policy}); medians of {loads} cold loads "
+          f"and {switches} switches")  # fmt: skip
     print(f"  first chart drawn     {page['first_chart_ms']:>7.0f} ms after navigation start "
           f"(range {page['first_chart_ms_range'][0]:.0f}-{page['first_chart_ms_range'][1]:.0f}; "
           f"{page['points_drawn_first_load']} points)")  # fmt: skip
