@@ -198,7 +198,7 @@ def run_ab(
     window: int | None = None,
     track: bool = True,
     experiment: str = "adbandit-ab",
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> pl.DataFrame:
     """A/B evaluation of ``arms`` on ``scenario`` over ``seeds`` common-random-number seeds.
 
@@ -308,17 +308,20 @@ def run_mode_ab(
     policy: str = "ts_gmm",
     root_seed: int = 0,
     batch_size: int = 2000,
+    progress: bool | str = False,
 ) -> pl.DataFrame:
     """Which way of calling the networks earns the publisher more: the same market run as
     ``single`` (exposure weights), ``waterfall`` and/or ``auction`` placements, each learned
     by ``policy``, on the same seeds — the same requests and the same bids (common random
     numbers, bids keyed by request and network) — with the paired lift of realised revenue
-    per request over the control mode (default: the first) and its 95% CI."""
+    per request over the control mode (default: the first) and its 95% CI. ``progress`` counts
+    finished runs (:class:`simulator.progress.Progress`; a string labels its lines)."""
     import dataclasses
 
     from simulator.market import Market
     from simulator.modes import run_plans
     from simulator.parallel import seed_sequences
+    from simulator.progress import Progress
     from simulator.runner import build_policy, run
     from simulator.scenario import load_scenario
 
@@ -333,17 +336,20 @@ def run_mode_ab(
     base = load_scenario(scenario)
     n = n_requests or base.default_requests
     revenue: dict[str, np.ndarray] = {}
-    for mode in modes:
-        market = Market(dataclasses.replace(base, mode=mode))
-        per_seed = []
-        for ss in seed_sequences(root_seed, seeds):
-            learner = build_policy(policy, market, seed=ss)
-            if mode == "single":
-                frame = run(learner, market, n, seed=ss, batch_size=batch_size)
-            else:
-                frame = run_plans(learner, market, n, seed=ss, batch_size=batch_size)
-            per_seed.append(float(frame["revenue"].sum()) / n)
-        revenue[mode] = np.array(per_seed)
+    label = progress if isinstance(progress, str) else "modes"
+    with Progress(label, len(modes) * seeds, unit="runs", enabled=bool(progress)) as shown:
+        for mode in modes:
+            market = Market(dataclasses.replace(base, mode=mode))
+            per_seed = []
+            for ss in seed_sequences(root_seed, seeds):
+                learner = build_policy(policy, market, seed=ss)
+                if mode == "single":
+                    frame = run(learner, market, n, seed=ss, batch_size=batch_size)
+                else:
+                    frame = run_plans(learner, market, n, seed=ss, batch_size=batch_size)
+                per_seed.append(float(frame["revenue"].sum()) / n)
+                shown.update()
+            revenue[mode] = np.array(per_seed)
     rows = []
     for mode in modes:
         lift = paired_lift(revenue[control], revenue[mode]) if mode != control else None

@@ -239,7 +239,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         track=not args.no_track,
         experiment=args.experiment,
-        progress=sys.stderr.isatty(),
+        progress="simulate",
     )
     s = result.summary
     print(
@@ -265,6 +265,7 @@ def ab_command(args: argparse.Namespace) -> int:
             args.control,
             root_seed=args.root_seed,
             batch_size=args.batch_size,
+            progress="ab",
         )
         print(format_modes(table, args.control or args.modes[0]))
         if args.csv:
@@ -281,7 +282,7 @@ def ab_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         track=not args.no_track,
         experiment=args.experiment,
-        progress=sys.stderr.isatty(),
+        progress="ab",
     )
     print(format_table(table))
     if args.csv:
@@ -362,7 +363,7 @@ def relearn_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         track=not args.no_track,
         experiment=args.experiment,
-        progress=sys.stderr.isatty(),
+        progress="relearn",
     )
     for line in summary_lines(result):
         print(line)
@@ -384,6 +385,7 @@ def tune_command(args: argparse.Namespace) -> int:
         out=args.out,
         track=not args.no_track,
         experiment=args.experiment,
+        progress="tune",
     )
     print(
         f"best {result.best.policy}: capture {result.best_capture:.4f} "

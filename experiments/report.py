@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         n_requests=args.requests,
         root_seed=args.root_seed,
         address=args.address,
-        progress=sys.stderr.isatty(),
+        progress="report",
     )
     text = markdown(tables, args.seeds, policies)
     args.out.parent.mkdir(parents=True, exist_ok=True)

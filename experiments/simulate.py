@@ -73,7 +73,7 @@ def fan_out(
     root_seed: int = 0,
     address: str | None = None,
     batch_size: int = 2000,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> dict[str, list[pl.DataFrame]]:
     """Trajectories per arm label, each a list ordered by seed index (common random numbers)."""
     from simulator.parallel import run_grid
@@ -173,7 +173,7 @@ def simulate(
     batch_size: int = 2000,
     track: bool = True,
     experiment: str = "adbandit",
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> SimulationResult:
     """Run ``policy`` on ``scenario`` for ``seeds`` seeds and (with ``track``) log one MLflow
     run: parameters, scenario file, per-step metrics, summary, plots and the final state."""

@@ -166,15 +166,19 @@ def tune_policy(
     out: str | os.PathLike | None = None,
     track: bool = True,
     experiment: str = "adbandit-tune",
+    progress: bool | str = False,
 ) -> TuneResult:
     """Random search over :data:`TUNABLE[policy]` with Ray Tune; see the module docstring.
 
     ``address`` connects to a Ray cluster (None: a local one, started if needed).
-    With ``track`` every trial is an MLflow child run of one parent run.
+    With ``track`` every trial is an MLflow child run of one parent run. ``progress`` counts
+    finished trials (:class:`simulator.progress.Progress`; a string labels its lines).
     """
     import ray
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from simulator.progress import Progress
 
     if policy not in POLICIES:
         raise InvalidConfig(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
@@ -200,6 +204,25 @@ def tune_policy(
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
         started = True
     storage = tempfile.mkdtemp(prefix="adbandit-tune-")
+    label = progress if isinstance(progress, str) else "tune"
+    shown = Progress(label, trials, unit="trials", enabled=bool(progress))
+
+    class CountTrials(tune.Callback):
+        """Counts trials as they end (on the driver). Tune pickles its run config for resuming:
+        a copy counts nothing (the progress holds a stream)."""
+
+        def __init__(self, progress: Progress | None) -> None:
+            self.progress = progress
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {"progress": None}
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if self.progress is not None:
+                self.progress.update()
+
+        on_trial_error = on_trial_complete
+
     try:
         tuner = tune.Tuner(
             _trainable,
@@ -210,10 +233,13 @@ def tune_policy(
                 mode="max",
                 search_alg=BasicVariantGenerator(random_state=root_seed),
             ),
-            run_config=tune.RunConfig(storage_path=storage, name=f"tune-{policy}", verbose=0),
+            run_config=tune.RunConfig(
+                storage_path=storage, name=f"tune-{policy}", verbose=0, callbacks=[CountTrials(shown)]
+            ),
         )
         grid = tuner.fit()
     finally:
+        shown.close()
         shutil.rmtree(storage, ignore_errors=True)
         if started:
             ray.shutdown()

@@ -24,6 +24,7 @@ import polars as pl
 import ray
 
 from simulator.market import Market
+from simulator.progress import Progress
 from simulator.runner import SegmentCapture, build_policy, capture, run, summarize, table_report
 from simulator.scenario import Scenario
 
@@ -121,7 +122,7 @@ def run_grid(
     root_seed: int = 0,
     address: str | None = None,
     num_cpus: int | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     **run_kwargs: Any,
 ) -> pl.DataFrame:
     """Run every scenario × policy × seed as a Ray task; return all trajectories.
@@ -131,6 +132,8 @@ def run_grid(
     of different scenarios are kept side by side (null where a network is absent).
     ``n_requests`` defaults to each scenario's ``default_requests``. Other keyword
     arguments go to :func:`simulator.runner.run` (``batch_size``, ``record_every``, ...).
+    ``progress`` counts finished runs on stderr (:class:`simulator.progress.Progress`: a bar on
+    a terminal, a line every 10 s or 10% otherwise); a string is the label of those lines.
     """
     markets = [m if isinstance(m, Market) else Market(m) for m in scenarios]
     specs = [PolicySpec.of(p) for p in policies]
@@ -159,7 +162,7 @@ def run_tables(
     root_seed: int = 0,
     address: str | None = None,
     num_cpus: int | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     **run_kwargs: Any,
 ) -> pl.DataFrame:
     """Run every policy × seed on one market as Ray tasks and report, per run, the final
@@ -184,20 +187,15 @@ def run_tables(
     return pl.concat(ray.get(refs), how="diagonal_relaxed")
 
 
-def _wait_all(refs: list[ray.ObjectRef], progress: bool) -> None:
-    """Block until every task is done, ticking a progress bar as they finish."""
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(refs), unit="run")
+def _wait_all(refs: list[ray.ObjectRef], progress: bool | str) -> None:
+    """Block until every task is done, counting runs as they finish (:class:`Progress`: a bar
+    on a terminal, periodic lines otherwise; a string ``progress`` is the lines' label)."""
+    label = progress if isinstance(progress, str) else "runs"
     pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        if bar is not None:
-            bar.update(len(done))
-    if bar is not None:
-        bar.close()
+    with Progress(label, len(refs), unit="runs", enabled=bool(progress)) as shown:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            shown.update(len(done))
 
 
 def grid_summary(trajectories: pl.DataFrame, *, last: int | None = None) -> pl.DataFrame:

@@ -46,6 +46,9 @@ def test_bad_modes_are_refused_by_name(modes, control, message):
 
 def test_the_command_prints_the_comparison(capsys):
     code = main(["ab", "--scenario", "auction_5", "--modes", "single,auction", "--seeds", "2", "--requests", "4000"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert code == 0
     assert "lift vs single" in out and "auction" in out and "95% CI" in out
+    # stderr is not a terminal here: progress comes as log lines, the last one at the end.
+    assert captured.err.splitlines()[-1].startswith("ab: 4/4 runs done, ")

@@ -268,7 +268,9 @@ def test_relearn_command_logs_a_run_that_promote_registers_and_the_service_loads
     argv = ["relearn", "--logs", str(tmp_path / "logs" / "*.parquet"), "--placement", str(placement_file)]
     code = main([*argv, "--config", str(policy_config), "--workers", "2", "--seed", "0", "--out", str(out)])
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "relearn: 2/2 partials done, " in captured.err  # one partial per file, counted in log lines
     run_id = printed.split("MLflow run ")[1].split()[0]
     import mlflow
 

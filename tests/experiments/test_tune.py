@@ -41,7 +41,9 @@ def test_objective_is_deterministic_for_fixed_seeds() -> None:
     assert 0.0 < a["capture"] < 1.0
 
 
-def test_tune_writes_the_best_config_and_tracks_every_trial(ray_cluster, mlflow_project: Path, tmp_path: Path) -> None:
+def test_tune_writes_the_best_config_and_tracks_every_trial(
+    ray_cluster, mlflow_project: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "best.json"
     result = tune_policy(
         "epsilon_greedy",
@@ -51,7 +53,9 @@ def test_tune_writes_the_best_config_and_tracks_every_trial(ray_cluster, mlflow_
         n_requests=3000,
         out=out,
         experiment="test-tune",
+        progress="tune",
     )
+    assert "tune: 3/3 trials done, " in capsys.readouterr().err  # counted as trials end
     body = json.loads(out.read_text())
     assert body["policy"] == "epsilon_greedy"
     assert set(body["params"]) == set(TUNABLE["epsilon_greedy"])
