@@ -69,12 +69,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_bandit.py
 
-bench-all: $(STAMP)
+bench-all: $(STAMP) browser
 	$(PY) benchmarks/bench_bandit.py
 	$(PY) benchmarks/bench_simulator.py
 	$(PY) benchmarks/bench_store.py
 	$(PY) benchmarks/bench_service.py
 	$(PY) benchmarks/bench_relearn.py
+	$(PY) benchmarks/bench_console.py
 
 report: $(STAMP)
 	$(PY) -m experiments.report --seeds 10 --out docs/figures.md --plots docs/figures

@@ -5,7 +5,10 @@ three networks (the demo's), every other one segmented by ``country`` (50 values
 others by ``country`` × ``os`` (10 × 5), and ``--rounds`` rounds of synthetic outcome events
 spread evenly over every segment, one history point per round (``ADBANDIT_HISTORY_EVERY_S=1``,
 ``ADBANDIT_HISTORY_MAX_SEGMENTS`` raised to the segment count so every segment has a series).
-The service is then restarted with the default 30 s history interval, so the page's own
+The service is stopped, ``--history-minutes`` (default 60, the page's default range) of older
+points at 30 s are written before each series' first one in its history file (copies of that
+point with jittered counts and floors: what a service that ran for an hour would hold), and
+the service is restarted with the default 30 s history interval, so the page's own
 refresh timer (every ``every_s``) does not run into the measurements, and ``/console`` is
 opened in headless system Chromium (Playwright), each load in a fresh browser context:
 
@@ -68,6 +71,11 @@ SWITCH = """([id, value]) => {
 }"""
 FETCHED = """() => performance.getEntriesByType('resource').filter((r) => r.initiatorType === 'fetch')
     .map((r) => [r.name, r.decodedBodySize])"""
+
+
+def chromium() -> str | None:
+    """The system Chromium (``ADBANDIT_CHROMIUM`` overrides); Playwright never downloads one."""
+    return os.environ.get("ADBANDIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def placement_body(i: int, segments: int) -> tuple[dict, list[dict]]:
@@ -134,13 +142,39 @@ def feed(base: str, placements: int, segments: int, rounds: int, per_segment: in
     return contexts
 
 
+def prefill_history(state: Path, minutes: float, every_s: float = 30.0) -> int:
+    """Write ``minutes`` of older points (every ``every_s``) before each series' first point in
+    the stopped service's history files, so the page's default range (1 hour) is full, as on a
+    service that has run for a while. Each copies its series' first point with jittered counts
+    and floors. Returns the points written per series."""
+    rng = np.random.default_rng(5)
+    n = int(minutes * 60 / every_s)
+    for path in sorted((state / "history").glob("*.ndjson")):
+        lines = [json.loads(raw) for raw in path.read_bytes().splitlines() if raw.strip()]
+        first: dict[str, dict] = {}
+        for line in lines:
+            if "alarm" not in line:
+                first.setdefault(line["s"], line)
+        older = []
+        for point in first.values():
+            for k in range(n, 0, -1):
+                t = point["t"] - k * every_s
+                req = max(1, round(point["req"] * rng.uniform(0.7, 1.3)))
+                fill = min(req, round(req * point["fill"] / max(point["req"], 1) * rng.uniform(0.9, 1.1)))
+                rev = round(point["rev"] / max(point["fill"], 1) * fill * rng.uniform(0.9, 1.1), 4)
+                nets = {name: [w, None if f is None else round(f * rng.uniform(0.9, 1.1), 4)]
+                        for name, (w, f) in point["n"].items()}  # fmt: skip
+                older.append({**point, "t": t, "req": req, "fill": fill, "rev": rev, "last": t - 1.0, "n": nets})
+        older.sort(key=lambda line: line["t"])
+        path.write_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in [*older, *lines]))
+    return n
+
+
 def measure_page(base: str, contexts: dict[str, list], loads: int, switches: int) -> dict:
     """Open ``/console`` ``loads`` times (fresh context each) and switch pickers ``switches`` times."""
     from playwright.sync_api import sync_playwright
 
-    executable = os.environ.get("ADBANDIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        raise SystemExit("no chromium on PATH (Debian: apt-get install chromium)")
+    executable = chromium()
     ids = sorted(contexts)
     series_points = 0
     first, drawn, dcl, load, json_bytes, fetches, errors = ids[0], [], [], [], [], [], []
@@ -207,9 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--placements", type=int, default=None, help="placements (default 20; --quick 4)")
     parser.add_argument("--segments", type=int, default=None, help="segments per placement (default 50; --quick 10)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of events = history points (default 20)")
+    parser.add_argument("--history-minutes", type=float, default=60.0,
+                        help="older history written per series before the page loads (default 60: the page's "
+                        "default range; 0: only the live points)")  # fmt: skip
     parser.add_argument("--policy", default="epsilon_greedy", help="the placements' champion policy")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object too")
     args = parser.parse_args(argv)
+    if chromium() is None:
+        print("bench_console: skipped, no chromium on PATH (make browser installs Debian's as root)")
+        return 0
     placements = args.placements or (4 if args.quick else 20)
     segments = args.segments or (10 if args.quick else 50)
     rounds = args.rounds or (5 if args.quick else 20)
@@ -226,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             fed_s = time.monotonic() - start
         finally:
             stop_server(server)
+        prefilled = prefill_history(state, args.history_minutes) if args.history_minutes > 0 else 0
         server = start_server(state, port, "--no-fsync", env=env, stderr_path=log)  # history every 30 s
         try:
             page = measure_page(base, contexts, loads, switches)
@@ -233,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             stop_server(server)
     print(f"adbandit console page-load benchmark ({os.cpu_count()} CPUs shared by browser and server)")
     print(f"  {placements} placements x {segments} segments, {page['points_per_series']} history points per series "
-          f"({rounds} rounds fed in {fed_s:.0f} s, {args.policy}); medians of {loads} cold loads "
-          f"and {switches} switches")  # fmt: skip
+          f"shown ({prefilled} written before the live ones; {rounds} rounds fed in {fed_s:.0f} s, {args.policy}); "
+          f"medians of {loads} cold loads and {switches} switches")  # fmt: skip
     print(f"  first chart drawn     {page['first_chart_ms']:>7.0f} ms after navigation start "
           f"(range {page['first_chart_ms_range'][0]:.0f}-{page['first_chart_ms_range'][1]:.0f}; "
           f"{page['points_drawn_first_load']} points)")  # fmt: skip
@@ -248,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     if page["page_errors"]:
         print(f"  page errors: {page['page_errors']}")
     if args.json:
-        print(json.dumps({"placements": placements, "segments": segments, "rounds": rounds, **page}))
+        print(json.dumps({"placements": placements, "segments": segments, "rounds": rounds,
+                          "prefilled_points": prefilled, **page}))  # fmt: skip
     return 1 if page["page_errors"] else 0
 
 
