@@ -64,7 +64,7 @@ def scenario_tables(
     root_seed: int = 0,
     address: str | None = None,
     batch_size: int = 2000,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> dict[str, tuple[pl.DataFrame, dict[str, list[pl.DataFrame]]]]:
     """Per scenario: the A/B table of ``MAIN_POLICY`` against its best baseline (the control)
     plus the trajectories per policy. One Ray job runs everything."""
