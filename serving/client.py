@@ -46,8 +46,22 @@ class ServiceError(AdbanditError):
 
 
 @dataclass(frozen=True, slots=True)
+class Offer:
+    """One network called with its floor (a waterfall tier or an auction bidder)."""
+
+    network: str
+    floor_cpm: float
+
+
+def _offers(items: Sequence[Mapping[str, Any]] | None) -> tuple[Offer, ...]:
+    return tuple(Offer(str(o["network"]), float(o["floor_cpm"])) for o in items or ())
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
-    """One decision (``POST /v1/decide``): the network to call and its floor."""
+    """One decision (``POST /v1/decide``): the network to call and its floor; for a waterfall
+    or auction placement also ``mode`` and its ``offers`` (tiers in calling order, or bidders),
+    of which ``network``/``floor_cpm`` are the first."""
 
     decision_id: str
     placement: str
@@ -57,10 +71,26 @@ class Decision:
     segment: str
     variant: str
     model_version: str
+    mode: str = "single"
+    offers: tuple[Offer, ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Decision:
-        return cls(**{name: data[name] for name in cls.__slots__})  # type: ignore[attr-defined]
+        fields = ("decision_id", "placement", "network", "floor_cpm", "propensity", "segment", "variant")
+        return cls(
+            *(data[name] for name in fields),
+            data["model_version"],
+            data.get("mode", "single"),
+            _offers(data.get("tiers") or data.get("bidders")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One plan of a waterfall or auction allocation: its probability and offers."""
+
+    probability: float
+    offers: tuple[Offer, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +140,8 @@ class Allocation:
     effective_events: float
     currency: str
     networks: tuple[NetworkShare, ...]
+    mode: str = "single"
+    plans: tuple[Plan, ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Allocation:
@@ -125,6 +157,8 @@ class Allocation:
             float(data["effective_events"]),
             data.get("currency", ""),
             networks,
+            data.get("mode", "single"),
+            tuple(Plan(float(p["probability"]), _offers(p["offers"])) for p in data.get("plans") or ()),
         )
 
     def network(self, name: str) -> NetworkShare:

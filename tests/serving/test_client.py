@@ -15,6 +15,7 @@ def test_typed_results_from_the_real_app(client):
     assert api.placement("p1")["segment_by"] == ["country", "os"] and api.placement("nope") is None
     decision = api.decide("p1", "r1", {"country": "KR", "os": "ios"})
     assert isinstance(decision, Decision) and decision.segment == "KR|ios" and decision.network in ("alpha", "beta")
+    assert decision.mode == "single" and decision.offers == ()
     batch = api.decide_batch("p1", [("a", {"country": "KR", "os": "ios"}), ("b", None)])
     assert len(batch) == 2 and batch[0].segment == "KR|ios" and batch[1].decision_id != batch[0].decision_id
     result = api.post_outcomes([outcome(0), outcome(0, prefix="x"), {"event_id": "bad"}])
@@ -32,6 +33,24 @@ def test_typed_results_from_the_real_app(client):
     with pytest.raises(ServiceError) as bad:
         api.allocation("p1", segment="KR")
     assert bad.value.status == 422 and "country|os" in str(bad.value)
+
+
+def test_waterfall_and_auction_plans_come_back_typed(client):
+    api = AdbanditClient("http://testserver", http=client)
+    networks = [{"id": n, "floor_min_cpm": 0.0, "floor_max_cpm": 20.0} for n in ("alpha", "beta", "gamma")]
+    api.put_placement("wf", {"networks": networks, "mode": "waterfall", "max_tiers": 2})
+    api.put_placement("au", {"networks": networks, "mode": "auction"})
+    tiers = api.decide("wf", "r1")
+    assert tiers.mode == "waterfall" and 1 <= len(tiers.offers) <= 2
+    assert (tiers.network, tiers.floor_cpm) == (tiers.offers[0].network, tiers.offers[0].floor_cpm)
+    bidders = api.decide_batch("au", [("a", None), ("b", None)])
+    assert all(d.mode == "auction" and d.offers for d in bidders)
+    allocation = api.allocation("au")
+    assert allocation.mode == "auction" and allocation.plans
+    assert sum(p.probability for p in allocation.plans) <= 1.0 + 1e-9
+    assert {o.network for p in allocation.plans for o in p.offers} <= {"alpha", "beta", "gamma"}
+    single = api.decide("wf", "r2")
+    assert single.offers and api.allocation("wf").mode == "waterfall"
 
 
 def mock(responses: list, calls: list) -> httpx.Client:
