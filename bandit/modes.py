@@ -258,12 +258,6 @@ def _response(curves: PayCurves, network: int, others: NDArray[np.float64]) -> t
     return k, np.take_along_axis(value, k[:, None], axis=1)[:, 0]
 
 
-def _others(curves: PayCurves, called: NDArray, floors: NDArray, skip: int) -> NDArray[np.float64]:
-    """P(highest bid of the called networks other than ``skip`` ≤ x) [D, X]."""
-    logs = _log_cdfs(curves, called, floors)
-    return np.exp(logs.sum(axis=1) - logs[:, skip])
-
-
 def auction_floors(
     curves: PayCurves, called: NDArray[np.bool_], floors: NDArray[np.int64]
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:

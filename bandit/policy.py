@@ -78,9 +78,17 @@ class PlanBatch:
 
     def offers(self, i: int, network_ids: Sequence[str]) -> list[tuple[str, float]]:
         """(network, floor_cpm) of request ``i`` in calling order."""
-        called = np.flatnonzero(self.tiers[i] >= 0)
-        called = called[np.argsort(self.tiers[i, called], kind="stable")]
-        return [(network_ids[j], float(self.floor_cpm[i, j])) for j in called]
+        return plan_offers(self.tiers[i], self.floor_cpm[i], network_ids)
+
+
+def plan_offers(
+    tiers: NDArray[np.int64], floor_cpm: NDArray[np.float64], network_ids: Sequence[str]
+) -> list[tuple[str, float]]:
+    """(network, floor_cpm) of one plan (tiers and floors [N]) in calling order (an auction's,
+    all at tier 0, in network order)."""
+    called = np.flatnonzero(tiers >= 0)
+    called = called[np.argsort(tiers[called], kind="stable")]
+    return [(network_ids[j], float(floor_cpm[j])) for j in called]
 
 
 class Policy:

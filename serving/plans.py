@@ -28,6 +28,7 @@ import numpy as np
 from bandit import MAX_CPM
 from bandit.allocation import SegmentTable
 from bandit.errors import InvalidOutcome
+from bandit.policy import plan_offers
 
 __all__ = [
     "MULTI_FIELDS",
@@ -57,11 +58,8 @@ def top_plans(table: SegmentTable, network_ids: Sequence[str], top: int = TOP_PL
     order = np.argsort(-probs, kind="stable")[:top]
     out = []
     for p in order.tolist():
-        tiers = table.plan_tiers[p]
-        called = np.flatnonzero(tiers >= 0)
-        called = called[np.argsort(tiers[called], kind="stable")]
-        offers = [{"network": network_ids[j], "floor_cpm": float(table.plan_floors[p, j])} for j in called.tolist()]
-        out.append({"probability": float(probs[p]), "offers": offers})
+        offers = plan_offers(table.plan_tiers[p], table.plan_floors[p], network_ids)
+        out.append({"probability": float(probs[p]), "offers": [{"network": n, "floor_cpm": f} for n, f in offers]})
     return out
 
 

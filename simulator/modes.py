@@ -290,15 +290,11 @@ def unified_floor_auction(market: Market, regime: int = 0) -> FixedPlans:
         called = np.zeros(market.n_networks, dtype=bool)
         called[np.argsort(-own)[: market.placement.depth]] = True
         points = PRICE_POINTS[::FLOOR_STEP]
-        best, best_floor = -np.inf, 0.0
-        for f in points:
-            cols = []
-            for j in np.flatnonzero(called):
-                k = np.flatnonzero(cand[j] == f)
-                cols.append(pays[:, j, k[0]] if len(k) else np.zeros(len(pays)))
-            value = np.max(np.stack(cols, axis=1), axis=1).mean()
-            if value > best:
-                best, best_floor = value, f
+        # A network's pay at the shared floor points[g] (0 where that floor is outside its bounds).
+        at_point = np.where((cand == points[None, :])[None], pays, 0.0)[:, called]  # [n, called, G]
+        values = at_point.max(axis=1).mean(axis=0)
+        g = int(np.argmax(values))
+        best, best_floor = float(values[g]), float(points[g])
         lo = np.array([n.floor_min_cpm for n in market.placement.networks])
         hi = np.array([n.floor_max_cpm for n in market.placement.networks])
         tiers = np.where(called, 0, -1).astype(np.int64)
