@@ -55,7 +55,8 @@ def top_plans(table: SegmentTable, network_ids: Sequence[str], top: int = TOP_PL
     if table.plan_probs is None or table.plan_tiers is None or table.plan_floors is None:
         return []
     probs = table.plan_probs / table.plan_probs.sum()
-    order = np.argsort(-probs, kind="stable")[:top]
+    # Rows past a table's distinct plans are padding of probability 0: never shown.
+    order = np.argsort(-probs, kind="stable")[: min(top, int((probs > 0).sum()))]
     out = []
     for p in order.tolist():
         offers = plan_offers(table.plan_tiers[p], table.plan_floors[p], network_ids)

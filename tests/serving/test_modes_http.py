@@ -268,3 +268,22 @@ def test_prebid_floors_of_an_auction_placement_are_its_plan_floors_per_bidder(ma
     values = doc.json()["modelGroups"][0]["values"]
     for network, floor in floors.items():
         assert values[f"*|b_{network}"] == pytest.approx(floor, abs=0.01)
+
+
+def test_the_allocation_never_lists_the_padding_of_a_plan_table():
+    """Identical plans merge; the rows left over have probability 0 and are not plans."""
+    import numpy as np
+
+    from bandit.allocation import SegmentTable
+    from serving.plans import top_plans
+
+    n = len(NETWORKS)
+    table = SegmentTable(
+        np.full(n, 1 / n), np.ones((n, 1)), np.ones((n, 1)), np.ones((n, 1)), np.zeros((n, 8)),
+        plan_tiers=np.array([[0, 1, -1], [1, 0, -1], [-1, -1, -1], [-1, -1, -1]]),
+        plan_floors=np.array([[2.0, 1.0, 0.0], [1.5, 3.0, 0.0], [0.0] * 3, [0.0] * 3]),
+        plan_probs=np.array([0.75, 0.25, 0.0, 0.0]),
+    )  # fmt: skip
+    plans = top_plans(table, [n["id"] for n in NETWORKS])
+    assert [p["probability"] for p in plans] == [0.75, 0.25]
+    assert [o["network"] for o in plans[1]["offers"]] == ["beta", "alpha"]
