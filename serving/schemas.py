@@ -118,6 +118,13 @@ class PlacementIn(_In):
     )
     max_tiers: int = Field(0, ge=0, description="Waterfall: most tiers per request (0: every network).")
     max_calls: int = Field(0, ge=0, description="Auction: most networks called per request (0: every network).")
+    floor_precision_cpm: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Served floors are multiples of this (CPM): 1/n for a whole n up to 10000 (0.01: cents, the "
+        "default), or 0 for unrounded floors. Floors are rounded before a decision's propensities are computed.",
+    )
 
 
 class NetworkOut(_Out):
@@ -147,6 +154,7 @@ class PlacementOut(_Out):
     mode: str | None = Field(None, description="'waterfall' or 'auction' for multi-network placements; absent: single.")
     max_tiers: int | None = None
     max_calls: int | None = None
+    floor_precision_cpm: float = Field(0.01, description="Served floors are multiples of this (CPM; 0: not rounded).")
 
 
 class PlacementList(_Out):

@@ -553,7 +553,7 @@ class ThompsonGmmPolicy(Policy):
             due = self._due(seg)
             if due or seg not in self._tables:
                 own = pooled if row is None else self.stats.segment_data(row)
-                self._tables[seg] = self._build_table(seg, own, pooled, due)
+                self._tables[seg] = self._finish(self._build_table(seg, own, pooled, due))
                 for j in due:
                     self._pending.pop((seg, j), None)
                     self._fitted[(seg, j)] = (self.stats.t_ref, float(own[j, REQUESTS].sum()))
