@@ -363,6 +363,14 @@ class HistoryNetworkOut(_Out):
     floor_cpm: float | None
 
 
+class HistoryLiftOut(_Out):
+    requests: int = Field(description="The variant's outcome events since the experiment began.")
+    lift: float | None = Field(description="Revenue per request vs the champion's, minus 1 (null until defined).")
+    ci_low: float | None = Field(description="95% CI of the lift (Fieller).")
+    ci_high: float | None
+    p_value_always_valid: float | None = Field(description="Always-valid (mixture SPRT) p-value at time t.")
+
+
 class HistoryPointOut(_Out):
     t: float = Field(description="Server time of the point (seconds since the epoch); its window began at the last.")
     requests: int = Field(description="Outcome events learned in the window (all variants).")
@@ -371,6 +379,11 @@ class HistoryPointOut(_Out):
     revenue_per_request: float | None = Field(description="revenue / requests (CPM); null for an empty window.")
     fill_rate: float | None
     networks: dict[str, HistoryNetworkOut] = Field(description="The champion's allocation at time t.")
+    experiment: dict[str, HistoryLiftOut] | None = Field(
+        None,
+        description="Placement series ('*') only, while an experiment runs: per variant other than the champion, "
+        "the experiment report at time t (cumulative since the experiment began). Absent otherwise.",
+    )
 
 
 class ChangeAlarmOut(_Out):
