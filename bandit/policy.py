@@ -41,7 +41,8 @@ class DecisionBatch:
     segments: tuple[str, ...]
     segment_index: NDArray[np.int64]
     model_version: str
-    #: Density of log floor given the network [n] (per unit log CPM); NaN for discrete floors.
+    #: Density of log floor given the network [n] (per unit log CPM; for floors rounded to the
+    #: placement's precision, the floor's cell probability per unit log CPM); NaN for discrete floors.
     floor_density: NDArray[np.float64] | None = None
 
     def __len__(self) -> int:

@@ -293,7 +293,8 @@ class Decision:
     segment: str
     model_version: str
     #: Density of log floor_cpm given the network (per unit log CPM) when floors are drawn
-    #: continuously (a jitter around the chosen floor); NaN for floors from a discrete set.
+    #: continuously (a jitter around the chosen floor) — of the served, rounded floor: its cell's
+    #: probability per unit log CPM; NaN for floors from a discrete set.
     floor_density: float = math.nan
 
 
