@@ -237,9 +237,7 @@ class SegmentTable:
         if not self._steps:
             return np.asarray(floor_cpm, dtype=np.float64)
         grid = self._grid[np.asarray(network, dtype=np.int64)]
-        f = np.asarray(floor_cpm, dtype=np.float64)
-        k = np.clip(np.floor(f * self._steps + 0.5), grid[:, 0], grid[:, 1])
-        return np.where(f > 0, k, 0.0) / self._steps  # a floor of 0 stays 0
+        return round_to_steps(floor_cpm, self._steps, grid[:, 0], grid[:, 1])
 
     def floor_cell(
         self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]
@@ -416,6 +414,16 @@ def floor_bin_propensity(
         same = bins[i][:, None] == bins[i][None, :]
         out[i] = same.astype(float) @ probs[i]
     return out
+
+
+def round_to_steps(
+    floor_cpm: NDArray[np.float64], steps: int, k_lo: NDArray[np.float64] | float, k_hi: NDArray[np.float64] | float
+) -> NDArray[np.float64]:
+    """Floors rounded (half up) to the nearest multiple ``k / steps`` with ``k_lo <= k <= k_hi``,
+    as exact decimals (1.37, never 1.3700000000000001); a floor of 0 stays 0."""
+    f = np.asarray(floor_cpm, dtype=np.float64)
+    k = np.clip(np.floor(f * steps + 0.5), k_lo, k_hi)
+    return np.where(f > 0, k, 0.0) / steps
 
 
 def round_table(table: SegmentTable, precision: float, log_bounds: NDArray[np.float64]) -> SegmentTable:

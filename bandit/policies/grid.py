@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable, floor_bin_propensity
+from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable, floor_bin_propensity, round_to_steps
 from bandit.errors import InvalidConfig
 from bandit.policies.common import detect_auction
 from bandit.policy import Policy
@@ -43,12 +43,14 @@ MAX_FLOOR_LEVELS = 64
 LOG_SPACING_MIN_CPM = 0.05
 
 
-def network_floor_levels(network: NetworkConfig, levels: int) -> NDArray[np.float64]:
+def network_floor_levels(network: NetworkConfig, levels: int, precision: float = 0.0) -> NDArray[np.float64]:
     """Ascending floors of one network, at most ``levels`` of them, one per statistics bin.
 
     Log-spaced between ``max(floor_min, 0.05)`` and ``floor_max``; ``floor_min`` itself is
-    always a level. Levels falling in the same floor bin would share statistics, so only the
-    lowest floor of each bin is kept (a narrow floor range gives fewer levels).
+    always a level. Levels are multiples of ``precision`` (the placement's
+    ``floor_precision_cpm``; 0: any), so a served floor is the level itself and its events
+    land in the level's bin. Levels falling in the same floor bin would share statistics, so
+    only the lowest floor of each bin is kept (a narrow floor range gives fewer levels).
     """
     lo, hi = network.floor_min_cpm, network.floor_max_cpm
     start = max(lo, LOG_SPACING_MIN_CPM)
@@ -62,6 +64,9 @@ def network_floor_levels(network: NetworkConfig, levels: int) -> NDArray[np.floa
         candidates = np.concatenate([[lo], spaced]) if start > lo else spaced
         candidates = np.clip(candidates, lo, hi)
         candidates[-1] = hi
+    if precision > 0:
+        steps = round(1.0 / precision)
+        candidates = round_to_steps(candidates, steps, math.ceil(lo * steps - 1e-6), math.floor(hi * steps + 1e-6))
     bins = price_bin(log_price(candidates))
     _, first = np.unique(bins, return_index=True)
     return candidates[np.sort(first)]
@@ -81,7 +86,8 @@ class FloorGrid:
 
     @classmethod
     def build(cls, placement: PlacementConfig, levels: int) -> FloorGrid:
-        per_network = [network_floor_levels(n, levels) for n in placement.networks]
+        precision = placement.floor_precision_cpm
+        per_network = [network_floor_levels(n, levels, precision) for n in placement.networks]
         m = max(len(f) for f in per_network)
         floors = np.array([np.pad(f, (0, m - len(f)), mode="edge") for f in per_network])
         valid = np.arange(m)[None, :] < np.array([len(f) for f in per_network])[:, None]

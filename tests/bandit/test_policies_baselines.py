@@ -156,8 +156,8 @@ def test_share_contract_and_floor_bounds_hold_exactly(name: str) -> None:
         for i, cfg in enumerate(CONTRACT.networks):
             floors = decisions.floor_cpm[decisions.network == i]
             assert np.all((floors >= cfg.floor_min_cpm) & (floors <= cfg.floor_max_cpm))
-            # The levels as served: rounded to the placement's precision (cents).
-            assert set(np.unique(floors)) <= set(np.floor(network_floor_levels(cfg, 8) * 100 + 0.5) / 100)
+            # The levels are multiples of the placement's precision (cents), served as they are.
+            assert set(np.unique(floors)) <= set(network_floor_levels(cfg, 8, 0.01))
 
 
 @pytest.mark.parametrize("name", BASELINES)
@@ -347,3 +347,20 @@ def test_narrow_floor_ranges_give_fewer_levels() -> None:
         levels = network_floor_levels(cfg.networks[0], 8)
         assert len(levels) == 8 and levels[0] == 0.0 and levels[-1] == 50.0
         assert len(set(price_bin(log_price(levels)).tolist())) == 8
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_served_floors_are_learned_in_their_own_level(name: str) -> None:
+    """Each level is a multiple of the placement's floor precision, so the floor served (its
+    level, rounded to cents) falls in the level's own statistics bin: every level an arm was
+    tried at gets its events, none lands in a neighbour's bin and leaves its arm unlearned."""
+    cfg = PlacementConfig.from_dict(
+        "p1", {"networks": [{"id": "alpha", "floor_min_cpm": 0.01, "floor_max_cpm": 7.3}]}
+    )
+    policy = make_policy(name, cfg, seed=0)
+    levels = policy.grid.floors[0][policy.grid.valid[0]]
+    np.testing.assert_array_equal(np.floor(levels * 100 + 0.5) / 100, levels)
+    served = policy.decide_batch(n=4000, rng=np.random.default_rng(0)).floor_cpm
+    assert set(price_bin(log_price(np.unique(served))).tolist()) <= set(policy.grid.bins[0].tolist())
+    unrounded = network_floor_levels(cfg.networks[0], 8)
+    assert not np.array_equal(np.floor(unrounded * 100 + 0.5) / 100, unrounded)  # the case arises
