@@ -36,6 +36,7 @@ import zlib
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from itertools import repeat
 
 import numpy as np
 from numpy.typing import NDArray
@@ -394,11 +395,11 @@ class ThompsonGmmPolicy(Policy):
         """Count the batch's events per cell (and per network at the placement level) as not yet
         reflected in the tables; a cell where a change was detected (``alarmed`` [C]) is due at once."""
         pending = self._pending
-        get = pending.get
         names = batch.segments
-        for s, j, n in zip(cells.segment.tolist(), cells.network.tolist(), cells.count.tolist(), strict=True):
-            key = (names[s], j)
-            pending[key] = get(key, 0.0) + n
+        # One pass per step over the batch's cells (C loops: a large batch has ~10^5 cells).
+        keys = list(zip(map(names.__getitem__, cells.segment.tolist()), cells.network.tolist(), strict=True))
+        before = np.fromiter(map(pending.get, keys, repeat(0.0)), np.float64, len(keys))
+        pending.update(zip(keys, (before + cells.count).tolist(), strict=True))
         for j, n in enumerate(np.bincount(batch.network, minlength=len(self.placement.networks)).tolist()):
             if n:
                 pending[(ALL_SEGMENTS, j)] = pending.get((ALL_SEGMENTS, j), 0.0) + n
