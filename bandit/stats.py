@@ -310,7 +310,7 @@ class BinSlab:
         start = np.cumsum(sizes) - sizes
         src = np.repeat(self.offset[cells] - start, sizes) + np.arange(int(sizes.sum()))
         values = np.zeros((max(64, 2 * (len(src) + spare)), self.width))
-        values[: len(src)] = self.values[src]
+        np.take(self.values, src, axis=0, out=values[: len(src)])  # rows gathered straight into place
         self.values = values
         self.offset[cells] = start
         self.used = self.live = len(src)
@@ -614,30 +614,35 @@ class SufficientStats:
         w_above = weight[above]
         by_floor = (weight, w_fill, rev_w, rev_w * revenue_cpm, (weight - w_fill) * logf, w_at, w_at * logf)
         by_price = (w_above, w_above * logp)
-        self._add_binned(self._floor, cell, fbin, by_floor)
-        self._add_binned(self._price, cell[above], pbin, by_price)
-        cells, inverse = distinct(cell, len(self._totals))  # many events: without sorting them
-        for f, column in enumerate(by_floor):
-            self._totals[cells, f] += np.bincount(inverse, column, len(cells))
-        for f, column in enumerate(by_price):
-            self._totals[cells, FLOOR_FIELDS + f] += np.bincount(inverse[above], column, len(cells))
-        self._changed[cells] = True
-        net = cell % self.n_networks
+        # Each (cell, bin) pair's sums, then the cells' totals and the placement level from those
+        # sums (a large batch has fewer pairs than events).
         size = self.n_networks * N_BINS
-        for f, column in enumerate(by_floor):
-            self._pooled[:, f] += np.bincount(net * N_BINS + fbin, column, size).reshape(-1, N_BINS)
-        pkey = net[above] * N_BINS + pbin
-        for f, column in enumerate(by_price):
-            self._pooled[:, FLOOR_FIELDS + f] += np.bincount(pkey, column, size).reshape(-1, N_BINS)
+        for slab, fields, keys, summed in (
+            (self._floor, slice(0, FLOOR_FIELDS), *self._add_binned(self._floor, cell, fbin, by_floor)),
+            (self._price, slice(FLOOR_FIELDS, N_FIELDS), *self._add_binned(self._price, cell[above], pbin, by_price)),
+        ):
+            if len(keys) == 0:
+                continue
+            cells = keys // N_BINS
+            first = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
+            self._totals[cells[first], fields] += np.add.reduceat(summed, first, axis=0)
+            pooled = (cells % self.n_networks) * N_BINS + keys % N_BINS
+            for f, column in enumerate(summed.T):
+                self._pooled[:, fields.start + f] += np.bincount(pooled, column, size).reshape(-1, N_BINS)
+            self._changed[cells[first]] = True
 
     @staticmethod
-    def _add_binned(slab: BinSlab, cell: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence) -> None:
-        """Sum ``columns`` (each [n]) by (cell, bin) and add them to ``slab``."""
+    def _add_binned(
+        slab: BinSlab, cell: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Sum ``columns`` (each [n]) by (cell, bin) and add them to ``slab``; returns the pairs'
+        keys ``cell * N_BINS + bin`` [P] (sorted) and their sums [P, len(columns)]."""
         if len(cell) == 0:
-            return
+            return np.empty(0, dtype=np.int64), np.empty((0, len(columns)))
         keys, inverse = _sorted_distinct(cell * N_BINS + bins, len(slab.offset) * N_BINS)
         summed = np.stack([np.bincount(inverse, c, len(keys)) for c in columns], axis=1)
         slab.add(keys // N_BINS, keys % N_BINS, summed)
+        return keys, summed
 
     def add(self, batch: EventBatch) -> NDArray[np.int64]:
         """Add a batch; returns the rows (segments) it touched."""
