@@ -223,7 +223,7 @@ class BinSlab:
         self.mask = np.zeros((n_cells, 2), dtype=np.uint64)
         self.offset = np.zeros(n_cells, dtype=np.int64)
         self.values = np.zeros((64, width))
-        self.used = 0  # slab rows handed out
+        self.used = 0  # slab rows handed out (the rows past it are zero)
         self.live = 0  # slab rows of current blocks
 
     def grow_cells(self, n_cells: int) -> None:
@@ -294,8 +294,7 @@ class BinSlab:
         fresh[start[owner] + _rank(new[owner], bins)] = True
         kept = int(old_sizes.sum())
         src = np.repeat(self.offset[cells] - (np.cumsum(old_sizes) - old_sizes), old_sizes) + np.arange(kept)
-        self.values[self.used + np.flatnonzero(~fresh)] = self.values[src]
-        self.values[self.used + np.flatnonzero(fresh)] = 0.0
+        self.values[self.used + np.flatnonzero(~fresh)] = self.values[src]  # rows past ``used`` are zero
         self.offset[cells] = self.used + start
         self.mask[cells] = new
         self.used += rows
