@@ -19,8 +19,10 @@ its events cost, whatever the size of the placement (a pass over everything only
 Cells live in a slab (:class:`BinSlab`): a cell's entries are contiguous, in bin order,
 and a 128-bit mask per cell says which bins it holds, so an entry's place is the cell's
 offset plus the number of its bins below (popcount). Learning, reading and merging are
-vectorised over cells; a cell that gains a bin moves to the slab's end, and the slab is
-compacted when half of it is garbage.
+vectorised over cells; a batch's events are first summed per (cell, bin) pair (one sort),
+so the slab sees each pair once. A cell that gains a bin moves to the slab's end (its old
+entries fill the new block's places that are not new bins); a full slab is compacted
+instead of grown when a third of it is garbage.
 """
 
 from __future__ import annotations
@@ -133,15 +135,15 @@ def accumulate(
 #: rescaled (2^256 stays far inside float64 range).
 RENORMALISE_HALF_LIVES = 256.0
 _ONE = np.uint64(1)
+_ZERO = np.uint64(0)
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def _bit_masks(bins: NDArray[np.int64]) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
     """128-bit masks (low, high words) of single bins."""
-    b = bins.astype(np.uint64)
-    low = np.where(bins < 64, np.left_shift(_ONE, b % np.uint64(64)), np.uint64(0))
-    high = np.where(bins >= 64, np.left_shift(_ONE, b % np.uint64(64)), np.uint64(0))
-    return low.astype(np.uint64), high.astype(np.uint64)
+    bit = np.left_shift(_ONE, (bins & 63).astype(np.uint64))
+    upper = bins >= 64
+    return np.where(upper, _ZERO, bit), np.where(upper, bit, _ZERO)
 
 
 def _rank(mask: NDArray[np.uint64], bins: NDArray[np.int64]) -> NDArray[np.int64]:

@@ -179,15 +179,19 @@ class CellArrays:
 
     def get(self, keys: NDArray[np.int64]) -> NDArray[np.float64]:
         """Values ``[k, *shape]`` of ``keys`` [k] (a copy; zeros for keys never set or < 0)."""
-        out = np.zeros((len(keys), *self.values.shape[1:]))
         inside = (keys >= 0) & (keys < len(self.values))
+        if inside.all():
+            return self.values[keys]  # one gather (the common case)
+        out = np.zeros((len(keys), *self.values.shape[1:]))
         out[inside] = self.values[keys[inside]]
         return out
 
     def at(self, keys: NDArray[np.int64], column: NDArray[np.int64]) -> NDArray[np.float64]:
         """``values[keys[i], column[i]]`` [n] (0 for keys never set or < 0)."""
-        out = np.zeros(len(keys))
         inside = (keys >= 0) & (keys < len(self.values))
+        if inside.all():
+            return self.values[keys, column]
+        out = np.zeros(len(keys))
         out[inside] = self.values[keys[inside], column[inside]]
         return out
 
