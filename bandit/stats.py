@@ -618,9 +618,9 @@ class SufficientStats:
         # Each (cell, bin) pair's sums, then the cells' totals and the placement level from those
         # sums (a large batch has fewer pairs than events).
         size = self.n_networks * N_BINS
-        for slab, fields, keys, summed in (
-            (self._floor, slice(0, FLOOR_FIELDS), *self._add_binned(self._floor, cell, fbin, by_floor)),
-            (self._price, slice(FLOOR_FIELDS, N_FIELDS), *self._add_binned(self._price, cell[above], pbin, by_price)),
+        for fields, (keys, summed) in (
+            (slice(0, FLOOR_FIELDS), self._add_binned(self._floor, cell, fbin, by_floor)),
+            (slice(FLOOR_FIELDS, N_FIELDS), self._add_binned(self._price, cell[above], pbin, by_price)),
         ):
             if len(keys) == 0:
                 continue

@@ -268,7 +268,7 @@ def batch_from_parts(entry: PlacementEntry, parts: Sequence[Part]) -> EventBatch
     network = np.concatenate(net)
     if (network < 0).any():
         raise InvalidState(f"events name networks that placement {entry.config.id!r} no longer has")
-    index = dict(zip(order, range(len(order))))
+    index = dict(zip(order, range(len(order)), strict=True))
     remaps = [np.fromiter(map(index.__getitem__, names), np.int64, len(names)) for names in used]
     return EventBatch(
         segments=tuple(order),

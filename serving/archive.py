@@ -79,7 +79,7 @@ def _frame(records: list[EventRecord]):  # -> polars.DataFrame
 
     def decoded(tables: list[tuple[str, ...]], codes: list[np.ndarray]) -> pl.Series:
         names = dict.fromkeys(chain.from_iterable(tables))  # distinct, in order of appearance
-        place = dict(zip(names, range(len(names))))
+        place = dict(zip(names, range(len(names)), strict=True))
         index = [
             np.fromiter(map(place.__getitem__, table), np.int64, len(table))[c]
             for table, c in zip(tables, codes, strict=True)
