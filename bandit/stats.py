@@ -369,37 +369,35 @@ class BinSlab:
 
         Each cell's entries are summed in bin order from zero, as ``np.cumsum`` over its dense
         bins would (the same floating-point sums, so thresholds on them agree), for all the
-        cells asked about at once: their entries are laid out rank by rank, the cells with
-        most entries first, so that the running sums of rank ``k`` are those of rank ``k - 1``
-        plus the ``k``-th entries, a slice of the cells; one step per rank (at most 128), and
-        work for the entries of those cells only.
+        cells asked about at once: the cells with the same number of entries ``c`` are
+        gathered as one ``[cells, c, k]`` array and summed along their entries by one
+        ``np.cumsum`` (sequential), one step per distinct count (at most 128), and work for
+        the entries of those cells only.
         """
         touched, inverse = distinct(cells, len(self.offset))
         counts = _count(self.mask[touched])
-        order = np.argsort(-counts, kind="stable")
-        slot = np.empty(len(touched), dtype=np.int64)  # each touched cell's place, most entries first
-        slot[order] = np.arange(len(touched))
-        depth = int(counts.max(initial=0))
-        # Cells with more than k entries (a prefix of the slots) and where rank k starts.
-        width = np.searchsorted(-counts[order], -np.arange(depth), side="left")
-        start = np.cumsum(width) - width
-        total = int(counts.sum())
-        first = np.cumsum(counts) - counts
-        rank = np.arange(total) - np.repeat(first, counts)
-        src = np.empty(total, dtype=np.int64)  # slab row of each place in the rank-by-rank layout
-        src[start[rank] + np.repeat(slot, counts)] = np.repeat(self.offset[touched], counts) + rank
-        run = self._take(src, columns)
-        for factor in factors:
-            run *= factor
-        for lo, prev, n in zip(start[1:].tolist(), start[:-1].tolist(), width[1:].tolist(), strict=True):
-            run[lo : lo + n] += run[prev : prev + n]
-        mask = self.mask[cells]
-        rank, held = _locate(mask, bins)
+        order = np.argsort(counts.astype(np.uint8), kind="stable")  # counts <= 128: a radix sort
+        ordered = counts[order]
+        # Each touched cell's running sums are a block of ``run``, blocks grouped by count.
+        block = np.empty(len(touched), dtype=np.int64)
+        block[order] = np.cumsum(ordered) - ordered + 1
+        run = np.empty((1 + int(counts.sum()), len(columns)))
+        run[0] = 0.0  # the sums over no entries
+        edges = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])
+        flat = self.values.reshape(-1)
+        for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
+            c = int(ordered[lo])
+            if c == 0:
+                continue
+            rows = self.offset[touched[order[lo:hi]]][:, None] + np.arange(c)  # [cells, c]
+            part = np.take(flat, (rows * self.width)[:, :, None] + np.asarray(columns))  # [cells, c, k]
+            for factor in factors:
+                part *= factor
+            at = int(block[order[lo]])
+            np.cumsum(part, axis=1, out=run[at : at + (hi - lo) * c].reshape(hi - lo, c, len(columns)))
+        rank, held = _locate(self.mask[cells], bins)
         below = rank + held  # entries at or below each pair's bin
-        out = np.zeros((len(cells), len(columns)))
-        some = below > 0
-        out[some] = run[start[below[some] - 1] + slot[inverse[some]]]
-        return out
+        return run[np.where(below > 0, block[inverse] + below - 1, 0)]
 
     def scale(self, factor: float) -> None:
         self.values[: self.used] *= factor
