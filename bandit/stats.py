@@ -638,7 +638,7 @@ class SufficientStats:
         keys ``cell * N_BINS + bin`` [P] (sorted) and their sums [P, len(columns)]."""
         if len(cell) == 0:
             return np.empty(0, dtype=np.int64), np.empty((0, len(columns)))
-        keys, inverse = _sorted_distinct(cell * N_BINS + bins, len(slab.offset) * N_BINS)
+        keys, inverse = distinct(cell * N_BINS + bins, len(slab.offset) * N_BINS)  # few cells: no sort
         summed = np.stack([np.bincount(inverse, c, len(keys)) for c in columns], axis=1)
         slab.add(keys // N_BINS, keys % N_BINS, summed)
         return keys, summed
