@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import log_ndtr, ndtr, ndtri
 
-from bandit.stats import LOG_EDGES, log_price, price_bin
+from bandit.stats import LOG_EDGES, N_BINS, log_price, price_bin
 
 #: Columns of ``SegmentTable.summary`` (per network).
 SUMMARY_FIELDS = (
@@ -24,6 +24,8 @@ SUMMARY_FIELDS = (
     "auction_confidence",
 )
 AUCTION_CODES = ("auto", "first", "second")
+#: A log CPM below every positive floor and above a floor of 0 (log 0 = -inf).
+_LOG_ABOVE_ZERO = -700.0
 
 
 def prob_best_normal(mean: NDArray[np.float64], sd: NDArray[np.float64], n_grid: int = 512) -> NDArray[np.float64]:
@@ -135,6 +137,15 @@ class SegmentTable:
     ``p(log f | network)`` for off-policy evaluation, and the decision's ``floor_propensity``
     is then the probability of the sampled floor's bin under that density. A candidate
     floor of 0 is not jittered (it has no log): it stays a point mass at 0, without density.
+
+    Rounded floors: with ``floor_precision`` > 0 (CPM, 1/n; see :func:`round_table`, which
+    sets it) a served floor is a multiple of it. Fixed candidate floors are rounded when the
+    table is made (identical ones merged); a jittered draw is rounded to the nearest multiple
+    within the grid of its bounds, so the served floor ``f`` stands for the whole *cell* of
+    draws that round to it (:meth:`floor_cell`). Its ``floor_propensity`` is the probability of
+    the cells in its statistics bin, and its logged density (:meth:`logged_floor_density`) the
+    cell's probability per unit log CPM, ``P(cell) / |cell|`` (the mean density over the cell),
+    which is what continuous-action off-policy evaluation divides by.
     """
 
     weights: NDArray[np.float64]
@@ -152,6 +163,8 @@ class SegmentTable:
     plan_tiers: NDArray[np.int64] | None = None
     plan_floors: NDArray[np.float64] | None = None
     plan_probs: NDArray[np.float64] | None = None
+    #: Served floors are multiples of this (CPM, 1/n); 0: not rounded.
+    floor_precision: float = 0.0
     cum: NDArray[np.float64] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -165,6 +178,11 @@ class SegmentTable:
         if self.floor_bounds is None:
             self.floor_bounds = np.tile([-np.inf, np.inf], (n, 1))
         self.jittered = bool(np.any(self.floor_log_sd > 0))
+        self._steps = round(1.0 / self.floor_precision) if self.floor_precision > 0 else 0
+        if self._steps:  # per network the multiples k/steps a floor may be rounded to: [N, 2] of k
+            with np.errstate(over="ignore"):
+                lo, hi = np.exp(self.floor_bounds[:, 0]) * self._steps, np.exp(self.floor_bounds[:, 1]) * self._steps
+            self._grid = np.stack([np.ceil(lo - 1e-6), np.floor(np.minimum(hi, 1e15) + 1e-6)], axis=1)
         # Plain lists make the one-request path fast (no numpy scalar overhead).
         self._cum_list = self.cum.tolist()
         self._floors_list = self.floors.ravel().tolist()
@@ -191,6 +209,8 @@ class SegmentTable:
         z = ndtri(np.clip(z_lo + v * (z_hi - z_lo), 1e-300, 1.0 - 1e-16))
         log_f = np.clip(mu + sd * z, lo, hi)
         floor = np.where(jit & (floor > 0), np.exp(log_f), floor)
+        if self._steps:
+            floor = self.round_floors(net, floor)
         fprop = np.where(jit, self.floor_bin_probability(net, floor), self.floor_propensity.ravel()[flat])
         return net, floor, self.weights[net], fprop
 
@@ -211,9 +231,78 @@ class SegmentTable:
         net = flat // self._n_candidates
         return net, self._floors_list[flat], self._weights_list[net], self._fprop_list[flat]
 
-    def _jitter_cdf(self, net: NDArray[np.int64], log_floor: NDArray[np.float64]) -> NDArray:
+    def round_floors(self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Floors [k] rounded (half up) to the nearest multiple of ``floor_precision`` within
+        the network's grid, as exact decimals (``k / n``: 1.37, never 1.3700000000000001)."""
+        if not self._steps:
+            return np.asarray(floor_cpm, dtype=np.float64)
+        grid = self._grid[np.asarray(network, dtype=np.int64)]
+        f = np.asarray(floor_cpm, dtype=np.float64)
+        k = np.clip(np.floor(f * self._steps + 0.5), grid[:, 0], grid[:, 1])
+        return np.where(f > 0, k, 0.0) / self._steps  # a floor of 0 stays 0
+
+    def floor_cell(
+        self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Log CPM edges (lower, upper) [k] of the cell of draws that round to each (rounded)
+        floor: ``[f - ½ step, f + ½ step)``, open-ended at the ends of the network's grid (a
+        draw beyond them rounds to the end; the first floor's cell stops above 0, whose point
+        mass is a cell of its own); the whole line when floors are not rounded."""
+        net = np.asarray(network, dtype=np.int64)
+        f = np.asarray(floor_cpm, dtype=np.float64)
+        if not self._steps:
+            return np.full(len(f), -np.inf), np.full(len(f), np.inf)
+        k = np.rint(f * self._steps)
+        grid = self._grid[net]
+        with np.errstate(divide="ignore"):
+            lower = np.log(np.maximum(k - 0.5, 0.0) / self._steps)
+            upper = np.where(k >= grid[:, 1], np.inf, np.log((k + 0.5) / self._steps))
+        # The grid's first floor takes every draw below it, but not a point mass at 0 (a
+        # candidate floor of 0 is served as 0, in its own cell).
+        lower = np.where((k <= grid[:, 0]) & (k > 0), _LOG_ABOVE_ZERO, lower)
+        return lower, upper
+
+    def floor_cell_span(
+        self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """The part of each floor's cell (:meth:`floor_cell`) a jittered draw can reach: within
+        the network's bounds, clamped to the binned price range (log CPM, [k] each). Its width
+        turns a cell probability into a density (:meth:`logged_floor_density`); off-policy
+        evaluation averages the candidate's density over the same span."""
+        net = np.asarray(network, dtype=np.int64)
+        lower, upper = self.floor_cell(net, floor_cpm)
+        bounds = np.clip(self.floor_bounds[net], LOG_EDGES[0], LOG_EDGES[-1])
+        return np.maximum(lower, bounds[:, 0]), np.minimum(upper, bounds[:, 1])
+
+    def floor_cell_probability(self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]) -> NDArray:
+        """P(the served floor is ``floor_cpm`` | network) [k] for rounded floors of a jittered
+        table: the jitter mixture's probability of the floor's cell (:meth:`floor_cell`)."""
+        net = np.asarray(network, dtype=np.int64)
+        lower, upper = self.floor_cell(net, floor_cpm)
+        return self._jitter_cdf(net, upper) - self._jitter_cdf(net, lower)
+
+    def logged_floor_density(self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]) -> NDArray:
+        """The density of log floor a decision logs [k] (per unit log CPM; NaN without one):
+        :meth:`log_floor_density` for unrounded floors; for rounded ones the floor's cell
+        probability over the cell's width within the network's bounds (log CPM), i.e. the
+        mean density over the cell: ``Σ_cells P(cell) g(x_cell) / density = Σ_cells |cell| g``
+        integrates ``g`` over log floor as the unrounded density does."""
+        net = np.asarray(network, dtype=np.int64)
+        f = np.asarray(floor_cpm, dtype=np.float64)
+        if not self._steps:
+            return self.log_floor_density(net, f)
+        lower, upper = self.floor_cell_span(net, f)
+        width = upper - lower
+        prob = self.floor_cell_probability(net, f)
+        has = (self.floor_log_sd[net] > 0) & (f > 0) & np.isfinite(width) & (width > 0) & (prob > 0)
+        return np.where(has, prob / np.where(has, width, 1.0), np.nan)
+
+    def _jitter_cdf(
+        self, net: NDArray[np.int64], log_floor: NDArray[np.float64], *, per_candidate: bool = False
+    ) -> NDArray:
         """P(log f < log_floor | network) [k] under the jittered floor distribution
-        (a step at each candidate floor that is not jittered: other networks, and floors of 0)."""
+        (a step at each candidate floor that is not jittered: other networks, and floors of 0);
+        ``per_candidate``: its terms ``p_m · P_m(log f < log_floor)`` [k, M]."""
         sd = self.floor_log_sd[net][:, None]
         jit = (sd > 0) & (self.floors[net] > 0)  # [k, M]
         safe = np.where(jit, sd, 1.0)
@@ -225,7 +314,15 @@ class SegmentTable:
         # P(log f < x) for point masses: bins are [edge_b, edge_b+1), like price_bin.
         step = np.where(self.floors[net] > 0, mu, -np.inf) < log_floor[:, None]
         mass = np.where(jit, mass, step.astype(float))
-        return (self.floor_probs[net] * mass).sum(axis=1)
+        terms = self.floor_probs[net] * mass
+        return terms if per_candidate else terms.sum(axis=1)
+
+    def cell_probability_terms(
+        self, network: NDArray[np.int64], lower: NDArray[np.float64], upper: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """Per candidate, ``p_m · P_m(lower <= log f < upper | network)`` [k, M] (log CPM edges [k])."""
+        net = np.asarray(network, dtype=np.int64)
+        return self._jitter_cdf(net, upper, per_candidate=True) - self._jitter_cdf(net, lower, per_candidate=True)
 
     def floor_bin_probability(self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]) -> NDArray:
         """P(the floor's statistics bin | network) [k] for floors drawn from this table.
@@ -234,9 +331,30 @@ class SegmentTable:
         floors below ``PRICE_MIN`` and above ``MAX_CPM`` into them)."""
         net = np.asarray(network, dtype=np.int64)
         b = price_bin(log_price(np.asarray(floor_cpm, dtype=np.float64)))
+        if self._steps:
+            return self._rounded_bin_probability(net, b)
         upper = np.where(b == len(LOG_EDGES) - 2, np.inf, LOG_EDGES[b + 1])
         lower = np.where(b == 0, -np.inf, LOG_EDGES[b])
         return self._jitter_cdf(net, upper) - self._jitter_cdf(net, lower)
+
+    def _rounded_bin_probability(self, net: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray:
+        """P(the rounded floor lies in bin ``b`` | network) [k]: the cells of the grid floors
+        ``k / n`` of that bin (a run ``k_first … k_last``; none in a bin narrower than a step)."""
+        grid = self._grid[net]
+        first = np.maximum(self._first_step_in_bin(b), grid[:, 0])
+        last = np.minimum(np.where(b == N_BINS - 1, np.inf, self._first_step_in_bin(b + 1) - 1), grid[:, 1])
+        some = first <= last
+        lower, _ = self.floor_cell(net, np.where(some, first, grid[:, 0]) / self._steps)
+        _, upper = self.floor_cell(net, np.where(some, last, grid[:, 0]) / self._steps)
+        return np.where(some, self._jitter_cdf(net, upper) - self._jitter_cdf(net, lower), 0.0)
+
+    def _first_step_in_bin(self, b: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Smallest k with ``price_bin(k / n) >= b`` [k] (0 for the first bin), checked with
+        :func:`bandit.stats.price_bin` itself so that float edges agree."""
+        start = np.floor(np.exp(LOG_EDGES[np.minimum(b, N_BINS)]) * self._steps) - 1.0
+        cand = np.maximum(start[:, None] + np.arange(4.0)[None, :], 0.0)  # [k, 4]
+        ok = price_bin(log_price(cand / self._steps)) >= b[:, None]
+        return np.where(b <= 0, 0.0, cand[np.arange(len(b)), np.argmax(ok, axis=1)])
 
     def log_floor_density(
         self,
@@ -298,3 +416,76 @@ def floor_bin_propensity(
         same = bins[i][:, None] == bins[i][None, :]
         out[i] = same.astype(float) @ probs[i]
     return out
+
+
+def round_table(table: SegmentTable, precision: float, log_bounds: NDArray[np.float64]) -> SegmentTable:
+    """``table`` serving floors that are multiples of ``precision`` (CPM, 1/n; 0 returns it as
+    it is), within each network's floor bounds ``log_bounds`` [N, 2] (log CPM).
+
+    Fixed candidate floors (networks without jitter, and candidate floors of 0) are rounded
+    now and identical ones merge their probability (the others keep their place with
+    probability 0); their ``floor_propensity`` is recomputed for the rounded floors' bins.
+    A jittered network keeps its candidates (the centres of its jitter) and rounds each draw
+    (:meth:`SegmentTable.sample`); its rows get ``log_bounds`` only where they had none.
+    Plan floors (waterfall tiers, auction bidders) are rounded too and identical plans
+    merged, first occurrence first. Idempotent: rounding a rounded table changes nothing."""
+    if not precision > 0:
+        return table
+    steps = round(1.0 / precision)
+    n = len(table.weights)
+    jit = table.floor_log_sd > 0 if table.floor_log_sd is not None else np.zeros(n, dtype=bool)
+    bounds = np.array(table.floor_bounds if table.floor_bounds is not None else np.tile([-np.inf, np.inf], (n, 1)))
+    bounds[~jit] = log_bounds[~jit]
+    with np.errstate(over="ignore"):
+        grid_lo = np.ceil(np.exp(bounds[:, 0]) * steps - 1e-6)
+        grid_hi = np.floor(np.minimum(np.exp(bounds[:, 1]) * steps, 1e15) + 1e-6)
+    fixed = ~jit[:, None] | (table.floors <= 0)  # [N, M]
+    k = np.clip(np.floor(table.floors * steps + 0.5), grid_lo[:, None], grid_hi[:, None])
+    k = np.where(table.floors > 0, k, 0.0)  # a floor of 0 stays 0
+    floors = np.where(fixed, k / steps, table.floors)
+    probs = table.floor_probs.copy()
+    for i in range(n):
+        cols = np.flatnonzero(fixed[i])
+        if len(cols) > 1:
+            _, first, inverse = np.unique(k[i, cols], return_index=True, return_inverse=True)
+            mass = np.bincount(inverse.ravel(), weights=probs[i, cols], minlength=len(first))
+            probs[i, cols] = 0.0
+            probs[i, cols[first]] = mass
+    bins = price_bin(log_price(floors))
+    plans = {}
+    if table.plan_floors is not None and table.plan_tiers is not None and table.plan_probs is not None:
+        called = table.plan_tiers >= 0
+        pk = np.clip(np.floor(table.plan_floors * steps + 0.5), grid_lo, grid_hi)
+        pk = np.where(called & (table.plan_floors > 0), pk, 0.0)
+        tiers, plan_k, plan_probs = _merge_plans(table.plan_tiers, pk, table.plan_probs)
+        plans = {"plan_tiers": tiers, "plan_floors": plan_k / steps, "plan_probs": plan_probs}
+    return SegmentTable(
+        table.weights,
+        floors,
+        probs,
+        floor_bin_propensity(floors, probs, bins),
+        table.summary,
+        floor_log_sd=table.floor_log_sd,
+        floor_bounds=bounds,
+        **plans,
+        floor_precision=1.0 / steps,
+    )
+
+
+def _merge_plans(
+    tiers: NDArray[np.int64], floor_steps: NDArray[np.float64], probs: NDArray[np.float64]
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+    """Identical plans (tiers and floors [P, N]) merged into their first occurrence, in order of
+    first occurrence, padded back to P rows of probability 0 (no network called)."""
+    p = len(tiers)
+    _, first, inverse = np.unique(
+        np.concatenate([tiers, floor_steps], axis=1), axis=0, return_index=True, return_inverse=True
+    )
+    mass = np.bincount(inverse.ravel(), weights=probs, minlength=len(first))
+    order = np.argsort(first)
+    keep = first[order]
+    out_t = np.full_like(tiers, -1)
+    out_f = np.zeros_like(floor_steps)
+    out_p = np.zeros(p)
+    out_t[: len(keep)], out_f[: len(keep)], out_p[: len(keep)] = tiers[keep], floor_steps[keep], mass[order]
+    return out_t, out_f, out_p

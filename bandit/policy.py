@@ -20,11 +20,11 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable, project_shares
+from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable, project_shares, round_table
 from bandit.drift import ChangeAlarm
 from bandit.errors import InvalidDecisionRequest, InvalidState
 from bandit.events import EventBatch
-from bandit.stats import REQUESTS, SufficientStats
+from bandit.stats import REQUESTS, SufficientStats, log_price
 from bandit.types import ALL_SEGMENTS, Allocation, Decision, NetworkAllocation, OutcomeEvent, PlacementConfig
 
 STATE_SCHEMA_VERSION = 1
@@ -41,7 +41,8 @@ class DecisionBatch:
     segments: tuple[str, ...]
     segment_index: NDArray[np.int64]
     model_version: str
-    #: Density of log floor given the network [n] (per unit log CPM); NaN for discrete floors.
+    #: Density of log floor given the network [n] (per unit log CPM; for floors rounded to the
+    #: placement's precision, the floor's cell probability per unit log CPM); NaN for discrete floors.
     floor_density: NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
@@ -119,6 +120,13 @@ class Policy:
         self._tables: dict[str, SegmentTable] = {}
         self._lo = np.array([n.min_share for n in placement.networks])
         self._hi = np.array([n.max_share for n in placement.networks])
+        #: Each network's floor bounds in log CPM [N, 2] (what rounded floors stay within).
+        self._floor_log_bounds = np.array(
+            [log_price(np.array([n.floor_min_cpm, n.floor_max_cpm])) for n in placement.networks]
+        )
+        self._floor_log_bounds[:, 0] = np.where(
+            [n.floor_min_cpm <= 0 for n in placement.networks], -np.inf, self._floor_log_bounds[:, 0]
+        )
         #: Tables and segment count at the last :meth:`checkpoint` (``None``: none taken).
         self._saved_tables: dict[str, SegmentTable] | None = None
         self._saved_segments = 0
@@ -151,11 +159,16 @@ class Policy:
     def refresh(self, segments: Sequence[str] = ()) -> None:
         """Rebuild the decision tables of ``segments`` and of the whole placement."""
         pooled = self.stats.placement_level()
-        self._tables[ALL_SEGMENTS] = self._build_table(ALL_SEGMENTS, pooled, pooled)
+        self._tables[ALL_SEGMENTS] = self._finish(self._build_table(ALL_SEGMENTS, pooled, pooled))
         for seg in segments:
             if seg != ALL_SEGMENTS:
                 row = self.stats.segment_row(seg)
-                self._tables[seg] = self._build_table(seg, self.stats.segment_data(row), pooled)
+                self._tables[seg] = self._finish(self._build_table(seg, self.stats.segment_data(row), pooled))
+
+    def _finish(self, table: SegmentTable) -> SegmentTable:
+        """A built (or loaded) table as it serves: floors rounded to the placement's
+        ``floor_precision_cpm`` (:func:`bandit.allocation.round_table`; idempotent)."""
+        return round_table(table, self.placement.floor_precision_cpm, self._floor_log_bounds)
 
     def decision_copy(self) -> Policy:
         """A copy for deciding while this policy keeps learning: decisions read only the
@@ -207,7 +220,7 @@ class Policy:
         if table.jittered:
             u, v = (rng or self._rng).random(2)
             net, floor, prop, fprop = table.sample_one(u, v)
-            density = float(table.log_floor_density(np.array([net]), np.array([floor]))[0])
+            density = float(table.logged_floor_density(np.array([net]), np.array([floor]))[0])
         else:
             net, floor, prop, fprop = table.sample_one((rng or self._rng).random())
             density = math.nan
@@ -258,7 +271,7 @@ class Policy:
             out = table.sample(u[rows], None if v is None else v[rows])
             net[rows], floor[rows], prop[rows], fprop[rows] = out
             if table.jittered:
-                density[rows] = table.log_floor_density(net[rows], floor[rows])
+                density[rows] = table.logged_floor_density(net[rows], floor[rows])
         return DecisionBatch(
             net, floor, prop, fprop, tuple(segments), np.asarray(segment_index), self.model_version, density
         )
@@ -415,7 +428,7 @@ class Policy:
         self._rng.bit_generator.state = meta["rng"]
         for seg in changes["table_removed"]:
             self._tables.pop(str(seg), None)
-        self._tables.update(_tables_of(changes))
+        self._tables.update((seg, self._finish(t)) for seg, t in _tables_of(changes).items())
         self._apply_extra_changes(changes)
         self.checkpoint()
 
@@ -446,7 +459,7 @@ class Policy:
         policy.updates = int(meta["updates"])
         policy._rng.bit_generator.state = meta["rng"]
         policy._load_extra_state(state)
-        policy._tables = _tables_of(state)
+        policy._tables = {seg: policy._finish(t) for seg, t in _tables_of(state).items()}
         return policy
 
 

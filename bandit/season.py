@@ -27,9 +27,22 @@ from numpy.typing import NDArray
 from bandit.stats import distinct, log_price, price_bin
 
 HOURS_PER_DAY = 24
-#: Events of an hour that move its level half-way to what they show; also the strength
-#: (in events) of the segment's common level in a network's served level.
+#: Memory of an hour's level (in events): a level is the mean of what its events show until
+#: it has this many, then each batch of n events moves it ``n / (n + LEVEL_EVENTS)`` of the
+#: way to what they show (a slowly changing daily shape is followed).
 LEVEL_EVENTS = 2000.0
+#: How far networks' daily shapes are expected to differ from their segment's common one, as
+#: a share of the common cycle's own spread over the day: a second-price network gains more
+#: from a demand peak than a first-price one, by a fraction of the cycle; without a cycle,
+#: networks do not differ by the hour either.
+DEVIATION_SHARE = 0.5
+#: Bounds of the strength (in events) of the common level in a network's served level.
+DEVIATION_EVENTS_MIN, DEVIATION_EVENTS_MAX = 50.0, 1e6
+#: Events (at level 0) a segment's common level holds before its networks' events.
+COMMON_EVENTS = 200.0
+#: Standard deviation of one event's log revenue ratio (observed / expected): the
+#: uncertainty of a level learned from n events is about ``LEVEL_NOISE / sqrt(n)``.
+LEVEL_NOISE = 1.0
 #: Floor-bin history (discounted requests) needed before an event is compared with it.
 MIN_BIN_HISTORY = 5.0
 #: Levels stay within [1 / LEVEL_BOUND, LEVEL_BOUND].
@@ -63,11 +76,16 @@ def update_cell_levels(
     revenue: NDArray[np.float64],
     expected: NDArray[np.float64],
     level_events: float = LEVEL_EVENTS,
+    served: NDArray[np.float64] | None = None,
+    seen: NDArray[np.float64] | None = None,
 ) -> NDArray[np.float64]:
     """New log levels [C, 24] of C cells (``log_level`` [C, 24]) after their events (``cell`` [n]
-    in [0, C), with their hours, revenues and expectations): per cell and hour, move ``log s_h``
-    by ``n / (n + level_events)`` of ``log(Σ revenue / Σ expected)`` over its events with an
-    expectation (``expected`` NaN: not compared). A cell without such events is left as it is."""
+    in [0, C), with their hours, revenues and expectations): per cell and hour, the events show
+    the level ``served + log(Σ revenue / Σ expected)`` (``expected`` computed at the ``served``
+    log levels [C, 24], default the cells' own; NaN: not compared), and ``log s_h`` moves by
+    ``n / (n + min(seen, level_events))`` of the way to it, ``seen`` [C, 24] the events the
+    level has learned from so far (default ``level_events``): a running mean of what the
+    events show, with a memory of ``level_events``. A cell without such events is left as it is."""
     out = log_level.copy()
     known = np.isfinite(expected)
     if not known.any():
@@ -80,8 +98,11 @@ def update_cell_levels(
     predicted = np.bincount(inverse, weights=expected[known], minlength=len(slots))
     ok = (predicted > 0) & (observed > 0)
     ratio = np.log(np.clip(observed[ok] / predicted[ok], 1 / LEVEL_BOUND, LEVEL_BOUND))
-    flat = out.reshape(-1)
-    flat[slots[ok]] += n[ok] / (n[ok] + level_events) * ratio
+    flat, step = out.reshape(-1), ratio  # step: from the own level to what the events show
+    if served is not None:
+        step = ratio + served.reshape(-1)[slots[ok]] - flat[slots[ok]]
+    memory = level_events if seen is None else np.minimum(seen.reshape(-1)[slots[ok]], level_events)
+    flat[slots[ok]] += n[ok] / (n[ok] + memory) * step
     compared = np.unique(slots // HOURS_PER_DAY)
     out[compared] = np.clip(out[compared], -np.log(LEVEL_BOUND), np.log(LEVEL_BOUND))
     return out
@@ -97,16 +118,53 @@ def count_level_events(
     return out
 
 
-def shrunk_levels(log_level: NDArray[np.float64], events: NDArray[np.float64], strength: float) -> NDArray[np.float64]:
-    """Served log levels [N] of one segment's N networks at one time of day, from their own
-    levels ``log_level`` [N] learned from ``events`` [N] compared events at that hour: each
-    is pulled toward the segment's common level (the event-weighted mean over networks) with
-    ``strength`` events. A daily cycle is mostly the market's, so a network seldom served at
-    an hour follows the others instead of a stale level of its own, and networks are ranked
-    on levels that are equally well learned."""
-    total = float(events.sum())
-    common = float(events @ log_level) / total if total > 0 else 0.0
-    return (events * log_level + strength * common) / (events + strength)
+def shrunk_levels(
+    log_level: NDArray[np.float64], events: NDArray[np.float64], strength: float | NDArray[np.float64], axis: int = -1
+) -> NDArray[np.float64]:
+    """Served log levels of one segment's N networks (along ``axis``, by default the last), from
+    their own levels ``log_level`` learned from ``events`` compared events at the same hour
+    (same shape): each is pulled toward the segment's common level (the event-weighted mean
+    over networks) with ``strength`` events (a number, or an array that broadcasts). A daily
+    cycle is mostly the market's, so a network seldom served at an hour follows the others
+    instead of a stale level of its own, networks are ranked on levels that are equally well
+    learned, and a seldom-served network's events are learned at the level it is served at
+    (see :func:`update_cell_levels`)."""
+    common = common_levels(log_level, events, axis)
+    return (events * log_level + strength * np.expand_dims(common, axis)) / (events + strength)
+
+
+def common_levels(log_level: NDArray[np.float64], events: NDArray[np.float64], axis: int = -1) -> NDArray[np.float64]:
+    """A segment's common log level (networks along ``axis``, which is summed away): the mean of
+    its networks' own levels weighted by their events, pulled toward 0 (no cycle) by
+    ``COMMON_EVENTS`` events, so a few events of seldom-served networks do not set it."""
+    weighted = (events * log_level).sum(axis=axis)
+    return weighted / (events.sum(axis=axis) + COMMON_EVENTS)
+
+
+def deviation_strength(log_level: NDArray[np.float64], events: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Strength [S] of the common level in the served levels of S segments, from their networks'
+    own levels and events ``[S, N, 24]``: ``LEVEL_NOISE² / τ²``, with τ = ``DEVIATION_SHARE`` ×
+    the spread over the day (sd over hours, weighted by events, less the levels' own noise) of
+    the segment's common level,
+    within [``DEVIATION_EVENTS_MIN``, ``DEVIATION_EVENTS_MAX``]. A flat market keeps every
+    network at the common level and is sure of it; a strong cycle lets networks' own shapes
+    show after a few hundred events, and leaves a seldom-served network's doubtful."""
+    total = events.sum(axis=1)  # [S, 24]
+    common = common_levels(log_level, events, axis=1)
+    weight = np.divide(total, total.sum(axis=1, keepdims=True), out=np.zeros_like(total), where=total > 0)
+    mean = (weight * common).sum(axis=1, keepdims=True)
+    # The spread of the common levels less what their own noise (≈ LEVEL_NOISE² / events) adds.
+    noise = (weight * LEVEL_NOISE**2 / np.maximum(total, 1.0)).sum(axis=1)
+    tau2 = DEVIATION_SHARE**2 * np.maximum((weight * (common - mean) ** 2).sum(axis=1) - noise, 0.0)
+    strength = np.divide(LEVEL_NOISE**2, tau2, out=np.full_like(tau2, DEVIATION_EVENTS_MAX), where=tau2 > 0)
+    return np.clip(strength, DEVIATION_EVENTS_MIN, DEVIATION_EVENTS_MAX)
+
+
+def level_sd(events: NDArray[np.float64], strength: float | NDArray[np.float64]) -> NDArray[np.float64]:
+    """Posterior sd of served log levels learned from ``events`` events of their own, shrunk
+    toward the common level with ``strength``: a network never served at an hour may differ
+    from the others by about ``LEVEL_NOISE / sqrt(strength)``."""
+    return LEVEL_NOISE / np.sqrt(np.asarray(events, dtype=np.float64) + strength)
 
 
 def level_at(log_level: NDArray[np.float64], ts: float) -> float:

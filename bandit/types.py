@@ -25,6 +25,10 @@ MISSING_VALUE = "unknown"
 Auction = Literal["auto", "first", "second"]
 
 _SHARE_TOLERANCE = 1e-9
+#: Default floor precision (CPM): cents, what ad servers and networks take.
+FLOOR_PRECISION_CPM = 0.01
+#: Finest floor precision a placement may ask for: 1 / MAX_FLOOR_STEPS CPM.
+MAX_FLOOR_STEPS = 10_000
 
 
 def _finite(value: float, name: str, error: type[Exception] = InvalidConfig) -> float:
@@ -101,6 +105,10 @@ class PlacementConfig:
     max_tiers: int = 0
     #: Auction: at most this many networks called per request (0: every network).
     max_calls: int = 0
+    #: Served floors are multiples of this (CPM; default cents): 1/n CPM for a whole n up to
+    #: :data:`MAX_FLOOR_STEPS`, or 0 for unrounded floors. Rounded before the decision's
+    #: propensities are computed, so the logged floor is the served one.
+    floor_precision_cpm: float = FLOOR_PRECISION_CPM
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip() or len(self.id) > 128:
@@ -136,9 +144,15 @@ class PlacementConfig:
                 "min_share/max_share are shares of first calls (single and waterfall placements); an auction "
                 "calls its networks at once: remove them (cap calls with max_calls)"
             )
+        object.__setattr__(self, "floor_precision_cpm", _floor_precision(self.floor_precision_cpm, networks))
         object.__setattr__(self, "networks", networks)
         object.__setattr__(self, "segment_by", segment_by)
         object.__setattr__(self, "currency", self.currency.upper())
+
+    @property
+    def floor_steps_per_cpm(self) -> int:
+        """Floor grid points per CPM (100 for cents); 0 when floors are not rounded."""
+        return floor_steps(self.floor_precision_cpm)
 
     @property
     def depth(self) -> int:
@@ -188,6 +202,12 @@ class PlacementConfig:
                 if self.mode != "single"
                 else {}
             ),
+            # Only when not the default, so stored placements (and policy states) compare as before.
+            **(
+                {"floor_precision_cpm": self.floor_precision_cpm}
+                if self.floor_precision_cpm != FLOOR_PRECISION_CPM
+                else {}
+            ),
         }
 
     @classmethod
@@ -217,7 +237,37 @@ class PlacementConfig:
             body.get("mode", "single"),
             body.get("max_tiers", 0),
             body.get("max_calls", 0),
+            body.get("floor_precision_cpm", FLOOR_PRECISION_CPM),
         )
+
+
+def floor_steps(precision_cpm: float) -> int:
+    """Grid points per CPM of a (validated) floor precision: ``round(1 / precision)``; 0 for 0."""
+    return round(1.0 / precision_cpm) if precision_cpm > 0 else 0
+
+
+def _floor_precision(value: object, networks: Sequence[NetworkConfig]) -> float:
+    """A valid floor precision (see :attr:`PlacementConfig.floor_precision_cpm`): 0, or 1/n CPM
+    with every network's floor bounds holding at least one multiple of it."""
+    expected = (
+        f"floor_precision_cpm must be 0 (floors not rounded) or 1/n CPM for a whole n from 1 to "
+        f"{MAX_FLOOR_STEPS} (0.01: cents, 0.001: tenths of a cent, 0.05, 0.1, 1), got {value!r}"
+    )
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InvalidConfig(expected)
+    if value == 0:
+        return 0.0
+    steps = 1.0 / value
+    n = round(steps)
+    if not 1 <= n <= MAX_FLOOR_STEPS or abs(steps - n) > 1e-6 * n:
+        raise InvalidConfig(expected)
+    for net in networks:
+        if math.ceil(net.floor_min_cpm * n - 1e-6) > math.floor(net.floor_max_cpm * n + 1e-6):
+            raise InvalidConfig(
+                f"network {net.id!r}: floor bounds [{net.floor_min_cpm:g}, {net.floor_max_cpm:g}] hold no multiple of "
+                f"floor_precision_cpm {value:g}: widen them or choose a finer precision"
+            )
+    return float(value)
 
 
 def _segment_value(value: object) -> str:
@@ -243,7 +293,8 @@ class Decision:
     segment: str
     model_version: str
     #: Density of log floor_cpm given the network (per unit log CPM) when floors are drawn
-    #: continuously (a jitter around the chosen floor); NaN for floors from a discrete set.
+    #: continuously (a jitter around the chosen floor) — of the served, rounded floor: its cell's
+    #: probability per unit log CPM; NaN for floors from a discrete set.
     floor_density: float = math.nan
 
 

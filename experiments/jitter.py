@@ -73,7 +73,7 @@ class JitteredPolicy(Policy):
         jit = self.floor_log_sd > 0
         lo, hi = np.exp(self.floor_bounds[:, :1]), np.exp(self.floor_bounds[:, 1:])
         floors[jit] = np.clip(floors, lo, hi)[jit]
-        return SegmentTable(
+        jittered = SegmentTable(
             table.weights,
             floors,
             table.floor_probs,
@@ -82,6 +82,7 @@ class JitteredPolicy(Policy):
             floor_log_sd=self.floor_log_sd,
             floor_bounds=self.floor_bounds,
         )
+        return self._finish(jittered)  # draws rounded to the placement's floor precision
 
     def table(self, segment: str) -> SegmentTable:
         base = self.base.table(segment)

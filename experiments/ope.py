@@ -23,7 +23,11 @@ Weights (``r_i`` the reward, ``x_i = log f_i``, means over the n logged requests
   candidate floor's kernel is renormalised to the network's logged range of log floors
   (boundary correction: a candidate floor at a floor bound, where the logger's jitter is
   truncated, would otherwise lose the half of its kernel beyond the bound). Rows without a
-  logged density keep their bin weight. The estimand is the value of the candidate with
+  logged density keep their bin weight. Rounded floors (a placement's ``floor_precision_cpm``):
+  a served floor stands for the cell of draws that round to it, the logged density is that
+  cell's probability over the cell's span (:meth:`SegmentTable.logged_floor_density`) and
+  ``g_h`` is averaged over the same span, so the weight is the ratio of the two policies'
+  probabilities of the served floor (the candidate's smoothed by ``h``). The estimand is the value of the candidate with
   floors blurred by ``h``: bias ``O(h²)`` (``O(h)`` at a bound) against variance ``O(1 / (n h))``.
 
 Estimators (small classes overriding one method, as OBP's ``BaseOffPolicyEstimator`` →
@@ -333,7 +337,8 @@ def candidate_points(
 ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
     """The candidate's (network, floor) distribution as weighted points (network [Q],
     floor_cpm [Q], mass [Q], masses sum to 1): fixed floors as point masses; a jittered
-    candidate floor as ``n_points`` quantile midpoints of its truncated log-normal, so
+    candidate floor as ``n_points`` quantile midpoints of its truncated log-normal (rounded
+    as the table serves them), so
     ``Σ mass · f(network, floor)`` integrates ``f`` over the candidate's floors."""
     joint = table.weights[:, None] * table.floor_probs  # [N, M]
     nets, cands = np.nonzero(joint > 0)
@@ -351,7 +356,7 @@ def candidate_points(
         u = (np.arange(n_points) + 0.5) / n_points
         z = ndtri(np.clip(z_lo + u[None, :] * (z_hi - z_lo), 1e-300, 1.0 - 1e-16))
         out_net.append(np.repeat(jn, n_points))
-        out_floor.append(np.exp(np.clip(mu + s * z, lo, hi)).ravel())
+        out_floor.append(table.round_floors(np.repeat(jn, n_points), np.exp(np.clip(mu + s * z, lo, hi)).ravel()))
         out_mass.append(np.repeat(mass[jit] / n_points, n_points))
     return np.concatenate(out_net), np.concatenate(out_floor), np.concatenate(out_mass)
 
@@ -372,6 +377,48 @@ def action_probabilities(policy: Policy, segments: Sequence[str]) -> NDArray[np.
         for n in np.flatnonzero(~fixed):
             out[s, n] = table.weights[n] * table.floor_bin_probability(np.full(N_BINS, n), centres)
     return out
+
+
+def _target_terms(
+    table: SegmentTable, net: NDArray[np.int64], floor_cpm: NDArray[np.float64], extra: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """The candidate's smoothed density terms ``p_m · g_m`` [k, M] at logged floors: at the
+    floor itself, or, for rounded floors (the table's ``floor_precision`` > 0), averaged over
+    the floor's cell span (:meth:`SegmentTable.floor_cell_span`, Gauss–Legendre) — the same
+    span whose width turned the logger's cell probability into its logged density, so the
+    weight is the ratio of the two policies' probabilities of the served floor."""
+    if not table.floor_precision > 0:
+        return table.log_floor_density(net, floor_cpm, extra_sd=extra, per_candidate=True)
+    a, b = table.floor_cell_span(net, floor_cpm)
+    ok = np.isfinite(a) & np.isfinite(b) & (b > a)
+    x0 = np.log(np.maximum(floor_cpm, 1e-300))
+    a, b = np.where(ok, a, x0), np.where(ok, b, x0)
+    width = np.where(ok, b - a, 1.0)[:, None]
+    jit = table.floor_log_sd[net] > 0
+    # Exact where the smoothed distribution is simple: a jittered network not smoothed further
+    # (its own cell probabilities) and fixed floors smoothed by a normal kernel.
+    out = table.cell_probability_terms(net, a, b) / width
+    fixed = ~jit & (extra > 0)
+    if fixed.any():
+        e = extra[fixed][:, None]
+        mu = np.log(np.maximum(table.floors[net[fixed]], 1e-300))
+        mass = ndtr((b[fixed, None] - mu) / e) - ndtr((a[fixed, None] - mu) / e)
+        out[fixed] = table.floor_probs[net[fixed]] * np.where(table.floors[net[fixed]] > 0, mass, 0.0) / width[fixed]
+    smoothed = jit & (extra > 0)
+    if smoothed.any():  # a jittered network smoothed further: Gauss–Legendre over the span
+        rows = np.flatnonzero(smoothed)
+        avg = 0.0
+        for node, weight in zip(_GL_NODES, _GL_WEIGHTS, strict=True):
+            x = a[rows] + (b - a)[rows] * 0.5 * (node + 1.0)
+            avg = avg + 0.5 * weight * table.log_floor_density(
+                net[rows], np.exp(x), extra_sd=extra[rows], per_candidate=True
+            )
+        out[rows] = avg
+    return np.where(ok[:, None], out, np.nan)
+
+
+#: Gauss–Legendre nodes and weights on [-1, 1] for averages over a floor's cell.
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(5)
 
 
 def _kernel_mass(
@@ -590,10 +637,11 @@ class OPEData:
             extra = np.nan_to_num(
                 np.where(own > 0, np.sqrt(np.maximum(self.bandwidth**2 - own**2, 0.0)), self.bandwidth)
             )
-            terms = table.log_floor_density(net, logs.floor_cpm[rows], extra_sd=extra[net], per_candidate=True)
+            terms = _target_terms(table, net, logs.floor_cpm[rows], extra[net])
             # Boundary correction: each smoothed candidate floor's kernel is renormalised to the
-            # logged range of floors (the rows lie inside it by construction).
-            mass = _kernel_mass(table, extra, self.logged_range)[net]  # [k, M]
+            # logged range of floors (the rows lie inside it by construction; rounded floors
+            # stand for their cells).
+            mass = _kernel_mass(table, extra, self.supported_range)[net]  # [k, M]
             target = np.where(mass > 1e-9, np.nan_to_num(terms) / np.maximum(mass, 1e-9), 0.0).sum(axis=1)
             ok = np.isfinite(self.bandwidth[net])
             w[rows[ok]] = (table.weights[net] * target)[ok] / (logs.propensity[rows[ok]] * logs.floor_density[rows[ok]])
@@ -608,6 +656,23 @@ class OPEData:
             rows = cont & (self.logs.network == n)
             if rows.any():
                 out[n] = x[rows].min(), x[rows].max()
+        return out
+
+    @cached_property
+    def supported_range(self) -> NDArray[np.float64]:
+        """[N, 2]: the log floors the logger covered, per network: :attr:`logged_range`, or for
+        floors rounded by the candidate's placement, from the lowest logged floor's cell to the
+        highest's (:meth:`SegmentTable.floor_cell_span`: a served floor stands for its cell)."""
+        out = self.logged_range.copy()
+        table = self.tables[0] if self.tables else None
+        if table is None or not table.floor_precision > 0:
+            return out
+        cont = self.logs.continuous
+        lower, upper = table.floor_cell_span(self.logs.network[cont], self.logs.floor_cpm[cont])
+        for n in range(self.n_networks):
+            rows = self.logs.network[cont] == n
+            if rows.any():
+                out[n] = lower[rows].min(), upper[rows].max()
         return out
 
     def weights(self, kernel: bool) -> NDArray[np.float64]:

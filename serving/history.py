@@ -9,10 +9,19 @@ segments (the first ``max_segments`` seen, kept across restarts):
     {"t": 1764672000.0, "s": "KR|ios", "req": 812, "fill": 640, "rev": 1523.7,
      "last": 1764671999.2, "n": {"admob": [0.61, 1.35], "adfit": [0.27, 0.9], ...}}
 
+and, on the placement's own series (``*``) while an experiment runs, the live experiment's
+report at that time: per variant other than the champion ``[requests, lift, ci_low, ci_high,
+p_value_always_valid]`` (:func:`serving.report.experiment_report`; ``null`` until defined)::
+
+    {..., "s": "*", ..., "x": {"challenger": [5120, 0.031, -0.012, 0.074, 0.41]}}
+
+(files written before it existed have no ``x``: no experiment history there).
+
 ``t`` is the server time of the tick (the window is the time since the previous point),
 ``req``/``fill``/``rev`` the window's outcome events, fills and revenue (sum of CPM; revenue
 per request is ``rev / req``), ``last`` the newest event time learned so far, ``n`` per network
-its exposure weight and floor (CPM). Change alarms (:class:`bandit.drift.ChangeAlarm`) are
+its exposure weight and floor (CPM), ``x`` the experiment (cumulative since it began: the lift
+and its CI as the report gave them then). Change alarms (:class:`bandit.drift.ChangeAlarm`) are
 lines ``{"t": …, "alarm": {"ts", "segment", "network", "relative"}}``.
 
 **On disk**: ``STATE_DIR/history/<placement>.ndjson``, append-only JSON lines. A torn or
@@ -34,7 +43,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +64,8 @@ WINDOW_SEGMENTS = 256
 MAX_ALARMS_KEPT = 500
 #: Points the file may hold per point kept before it is rewritten.
 REWRITE_FACTOR = 2
+#: Fields of a variant's experiment figures in a point (``x``), in order.
+EXPERIMENT_FIELDS = ("requests", "lift", "ci_low", "ci_high", "p_value_always_valid")
 
 
 class WindowTally:
@@ -121,9 +132,11 @@ class Series:
     """The points of one (placement, segment) series as arrays: ``cols`` [n, 5] (:data:`T` …
     :data:`LAST`) and ``alloc`` [n, networks, 2] (weight, floor; NaN where a network was not
     in the placement), ``networks`` naming the second axis (it grows when a placement gains
-    one). About 8·(5 + 2·networks) bytes a point: a day at 30 s of three networks is 250 KB."""
+    one); ``exp`` [n, variants, len(EXPERIMENT_FIELDS)] the experiment's figures per variant
+    (NaN: none then), ``variants`` naming its second axis. About 8·(5 + 2·networks + 5·variants)
+    bytes a point: a day at 30 s of three networks is 250 KB."""
 
-    __slots__ = ("alloc", "capacity", "cols", "n", "networks")
+    __slots__ = ("alloc", "capacity", "cols", "exp", "n", "networks", "variants")
 
     def __init__(self, capacity: int) -> None:
         self.n = 0
@@ -131,21 +144,40 @@ class Series:
         self.cols = np.empty((min(64, self.capacity), 5))  # grows by doubling up to capacity
         self.alloc = np.empty((len(self.cols), 0, 2))
         self.networks: list[str] = []
+        self.exp = np.empty((len(self.cols), 0, len(EXPERIMENT_FIELDS)))
+        self.variants: list[str] = []
 
     def __len__(self) -> int:
         return self.n
 
-    def append(self, t: float, req: float, fill: float, rev: float, last: float | None, allocation: dict) -> None:
-        """Add a point (``allocation``: network → [weight, floor], ``None`` for a non-finite value)."""
+    def append(
+        self,
+        t: float,
+        req: float,
+        fill: float,
+        rev: float,
+        last: float | None,
+        allocation: dict,
+        experiment: Mapping[str, Sequence[float | None]] | None = None,
+    ) -> None:
+        """Add a point (``allocation``: network → [weight, floor]; ``experiment``: variant → its
+        :data:`EXPERIMENT_FIELDS`; ``None`` for a non-finite value)."""
+        experiment = experiment or {}
         new = [name for name in allocation if name not in self.networks]
         if new:
             grown = np.full((len(self.alloc), len(self.networks) + len(new), 2), np.nan)
             grown[:, : len(self.networks)] = self.alloc
             self.alloc, self.networks = grown, [*self.networks, *new]
+        new = [name for name in experiment if name not in self.variants]
+        if new:
+            grown = np.full((len(self.exp), len(self.variants) + len(new), len(EXPERIMENT_FIELDS)), np.nan)
+            grown[:, : len(self.variants)] = self.exp
+            self.exp, self.variants = grown, [*self.variants, *new]
         if self.n == len(self.cols) < self.capacity:
             size = min(2 * self.n, self.capacity)
             self.cols = np.concatenate([self.cols, np.empty((size - self.n, 5))])
             self.alloc = np.concatenate([self.alloc, np.empty((size - self.n, *self.alloc.shape[1:]))])
+            self.exp = np.concatenate([self.exp, np.empty((size - self.n, *self.exp.shape[1:]))])
         if self.n == self.capacity:
             self.thin()
         i = self.n
@@ -153,11 +185,15 @@ class Series:
         self.alloc[i] = np.nan
         for name, (w, f) in allocation.items():
             self.alloc[i, self.networks.index(name)] = (np.nan if w is None else w, np.nan if f is None else f)
+        self.exp[i] = np.nan
+        for name, values in experiment.items():
+            self.exp[i, self.variants.index(name)] = [np.nan if v is None else v for v in values]
         self.n += 1
 
     def thin(self) -> None:
         """Merge the older half's neighbours pairwise: counts and revenue add, the later point's
-        time, newest event time and allocation are kept. Resolution halves there; no event is lost."""
+        time, newest event time, allocation and experiment figures (cumulative) are kept.
+        Resolution halves there; no event is lost."""
         half = self.n // 2
         pairs = half // 2
         a, b = self.cols[0 : 2 * pairs : 2], self.cols[1 : 2 * pairs : 2]
@@ -166,23 +202,26 @@ class Series:
         keep = slice(2 * pairs, self.n)  # an odd one out of the older half stays as it is
         cols = np.concatenate([merged, self.cols[keep]])
         alloc = np.concatenate([self.alloc[1 : 2 * pairs : 2], self.alloc[keep]])
+        exp = np.concatenate([self.exp[1 : 2 * pairs : 2], self.exp[keep]])
         self.n = len(cols)
-        self.cols[: self.n], self.alloc[: self.n] = cols, alloc
+        self.cols[: self.n], self.alloc[: self.n], self.exp[: self.n] = cols, alloc, exp
 
-    def after(self, since: float | None) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the rows later than ``since`` (all with ``None``)."""
+    def after(self, since: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of the rows (cols, alloc, exp) later than ``since`` (all with ``None``)."""
         rows = (
             slice(0, self.n)
             if since is None
             else slice(int(np.searchsorted(self.cols[: self.n, T], since, "right")), self.n)
         )
-        return self.cols[rows].copy(), self.alloc[rows].copy()
+        return self.cols[rows].copy(), self.alloc[rows].copy(), self.exp[rows].copy()
 
     def lines(self, placement_id: str, segment: str) -> list[dict]:
         """The points as the file's JSON lines."""
         return [
-            _line(placement_id, segment, row, alloc, self.networks)
-            for row, alloc in zip(self.cols[: self.n].tolist(), self.alloc[: self.n].tolist(), strict=True)
+            _line(placement_id, segment, row, alloc, self.networks, exp, self.variants)
+            for row, alloc, exp in zip(
+                self.cols[: self.n].tolist(), self.alloc[: self.n].tolist(), self.exp[: self.n].tolist(), strict=True
+            )
         ]
 
 
@@ -283,13 +322,23 @@ class HistoryRecorder:
         for v in allocation.values():
             if not (isinstance(v, list) and len(v) == 2 and all(x is None or isinstance(x, (int, float)) for x in v)):
                 raise ValueError("n")
+        experiment = point.get("x") or {}  # lines written before experiments were kept have none
+        if not isinstance(experiment, dict):
+            raise TypeError("x")
+        for v in experiment.values():
+            if not (
+                isinstance(v, list)
+                and len(v) == len(EXPERIMENT_FIELDS)
+                and all(x is None or (isinstance(x, (int, float)) and math.isfinite(x)) for x in v)
+            ):
+                raise ValueError("x")
         series = kept.series.get(point["s"])
         if series is None:
             tracked = sum(s != ALL_SEGMENTS for s in kept.series)
             if point["s"] != ALL_SEGMENTS and tracked >= self.max_segments:
                 return
             series = kept.series[point["s"]] = Series(self.max_points)
-        series.append(point["t"], point["req"], point["fill"], point["rev"], last, allocation)
+        series.append(point["t"], point["req"], point["fill"], point["rev"], last, allocation, experiment)
         if last is not None:
             kept.last_event_ts = max(kept.last_event_ts or -math.inf, float(point["last"]))
 
@@ -313,11 +362,13 @@ class HistoryRecorder:
         window: WindowTally,
         alarms: Iterable[ChangeAlarm],
         allocations: Mapping[str, Mapping[str, tuple[float, float]]],
+        experiment: Mapping[str, Sequence[float | None]] | None = None,
     ) -> None:
         """Append one point per series of ``placement_id`` at time ``now``: the whole placement
         and each tracked segment, with ``window``'s counts and ``allocations[segment]`` (network
         → (weight, floor)); new segments of the window are tracked while there is room
-        (:meth:`segments_to_record` says which, before the allocations are read)."""
+        (:meth:`segments_to_record` says which, before the allocations are read). ``experiment``
+        (variant → its :data:`EXPERIMENT_FIELDS`) goes with the whole placement's point."""
         with self._lock:
             kept = self._placements.setdefault(placement_id, _Placement())
         lines: list[dict] = []
@@ -335,6 +386,8 @@ class HistoryRecorder:
                 "last": window.last_ts if window.last_ts is not None else kept.last_event_ts,
                 "n": {name: [_finite(w), _finite(f)] for name, (w, f) in networks.items()},
             }
+            if experiment and segment == ALL_SEGMENTS:
+                point["x"] = {name: [_finite_or_none(v) for v in values] for name, values in experiment.items()}
             lines.append(point)
         with self._lock:
             for line in lines:
@@ -370,23 +423,32 @@ class HistoryRecorder:
         with self._lock:
             kept = self._placements.get(placement_id)
             series = kept.series.get(segment) if kept else None
-            cols, alloc = series.after(since) if series is not None else (np.empty((0, 5)), np.empty((0, 0, 2)))
+            if series is not None:
+                cols, alloc, exp = series.after(since)
+            else:
+                cols, alloc, exp = np.empty((0, 5)), np.empty((0, 0, 2)), np.empty((0, 0, len(EXPERIMENT_FIELDS)))
             networks = list(series.networks) if series is not None else []
+            variants = list(series.variants) if series is not None else []
             alarms = list(kept.alarms) if kept else []
             last = kept.last_event_ts if kept else None
         if since is not None:
             alarms = [a for a in alarms if a["t"] > since]
         return {
-            "points": [_point_out(row, a, networks) for row, a in zip(cols.tolist(), alloc.tolist(), strict=True)],
+            "points": [
+                _point_out(row, a, networks, x, variants)
+                for row, a, x in zip(cols.tolist(), alloc.tolist(), exp.tolist(), strict=True)
+            ],
             "networks": networks,
             "alarms": [{"t": a["t"], **a["alarm"]} for a in alarms],
             "last_event_ts": last,
         }
 
 
-def _point_out(row: list[float], alloc: list[list[float]], networks: list[str]) -> dict[str, Any]:
+def _point_out(
+    row: list[float], alloc: list[list[float]], networks: list[str], exp: list[list[float]], variants: list[str]
+) -> dict[str, Any]:
     req, fill, rev = int(row[REQ]), int(row[FILL]), row[REV]
-    return {
+    out = {
         "t": row[T],
         "requests": req,
         "fills": fill,
@@ -399,9 +461,34 @@ def _point_out(row: list[float], alloc: list[list[float]], networks: list[str]) 
             if not (math.isnan(w) and math.isnan(f))  # not in the placement then
         },
     }
+    experiment = _experiment(exp, variants)
+    if experiment:  # only while an experiment ran (the key is absent otherwise, as before)
+        out["experiment"] = {
+            name: {**dict(zip(EXPERIMENT_FIELDS, values, strict=True)), "requests": int(values[0] or 0)}
+            for name, values in experiment.items()
+        }
+    return out
 
 
-def _line(placement_id: str, segment: str, row: list[float], alloc: list[list[float]], networks: list[str]) -> dict:
+def _experiment(exp: list[list[float]], variants: list[str]) -> dict[str, list[float | None]]:
+    """Variant → its figures (``None`` for NaN), for the variants with any figure at this point."""
+    return {
+        name: [_finite_or_none(v) for v in values]
+        for name, values in zip(variants, exp, strict=True)
+        if not all(math.isnan(v) for v in values)
+    }
+
+
+def _line(
+    placement_id: str,
+    segment: str,
+    row: list[float],
+    alloc: list[list[float]],
+    networks: list[str],
+    exp: list[list[float]] | None = None,
+    variants: list[str] | None = None,
+) -> dict:
+    experiment = _experiment(exp or [], variants or [])
     return {
         "t": row[T],
         "p": placement_id,
@@ -415,12 +502,17 @@ def _line(placement_id: str, segment: str, row: list[float], alloc: list[list[fl
             for name, (w, f) in zip(networks, alloc, strict=True)
             if not (math.isnan(w) and math.isnan(f))
         },
+        **({"x": experiment} if experiment else {}),
     }
 
 
 def _finite(x: float) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None else _finite(x)
 
 
 def _encode(line: dict) -> bytes:

@@ -43,8 +43,9 @@ BIDDER_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 def _core(config: PlacementConfig) -> tuple:
     return (
-        config.id, config.networks, config.segment_by, config.currency, config.mode, config.max_tiers, config.max_calls
-    )
+        config.id, config.networks, config.segment_by, config.currency, config.mode, config.max_tiers, config.max_calls,
+        config.floor_precision_cpm,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,7 @@ class ServicePlacement(PlacementConfig):
                 network["bidder"] = bidder
         if self.limits:
             body["limits"] = self.limits.to_dict()
+        body["floor_precision_cpm"] = self.floor_precision_cpm
         return body
 
     @classmethod
@@ -189,6 +191,7 @@ class ServicePlacement(PlacementConfig):
             mode=config.mode,
             max_tiers=config.max_tiers,
             max_calls=config.max_calls,
+            floor_precision_cpm=config.floor_precision_cpm,
             net_revenue=frozenset(net_revenue or ()),
             limits=limits or PlacementLimits(),
             bidders=tuple((bidders or {}).items()),

@@ -118,6 +118,13 @@ class PlacementIn(_In):
     )
     max_tiers: int = Field(0, ge=0, description="Waterfall: most tiers per request (0: every network).")
     max_calls: int = Field(0, ge=0, description="Auction: most networks called per request (0: every network).")
+    floor_precision_cpm: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Served floors are multiples of this (CPM): 1/n for a whole n up to 10000 (0.01: cents, the "
+        "default), or 0 for unrounded floors. Floors are rounded before a decision's propensities are computed.",
+    )
 
 
 class NetworkOut(_Out):
@@ -147,6 +154,7 @@ class PlacementOut(_Out):
     mode: str | None = Field(None, description="'waterfall' or 'auction' for multi-network placements; absent: single.")
     max_tiers: int | None = None
     max_calls: int | None = None
+    floor_precision_cpm: float = Field(0.01, description="Served floors are multiples of this (CPM; 0: not rounded).")
 
 
 class PlacementList(_Out):
@@ -355,6 +363,14 @@ class HistoryNetworkOut(_Out):
     floor_cpm: float | None
 
 
+class HistoryLiftOut(_Out):
+    requests: int = Field(description="The variant's outcome events since the experiment began.")
+    lift: float | None = Field(description="Revenue per request vs the champion's, minus 1 (null until defined).")
+    ci_low: float | None = Field(description="95% CI of the lift (Fieller).")
+    ci_high: float | None
+    p_value_always_valid: float | None = Field(description="Always-valid (mixture SPRT) p-value at time t.")
+
+
 class HistoryPointOut(_Out):
     t: float = Field(description="Server time of the point (seconds since the epoch); its window began at the last.")
     requests: int = Field(description="Outcome events learned in the window (all variants).")
@@ -363,6 +379,11 @@ class HistoryPointOut(_Out):
     revenue_per_request: float | None = Field(description="revenue / requests (CPM); null for an empty window.")
     fill_rate: float | None
     networks: dict[str, HistoryNetworkOut] = Field(description="The champion's allocation at time t.")
+    experiment: dict[str, HistoryLiftOut] | None = Field(
+        None,
+        description="Placement series ('*') only, while an experiment runs: per variant other than the champion, "
+        "the experiment report at time t (cumulative since the experiment began). Absent otherwise.",
+    )
 
 
 class ChangeAlarmOut(_Out):

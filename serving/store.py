@@ -86,7 +86,7 @@ from serving.decision_ids import DecisionSigner, Verdict, load_or_create_key
 from serving.decisions import DecisionRecord
 from serving.dedupe import DAY_SECONDS, DedupeWindow, event_hashes, first_occurrences
 from serving.eventlog import EventLog, storage_failure
-from serving.history import HistoryRecorder, WindowTally
+from serving.history import EXPERIMENT_FIELDS, HistoryRecorder, WindowTally
 from serving.intake import prepare_events
 from serving.limits import OUTCOME, Limits, check_placement
 from serving.live import PlacementEntry, build_entry, normalise_state, placement_entry, with_model
@@ -769,7 +769,7 @@ class PolicyStore:
                 with slot.learn_lock:
                     allocation = slot.learner.allocation(segment)
                 allocations[segment] = {n.network: (n.weight, n.floor_cpm) for n in allocation.networks}
-            history.record(now, placement_id, window, alarms, allocations)
+            history.record(now, placement_id, window, alarms, allocations, _experiment_figures(placement_id, entry))
 
     def _history_loop(self) -> None:
         assert self.history_every_s is not None
@@ -958,3 +958,12 @@ class PolicyStore:
 
     def _replay_model(self, header: dict, state: dict[str, np.ndarray]) -> None:
         self._install_model(header["placement"], header["variant"], state)
+
+
+def _experiment_figures(placement_id: str, entry: PlacementEntry) -> dict[str, list[float | None]] | None:
+    """The live experiment's report as history keeps it (:data:`serving.history.EXPERIMENT_FIELDS`
+    per variant other than the champion); ``None`` without an experiment (one variant)."""
+    if len(entry.experiment.variants) < 2:
+        return None
+    rows = report.experiment_report(placement_id, entry)["variants"]
+    return {name: [row[field] for field in EXPERIMENT_FIELDS] for name, row in rows.items() if name != entry.champion}

@@ -23,9 +23,11 @@ data. A decision picks a network by its weight, a floor from the draws' best flo
 log-normal jitter around it (``floor_jitter``), or, with a probability rising when a network
 stops filling, a lower floor, so censored data can never trap a floor above all bids.
 Statistics are learned in base-market units under hour-of-day value levels
-(:mod:`bandit.season`). Before learning a batch, a model-free CUSUM per (segment, network)
-(:mod:`bandit.drift`) checks it against the cell's recent history at the same floors; on a
-change most of that history is forgotten, so traffic and floors move within a batch or two.
+(:mod:`bandit.season`), each network's served (and learned) at its own level shrunk toward
+its segment's, the level's doubt multiplying its draws. Before learning a batch, a
+model-free CUSUM per (segment, network) (:mod:`bandit.drift`) checks it against the cell's
+recent history at the same floors; on a change most of that history is forgotten (and its
+hour levels start over), so traffic and floors move within a batch or two.
 """
 
 from __future__ import annotations
@@ -85,9 +87,11 @@ from bandit.season import (
     LEVEL_EVENTS,
     count_level_events,
     deflated_bin,
+    deviation_strength,
     expected_at,
     hour_of_day,
     level_at,
+    level_sd,
     shrunk_levels,
     update_cell_levels,
 )
@@ -145,9 +149,7 @@ class NetworkDraws:
     boot_shading: NDArray[np.float64] | None = None
 
 
-def bid_curves(
-    draws: GmmParams, second: bool, shading: NDArray[np.float64] | None
-) -> RevenueCurve | ResponsiveCurve:
+def bid_curves(draws: GmmParams, second: bool, shading: NDArray[np.float64] | None) -> RevenueCurve | ResponsiveCurve:
     """The curves of bootstrap draws: floor-responsive first price with ``shading`` [D]."""
     curves = RevenueCurve.of(draws, second)
     return curves if shading is None else ResponsiveCurve(curves, shading)
@@ -442,36 +444,64 @@ class ThompsonGmmPolicy(Policy):
             )
             expected = expected_at(base[:, 0], base[:, 1], before_e)
             levels = update_cell_levels(
-                self._levels.get(keys), local, hours[events], batch.revenue_cpm[events], expected, self.level_events
+                self._levels.get(keys),
+                local,
+                hours[events],
+                batch.revenue_cpm[events],
+                expected,
+                self.level_events,
+                served=self._cell_levels(keys)[0],
+                seen=self._level_events.get(keys),
             )
             self._levels.set(keys, levels)
             known = np.isfinite(expected)
             counts = count_level_events(self._level_events.get(keys), local[known], hours[events][known])
             self._level_events.set(keys, counts)
-        scale = np.exp(self._levels.at(cells.key[cells.index], hours))
+        scale = self._level_scale(cells, hours)
         return replace(batch, floor_cpm=batch.floor_cpm / scale, revenue_cpm=batch.revenue_cpm / scale)
 
     def _served_levels(self, segment: str) -> NDArray[np.float64]:
         """The value levels [N] of the segment's networks for the decisions this table will
         serve (ones without levels): each network's own level shrunk toward the segment's
-        common one (:func:`bandit.season.shrunk_levels`, strength ``level_events``).
+        common one (:func:`bandit.season.shrunk_levels`, :func:`bandit.season.deviation_strength`).
 
         A table serves from the newest event learned until the next update, so levels are
         read half a batch span after that event, interpolated between hour centres.
         """
+        return np.exp(self._served_log_levels(self.stats.segment_row(segment))[0])
+
+    def _served_log_levels(self, row: int | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Log levels [N] of a statistics row's networks (see :meth:`_served_levels`) and their
+        posterior sds [N] (:func:`bandit.season.level_sd`); zeros without levels."""
         n_net = len(self.placement.networks)
-        row = self.stats.segment_row(segment)
         if row is None or not math.isfinite(self.stats.t_ref) or self.level_events <= 0:
-            return np.ones(n_net)
+            return np.zeros(n_net), np.zeros(n_net)
         keys = row * n_net + np.arange(n_net)
         at = self.stats.t_ref + 0.5 * self._batch_span
-        own = np.array([level_at(x, at) for x in self._levels.get(keys)])
+        levels, strength = self._cell_levels(keys)
         events = np.array([level_at(x, at) for x in self._level_events.get(keys)])
-        return np.exp(shrunk_levels(own, events, self.level_events))
+        return np.array([level_at(x, at) for x in levels]), level_sd(events, strength)
+
+    def _cell_levels(self, keys: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """The log levels [k, 24] cells ``keys`` [k] are served and learned at: each network's
+        own level shrunk toward its segment's common one (:func:`bandit.season.shrunk_levels`)
+        with the segment's strength [k] (:func:`bandit.season.deviation_strength`); zeros for
+        keys < 0."""
+        n_net = len(self.placement.networks)
+        rows, inverse = np.unique(np.where(keys >= 0, keys // n_net, -1), return_inverse=True)
+        segment_keys = (rows[:, None] * n_net + np.arange(n_net)).reshape(-1)
+        segment_keys[np.repeat(rows < 0, n_net)] = -1
+        own = self._levels.get(segment_keys).reshape(len(rows), n_net, HOURS_PER_DAY)
+        events = self._level_events.get(segment_keys).reshape(len(rows), n_net, HOURS_PER_DAY)
+        strength = deviation_strength(own, events)
+        served = shrunk_levels(own, events, strength[:, None, None], axis=1)
+        inverse = inverse.reshape(-1)
+        return served[inverse, np.maximum(keys, 0) % n_net], strength[inverse]
 
     def _level_scale(self, cells: BatchCells, hours: NDArray[np.int64]) -> NDArray[np.float64]:
         """Each event's current hour-of-day level [n] (1 for cells without levels)."""
-        return np.exp(self._levels.at(cells.key[cells.index], hours))
+        served = self._cell_levels(cells.key)[0]
+        return np.exp(served[cells.index, hours])
 
     def _detect_changes(
         self, batch: EventBatch, cells: BatchCells, scale: NDArray[np.float64] | None
@@ -529,8 +559,13 @@ class ThompsonGmmPolicy(Policy):
                 self.stats.scale_cell(*divmod(key, n_net), factor)
                 if recent >= 0:
                     self._recent.scale_cell(*divmod(recent, n_net), 0.0)
-            # The hour-of-day levels are kept and do not learn from this batch: a break moves
-            # the base market (which has just forgotten its history), not the daily shape.
+            # The hour-of-day levels start over (from the segment's common ones) and do not learn
+            # from this batch: the batches before the break was detected taught them part of it
+            # as if it were the hour's, and it belongs to the base market, which has just
+            # forgotten its history.
+            zeros = np.zeros((len(hit), HOURS_PER_DAY))
+            self._levels.set(cells.key[hit], zeros)
+            self._level_events.set(cells.key[hit], zeros)
             alarmed[hit] = True
             self.changes_detected += len(hit)
             t_batch, names = float(batch.ts.max()), self.placement.network_ids
@@ -558,7 +593,7 @@ class ThompsonGmmPolicy(Policy):
             due = self._due(seg)
             if due or seg not in self._tables:
                 own = pooled if row is None else self.stats.segment_data(row)
-                self._tables[seg] = self._build_table(seg, own, pooled, due)
+                self._tables[seg] = self._finish(self._build_table(seg, own, pooled, due))
                 for j in due:
                     self._pending.pop((seg, j), None)
                     self._fitted[(seg, j)] = (self.stats.t_ref, float(own[j, REQUESTS].sum()))
@@ -662,6 +697,11 @@ class ThompsonGmmPolicy(Policy):
         t = int(self.stats.t_ref) if math.isfinite(self.stats.t_ref) else 0
         return np.random.default_rng([self._fit_base, zlib.crc32(segment.encode()), network, t])
 
+    def _level_normals(self) -> NDArray[np.float64]:
+        """Fixed standard normals [M, N]: each draw's deviation of the networks' levels."""
+        n_net = len(self.placement.networks)
+        return self._normals(n_net, n_net)  # keyed past the last network
+
     def _normals(self, network: int, size: int) -> NDArray[np.float64]:
         """Fixed standard normals [M, G] of one network (common random numbers across refreshes)."""
         key = (network, size)
@@ -687,8 +727,10 @@ class ThompsonGmmPolicy(Policy):
             networks = sorted(set(networks) | {j for j in range(n_net) if (segment, j) not in self._boots})
         if segment != ALL_SEGMENTS:
             stats = stats + self._pool.prior(segment, stats, pooled)
-        # Statistics hold the base market; the table serves the current hour's value level.
-        level = self._served_levels(segment)
+        # Statistics hold the base market; the table serves the current hour's value level,
+        # known as well as the network's own events at this hour show it.
+        log_level, level_doubt = self._served_log_levels(self.stats.segment_row(segment))
+        level = np.exp(log_level)
         values = self._values.get(segment)
         if values is None:
             values = self._values[segment] = np.zeros((self.n_draws, n_net), dtype=np.float32)
@@ -727,7 +769,7 @@ class ThompsonGmmPolicy(Policy):
                 AUCTION_CODES.index("second" if d.second_price else "first"),
                 d.auction_confidence,
             )
-        best = values.astype(np.float64) * level  # [M, N]
+        best = values.astype(np.float64) * level * np.exp(level_doubt * self._level_normals())  # [M, N]
         if shares_bind(self._lo, self._hi):
             weights = matched_shares(best, self._lo, self._hi)
         else:

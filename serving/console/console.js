@@ -68,9 +68,11 @@ function niceTicks(lo, hi, count = 4) {
   return { ticks, lo: Math.min(lo, ticks[0]), hi: Math.max(hi, ticks[ticks.length - 1]) };
 }
 
-// series: [{name, color, points: [[t, v|null], ...]}]; v null breaks the line (an empty window).
-// marks: times of change alarms, drawn as dashed vertical lines.
-function drawChart(figure, series, { yMin = null, yMax = null, format = (v) => v.toString(), marks = [] } = {}) {
+// series: [{name, color, points: [[t, v|null, lo?, hi?], ...]}]; v null breaks the line (an empty window);
+// lo/hi (both given) draw a band around the line (a confidence interval) and go into the table as data-lo/data-hi.
+// marks: times of change alarms, drawn as dashed vertical lines; zero: a reference line at 0.
+function drawChart(figure, series, { yMin = null, yMax = null, format = (v) => v.toString(), marks = [],
+  zero = false } = {}) {
   for (const old of figure.querySelectorAll("svg, .legend, table.points")) old.remove();
   const svg = el("svg:svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": figure.dataset.chart });
   const table = el("table", { class: "points", "data-chart": figure.dataset.chart });
@@ -85,7 +87,8 @@ function drawChart(figure, series, { yMin = null, yMax = null, format = (v) => v
   const ts = series.flatMap((s) => s.points.map((p) => p[0]));
   let t0 = Math.min(...ts), t1 = Math.max(...ts);
   if (t1 === t0) { t0 -= 30; t1 += 30; }
-  const vs = values.map((p) => p[1]);
+  const vs = values.flatMap((p) => [p[1], p[2], p[3]].filter((v) => v != null));
+  if (zero) vs.push(0);
   const y = niceTicks(yMin ?? Math.min(...vs), yMax ?? Math.max(...vs));
   const px = (t) => M.left + ((t - t0) / (t1 - t0)) * (W - M.left - M.right);
   const py = (v) => H - M.bottom - ((v - y.lo) / (y.hi - y.lo || 1)) * (H - M.top - M.bottom);
@@ -99,6 +102,7 @@ function drawChart(figure, series, { yMin = null, yMax = null, format = (v) => v
     const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
     axis.append(el("svg:text", { x: px(t), y: H - 6, "text-anchor": anchor }, clock(t)));
   }
+  if (zero) axis.append(el("svg:line", { x1: M.left, x2: W - M.right, y1: py(0), y2: py(0), class: "zero" }));
   svg.append(axis);
   for (const t of marks.filter((m) => m >= t0 && m <= t1)) {
     svg.append(el("svg:line", { x1: px(t), x2: px(t), y1: M.top, y2: H - M.bottom, class: "alarm", "data-t": t },
@@ -106,6 +110,22 @@ function drawChart(figure, series, { yMin = null, yMax = null, format = (v) => v
   }
   for (const s of series) {
     const g = el("svg:g", { "data-series": s.name });
+    // The band (e.g. a 95% CI): upper edge forward, lower edge back, one polygon per unbroken run.
+    let band = [];
+    const flushBand = () => {
+      if (band.length > 1) {
+        const upper = band.map(([t, , hi]) => `${px(t).toFixed(1)},${py(hi).toFixed(1)}`);
+        const lower = band.slice().reverse().map(([t, lo]) => `${px(t).toFixed(1)},${py(lo).toFixed(1)}`);
+        g.append(el("svg:polygon", { points: [...upper, ...lower].join(" "), fill: s.color, "fill-opacity": 0.15,
+          stroke: "none", class: "band" }));
+      }
+      band = [];
+    };
+    for (const [t, v, lo, hi] of s.points) {
+      if (v == null || lo == null || hi == null) { flushBand(); continue; }
+      band.push([t, lo, hi]);
+    }
+    flushBand();
     let run = [];
     const flush = () => {
       if (run.length > 1) {
@@ -114,11 +134,12 @@ function drawChart(figure, series, { yMin = null, yMax = null, format = (v) => v
       }
       run = [];
     };
-    for (const [t, v] of s.points) {
+    for (const [t, v, lo, hi] of s.points) {
       if (v == null) { flush(); continue; }
       run.push(`${px(t).toFixed(1)},${py(v).toFixed(1)}`);
-      table.append(el("tr", { "data-series": s.name, "data-t": t, "data-v": v },
-        el("td", {}, s.name), el("td", {}, clock(t)), el("td", {}, format(v))));
+      table.append(el("tr", { "data-series": s.name, "data-t": t, "data-v": v, "data-lo": lo, "data-hi": hi },
+        el("td", {}, s.name), el("td", {}, clock(t)),
+        el("td", {}, lo == null || hi == null ? format(v) : `${format(v)} (${format(lo)} … ${format(hi)})`)));
     }
     flush();
     const shown = s.points.filter((p) => p[1] != null);
@@ -187,6 +208,27 @@ function drawAlarms(history) {
   $("alarms").tBodies[0].replaceChildren(...rows);
 }
 
+// The live experiment over time: each variant's lift against the champion with its 95% CI as a band,
+// from the placement's own history (points of an experiment carry its report of that time).
+function drawLift(history, report, view = history) {
+  const variants = Object.keys(report.variants).filter((name) => name !== report.champion);
+  for (const p of history.points) {
+    for (const name of Object.keys(p.experiment || {})) if (!variants.includes(name)) variants.push(name);
+  }
+  const series = variants.map((name, i) => ({
+    name, color: COLORS[(i + 1) % COLORS.length],
+    points: history.points.filter((p) => p.experiment && p.experiment[name]).map((p) => {
+      const x = p.experiment[name];
+      return [p.t, x.lift, x.ci_low, x.ci_high];
+    }),
+  }));
+  const figure = document.querySelector('figure[data-chart="lift"]');
+  const liftPct = (v) => (Math.abs(v) < 1e-12 ? "0%" : `${v > 0 ? "+" : ""}${(100 * v).toFixed(Math.abs(v) < 0.1 ? 1 : 0)}%`);
+  drawChart(figure, series, { format: liftPct, zero: true });
+  figure.dataset.placement = view.placement;
+  figure.dataset.segment = view.segment; // the segment picked (the experiment is the whole placement's)
+}
+
 function drawExperiment(report) {
   const rows = Object.entries(report.variants).map(([name, v]) => {
     const champion = name === report.champion;
@@ -230,9 +272,11 @@ async function refresh() {
     const p = encodeURIComponent(state.placement);
     const range = Number($("range").value);
     const sinceArg = range ? `&since=${(Date.now() / 1000 + state.serverOffset - range).toFixed(0)}` : "";
-    const [history, report] = await Promise.all([
+    const [history, report, whole] = await Promise.all([
       api(`/v1/placements/${p}/history?segment=${encodeURIComponent(state.segment)}${sinceArg}`),
       api(`/v1/placements/${p}/experiment`),
+      // The experiment's history is the placement's (segment *): fetched apart when a segment is shown.
+      state.segment === "*" ? null : api(`/v1/placements/${p}/history?segment=*${sinceArg}`),
     ]);
     if (history.placement !== state.placement || history.segment !== state.segment) return; // switched meanwhile
     setOptions($("segment"), history.segments.includes(state.segment) ? history.segments
@@ -242,6 +286,7 @@ async function refresh() {
     drawHealth(history);
     drawAlarms(history);
     drawExperiment(report);
+    drawLift(whole || history, report, history);
     state.everyS = history.every_s || 30;
     state.serverOffset = history.health.now - Date.now() / 1000;
     const status = $("status");

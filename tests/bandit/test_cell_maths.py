@@ -21,13 +21,16 @@ from bandit.drift import (
     cusum_step,
 )
 from bandit.season import (
+    COMMON_EVENTS,
     HOURS_PER_DAY,
     LEVEL_BOUND,
     LEVEL_EVENTS,
     MIN_BIN_HISTORY,
     count_level_events,
     deflated_bin,
+    deviation_strength,
     expected_at,
+    level_sd,
     shrunk_levels,
     update_cell_levels,
 )
@@ -238,7 +241,8 @@ def test_level_events_are_counted_per_cell_and_hour() -> None:
 def test_shrunk_levels_pull_networks_with_few_events_to_the_common_level() -> None:
     own = np.array([0.4, 0.0, -0.2])
     events = np.array([3000.0, 0.0, 1000.0])
-    common = (3000 * 0.4 - 1000 * 0.2) / 4000
+    # The common level: the event-weighted mean, held toward 0 by COMMON_EVENTS.
+    common = (3000 * 0.4 - 1000 * 0.2) / (4000 + COMMON_EVENTS)
     served = shrunk_levels(own, events, 2000.0)
     # Never seen at this hour: the common level; well seen: mostly its own.
     assert served[1] == pytest.approx(common)
@@ -246,3 +250,68 @@ def test_shrunk_levels_pull_networks_with_few_events_to_the_common_level() -> No
     # Strength 0 serves each network's own level where it has events; no events at all: no level.
     np.testing.assert_allclose(shrunk_levels(own, events + 1.0, 0.0), own)
     np.testing.assert_array_equal(shrunk_levels(own, np.zeros(3), 2000.0), np.zeros(3))
+
+
+def test_a_new_level_is_the_mean_of_what_its_events_show_then_moves_with_a_memory() -> None:
+    # 500 events paying twice the expectation: a level with no events yet takes what they show
+    # at once; one that has learned from many moves n / (n + level_events) of the way.
+    cell, hours = np.zeros(500, dtype=np.int64), np.full(500, 3)
+    revenue, expected = np.full(500, 2.0), np.ones(500)
+    levels = np.zeros((1, HOURS_PER_DAY))
+    seen = np.zeros((1, HOURS_PER_DAY))
+    fresh = update_cell_levels(levels, cell, hours, revenue, expected, 2000.0, seen=seen)
+    assert fresh[0, 3] == pytest.approx(np.log(2.0))
+    seen[0, 3] = 1500.0
+    assert update_cell_levels(levels, cell, hours, revenue, expected, 2000.0, seen=seen)[0, 3] == pytest.approx(
+        500 / 2000 * np.log(2.0)
+    )
+    seen[0, 3] = 1e9  # memory capped at level_events: as without counts
+    assert update_cell_levels(levels, cell, hours, revenue, expected, 2000.0, seen=seen)[0, 3] == pytest.approx(
+        500 / 2500 * np.log(2.0)
+    )
+
+
+def test_events_compared_at_the_served_level_move_the_own_level_to_what_they_show() -> None:
+    # A network served at the segment's common level 0.3 (its own, 0, is unlearned) whose
+    # events pay exactly what level 0.3 predicts shows level 0.3, not 0 + log(1).
+    cell, hours = np.zeros(100, dtype=np.int64), np.full(100, 7)
+    revenue = expected = np.full(100, 1.5)
+    served = np.full((1, HOURS_PER_DAY), 0.3)
+    new = update_cell_levels(
+        np.zeros((1, HOURS_PER_DAY)), cell, hours, revenue, expected, 2000.0, served, np.zeros((1, 24))
+    )
+    assert new[0, 7] == pytest.approx(0.3)
+    assert np.count_nonzero(new) == 1
+
+
+def test_shrunk_levels_of_many_segments_and_hours_equal_the_one_segment_computation() -> None:
+    rng = np.random.default_rng(5)
+    own = rng.normal(0.0, 0.3, (4, 3, HOURS_PER_DAY))
+    events = rng.integers(0, 3000, own.shape) * (rng.random(own.shape) < 0.7)
+    many = shrunk_levels(own, events.astype(float), 200.0, axis=1)
+    for s in range(4):
+        for h in range(HOURS_PER_DAY):
+            np.testing.assert_allclose(many[s, :, h], shrunk_levels(own[s, :, h], events[s, :, h].astype(float), 200.0))
+
+
+def test_level_doubt_shrinks_with_the_events_of_the_network_itself() -> None:
+    sd = level_sd(np.array([0.0, 100.0, 10_000.0]), 200.0)
+    assert sd[0] == pytest.approx(1 / np.sqrt(200.0))
+    assert sd[0] > sd[1] > sd[2] and sd[2] < 0.01
+
+
+def test_networks_may_differ_from_the_common_level_only_as_far_as_the_day_cycles() -> None:
+    # Two segments of two networks with equal events: one flat (levels within ±0.01), one with
+    # a ±0.3 daily cycle. The flat one holds networks to the common level (and is sure of it).
+    hours = np.arange(HOURS_PER_DAY)
+    cycle = 0.3 * np.cos(2 * np.pi * hours / HOURS_PER_DAY)
+    own = np.stack([np.stack([0.01 * np.sin(hours), -0.01 * np.sin(hours)]), np.stack([cycle, cycle])])
+    events = np.full(own.shape, 1000.0)
+    flat, cycling = deviation_strength(own, events)
+    common = 2000.0 * cycle / (2000.0 + COMMON_EVENTS)
+    noise = 1.0 / 2000.0  # LEVEL_NOISE² over the hour's events
+    assert cycling == pytest.approx(1.0 / (0.25 * (np.var(common) - noise)), rel=1e-6)
+    assert flat > 100 * cycling
+    assert level_sd(np.zeros(1), flat)[0] < 0.2 * level_sd(np.zeros(1), cycling)[0]
+    # No events at all: the strongest pull.
+    assert deviation_strength(own, np.zeros(own.shape))[0] == 1e6

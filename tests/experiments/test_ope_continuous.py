@@ -125,7 +125,14 @@ def test_logs_carry_the_logged_floor_density() -> None:
     logs = logged(0)
     assert np.all(logs.continuous) and np.all(logs.floor_density > 0)
     table = logger().table("*")
-    np.testing.assert_allclose(logs.floor_density, table.log_floor_density(logs.network, logs.floor_cpm))
+    # Served floors are in cents, and the density logged is their cent cell's (its probability
+    # over its width in log floor), not the unrounded draw's density at the rounded floor.
+    np.testing.assert_array_equal(logs.floor_cpm, np.round(logs.floor_cpm, 2))
+    np.testing.assert_allclose(logs.floor_density, table.logged_floor_density(logs.network, logs.floor_cpm))
+    lower, upper = table.floor_cell_span(logs.network, logs.floor_cpm)
+    np.testing.assert_allclose(
+        logs.floor_density * (upper - lower), table.floor_cell_probability(logs.network, logs.floor_cpm)
+    )
     collector = LogCollector()
     run(logger(), market(), 1000, seed=3, batch_size=500, on_batch=collector)
     assert np.all(collector.logs().continuous)
@@ -205,18 +212,23 @@ def test_diagnostics_on_a_hand_computed_example() -> None:
     assert est["ips"].to_dict()["ess_share"] == ips.ess_share
 
     # Kernel weights with a given bandwidth h: π(n) φ_h(log f - log f_n) / (propensity · density),
-    # the kernel renormalised to the network's logged range of log floors [lo_n, hi_n].
+    # the kernel renormalised to the network's logged range of log floors [lo_n, hi_n] and, the
+    # floors being served in cents, averaged over the floor's cent cell [f - ½ cent, f + ½ cent)
+    # in log floor (what the logged density is the cell's probability per unit of).
     logs = hand_logs(density=True)
     h = 0.2
     with pytest.warns(LowEffectiveSampleWarning):
         est = evaluate(logs, policy, bandwidth=h, folds=1)
     x = np.log(logs.floor_cpm)
     cand = np.log([1.0, 2.0])
-    lo = np.array([np.log(0.9), np.log(2.0)])
-    hi = np.array([np.log(1.1), np.log(3.0)])
+    lo = np.array([np.log(0.895), np.log(1.995)])  # the logged range, from cell edge to cell edge
+    hi = np.array([np.log(1.105), np.log(3.005)])
     inside = ndtr((hi - cand) / h) - ndtr((lo - cand) / h)
     net = logs.network
-    phi = np.exp(-0.5 * ((x - cand[net]) / h) ** 2) / (h * math.sqrt(2 * math.pi)) / inside[net]
+    a, b = np.log(logs.floor_cpm - 0.005), np.log(logs.floor_cpm + 0.005)
+    phi = (ndtr((b - cand[net]) / h) - ndtr((a - cand[net]) / h)) / (b - a) / inside[net]
+    point = np.exp(-0.5 * ((x - cand[net]) / h) ** 2) / (h * math.sqrt(2 * math.pi)) / inside[net]
+    assert np.abs(phi / point - 1).max() > 1e-5  # the cell average is not the value at the floor
     wk = np.array([0.75, 0.25])[net] * phi / (logs.propensity * logs.floor_density)
     k = est["kernel_ips"]
     assert k.value == pytest.approx(np.mean(wk * logs.reward), rel=1e-9)
@@ -228,12 +240,13 @@ def test_diagnostics_on_a_hand_computed_example() -> None:
 
 def test_a_jittered_candidate_wider_than_the_bandwidth_gets_exact_density_ratios() -> None:
     """A candidate whose own jitter (sd 0.4) exceeds the bandwidth is not smoothed further:
-    its weights are π(n) g(log f | n) / (μ(n) p(log f | n)), and kernel IPS is unbiased."""
+    its weights are π(n) g(log f | n) / (μ(n) p(log f | n)) (for floors in cents, the two
+    policies' probabilities of the cent cell over its width), and kernel IPS is unbiased."""
     logs = logged(1)
     cand = candidate(1.15, jitter=0.4)
     est = evaluate(logs, cand, bandwidth=0.1, estimators=["kernel_ips"], warn=False)["kernel_ips"]
     table = cand.table("*")
-    g = table.weights[logs.network] * table.log_floor_density(logs.network, logs.floor_cpm)
+    g = table.weights[logs.network] * table.logged_floor_density(logs.network, logs.floor_cpm)
     w = g / (logs.propensity * logs.floor_density)
     assert est.value == pytest.approx(np.mean(w * logs.reward), rel=1e-9)
 
@@ -248,3 +261,34 @@ def test_estimates_frame_and_dict_hold_the_diagnostics() -> None:
         assert col in frame.columns
     assert frame.filter(pl.col("estimator") == "kernel_ips")["bandwidth"][0] > 0
     assert frame["logged_value"].n_unique() == 1
+
+
+def coarse(policy_placement: PlacementConfig, precision: float) -> PlacementConfig:
+    return dataclasses.replace(policy_placement, floor_precision_cpm=precision)
+
+
+@pytest.mark.parametrize("shift", [0.7, 1.3])
+def test_kernel_intervals_cover_the_truth_with_coarse_floor_steps(shift: float) -> None:
+    """Floors served in steps of 0.5 CPM (cells as wide as the logger's jitter): the logged
+    density is the cell's probability over its width, the candidate's density is averaged
+    over the same cell, and the kernel intervals still cover the exact truth. Control: with the
+    unrounded jitter's density at the served floor (what was logged before floors were rounded)
+    they miss it where the candidate's floors lie in the grid's first cell (0.5 CPM takes every
+    draw below 0.75: shift 0.7); inside the grid the two densities are close."""
+    placement = coarse(market().placement, 0.5)
+    log_policy = JitteredPolicy(make_policy("static", placement, weights=LOG_WEIGHTS, floors=FLOORS), LOG_SD)
+    policy = make_policy("static", placement, weights=CAND_WEIGHTS, floors={k: v * shift for k, v in FLOORS.items()})
+    truth = true_value(policy, market(), 20_000, seed=12345)
+    table = log_policy.table("*")
+    covered = covered_point = 0
+    for seed in range(N_SEEDS):
+        logs = simulate_logs(log_policy, market(), N_LOGGED, seed=seed)
+        assert np.all(np.floor(logs.floor_cpm * 2 + 0.5) / 2 == logs.floor_cpm)
+        e = evaluate(logs, policy, estimators=["kernel_ips"], warn=False)["kernel_ips"]
+        covered += e.ci_low <= truth <= e.ci_high
+        point = dataclasses.replace(logs, floor_density=table.log_floor_density(logs.network, logs.floor_cpm))
+        e = evaluate(point, policy, estimators=["kernel_ips"], warn=False)["kernel_ips"]
+        covered_point += e.ci_low <= truth <= e.ci_high
+    assert covered / N_SEEDS >= 0.85, covered
+    if shift < 1:
+        assert covered_point / N_SEEDS <= 0.5, covered_point

@@ -183,3 +183,41 @@ def test_the_service_archive_posts_to_a_service_as_contract_events(tmp_path):
     # Ids that only look archived hash as ordinary ids.
     assert event_hashes(["archived:0123456789ABCDEF"])[0] != 0x0123456789ABCDEF
     assert event_hashes(["archived:0123456789abcdef"])[0] == 0x0123456789ABCDEF
+
+
+def test_the_archived_floor_is_the_served_floor_to_the_cent(tmp_path):
+    """ts_gmm draws floors continuously; the service serves them in cents and the archive
+    holds exactly the served floor with the propensities and density of that rounded floor."""
+    store = open_store(tmp_path, default_policy="ts_gmm")
+    store.put_placement(placement())
+    rng = np.random.default_rng(4)
+    decided, decisions = _decided_events(store, rng, 300, 0)
+    floors = [d.floor_cpm for d in decisions]
+    assert all(float(f"{f:.2f}") == f for f in floors) and len(set(floors)) > 5, floors[:10]
+    assert store.ingest(decided).accepted == 300
+    store.snapshot()
+    frame = _archive(tmp_path)
+    store.close()
+    assert frame["floor_cpm"].to_list() == floors
+    np.testing.assert_allclose(frame["floor_density"].to_numpy(), [d.floor_density for d in decisions], rtol=4e-4)
+    np.testing.assert_allclose(frame["floor_propensity"].to_numpy(), [d.floor_propensity for d in decisions], rtol=4e-4)
+
+
+def test_decide_answers_floors_in_cents_over_http(p1):
+    for i in range(20):
+        body = {"placement": "p1", "request_id": f"r{i}", "context": {"country": "KR", "os": "ios"}}
+        response = p1.post("/v1/decide", json=body)
+        assert response.status_code == 200, response.text
+        text = json.loads(response.text)
+        raw = response.text.split('"floor_cpm":', 1)[1].split(",", 1)[0].strip()
+        assert len(raw.partition(".")[2]) <= 2, raw  # e.g. 1.37, never 1.3700000000000001
+        assert float(raw) == text["floor_cpm"]
+    assert p1.get("/v1/placements/p1").json()["floor_precision_cpm"] == 0.01
+    bad = p1.put("/v1/placements/p2", json={"networks": [{"id": "a"}], "floor_precision_cpm": 0.03})
+    assert bad.status_code == 422 and "1/n CPM for a whole n" in bad.text, bad.text
+    ok = p1.put("/v1/placements/p2", json={"networks": [{"id": "a"}], "floor_precision_cpm": 0.05})
+    assert ok.status_code == 201 and ok.json()["floor_precision_cpm"] == 0.05, ok.text
+    floors = {
+        p1.post("/v1/decide", json={"placement": "p2", "request_id": f"q{i}"}).json()["floor_cpm"] for i in range(30)
+    }
+    assert all(round(f * 20) == f * 20 for f in floors), floors

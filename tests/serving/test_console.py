@@ -4,7 +4,8 @@ One real ``adbandit serve --demo`` on loopback (history every second, a read and
 a second placement and a champion/challenger experiment, both fed through the HTTP API with
 the demo market's answers to the service's own decisions. The page must ask for the read key,
 then draw exactly the points ``GET /v1/placements/{p}/history`` reports, follow the placement
-and segment pickers, show the experiment with its always-valid p-value and the data health.
+and segment pickers, show the experiment with its always-valid p-value, its lift over time with
+the CI band (from the history's experiment figures) and the data health.
 Screenshots go to ``test-artifacts/`` (printed; kept after the run for a person to look at).
 """
 
@@ -132,6 +133,34 @@ def assert_charts_show_the_api(page, base: str, placement: str, segment: str) ->
     return shown
 
 
+def assert_lift_shows_the_api(page, base: str, placement: str) -> list:
+    """The lift chart's rows (variant, t, lift, CI low, CI high) are the experiment figures of the
+    placement's history points, every one of them, with a band drawn around the line."""
+    rows = page.evaluate(
+        """() => [...document.querySelectorAll('figure[data-chart="lift"] table.points tr[data-series]')].map(
+            (r) => [r.dataset.series, Number(r.dataset.t), Number(r.dataset.v), Number(r.dataset.lo),
+                    Number(r.dataset.hi)])"""
+    )
+    until = max(t for _, t, *_ in rows)
+    history = httpx.get(f"{base}/v1/placements/{placement}/history", headers=READ).json()
+    expected = [
+        (name, p["t"], x["lift"], x["ci_low"], x["ci_high"])
+        for p in history["points"]
+        if p["t"] <= until
+        for name, x in (p.get("experiment") or {}).items()
+        if x["lift"] is not None
+    ]
+    assert len(expected) >= 3 and {name for name, *_ in expected} == {"challenger"}, expected
+    assert len(rows) == len(expected)
+    for got, want in zip(sorted(rows), sorted(expected), strict=True):
+        assert got[:2] == list(want[:2])
+        assert all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12) for a, b in zip(got[2:], want[2:], strict=True))
+        assert got[3] <= got[2] <= got[4]
+    assert page.locator('figure[data-chart="lift"] svg polygon.band').count() >= 1
+    assert page.locator('figure[data-chart="lift"] svg line.zero').count() == 1
+    return sorted(rows)
+
+
 def wait_for(page, placement: str, segment: str) -> None:
     page.wait_for_function(
         """([p, s]) => [...document.querySelectorAll('figure[data-chart]')].every(
@@ -161,7 +190,7 @@ def test_console_draws_what_the_api_reports_and_follows_the_pickers(live, capsys
         assert "read key" in page.inner_text("#key-reason")
         page.fill("#key", "not-the-key")
         page.click("#keyform button[type=submit]")
-        page.wait_for_function("document.querySelector('#key-reason').textContent.includes('refused')")
+        page.wait_for_function("() => document.querySelector('#key-reason').textContent.includes('refused')")
         assert page.is_hidden("#main")
         page.fill("#key", READ_KEY)
         page.click("#keyform button[type=submit]")
@@ -179,6 +208,9 @@ def test_console_draws_what_the_api_reports_and_follows_the_pickers(live, capsys
         cell = page.inner_text("#experiment tr[data-variant=challenger] td[data-field=p_value_always_valid]")
         p = challenger["p_value_always_valid"]
         assert cell == ("<0.0001" if p < 1e-4 else f"{p:.4f}")
+        # The experiment over time: the challenger's lift with its CI band, point for point as the
+        # placement's history keeps the report (and the last point is the report's figures then).
+        lift = assert_lift_shows_the_api(page, live, DEMO_PLACEMENT)
         # Data health: the duplicate and the rejected event posted by the fixture.
         health = {
             label: page.inner_text(f'[data-health="{label}"] dd')
@@ -199,6 +231,8 @@ def test_console_draws_what_the_api_reports_and_follows_the_pickers(live, capsys
         one = assert_charts_show_the_api(page, live, DEMO_PLACEMENT, segment)
         assert one["revenue"]["rows"] != whole["revenue"]["rows"]
         assert f"segment={segment.replace('|', '%7C')}" in page.url  # a reload keeps the choice
+        again = assert_lift_shows_the_api(page, live, DEMO_PLACEMENT)  # the placement's experiment, newer points
+        assert [row for row in again if row[1] <= lift[-1][1]] == lift
 
         # Another placement: back to its whole traffic, its own points.
         page.select_option("#placement", SECOND)

@@ -13,7 +13,7 @@ from bandit import ALL_SEGMENTS
 from bandit.drift import ChangeAlarm
 from serving.history import HistoryRecorder, WindowTally
 from tests.serving.conftest import P1_BODY
-from tests.serving.test_store import crash_copy, events, open_store, placement
+from tests.serving.test_store import ab, crash_copy, events, open_store, placement
 
 
 def tally(requests: int, fills: int, revenue: float, segments: dict[str, tuple] | None = None) -> WindowTally:
@@ -133,6 +133,72 @@ def test_history_is_bounded_by_thinning_old_points_and_keeps_totals(tmp_path):
     kept = 3 * 16 + len(history["alarms"])
     assert len(lines) <= 2 * kept + 64 + 4
     reloaded = HistoryRecorder(tmp_path, max_points=16, max_segments=2)
+    reloaded.load()
+    assert reloaded.read("p1")["points"] == points
+
+
+def _decided(store, rng, n: int, start: int) -> list[dict]:
+    """``n`` outcome events answering the store's own decisions (so each is its variant's)."""
+    context = {"country": "KR", "os": "ios"}
+    decisions = store.decide_batch("p1", [(f"u{start + i}", context) for i in range(n)])
+    out = events(rng, n, start, decision_ids=[d.decision_id for d in decisions])
+    for event, d in zip(out, decisions, strict=True):
+        event["network"], event["floor_cpm"], event["context"] = d.network, d.floor_cpm, context
+        if event["filled"]:
+            event["revenue_cpm"] = max(event["revenue_cpm"], d.floor_cpm)
+    return out
+
+
+def test_a_tick_records_the_live_experiments_lift_and_ci_over_time(tmp_path):
+    """Each tick keeps the experiment report of that time on the placement's own series: the
+    lift of every variant against the champion with its 95% CI and always-valid p-value."""
+    store = open_store(tmp_path, history_every_s=3600.0)
+    store.put_placement(placement())
+    store.record_history()  # before the experiment: no experiment in the point
+    store.set_experiment("p1", ab())
+    rng = np.random.default_rng(5)
+    reports = []
+    for k in range(3):
+        store.ingest(_decided(store, rng, 600, 1000 * k))
+        store.flush()
+        store.record_history()
+        reports.append(store.experiment_report("p1")["variants"])
+    points = store.history("p1")["points"]
+    assert "experiment" not in points[0] and len(points) == 4
+    for point, report in zip(points[1:], reports, strict=True):
+        assert point["experiment"].keys() == {"challenger", "holdout"}  # not the champion
+        for name, figures in point["experiment"].items():
+            assert figures == {k: report[name][k] for k in figures}, name
+            assert figures["ci_low"] <= figures["lift"] <= figures["ci_high"]
+    growth = [p["experiment"]["challenger"]["requests"] for p in points[1:]]
+    assert growth == sorted(growth) and growth[0] > 0  # cumulative since the experiment began
+    assert "experiment" not in store.history("p1", "KR|ios")["points"][-1]  # the placement's series only
+    store.close()
+    again = open_store(tmp_path, history_every_s=3600.0)  # and it survives a restart
+    assert again.history("p1")["points"] == store.history("p1")["points"]
+    again.close()
+
+
+def test_history_files_without_experiments_still_load(tmp_path):
+    """A file written before experiments were kept (no ``x``) loads as it is, and new points
+    with figures follow it; thinning keeps the later point's figures."""
+    old = {"t": 100.0, "p": "p1", "s": "*", "req": 5, "fill": 2, "rev": 3.0, "last": 99.0, "n": {"alpha": [1.0, 0.5]}}
+    (tmp_path / "p1.ndjson").write_text(json.dumps(old) + "\n")
+    recorder = HistoryRecorder(tmp_path, max_points=4)
+    recorder.load()
+    assert recorder.skipped_lines == 0
+    (point,) = recorder.read("p1")["points"]
+    assert "experiment" not in point and point["requests"] == 5
+    for i in range(1, 6):
+        figures = {"challenger": [100.0 * i, 0.01 * i, -0.1, 0.1 + 0.01 * i, None]}
+        recorder.record(100.0 + i, "p1", tally(10, 5, 12.5), [], {ALL_SEGMENTS: ALLOCATION}, figures)
+    points = recorder.read("p1")["points"]
+    last = dict(points[-1]["experiment"]["challenger"])
+    assert len(points) <= 4 and last.pop("p_value_always_valid") is None
+    assert last == pytest.approx({"requests": 500, "lift": 0.05, "ci_low": -0.1, "ci_high": 0.15})
+    merged = [p for p in points if "experiment" in p]
+    assert all(p["experiment"]["challenger"]["requests"] == 100 * (p["t"] - 100) for p in merged)  # the later kept
+    reloaded = HistoryRecorder(tmp_path, max_points=4)
     reloaded.load()
     assert reloaded.read("p1")["points"] == points
 

@@ -88,5 +88,32 @@ def test_a_purely_seasonal_market_raises_at_most_one_alarm_per_cell_and_week(sea
     weeks = [float(t["hour"].max()) / (24 * 7) for t in runs]
     alarms = np.array([int(t["change_alarms"].max()) for t in runs])
     assert np.all(alarms <= np.ceil(cells * np.array(weeks))), alarms
-    # And it keeps learning the market while quiet (a ±30% cycle, stronger than ood_daily's).
-    assert np.mean([capture(t) for t in runs]) >= 0.96
+    # And it keeps learning the market while quiet (a ±30% cycle, stronger than ood_daily's):
+    # 0.972 before networks were learned at the levels they are served at, 0.997 after.
+    assert np.mean([capture(t) for t in runs]) >= 0.99
+
+
+#: Two simulated days of ``seasonality`` (8,000 requests an hour on average).
+DEMAND_CYCLE_REQUESTS = 2 * 24 * 8000
+
+
+@pytest.fixture(scope="module")
+def demand_cycle_runs(ray_cluster) -> pl.DataFrame:
+    """A daily demand cycle under which the best network changes with the hour: a
+    second-price network gains more from the evening's bidders than a first-price one."""
+    return run_grid(["seasonality"], list(POLICIES), n_seeds=SEEDS, n_requests=DEMAND_CYCLE_REQUESTS, progress=False)
+
+
+@pytest.mark.slow
+def test_serves_each_hour_its_own_best_network(demand_cycle_runs):
+    """Grid TS can only learn the day's average best network (about 0.967 of the oracle);
+    TS+GMM learns each network's hour levels, serving a seldom-served network at the level
+    it would be learned at and exploring it while its level is in doubt."""
+    gmm = [capture(t) for t in _runs(demand_cycle_runs, "seasonality", "ts_gmm")]
+    grid = [capture(t) for t in _runs(demand_cycle_runs, "seasonality", "grid_ts")]
+    gain = np.array(gmm) - np.array(grid)
+    assert gain.mean() >= 0.01 and gain.min() > 0, gain
+    day_two = np.array(
+        [capture(t, start=DEMAND_CYCLE_REQUESTS // 2) for t in _runs(demand_cycle_runs, "seasonality", "ts_gmm")]
+    )
+    assert day_two.mean() >= 0.99 and day_two.min() >= 0.98, day_two

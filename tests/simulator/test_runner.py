@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import polars as pl
 import pytest
@@ -18,10 +20,12 @@ def core() -> Market:
 
 
 def oracle_static(market: Market):
+    """The oracle's allocation as a static policy, serving the oracle's own (unrounded) floors."""
     alloc = market.oracle_at(market.scenario.start_ts)
     j = int(np.argmax(alloc.weights))
     nid = market.placement.network_ids[j]
-    return make_policy("static", market.placement, weights=only(market, nid), floors={nid: float(alloc.floors[j])})
+    placement = dataclasses.replace(market.placement, floor_precision_cpm=0.0)
+    return make_policy("static", placement, weights=only(market, nid), floors={nid: float(alloc.floors[j])})
 
 
 def only(market: Market, network: str) -> dict[str, float]:
