@@ -19,12 +19,22 @@ without a comparison gets NaN. :func:`batch_deviation` is the one-cell form.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit.stats import FILLS, N_BINS, REQUESTS, REVENUE, REVENUE_SQ, SufficientStats, log_price, price_bin
+from bandit.stats import (
+    FILLS,
+    N_BINS,
+    REQUESTS,
+    REVENUE,
+    REVENUE_SQ,
+    SufficientStats,
+    distinct,
+    log_price,
+    price_bin,
+)
 
 #: History (discounted requests) a floor bin needs before the batch is compared with it.
 MIN_HISTORY = 5.0
@@ -102,7 +112,28 @@ class FloorHistory:
         factor: float = 1.0,
     ) -> FloorHistory:
         """From ``stats`` at t_ref times ``factor``: event i at floor bin ``bins[i]`` of the
-        statistics' cell ``keys[cell[i]]`` (``keys`` [C] distinct; ``cell``, ``bins`` [n])."""
+        statistics' cell ``keys[cell[i]]`` (``keys`` [C] distinct; ``cell``, ``bins`` [n]).
+
+        When events outnumber the (cell, bin) pairs they could fall in (a large batch over few
+        cells), each pair is read once and the reads are handed to its events: the same values.
+        """
+        size = len(keys) * N_BINS
+        if len(cell) * 8 < size:
+            return cls._read(stats, keys, cell, bins, factor)
+        pairs, inverse = distinct(cell * N_BINS + bins, size)  # no sort: a bitmap of the pairs
+        once = cls._read(stats, keys, pairs // N_BINS, pairs % N_BINS, factor)
+        return cls(*(getattr(once, f.name)[inverse] for f in fields(cls)))
+
+    @classmethod
+    def _read(
+        cls,
+        stats: SufficientStats,
+        keys: NDArray[np.int64],
+        cell: NDArray[np.int64],
+        bins: NDArray[np.int64],
+        factor: float,
+    ) -> FloorHistory:
+        """:meth:`of_stats`, read at each of the ``cell``, ``bins`` pairs [n]."""
         at = stats.values_at(keys[cell], bins, (REQUESTS, FILLS, REVENUE, REVENUE_SQ), factor)
         present = np.flatnonzero(np.bincount(cell, minlength=len(keys)))
         sums = stats.cumulative_at(  # at each event's bin, and at the last bin: each cell's total

@@ -19,8 +19,10 @@ its events cost, whatever the size of the placement (a pass over everything only
 Cells live in a slab (:class:`BinSlab`): a cell's entries are contiguous, in bin order,
 and a 128-bit mask per cell says which bins it holds, so an entry's place is the cell's
 offset plus the number of its bins below (popcount). Learning, reading and merging are
-vectorised over cells; a cell that gains a bin moves to the slab's end, and the slab is
-compacted when half of it is garbage.
+vectorised over cells; a batch's events are first summed per (cell, bin) pair (one sort),
+so the slab sees each pair once. A cell that gains a bin moves to the slab's end (its old
+entries fill the new block's places that are not new bins); a full slab is compacted
+instead of grown when a third of it is garbage.
 """
 
 from __future__ import annotations
@@ -133,15 +135,15 @@ def accumulate(
 #: rescaled (2^256 stays far inside float64 range).
 RENORMALISE_HALF_LIVES = 256.0
 _ONE = np.uint64(1)
+_ZERO = np.uint64(0)
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def _bit_masks(bins: NDArray[np.int64]) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
     """128-bit masks (low, high words) of single bins."""
-    b = bins.astype(np.uint64)
-    low = np.where(bins < 64, np.left_shift(_ONE, b % np.uint64(64)), np.uint64(0))
-    high = np.where(bins >= 64, np.left_shift(_ONE, b % np.uint64(64)), np.uint64(0))
-    return low.astype(np.uint64), high.astype(np.uint64)
+    bit = np.left_shift(_ONE, (bins & 63).astype(np.uint64))
+    upper = bins >= 64
+    return np.where(upper, _ZERO, bit), np.where(upper, bit, _ZERO)
 
 
 def _rank(mask: NDArray[np.uint64], bins: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -168,13 +170,37 @@ def distinct(values: NDArray[np.int64], size: int) -> tuple[NDArray[np.int64], N
     """Distinct ``values`` (sorted) and each value's place among them, as ``np.unique(values,
     return_inverse=True)`` for values in ``[0, size)``; many values without sorting them."""
     if len(values) * 8 < size:
-        return np.unique(values, return_inverse=True)
+        return _sorted_distinct(np.asarray(values, dtype=np.int64), size)
     seen = np.zeros(size, dtype=bool)
     seen[values] = True
     found = np.flatnonzero(seen)
     place = np.empty(size, dtype=np.int64)
     place[found] = np.arange(len(found))
     return found, place[values]
+
+
+def _sorted_distinct(values: NDArray[np.int64], size: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """:func:`distinct` by one sort: each value packed with its position into one integer
+    (value in the high bits), so a plain ``np.sort`` (vectorised, about half the time of the
+    ``argsort`` behind ``np.unique``) gives the sorted values and where each came from."""
+    n = len(values)
+    shift = max((n - 1).bit_length(), 1)
+    if n == 0 or size > 1 << (62 - shift):  # would not fit in 63 bits
+        return np.unique(values, return_inverse=True)
+    packed = np.sort((values << shift) | np.arange(n))
+    ordered = packed >> shift
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[packed & ((1 << shift) - 1)] = np.cumsum(first) - 1
+    return ordered[first], inverse
+
+
+def _sorted_pairs(cells: NDArray[np.int64], bins: NDArray[np.int64]) -> bool:
+    """Whether (cell, bin) pairs are strictly increasing (sorted by cell then bin, unique)."""
+    step = np.diff(cells)
+    return bool(((step > 0) | ((step == 0) & (np.diff(bins) > 0))).all())
 
 
 def _count(mask: NDArray[np.uint64]) -> NDArray[np.int64]:
@@ -199,7 +225,7 @@ class BinSlab:
         self.mask = np.zeros((n_cells, 2), dtype=np.uint64)
         self.offset = np.zeros(n_cells, dtype=np.int64)
         self.values = np.zeros((64, width))
-        self.used = 0  # slab rows handed out
+        self.used = 0  # slab rows handed out (the rows past it are zero)
         self.live = 0  # slab rows of current blocks
 
     def grow_cells(self, n_cells: int) -> None:
@@ -209,56 +235,83 @@ class BinSlab:
             self.offset = np.concatenate([self.offset, np.zeros(cap - len(self.offset), dtype=np.int64)])
 
     def _reserve(self, rows: int) -> None:
+        """Room for ``rows`` more rows at the slab's end. A full slab is compacted when at least a
+        third of it is garbage (blocks left by moved cells), else grown: either way one copy into
+        a new array, twice what it keeps."""
+        if self.used + rows <= len(self.values):
+            return
+        if 3 * (self.used - self.live) >= self.used:
+            self.compact(spare=rows)
         if self.used + rows > len(self.values):
-            cap = max(self.used + rows, 2 * len(self.values))
-            grown = np.zeros((cap, self.width))
+            grown = np.zeros((max(self.used + rows, 2 * len(self.values)), self.width))
             grown[: self.used] = self.values[: self.used]
             self.values = grown
 
     def add(self, cells: NDArray[np.int64], bins: NDArray[np.int64], values: NDArray[np.float64]) -> None:
-        """Add ``values`` [n, width] at (cell, bin) pairs, unique and sorted by cell then bin."""
+        """Add ``values`` [n, width] at (cell, bin) pairs, unique and grouped by cell (each cell's
+        pairs consecutive; sorted by cell then bin, for instance)."""
         if len(cells) == 0:
             return
+        mask = self.mask[cells]
+        if not mask.any() and _sorted_pairs(cells, bins):
+            self._append(cells, bins, values)  # cells holding nothing (a state loaded): blocks as given
+            return
+        rank, held = _locate(mask, bins)
+        if not held.all():
+            new_cells, new_bins = cells[~held], bins[~held]  # grouped by cell too
+            first = np.flatnonzero(np.r_[True, new_cells[1:] != new_cells[:-1]])
+            self._move(new_cells[first], first, new_bins)
+            rank = _rank(self.mask[cells], bins)
+        self.values[self.offset[cells] + rank] += values
+
+    def _append(self, cells: NDArray[np.int64], bins: NDArray[np.int64], values: NDArray[np.float64]) -> None:
+        """New blocks at the slab's end for cells holding nothing, from their pairs sorted by cell
+        then bin (so the pairs are the blocks' entries, in order)."""
         first = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
-        touched = cells[first]
         low, high = _bit_masks(bins)
-        old = self.mask[touched]
-        added = np.stack([np.bitwise_or.reduceat(low, first), np.bitwise_or.reduceat(high, first)], axis=1)
-        new = old | added
-        moved = (new != old).any(axis=1)
-        if moved.any():
-            self._move(touched[moved], old[moved], new[moved])
-        self.values[self.offset[cells] + _rank(self.mask[cells], bins)] += values
+        self._reserve(len(cells))
+        self.values[self.used : self.used + len(cells)] = values
+        self.offset[cells[first]] = self.used + first
+        self.mask[cells[first]] = np.stack([np.bitwise_or.reduceat(low, first), np.bitwise_or.reduceat(high, first)], 1)
+        self.used += len(cells)
+        self.live += len(cells)
 
-    def _move(self, cells: NDArray[np.int64], old: NDArray[np.uint64], new: NDArray[np.uint64]) -> None:
-        """Give ``cells`` new blocks at the slab's end for their ``new`` masks, keeping their values."""
-        sizes = _count(new)
-        self._reserve(int(sizes.sum()))
-        start = self.used + np.cumsum(sizes) - sizes
-        self.values[self.used : self.used + int(sizes.sum())] = 0.0
-        row, b = _bins_of(old)
-        if len(row):
-            first = np.searchsorted(row, np.arange(len(cells)))
-            src = self.offset[cells][row] + (np.arange(len(row)) - first[row])
-            dst = start[row] + _rank(new[row], b)
-            self.values[dst] = self.values[src]
-        old_sizes = _count(old)
-        self.offset[cells] = start
+    def _move(self, cells: NDArray[np.int64], first: NDArray[np.int64], bins: NDArray[np.int64]) -> None:
+        """Give ``cells`` [m] new blocks at the slab's end that also hold ``bins`` (bins they do not
+        hold yet, grouped by cell: cell ``i``'s from ``first[i]``), keeping their values, the new
+        bins' entries zero.
+
+        A block is its cell's entries in bin order, so the old entries fill the new block's
+        places that are not new bins, in order: no bin needs to be unpacked from the masks.
+        """
+        low, high = _bit_masks(bins)
+        old = self.mask[cells]
+        new = old | np.stack([np.bitwise_or.reduceat(low, first), np.bitwise_or.reduceat(high, first)], axis=1)
+        old_sizes, sizes = _count(old), _count(new)
+        rows = int(sizes.sum())
+        self._reserve(rows)
+        start = np.cumsum(sizes) - sizes  # of each new block, from the slab's end
+        owner = np.repeat(np.arange(len(cells)), np.diff(np.r_[first, len(bins)]))
+        fresh = np.zeros(rows, dtype=bool)
+        fresh[start[owner] + _rank(new[owner], bins)] = True
+        kept = int(old_sizes.sum())
+        src = np.repeat(self.offset[cells] - (np.cumsum(old_sizes) - old_sizes), old_sizes) + np.arange(kept)
+        self.values[self.used + np.flatnonzero(~fresh)] = self.values[src]  # rows past ``used`` are zero
+        self.offset[cells] = self.used + start
         self.mask[cells] = new
-        self.used += int(sizes.sum())
-        self.live += int(sizes.sum() - old_sizes.sum())
-        if self.used > 2 * self.live + 4096:
-            self.compact()
+        self.used += rows
+        self.live += rows - kept
 
-    def compact(self) -> None:
-        """Move every block to the front, in cell order (drops the garbage of moved blocks)."""
+    def compact(self, spare: int = 0) -> None:
+        """Move every block to the front, in cell order (drops the garbage of moved blocks), into
+        an array with room for twice the blocks and ``spare`` rows."""
         sizes = _count(self.mask)
         cells = np.flatnonzero(sizes)
         sizes = sizes[cells]
         start = np.cumsum(sizes) - sizes
         src = np.repeat(self.offset[cells] - start, sizes) + np.arange(int(sizes.sum()))
-        values = np.zeros((max(64, 2 * len(src)), self.width))
-        values[: len(src)] = self.values[src]
+        values = np.zeros((max(64, 2 * (len(src) + spare)), self.width))
+        np.take(self.values, src, axis=0, out=values[: len(src)])  # rows gathered straight into place
         self.values = values
         self.offset[cells] = start
         self.used = self.live = len(src)
@@ -316,37 +369,35 @@ class BinSlab:
 
         Each cell's entries are summed in bin order from zero, as ``np.cumsum`` over its dense
         bins would (the same floating-point sums, so thresholds on them agree), for all the
-        cells asked about at once: their entries are laid out rank by rank, the cells with
-        most entries first, so that the running sums of rank ``k`` are those of rank ``k - 1``
-        plus the ``k``-th entries, a slice of the cells; one step per rank (at most 128), and
-        work for the entries of those cells only.
+        cells asked about at once: the cells with the same number of entries ``c`` are
+        gathered as one ``[cells, c, k]`` array and summed along their entries by one
+        ``np.cumsum`` (sequential), one step per distinct count (at most 128), and work for
+        the entries of those cells only.
         """
         touched, inverse = distinct(cells, len(self.offset))
         counts = _count(self.mask[touched])
-        order = np.argsort(-counts, kind="stable")
-        slot = np.empty(len(touched), dtype=np.int64)  # each touched cell's place, most entries first
-        slot[order] = np.arange(len(touched))
-        depth = int(counts.max(initial=0))
-        # Cells with more than k entries (a prefix of the slots) and where rank k starts.
-        width = np.searchsorted(-counts[order], -np.arange(depth), side="left")
-        start = np.cumsum(width) - width
-        total = int(counts.sum())
-        first = np.cumsum(counts) - counts
-        rank = np.arange(total) - np.repeat(first, counts)
-        src = np.empty(total, dtype=np.int64)  # slab row of each place in the rank-by-rank layout
-        src[start[rank] + np.repeat(slot, counts)] = np.repeat(self.offset[touched], counts) + rank
-        run = self._take(src, columns)
-        for factor in factors:
-            run *= factor
-        for lo, prev, n in zip(start[1:].tolist(), start[:-1].tolist(), width[1:].tolist(), strict=True):
-            run[lo : lo + n] += run[prev : prev + n]
-        mask = self.mask[cells]
-        rank, held = _locate(mask, bins)
+        order = np.argsort(counts.astype(np.uint8), kind="stable")  # counts <= 128: a radix sort
+        ordered = counts[order]
+        # Each touched cell's running sums are a block of ``run``, blocks grouped by count.
+        block = np.empty(len(touched), dtype=np.int64)
+        block[order] = np.cumsum(ordered) - ordered + 1
+        run = np.empty((1 + int(counts.sum()), len(columns)))
+        run[0] = 0.0  # the sums over no entries
+        edges = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])
+        flat = self.values.reshape(-1)
+        for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
+            c = int(ordered[lo])
+            if c == 0:
+                continue
+            rows = self.offset[touched[order[lo:hi]]][:, None] + np.arange(c)  # [cells, c]
+            part = np.take(flat, (rows * self.width)[:, :, None] + np.asarray(columns))  # [cells, c, k]
+            for factor in factors:
+                part *= factor
+            at = int(block[order[lo]])
+            np.cumsum(part, axis=1, out=run[at : at + (hi - lo) * c].reshape(hi - lo, c, len(columns)))
+        rank, held = _locate(self.mask[cells], bins)
         below = rank + held  # entries at or below each pair's bin
-        out = np.zeros((len(cells), len(columns)))
-        some = below > 0
-        out[some] = run[start[below[some] - 1] + slot[inverse[some]]]
-        return out
+        return run[np.where(below > 0, block[inverse] + below - 1, 0)]
 
     def scale(self, factor: float) -> None:
         self.values[: self.used] *= factor
@@ -562,30 +613,35 @@ class SufficientStats:
         w_above = weight[above]
         by_floor = (weight, w_fill, rev_w, rev_w * revenue_cpm, (weight - w_fill) * logf, w_at, w_at * logf)
         by_price = (w_above, w_above * logp)
-        self._add_binned(self._floor, cell, fbin, by_floor)
-        self._add_binned(self._price, cell[above], pbin, by_price)
-        cells, inverse = distinct(cell, len(self._totals))  # many events: without sorting them
-        for f, column in enumerate(by_floor):
-            self._totals[cells, f] += np.bincount(inverse, column, len(cells))
-        for f, column in enumerate(by_price):
-            self._totals[cells, FLOOR_FIELDS + f] += np.bincount(inverse[above], column, len(cells))
-        self._changed[cells] = True
-        net = cell % self.n_networks
+        # Each (cell, bin) pair's sums, then the cells' totals and the placement level from those
+        # sums (a large batch has fewer pairs than events).
         size = self.n_networks * N_BINS
-        for f, column in enumerate(by_floor):
-            self._pooled[:, f] += np.bincount(net * N_BINS + fbin, column, size).reshape(-1, N_BINS)
-        pkey = net[above] * N_BINS + pbin
-        for f, column in enumerate(by_price):
-            self._pooled[:, FLOOR_FIELDS + f] += np.bincount(pkey, column, size).reshape(-1, N_BINS)
+        for fields, (keys, summed) in (
+            (slice(0, FLOOR_FIELDS), self._add_binned(self._floor, cell, fbin, by_floor)),
+            (slice(FLOOR_FIELDS, N_FIELDS), self._add_binned(self._price, cell[above], pbin, by_price)),
+        ):
+            if len(keys) == 0:
+                continue
+            cells = keys // N_BINS
+            first = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
+            self._totals[cells[first], fields] += np.add.reduceat(summed, first, axis=0)
+            pooled = (cells % self.n_networks) * N_BINS + keys % N_BINS
+            for f, column in enumerate(summed.T):
+                self._pooled[:, fields.start + f] += np.bincount(pooled, column, size).reshape(-1, N_BINS)
+            self._changed[cells[first]] = True
 
     @staticmethod
-    def _add_binned(slab: BinSlab, cell: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence) -> None:
-        """Sum ``columns`` (each [n]) by (cell, bin) and add them to ``slab``."""
+    def _add_binned(
+        slab: BinSlab, cell: NDArray[np.int64], bins: NDArray[np.int64], columns: Sequence
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Sum ``columns`` (each [n]) by (cell, bin) and add them to ``slab``; returns the pairs'
+        keys ``cell * N_BINS + bin`` [P] (sorted) and their sums [P, len(columns)]."""
         if len(cell) == 0:
-            return
-        keys, inverse = np.unique(cell * N_BINS + bins, return_inverse=True)
+            return np.empty(0, dtype=np.int64), np.empty((0, len(columns)))
+        keys, inverse = distinct(cell * N_BINS + bins, len(slab.offset) * N_BINS)  # few cells: no sort
         summed = np.stack([np.bincount(inverse, c, len(keys)) for c in columns], axis=1)
         slab.add(keys // N_BINS, keys % N_BINS, summed)
+        return keys, summed
 
     def add(self, batch: EventBatch) -> NDArray[np.int64]:
         """Add a batch; returns the rows (segments) it touched."""

@@ -246,20 +246,19 @@ def batch_from_parts(entry: PlacementEntry, parts: Sequence[Part]) -> EventBatch
     Deterministic in its input (segment keys numbered in order of first appearance), so
     the live applier and the replay build identical batches.
     """
-    keys: dict[str, int] = {}
-    seg, net, floor, filled, revenue, ts = [], [], [], [], [], []
+    order: dict[str, None] = {}  # segment keys in order of first appearance
+    used: list[list[str]] = []  # each part's keys of its codes
+    local, net, floor, filled, revenue, ts = [], [], [], [], [], []  # local: codes into each part's keys
     for rec, rows in parts:
 
         def pick(col: NDArray, rows: NDArray[np.int64] | None = rows) -> NDArray:
             return col if rows is None else col[rows]
 
         codes, inverse = np.unique(pick(rec.segment), return_inverse=True)
-        remap = np.fromiter(
-            (keys.setdefault(rec.segments[c], len(keys)) for c in codes.tolist()),
-            np.int64,
-            len(codes),
-        )
-        seg.append(remap[inverse.reshape(-1)])
+        names = list(map(rec.segments.__getitem__, codes.tolist()))
+        order.update(dict.fromkeys(names))  # new keys appended in code order (C loops, not Python)
+        used.append(names)
+        local.append(inverse.reshape(-1))
         netmap = np.array([entry.networks.get(n, -1) for n in rec.networks], dtype=np.int64)
         net.append(netmap[pick(rec.network)])
         floor.append(pick(rec.floor_cpm))
@@ -269,9 +268,11 @@ def batch_from_parts(entry: PlacementEntry, parts: Sequence[Part]) -> EventBatch
     network = np.concatenate(net)
     if (network < 0).any():
         raise InvalidState(f"events name networks that placement {entry.config.id!r} no longer has")
+    index = dict(zip(order, range(len(order)), strict=True))
+    remaps = [np.fromiter(map(index.__getitem__, names), np.int64, len(names)) for names in used]
     return EventBatch(
-        segments=tuple(keys),
-        segment_index=np.concatenate(seg),
+        segments=tuple(order),
+        segment_index=np.concatenate([remap[codes] for remap, codes in zip(remaps, local, strict=True)]),
         network=network,
         floor_cpm=np.concatenate(floor),
         filled=np.concatenate(filled),

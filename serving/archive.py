@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -72,14 +73,18 @@ class OutcomeArchive:
 
 def _frame(records: list[EventRecord]):  # -> polars.DataFrame
     """One frame of the rows of ``records``, in order. A text column is decoded once for all
-    records: their code tables concatenated, each record's codes shifted to its table's place."""
+    records: the distinct names of their code tables (records share most of them: a segment
+    key appears in many records), each record's codes mapped to their place among those."""
     import polars as pl
 
     def decoded(tables: list[tuple[str, ...]], codes: list[np.ndarray]) -> pl.Series:
-        starts = np.cumsum([0] + [len(t) for t in tables[:-1]])
-        flat = [name for table in tables for name in table]
-        index = np.concatenate([c.astype(np.int64) + start for c, start in zip(codes, starts, strict=True)])
-        return pl.Series(flat, dtype=pl.String).gather(index)
+        names = dict.fromkeys(chain.from_iterable(tables))  # distinct, in order of appearance
+        place = dict(zip(names, range(len(names)), strict=True))
+        index = [
+            np.fromiter(map(place.__getitem__, table), np.int64, len(table))[c]
+            for table, c in zip(tables, codes, strict=True)
+        ]
+        return pl.Series(list(names), dtype=pl.String).gather(np.concatenate(index))
 
     def column(name: str) -> np.ndarray:
         return np.concatenate([np.asarray(getattr(rec, name)) for rec in records])

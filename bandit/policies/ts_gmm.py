@@ -38,6 +38,7 @@ import zlib
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from itertools import repeat
 
 import numpy as np
 from numpy.typing import NDArray
@@ -180,15 +181,19 @@ class CellArrays:
 
     def get(self, keys: NDArray[np.int64]) -> NDArray[np.float64]:
         """Values ``[k, *shape]`` of ``keys`` [k] (a copy; zeros for keys never set or < 0)."""
-        out = np.zeros((len(keys), *self.values.shape[1:]))
         inside = (keys >= 0) & (keys < len(self.values))
+        if inside.all():
+            return self.values[keys]  # one gather (the common case)
+        out = np.zeros((len(keys), *self.values.shape[1:]))
         out[inside] = self.values[keys[inside]]
         return out
 
     def at(self, keys: NDArray[np.int64], column: NDArray[np.int64]) -> NDArray[np.float64]:
         """``values[keys[i], column[i]]`` [n] (0 for keys never set or < 0)."""
-        out = np.zeros(len(keys))
         inside = (keys >= 0) & (keys < len(self.values))
+        if inside.all():
+            return self.values[keys, column]
+        out = np.zeros(len(keys))
         out[inside] = self.values[keys[inside], column[inside]]
         return out
 
@@ -396,11 +401,11 @@ class ThompsonGmmPolicy(Policy):
         """Count the batch's events per cell (and per network at the placement level) as not yet
         reflected in the tables; a cell where a change was detected (``alarmed`` [C]) is due at once."""
         pending = self._pending
-        get = pending.get
         names = batch.segments
-        for s, j, n in zip(cells.segment.tolist(), cells.network.tolist(), cells.count.tolist(), strict=True):
-            key = (names[s], j)
-            pending[key] = get(key, 0.0) + n
+        # One pass per step over the batch's cells (C loops: a large batch has ~10^5 cells).
+        keys = list(zip(map(names.__getitem__, cells.segment.tolist()), cells.network.tolist(), strict=True))
+        before = np.fromiter(map(pending.get, keys, repeat(0.0)), np.float64, len(keys))
+        pending.update(zip(keys, (before + cells.count).tolist(), strict=True))
         for j, n in enumerate(np.bincount(batch.network, minlength=len(self.placement.networks)).tolist()):
             if n:
                 pending[(ALL_SEGMENTS, j)] = pending.get((ALL_SEGMENTS, j), 0.0) + n

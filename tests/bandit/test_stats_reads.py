@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bandit import EventBatch
-from bandit.stats import FIELDS, N_BINS, SufficientStats, distinct
+from bandit.stats import FIELDS, N_BINS, BinSlab, SufficientStats, distinct
 
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 N_NETWORKS = 3
@@ -84,3 +84,30 @@ def test_distinct_is_np_unique_with_inverse(values: list[int]) -> None:
     for got in (distinct(values, 200), distinct(values, 10**6)):  # without sorting, and sorting
         np.testing.assert_array_equal(got[0], expected[0])
         np.testing.assert_array_equal(got[1], expected[1])
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**32 - 1), rounds=st.integers(1, 16))
+def test_a_slab_holds_the_sums_of_what_was_added_through_moves_and_compactions(seed: int, rounds: int) -> None:
+    """Cells gain bins round after round (each gain moves the cell's block, and the garbage of
+    moved blocks is compacted away); pairs come grouped by cell in any order of cells and bins."""
+    rng = np.random.default_rng(seed)
+    n_cells, width = 30, 3
+    slab = BinSlab(width, n_cells)
+    dense = np.zeros((n_cells, N_BINS, width))
+    for k in range(rounds):
+        spread = 4 + 12 * k  # bins reach further out each round
+        cell = rng.integers(0, n_cells, int(rng.integers(1, 200)))
+        bins = np.clip(64 + rng.integers(-spread, spread + 1, len(cell)), 0, N_BINS - 1)
+        keys = np.unique(cell * N_BINS + bins)
+        rank = rng.permutation(n_cells)[keys // N_BINS] * 1_000 + rng.integers(0, 1_000, len(keys))
+        keys = keys[np.argsort(rank)]  # grouped by cell, cells and bins in random order
+        values = rng.normal(size=(len(keys), width))
+        slab.add(keys // N_BINS, keys % N_BINS, values)
+        dense[keys // N_BINS, keys % N_BINS] += values
+        cells, held_bins, got = slab.entries(np.arange(n_cells))
+        want_cells, want_bins = np.nonzero((dense != 0).any(axis=2))
+        np.testing.assert_array_equal(cells, want_cells)
+        np.testing.assert_array_equal(held_bins, want_bins)
+        np.testing.assert_array_equal(got, dense[want_cells, want_bins])  # the same additions, in order
+        assert slab.live == len(cells) <= slab.used <= len(slab.values)
