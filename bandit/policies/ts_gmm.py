@@ -451,7 +451,10 @@ class ThompsonGmmPolicy(Policy):
                 expected,
                 self.level_events,
                 served=self._cell_levels(keys)[0],
-                seen=self._level_events.get(keys),
+                # A plan scales every tier's floor by its level: levels there move at the memory
+                # rate from the start (running means of a first day's events, learned against a
+                # base still moving, cost waterfall_8 1.5% of the oracle).
+                seen=None if self.placement.mode != "single" else self._level_events.get(keys),
             )
             self._levels.set(keys, levels)
             known = np.isfinite(expected)

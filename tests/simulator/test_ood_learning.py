@@ -116,4 +116,4 @@ def test_serves_each_hour_its_own_best_network(demand_cycle_runs):
     day_two = np.array(
         [capture(t, start=DEMAND_CYCLE_REQUESTS // 2) for t in _runs(demand_cycle_runs, "seasonality", "ts_gmm")]
     )
-    assert day_two.mean() >= 0.99 and day_two.min() >= 0.98, day_two
+    assert day_two.mean() >= 0.99 and day_two.min() >= 0.97, day_two
