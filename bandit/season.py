@@ -45,9 +45,10 @@ COMMON_EVENTS = 200.0
 LEVEL_NOISE = 1.0
 #: Floor-bin history (discounted requests) needed before an event is compared with it: a
 #: level is a running mean of what its first events show, so it must not learn the noise of a
-#: thin bin (with 5 requests, as before, waterfall tiers at new floors learned levels off by
-#: tens of percent and waterfall_8 fell from 0.99 to 0.91 of the oracle).
-MIN_BIN_HISTORY = 200.0
+#: thin bin (with 5 requests, as before, the small segments of `longtail` learned levels off
+#: by tens of percent; with 200 a break in `core_drift` was absorbed by the levels of bins the
+#: detector's fallback then compared with, and went undetected).
+MIN_BIN_HISTORY = 50.0
 #: Levels stay within [1 / LEVEL_BOUND, LEVEL_BOUND].
 LEVEL_BOUND = 5.0
 

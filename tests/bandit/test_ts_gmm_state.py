@@ -51,7 +51,7 @@ def test_hour_level_counts_without_their_cells_are_refused_by_name() -> None:
     policy = make_policy("ts_gmm", CFG, seed=5, level_events=200.0)
     rng = np.random.default_rng(2)
     for k in range(3):  # events are compared with the history of the batches before them
-        policy.update(synthetic_batch(rng, 600, 1.8e9 + k * 3600.0), refresh=k == 2)
+        policy.update(synthetic_batch(rng, 3000, 1.8e9 + k * 3600.0), refresh=k == 2)
     state = policy.state()
     assert len(state["level_event_cells"]) and state["level_events"].sum() > 0
     del state["level_event_cells"]
