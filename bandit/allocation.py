@@ -178,11 +178,10 @@ class SegmentTable:
         if self.floor_bounds is None:
             self.floor_bounds = np.tile([-np.inf, np.inf], (n, 1))
         self.jittered = bool(np.any(self.floor_log_sd > 0))
-        self._steps = round(1.0 / self.floor_precision) if self.floor_precision > 0 else 0
+        self._steps = precision_steps(self.floor_precision)
         if self._steps:  # per network the multiples k/steps a floor may be rounded to: [N, 2] of k
-            with np.errstate(over="ignore"):
-                lo, hi = np.exp(self.floor_bounds[:, 0]) * self._steps, np.exp(self.floor_bounds[:, 1]) * self._steps
-            self._grid = np.stack([np.ceil(lo - 1e-6), np.floor(np.minimum(hi, 1e15) + 1e-6)], axis=1)
+            bounds = np.exp(self.floor_bounds)
+            self._grid = np.stack(step_range(bounds[:, 0], bounds[:, 1], self._steps), axis=1)
         # Plain lists make the one-request path fast (no numpy scalar overhead).
         self._cum_list = self.cum.tolist()
         self._floors_list = self.floors.ravel().tolist()
@@ -414,6 +413,21 @@ def floor_bin_propensity(
         same = bins[i][:, None] == bins[i][None, :]
         out[i] = same.astype(float) @ probs[i]
     return out
+
+
+def precision_steps(precision: float) -> int:
+    """Multiples of a floor precision per CPM (0: floors are not rounded)."""
+    return round(1.0 / precision) if precision > 0 else 0
+
+
+def step_range(
+    lo_cpm: NDArray[np.float64] | float, hi_cpm: NDArray[np.float64] | float, steps: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The first and last k with ``k / steps`` inside [lo_cpm, hi_cpm] (a bound within 10⁻⁶ of
+    a multiple counts as on it; an infinite upper bound stops at 10¹⁵)."""
+    with np.errstate(over="ignore"):
+        lo, hi = np.asarray(lo_cpm, dtype=np.float64) * steps, np.asarray(hi_cpm, dtype=np.float64) * steps
+    return np.ceil(lo - 1e-6), np.floor(np.minimum(hi, 1e15) + 1e-6)
 
 
 def round_to_steps(

@@ -127,8 +127,8 @@ def shrunk_levels(
 ) -> NDArray[np.float64]:
     """Served log levels of one segment's N networks (along ``axis``, by default the last), from
     their own levels ``log_level`` learned from ``events`` compared events at the same hour
-    (same shape): each is pulled toward the segment's common level (the event-weighted mean
-    over networks) with ``strength`` events (a number, or an array that broadcasts). A daily
+    (same shape): each is pulled toward the segment's common level (:func:`common_levels`)
+    with ``strength`` events (a number, or an array that broadcasts). A daily
     cycle is mostly the market's, so a network seldom served at an hour follows the others
     instead of a stale level of its own, networks are ranked on levels that are equally well
     learned, and a seldom-served network's events are learned at the level it is served at
@@ -149,8 +149,7 @@ def deviation_strength(log_level: NDArray[np.float64], events: NDArray[np.float6
     """Strength [S] of the common level in the served levels of S segments, from their networks'
     own levels and events ``[S, N, 24]``: ``LEVEL_NOISE² / τ²``, with τ = ``DEVIATION_SHARE`` ×
     the spread over the day (sd over hours, weighted by events, less the levels' own noise) of
-    the segment's common level,
-    within [``DEVIATION_EVENTS_MIN``, ``DEVIATION_EVENTS_MAX``]. A flat market keeps every
+    the segment's common level, within [``DEVIATION_EVENTS_MIN``, ``DEVIATION_EVENTS_MAX``]. A flat market keeps every
     network at the common level and is sure of it; a strong cycle lets networks' own shapes
     show after a few hundred events, and leaves a seldom-served network's doubtful."""
     total = events.sum(axis=1)  # [S, 24]

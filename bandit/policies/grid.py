@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable, floor_bin_propensity, round_to_steps
+from bandit.allocation import (
+    AUCTION_CODES,
+    SUMMARY_FIELDS,
+    SegmentTable,
+    floor_bin_propensity,
+    precision_steps,
+    round_to_steps,
+    step_range,
+)
 from bandit.errors import InvalidConfig
 from bandit.policies.common import detect_auction
 from bandit.policy import Policy
@@ -64,9 +72,9 @@ def network_floor_levels(network: NetworkConfig, levels: int, precision: float =
         candidates = np.concatenate([[lo], spaced]) if start > lo else spaced
         candidates = np.clip(candidates, lo, hi)
         candidates[-1] = hi
-    if precision > 0:
-        steps = round(1.0 / precision)
-        candidates = round_to_steps(candidates, steps, math.ceil(lo * steps - 1e-6), math.floor(hi * steps + 1e-6))
+    steps = precision_steps(precision)
+    if steps:
+        candidates = round_to_steps(candidates, steps, *step_range(lo, hi, steps))
     bins = price_bin(log_price(candidates))
     _, first = np.unique(bins, return_index=True)
     return candidates[np.sort(first)]

@@ -463,19 +463,14 @@ class ThompsonGmmPolicy(Policy):
         scale = self._level_scale(cells, hours)
         return replace(batch, floor_cpm=batch.floor_cpm / scale, revenue_cpm=batch.revenue_cpm / scale)
 
-    def _served_levels(self, segment: str) -> NDArray[np.float64]:
-        """The value levels [N] of the segment's networks for the decisions this table will
-        serve (ones without levels): each network's own level shrunk toward the segment's
-        common one (:func:`bandit.season.shrunk_levels`, :func:`bandit.season.deviation_strength`).
+    def _served_log_levels(self, row: int | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """The log value levels [N] of a statistics row's networks for the decisions its table
+        will serve (zeros without levels; see :meth:`_cell_levels`), and their posterior sds [N]
+        (:func:`bandit.season.level_sd`).
 
         A table serves from the newest event learned until the next update, so levels are
         read half a batch span after that event, interpolated between hour centres.
         """
-        return np.exp(self._served_log_levels(self.stats.segment_row(segment))[0])
-
-    def _served_log_levels(self, row: int | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Log levels [N] of a statistics row's networks (see :meth:`_served_levels`) and their
-        posterior sds [N] (:func:`bandit.season.level_sd`); zeros without levels."""
         n_net = len(self.placement.networks)
         if row is None or not math.isfinite(self.stats.t_ref) or self.level_events <= 0:
             return np.zeros(n_net), np.zeros(n_net)
