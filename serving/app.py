@@ -137,6 +137,7 @@ def start_store(
         max_event_skew_s=settings.max_event_skew_s,
         decision_key=key_from_setting(settings.decision_key.get_secret_value()) if settings.decision_key else None,
         limits=settings.limits(),
+        floors_id_max_age_s=settings.prebid_id_max_age_s,
         history_every_s=settings.history_every_s or None,
         history_max_points=settings.history_max_points,
         history_max_segments=settings.history_max_segments,

@@ -7,6 +7,12 @@
 - **decide**: ``POST /v1/decide``, ``/v1/decide/batch``, ``GET /v1/prebid/floors``,
   ``POST /v1/openrtb/floors``; key ``ADBANDIT_DECIDE_API_KEY`` or the write key.
 
+``POST /v1/outcomes`` from a **page** (:func:`outcome_poster`): a Prebid page cannot keep the
+write key secret, so with ``ADBANDIT_PREBID_PAGE_OUTCOMES`` (the default) a post *without* an
+``Authorization`` header is a page's post, in which each event is accepted only with a
+floors id of the Prebid floors document that verifies (the signature is the credential,
+bounded in age; :mod:`serving.intake`). A wrong key is still a 401.
+
 The OpenRTB notices (``GET /v1/openrtb/{win,billing,loss}``) take no key: exchanges fire them
 and cannot send one; the signed decision id they carry must verify (:mod:`serving.openrtb`).
 
@@ -89,6 +95,32 @@ def _dependency(scope: Scope):
     require.__name__ = f"require_{scope}_key"
     return require
 
+
+Poster = Literal["server", "page"]
+
+
+def poster_of(authorization: str | None, keys: tuple[bytes, ...], pages_allowed: bool) -> Poster:
+    """Who posts outcomes: ``"page"`` when a write key is set, the request sends no
+    ``Authorization`` and pages may post; else ``"server"`` once :func:`check_bearer` passes."""
+    if keys and authorization is None and pages_allowed:
+        return "page"
+    check_bearer(authorization, keys, "write")
+    return "server"
+
+
+async def outcome_poster(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Poster:
+    """Dependency of ``POST /v1/outcomes``: a server with the write key (or none set), or a page."""
+    settings = request.app.state.settings
+    header = request.headers.get("authorization")
+    if credentials is not None:
+        header = f"{credentials.scheme} {credentials.credentials}"
+    return poster_of(header, accepted_keys(settings, "write"), bool(getattr(settings, "prebid_page_outcomes", True)))
+
+
+OutcomePoster = Annotated[Poster, Depends(outcome_poster)]
 
 require_api_key = _dependency("write")
 require_read_key = _dependency("read")

@@ -25,6 +25,26 @@ network 'alpha'"); the MAC is what is trusted. Propensities are 16-bit log codes
 log floor given the network, per unit log CPM; continuous floors only) is a signed 16-bit
 log code of step 1/1024 in log2 (relative error < 0.034%, range 2^±32), 0xFFFF for none.
 
+A **floors id** is the decision id of a model group of the Prebid floors document
+(:mod:`serving.prebid`): Prebid.js draws one group per auction and hands its
+``modelVersion`` to every bid request of the auction, so the group's ``modelVersion`` ends
+in ``#<floors id>`` and the analytics script posts that id as each event's
+``decision_id``. Same form, ``"<variant>.<40 base64url chars>"`` (30 bytes, never the 48
+of a decision or the 36 + 8k of a plan), its own MAC domain (``adbandit/prebid/1``, the
+context binds the variant)::
+
+    version u8 = 3 | flags u8 (bit 0: fallback) | issued_at u32 (epoch s) | nonce 8 bytes
+    | model digest u32
+
+``fallback``: the group published another variant's floors (the champion's, while the
+variant has too little data), so no propensity of the variant's own policy applies. The
+model digest (32-bit blake2b of the group's ``modelVersion`` without the id) ties the id to
+the models it was issued with, for diagnostics. A floors id is checked by
+:meth:`DecisionSigner.verify_floors`: the MAC, then its age (``max_age_s``, bounded so a
+copied id stops working). Unlike a decision id, an event with a floors id that does not
+verify is *rejected* (:mod:`serving.intake`): the id is also the credential a page posts
+with when the write key is set.
+
 An outcome whose id does not verify, or names another placement, network or floor, is
 *accepted without propensities* and learned as if it had no decision id (by the
 champion): the observation itself (network, floor, fill, price) is still true data, but
@@ -75,6 +95,14 @@ PLAN_OFFER = struct.Struct(">Hf")
 #: and networks often take floors in cents) plus float noise; anything more is another floor.
 FLOOR_ABS_TOLERANCE = 0.005
 FLOOR_REL_TOLERANCE = 1e-6
+
+_FLOORS_DOMAIN = b"adbandit/prebid/1"
+FLOORS_VERSION = 3
+FLOORS_PAYLOAD = struct.Struct(">BBI8sI")
+FLOORS_ID_CHARS = (FLOORS_PAYLOAD.size + MAC_BYTES) * 4 // 3  # 40
+FLOORS_FALLBACK = 0x01
+#: Seconds a floors id may be ahead of the server's clock (clock skew between replicas).
+FLOORS_MAX_AHEAD_S = 300.0
 
 _LOG2_STEPS = 2048.0
 _DENSITY_STEPS = 1024.0
@@ -133,6 +161,32 @@ class Verdict(NamedTuple):
     floor_propensity: float = math.nan
     floor_density: float = math.nan
     reason: str = ""
+
+
+class FloorsVerdict(NamedTuple):
+    """What a floors id says: ``ok`` with the variant whose model group the auction drew,
+    when the document was issued and whether the group published another variant's floors;
+    or not ``ok`` with ``reason``."""
+
+    ok: bool
+    variant: str | None = None
+    issued_at: float = math.nan
+    fallback: bool = False
+    reason: str = ""
+
+
+def is_floors_id(decision_id: object) -> bool:
+    """Whether ``decision_id`` has the shape of a floors id (``<variant>.<40 chars>``); whether
+    it verifies is :meth:`DecisionSigner.verify_floors`'s question."""
+    if not isinstance(decision_id, str):
+        return False
+    _, sep, body = decision_id.rpartition(".")
+    return bool(sep) and len(body) == FLOORS_ID_CHARS
+
+
+def model_digest(model_version: str) -> int:
+    """32-bit digest of a model group's ``modelVersion`` (without its id)."""
+    return int.from_bytes(hashlib.blake2b(model_version.encode(), digest_size=4).digest(), "big")
 
 
 class DecisionSigner:
@@ -271,6 +325,57 @@ class DecisionSigner:
         if abs(floor_cpm - floor) > FLOOR_ABS_TOLERANCE + FLOOR_REL_TOLERANCE * abs(floor):
             return Verdict(False, reason=f"it was issued for floor_cpm {floor:.6g}, the event has {floor_cpm:g}")
         return Verdict(True, variant, _PROPENSITY_OF[p], _PROPENSITY_OF[fp], _DENSITY_OF[d])
+
+    def _floors_inner(self, variant: str):  # -> hashlib sha256 state
+        k = ("", variant, "\0prebid")
+        state = self._contexts.get(k)
+        if state is None:
+            b = variant.encode()
+            state = self._inner.copy()
+            state.update(_FLOORS_DOMAIN + len(b).to_bytes(2, "big") + b)
+            self._contexts[k] = state
+        return state
+
+    def issue_floors(self, variant: str, model_version: str, *, issued_at: float, fallback: bool = False) -> str:
+        """Floors id of one model group of a Prebid floors document (module docstring)."""
+        payload = FLOORS_PAYLOAD.pack(
+            FLOORS_VERSION,
+            FLOORS_FALLBACK if fallback else 0,
+            max(0, min(int(issued_at), 0xFFFFFFFF)),
+            os.urandom(8),
+            model_digest(model_version),
+        )
+        mac = self._mac(self._floors_inner(variant), payload)
+        return f"{variant}.{base64.urlsafe_b64encode(payload + mac).decode()}"
+
+    def verify_floors(self, floors_id: str, *, now: float, max_age_s: float) -> FloorsVerdict:
+        """Check a floors id: issued by this service (MAC), at most ``max_age_s`` seconds ago
+        and not ahead of ``now`` by more than :data:`FLOORS_MAX_AHEAD_S`."""
+        variant, sep, body = floors_id.rpartition(".")
+        if not sep or len(body) != FLOORS_ID_CHARS:
+            return FloorsVerdict(False, reason="not a floors id of this service")
+        try:
+            raw = binascii.a2b_base64(body.replace("-", "+").replace("_", "/"), strict_mode=True)
+        except (binascii.Error, ValueError):
+            return FloorsVerdict(False, reason="not a floors id of this service")
+        if len(raw) != FLOORS_PAYLOAD.size + MAC_BYTES or raw[0] != FLOORS_VERSION:
+            return FloorsVerdict(False, reason="not a floors id of this service")
+        payload, mac = raw[: FLOORS_PAYLOAD.size], raw[FLOORS_PAYLOAD.size :]
+        if not hmac.compare_digest(mac, self._mac(self._floors_inner(variant), payload)):
+            return FloorsVerdict(
+                False, reason="its signature does not verify (altered, forged, or signed with another key)"
+            )
+        _, flags, issued_at, _, _ = FLOORS_PAYLOAD.unpack(payload)
+        age = now - issued_at
+        if age > max_age_s:
+            return FloorsVerdict(
+                False,
+                reason=f"it expired: issued {age:.0f} s ago, a floors id is valid for {max_age_s:g} s "
+                "(ADBANDIT_PREBID_ID_MAX_AGE_S); the page must fetch its floors again",
+            )
+        if -age > FLOORS_MAX_AHEAD_S:
+            return FloorsVerdict(False, reason=f"it was issued {-age:.0f} s ahead of the server's clock")
+        return FloorsVerdict(True, variant, float(issued_at), bool(flags & FLOORS_FALLBACK))
 
     def issue_plan(self, placement: str, variant: str, offers: Sequence[tuple[str, float]], propensity: float) -> str:
         """Id of a waterfall or auction decision: its (network, floor_cpm) offers in calling

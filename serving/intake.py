@@ -13,6 +13,16 @@ An outcome of a waterfall or auction placement may come as one event with ``resp
 (:mod:`serving.plans`): it becomes one row per response, all from the event's index
 (``origins``), learned by the variant its plan's decision id names; one bad response
 rejects them all. ``accepted`` and ``duplicates`` count events as sent (:meth:`PreparedEvents.counts`).
+
+**Prebid events** carry the floors id of the model group their auction drew
+(:mod:`serving.decision_ids`, :mod:`serving.prebid`) as ``decision_id``
+(:func:`floors_attribution`). One that verifies names the variant that learns the event
+(propensities 1: every bidder is called and the group fixes the floor of each rule; none
+when the group published another variant's floors or Prebid skipped floors in the auction,
+which the champion learns). One that does not verify (forged, altered, expired) rejects its
+event: nothing is learned from it. From a page (``page``: posted without the write key while
+one is set) an event is accepted only with a floors id that verifies: the signature is the
+page's credential (:data:`PAGE_NEEDS_FLOORS_ID`).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from numpy.typing import NDArray
 
 from bandit import OutcomeEvent
 from bandit.errors import AdbanditError, InvalidOutcome
-from serving.decision_ids import DecisionSigner
+from serving.decision_ids import DecisionSigner, is_floors_id
 from serving.limits import Limits, SegmentIndex
 from serving.live import PlacementEntry, placement_entry
 from serving.plans import check_multi_fields, expand_outcome
@@ -39,7 +49,19 @@ from serving.validation import (
     check_revenue,
 )
 
-__all__ = ["PreparedEvents", "prepare_events"]
+__all__ = ["PAGE_NEEDS_FLOORS_ID", "PreparedEvents", "floors_attribution", "prepare_events"]
+
+#: Default seconds a floors id stays valid (``ADBANDIT_PREBID_ID_MAX_AGE_S``).
+FLOORS_ID_MAX_AGE_S = 6 * 3600.0
+#: Why an event posted without the write key is refused, and what to do instead.
+PAGE_NEEDS_FLOORS_ID = (
+    "posted without the write key: an event is accepted only with the decision_id of the Prebid floors "
+    "document its auction used (adbandit-prebid.js posts it as the group's modelVersion after '#'); post other "
+    "events from a server with 'Authorization: Bearer <write key>' (ADBANDIT_API_KEY)"
+)
+_NO_PROPENSITIES = (math.nan, math.nan, math.nan)
+#: Propensities of a Prebid event of a variant's own floors: (network, floor, floor density).
+_PREBID_PROPENSITIES = (1.0, 1.0, math.nan)
 
 
 @dataclass
@@ -57,6 +79,8 @@ class PreparedEvents:
     first_unverified: str = ""
     #: The index of the sent event each row comes from (several rows for one with responses).
     origins: list[int] = field(default_factory=list)
+    #: Events rejected because their floors id did not verify (or, from a page, had none).
+    refused_ids: int = 0
 
     def counts(self, keep: NDArray[np.bool_]) -> tuple[int, int]:
         """(accepted, duplicates) counted per sent event: one with responses is accepted if
@@ -133,9 +157,12 @@ def prepare_events(
     max_skew_s: float,
     signer: DecisionSigner,
     limits: Limits | None = None,
+    floors_max_age_s: float = FLOORS_ID_MAX_AGE_S,
+    page: bool = False,
 ) -> PreparedEvents:
     """Validate each event on its own, verify its decision id and name the variant that
-    learns it (module docstring); ``now`` is the server's clock in seconds since the epoch."""
+    learns it (module docstring); ``now`` is the server's clock in seconds since the epoch.
+    ``page``: posted by a page without the write key (only events with a valid floors id)."""
     prep = PreparedEvents()
     rows, rejected = prep.rows, prep.rejected
     nan = math.nan
@@ -144,6 +171,10 @@ def prepare_events(
     origins = prep.origins
     for i, raw in enumerate(events):
         if isinstance(raw, Mapping) and "responses" in raw:
+            if page:
+                prep.refused_ids += 1
+                rejected.append((i, PAGE_NEEDS_FLOORS_ID))
+                continue
             try:
                 multi = _multi_rows(raw, entries, now, max_skew_s, signer, limits, prep)
             except (AdbanditError, TypeError, ValueError) as exc:
@@ -164,7 +195,12 @@ def prepare_events(
             if decision_id is not None and not isinstance(decision_id, str):
                 raise InvalidOutcome(f"decision_id must be a string, got {decision_id!r}")
             variant, props = entry.champion, (nan, nan, nan)
-            if decision_id:
+            if page and not is_floors_id(decision_id):
+                prep.refused_ids += 1
+                raise InvalidOutcome(PAGE_NEEDS_FLOORS_ID)
+            if is_floors_id(decision_id):
+                variant, props = floors_attribution(ev, entry, signer, now, floors_max_age_s, prep)
+            elif decision_id:
                 verdict = signer.verify(decision_id, ev.placement, ev.network, ev.floor_cpm, entry.networks)
                 if not verdict.ok:
                     prep.unverified += 1
@@ -185,6 +221,35 @@ def prepare_events(
         origins.append(i)
         rows.append(_row(ev, variant, segment, props))
     return prep
+
+
+def floors_attribution(
+    ev: OutcomeEvent,
+    entry: PlacementEntry,
+    signer: DecisionSigner,
+    now: float,
+    max_age_s: float,
+    prep: PreparedEvents,
+) -> tuple[str, tuple[float, float, float]]:
+    """The variant that learns a Prebid event with a floors id, and its propensities (module
+    docstring); :class:`InvalidOutcome` when the id does not verify or its variant is gone."""
+    verdict = signer.verify_floors(ev.decision_id, now=now, max_age_s=max_age_s)  # type: ignore[arg-type]
+    if not verdict.ok:
+        prep.refused_ids += 1
+        raise InvalidOutcome(
+            f"decision_id is not a floors id of this service: {verdict.reason}; nothing is learned from this event"
+        )
+    if entry.find_slot(verdict.variant) is None:  # type: ignore[arg-type]
+        prep.removed_variant += 1
+        raise InvalidOutcome(
+            f"decision_id names the floors of variant {verdict.variant!r}, which is not in the experiment of "
+            f"placement {ev.placement!r}; its outcomes are not learned or reported"
+        )
+    if ev.context.get("prebid_floors_skipped") in (True, "true"):
+        return entry.champion, _NO_PROPENSITIES  # Prebid ran the auction without floors
+    if verdict.fallback:
+        return verdict.variant, _NO_PROPENSITIES  # type: ignore[return-value]
+    return verdict.variant, _PREBID_PROPENSITIES  # type: ignore[return-value]
 
 
 def _multi_rows(

@@ -41,12 +41,20 @@ Options of the document (:class:`FloorsOptions`):
   weight, with ``modelVersion`` ``"<variant>:fallback=<champion>:<champion's version>"``.
 * ``modelTimestamp``: when the newest published model was built (epoch seconds), not the
   time of the request; ``skipRate``: percent of auctions Prebid runs without floors.
+* **Floors ids** (``sign``): each group's ``modelVersion`` ends in ``#<floors id>``, a signed
+  id of the group's variant (:meth:`serving.decision_ids.DecisionSigner.issue_floors`).
+  Prebid.js draws one group per auction and hands its ``modelVersion`` to every bid request
+  (``bidRequest.floorData.modelVersion``), so the analytics script can post that id with each
+  of the auction's events: the service then learns them into that variant, and accepts them
+  from a page without the write key (:mod:`serving.intake`). ``modelVersion`` is the only
+  string of a group Prebid passes to its events (per rule it passes only the rule key and
+  value), so the id is per group, not per rule.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -78,6 +86,10 @@ DECIMALS = 4
 KeyField = Literal["adUnitCode", "gptSlot"]
 #: One rule: Prebid field name → value (fields absent from it read ``*``), and its floor.
 Rule = tuple[dict[str, str], float]
+#: Signs a model group: (variant, its modelVersion, whether it publishes another's floors) → floors id.
+Signer = Callable[[str, str, bool], str]
+#: Separates a group's ``modelVersion`` from its floors id.
+ID_MARK = "#"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +112,7 @@ class FloorsOptions:
     bidders: bool = False
     skip_rate: int = 0
     provider: str = "adbandit"
+    sign: Signer | None = None  # None: modelVersion without a floors id
 
 
 def schema_fields(placement: PlacementConfig) -> list[str]:
@@ -206,6 +219,11 @@ def version_of(variant: VariantFloors) -> str:
     return f"{variant.variant}:{version}"
 
 
+def signed_version(version: str, variant: str, fallback: bool, sign: Signer | None) -> str:
+    """``<version>#<floors id>`` (just ``version`` without a signer)."""
+    return version if sign is None else f"{version}{ID_MARK}{sign(variant, version, fallback)}"
+
+
 def with_fallback(variants: Sequence[VariantFloors], champion: str, min_events: float) -> list[VariantFloors]:
     """``variants`` with those that learned from fewer than ``min_events`` pooled events
     publishing the champion's allocations instead of their own (the champion never falls back)."""
@@ -248,7 +266,12 @@ def group_of(
 
 
 def model_group(
-    placement: PlacementConfig, variant: VariantFloors, weight: int, *, bidders: Mapping[str, str] | None = None
+    placement: PlacementConfig,
+    variant: VariantFloors,
+    weight: int,
+    *,
+    bidders: Mapping[str, str] | None = None,
+    sign: Signer | None = None,
 ) -> dict:
     """The group of one placement's variant in the one-placement document."""
     fields = schema_fields(placement) + ([BIDDER_FIELD] if bidders is not None else [])
@@ -256,9 +279,8 @@ def model_group(
     if pooled is None:  # no pooled allocation given: the mean of the segments'
         floors = [f for v, f in rules if BIDDER_FIELD not in v]
         pooled = round(sum(floors) / len(floors), DECIMALS) if floors else 0.0
-    return group_of(
-        fields, rules, weight=weight, version=version_of(variant), currency=placement.currency, default=pooled
-    )
+    version = signed_version(version_of(variant), variant.variant, variant.fallback is not None, sign)
+    return group_of(fields, rules, weight=weight, version=version, currency=placement.currency, default=pooled)
 
 
 def _header(placements: Sequence[PlacementConfig], variants: Iterable[VariantFloors], options: FloorsOptions) -> dict:
@@ -297,7 +319,9 @@ def prebid_floors(
     doc = _header([placement], live, options)
     if timestamp is not None:
         doc["modelTimestamp"] = int(timestamp)
-    doc["modelGroups"] = [model_group(placement, v, w, bidders=bidders) for v, w in zip(live, weights, strict=True)]
+    doc["modelGroups"] = [
+        model_group(placement, v, w, bidders=bidders, sign=options.sign) for v, w in zip(live, weights, strict=True)
+    ]
     return doc
 
 
@@ -350,7 +374,9 @@ def page_floors(
                 fields,
                 rules,
                 weight=weight,
-                version=page_version(column),
+                version=signed_version(
+                    page_version(column), column[0].variant, any(v.fallback for v in column), options.sign
+                ),
                 currency=placements[0].currency,
                 default=floor_min,
             )

@@ -135,6 +135,19 @@ class Settings(BaseSettings):
         "floors in the Prebid floors document.",
     )
 
+    prebid_id_max_age_s: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="Seconds a floors id of the Prebid floors document (the decision_id its analytics script posts) "
+        "stays valid; events with an older one are rejected and the page must fetch its floors again.",
+    )
+    prebid_page_outcomes: bool = Field(
+        True,
+        description="With ADBANDIT_API_KEY set, accept POST /v1/outcomes without the write key for events that carry "
+        "a valid floors id of the Prebid floors document (what a page's analytics script posts; the signature is "
+        "its credential); false: every outcome needs the write key.",
+    )
+
     def cors_origins(self) -> frozenset[str]:
         """The allowed CORS origins of the Prebid floors and outcomes (``"*"`` for any)."""
         return frozenset(o.strip().rstrip("/") for o in self.prebid_cors_origins.split(",") if o.strip())

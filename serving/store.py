@@ -87,7 +87,7 @@ from serving.decisions import DecisionRecord
 from serving.dedupe import DAY_SECONDS, DedupeWindow, event_hashes, first_occurrences
 from serving.eventlog import EventLog, storage_failure
 from serving.history import EXPERIMENT_FIELDS, HistoryRecorder, WindowTally
-from serving.intake import prepare_events
+from serving.intake import FLOORS_ID_MAX_AGE_S, prepare_events
 from serving.limits import OUTCOME, Limits, check_placement
 from serving.live import PlacementEntry, build_entry, normalise_state, placement_entry, with_model
 from serving.placement_config import ServicePlacement
@@ -157,6 +157,8 @@ class IngestResult:
     accepted: int
     duplicates: int
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    #: Rejected for their floors id: it did not verify, or a page's event had none.
+    refused_ids: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -198,6 +200,7 @@ class PolicyStore:
         max_event_skew_s: float = DEFAULT_MAX_EVENT_SKEW_S,
         decision_key: bytes | None = None,
         limits: Limits | None = None,
+        floors_id_max_age_s: float = FLOORS_ID_MAX_AGE_S,
         history_every_s: float | None = None,
         history_max_points: int = 2880,
         history_max_segments: int = 16,
@@ -228,6 +231,9 @@ class PolicyStore:
         if not (max_event_skew_s >= 0):
             raise InvalidConfig(f"max_event_skew_s must be >= 0, got {max_event_skew_s}")
         self.max_event_skew_s = float(max_event_skew_s)
+        if not (floors_id_max_age_s > 0):
+            raise InvalidConfig(f"floors_id_max_age_s must be > 0, got {floors_id_max_age_s}")
+        self.floors_id_max_age_s = float(floors_id_max_age_s)
         self.limits = limits or Limits()
         self._decision_key = decision_key
         self._signer: DecisionSigner | None = None  # made by open(): the key may live in the state dir
@@ -509,6 +515,12 @@ class PolicyStore:
         assert self._signer is not None
         return self._signer.verify(decision_id, placement_id, network, floor_cpm, entry.networks)
 
+    def issue_floors_id(self, variant: str, model_version: str, fallback: bool = False) -> str:
+        """A floors id for one model group of a Prebid floors document, issued now
+        (:meth:`serving.decision_ids.DecisionSigner.issue_floors`)."""
+        assert self._signer is not None
+        return self._signer.issue_floors(variant, model_version, issued_at=self._clock(), fallback=fallback)
+
     def built_at(self, placement_id: str, variant: str = "champion") -> float:
         """When (epoch seconds) the variant's served model was last built: its last refit, or
         when it was loaded, swapped or created in this process."""
@@ -527,8 +539,10 @@ class PolicyStore:
             return list(slot.learner.segments)
 
     # -------------------------------------------------------------------- ingest
-    def ingest(self, events: Sequence[object]) -> IngestResult:
+    def ingest(self, events: Sequence[object], *, page: bool = False) -> IngestResult:
         """Validate, de-duplicate and durably log outcome events (raw JSON objects).
+        ``page``: posted by a page without the write key, so each event needs a floors id
+        that verifies (:mod:`serving.intake`).
 
         Each event is checked on its own: invalid ones are returned in ``rejected`` as
         (index, reason) and change no state. A repeated ``event_id`` (within the window,
@@ -542,7 +556,14 @@ class PolicyStore:
         while True:
             entries = self._entries
             prep = prepare_events(
-                events, entries, now=self._clock(), max_skew_s=self.max_event_skew_s, signer=signer, limits=self.limits
+                events,
+                entries,
+                now=self._clock(),
+                max_skew_s=self.max_event_skew_s,
+                signer=signer,
+                limits=self.limits,
+                floors_max_age_s=self.floors_id_max_age_s,
+                page=page,
             )
             lsn = 0
             with self._state_lock:
@@ -594,7 +615,7 @@ class PolicyStore:
                 "outcome decision ids not verified; events learned without propensities",
                 extra={"fields": {"events": prep.unverified, "first_reason": prep.first_unverified}},
             )
-        return IngestResult(accepted, duplicates, prep.rejected)
+        return IngestResult(accepted, duplicates, prep.rejected, prep.refused_ids)
 
     def _count(self, **deltas: int) -> None:
         with self._stats_lock:

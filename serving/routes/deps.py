@@ -125,6 +125,7 @@ class OrjsonRoute(StrictQueryRoute):
 ERROR_TEXT = {
     400: "Malformed JSON body",
     401: "Missing or wrong API key (when the endpoint's key is set: write, read or decide)",
+    403: "A page's post (no write key) whose events' floors ids do not verify",
     408: "The request body did not arrive in time; the connection is closed",
     404: "Unknown placement",
     413: "Request body over the size limit",

@@ -6,6 +6,11 @@ with their index and the reason. An event of a waterfall or auction placement ma
 every called network at once (``responses``, :mod:`serving.plans`); it is expanded into one
 per-network event each and counted once. Accepted events are durable (written and fsynced to the
 event log) before the reply.
+
+A Prebid page posts without the write key (:func:`serving.auth.outcome_poster`): then each event
+needs the floors id of its auction's floors document (:mod:`serving.intake`); a post in which
+no event carries one is a 401, one in which none of them verifies a 403
+(:func:`page_refusal`), each saying what to do.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from serving.auth import WriteAuth
+from serving.auth import OutcomePoster
+from serving.decision_ids import is_floors_id
+from serving.intake import PAGE_NEEDS_FLOORS_ID
 from serving.routes.deps import (
     BODY_ERRORS,
     JSON,
@@ -33,6 +40,7 @@ from serving.routes.deps import (
     unsupported,
 )
 from serving.schemas import IngestResponse
+from serving.store import IngestResult
 
 router = APIRouter(prefix="/v1/outcomes", tags=["outcomes"], route_class=StrictQueryRoute)
 log = logging.getLogger("adbandit.serving")
@@ -96,21 +104,46 @@ def parse_events(request: Request, raw: bytes) -> tuple[list[Any], list[int], li
     return body, list(range(len(body))), []
 
 
+def page_refusal(events: list[Any], result: IngestResult | None) -> HTTPException | None:
+    """The 401 or 403 of a page's post (no write key) from which nothing was accepted because of
+    its credentials: 401 when no event carries a floors id, 403 when none of those it carries
+    verifies (each event's reason is then in the message's first line); None otherwise."""
+    if result is not None and (result.accepted or result.duplicates or result.refused_ids < len(events)):
+        return None
+    with_id = [e for e in events if isinstance(e, dict) and is_floors_id(e.get("decision_id"))]
+    headers = {"WWW-Authenticate": "Bearer"}
+    if not with_id:
+        return HTTPException(401, f"no write key, and no event carries a floors id: {PAGE_NEEDS_FLOORS_ID}", headers)
+    first = result.rejected[0][1] if result is not None and result.rejected else ""
+    return HTTPException(
+        403,
+        f"no write key, and no event's floors id verifies (first: {first}); fetch the floors again "
+        "(GET /v1/prebid/floors) and post the new modelVersion's id, or post with the write key from a server",
+        headers,
+    )
+
+
 @router.post(
     "",
     response_model=IngestResponse,
-    dependencies=[WriteAuth],
     openapi_extra=OPENAPI_BODY,
-    responses=errors(401, 507, *BODY_ERRORS),
+    responses=errors(401, 403, 507, *BODY_ERRORS),
 )
-async def post_outcomes(request: Request, store: StoreDep, metrics: MetricsDep) -> Response:
-    """Ingest outcome events (see the module docstring)."""
+async def post_outcomes(request: Request, store: StoreDep, metrics: MetricsDep, poster: OutcomePoster) -> Response:
+    """Ingest outcome events (see the module docstring). Without a write key set, or with it,
+    any events; from a Prebid page (no key while one is set), events with a valid floors id."""
     raw = await request.body()
     events, positions, rejected = parse_events(request, raw)
     if len(events) + len(rejected) > MAX_EVENTS:
         raise HTTPException(413, f"at most {MAX_EVENTS} outcome events per request; split the batch")
+    page = poster == "page"
+    if page and not events:
+        raise page_refusal(events, None)  # type: ignore[misc]
     if events:
-        result = await run_in_threadpool(store.ingest, events)
+        result = await run_in_threadpool(store.ingest, events, page=page)
+        if page and (refusal := page_refusal(events, result)) is not None:
+            metrics.record_ingest(0, 0, len(events) + len(rejected))
+            raise refusal
         accepted, duplicates = result.accepted, result.duplicates
         rejected.extend({"index": positions[i], "error": error} for i, error in result.rejected)
         rejected.sort(key=lambda r: r["index"])

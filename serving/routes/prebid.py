@@ -9,6 +9,9 @@ from publishers' pages, so it answers CORS (``ADBANDIT_PREBID_CORS_ORIGINS``, pr
 ``GET /v1/prebid/adbandit-prebid.js`` serves the analytics script (package data
 ``serving/static/adbandit-prebid.js``) that posts a page's Prebid auction results to
 ``POST /v1/outcomes``; that route answers the same CORS (and its preflight) so the page may post.
+Each model group's ``modelVersion`` ends in ``#<floors id>`` (:mod:`serving.prebid`): the
+script posts it as each event's ``decision_id``, which attributes the event to the group's
+variant and lets a page post without the write key (:mod:`serving.intake`).
 """
 
 from __future__ import annotations
@@ -86,7 +89,8 @@ async def floors(
     ] = None,
 ) -> Response:
     """Floors data in Price Floors Module schema 2: one model group per experiment variant
-    (``modelWeight`` = its traffic percent), one rule per learned segment, floor = the
+    (``modelWeight`` = its traffic percent, ``modelVersion`` = ``<variant>:<version>#<floors id>``,
+    the id the analytics script posts back), one rule per learned segment, floor = the
     segment allocation's weight-averaged floor (CPM). Prebid.js needs
     ``floors.additionalSchemaFields`` for fields it does not know natively (``country``, ``os``,
     ``bidder``)."""
@@ -96,6 +100,7 @@ async def floors(
         key=key or ("adUnitCode" if len(units) > 1 or code is not None else None),
         bidders=bidders,
         skip_rate=settings.prebid_skip_rate,
+        sign=store.issue_floors_id,
     )
     # In the thread pool: reading allocations waits while the applier refits a variant.
     doc = await run_in_threadpool(floors_of, store, units, options, settings.prebid_min_events)
