@@ -11,6 +11,13 @@
  *   bidTimeout   → not filled, at that floor
  *   bidWon       → marks the winner's event (context.prebid_won = true) before it is sent
  *
+ * Each event carries the decision_id of its auction's floors: Prebid draws one model group of
+ * the floors document per auction and gives its modelVersion to every bid request
+ * (bidRequest.floorData.modelVersion, seen in bidRequested); the service ends it in
+ * '#<floors id>', a signed id of the group's variant. The service learns the event into that
+ * variant, and accepts it without the write key (the signature is the page's credential), so
+ * a page never needs the write key.
+ *
  * The network of an event is the bidder code (or options.networks[bidder]), its placement
  * the ad unit code (or options.placements[adUnitCode]; a mapping function may return null to
  * leave an ad unit out); options.context(adUnitCode, bid) gives the context of its segment. Events are batched: sent once
@@ -25,7 +32,7 @@
 (function (global) {
   'use strict';
 
-  var VERSION = '1';
+  var VERSION = '2';
   var FLOOR_NOT_MET = 'Bid does not meet price floor';
 
   function round(x, digits) {
@@ -60,6 +67,9 @@
     this.maxSent = options.maxSent || 20000;
     this.order = []; // event ids in arrival order
     this.ended = {}; // auctionId → time its auctionEnd was seen
+    this.models = {}; // auctionId → {model: modelVersion of the floors group Prebid drew, skipped}
+    this.modelOrder = [];
+    this.maxAuctions = options.maxAuctions || 1000;
     this.timer = null;
     this.inflight = [];
     this.counts = {
@@ -77,6 +87,7 @@
         try { fn.call(self, args); } catch (e) { if (global.console) global.console.error('adbandit-prebid', e); }
       });
     };
+    on('bidRequested', this.onBidRequested);
     on('bidResponse', this.onBidResponse);
     on('bidRejected', this.onBidRejected);
     on('noBid', this.onNoBid);
@@ -104,6 +115,25 @@
     return 0;
   };
 
+  /** The floors group of an auction: every bid request of it carries the same floorData. */
+  Tracker.prototype.onBidRequested = function (bidderRequest) {
+    var bids = (bidderRequest && bidderRequest.bids) || [];
+    for (var i = 0; i < bids.length; i++) {
+      var data = bids[i].floorData;
+      if (data && data.modelVersion && bids[i].auctionId) { this.remember(bids[i].auctionId, data); return; }
+    }
+  };
+
+  /** Remember an auction's floors group (modelVersion) and whether Prebid skipped its floors:
+   * a bid response's floorData has neither. */
+  Tracker.prototype.remember = function (auctionId, floorData) {
+    if (this.models[auctionId] === undefined) {
+      this.modelOrder.push(auctionId);
+      if (this.modelOrder.length > this.maxAuctions) delete this.models[this.modelOrder.shift()];
+    }
+    this.models[auctionId] = {model: String(floorData.modelVersion), skipped: !!floorData.skipped};
+  };
+
   /** One bidder's answer in one auction: a filled record is never replaced by an unfilled one. */
   Tracker.prototype.record = function (kind, source, filled, floor, cpm) {
     var bidder = source.bidderCode || source.bidder;
@@ -120,9 +150,12 @@
     var extra = this.context ? this.context(adUnitCode, source) : null;
     for (var k in extra || {}) if (Object.prototype.hasOwnProperty.call(extra, k)) context[k] = extra[k];
     context.prebid_event = kind;
-    var model = source.floorData && source.floorData.modelVersion;
-    if (model) context.prebid_model = String(model).slice(0, 256);
-    if (source.floorData && source.floorData.skipped) context.prebid_floors_skipped = true;
+    if (source.floorData && source.floorData.modelVersion) this.remember(source.auctionId, source.floorData);
+    var group = this.models[source.auctionId];
+    var model = group ? group.model : null;
+    var mark = model ? model.lastIndexOf('#') : -1;
+    if (model) context.prebid_model = (mark >= 0 ? model.slice(0, mark) : model).slice(0, 256);
+    if ((group && group.skipped) || (source.floorData && source.floorData.skipped)) context.prebid_floors_skipped = true;
     var event = {
       event_id: id,
       ts: round(Date.now() / 1000, 3),
@@ -132,6 +165,7 @@
       filled: !!filled,
       revenue_cpm: filled ? round(Math.max(0, cpm), 6) : 0,
       context: context,
+      decision_id: mark >= 0 ? model.slice(mark + 1) : null,
       _auction: source.auctionId,
       _request: source.requestId || source.bidId
     };
@@ -209,8 +243,10 @@
     var posts = [];
     for (var i = 0; i < ready.length; i += this.batchSize) {
       var batch = ready.slice(i, i + this.batchSize).map(function (e) {
-        return {event_id: e.event_id, ts: e.ts, placement: e.placement, network: e.network,
-                floor_cpm: e.floor_cpm, filled: e.filled, revenue_cpm: e.revenue_cpm, context: e.context};
+        var out = {event_id: e.event_id, ts: e.ts, placement: e.placement, network: e.network,
+                   floor_cpm: e.floor_cpm, filled: e.filled, revenue_cpm: e.revenue_cpm, context: e.context};
+        if (e.decision_id) out.decision_id = e.decision_id;
+        return out;
       });
       posts.push(this.post(batch, 0, !!all));
     }

@@ -93,7 +93,7 @@ def test_the_script_parses_and_exposes_attach_without_prebid():
              "console.log(t.endpoint, calls.sort().join(','))")  # fmt: skip
     out = subprocess.run(["node", "-e", probe, str(SCRIPT)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    events = "auctionEnd,bidRejected,bidResponse,bidTimeout,bidWon,noBid"
+    events = "auctionEnd,bidRejected,bidRequested,bidResponse,bidTimeout,bidWon,noBid"
     assert out.stdout.split() == ["http://svc/v1/outcomes", events]
 
 
@@ -113,9 +113,14 @@ const tracker = window.adbanditPrebid.attach(pbjs, {
   url: 'http://svc', apiKey: 'k', winWaitMs: 0, networks: {rubicon: 'rubicon_kr'},
   placements: (code) => (code === 'skip' ? null : 'p-' + code), context: () => ({country: 'KR'}),
 });
-const floorData = (floor, cpm) => ({floorValue: floor, cpmAfterAdjustments: cpm, modelVersion: 'champion:v7'});
+// As Prebid 10/11's priceFloors sets them: a bid response's floorData has the floor and rule, a
+// bid request's the group's modelVersion (here with the service's floors id after '#').
+const MODEL = 'champion:v7#champion.' + 'A'.repeat(40);
+const floorData = (floor, cpm) => ({floorValue: floor, cpmAfterAdjustments: cpm, floorRule: '*',
+  floorRuleValue: floor});
 const request = (bidder, code, floor) => ({bidder, adUnitCode: code, auctionId: 'a1', bidId: bidder + code,
-  getFloor: () => ({floor, currency: 'USD'}), floorData: {modelVersion: 'champion:v7'}});
+  getFloor: () => ({floor, currency: 'USD'}), floorData: {modelVersion: MODEL, skipped: false}});
+handlers.bidRequested({bidderCode: 'appnexus', auctionId: 'a1', bids: [request('appnexus', 'top', 1.5)]});
 handlers.bidResponse({bidderCode: 'appnexus', adUnitCode: 'top', auctionId: 'a1', cpm: 2.5,
   floorData: floorData(1.5, 2.5)});
 handlers.bidRejected({bidderCode: 'rubicon', adUnitCode: 'top', auctionId: 'a1', cpm: 0.9,
@@ -147,6 +152,8 @@ def test_the_script_turns_prebid_events_into_one_outcome_per_bidder_and_ad_unit(
     won = events["appnexus"]
     assert (won["placement"], won["floor_cpm"], won["filled"], won["revenue_cpm"]) == ("p-top", 1.5, True, 2.5)
     assert won["event_id"] == "pb:a1:top:appnexus"
+    # Every event of the auction carries its floors id, read from the bid requests' modelVersion.
+    assert {e["decision_id"] for e in post["events"]} == {"champion." + "A" * 40}
     assert won["context"] == {"country": "KR", "prebid_event": "bidResponse", "prebid_model": "champion:v7",
                               "prebid_won": True}  # fmt: skip
     rejected = events["rubicon_kr"]
