@@ -49,7 +49,7 @@ from serving.validation import (
     check_revenue,
 )
 
-__all__ = ["PAGE_NEEDS_FLOORS_ID", "PreparedEvents", "floors_attribution", "prepare_events"]
+__all__ = ["PAGE_NEEDS_FLOORS_ID", "PreparedEvents", "floors_attribution", "page_refusal", "prepare_events"]
 
 #: Default seconds a floors id stays valid (``ADBANDIT_PREBID_ID_MAX_AGE_S``).
 FLOORS_ID_MAX_AGE_S = 6 * 3600.0
@@ -170,11 +170,11 @@ def prepare_events(
     max_fields, max_value = limits.max_context_fields, limits.max_context_value_chars
     origins = prep.origins
     for i, raw in enumerate(events):
+        if page and (refusal := page_refusal(raw, signer, now, floors_max_age_s)):
+            prep.refused_ids += 1  # checked first: an event without credential is not validated further
+            rejected.append((i, refusal))
+            continue
         if isinstance(raw, Mapping) and "responses" in raw:
-            if page:
-                prep.refused_ids += 1
-                rejected.append((i, PAGE_NEEDS_FLOORS_ID))
-                continue
             try:
                 multi = _multi_rows(raw, entries, now, max_skew_s, signer, limits, prep)
             except (AdbanditError, TypeError, ValueError) as exc:
@@ -195,9 +195,6 @@ def prepare_events(
             if decision_id is not None and not isinstance(decision_id, str):
                 raise InvalidOutcome(f"decision_id must be a string, got {decision_id!r}")
             variant, props = entry.champion, (nan, nan, nan)
-            if page and not is_floors_id(decision_id):
-                prep.refused_ids += 1
-                raise InvalidOutcome(PAGE_NEEDS_FLOORS_ID)
             if is_floors_id(decision_id):
                 variant, props = floors_attribution(ev, entry, signer, now, floors_max_age_s, prep)
             elif decision_id:
@@ -221,6 +218,18 @@ def prepare_events(
         origins.append(i)
         rows.append(_row(ev, variant, segment, props))
     return prep
+
+
+def page_refusal(raw: object, signer: DecisionSigner, now: float, max_age_s: float) -> str | None:
+    """Why an event a page posted without the write key is refused (None: its floors id
+    verifies, so it may be validated and learned as any other)."""
+    decision_id = raw.get("decision_id") if isinstance(raw, Mapping) else None
+    if not is_floors_id(decision_id) or "responses" in raw:  # type: ignore[operator]
+        return PAGE_NEEDS_FLOORS_ID
+    verdict = signer.verify_floors(decision_id, now=now, max_age_s=max_age_s)  # type: ignore[arg-type]
+    if not verdict.ok:
+        return f"decision_id is not a floors id of this service: {verdict.reason}; nothing is learned from this event"
+    return None
 
 
 def floors_attribution(

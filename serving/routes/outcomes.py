@@ -10,7 +10,7 @@ event log) before the reply.
 A Prebid page posts without the write key (:func:`serving.auth.outcome_poster`): then each event
 needs the floors id of its auction's floors document (:mod:`serving.intake`); a post in which
 no event carries one is a 401, one in which none of them verifies a 403
-(:func:`page_refusal`), each saying what to do.
+(:func:`refused_page_post`), each saying what to do.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def parse_events(request: Request, raw: bytes) -> tuple[list[Any], list[int], li
     return body, list(range(len(body))), []
 
 
-def page_refusal(events: list[Any], result: IngestResult | None) -> HTTPException | None:
+def refused_page_post(events: list[Any], result: IngestResult | None) -> HTTPException | None:
     """The 401 or 403 of a page's post (no write key) from which nothing was accepted because of
     its credentials: 401 when no event carries a floors id, 403 when none of those it carries
     verifies (each event's reason is then in the message's first line); None otherwise."""
@@ -138,10 +138,10 @@ async def post_outcomes(request: Request, store: StoreDep, metrics: MetricsDep, 
         raise HTTPException(413, f"at most {MAX_EVENTS} outcome events per request; split the batch")
     page = poster == "page"
     if page and not events:
-        raise page_refusal(events, None)  # type: ignore[misc]
+        raise refused_page_post(events, None)  # type: ignore[misc]
     if events:
         result = await run_in_threadpool(store.ingest, events, page=page)
-        if page and (refusal := page_refusal(events, result)) is not None:
+        if page and (refusal := refused_page_post(events, result)) is not None:
             metrics.record_ingest(0, 0, len(events) + len(rejected))
             raise refusal
         accepted, duplicates = result.accepted, result.duplicates
