@@ -22,6 +22,7 @@ import math
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,7 @@ from tests.browser import chromium_executable, chromium_page
 HERE = Path(__file__).resolve().parent
 BUNDLE = HERE / "dist" / "prebid.js"
 ROUNDS = 60  # each round fetches the floors again: the service's refits are its exploration
+AB_ROUNDS = 12
 AUCTIONS = 5  # per round: 300 auctions of two ad units
 FLOOR_MIN, FLOOR_MAX = 0.1, 20.0
 BIDDERS = ("alpha", "beta", "gamma")
@@ -41,6 +43,10 @@ PLACEMENT = {
     "networks": [{"id": b, "floor_min_cpm": FLOOR_MIN, "floor_max_cpm": FLOOR_MAX, "bidder": b} for b in BIDDERS],
     "currency": "USD",
 }
+
+WRITE_KEY = "browser-test-write-key"
+AUTH = {"Authorization": f"Bearer {WRITE_KEY}"}
+EXPERIMENT = {"variants": [{"name": "champion", "traffic": 50}, {"name": "challenger", "traffic": 50}]}
 
 pytestmark = pytest.mark.slow
 
@@ -104,31 +110,56 @@ def blackhole() -> Iterator[str]:
         yield f"http://{HOST}:{sock.getsockname()[1]}"
 
 
-@pytest.fixture
-def service(tmp_path, page_server) -> Iterator[str]:
+@contextmanager
+def serve(state: Path, page_server: str, experiment: dict | None = None, **env: str) -> Iterator[str]:
+    """A live service with a write key (the page never sees it: it posts with the floors ids of
+    its floors document) and the placements top and ctl (running ``experiment`` when given)."""
     port = free_port()
     env = {"ADBANDIT_PREBID_CORS_ORIGINS": page_server, "ADBANDIT_PREBID_CACHE_MAX_AGE_S": "0",
-           "ADBANDIT_FSYNC": "false"}  # fmt: skip
-    process = start_server(tmp_path / "state", port, env=env, stderr_path=tmp_path / "server.log")
+           "ADBANDIT_FSYNC": "false", "ADBANDIT_API_KEY": WRITE_KEY, **env}  # fmt: skip
+    process = start_server(state / "state", port, env=env, stderr_path=state / "server.log")
     url = f"http://{HOST}:{port}"
     try:
         for placement in ("top", "ctl"):
-            assert httpx.put(f"{url}/v1/placements/{placement}", json=PLACEMENT).status_code == 201
+            assert httpx.put(f"{url}/v1/placements/{placement}", json=PLACEMENT, headers=AUTH).status_code == 201
+            if experiment is not None:
+                put = httpx.put(f"{url}/v1/placements/{placement}/experiment", json=experiment, headers=AUTH)
+                assert put.status_code == 200, put.text
         yield url
     finally:
         stop_server(process)
 
 
-# ----------------------------------------------------------------------------- the test
-def test_prebid_in_chromium_moves_the_floors_towards_the_markets_best(bundle, page_server, blackhole, service):
+@pytest.fixture
+def service(tmp_path, page_server) -> Iterator[str]:
+    with serve(tmp_path, page_server) as url:
+        yield url
+
+
+@pytest.fixture
+def ab_service(tmp_path, page_server) -> Iterator[str]:
+    """Champion and challenger on both ad units (Prebid draws one group per page: the split must
+    match), the challenger publishing its own floors once it has learned from 30 events."""
+    with serve(tmp_path, page_server, EXPERIMENT, ADBANDIT_PREBID_MIN_EVENTS="30") as url:
+        yield url
+
+
+def run_page(page_server: str, blackhole: str, service: str, rounds: int) -> tuple[dict, dict]:
+    """The page's markets and the result of ``rounds`` rounds of ``AUCTIONS`` auctions."""
     with chromium_page() as page:
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(f"{page_server}/page.html?service={service}&blackhole={blackhole}&seed=7")
         page.wait_for_function("window.pbjs && window.pbjs.libLoaded === true && window.adbanditPrebid")
         markets = page.evaluate("testMarket.MARKET")
-        result = page.evaluate("([r, a]) => runRounds(r, a)", [ROUNDS, AUCTIONS])
+        result = page.evaluate("([r, a]) => runRounds(r, a)", [rounds, AUCTIONS])
     assert not errors, errors
+    return markets, result
+
+
+# ----------------------------------------------------------------------------- the test
+def test_prebid_in_chromium_moves_the_floors_towards_the_markets_best(bundle, page_server, blackhole, service):
+    markets, result = run_page(page_server, blackhole, service, ROUNDS)
     seen, counts, history = result["seen"], result["counts"], result["history"]
     start, final = history[0], history[-1]
 
@@ -142,6 +173,8 @@ def test_prebid_in_chromium_moves_the_floors_towards_the_markets_best(bundle, pa
     assert len(ids) == len(set(ids)), [i for i in ids if ids.count(i) > 1]
     assert counts["posted"] == counts["accepted"] == responses, (counts, seen, result["market"])
     assert counts["refused"] == counts["failedPosts"] == counts["duplicates"] == 0, counts
+    # ... without the write key: each event carried its auction's floors id (the champion's group).
+    assert result["postedBy"] == {"champion": responses}, result["postedBy"]
     report = {p: httpx.get(f"{service}/v1/placements/{p}/experiment").json()["variants"]["champion"]
               for p in ("top", "ctl")}  # fmt: skip
     assert report["top"]["requests"] == responses and report["ctl"]["requests"] == 0
@@ -170,3 +203,32 @@ def test_prebid_in_chromium_moves_the_floors_towards_the_markets_best(bundle, pa
         assert distance <= 0.8 * before and distance < math.log(2.0), (bidder, f)  # at least 1/5 of the way
         assert f["capture_final"] > f["capture_start"] + 0.1, (bidder, f)
     assert np.mean([f["capture_final"] for f in figures.values()]) >= 0.85, figures
+
+
+def test_a_challenger_publishes_floors_to_part_of_the_auctions_and_learns_from_them(
+    bundle, page_server, blackhole, ab_service
+):
+    def challenger_version() -> str:  # in the one-placement document, which names a fallback
+        doc = httpx.get(f"{ab_service}/v1/prebid/floors?placement=top").json()
+        return next(g["modelVersion"] for g in doc["modelGroups"] if g["modelVersion"].startswith("challenger:"))
+
+    # No data at first: the challenger publishes the champion's floors (under its own id).
+    assert challenger_version().startswith("challenger:fallback=champion:")
+    _, result = run_page(page_server, blackhole, ab_service, AB_ROUNDS)
+    counts, versions, by_variant = result["counts"], result["versions"], result["postedBy"]
+    responses = AB_ROUNDS * AUCTIONS * len(BIDDERS)
+    # Every answer was posted with its auction's floors id, without the write key, and accepted.
+    assert counts["posted"] == counts["accepted"] == responses, counts
+    assert counts["refused"] == counts["failedPosts"] == 0, counts
+    assert "none" not in by_variant and by_variant["champion"] > 0 and by_variant["challenger"] > 0, by_variant
+    # Prebid drew the challenger's group in part of the auctions; each event was learned by the
+    # variant whose floors its auction used.
+    report = httpx.get(f"{ab_service}/v1/placements/top/experiment").json()["variants"]
+    assert {v: report[v]["requests"] for v in by_variant} == by_variant
+    assert httpx.get(f"{ab_service}/v1/placements/ctl/experiment").json()["variants"]["challenger"]["requests"] == 0
+    # From its auctions' events it learned enough to publish its own floors, which kept changing.
+    assert all([v.split(":")[0] for v in round_] == ["champion", "challenger"] for round_ in versions)
+    assert not challenger_version().startswith("challenger:fallback"), challenger_version()
+    assert len({v[1] for v in versions}) > 2, versions
+    print("\nprebid browser A/B test:", json.dumps({"auctions": AB_ROUNDS * AUCTIONS, "events": by_variant,
+          "challenger_models": len({v[1] for v in versions}), "seconds": result["seconds"]}))  # fmt: skip
