@@ -172,6 +172,7 @@ def metrics_snapshot(
         "events_replayed_total": counts["replayed"],
         "apply_errors_total": counts["apply_errors"],
         "events_unverified_decision_total": counts["unverified_decision"],
+        "events_refused_floors_id_total": counts["refused_floors_id"],
         "events_removed_variant_total": counts["removed_variant"] + counts["removed_variant_skipped"],
         "log_lag_events": counts["written"] - counts["applied"],
         "log_last_lsn": log.last_lsn,

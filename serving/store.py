@@ -272,6 +272,7 @@ class PolicyStore:
             "apply_errors": 0,
             "snapshot_failures": 0,
             "unverified_decision": 0,
+            "refused_floors_id": 0,
             "removed_variant": 0,
             "removed_variant_skipped": 0,
         }
@@ -608,6 +609,7 @@ class PolicyStore:
             duplicate=duplicates,
             rejected=len(prep.rejected),
             unverified_decision=prep.unverified,
+            refused_floors_id=prep.refused_ids,
             removed_variant=prep.removed_variant,
         )
         if prep.unverified:

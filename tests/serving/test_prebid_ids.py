@@ -187,6 +187,8 @@ def test_with_the_write_key_set_a_page_posts_without_it_and_bad_credentials_say_
     assert all("without the write key" in r["error"] for r in body["rejected"][:2])
     assert all("not a floors id of this service" in r["error"] for r in body["rejected"][2:])
     assert report(client) == {"champion": 4, "challenger": 0}
+    refused = client.app.state.store.metrics()["events_refused_floors_id_total"]
+    assert refused == 4 + 4 + 4  # without an id, forged, then 2 + 2 in the mixed batch
     # A server with the write key posts anything, as before.
     served = client.post("/v1/outcomes", json=page_events(None, 1, prefix="srv"),
                          headers=AUTH)  # fmt: skip
