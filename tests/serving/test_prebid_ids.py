@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from starlette.exceptions import HTTPException
 
+from serving.auth import poster_of
 from serving.decision_ids import (
     FLOORS_ID_CHARS,
     ID_CHARS,
@@ -70,6 +72,30 @@ def test_forged_altered_or_expired_floors_ids_do_not_verify(case, forge, reason)
     fid = signer.issue_floors("challenger", "challenger:v3", issued_at=1.8e9)
     verdict = signer.verify_floors(forge(fid), now=1.8e9, max_age_s=3600)
     assert not verdict.ok and verdict.variant is None and reason in verdict.reason
+
+
+# ----------------------------------------------------------------------------- who posts
+KEYS = (WRITE_KEY.encode(),)
+POSTERS = [
+    # (Authorization header, keys set, pages allowed) → poster, or None for a 401
+    (None, (), True, "server"),  # no write key: everyone posts as before
+    (f"Bearer {WRITE_KEY}", KEYS, True, "server"),
+    (None, KEYS, True, "page"),  # no header while a key is set: a page, floors ids required
+    (None, KEYS, False, None),  # pages refused altogether
+    ("Bearer wrong", KEYS, True, None),  # a wrong key is never a page
+    ("Basic d3JpdGU=", KEYS, True, None),
+    ("", KEYS, True, None),
+]
+
+
+@pytest.mark.parametrize(("authorization", "keys", "pages", "expected"), POSTERS)
+def test_who_posts_outcomes(authorization, keys, pages, expected):
+    if expected is None:
+        with pytest.raises(HTTPException) as raised:
+            poster_of(authorization, keys, pages)
+        assert raised.value.status_code == 401 and "write key" in raised.value.detail
+    else:
+        assert poster_of(authorization, keys, pages) == expected
 
 
 # ----------------------------------------------------------------------------- over HTTP
