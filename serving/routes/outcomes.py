@@ -107,7 +107,7 @@ def parse_events(request: Request, raw: bytes) -> tuple[list[Any], list[int], li
 def refused_page_post(events: list[Any], result: IngestResult | None) -> HTTPException | None:
     """The 401 or 403 of a page's post (no write key) from which nothing was accepted because of
     its credentials: 401 when no event carries a floors id, 403 when none of those it carries
-    verifies (each event's reason is then in the message's first line); None otherwise."""
+    verifies (the first rejected event's reason is in the message); None otherwise."""
     if result is not None and (result.accepted or result.duplicates or result.refused_ids < len(events)):
         return None
     with_id = [e for e in events if isinstance(e, dict) and is_floors_id(e.get("decision_id"))]
