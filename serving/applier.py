@@ -137,7 +137,7 @@ class Applier:
                     if updates is not None:
                         slot.learner.updates += updates.get((placement_id, variant), 1) - 1
                     self._stale.setdefault(id(slot), (slot, set()))[1].update(touched)
-                    slot.add_outcomes(batch)
+                    slot.add_outcomes(batch, request_rewards(parts))
                 # Live, ingest admitted these segments already; on replay this rebuilds
                 # the placement's admitted segments in log order.
                 entry.segments.learned(touched)
@@ -279,6 +279,22 @@ def batch_from_parts(entry: PlacementEntry, parts: Sequence[Part]) -> EventBatch
         revenue_cpm=np.concatenate(revenue),
         ts=np.concatenate(ts),
     )
+
+
+def request_rewards(parts: Sequence[Part]) -> NDArray[np.float64]:
+    """Revenue of each request (decision) the rows of ``parts`` answer, for the report: one
+    per row of a record without ``request_revenue_cpm``, else one per row that starts a
+    request (an outcome with responses is one request, however many networks it called)."""
+    out = []
+    for rec, rows in parts:
+        col = rec.request_revenue_cpm
+        if col is None:
+            reward = np.where(rec.filled, rec.revenue_cpm, 0.0)
+            out.append(reward if rows is None else reward[rows])
+        else:
+            picked = col if rows is None else col[rows]
+            out.append(picked[np.isfinite(picked)])
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def _n_events(parts: Sequence[Part]) -> int:

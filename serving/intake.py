@@ -39,7 +39,7 @@ from bandit.errors import AdbanditError, InvalidOutcome
 from serving.decision_ids import DecisionSigner, is_floors_id
 from serving.limits import Limits, SegmentIndex
 from serving.live import PlacementEntry, placement_entry
-from serving.plans import check_multi_fields, expand_outcome
+from serving.plans import check_multi_fields, expand_outcome, request_revenue
 from serving.records import EventRecord
 from serving.validation import (
     REVENUE_FLOOR_ATOL,
@@ -81,6 +81,8 @@ class PreparedEvents:
     origins: list[int] = field(default_factory=list)
     #: Events rejected because their floors id did not verify (or, from a page, had none).
     refused_ids: int = 0
+    #: What each sent event with responses earned, by its index: one request of the report.
+    paid: dict[int, float] = field(default_factory=dict)
 
     def counts(self, keep: NDArray[np.bool_]) -> tuple[int, int]:
         """(accepted, duplicates) counted per sent event: one with responses is accepted if
@@ -126,8 +128,28 @@ class PreparedEvents:
                         pooled[(row[1], got[1])] = pooled.get((row[1], got[1]), 0) + 1
         return pooled, [v for v in admitted.values() if v[1]]
 
+    def request_revenue(self, keep: NDArray[np.bool_]) -> list[float] | None:
+        """Per kept row, the revenue of the request it starts (NaN on the other rows of an
+        event with responses, whose request its first kept row counts); ``None`` when every
+        row is an event of its own (one row, one request, as in records written before)."""
+        if not self.paid:
+            return None
+        out, seen = [], set()
+        for row, origin, k in zip(self.rows, self.origins, keep.tolist(), strict=True):
+            if not k:
+                continue
+            if origin not in self.paid:
+                out.append(row[7] if row[8] else 0.0)
+            elif origin in seen:
+                out.append(math.nan)
+            else:
+                seen.add(origin)
+                out.append(self.paid[origin])
+        return out
+
     def record(self, ingest_time: float, hashes: NDArray[np.uint64], keep: NDArray[np.bool_]) -> EventRecord:
         """The kept rows as one columnar log record."""
+        request_revenue = self.request_revenue(keep)
         rows = self.rows if keep.all() else [self.rows[i] for i in np.flatnonzero(keep).tolist()]
         _, placement, variant, segment, network, ts, floor, revenue, filled, prop, floor_prop, density = (
             zip(*rows, strict=True) if rows else ((),) * 12
@@ -146,6 +168,7 @@ class PreparedEvents:
             propensity=prop,
             floor_propensity=floor_prop,
             floor_density=density,
+            request_revenue_cpm=request_revenue,
         )
 
 
@@ -176,10 +199,11 @@ def prepare_events(
             continue
         if isinstance(raw, Mapping) and "responses" in raw:
             try:
-                multi = _multi_rows(raw, entries, now, max_skew_s, signer, limits, prep)
+                multi, paid = _multi_rows(raw, entries, now, max_skew_s, signer, limits, prep)
             except (AdbanditError, TypeError, ValueError) as exc:
                 rejected.append((i, str(exc)))
                 continue
+            prep.paid[i] = paid
             rows.extend(multi)
             origins.extend([i] * len(multi))
             continue
@@ -269,8 +293,9 @@ def _multi_rows(
     signer: DecisionSigner,
     limits: Limits,
     prep: PreparedEvents,
-) -> list[tuple]:
-    """Rows of one outcome with ``responses`` (all or none: the first problem raises)."""
+) -> tuple[list[tuple], float]:
+    """Rows of one outcome with ``responses`` (all or none: the first problem raises) and
+    what the outcome earned (:func:`serving.plans.request_revenue`)."""
     check_multi_fields(raw)
     entry = placement_entry(entries, raw.get("placement"))  # type: ignore[arg-type]
     config = entry.config
@@ -304,7 +329,8 @@ def _multi_rows(
             variant = verdict.variant  # type: ignore[assignment]
             props = (verdict.propensity, verdict.floor_propensity, verdict.floor_density)
     segment = entry.segment_of(events[0].context)
-    return [_row(ev, variant, segment, props) for ev in events]
+    rows = [_row(ev, variant, segment, props) for ev in events]
+    return rows, request_revenue(raw["responses"], config.mode)
 
 
 def _row(ev: OutcomeEvent, variant: str | None, segment: str, props: tuple) -> tuple:

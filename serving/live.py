@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bandit import ALL_SEGMENTS, POLICIES, EventBatch, PlacementConfig, Policy, make_policy, policy_from_state
 from bandit.errors import InvalidConfig, InvalidDecisionRequest, InvalidState, UnknownPlacement
@@ -98,8 +99,11 @@ class VariantSlot:
         version = (policy or self.served).model_version
         return f"{version}+{self.tag}" if self.tag else version
 
-    def add_outcomes(self, batch: EventBatch) -> None:
-        reward = np.where(batch.filled, batch.revenue_cpm, 0.0)
+    def add_outcomes(self, batch: EventBatch, rewards: NDArray[np.float64] | None = None) -> None:
+        """Count the requests the batch answers: ``rewards`` [R] is each request's revenue
+        (:func:`serving.applier.request_rewards`: a waterfall or auction outcome is one request
+        however many per-network events it has); default one request per event."""
+        reward = np.where(batch.filled, batch.revenue_cpm, 0.0) if rewards is None else rewards
         self.requests += len(reward)
         self.revenue += float(reward.sum())
         self.revenue_sq += float(np.dot(reward, reward))

@@ -37,6 +37,7 @@ __all__ = [
     "TOP_PLANS",
     "check_multi_fields",
     "expand_outcome",
+    "request_revenue",
     "top_plans",
 ]
 
@@ -124,6 +125,21 @@ def expand_outcome(raw: Mapping, network_ids: Sequence[str], mode: str) -> list[
             }
         )
     return events
+
+
+def request_revenue(responses: Sequence[Mapping], mode: str) -> float:
+    """What one multi-network outcome earned the publisher (CPM): the price of the response
+    that ``won``; without a winner, a waterfall's first bid (the tier that filled) and an
+    auction's highest bid (the highest bid wins); 0 when nothing bid. ``responses`` are those
+    :func:`expand_outcome` accepted. Losing bids are evidence for their networks' models, not
+    revenue: the experiment report counts the outcome as one request earning this."""
+    bids = [float(r["price_cpm"]) for r in responses if r.get("status") == "bid"]
+    won = [float(r["price_cpm"]) for r in responses if r.get("won") is True]
+    if won:
+        return won[0]
+    if not bids:
+        return 0.0
+    return bids[0] if mode == "waterfall" else max(bids)
 
 
 def _response(

@@ -14,6 +14,7 @@ says what those bytes mean. Kinds:
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import struct
 from collections.abc import Mapping, Sequence
@@ -49,7 +50,9 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 )
 #: Optional columns after the fixed ones, named in the record header when present (records
 #: written before a column existed decode with NaN there).
-_OPTIONAL_COLUMNS: tuple[tuple[str, str], ...] = (("floor_density", "<f8"),)
+#: ``request_revenue_cpm``: per row, the revenue of the request it starts, NaN on the other
+#: rows of a multi-network outcome (absent: every row is one request, its reward).
+_OPTIONAL_COLUMNS: tuple[tuple[str, str], ...] = (("floor_density", "<f8"), ("request_revenue_cpm", "<f8"))
 _U32 = struct.Struct("<I")
 
 
@@ -90,6 +93,9 @@ class EventRecord:
     filled: NDArray[np.bool_]
     #: Density of log floor given the network of the decision (continuous floors); NaN if unknown.
     floor_density: NDArray[np.float64] | None = None
+    #: Per row, the revenue of the request (decision) the row starts; NaN on the further rows
+    #: of a waterfall or auction outcome, so the report counts it once. None: a row per request.
+    request_revenue_cpm: NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return len(self.event_hash)
@@ -111,6 +117,7 @@ class EventRecord:
         propensity: Sequence[float] | None = None,
         floor_propensity: Sequence[float] | None = None,
         floor_density: Sequence[float] | None = None,
+        request_revenue_cpm: Sequence[float] | None = None,
     ) -> EventRecord:
         """Build from per-event string columns (coded into tables in order of appearance)."""
         tables = []
@@ -143,6 +150,7 @@ class EventRecord:
             network=codes[3],
             filled=np.asarray(filled, dtype=np.bool_).reshape(n),
             floor_density=_or_nan(floor_density, n),
+            request_revenue_cpm=None if request_revenue_cpm is None else _or_nan(request_revenue_cpm, n),
         )
 
     def encode(self) -> bytes:
@@ -259,8 +267,9 @@ def events_in(kind: int, payload: bytes | memoryview) -> int | None:
         return None
     (hlen,) = _U32.unpack_from(view, 0)
     rest = len(view) - _U32.size - hlen
-    # Fixed columns, or fixed plus the optional ones.
-    widths = (_ROW_BYTES, _ROW_BYTES + sum(np.dtype(dtype).itemsize for _, dtype in _OPTIONAL_COLUMNS))
+    # Fixed columns, or fixed plus some of the optional ones.
+    sizes = [np.dtype(dtype).itemsize for _, dtype in _OPTIONAL_COLUMNS]
+    widths = sorted({_ROW_BYTES + sum(c) for k in range(len(sizes) + 1) for c in itertools.combinations(sizes, k)})
     by_size = next((rest // w for w in widths if rest >= 0 and rest % w == 0), None)
     try:
         n = json.loads(bytes(view[_U32.size : _U32.size + hlen]).rstrip(b"\0"))["n"]

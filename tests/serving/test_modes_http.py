@@ -287,3 +287,38 @@ def test_the_allocation_never_lists_the_padding_of_a_plan_table():
     plans = top_plans(table, [n["id"] for n in NETWORKS])
     assert [p["probability"] for p in plans] == [0.75, 0.25]
     assert [o["network"] for o in plans[1]["offers"]] == ["beta", "alpha"]
+
+
+@pytest.mark.parametrize("placement", ["wf", "au"])
+def test_the_experiment_report_counts_a_plan_outcome_as_one_request(modes, make_client, tmp_path, placement):
+    """A waterfall or auction decision is one request however many networks it called: the
+    report's requests are the outcomes sent and its revenue per request what the winner paid,
+    not the sum of every bid over every per-network event (also after a restart's replay)."""
+    requests = [{"request_id": f"r{i}", "context": KR} for i in range(12)]
+    decisions = modes.post("/v1/decide/batch", json={"placement": placement, "requests": requests}).json()["decisions"]
+    events, paid = [], []
+    for i, d in enumerate(decisions):
+        event = multi_outcome(i, d, placement)
+        responses = event["responses"]
+        if placement == "au" and len(responses) == 2:  # the loser bids too: evidence, not revenue
+            responses[0].update(status="bid", price_cpm=round(responses[0]["floor_cpm"] + 0.5, 4))
+        if i % 3 == 0:  # nothing filled
+            for r in responses:
+                r.update(status="no_bid")
+                r.pop("price_cpm", None), r.pop("won", None)
+        events.append(event)
+        paid.append(next((r["price_cpm"] for r in responses if r.get("won")), 0.0))
+    assert modes.post("/v1/outcomes", json=events).json()["accepted"] == 12
+    # An ordinary per-network event of the same placement is a request of its own.
+    single = outcome(99, placement=placement, network="alpha", floor=1.0, filled=True, revenue=2.0, context=KR)
+    assert modes.post("/v1/outcomes", json=[single]).json()["accepted"] == 1
+    modes.app.state.store.flush()
+    expected = (sum(paid) + 2.0) / 13
+    row = modes.get(f"/v1/placements/{placement}/experiment").json()["variants"]["champion"]
+    assert row["requests"] == 13
+    assert row["revenue_per_request"] == pytest.approx(expected)
+    state_dir = modes.app.state.settings.state_dir
+    modes.__exit__(None, None, None)
+    again = make_client(state_dir=state_dir)
+    row = again.get(f"/v1/placements/{placement}/experiment").json()["variants"]["champion"]
+    assert row["requests"] == 13 and row["revenue_per_request"] == pytest.approx(expected)
