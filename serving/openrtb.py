@@ -29,6 +29,21 @@ SSP that reads it). ``imp.ext.adbandit`` carries the decision (``decision_id``, 
 responses' ``nurl``/``burl``/``lurl``. Everything else of the request, extensions included,
 passes through unchanged.
 
+**Waterfall and auction placements** (``mode``, :mod:`serving.plans`): the decision is a
+plan, and ``imp.ext.adbandit`` adds ``mode``, ``propensity`` (the whole plan's) and its
+offers: ``bidders`` (auction: the networks to call at once, each with its own floor; a network
+left out is not to be called) or ``tiers`` (waterfall: in calling order), each
+``{"network", "floor_cpm", "bidder"?, "nurl", "burl", "lurl"}`` with the Prebid bidder code
+when the network maps one and that network's own notice URLs. ``imp.bidfloor`` is the floor
+below which no offer is interesting: an auction's lowest bidder floor (an SSP that reads only
+``bidfloor`` excludes no bid the plan wants), a waterfall's first tier's floor;
+``ext.prebid.floors.bidderFloors`` gives the plan's floor of each mapped bidder (not the
+allocation's average), and ``network``/``decision_id`` and the top-level notice URLs of
+``ext.adbandit`` stay those of the first offer, as for any decision. A notice of a plan's
+offer is learned as that network's response (event id ``rtb:<decision_id>/<network>``, one
+per network of the decision, verified against the signed plan): ``win``/``billing`` a
+``bid`` that won at the price, ``loss`` a ``no_bid`` at its floor.
+
 **Notices** (``GET /v1/openrtb/{win,billing,loss}``): an outcome event with event id
 ``rtb:<decision_id>`` (one outcome per decision: a later notice of the same decision is a
 duplicate), learned through the same intake as ``POST /v1/outcomes``:
@@ -51,7 +66,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -167,6 +182,21 @@ class ImpFloor:
     variant: str
     model_version: str
     bidder_floors: Mapping[str, float]
+    #: ``single``, or ``waterfall`` / ``auction`` for a plan (module docstring).
+    mode: str = "single"
+    #: The plan's probability (a plan decision only).
+    propensity: float = math.nan
+    #: A plan's (network, floor_cpm) offers in calling order; () for a single decision.
+    offers: tuple[tuple[str, float], ...] = ()
+    #: Network id → Prebid bidder code of the placement's mapped networks.
+    bidders: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def imp_floor(self) -> float:
+        """``imp.bidfloor``: the decision's floor; an auction plan's lowest bidder floor."""
+        if self.mode == "auction" and self.offers:
+            return min(f for _, f in self.offers)
+        return self.floor_cpm
 
 
 def read_bid_request(data: object) -> BidRequest:
@@ -231,7 +261,8 @@ def check_currency(accepted: Sequence[str] | None, currency: str, placement: str
 
 
 def notice_urls(base: str, floor: ImpFloor) -> dict[str, str]:
-    """``nurl``/``burl``/``lurl`` for the bid responses of an imp (macros left for the exchange)."""
+    """``nurl``/``burl``/``lurl`` for the bid responses of an imp (macros left for the exchange):
+    of its decision's network and floor (of the first offer of a plan)."""
     # A decision id is "<variant>.<base64url>" (URL-safe as it is); the rest is quoted.
     query = (
         f"d={floor.decision_id}&p={quote(floor.placement, safe='')}&n={quote(floor.network, safe='')}"
@@ -245,15 +276,18 @@ def notice_urls(base: str, floor: ImpFloor) -> dict[str, str]:
     }
 
 
-def imp_with_floor(imp: Mapping[str, Any], floor: ImpFloor, urls: Mapping[str, str]) -> dict[str, Any]:
+def imp_with_floor(
+    imp: Mapping[str, Any], floor: ImpFloor, urls: Mapping[str, str], offers: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
     """A copy of a raw imp object with its floor, ``ext.prebid.floors`` and ``ext.adbandit`` set
-    (other keys of ``ext`` and ``ext.prebid`` kept)."""
+    (other keys of ``ext`` and ``ext.prebid`` kept); ``offers``: a plan's (:func:`plan_offers`)."""
     ext = dict(imp.get("ext") or {})
     prebid = dict(ext.get("prebid") or {})
+    bidfloor = floor.imp_floor
     floors: dict[str, Any] = {
         "floorRule": floor.segment,
-        "floorRuleValue": floor.floor_cpm,
-        "floorValue": floor.floor_cpm,
+        "floorRuleValue": bidfloor,
+        "floorValue": bidfloor,
     }
     if floor.bidder_floors:
         floors["bidderFloors"] = dict(floor.bidder_floors)
@@ -268,12 +302,43 @@ def imp_with_floor(imp: Mapping[str, Any], floor: ImpFloor, urls: Mapping[str, s
         "model_version": floor.model_version,
         **urls,
     }
-    return {**imp, "bidfloor": floor.floor_cpm, "bidfloorcur": floor.currency, "ext": ext}
+    if floor.offers:
+        ext["adbandit"]["mode"] = floor.mode
+        ext["adbandit"]["propensity"] = floor.propensity
+        ext["adbandit"]["tiers" if floor.mode == "waterfall" else "bidders"] = list(offers)
+    return {**imp, "bidfloor": bidfloor, "bidfloorcur": floor.currency, "ext": ext}
+
+
+def plan_offers(floor: ImpFloor, base: str) -> list[dict[str, Any]]:
+    """A plan's offers for ``ext.adbandit``: each network with its floor, bidder code (when the
+    placement maps one) and its own notice URLs."""
+    out = []
+    for network, cpm in floor.offers:
+        offer: dict[str, Any] = {"network": network, "floor_cpm": cpm}
+        if network in floor.bidders:
+            offer["bidder"] = floor.bidders[network]
+        offer.update(notice_urls(base, replace(floor, network=network, floor_cpm=cpm)))
+        out.append(offer)
+    return out
+
+
+def plan_bidder_floors(offers: Sequence[tuple[str, float]], bidders: Mapping[str, str]) -> dict[str, float]:
+    """Bidder code → the plan's floor of its network (the lowest when several networks share a
+    code), for the mapped networks the plan calls."""
+    out: dict[str, float] = {}
+    for network, cpm in offers:
+        code = bidders.get(network)
+        if code is not None:
+            out[code] = min(cpm, out.get(code, math.inf))
+    return out
 
 
 def with_floors(raw: Mapping[str, Any], floors: Sequence[ImpFloor], base: str) -> dict[str, Any]:
     """The BidRequest as received with each imp's floor set (``floors[i]`` is for ``imp[i]``)."""
-    imps = [imp_with_floor(imp, f, notice_urls(base, f)) for imp, f in zip(raw["imp"], floors, strict=True)]
+    imps = [
+        imp_with_floor(imp, f, notice_urls(base, f), plan_offers(f, base))
+        for imp, f in zip(raw["imp"], floors, strict=True)
+    ]
     return {**raw, "imp": imps}
 
 
@@ -338,8 +403,22 @@ def notice_event(
     price: float,
     now: float,
 ) -> dict[str, Any]:
-    """The outcome event of a notice (module docstring), in ``POST /v1/outcomes``'s shape."""
+    """The outcome event of a notice (module docstring), in ``POST /v1/outcomes``'s shape: of
+    a plan decision (a waterfall or auction placement) one with a single response, which the
+    intake expands into event ``rtb:<decision_id>/<network>``."""
     filled = FILLED[kind]
+    if placement.mode != "single":
+        response: dict[str, Any] = {"network": network, "floor_cpm": floor_cpm, "status": "bid" if filled else "no_bid"}
+        if filled:
+            response.update(price_cpm=price, won=True)
+        return {
+            "event_id": EVENT_PREFIX + decision_id,
+            "decision_id": decision_id,
+            "ts": now,
+            "placement": placement.id,
+            "context": notice_context(placement, segment),
+            "responses": [response],
+        }
     return {
         "event_id": EVENT_PREFIX + decision_id,
         "decision_id": decision_id,

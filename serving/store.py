@@ -516,6 +516,16 @@ class PolicyStore:
         assert self._signer is not None
         return self._signer.verify(decision_id, placement_id, network, floor_cpm, entry.networks)
 
+    def verify_plan_decision(
+        self, decision_id: str, placement_id: str, responses: Sequence[tuple[str, float]]
+    ) -> Verdict:
+        """Whether ``decision_id`` is a plan this service issued for that placement whose offers
+        include every (network, floor_cpm) of ``responses``
+        (:meth:`serving.decision_ids.DecisionSigner.verify_plan`)."""
+        self._entry(placement_id)
+        assert self._signer is not None
+        return self._signer.verify_plan(decision_id, placement_id, responses)
+
     def issue_floors_id(self, variant: str, model_version: str, fallback: bool = False) -> str:
         """A floors id for one model group of a Prebid floors document, issued now
         (:meth:`serving.decision_ids.DecisionSigner.issue_floors`)."""

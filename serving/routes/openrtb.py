@@ -31,6 +31,7 @@ from serving.openrtb import (
     notice_event,
     parse_price,
     placement_of,
+    plan_bidder_floors,
     read_bid_request,
     with_floors,
 )
@@ -83,10 +84,12 @@ async def floors(request: Request) -> Response:
 
 
 def reads_allocations(store: PolicyStore, bid_request: BidRequest) -> bool:
-    """Whether pricing reads allocations: some imp's placement maps networks to bidder codes."""
+    """Whether pricing reads allocations: some single imp's placement maps networks to bidder
+    codes (a plan's bidder floors are the plan's own)."""
     for imp in bid_request.imp:
         try:
-            if bidders_of(store.get_placement(imp.tagid or "")):
+            config = store.get_placement(imp.tagid or "")
+            if config.mode == "single" and bidders_of(config):
                 return True
         except UnknownPlacement:
             return False  # price_bid_request answers it
@@ -122,7 +125,9 @@ def price_bid_request(
         record = store.decide(config.id, f"{bid_request.id}:{imp.id}", context, user_id=user)
         per_bidder: dict[str, float] = {}
         bidders = bidders_of(config)
-        if bidders:
+        if record.offers:  # a plan: each bidder's floor is the plan's
+            per_bidder = {c: round(f, DECIMALS) for c, f in plan_bidder_floors(record.offers, bidders).items()}
+        elif bidders:
             key = (config.id, record.segment, record.variant)
             if key not in allocations:
                 alloc = store.allocation(config.id, segment=record.segment, variant=record.variant)
@@ -140,6 +145,10 @@ def price_bid_request(
                 record.variant,
                 record.model_version,
                 per_bidder,
+                record.mode,
+                record.propensity,
+                record.offers,
+                bidders,
             )
         )
     return with_floors(raw, floors, base), floors
@@ -191,7 +200,10 @@ async def notice(
     state = request.app.state
     store: PolicyStore = state.store
     config = store.get_placement(p)
-    verdict = store.verify_decision(d, p, n, f)
+    if config.mode != "single":
+        verdict = store.verify_plan_decision(d, p, [(n, f)])
+    else:
+        verdict = store.verify_decision(d, p, n, f)
     if not verdict.ok:
         raise InvalidOutcome(f"d is not a decision of placement {p!r}, network {n!r}, floor {f:g}: {verdict.reason}")
     event = notice_event(
