@@ -62,6 +62,8 @@ _NETWORK_STREAM = 16
 _THROTTLE_STREAM = 1 << 32
 # Time-out coins of the multi-network modes (Market.pays): one stream per network.
 _TIMEOUT_STREAM = 1 << 33
+# Over-QPS-cap coins of the auction oracle's sampled requests (simulator.modes): one per network.
+QPS_STREAM = 1 << 34
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,8 @@ class Market:
         self._throttle_power = np.array([n.throttle_power for n in sc.networks])
         self._dispersion = np.array([n.dispersion for n in sc.networks])
         self._timeout = np.array([n.timeout_rate for n in sc.networks])
+        #: Calls answered per second (inf: no cap), :mod:`simulator.modes`.
+        self.qps_cap = np.array([n.qps_cap for n in sc.networks])
         self._caps = np.array([n.cap_fills_per_hour for n in sc.networks])
         self._floor_lo = np.array([n.floor_min_cpm for n in sc.networks])
         self._floor_hi = np.array([n.floor_max_cpm for n in sc.networks])
@@ -205,11 +209,16 @@ class Market:
         demand = np.array(sc.seasonality.demand)
         traffic = np.array(sc.seasonality.traffic)
         value = np.array(sc.seasonality.value)
-        keys = np.stack([demand, traffic if sc.has_caps else np.ones(HOURS_PER_DAY), value], axis=1)
+        by_traffic = sc.has_caps or sc.has_qps_caps  # caps make the traffic level matter
+        keys = np.stack([demand, traffic if by_traffic else np.ones(HOURS_PER_DAY), value], axis=1)
         classes, self._hour_class = np.unique(keys, axis=0, return_inverse=True)
         self._hour_class = self._hour_class.ravel()
         self._n_classes = len(classes)
         self._class_traffic = sc.requests_per_hour * classes[:, 1] if sc.has_caps else None
+        # Requests per second of each hour class (the hourly mean when traffic does not key classes).
+        mean_traffic = float(np.mean(sc.seasonality.traffic))
+        level = classes[:, 1] if by_traffic else np.full(self._n_classes, mean_traffic)
+        self._class_rate = sc.requests_per_hour * level / SECONDS_PER_HOUR
         base_lam = np.array([[s.bidders_mult[j] * sc.networks[j].bidders for j in range(n)] for s in sc.segments])
         base_val = np.array([list(s.value_mult) for s in sc.segments])
         lam, scale = [], []
@@ -225,6 +234,20 @@ class Market:
         traffic_rate = sc.requests_per_hour * traffic / SECONDS_PER_HOUR  # requests per second by hour
         self._rate = traffic_rate
         self._uniform_traffic = bool(np.all(traffic == traffic[0]))
+
+    def qps_answer_share(self, regime: int, call_share: float = 1.0) -> NDArray[np.float64]:
+        """[N] the share of a network's calls under its QPS cap c when it is called on
+        ``call_share`` of the requests of ``regime``: calls in a second are Poisson with mean
+        μ = rate·call_share, so E[min(K, c)]/μ (1 without a cap). What the oracles assume."""
+        mu = float(self._class_rate[regime % self._n_classes]) * call_share
+        out = np.ones(self.n_networks)
+        for j, cap in enumerate(self.qps_cap):
+            c = math.floor(cap) if math.isfinite(cap) else 0
+            if math.isfinite(cap) and mu > 0 and c < mu + 12 * math.sqrt(mu) + 30:  # else never reached
+                k = np.arange(c)
+                pmf = np.exp(k * math.log(mu) - mu - np.array([math.lgamma(i + 1) for i in k]))
+                out[j] = min(1.0, float((k * pmf).sum() + c * (1.0 - pmf.sum())) / mu)
+        return out
 
     def regime_of(self, ts: NDArray[np.float64]) -> NDArray[np.int64]:
         """Market regime [n] at times ``ts`` [n] (epoch seconds)."""

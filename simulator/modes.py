@@ -24,6 +24,20 @@ Oracles, per market regime and segment:
   on ``ORACLE_REQUESTS`` sampled requests (a fixed stream, so every run compares with the
   same oracle).
 
+**QPS caps** (a network's ``qps_cap``): a network answers at most that many calls per second
+of arrival time (``floor(ts)``); the calls beyond are no-bids, like time-outs. Calls are
+admitted in arrival order; a waterfall's later tiers after its first tiers of the same second
+(a passback comes after a round trip): tier level by tier level, only the tiers actually
+reached counting. Each player (the policy, the oracle, a baseline) has its own
+:class:`QpsLedger` carried across batches, so the run is deterministic for a seed. The
+oracles assume a capped network is called on every request, so it answers the share
+E[min(K, c)]/μ of them, K ~ Poisson(μ = requests per second of the regime)
+(:meth:`Market.qps_answer_share`): the waterfall oracle scales the network's fill and revenue
+by it (exact for a first tier and for an auction that always calls it; pessimistic for a
+later tier, which sees fewer calls), the auction oracle drops that share of its sampled bids
+(an independent coin per request: an over-cap call is a late one, whatever it would bid).
+Plans are still played under the real caps, the oracle's too.
+
 Capture is the policy's realised revenue over the oracle plan's realised revenue on the
 same requests. Baselines: a static waterfall ordered by eCPM (the price paid given a fill
 at the lowest floor) with each network's own best floor, and an auction with one floor for
@@ -43,7 +57,8 @@ from numpy.typing import NDArray
 from bandit import EventBatch
 from bandit.modes import PRICE_POINTS, best_waterfall
 from bandit.policy import PlanBatch
-from simulator.market import Market, RequestBatch
+from simulator.auction import stream_uniform_keyed
+from simulator.market import QPS_STREAM, Market, RequestBatch
 from simulator.runner import RequestStream, run_seeds
 
 #: Requests the auction oracle optimises on, and its floor grid (every 2nd candidate: 10% steps).
@@ -85,16 +100,51 @@ def pay_at(market: Market, req: RequestBatch, network: int, floors: NDArray[np.f
     return market.pays(req, network, unique)[np.arange(len(req)), inverse.ravel()]
 
 
+class QpsLedger:
+    """Calls each network has answered in the latest second of one player's run, so a QPS
+    cap holds across feedback batches (module docstring)."""
+
+    def __init__(self, caps: NDArray[np.float64]) -> None:
+        self.caps = np.asarray(caps, dtype=np.float64)
+        self._second = np.full(len(self.caps), -np.inf)
+        self._used = np.zeros(len(self.caps), dtype=np.int64)
+
+    @property
+    def active(self) -> bool:
+        return bool(np.isfinite(self.caps).any())
+
+    def admit(self, network: int, ts: NDArray[np.float64]) -> NDArray[np.bool_]:
+        """Which of a network's calls at times ``ts`` [m] (non-decreasing seconds) it answers."""
+        cap = self.caps[network]
+        if not np.isfinite(cap) or not len(ts):
+            return np.ones(len(ts), dtype=bool)
+        second = np.floor(ts)
+        start = np.flatnonzero(np.concatenate([[True], second[1:] != second[:-1]]))
+        rank = np.arange(len(ts)) - np.repeat(start, np.diff(np.append(start, len(ts))))
+        rank = rank + np.where(second == self._second[network], self._used[network], 0)
+        admitted = rank < np.floor(cap)
+        self._second[network] = second[-1]
+        self._used[network] = int(min(rank[-1] + 1, np.floor(cap)))
+        return admitted
+
+
 def play(
-    market: Market, req: RequestBatch, tiers: NDArray[np.int64], floors: NDArray[np.float64]
+    market: Market,
+    req: RequestBatch,
+    tiers: NDArray[np.int64],
+    floors: NDArray[np.float64],
+    qps: QpsLedger | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64]]:
-    """Run plans on requests: (publisher revenue [n], network called [n, N], its pay [n, N])."""
+    """Run plans on requests: (publisher revenue [n], network called [n, N], its pay [n, N]).
+    ``qps``: the player's ledger of the networks' QPS caps (none: no caps)."""
     n, n_net = tiers.shape
     pay = np.zeros((n, n_net))
     for j in range(n_net):
         rows = np.flatnonzero(tiers[:, j] >= 0)
         if len(rows):
             pay[rows, j] = pay_at(market, req.take(rows), j, floors[rows, j])
+    if qps is not None and qps.active:
+        _over_cap_no_bids(market, req, tiers, pay, qps)
     if market.placement.mode == "waterfall":
         filled_tier = np.where((tiers >= 0) & (pay > 0), tiers, np.iinfo(np.int64).max)
         win = filled_tier.min(axis=1)
@@ -106,12 +156,41 @@ def play(
     return revenue, called, pay
 
 
+def _over_cap_no_bids(
+    market: Market, req: RequestBatch, tiers: NDArray[np.int64], pay: NDArray[np.float64], qps: QpsLedger
+) -> None:
+    """Zero ``pay`` [n, N] of the calls over their network's QPS cap (module docstring): an
+    auction's calls in arrival order, a waterfall's tier level by tier level, counting only
+    the tiers reached (no earlier tier filled)."""
+    capped = np.flatnonzero(np.isfinite(qps.caps))
+    if market.placement.mode != "waterfall":
+        for j in capped:
+            rows = np.flatnonzero(tiers[:, j] >= 0)
+            pay[rows[~qps.admit(int(j), req.ts[rows])], j] = 0.0
+        return
+    filled = np.zeros(len(tiers), dtype=bool)
+    for t in range(int(tiers.max(initial=-1)) + 1):
+        at = tiers == t
+        reached = at.any(axis=1) & ~filled
+        for j in capped:
+            rows = np.flatnonzero(reached & at[:, j])
+            pay[rows[~qps.admit(int(j), req.ts[rows])], j] = 0.0
+        net = np.argmax(at, axis=1)
+        filled |= reached & (pay[np.arange(len(tiers)), net] > 0)
+
+
 class Oracle:
-    """Best plans per (regime, segment), cached; :meth:`revenue` plays them on requests."""
+    """Best plans per (regime, segment), cached; :meth:`revenue` plays them on requests (under
+    the QPS caps, with the oracle's own ledger)."""
 
     def __init__(self, market: Market) -> None:
         self.market = market
         self._plans: dict[tuple[int, int], Plan] = {}
+        self._qps = QpsLedger(market.qps_cap)
+
+    def start(self) -> None:
+        """A new run from the scenario's start: the oracle's QPS ledger forgets its calls."""
+        self._qps = QpsLedger(self.market.qps_cap)
 
     def plan(self, regime: int, segment: int) -> Plan:
         key = (regime, segment)
@@ -132,17 +211,19 @@ class Oracle:
         return tiers, floors
 
     def revenue(self, req: RequestBatch) -> NDArray[np.float64]:
-        return play(self.market, req, *self.plans_for(req))[0]
+        return play(self.market, req, *self.plans_for(req), qps=self._qps)[0]
 
 
 def _exact_curves(market: Market, regime: int, segment: int) -> tuple[NDArray, NDArray, NDArray]:
-    """Exact fill and revenue per call [N, G] at the candidate floors [N, G] (time-outs included)."""
+    """Exact fill and revenue per call [N, G] at the candidate floors [N, G] (time-outs included,
+    and QPS caps as the oracles assume them: module docstring)."""
     cand = floor_candidates(market)
     fill, revenue = np.zeros(cand.shape), np.zeros(cand.shape)
+    under_cap = market.qps_answer_share(regime)
     for j in range(market.n_networks):
         ok = ~np.isnan(cand[j])
         r, f = market.curve(regime, segment, j)(cand[j, ok])
-        answer = 1.0 - market._timeout[j]
+        answer = (1.0 - market._timeout[j]) * under_cap[j]
         revenue[j, ok], fill[j, ok] = r * answer, f * answer
     return cand, fill, revenue
 
@@ -167,12 +248,18 @@ def oracle_requests(market: Market, regime: int, segment: int, n: int = ORACLE_R
 
 
 def sampled_pays(market: Market, req: RequestBatch) -> tuple[NDArray, NDArray]:
-    """(candidate floors [N, G], pays [n, N, G]; −1 where a floor is outside the bounds)."""
+    """(candidate floors [N, G], pays [n, N, G]; −1 where a floor is outside the bounds); a
+    capped network's bids dropped on the share of requests over its cap (module docstring;
+    ``req`` of one regime)."""
     cand = floor_candidates(market)
     pays = np.full((len(req), *cand.shape), -1.0)
+    under_cap = market.qps_answer_share(int(req.regime[0])) if len(req) else np.ones(market.n_networks)
     for j in range(market.n_networks):
         ok = ~np.isnan(cand[j])
         pays[:, j, ok] = market.pays(req, j, cand[j, ok])
+        if under_cap[j] < 1.0:
+            over = stream_uniform_keyed(req.key, np.uint64(QPS_STREAM) + np.uint64(j)) >= under_cap[j]
+            pays[over, j, :] = np.where(ok, 0.0, -1.0)
     return cand, pays
 
 
@@ -323,12 +410,14 @@ def run_plans(
     stream = RequestStream(market, np.random.default_rng(seeds.market))
     decide_rng = np.random.default_rng(seeds.decisions)
     oracle = oracle or Oracle(market)
+    oracle.start()
+    qps = QpsLedger(market.qps_cap)  # this run's own: the policy's calls against the caps
     rows: list[dict[str, Any]] = []
     done, cum_rev, cum_oracle = 0, 0.0, 0.0
     while done < n_requests:
         req = stream.take(min(batch_size, n_requests - done))
         plans = policy.decide_plans(req.segments, req.segment_index, rng=decide_rng)
-        revenue, called, pay = play(market, req, plans.tiers, plans.floor_cpm)
+        revenue, called, pay = play(market, req, plans.tiers, plans.floor_cpm, qps)
         oracle_revenue = oracle.revenue(req)
         r, j = np.nonzero(called)
         events = EventBatch.from_arrays(

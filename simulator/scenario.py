@@ -41,6 +41,7 @@ File layout (TOML; defaults in brackets)::
                   shading [1, first price only], floor_responsive [false, first price only],
                   price_increment_cpm [0, second price only],
                   throttle_floor_cpm [inf = none], throttle_power [2], timeout_rate [0],
+                  qps_cap [inf = none; waterfall/auction: calls answered per second],
                   floor_min_cpm [0], floor_max_cpm [50],
                   min_share [0], max_share [1], cap_fills_per_hour [inf],
                   declared_auction [= auction; "auto" hides it from the policy]
@@ -129,6 +130,9 @@ class NetworkSpec:
     throttle_power: float = 2.0
     #: Probability that the network does not answer in time (a no-bid), an independent coin.
     timeout_rate: float = 0.0
+    #: Calls the network answers per second of arrival time (waterfall and auction runs,
+    #: :mod:`simulator.modes`); the calls beyond it in a second are no-bids.
+    qps_cap: float = math.inf
 
     @property
     def mechanisms(self) -> tuple[str, ...]:
@@ -144,6 +148,8 @@ class NetworkSpec:
             out.append(f"increment={self.price_increment_cpm:g}")
         if math.isfinite(self.throttle_floor_cpm):
             out.append(f"throttle({self.throttle_floor_cpm:g}^{self.throttle_power:g})")
+        if math.isfinite(self.qps_cap):
+            out.append(f"qps_cap={self.qps_cap:g}")
         return tuple(out)
 
     def config(self) -> NetworkConfig:
@@ -241,6 +247,10 @@ class Scenario:
     @property
     def has_caps(self) -> bool:
         return any(math.isfinite(n.cap_fills_per_hour) for n in self.networks)
+
+    @property
+    def has_qps_caps(self) -> bool:
+        return any(math.isfinite(n.qps_cap) for n in self.networks)
 
     @classmethod
     def from_dict(cls, body: Mapping[str, Any], name: str | None = None) -> Scenario:
@@ -461,6 +471,7 @@ def _parse_network(f: _Fields) -> NetworkSpec:
         throttle_floor_cpm=throttle,
         throttle_power=f.number("throttle_power", 2.0, lo=0.5, hi=20.0),
         timeout_rate=f.number("timeout_rate", 0.0, lo=0.0, hi=1.0),
+        qps_cap=f.number("qps_cap", math.inf, lo=0.0, lo_open=True, allow_inf=True),
     )
     if spec.floor_max_cpm < spec.floor_min_cpm:
         raise f.fail(
@@ -646,6 +657,11 @@ def _parse_scenario(f: _Fields, name: str | None) -> Scenario:
         max_calls=int(f.number("max_calls", 0, lo=0.0, hi=len(networks))),
     )
     f.done()
+    if scenario.has_qps_caps and scenario.mode == "single":
+        raise InvalidConfig(
+            "networks: qps_cap is enforced by waterfall and auction runs (simulator.modes); set mode, or "
+            "use cap_fills_per_hour for a single-network scenario"
+        )
     try:
         scenario.placement()
     except AdbanditError as exc:
