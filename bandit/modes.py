@@ -41,6 +41,7 @@ from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.optimize import linprog
 
 from bandit.allocation import matched_shares
 
@@ -352,6 +353,186 @@ def best_auction(curves: PayCurves, max_calls: int) -> tuple[NDArray[np.bool_], 
     return called, best_floors, best_value
 
 
+def best_priced_auction(
+    curves: PayCurves, max_calls: int, bonus: NDArray[np.float64]
+) -> tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.float64]]:
+    """The auction maximising value + Σ_{j called} ``bonus[d, j]`` per draw (a price per call
+    of each network, [D, N]: positive to draw calls to a network, negative to keep them off),
+    calling at least one network and at most ``max_calls``: networks called [D, N], floor
+    indices [D, N] and the auction's value [D] (without the bonuses).
+
+    The pricing step of :func:`contracted_auctions`. Greedy from no call: add the network
+    whose call gains most (its best-response floor's value gain plus its bonus) while that
+    is positive; floors by coordinate ascent; then local search over dropping, adding and
+    swapping one network (each move valued at the moved network's best response, kept after
+    re-ascent only if it gains), at most :data:`MAX_PASSES` passes.
+    """
+    d, n, _ = curves.shape
+    rows = np.arange(d)
+    cap = min(max_calls, n)
+    total_w = CELL_WIDTHS.sum()
+    called = np.zeros((d, n), dtype=bool)
+    floors = np.argmax(np.where(curves.allowed[None], curves.revenue(), -np.inf), axis=2)
+    value = np.zeros(d)
+    for r in range(cap):
+        lose = np.exp(_log_cdfs(curves, called, floors).sum(axis=1))
+        gains = np.full((d, n), -np.inf)
+        picks = np.zeros((d, n), dtype=np.int64)
+        for j in range(n):
+            k, v = _response(curves, j, lose)
+            gains[:, j] = np.where(called[:, j], -np.inf, v - value + bonus[:, j])
+            picks[:, j] = k
+        j = np.argmax(gains, axis=1)
+        add = (gains[rows, j] > 1e-12) | (r == 0)
+        called[rows[add], j[add]] = True
+        floors[rows[add], j[add]] = picks[rows[add], j[add]]
+        value = np.where(add, gains[rows, j] + value - bonus[rows, j], value)
+        if not add.any():
+            break
+    floors, value = auction_floors(curves, called, floors)
+
+    def objective(c: NDArray[np.bool_], v: NDArray[np.float64]) -> NDArray[np.float64]:
+        return v + (bonus * c).sum(axis=1)
+
+    best = objective(called, value)
+    for _ in range(MAX_PASSES):
+        improved = False
+        logs = _log_cdfs(curves, called, floors)
+        total = logs.sum(axis=1)
+        size = called.sum(axis=1)
+        # Moves (i out or None, j in or None), valued at j's best response to the rest.
+        moves = [(i, None) for i in range(n)] + [(None, j) for j in range(n)]
+        moves += [(i, j) for i in range(n) for j in range(n) if i != j]
+        for i, j in moves:
+            ok = np.ones(d, dtype=bool)
+            rest = total.copy()
+            trial = called.copy()
+            if i is not None:
+                ok &= called[:, i]
+                rest = rest - logs[:, i]
+                trial[:, i] = False
+            if j is not None:
+                ok &= ~called[:, j]
+                if i is None:
+                    ok &= size < cap
+                k, v = _response(curves, j, np.exp(rest))
+                trial[:, j] = True
+            else:
+                ok &= size > 1
+                v = total_w - (CELL_WIDTHS * np.exp(rest)).sum(axis=1)
+                k = None
+            gain = ok & (objective(trial, v) > best + 1e-12)
+            if not gain.any():
+                continue
+            start = floors.copy()
+            if j is not None:
+                start[gain, j] = k[gain]
+            trial[~gain] = called[~gain]
+            f, v = auction_floors(curves, trial, start)
+            better = gain & (objective(trial, v) > best + 1e-12)
+            if better.any():
+                called[better], floors[better], value[better] = trial[better], f[better], v[better]
+                best = objective(called, value)
+                logs = _log_cdfs(curves, called, floors)
+                total = logs.sum(axis=1)
+                size = called.sum(axis=1)
+                improved = True
+        if not improved:
+            break
+    return called, floors, value
+
+
+#: Column-generation rounds of :func:`contracted_auctions`.
+CONTRACT_ROUNDS = 12
+#: Penalty per unit of contract violation in its linear programmes (CPM; far above any value).
+CONTRACT_PENALTY = 1e6
+
+
+def contracted_auctions(
+    curves: PayCurves, max_calls: int, lo: NDArray[np.float64], hi: NDArray[np.float64]
+) -> tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.float64]]:
+    """Auctions under a call-share contract: per draw, the best mixture of auctions whose
+    share of requests calling network j lies in [lo_j, hi_j].
+
+    Per draw d, a linear programme over auctions S (subset and floors), x_S ≥ 0, Σ x_S = 1:
+    maximise Σ x_S value_d(S) subject to lo_j ≤ Σ_{S ∋ j} x_S ≤ hi_j. Its columns come by
+    column generation: start from the draw's unconstrained best auction and the one pushed
+    to every min-share network and off every max-share network, solve (scipy's HiGHS, the
+    contract's rows softened by :data:`CONTRACT_PENALTY` so every round has a solution),
+    and add the auction of best reduced cost — :func:`best_priced_auction` with each
+    network's call priced at its contract rows' duals — until none improves (at most
+    :data:`CONTRACT_ROUNDS` rounds). The contract holds per draw, so it holds for the
+    posterior average (the served table), as the single mode's and the waterfall's do.
+
+    Returns called [D, C, N], floor indices [D, C, N] and weights [D, C] (each row sums to 1;
+    C columns, weight 0 for a draw's unused ones).
+    """
+    d, n, _ = curves.shape
+    low = np.flatnonzero(lo > 0)
+    high = np.flatnonzero(hi < 1)
+    push = np.zeros(n)
+    push[low] += CONTRACT_PENALTY
+    push[high] -= CONTRACT_PENALTY
+    columns = [best_priced_auction(curves, max_calls, np.zeros((d, n)))]
+    columns.append(best_priced_auction(curves, max_calls, np.broadcast_to(push, (d, n))))
+    weights = np.zeros((d, 0))
+    for _ in range(CONTRACT_ROUNDS):
+        called = np.stack([c[0] for c in columns], axis=1)  # [D, C, N]
+        values = np.stack([c[2] for c in columns], axis=1)  # [D, C]
+        weights = np.zeros(values.shape)
+        bonus = np.zeros((d, n))
+        floor_value = np.zeros(d)
+        for r in range(d):
+            x, y_eq, y_lo, y_hi = _contract_lp(values[r], called[r], lo, hi, low, high)
+            weights[r] = x
+            bonus[r, low] -= y_lo
+            bonus[r, high] += y_hi
+            floor_value[r] = -y_eq
+        new = best_priced_auction(curves, max_calls, bonus)
+        reduced = new[2] + (bonus * new[0]).sum(axis=1) - floor_value
+        if not (reduced > 1e-9 * np.maximum(1.0, np.abs(floor_value))).any():
+            break
+        columns.append(new)
+    called = np.stack([c[0] for c in columns], axis=1)[:, : weights.shape[1]]
+    floors = np.stack([c[1] for c in columns], axis=1)[:, : weights.shape[1]]
+    return called, floors, weights
+
+
+def _contract_lp(
+    values: NDArray[np.float64],
+    called: NDArray[np.bool_],
+    lo: NDArray[np.float64],
+    hi: NDArray[np.float64],
+    low: NDArray[np.int64],
+    high: NDArray[np.int64],
+) -> tuple[NDArray[np.float64], float, NDArray[np.float64], NDArray[np.float64]]:
+    """One draw's programme over columns (values [C], called [C, N]): the weights [C] and the
+    duals of Σ x = 1, of the min-share rows and of the max-share rows (HiGHS marginals of the
+    minimisation: ∂ objective / ∂ right-hand side)."""
+    c, m_lo, m_hi = len(values), len(low), len(high)
+    a = called.T.astype(np.float64)  # [N, C]
+    # Variables: x [C], slack_lo [m_lo], slack_hi [m_hi].
+    cost = np.concatenate([-values, np.full(m_lo + m_hi, CONTRACT_PENALTY)])
+    rows, rhs = [], []
+    for k, j in enumerate(low):  # −a_j·x − s ≤ −lo_j
+        row = np.zeros(c + m_lo + m_hi)
+        row[:c], row[c + k] = -a[j], -1.0
+        rows.append(row), rhs.append(-lo[j])
+    for k, j in enumerate(high):  # a_j·x − s ≤ hi_j
+        row = np.zeros(c + m_lo + m_hi)
+        row[:c], row[c + m_lo + k] = a[j], -1.0
+        rows.append(row), rhs.append(hi[j])
+    eq = np.concatenate([np.ones(c), np.zeros(m_lo + m_hi)])[None]
+    res = linprog(
+        cost, A_ub=np.array(rows) if rows else None, b_ub=np.array(rhs) if rows else None,
+        A_eq=eq, b_eq=[1.0], bounds=(0, None), method="highs",
+    )  # fmt: skip
+    if res.status != 0:  # cannot happen: the slacks make every programme feasible and bounded
+        raise ValueError(f"contract programme failed: {res.message}")
+    marg = res.ineqlin.marginals if rows else np.zeros(0)
+    return res.x[:c], float(res.eqlin.marginals[0]), marg[:m_lo], marg[m_lo:]
+
+
 def waterfalls_led_by(
     fill: NDArray[np.float64], revenue: NDArray[np.float64], allowed: NDArray[np.bool_], max_depth: int
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
@@ -390,11 +571,14 @@ def plan_table(
     plans merge. Returns tiers [P, N] (−1: not called), floors [P, N] (CPM) and probabilities
     [P] (the share of draws; rows past the distinct plans have probability 0), P = D.
 
-    ``first_shares`` (min, max [N]) is a waterfall's share contract on first-tier calls: each
-    draw values every network as the first tier (:func:`waterfalls_led_by`), the first-tier
-    shares are the posterior average of the contract-constrained optimum (as in the single
-    mode), and the plans of first network j are the draws' best waterfalls led by j, sharing
-    its share equally (P = N·D)."""
+    ``first_shares`` (min, max [N]) is the share contract. A waterfall's is on first-tier
+    calls: each draw values every network as the first tier (:func:`waterfalls_led_by`), the
+    first-tier shares are the posterior average of the contract-constrained optimum (as in
+    the single mode), and the plans of first network j are the draws' best waterfalls led by
+    j, sharing its share equally (P = N·D). An auction's is on calls — the share of requests
+    on which network j is called: each draw's best mixture of auctions within it
+    (:func:`contracted_auctions`), each auction weighted by its share of the draw (P = N·D
+    rows, the most probable plans)."""
     d, n, _ = curves.shape
     rows = np.arange(d)
     if mode == "waterfall" and first_shares is not None:
@@ -416,6 +600,21 @@ def plan_table(
         for t in range(order.shape[1]):
             tiers[rows, order[:, t]] = t
             index[rows, order[:, t]] = floors[:, t]
+    elif mode == "auction" and first_shares is not None:
+        called, floors, weights = contracted_auctions(curves, depth, *first_shares)
+        c = called.shape[1]
+        tiers = np.where(called, 0, -1).reshape(d * c, n)
+        index = np.where(called, floors, 0).reshape(d * c, n)
+        out_t, out_f, probs = _merged(tiers, index, weights.ravel() / d, floor_min, floor_max)
+        keep = np.argsort(-probs, kind="stable")[: n * d]  # a fixed P = N·D rows, as a waterfall's
+        if len(probs) < n * d:
+            pad = n * d - len(probs)
+            return (
+                np.vstack([out_t, np.full((pad, n), -1)]),
+                np.vstack([out_f, np.zeros((pad, n))]),
+                np.concatenate([probs, np.zeros(pad)]),
+            )
+        return out_t[keep], out_f[keep], probs[keep] / probs[keep].sum()
     elif mode == "auction":
         called, floors, _ = best_auction(curves, depth)
         tiers[called] = 0

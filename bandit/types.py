@@ -89,6 +89,27 @@ class NetworkConfig:
 MODES = ("single", "waterfall", "auction")
 
 
+def _check_share_sums(networks: Sequence[NetworkConfig], mode: str, max_calls: int) -> None:
+    """Whether the min/max shares can hold together. Single and waterfall placements share
+    each request's first call, so the minimums sum to at most 1 and the maximums to at least
+    1; an auction's shares are of calls (the share of requests calling the network), so its
+    minimums sum to at most ``max_calls`` (no request calls more networks) and its maximums
+    to at least 1 (every request calls one network)."""
+    lo = sum(n.min_share for n in networks)
+    hi = sum(n.max_share for n in networks)
+    if mode == "auction":
+        if lo > max_calls + _SHARE_TOLERANCE:
+            raise InvalidConfig(
+                f"min_share of all networks sums to {lo:g} > max_calls ({max_calls}): an auction's shares are of "
+                f"calls, and a request calls at most {max_calls} networks; lower some min_share or raise max_calls"
+            )
+    elif lo > 1.0 + _SHARE_TOLERANCE:
+        raise InvalidConfig(f"min_share of all networks sums to {lo:g} > 1; lower some min_share")
+    if hi < 1.0 - _SHARE_TOLERANCE:
+        what = " (every request calls at least one network)" if mode == "auction" else ""
+        raise InvalidConfig(f"max_share of all networks sums to {hi:g} < 1{what}; raise some max_share")
+
+
 @dataclass(frozen=True, slots=True)
 class PlacementConfig:
     """An ad slot: its networks, the context fields that key segments, and the currency."""
@@ -120,12 +141,6 @@ class PlacementConfig:
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise InvalidConfig(f"network ids must be unique; repeated: {dup}")
-        lo = sum(n.min_share for n in networks)
-        hi = sum(n.max_share for n in networks)
-        if lo > 1.0 + _SHARE_TOLERANCE:
-            raise InvalidConfig(f"min_share of all networks sums to {lo:g} > 1; lower some min_share")
-        if hi < 1.0 - _SHARE_TOLERANCE:
-            raise InvalidConfig(f"max_share of all networks sums to {hi:g} < 1; raise some max_share")
         segment_by = tuple(self.segment_by)
         if any(not isinstance(f, str) or not f for f in segment_by) or len(set(segment_by)) != len(segment_by):
             raise InvalidConfig(f"segment_by must be distinct non-empty field names, got {list(segment_by)}")
@@ -139,11 +154,7 @@ class PlacementConfig:
                 raise InvalidConfig(
                     f"{name} must be an integer in [0, {len(networks)}] (0: every network), got {value!r}"
                 )
-        if self.mode == "auction" and any(n.min_share > 0 or n.max_share < 1 for n in networks):
-            raise InvalidConfig(
-                "min_share/max_share are shares of first calls (single and waterfall placements); an auction "
-                "calls its networks at once: remove them (cap calls with max_calls)"
-            )
+        _check_share_sums(networks, self.mode, self.max_calls or len(networks))
         object.__setattr__(self, "floor_precision_cpm", _floor_precision(self.floor_precision_cpm, networks))
         object.__setattr__(self, "networks", networks)
         object.__setattr__(self, "segment_by", segment_by)

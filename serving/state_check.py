@@ -303,12 +303,24 @@ def _check_numbers(arrays: dict[str, np.ndarray], config: PlacementConfig, segme
         )
     lo = np.array([c.min_share for c in config.networks])
     hi = np.array([c.max_share for c in config.networks])
-    outside = (weights < lo - SUM_TOLERANCE) | (weights > hi + SUM_TOLERANCE)
+    shares, what = weights, "weight"
+    if config.mode == "auction":  # an auction's contract is on calls: its plans' call shares
+        tiers, probs = arrays.get("table_plan_tiers"), arrays.get("table_plan_probs")
+        if tiers is None or probs is None or tiers.ndim != 3 or probs.shape != tiers.shape[:2]:
+            shares = None
+        else:
+            shares = ((tiers >= 0) * probs[:, :, None]).sum(axis=1) / np.maximum(probs.sum(axis=1), 1e-300)[:, None]
+            what = "call share"
+    outside = (
+        np.zeros((0, 0), dtype=bool)
+        if shares is None
+        else (shares < lo - SUM_TOLERANCE) | (shares > hi + SUM_TOLERANCE)
+    )
     if outside.any():
         row, j = map(int, np.argwhere(outside)[0])
         raise _fail(
-            f"table_weights of segment {segments[row]!r} gives network {config.network_ids[j]!r} weight "
-            f"{weights[row, j]:.6g}, outside its share contract [{lo[j]:g}, {hi[j]:g}]"
+            f"table_weights of segment {segments[row]!r} gives network {config.network_ids[j]!r} {what} "
+            f"{shares[row, j]:.6g}, outside its share contract [{lo[j]:g}, {hi[j]:g}]"
         )
     probs = arrays["table_floor_probs"]
     sums = probs.sum(axis=2)

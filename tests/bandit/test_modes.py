@@ -219,3 +219,95 @@ def test_a_first_tier_share_contract_holds_in_the_plans():
     assert (first >= lo - 1e-9).all() and (first <= hi + 1e-9).all()
     called = tiers[probs > 0] >= 0
     assert called.sum(axis=1).min() >= 1
+
+
+def test_priced_auctions_with_no_price_match_the_unpriced_search():
+    from bandit.modes import best_priced_auction
+
+    rng = np.random.default_rng(10)
+    curves = curves_of(rng, 8, 6)
+    for cap in (2, 6):
+        _, _, free = best_auction(curves, cap)
+        called, floors, value = best_priced_auction(curves, cap, np.zeros((8, 6)))
+        assert (called.sum(axis=1) <= cap).all() and (called.sum(axis=1) >= 1).all()
+        np.testing.assert_allclose(value, auction_value(curves, called, floors))
+        assert (value >= free * 0.995).all()
+
+
+def test_priced_auctions_match_brute_force_over_subsets():
+    """value + Σ bonus over called networks, each subset at its best floors (coordinate ascent)."""
+    from bandit.modes import best_priced_auction
+
+    rng = np.random.default_rng(11)
+    d, n, cap = 6, 5, 3
+    curves = curves_of(rng, d, n)
+    bonus = rng.normal(0.0, 0.4, size=(d, n))
+    called, _floors, value = best_priced_auction(curves, cap, bonus)
+    got = value + (bonus * called).sum(axis=1)
+    best = np.full(d, -np.inf)
+    for size in range(1, cap + 1):
+        for subset in itertools.combinations(range(n), size):
+            mask = np.zeros((d, n), dtype=bool)
+            mask[:, list(subset)] = True
+            _, v = auction_floors(curves, mask, np.argmax(curves.allowed, axis=1)[None].repeat(d, 0))
+            solo = np.argmax(np.where(curves.allowed[None], curves.revenue(), -np.inf), axis=2)
+            _, v2 = auction_floors(curves, mask, solo)
+            best = np.maximum(best, np.maximum(v, v2) + bonus[:, list(subset)].sum(axis=1))
+    assert (got >= best - 0.005 * np.abs(best) - 1e-9).all(), (got, best)
+
+
+def call_shares(tiers, probs):
+    return ((tiers >= 0) * probs[:, None]).sum(axis=0)
+
+
+@pytest.mark.parametrize("cap", [1, 2, 4])
+def test_an_auction_call_share_contract_holds_in_the_plans(cap):
+    """Minimum and maximum shares of requests calling a network hold exactly in the plan
+    table, and the plans stay the best they can: no worse than the free plans by more than
+    the contract costs, and the free optimum where the contract does not bind."""
+    rng = np.random.default_rng(12)
+    n = 5
+    curves = curves_of(rng, 16, n)
+    lo_f, hi_f = np.zeros(n), np.full(n, 20.0)
+    free_t, _, free_p = plan_table(curves, "auction", cap, lo_f, hi_f)
+    free = call_shares(free_t, free_p)
+    weak, strong = int(np.argmin(free)), int(np.argmax(free))
+    lo, hi = np.zeros(n), np.ones(n)
+    lo[weak] = 0.6
+    hi[strong] = max(0.0, free[strong] - 0.35)
+    if hi.sum() < 1:
+        hi[strong] = 1 - (hi.sum() - hi[strong])
+    tiers, floors, probs = plan_table(curves, "auction", cap, lo_f, hi_f, first_shares=(lo, hi))
+    assert len(probs) == n * 16 and probs.sum() == pytest.approx(1.0)
+    shares = call_shares(tiers, probs)
+    assert (shares >= lo - 1e-7).all() and (shares <= hi + 1e-7).all(), (shares, lo, hi)
+    used = probs > 0
+    assert ((tiers[used] >= 0).sum(axis=1) <= cap).all() and ((tiers[used] >= 0).sum(axis=1) >= 1).all()
+    assert ((floors[used] > 0) | (tiers[used] < 0) | (lo_f[None] == 0)).all()
+    # A contract that does not bind changes nothing.
+    loose_t, _, loose_p = plan_table(curves, "auction", cap, lo_f, hi_f, first_shares=(np.zeros(n), np.ones(n)))
+    np.testing.assert_allclose(call_shares(loose_t, loose_p), free, atol=1e-9)
+
+
+def test_an_auction_contract_costs_no_more_than_needed():
+    """Forcing a weak network into some auctions costs at most what calling it in the free
+    plans' place costs, draw by draw: the mixture's value is at least that of the free best
+    auction mixed with the best auction that calls the weak network."""
+    from bandit.modes import best_priced_auction, contracted_auctions
+
+    rng = np.random.default_rng(13)
+    d, n, cap = 8, 4, 1
+    curves = curves_of(rng, d, n)
+    free_called, _, free_value = best_auction(curves, cap)
+    weak = int(np.argmin(free_called.mean(axis=0)))
+    lo, hi = np.zeros(n), np.ones(n)
+    lo[weak] = 0.5
+    called, floors, weights = contracted_auctions(curves, cap, lo, hi)
+    values = np.stack([auction_value(curves, called[:, c], floors[:, c]) for c in range(called.shape[1])], axis=1)
+    got = (weights * values).sum(axis=1)
+    forced_bonus = np.zeros((d, n))
+    forced_bonus[:, weak] = 1e6
+    _, _, forced = best_priced_auction(curves, cap, forced_bonus)
+    reference = 0.5 * free_value + 0.5 * np.maximum(forced, 0)
+    assert (got >= reference - 1e-6 * np.abs(reference)).all()
+    assert ((weights * called[:, :, weak]).sum(axis=1) >= 0.5 - 1e-7).all()

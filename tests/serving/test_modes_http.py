@@ -322,3 +322,83 @@ def test_the_experiment_report_counts_a_plan_outcome_as_one_request(modes, make_
     again = make_client(state_dir=state_dir)
     row = again.get(f"/v1/placements/{placement}/experiment").json()["variants"]["champion"]
     assert row["requests"] == 13 and row["revenue_per_request"] == pytest.approx(expected)
+
+
+def test_an_auction_call_share_contract_holds_over_many_decisions(make_client):
+    """min_share/max_share of an auction placement are shares of requests calling the network:
+    the served plans call beta on at least 70% of requests and alpha on at most 20%, before and
+    after learning from outcomes, and the allocation says so."""
+    client = make_client()
+    networks = [{**NETWORKS[0], "max_share": 0.2}, {**NETWORKS[1], "min_share": 0.7}, NETWORKS[2]]
+    body = {**AUCTION, "networks": networks}
+    reply = client.put("/v1/placements/au", json=body)
+    assert reply.status_code == 201, reply.text
+    n = 3000
+
+    def shares() -> dict[str, float]:
+        requests = [{"request_id": f"r{i}", "context": KR} for i in range(n)]
+        decisions = client.post("/v1/decide/batch", json={"placement": "au", "requests": requests}).json()["decisions"]
+        for d in decisions:
+            check_plan_decision(d, "au", "auction", 2)
+        calls = {n["id"]: 0 for n in NETWORKS}
+        for d in decisions:
+            for o in d["bidders"]:
+                calls[o["network"]] += 1
+        return {k: v / n for k, v in calls.items()}, decisions
+
+    got, decisions = shares()
+    # Sampling error of 3,000 decisions: sd <= 0.009.
+    assert got["beta"] >= 0.7 - 0.03 and got["alpha"] <= 0.2 + 0.03, got
+    events = [multi_outcome(i, d, "au") for i, d in enumerate(decisions[:300])]
+    assert client.post("/v1/outcomes", json=events).json()["accepted"] == 300
+    client.app.state.store.flush()
+    got, _ = shares()
+    assert got["beta"] >= 0.7 - 0.03 and got["alpha"] <= 0.2 + 0.03, got
+    plans = client.get("/v1/placements/au/allocation", params={"segment": "KR"}).json()["plans"]
+    assert plans and sum(p["probability"] for p in plans) <= 1 + 1e-9
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    ({"max_calls": 1, "shares": (0.7, 0.6, 0.0)}, "min_share of all networks sums to 1.3 > max_calls (1)"),
+    ({"max_calls": 2, "shares": (0.9, 0.9, 0.9)}, "sums to 2.7 > max_calls (2)"),
+    ({"max_calls": 2, "max": (0.3, 0.3, 0.3)}, "sums to 0.9 < 1 (every request calls at least one network)"),
+    ({"max_calls": 2, "shares": (0.5, 0.0, 0.0), "max": (0.4, 1.0, 1.0)}, "max_share (0.4) must be >= min_share"),
+])  # fmt: skip
+def test_an_infeasible_auction_contract_is_a_422_saying_why(modes, change, fragment):
+    networks = copy.deepcopy(NETWORKS)
+    for n, share in zip(networks, change.get("shares", (0.0,) * 3), strict=True):
+        n["min_share"] = share
+    for n, share in zip(networks, change.get("max", (1.0,) * 3), strict=True):
+        n["max_share"] = share
+    reply = modes.put("/v1/placements/au2", json={**AUCTION, "networks": networks, "max_calls": change["max_calls"]})
+    assert reply.status_code == 422, reply.text
+    assert fragment in str(reply.json()["detail"]), reply.json()
+    # Two networks each at least 60% of the calls fit an auction of 2 calls (not one of first calls).
+    for n, share in zip(networks, (0.6, 0.6, 0.0), strict=True):
+        n["min_share"], n["max_share"] = share, 1.0
+    assert modes.put("/v1/placements/au2", json={**AUCTION, "networks": networks}).status_code == 201
+
+
+def test_a_model_state_of_an_auction_is_checked_against_its_call_shares(make_client):
+    """An auction's contract is on calls: a state whose plans keep it is accepted (its
+    normalised weights need not lie in [min_share, max_share]); one whose plans break it is a 422."""
+    import numpy as np
+
+    from bandit import PlacementConfig, make_policy
+    from tests.serving.test_api import npz_b64
+
+    client = make_client()
+    networks = [{**NETWORKS[0], "min_share": 0.9}, {**NETWORKS[1], "min_share": 0.8}, NETWORKS[2]]
+    body = {**AUCTION, "networks": networks}
+    assert client.put("/v1/placements/au", json=body).status_code == 201
+    policy = make_policy("ts_gmm", PlacementConfig.from_dict("au", body), seed=3)
+    policy.decide_plans(("KR",), np.zeros(1, dtype=np.int64), rng=np.random.default_rng(0))  # builds a table
+    state = policy.state()
+    reply = client.post("/v1/admin/placements/au/model", json={"state_npz_b64": npz_b64(state)})
+    assert reply.status_code == 200, reply.text
+    tiers = np.array(state["table_plan_tiers"])
+    probs = np.zeros(state["table_plan_probs"].shape)
+    tiers[:, 0], probs[:, 0] = [-1, 0, 0], 1.0  # every request on a plan that never calls alpha
+    bad = {**state, "table_plan_probs": probs, "table_plan_tiers": tiers}
+    reply = client.post("/v1/admin/placements/au/model", json={"state_npz_b64": npz_b64(bad)})
+    assert reply.status_code == 422 and "call share" in reply.json()["detail"], reply.text
