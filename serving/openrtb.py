@@ -42,7 +42,9 @@ allocation's average), and ``network``/``decision_id`` and the top-level notice 
 ``ext.adbandit`` stay those of the first offer, as for any decision. A notice of a plan's
 offer is learned as that network's response (event id ``rtb:<decision_id>/<network>``, one
 per network of the decision, verified against the signed plan): ``win``/``billing`` a
-``bid`` that won at the price, ``loss`` a ``no_bid`` at its floor.
+``bid`` that won at the price, ``loss`` a ``no_bid`` at its floor. The experiment report
+counts each such notice as a request (the notices of one auction come apart and are not
+joined); an outcome with ``responses`` counts the whole decision once.
 
 **Notices** (``GET /v1/openrtb/{win,billing,loss}``): an outcome event with event id
 ``rtb:<decision_id>`` (one outcome per decision: a later notice of the same decision is a
