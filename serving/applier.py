@@ -281,20 +281,19 @@ def batch_from_parts(entry: PlacementEntry, parts: Sequence[Part]) -> EventBatch
     )
 
 
-def request_rewards(parts: Sequence[Part]) -> NDArray[np.float64]:
-    """Revenue of each request (decision) the rows of ``parts`` answer, for the report: one
-    per row of a record without ``request_revenue_cpm``, else one per row that starts a
-    request (an outcome with responses is one request, however many networks it called)."""
+def request_rewards(parts: Sequence[Part]) -> NDArray[np.float64] | None:
+    """Per row of ``parts`` (as :func:`batch_from_parts` orders them), the revenue of the
+    request (decision) the row starts, NaN on a row that starts none (the further rows of an
+    outcome with responses: one request however many networks it called); ``None`` when no
+    record has ``request_revenue_cpm`` (every row is a request, its own reward)."""
+    if all(rec.request_revenue_cpm is None for rec, _ in parts):
+        return None
     out = []
     for rec, rows in parts:
         col = rec.request_revenue_cpm
-        if col is None:
-            reward = np.where(rec.filled, rec.revenue_cpm, 0.0)
-            out.append(reward if rows is None else reward[rows])
-        else:
-            picked = col if rows is None else col[rows]
-            out.append(picked[np.isfinite(picked)])
-    return np.concatenate(out) if out else np.zeros(0)
+        col = np.where(rec.filled, rec.revenue_cpm, 0.0) if col is None else col
+        out.append(col if rows is None else col[rows])
+    return np.concatenate(out)
 
 
 def _n_events(parts: Sequence[Part]) -> int:

@@ -50,6 +50,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bandit import ALL_SEGMENTS, EventBatch
 from bandit.drift import ChangeAlarm
@@ -80,15 +81,27 @@ class WindowTally:
         self.total = np.zeros(3)
         self.last_ts: float | None = None
 
-    def add(self, batch: EventBatch) -> None:
+    def add(self, batch: EventBatch, request: NDArray[np.float64] | None = None) -> None:
+        """Tally ``batch``: every event a request, or, with ``request`` [n] (the revenue of the
+        request each row starts, NaN on the further rows of a waterfall or auction outcome,
+        :meth:`serving.live.VariantSlot.add_outcomes`), one request per decision, filled when
+        it earned something or its first row filled."""
         if not len(batch):
             return
-        reward = np.where(batch.filled, batch.revenue_cpm, 0.0)
+        if request is None:
+            count = np.ones(len(batch))
+            filled = batch.filled.astype(np.float64)
+            reward = np.where(batch.filled, batch.revenue_cpm, 0.0)
+        else:
+            starts = np.isfinite(request)
+            count = starts.astype(np.float64)
+            filled = (starts & ((np.nan_to_num(request) > 0) | batch.filled)).astype(np.float64)
+            reward = np.where(starts, request, 0.0)
         k = len(batch.segments)
         sums = np.stack(
             [
-                np.bincount(batch.segment_index, minlength=k).astype(np.float64),
-                np.bincount(batch.segment_index, weights=batch.filled.astype(np.float64), minlength=k),
+                np.bincount(batch.segment_index, weights=count, minlength=k),
+                np.bincount(batch.segment_index, weights=filled, minlength=k),
                 np.bincount(batch.segment_index, weights=reward, minlength=k),
             ],
             axis=1,

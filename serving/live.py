@@ -99,15 +99,19 @@ class VariantSlot:
         version = (policy or self.served).model_version
         return f"{version}+{self.tag}" if self.tag else version
 
-    def add_outcomes(self, batch: EventBatch, rewards: NDArray[np.float64] | None = None) -> None:
-        """Count the requests the batch answers: ``rewards`` [R] is each request's revenue
-        (:func:`serving.applier.request_rewards`: a waterfall or auction outcome is one request
-        however many per-network events it has); default one request per event."""
-        reward = np.where(batch.filled, batch.revenue_cpm, 0.0) if rewards is None else rewards
+    def add_outcomes(self, batch: EventBatch, request: NDArray[np.float64] | None = None) -> None:
+        """Count the requests the batch answers. ``request`` [n] (per row of the batch, from
+        :func:`serving.applier.request_rewards`): the revenue of the request the row starts,
+        NaN on the further rows of a waterfall or auction outcome, which is one request however
+        many per-network events it has; default: every event is a request."""
+        if request is None:
+            reward = np.where(batch.filled, batch.revenue_cpm, 0.0)
+        else:
+            reward = request[np.isfinite(request)]
         self.requests += len(reward)
         self.revenue += float(reward.sum())
         self.revenue_sq += float(np.dot(reward, reward))
-        self.window.add(batch)
+        self.window.add(batch, request)
 
     def take_counters(self, other: VariantSlot) -> None:
         self.requests, self.revenue, self.revenue_sq = (

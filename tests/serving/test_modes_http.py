@@ -290,10 +290,14 @@ def test_the_allocation_never_lists_the_padding_of_a_plan_table():
 
 
 @pytest.mark.parametrize("placement", ["wf", "au"])
-def test_the_experiment_report_counts_a_plan_outcome_as_one_request(modes, make_client, tmp_path, placement):
+def test_the_experiment_report_counts_a_plan_outcome_as_one_request(make_client, placement):
     """A waterfall or auction decision is one request however many networks it called: the
-    report's requests are the outcomes sent and its revenue per request what the winner paid,
-    not the sum of every bid over every per-network event (also after a restart's replay)."""
+    report's (and the console history's) requests are the outcomes sent and its revenue per
+    request what the winner paid, not the sum of every bid over every per-network event (also
+    after a restart's replay)."""
+    modes = make_client(history_every_s=3600.0)
+    assert modes.put("/v1/placements/wf", json=WATERFALL).status_code == 201
+    assert modes.put("/v1/placements/au", json=AUCTION).status_code == 201
     requests = [{"request_id": f"r{i}", "context": KR} for i in range(12)]
     decisions = modes.post("/v1/decide/batch", json={"placement": placement, "requests": requests}).json()["decisions"]
     events, paid = [], []
@@ -317,6 +321,9 @@ def test_the_experiment_report_counts_a_plan_outcome_as_one_request(modes, make_
     row = modes.get(f"/v1/placements/{placement}/experiment").json()["variants"]["champion"]
     assert row["requests"] == 13
     assert row["revenue_per_request"] == pytest.approx(expected)
+    modes.app.state.store.record_history()
+    point = modes.get(f"/v1/placements/{placement}/history").json()["points"][-1]
+    assert point["requests"] == 13 and point["revenue_per_request"] == pytest.approx(expected)
     state_dir = modes.app.state.settings.state_dir
     modes.__exit__(None, None, None)
     again = make_client(state_dir=state_dir)
