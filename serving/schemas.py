@@ -57,8 +57,15 @@ class NetworkIn(_In):
     id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     floor_min_cpm: Cpm = 0.0
     floor_max_cpm: Cpm = 50.0
-    min_share: Share = 0.0
-    max_share: Share = 1.0
+    min_share: Share = Field(
+        0.0,
+        description="Least share of traffic: of decisions (single), of first-tier calls (waterfall) or of "
+        "requests calling the network (auction).",
+    )
+    max_share: Share = Field(
+        1.0,
+        description="Largest share of traffic, in the same sense as min_share.",
+    )
     auction: Literal["auto", "first", "second"] = "auto"
     revenue: Literal["gross", "net"] = Field(
         "gross",
