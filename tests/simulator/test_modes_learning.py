@@ -81,3 +81,26 @@ def test_a_waterfall_keeps_its_first_tier_share_contract():
         first = np.bincount(np.argmax(plans.tiers == 0, axis=1), minlength=4) / 20_000
         assert first[1] >= 0.25 - 0.015, first  # sampling error of 20,000 draws: ~0.003
         assert first.max() > 0.5, first  # the rest goes to the best first tier, not spread evenly
+
+
+def test_an_auction_keeps_its_call_share_contract_while_learning():
+    """auction_5 with at most 2 calls, whose learned plans call adfit and inmobi on every
+    request: with adfit on at most 50% of requests and pangle on at least 40%, the learned
+    plans hold both (call shares of the served table) and still earn most of the
+    unconstrained oracle's revenue (the contract has a price)."""
+    import dataclasses
+
+    from simulator.scenario import load_scenario
+
+    scenario = dataclasses.replace(load_scenario("auction_5"), max_calls=2)
+    networks = list(scenario.networks)
+    networks[1] = dataclasses.replace(networks[1], max_share=0.5)
+    networks[2] = dataclasses.replace(networks[2], min_share=0.4)
+    market = Market(dataclasses.replace(scenario, networks=tuple(networks)))
+    policy = build_policy("ts_gmm", market, seed=0)
+    frame = run_plans(policy, market, 20_000, seed=0)
+    plans = policy.decide_plans(("*",), np.zeros(20_000, dtype=np.int64), rng=np.random.default_rng(0))
+    calls = (plans.tiers >= 0).mean(axis=0)
+    assert calls[2] >= 0.4 - 0.015 and calls[1] <= 0.5 + 0.015, calls  # sampling error ~0.0035
+    assert ((plans.tiers >= 0).sum(axis=1) <= 2).all()
+    assert frame["cumulative_capture"][-1] >= 0.8, frame["cumulative_capture"][-1]
