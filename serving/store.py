@@ -311,9 +311,9 @@ class PolicyStore:
             self._applier.archive = OutcomeArchive(self.state_dir / "outcomes", self._archive_part_events)
             with reuse_freed_memory():  # large temporaries from the heap, not fresh pages
                 chain = recovery.load_chain(self._snap_dir, self._quarantine)
-                if chain is not None:
-                    chain = self._restore(chain)
-                self._replay(chain.covered_lsn if chain else 0)
+                covered_lsn = self._restore(chain).covered_lsn if chain is not None else 0
+                del chain  # the snapshot's arrays (~0.5 GB at scale): the replay reuses their memory
+                self._replay(covered_lsn)
             if self._history is not None:
                 self._take_windows()  # what replay re-learned was recorded before the restart
                 self._history.load()
