@@ -1,19 +1,22 @@
-"""Large temporary arrays that reuse freed memory during a replay (glibc malloc).
+"""Fewer page faults while a store opens: temporaries reuse freed memory, in small pages.
 
-glibc serves every allocation above its mmap threshold with a fresh mapping and unmaps it
-on free; the threshold adapts upwards, but never beyond 32 MiB. A replay group over a
-placement of 10,000 segments × 20 networks makes many temporaries above that (an
-hour-level array ``[200,000, 24]`` is 38 MB), each then faulted in page by page and zeroed
-by the kernel: at 10 M events behind a snapshot, ~10^6 page faults (~20 GB zeroed, much of
-it in 2 MB pages) and a third of the restart's CPU time, more under load.
+A replay group over a placement of 10,000 segments × 20 networks makes many large
+temporaries (an hour-level array ``[200,000, 24]`` is 38 MB). Two defaults make each of
+them cost fresh memory, faulted in and zeroed by the kernel:
 
-:func:`reuse_freed_memory` raises the thresholds for the duration of a block, so such
-arrays come from and go back to the heap, and afterwards sets them where glibc's own
-adaptation ends (mmap above 32 MiB, trim above 64 MiB) and returns the free heap to the
-system (``malloc_trim``, after a garbage collection): the live process keeps its memory
-behaviour, and its resident memory after a restart is what it was (1.2 GB in the scale
-benchmark, against a peak of 2.8 GB while replaying). Elsewhere (another
-C library, no ``mallopt``) it does nothing. Only speed changes, never a result.
+* glibc serves every allocation above its mmap threshold with a fresh mapping and unmaps it
+  on free; the threshold adapts upwards, but never beyond 32 MiB;
+* numpy asks for transparent huge pages for arrays of 4 MB or more (``madvise``), so the
+  first touch of any 4 KB of such memory zeroes its whole 2 MB page.
+
+At 10 M events behind a snapshot that was ~10^6 page faults and ~20 GB zeroed, a third of
+the restart's CPU time (``clear_page`` in a profile), more under load. :func:`fewer_page_faults`
+changes both for the duration of a block: allocations up to 1 GiB come from and go back to
+the heap, and numpy does not ask for huge pages. Afterwards it sets glibc's thresholds where
+its own adaptation ends (mmap above 32 MiB, trim above 64 MiB), gives numpy's setting back,
+collects garbage and returns the free heap to the system (``malloc_trim``): the live process
+keeps its memory behaviour, and its resident memory after a restart is what it was. Without
+glibc or that numpy hook the matching half does nothing. Only speed changes, never a result.
 """
 
 from __future__ import annotations
@@ -24,10 +27,15 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+try:  # numpy's switch for asking huge pages (NUMPY_MADVISE_HUGEPAGE at import)
+    from numpy._core.multiarray import _set_madvise_hugepage
+except ImportError:  # pragma: no cover - another numpy layout
+    _set_madvise_hugepage = None
+
 #: ``mallopt`` parameters (``<malloc.h>``).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-#: While replaying: allocations up to this size come from the heap, which keeps this much free.
-REPLAY_THRESHOLD = 1 << 30
+#: Within the block: allocations up to this size come from the heap, which keeps this much free.
+HEAP_THRESHOLD = 1 << 30
 #: Afterwards: where glibc's dynamic thresholds end up (DEFAULT_MMAP_THRESHOLD_MAX on 64 bits,
 #: and twice that for trimming).
 LIVE_MMAP_THRESHOLD, LIVE_TRIM_THRESHOLD = 32 << 20, 64 << 20
@@ -43,16 +51,19 @@ def _libc() -> ctypes.CDLL | None:
 
 
 @contextmanager
-def reuse_freed_memory() -> Iterator[bool]:
-    """Within the block, large arrays reuse freed heap memory (see module docstring); yields
-    whether the allocator could be tuned."""
+def fewer_page_faults() -> Iterator[None]:
+    """Within the block, large arrays reuse freed heap memory and numpy asks for no huge
+    pages (see module docstring)."""
     libc = _libc()
-    tuned = libc is not None and all(
-        libc.mallopt(param, REPLAY_THRESHOLD) == 1 for param in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)
-    )
+    if libc is not None:
+        for param in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD):
+            libc.mallopt(param, HEAP_THRESHOLD)
+    hugepage = _set_madvise_hugepage(False) if _set_madvise_hugepage is not None else None
     try:
-        yield tuned
+        yield
     finally:
+        if _set_madvise_hugepage is not None:
+            _set_madvise_hugepage(hugepage)
         if libc is not None:
             libc.mallopt(M_MMAP_THRESHOLD, LIVE_MMAP_THRESHOLD)
             libc.mallopt(M_TRIM_THRESHOLD, LIVE_TRIM_THRESHOLD)
