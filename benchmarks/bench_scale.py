@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -301,11 +302,16 @@ def part_restart(table: Table, args: argparse.Namespace, state: dict, keys: tupl
         copy = work / "run"
         shutil.copytree(state_dir, copy)
         store = PolicyStore(copy, **options, **kw)
-        t, cpu = time.perf_counter(), time.process_time()
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        t = time.perf_counter()
         store.open()
         ready = time.perf_counter() - t
-        cpu = time.process_time() - cpu
-        print(f"    (open: {ready:.1f} s wall clock, {cpu:.1f} s CPU, 1-minute load {os.getloadavg()[0]:.1f})")
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+        print(
+            f"    (open: {ready:.1f} s wall clock, {user + system:.1f} s CPU (user {user:.1f}, system {system:.1f}), "
+            f"{after.ru_minflt - before.ru_minflt:,} page faults, 1-minute load {os.getloadavg()[0]:.1f})"
+        )
         assert store.metrics()["events_replayed_total"] == n_events
         # Segments whose tables still lag their statistics (the applier refits them).
         stale = len(store._applier.stale_segments(store._entry("scale").slot("champion")))

@@ -73,18 +73,16 @@ class OutcomeArchive:
 
 def _frame(records: list[EventRecord]):  # -> polars.DataFrame
     """One frame of the rows of ``records``, in order. A text column is decoded once for all
-    records: the distinct names of their code tables (records share most of them: a segment
-    key appears in many records), each record's codes mapped to their place among those."""
+    records: their code tables laid end to end as one string column, each record's codes
+    shifted by its table's start and gathered from it (one gather in polars, no Python work
+    per name: a record of 2,000 events names ~1,800 segments)."""
     import polars as pl
 
     def decoded(tables: list[tuple[str, ...]], codes: list[np.ndarray]) -> pl.Series:
-        names = dict.fromkeys(chain.from_iterable(tables))  # distinct, in order of appearance
-        place = dict(zip(names, range(len(names)), strict=True))
-        index = [
-            np.fromiter(map(place.__getitem__, table), np.int64, len(table))[c]
-            for table, c in zip(tables, codes, strict=True)
-        ]
-        return pl.Series(list(names), dtype=pl.String).gather(np.concatenate(index))
+        sizes = np.fromiter(map(len, tables), np.int64, len(tables))
+        start = np.cumsum(sizes) - sizes
+        index = np.concatenate([np.asarray(c, np.int64) + s for c, s in zip(codes, start.tolist(), strict=True)])
+        return pl.Series(list(chain.from_iterable(tables)), dtype=pl.String).gather(index)
 
     def column(name: str) -> np.ndarray:
         return np.concatenate([np.asarray(getattr(rec, name)) for rec in records])
