@@ -86,6 +86,7 @@ from bandit.season import (
     HOURS_PER_DAY,
     LEVEL_EVENTS,
     count_level_events,
+    cycle_levels,
     deflated_bin,
     deviation_strength,
     expected_at,
@@ -492,7 +493,7 @@ class ThompsonGmmPolicy(Policy):
         own = self._levels.get(segment_keys).reshape(len(rows), n_net, HOURS_PER_DAY)
         events = self._level_events.get(segment_keys).reshape(len(rows), n_net, HOURS_PER_DAY)
         strength = deviation_strength(own, events)
-        served = shrunk_levels(own, events, strength[:, None, None], axis=1)
+        served = shrunk_levels(own, events, strength[:, None, None], axis=1, common=cycle_levels(own, events))
         inverse = inverse.reshape(-1)
         return served[inverse, np.maximum(keys, 0) % n_net], strength[inverse]
 

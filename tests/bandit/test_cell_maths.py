@@ -27,10 +27,12 @@ from bandit.season import (
     LEVEL_EVENTS,
     MIN_BIN_HISTORY,
     count_level_events,
+    cycle_levels,
     deflated_bin,
     deviation_strength,
     expected_at,
     level_sd,
+    shows_cycle,
     shrunk_levels,
     update_cell_levels,
 )
@@ -315,3 +317,44 @@ def test_networks_may_differ_from_the_common_level_only_as_far_as_the_day_cycles
     assert level_sd(np.zeros(1), flat)[0] < 0.2 * level_sd(np.zeros(1), cycling)[0]
     # No events at all: the strongest pull.
     assert deviation_strength(own, np.zeros(own.shape))[0] == 1e6
+
+
+def _hour_levels(cycle: float, hours_seen: int, events: float, noise: float, seed: int) -> tuple[np.ndarray, ...]:
+    """Own levels and events [1, 2, 24] of two networks: a ±``cycle`` daily cycle over the first
+    ``hours_seen`` hours, each hour's level off by its noise (``noise`` / √events)."""
+    rng = np.random.default_rng(seed)
+    hours = np.arange(HOURS_PER_DAY)
+    n = np.where(hours < hours_seen, events, 0.0)
+    truth = np.log1p(cycle * np.cos(2 * np.pi * (hours - 20) / HOURS_PER_DAY))
+    own = np.where(n > 0, truth + rng.normal(0.0, noise, (2, HOURS_PER_DAY)) / np.sqrt(np.maximum(n, 1.0)), 0.0)
+    return own[None], np.broadcast_to(n, own.shape)[None].copy()
+
+
+def test_a_flat_day_shows_no_cycle_and_is_served_at_level_zero() -> None:
+    # Per-event noise 0.7 (under LEVEL_NOISE = 1, as a revenue ratio's is): over 200 flat
+    # days of 24 hours × 5,000 events, the test of a cycle fires at most at its rate, ~1e-3.
+    fired = 0
+    for seed in range(200):
+        own, events = _hour_levels(0.0, HOURS_PER_DAY, 5000.0, 0.7, seed)
+        common = (own * events).sum(axis=1) / (events.sum(axis=1) + COMMON_EVENTS)
+        fired += int(shows_cycle(common, events.sum(axis=1))[0])
+        if not shows_cycle(common, events.sum(axis=1))[0]:
+            np.testing.assert_array_equal(cycle_levels(own, events), 0.0)
+    assert fired <= 2, fired
+    # No events, or one hour only: nothing to compare.
+    assert not shows_cycle(np.zeros((1, HOURS_PER_DAY)), np.zeros((1, HOURS_PER_DAY)))[0]
+    own, events = _hour_levels(0.3, 1, 5000.0, 0.7, 0)
+    assert not shows_cycle((own * events).sum(axis=1) / events.sum(axis=1).clip(1), events.sum(axis=1))[0]
+
+
+def test_a_thirty_percent_cycle_shows_within_three_hours_and_is_served_as_learned() -> None:
+    for seed in range(20):
+        own, events = _hour_levels(0.3, 3, 5000.0, 0.7, seed)
+        served = cycle_levels(own, events)
+        common = (own * events).sum(axis=1) / (events.sum(axis=1) + COMMON_EVENTS)
+        np.testing.assert_allclose(served, common)
+    # A 3% cycle needs more of the day to show than a 30% one.
+    own, events = _hour_levels(0.03, 3, 5000.0, 0.7, 0)
+    assert not cycle_levels(own, events).any()
+    own, events = _hour_levels(0.03, HOURS_PER_DAY, 5000.0, 0.7, 0)
+    assert cycle_levels(own, events).any()
