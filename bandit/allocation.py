@@ -244,7 +244,8 @@ class SegmentTable:
         """Log CPM edges (lower, upper) [k] of the cell of draws that round to each (rounded)
         floor: ``[f - ½ step, f + ½ step)``, open-ended at the ends of the network's grid (a
         draw beyond them rounds to the end; the first floor's cell stops above 0, whose point
-        mass is a cell of its own); the whole line when floors are not rounded."""
+        mass is a cell of its own: below a grid that starts above 0, the cell of a floor of 0
+        holds that point mass only); the whole line when floors are not rounded."""
         net = np.asarray(network, dtype=np.int64)
         f = np.asarray(floor_cpm, dtype=np.float64)
         if not self._steps:
@@ -257,6 +258,7 @@ class SegmentTable:
         # The grid's first floor takes every draw below it, but not a point mass at 0 (a
         # candidate floor of 0 is served as 0, in its own cell).
         lower = np.where((k <= grid[:, 0]) & (k > 0), _LOG_ABOVE_ZERO, lower)
+        upper = np.where((k == 0) & (grid[:, 0] > 0), _LOG_ABOVE_ZERO, upper)
         return lower, upper
 
     def floor_cell_span(
@@ -336,14 +338,18 @@ class SegmentTable:
 
     def _rounded_bin_probability(self, net: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray:
         """P(the rounded floor lies in bin ``b`` | network) [k]: the cells of the grid floors
-        ``k / n`` of that bin (a run ``k_first … k_last``; none in a bin narrower than a step)."""
+        ``k / n`` of that bin (a run ``k_first … k_last``; none in a bin narrower than a step)
+        and, in the first bin, a floor of 0 (``price_bin`` clamps it there): when the grid
+        starts above 0 its point mass is a cell apart from the run's."""
         grid = self._grid[net]
         first = np.maximum(self._first_step_in_bin(b), grid[:, 0])
         last = np.minimum(np.where(b == N_BINS - 1, np.inf, self._first_step_in_bin(b + 1) - 1), grid[:, 1])
         some = first <= last
         lower, _ = self.floor_cell(net, np.where(some, first, grid[:, 0]) / self._steps)
         _, upper = self.floor_cell(net, np.where(some, last, grid[:, 0]) / self._steps)
-        return np.where(some, self._jitter_cdf(net, upper) - self._jitter_cdf(net, lower), 0.0)
+        run = np.where(some, self._jitter_cdf(net, upper) - self._jitter_cdf(net, lower), 0.0)
+        apart = (b == 0) & (grid[:, 0] > 0)
+        return run + np.where(apart, self.floor_cell_probability(net, np.zeros(len(b))), 0.0)
 
     def _first_step_in_bin(self, b: NDArray[np.int64]) -> NDArray[np.float64]:
         """Smallest k with ``price_bin(k / n) >= b`` [k] (0 for the first bin), checked with

@@ -203,3 +203,56 @@ def test_precision_zero_keeps_floors_unrounded() -> None:
     assert not on_grid(db.floor_cpm, 100)
     table = policy.table("*")
     np.testing.assert_array_equal(db.floor_density, table.log_floor_density(db.network, db.floor_cpm))
+
+
+def _zero_floor_table(precision: float, zero_share: float) -> SegmentTable:
+    """One jittered network as ``ts_gmm`` builds it for ``floor_min_cpm`` 0: a candidate floor
+    of 0 (the lowest grid point stands for floor_min_cpm: a point mass, not jittered) beside a
+    jittered candidate at 1 CPM, jitter bounds from ``PRICE_MIN`` (so the grid of served floors
+    starts at its first multiple above 0, not at 0), rounded as the policy serves it."""
+    table = SegmentTable(
+        weights=np.array([1.0]),
+        floors=np.array([[0.0, 1.0]]),
+        floor_probs=np.array([[zero_share, 1.0 - zero_share]]),
+        floor_propensity=np.ones((1, 2)),
+        summary=np.zeros((1, 8)),
+        floor_log_sd=np.array([0.05]),
+        floor_bounds=np.log([[0.01, 50.0]]),
+    )
+    return round_table(table, precision, np.array([[-np.inf, math.log(50.0)]]))
+
+
+@pytest.mark.parametrize("precision", [0.01, 0.05])
+@pytest.mark.parametrize("zero_share", [1.0, 0.4])
+def test_a_floor_of_0_served_by_a_jittered_network_has_the_probability_of_its_bin(precision, zero_share) -> None:
+    """A served floor of 0 is in the first statistics bin (``price_bin`` clamps it there), so
+    its floor_propensity is that bin's probability, the point mass at 0 included, also when
+    the network's grid of rounded floors starts above 0. It was left out: a ts_gmm network
+    whose floors were all 0 logged floor propensity 0, and a model swap's trial decisions
+    refused the model (bench_scale --only snapshots)."""
+    table = _zero_floor_table(precision, zero_share)
+    rng = np.random.default_rng(0)
+    n = 100_000
+    _, floor, _, fprop = table.sample(rng.random(n), rng.random(n))
+    zero = floor == 0.0
+    assert zero.mean() == pytest.approx(zero_share, abs=0.005)
+    assert np.all(fprop > 0)
+    # The point mass at 0 is a cell of its own: no jittered draw rounds to 0 (they stop at the grid).
+    np.testing.assert_allclose(table.floor_cell_probability(np.zeros(1, np.int64), np.zeros(1)), [zero_share])
+    bins = price_bin(log_price(floor))
+    for b in np.unique(bins):  # each bin's logged propensity is its Monte Carlo frequency
+        in_bin = bins == b
+        assert np.all(fprop[in_bin] == fprop[in_bin][0])
+        assert in_bin.mean() == pytest.approx(fprop[in_bin][0], abs=0.005)
+
+
+def test_ts_gmm_logs_the_probability_of_a_served_floor_of_0s_bin() -> None:
+    """Bids around 1 cent: ts_gmm serves floor_min_cpm (0) most of the time, on a jittered
+    network; the decisions' floor propensity of the first bin is its frequency."""
+    policy = make_policy("ts_gmm", PlacementConfig("p", (NetworkConfig("a", 0.0, 5.0),)), seed=1)
+    _feed(policy, np.random.default_rng(0), [_truth(0.01)], 2000, batches=4)
+    db = policy.decide_batch(n=20_000, rng=np.random.default_rng(1))
+    first = price_bin(log_price(db.floor_cpm)) == 0
+    assert (db.floor_cpm == 0.0).mean() > 0.1
+    assert first.mean() == pytest.approx(db.floor_propensity[first][0], abs=0.01)
+    assert np.all(db.floor_propensity > 0)
