@@ -153,14 +153,22 @@ def common_levels(log_level: NDArray[np.float64], events: NDArray[np.float64], a
     return weighted / (events.sum(axis=axis) + COMMON_EVENTS)
 
 
-def cycle_variance(common: NDArray[np.float64], total: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The variance [S] over the day of S segments' common levels ``common`` [S, 24] learned from
-    ``total`` [S, 24] events (weighted by them), less what the levels' own noise (about
-    ``LEVEL_NOISE² / events``) adds: the market's daily cycle as far as it shows; 0 if not at all."""
+def day_spread(common: NDArray[np.float64], total: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray]:
+    """The variance [S] over the day of S segments' common levels ``common`` [S, 24], weighted
+    by the ``total`` [S, 24] events they were learned from (0 without events), and those
+    weights [S, 24] (each row sums to 1, or 0 without events)."""
     weight = np.divide(total, total.sum(axis=1, keepdims=True), out=np.zeros_like(total), where=total > 0)
     mean = (weight * common).sum(axis=1, keepdims=True)
+    return (weight * (common - mean) ** 2).sum(axis=1), weight
+
+
+def cycle_variance(common: NDArray[np.float64], total: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The variance [S] over the day of S segments' common levels ``common`` [S, 24] learned from
+    ``total`` [S, 24] events (:func:`day_spread`), less what the levels' own noise (about
+    ``LEVEL_NOISE² / events``) adds: the market's daily cycle as far as it shows; 0 if not at all."""
+    spread, weight = day_spread(common, total)
     noise = (weight * LEVEL_NOISE**2 / np.maximum(total, 1.0)).sum(axis=1)
-    return np.maximum((weight * (common - mean) ** 2).sum(axis=1) - noise, 0.0)
+    return np.maximum(spread - noise, 0.0)
 
 
 def cycle_levels(log_level: NDArray[np.float64], events: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -184,11 +192,8 @@ def shows_cycle(common: NDArray[np.float64], total: NDArray[np.float64]) -> NDAr
     ``Σ_h n_h (l_h − l̄)² / LEVEL_NOISE²`` over the hours with events exceeds its
     ``CYCLE_P`` quantile under no cycle (LEVEL_NOISE overstates an event's noise, so a
     flat market seldom passes; a ±30% cycle passes within its first three hours)."""
-    seen = total > 0
-    n = np.where(seen, total, 0.0)
-    mean = np.divide((n * common).sum(axis=1), n.sum(axis=1), out=np.zeros(len(n)), where=n.sum(axis=1) > 0)
-    statistic = (n * (common - mean[:, None]) ** 2).sum(axis=1) / LEVEL_NOISE**2
-    dof = seen.sum(axis=1) - 1
+    statistic = total.sum(axis=1) * day_spread(common, total)[0] / LEVEL_NOISE**2
+    dof = (total > 0).sum(axis=1) - 1
     return (dof > 0) & (statistic > chi2.isf(CYCLE_P, np.maximum(dof, 1)))
 
 
