@@ -140,14 +140,24 @@ def tag(value: str) -> int:
     return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=2).digest(), "big")
 
 
-def _context(placement: str, variant: str, network: str | None) -> bytes:
-    """What a MAC binds: a single decision's placement, variant and network, or (``network``
-    None) a plan's placement and variant, under its own domain."""
-    parts = [_DOMAIN if network is not None else _PLAN_DOMAIN]
-    for s in (placement, variant) if network is None else (placement, variant, network):
+def _context(domain: bytes, *parts: str) -> bytes:
+    """What a MAC binds under ``domain``: a single decision's placement, variant and network
+    (``_DOMAIN``), a plan's placement and variant (``_PLAN_DOMAIN``) or a floors id's variant
+    (``_FLOORS_DOMAIN``), each part length-prefixed."""
+    out = [domain]
+    for s in parts:
         b = s.encode()
-        parts.append(len(b).to_bytes(2, "big") + b)
-    return b"".join(parts)
+        out.append(len(b).to_bytes(2, "big") + b)
+    return b"".join(out)
+
+
+def _id_bytes(body: str) -> bytes | None:
+    """The bytes of an id's base64url body (strict ``urlsafe_b64decode`` at half its cost);
+    None when it is not base64."""
+    try:
+        return binascii.a2b_base64(body.replace("-", "+").replace("_", "/"), strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 class Verdict(NamedTuple):
@@ -207,14 +217,16 @@ class DecisionSigner:
         key = key.ljust(64, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
-        self._contexts: dict[tuple[str, str, str], object] = {}
+        self._contexts: dict[tuple, object] = {}
 
-    def _inner_for(self, placement: str, variant: str, network: str | None):  # -> hashlib sha256 state
-        k = (placement, variant, network)
+    def _inner_for(self, domain: bytes, *parts: str):  # -> hashlib sha256 state
+        """The key's inner hash state after the context of ``parts`` under ``domain``
+        (:func:`_context`), cached (bounded)."""
+        k = (domain, *parts)
         state = self._contexts.get(k)
         if state is None:
             state = self._inner.copy()
-            state.update(_context(placement, variant, network))
+            state.update(_context(domain, *parts))
             if len(self._contexts) > 100_000:
                 self._contexts.clear()
             self._contexts[k] = state
@@ -247,7 +259,7 @@ class DecisionSigner:
             propensity_code(floor_propensity),
             _density_code(floor_density),
         )
-        mac = self._mac(self._inner_for(placement, variant, network), payload)
+        mac = self._mac(self._inner_for(_DOMAIN, placement, variant, network), payload)
         return f"{variant}.{base64.urlsafe_b64encode(payload + mac).decode()}"
 
     def issue_batch(
@@ -276,7 +288,7 @@ class DecisionSigner:
         ).astype(">u2")
         rows[:, 18:24] = codes.view(np.uint8).reshape(n, 6)
         payloads = rows.tobytes()
-        inners = [self._inner_for(placement, variant, x) for x in network_ids]
+        inners = [self._inner_for(_DOMAIN, placement, variant, x) for x in network_ids]
         outer, size = self._outer, PAYLOAD.size
         parts = []
         for i, j in enumerate(network.tolist()):
@@ -301,17 +313,14 @@ class DecisionSigner:
             return Verdict(False, reason="it is a waterfall or auction decision id: report its outcome with responses")
         if not sep or len(body) != ID_CHARS:
             return Verdict(False, reason="not a decision id of this service")
-        try:  # urlsafe_b64decode, strict, at half its cost
-            raw = binascii.a2b_base64(body.replace("-", "+").replace("_", "/"), strict_mode=True)
-        except (binascii.Error, ValueError):
-            return Verdict(False, reason="not a decision id of this service")
-        if len(raw) != ID_BYTES:
+        raw = _id_bytes(body)
+        if raw is None or len(raw) != ID_BYTES:
             return Verdict(False, reason="not a decision id of this service")
         if raw[0] != VERSION:
             return Verdict(False, reason=f"decision id version {raw[0]} is not known")
         payload, mac = raw[: PAYLOAD.size], raw[PAYLOAD.size :]
         _, _, ptag, ntag, floor, p, fp, d = PAYLOAD.unpack_from(raw)
-        expected = self._mac(self._inner_for(placement, variant, network), payload)
+        expected = self._mac(self._inner_for(_DOMAIN, placement, variant, network), payload)
         if not hmac.compare_digest(mac, expected):
             if ptag != tag(placement):
                 why = f"it was issued for another placement than {placement!r}"
@@ -326,16 +335,6 @@ class DecisionSigner:
             return Verdict(False, reason=f"it was issued for floor_cpm {floor:.6g}, the event has {floor_cpm:g}")
         return Verdict(True, variant, _PROPENSITY_OF[p], _PROPENSITY_OF[fp], _DENSITY_OF[d])
 
-    def _floors_inner(self, variant: str):  # -> hashlib sha256 state
-        k = ("", variant, "\0prebid")
-        state = self._contexts.get(k)
-        if state is None:
-            b = variant.encode()
-            state = self._inner.copy()
-            state.update(_FLOORS_DOMAIN + len(b).to_bytes(2, "big") + b)
-            self._contexts[k] = state
-        return state
-
     def issue_floors(self, variant: str, model_version: str, *, issued_at: float, fallback: bool = False) -> str:
         """Floors id of one model group of a Prebid floors document (module docstring)."""
         payload = FLOORS_PAYLOAD.pack(
@@ -345,7 +344,7 @@ class DecisionSigner:
             os.urandom(8),
             model_digest(model_version),
         )
-        mac = self._mac(self._floors_inner(variant), payload)
+        mac = self._mac(self._inner_for(_FLOORS_DOMAIN, variant), payload)
         return f"{variant}.{base64.urlsafe_b64encode(payload + mac).decode()}"
 
     def verify_floors(self, floors_id: str, *, now: float, max_age_s: float) -> FloorsVerdict:
@@ -354,14 +353,11 @@ class DecisionSigner:
         variant, sep, body = floors_id.rpartition(".")
         if not sep or len(body) != FLOORS_ID_CHARS:
             return FloorsVerdict(False, reason="not a floors id of this service")
-        try:
-            raw = binascii.a2b_base64(body.replace("-", "+").replace("_", "/"), strict_mode=True)
-        except (binascii.Error, ValueError):
-            return FloorsVerdict(False, reason="not a floors id of this service")
-        if len(raw) != FLOORS_PAYLOAD.size + MAC_BYTES or raw[0] != FLOORS_VERSION:
+        raw = _id_bytes(body)
+        if raw is None or len(raw) != FLOORS_PAYLOAD.size + MAC_BYTES or raw[0] != FLOORS_VERSION:
             return FloorsVerdict(False, reason="not a floors id of this service")
         payload, mac = raw[: FLOORS_PAYLOAD.size], raw[FLOORS_PAYLOAD.size :]
-        if not hmac.compare_digest(mac, self._mac(self._floors_inner(variant), payload)):
+        if not hmac.compare_digest(mac, self._mac(self._inner_for(_FLOORS_DOMAIN, variant), payload)):
             return FloorsVerdict(
                 False, reason="its signature does not verify (altered, forged, or signed with another key)"
             )
@@ -384,7 +380,7 @@ class DecisionSigner:
             raise ValueError(f"a plan has 1 to 255 offers, got {len(offers)}")
         payload = PLAN_HEAD.pack(PLAN_VERSION, os.urandom(9), tag(placement), propensity_code(propensity), len(offers))
         payload += b"".join(PLAN_OFFER.pack(tag(network), floor) for network, floor in offers)
-        mac = self._mac(self._inner_for(placement, variant, None), payload)
+        mac = self._mac(self._inner_for(_PLAN_DOMAIN, placement, variant), payload)
         return f"{variant}.{base64.urlsafe_b64encode(payload + mac).decode()}"
 
     def verify_plan(self, decision_id: str, placement: str, responses: Sequence[tuple[str, float]]) -> Verdict:
@@ -397,9 +393,8 @@ class DecisionSigner:
             return Verdict(False, reason="it is a single-network decision id: report network, floor_cpm and filled")
         if not sep or len(body) < 44 or (len(body) - 36) % 8:
             return Verdict(False, reason="not a waterfall or auction decision id of this service")
-        try:
-            raw = binascii.a2b_base64(body.replace("-", "+").replace("_", "/"), strict_mode=True)
-        except (binascii.Error, ValueError):
+        raw = _id_bytes(body)
+        if raw is None:
             return Verdict(False, reason="not a decision id of this service")
         if raw[0] != PLAN_VERSION:
             return Verdict(False, reason="it is a single-network decision id: report network, floor_cpm and filled")
@@ -407,7 +402,7 @@ class DecisionSigner:
         _, _, ptag, p, k = PLAN_HEAD.unpack_from(payload)
         if len(payload) != PLAN_HEAD.size + k * PLAN_OFFER.size:
             return Verdict(False, reason="not a decision id of this service")
-        if not hmac.compare_digest(mac, self._mac(self._inner_for(placement, variant, None), payload)):
+        if not hmac.compare_digest(mac, self._mac(self._inner_for(_PLAN_DOMAIN, placement, variant), payload)):
             if ptag != tag(placement):
                 return Verdict(False, reason=f"it was issued for another placement than {placement!r}")
             return Verdict(False, reason="its signature does not verify (altered, forged, or signed with another key)")
