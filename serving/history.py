@@ -69,6 +69,19 @@ REWRITE_FACTOR = 2
 EXPERIMENT_FIELDS = ("requests", "lift", "ci_low", "ci_high", "p_value_always_valid")
 
 
+def request_rewards_of(
+    batch: EventBatch, request: NDArray[np.float64] | None
+) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+    """Which rows [n] of ``batch`` start a request, and each row's reward [n] (0 on the others):
+    every event is a request earning its revenue when it filled, or, with ``request`` [n] (the
+    revenue of the request each row starts, NaN on the further rows of a waterfall or auction
+    outcome, :func:`serving.applier.request_rewards`), one request per decision."""
+    if request is None:
+        return np.ones(len(batch), dtype=bool), np.where(batch.filled, batch.revenue_cpm, 0.0)
+    starts = np.isfinite(request)
+    return starts, np.where(starts, request, 0.0)
+
+
 class WindowTally:
     """Outcome events of one variant since the last :meth:`take`: requests, fills, revenue
     (sum of CPM), per segment (the first ``WINDOW_SEGMENTS`` of the window) and in total, and
@@ -88,15 +101,9 @@ class WindowTally:
         it earned something or its first row filled."""
         if not len(batch):
             return
-        if request is None:
-            count = np.ones(len(batch))
-            filled = batch.filled.astype(np.float64)
-            reward = np.where(batch.filled, batch.revenue_cpm, 0.0)
-        else:
-            starts = np.isfinite(request)
-            count = starts.astype(np.float64)
-            filled = (starts & ((np.nan_to_num(request) > 0) | batch.filled)).astype(np.float64)
-            reward = np.where(starts, request, 0.0)
+        starts, reward = request_rewards_of(batch, request)
+        count = starts.astype(np.float64)
+        filled = (starts & ((reward > 0) | batch.filled)).astype(np.float64)
         k = len(batch.segments)
         sums = np.stack(
             [

@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from bandit import ALL_SEGMENTS, POLICIES, EventBatch, PlacementConfig, Policy, make_policy, policy_from_state
 from bandit.errors import InvalidConfig, InvalidDecisionRequest, InvalidState, UnknownPlacement
 from bandit.io import state_meta
-from serving.history import WindowTally
+from serving.history import WindowTally, request_rewards_of
 from serving.limits import SegmentIndex, limits_of
 from serving.placement_config import NO_LIMITS, ServicePlacement
 from serving.variants import CHAMPION, Assigner, ExperimentConfig, VariantConfig, stable_seed
@@ -104,10 +104,8 @@ class VariantSlot:
         :func:`serving.applier.request_rewards`): the revenue of the request the row starts,
         NaN on the further rows of a waterfall or auction outcome, which is one request however
         many per-network events it has; default: every event is a request."""
-        if request is None:
-            reward = np.where(batch.filled, batch.revenue_cpm, 0.0)
-        else:
-            reward = request[np.isfinite(request)]
+        starts, reward = request_rewards_of(batch, request)
+        reward = reward[starts]
         self.requests += len(reward)
         self.revenue += float(reward.sum())
         self.revenue_sq += float(np.dot(reward, reward))
