@@ -138,7 +138,7 @@ class Applier:
                     if updates is not None:
                         slot.learner.updates += updates.get((placement_id, variant), 1) - 1
                     self._stale.setdefault(id(slot), (slot, set()))[1].update(touched)
-                    slot.add_outcomes(batch, request_rewards(parts))
+                    slot.add_outcomes(batch, *request_rewards(parts))
                 # Live, ingest admitted these segments already; on replay this rebuilds
                 # the placement's admitted segments in log order.
                 entry.segments.learned(touched)
@@ -287,19 +287,28 @@ def batch_from_parts(entry: PlacementEntry, parts: Sequence[Part]) -> EventBatch
     )
 
 
-def request_rewards(parts: Sequence[Part]) -> NDArray[np.float64] | None:
-    """Per row of ``parts`` (as :func:`batch_from_parts` orders them), the revenue of the
+def request_rewards(parts: Sequence[Part]) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
+    """Per row of ``parts`` (as :func:`batch_from_parts` orders them): the revenue of the
     request (decision) the row starts, NaN on a row that starts none (the further rows of an
-    outcome with responses: one request however many networks it called); ``None`` when no
-    record has ``request_revenue_cpm`` (every row is a request, its own reward)."""
-    if all(rec.request_revenue_cpm is None for rec, _ in parts):
-        return None
-    out = []
-    for rec, rows in parts:
-        col = rec.request_revenue_cpm
-        col = np.where(rec.filled, rec.revenue_cpm, 0.0) if col is None else col
-        out.append(col if rows is None else col[rows])
-    return np.concatenate(out)
+    outcome with responses: one request however many networks it called; a later OpenRTB
+    notice of a plan decision), and what the row adds to a request an earlier row started (a
+    later notice, :mod:`serving.intake`; NaN on the others). Each is ``None`` when no record
+    has the column: the first then means every row is a request, its own reward."""
+
+    def column(name: str, default: Callable[[EventRecord], NDArray[np.float64]]) -> NDArray[np.float64] | None:
+        if all(getattr(rec, name) is None for rec, _ in parts):
+            return None
+        out = []
+        for rec, rows in parts:
+            col = getattr(rec, name)
+            col = default(rec) if col is None else col
+            out.append(col if rows is None else col[rows])
+        return np.concatenate(out)
+
+    return (
+        column("request_revenue_cpm", lambda rec: np.where(rec.filled, rec.revenue_cpm, 0.0)),
+        column("joined_revenue_cpm", lambda rec: np.full(len(rec), np.nan)),
+    )
 
 
 def _n_events(parts: Sequence[Part]) -> int:

@@ -70,16 +70,23 @@ EXPERIMENT_FIELDS = ("requests", "lift", "ci_low", "ci_high", "p_value_always_va
 
 
 def request_rewards_of(
-    batch: EventBatch, request: NDArray[np.float64] | None
+    batch: EventBatch, request: NDArray[np.float64] | None, joined: NDArray[np.float64] | None = None
 ) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
-    """Which rows [n] of ``batch`` start a request, and each row's reward [n] (0 on the others):
-    every event is a request earning its revenue when it filled, or, with ``request`` [n] (the
-    revenue of the request each row starts, NaN on the further rows of a waterfall or auction
-    outcome, :func:`serving.applier.request_rewards`), one request per decision."""
+    """Which rows [n] of ``batch`` start a request, and the revenue [n] each row adds to its
+    request: every event is a request earning its revenue when it filled, or, with ``request``
+    [n] (the revenue of the request each row starts, NaN on the further rows of a waterfall or
+    auction outcome and on a later notice of a plan decision,
+    :func:`serving.applier.request_rewards`), one request per decision; ``joined`` [n] (NaN
+    except on a later notice) adds its revenue to the request its decision's first notice
+    started. Rows that neither start nor join add 0."""
     if request is None:
-        return np.ones(len(batch), dtype=bool), np.where(batch.filled, batch.revenue_cpm, 0.0)
-    starts = np.isfinite(request)
-    return starts, np.where(starts, request, 0.0)
+        starts, reward = np.ones(len(batch), dtype=bool), np.where(batch.filled, batch.revenue_cpm, 0.0)
+    else:
+        starts = np.isfinite(request)
+        reward = np.where(starts, request, 0.0)
+    if joined is not None:
+        reward = np.where(np.isfinite(joined) & ~starts, joined, reward)
+    return starts, reward
 
 
 class WindowTally:
@@ -94,16 +101,20 @@ class WindowTally:
         self.total = np.zeros(3)
         self.last_ts: float | None = None
 
-    def add(self, batch: EventBatch, request: NDArray[np.float64] | None = None) -> None:
+    def add(
+        self, batch: EventBatch, request: NDArray[np.float64] | None = None, joined: NDArray[np.float64] | None = None
+    ) -> None:
         """Tally ``batch``: every event a request, or, with ``request`` [n] (the revenue of the
         request each row starts, NaN on the further rows of a waterfall or auction outcome,
         :meth:`serving.live.VariantSlot.add_outcomes`), one request per decision, filled when
-        it earned something or its first row filled."""
+        it earned something or its first row filled; a later notice of a plan decision
+        (``joined`` [n]) adds its revenue and, when it paid, a fill to this window (its request
+        was counted in the window of the decision's first notice)."""
         if not len(batch):
             return
-        starts, reward = request_rewards_of(batch, request)
+        starts, reward = request_rewards_of(batch, request, joined)
         count = starts.astype(np.float64)
-        filled = (starts & ((reward > 0) | batch.filled)).astype(np.float64)
+        filled = ((reward > 0) | (starts & batch.filled)).astype(np.float64)
         k = len(batch.segments)
         sums = np.stack(
             [
@@ -115,7 +126,7 @@ class WindowTally:
         )  # [k, 3]
         self.total += sums.sum(axis=0)
         for i, segment in enumerate(batch.segments):
-            if sums[i, 0] == 0 or segment == ALL_SEGMENTS:
+            if not sums[i].any() or segment == ALL_SEGMENTS:
                 continue
             have = self.segments.get(segment)
             if have is not None:

@@ -13,6 +13,22 @@ An outcome of a waterfall or auction placement may come as one event with ``resp
 (:mod:`serving.plans`): it becomes one row per response, all from the event's index
 (``origins``), learned by the variant its plan's decision id names; one bad response
 rejects them all. ``accepted`` and ``duplicates`` count events as sent (:meth:`PreparedEvents.counts`).
+Such an outcome is one request of the experiment report, earning what the publisher was paid
+(:meth:`PreparedEvents.request_revenue`).
+
+**OpenRTB notices of a plan decision** (:mod:`serving.openrtb`: event id ``rtb:<decision_id>``,
+one response, a decision id that verifies as a plan) come apart, one per network of the
+auction or waterfall, each an outcome of its own. They still make one request: the first
+notice learned for the decision starts it, earning what it paid; a later one (of another
+network: a billing after a win of the same network is a duplicate) adds what it paid to that
+request and starts none (:meth:`PreparedEvents.joins`). "Learned before" is read from the
+de-duplication window: a notice joins when the event id of a notice of another network of
+the decision, ``rtb:<decision_id>/<network>``, is remembered there or came earlier in the same
+call. The verdict is written into the events record (``request_revenue_cpm`` NaN and
+``joined_revenue_cpm`` = what it paid), so a replay after a crash counts exactly what the live
+store counted, and the window survives restarts (snapshot + replay), so a notice after a
+restart joins the request its decision's first notice started before. A notice later than the
+window (``dedupe_days``, default 7) starts a request of its own.
 
 **Prebid events** carry the floors id of the model group their auction drew
 (:mod:`serving.decision_ids`, :mod:`serving.prebid`) as ``decision_id``
@@ -28,7 +44,7 @@ page's credential (:data:`PAGE_NEEDS_FLOORS_ID`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,8 +53,10 @@ from numpy.typing import NDArray
 from bandit import OutcomeEvent
 from bandit.errors import AdbanditError, InvalidOutcome
 from serving.decision_ids import DecisionSigner, is_floors_id
+from serving.dedupe import event_hashes
 from serving.limits import Limits, SegmentIndex
 from serving.live import PlacementEntry, placement_entry
+from serving.openrtb import EVENT_PREFIX
 from serving.plans import check_multi_fields, expand_outcome, request_revenue
 from serving.records import EventRecord
 from serving.validation import (
@@ -83,6 +101,9 @@ class PreparedEvents:
     refused_ids: int = 0
     #: What each sent event with responses earned, by its index: one request of the report.
     paid: dict[int, float] = field(default_factory=dict)
+    #: Sent OpenRTB notices of a plan decision, by index: the event ids of the notices of the
+    #: decision's other networks (``rtb:<decision_id>/<network>``), which :meth:`joins` looks up.
+    notices: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     def counts(self, keep: NDArray[np.bool_]) -> tuple[int, int]:
         """(accepted, duplicates) counted per sent event: one with responses is accepted if
@@ -128,16 +149,55 @@ class PreparedEvents:
                         pooled[(row[1], got[1])] = pooled.get((row[1], got[1]), 0) + 1
         return pooled, [v for v in admitted.values() if v[1]]
 
-    def request_revenue(self, keep: NDArray[np.bool_]) -> list[float] | None:
-        """Per kept row, the revenue of the request it starts (NaN on the other rows of an
-        event with responses, whose request its first kept row counts); ``None`` when every
-        row is an event of its own (one row, one request, as in records written before)."""
-        if not self.paid:
+    def joins(
+        self,
+        keep: NDArray[np.bool_],
+        hashes: NDArray[np.uint64],
+        seen: Callable[[NDArray[np.uint64]], NDArray[np.bool_]],
+    ) -> NDArray[np.bool_] | None:
+        """Per row [n], whether it is a kept notice of a plan decision that an earlier notice
+        of the decision already started a request for (module docstring): a notice of another
+        network of the decision is remembered (``seen``: the de-duplication window's look-up
+        of event hashes) or is an earlier kept notice of this call (``hashes`` [n], ``keep`` [n]).
+        ``None`` when no kept row is such a notice."""
+        if not self.notices:
             return None
-        out, seen = [], set()
-        for row, origin, k in zip(self.rows, self.origins, keep.tolist(), strict=True):
+        rows = [i for i, (o, k) in enumerate(zip(self.origins, keep.tolist(), strict=True)) if k and o in self.notices]
+        if not rows:
+            return None
+        others = [event_hashes(self.notices[self.origins[i]]) for i in rows]
+        known = seen(np.concatenate(others))
+        out = np.zeros(len(self.rows), dtype=bool)
+        earlier: set[int] = set()  # hashes of the notices kept so far in this call
+        start = 0
+        for i, sibling in zip(rows, others, strict=True):
+            end = start + len(sibling)
+            out[i] = bool(known[start:end].any()) or not earlier.isdisjoint(sibling.tolist())
+            earlier.add(int(hashes[i]))
+            start = end
+        return out
+
+    def request_revenue(
+        self, keep: NDArray[np.bool_], joined: NDArray[np.bool_] | None = None
+    ) -> tuple[list[float] | None, list[float] | None]:
+        """Per kept row, the revenue of the request it starts (NaN on the other rows of an
+        event with responses, whose request its first kept row counts, and on a notice that
+        joins an earlier one's request) and, when some row joins (``joined`` [n], from
+        :meth:`joins`), what each row adds to an earlier request (NaN on the others). Each is
+        ``None`` when not needed: the request revenue when every row is an event of its own
+        (one row, one request, as in records written before)."""
+        if not self.paid:
+            return None, None
+        out, added, seen = [], [], set()
+        joined_rows = joined.tolist() if joined is not None else [False] * len(self.rows)
+        for row, origin, k, j in zip(self.rows, self.origins, keep.tolist(), joined_rows, strict=True):
             if not k:
                 continue
+            if j:
+                out.append(math.nan)
+                added.append(row[7] if row[8] else 0.0)
+                continue
+            added.append(math.nan)
             if origin not in self.paid:
                 out.append(row[7] if row[8] else 0.0)
             elif origin in seen:
@@ -145,11 +205,17 @@ class PreparedEvents:
             else:
                 seen.add(origin)
                 out.append(self.paid[origin])
-        return out
+        return out, (added if joined is not None and any(joined_rows) else None)
 
-    def record(self, ingest_time: float, hashes: NDArray[np.uint64], keep: NDArray[np.bool_]) -> EventRecord:
-        """The kept rows as one columnar log record."""
-        request_revenue = self.request_revenue(keep)
+    def record(
+        self,
+        ingest_time: float,
+        hashes: NDArray[np.uint64],
+        keep: NDArray[np.bool_],
+        joined: NDArray[np.bool_] | None = None,
+    ) -> EventRecord:
+        """The kept rows as one columnar log record (``joined`` [n]: :meth:`joins`)."""
+        request_revenue, joined_revenue = self.request_revenue(keep, joined)
         rows = self.rows if keep.all() else [self.rows[i] for i in np.flatnonzero(keep).tolist()]
         _, placement, variant, segment, network, ts, floor, revenue, filled, prop, floor_prop, density = (
             zip(*rows, strict=True) if rows else ((),) * 12
@@ -169,6 +235,7 @@ class PreparedEvents:
             floor_propensity=floor_prop,
             floor_density=density,
             request_revenue_cpm=request_revenue,
+            joined_revenue_cpm=joined_revenue,
         )
 
 
@@ -199,11 +266,13 @@ def prepare_events(
             continue
         if isinstance(raw, Mapping) and "responses" in raw:
             try:
-                multi, paid = _multi_rows(raw, entries, now, max_skew_s, signer, limits, prep)
+                multi, paid, others = _multi_rows(raw, entries, now, max_skew_s, signer, limits, prep)
             except (AdbanditError, TypeError, ValueError) as exc:
                 rejected.append((i, str(exc)))
                 continue
             prep.paid[i] = paid
+            if others is not None:
+                prep.notices[i] = others
             rows.extend(multi)
             origins.extend([i] * len(multi))
             continue
@@ -293,9 +362,11 @@ def _multi_rows(
     signer: DecisionSigner,
     limits: Limits,
     prep: PreparedEvents,
-) -> tuple[list[tuple], float]:
-    """Rows of one outcome with ``responses`` (all or none: the first problem raises) and
-    what the outcome earned (:func:`serving.plans.request_revenue`)."""
+) -> tuple[list[tuple], float, tuple[str, ...] | None]:
+    """Rows of one outcome with ``responses`` (all or none: the first problem raises), what
+    the outcome earned (:func:`serving.plans.request_revenue`) and, for an OpenRTB notice of
+    a plan decision that verifies, the event ids of the notices of its other networks
+    (module docstring; ``None`` for any other outcome)."""
     check_multi_fields(raw)
     entry = placement_entry(entries, raw.get("placement"))  # type: ignore[arg-type]
     config = entry.config
@@ -313,7 +384,7 @@ def _multi_rows(
     decision_id = raw.get("decision_id")
     if decision_id is not None and not isinstance(decision_id, str):
         raise InvalidOutcome(f"decision_id must be a string, got {decision_id!r}")
-    variant, props = entry.champion, (math.nan, math.nan, math.nan)
+    variant, props, others = entry.champion, (math.nan, math.nan, math.nan), None
     if decision_id:
         verdict = signer.verify_plan(decision_id, config.id, [(e.network, e.floor_cpm) for e in events])
         if not verdict.ok:
@@ -328,9 +399,11 @@ def _multi_rows(
         else:
             variant = verdict.variant  # type: ignore[assignment]
             props = (verdict.propensity, verdict.floor_propensity, verdict.floor_density)
+            if raw["event_id"] == EVENT_PREFIX + decision_id and len(events) == 1:
+                others = tuple(f"{raw['event_id']}/{n}" for n in config.network_ids if n != events[0].network)
     segment = entry.segment_of(events[0].context)
     rows = [_row(ev, variant, segment, props) for ev in events]
-    return rows, request_revenue(raw["responses"], config.mode)
+    return rows, request_revenue(raw["responses"], config.mode), others
 
 
 def _row(ev: OutcomeEvent, variant: str | None, segment: str, props: tuple) -> tuple:

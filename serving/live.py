@@ -99,17 +99,21 @@ class VariantSlot:
         version = (policy or self.served).model_version
         return f"{version}+{self.tag}" if self.tag else version
 
-    def add_outcomes(self, batch: EventBatch, request: NDArray[np.float64] | None = None) -> None:
+    def add_outcomes(
+        self, batch: EventBatch, request: NDArray[np.float64] | None = None, joined: NDArray[np.float64] | None = None
+    ) -> None:
         """Count the requests the batch answers. ``request`` [n] (per row of the batch, from
         :func:`serving.applier.request_rewards`): the revenue of the request the row starts,
         NaN on the further rows of a waterfall or auction outcome, which is one request however
-        many per-network events it has; default: every event is a request."""
-        starts, reward = request_rewards_of(batch, request)
-        reward = reward[starts]
-        self.requests += len(reward)
+        many per-network events it has; default: every event is a request. ``joined`` [n]: what
+        a later OpenRTB notice of a plan decision adds to the request its first notice started
+        (NaN on other rows). Σr² adds the square of each row's part: exact while at most one
+        notice of a decision pays (one winner; a billing after its win is a duplicate)."""
+        starts, reward = request_rewards_of(batch, request, joined)
+        self.requests += int(starts.sum())
         self.revenue += float(reward.sum())
         self.revenue_sq += float(np.dot(reward, reward))
-        self.window.add(batch, request)
+        self.window.add(batch, request, joined)
 
     def take_counters(self, other: VariantSlot) -> None:
         self.requests, self.revenue, self.revenue_sq = (

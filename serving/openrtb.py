@@ -42,9 +42,14 @@ allocation's average), and ``network``/``decision_id`` and the top-level notice 
 ``ext.adbandit`` stay those of the first offer, as for any decision. A notice of a plan's
 offer is learned as that network's response (event id ``rtb:<decision_id>/<network>``, one
 per network of the decision, verified against the signed plan): ``win``/``billing`` a
-``bid`` that won at the price, ``loss`` a ``no_bid`` at its floor. The experiment report
-counts each such notice as a request (the notices of one auction come apart and are not
-joined); an outcome with ``responses`` counts the whole decision once.
+``bid`` that won at the price, ``loss`` a ``no_bid`` at its floor. The notices of one
+decision come apart but count as one request of the experiment report (live counters, console
+history): the first notice learned for the decision starts it, earning what it paid, and the
+later ones (the other networks' losses, the winner's win) add what they paid to it and start
+none, so the request earns the winner's price (:mod:`serving.intake`: read from the
+de-duplication window, written into the events record, so a replay or a restart counts the
+same; a notice later than the window starts a request of its own). An outcome with
+``responses`` counts the whole decision once too.
 
 **Notices** (``GET /v1/openrtb/{win,billing,loss}``): an outcome event with event id
 ``rtb:<decision_id>`` (one outcome per decision: a later notice of the same decision is a

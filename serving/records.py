@@ -52,7 +52,13 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 #: written before a column existed decode with NaN there).
 #: ``request_revenue_cpm``: per row, the revenue of the request it starts, NaN on the other
 #: rows of a multi-network outcome (absent: every row is one request, its reward).
-_OPTIONAL_COLUMNS: tuple[tuple[str, str], ...] = (("floor_density", "<f8"), ("request_revenue_cpm", "<f8"))
+#: ``joined_revenue_cpm``: per row, the revenue it adds to a request an earlier row started
+#: (a later OpenRTB notice of the same plan decision, :mod:`serving.intake`), NaN elsewhere.
+_OPTIONAL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("floor_density", "<f8"),
+    ("request_revenue_cpm", "<f8"),
+    ("joined_revenue_cpm", "<f8"),
+)
 _U32 = struct.Struct("<I")
 
 
@@ -60,8 +66,13 @@ def _or_nan(values: Sequence[float] | None, n: int) -> NDArray[np.float64]:
     return np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64).reshape(n)
 
 
-def _has_values(col: NDArray[np.float64] | None) -> bool:
-    return col is not None and len(col) > 0 and bool(np.isfinite(col).any())
+def _written(name: str, col: NDArray[np.float64] | None) -> bool:
+    """Whether an optional column goes into the record: the density when some row has one;
+    the request columns whenever given (a record of only later notices has a request column
+    of NaN only, which says "no request starts here", unlike no column at all)."""
+    if col is None or not len(col):
+        return False
+    return name != "floor_density" or bool(np.isfinite(col).any())
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,9 @@ class EventRecord:
     #: Per row, the revenue of the request (decision) the row starts; NaN on the further rows
     #: of a waterfall or auction outcome, so the report counts it once. None: a row per request.
     request_revenue_cpm: NDArray[np.float64] | None = None
+    #: Per row, the revenue it adds to the request of an earlier row (a later notice of the same
+    #: plan decision: no request of its own); NaN on the other rows. None: no such row.
+    joined_revenue_cpm: NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return len(self.event_hash)
@@ -118,6 +132,7 @@ class EventRecord:
         floor_propensity: Sequence[float] | None = None,
         floor_density: Sequence[float] | None = None,
         request_revenue_cpm: Sequence[float] | None = None,
+        joined_revenue_cpm: Sequence[float] | None = None,
     ) -> EventRecord:
         """Build from per-event string columns (coded into tables in order of appearance)."""
         tables = []
@@ -151,11 +166,12 @@ class EventRecord:
             filled=np.asarray(filled, dtype=np.bool_).reshape(n),
             floor_density=_or_nan(floor_density, n),
             request_revenue_cpm=None if request_revenue_cpm is None else _or_nan(request_revenue_cpm, n),
+            joined_revenue_cpm=None if joined_revenue_cpm is None else _or_nan(joined_revenue_cpm, n),
         )
 
     def encode(self) -> bytes:
         n = len(self)
-        optional = [(name, dtype) for name, dtype in _OPTIONAL_COLUMNS if _has_values(getattr(self, name))]
+        optional = [(name, dtype) for name, dtype in _OPTIONAL_COLUMNS if _written(name, getattr(self, name))]
         head = {
             "n": n,
             "ingest_time": self.ingest_time,

@@ -597,7 +597,9 @@ class PolicyStore:
                     # Segments beyond the limits are learned at their pooled level; admitted
                     # here, in log order, and taken back if the log refuses the record.
                     pooled, admitted = prep.admit_segments(keep, entries, self.limits)
-                    record = prep.record(now, hashes, keep)
+                    # A later notice of a plan decision joins the request of its first one
+                    # (serving.intake): read from the window before this call's ids join it.
+                    record = prep.record(now, hashes, keep, prep.joins(keep, hashes, self._dedupe.contains))
                     try:
                         lsn = self._log.write(EVENTS, record.encode())
                     except BaseException:

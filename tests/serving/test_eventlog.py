@@ -26,6 +26,7 @@ from serving.records import (
     encode_applied,
     encode_json,
     encode_with_state,
+    events_in,
 )
 
 
@@ -366,6 +367,23 @@ def test_event_record_round_trips_exactly():
         a, b = getattr(rec, name), getattr(back, name)
         assert a.dtype == b.dtype and np.array_equal(a, b), name
     assert back.placements == ("p1", "p2") and back.placement[:4].tolist() == [0, 1, 0, 1]
+
+
+def test_request_columns_round_trip_and_a_record_of_only_later_notices_keeps_its_nan_request_column():
+    """A record whose rows all join earlier requests (later OpenRTB notices) must still say
+    "no request starts here": its request column of NaN is written, not dropped as absent
+    (absent means every row is a request of its own); records without them stay as before."""
+    cols = dict(placement=["au"] * 2, variant=["champion"] * 2, segment=["KR"] * 2, network=["a", "b"],
+                event_hash=np.array([1, 2], np.uint64), ts=[1.0, 2.0], floor_cpm=[1.0, 2.0],
+                revenue_cpm=[0.0, 3.5], filled=[False, True])  # fmt: skip
+    joined = EventRecord.from_columns(5.0, **cols, request_revenue_cpm=[np.nan] * 2, joined_revenue_cpm=[0.0, 3.5])
+    back = EventRecord.decode(joined.encode())
+    assert np.isnan(back.request_revenue_cpm).all() and back.joined_revenue_cpm.tolist() == [0.0, 3.5]
+    assert events_in(EVENTS, joined.encode()) == 2
+    started = EventRecord.decode(EventRecord.from_columns(5.0, **cols, request_revenue_cpm=[3.5, np.nan]).encode())
+    assert started.request_revenue_cpm[0] == 3.5 and started.joined_revenue_cpm is None
+    plain = EventRecord.decode(EventRecord.from_columns(5.0, **cols).encode())
+    assert plain.request_revenue_cpm is None and plain.joined_revenue_cpm is None
 
 
 def test_event_record_with_no_rows_round_trips():

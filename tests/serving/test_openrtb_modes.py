@@ -146,3 +146,70 @@ def test_bad_bid_requests_for_plan_placements_are_still_4xx(rtb):
     body = bid_request("au", "au")
     body["imp"][1]["id"] = "1"
     assert rtb.post("/v1/openrtb/floors", json=body).status_code == 422
+
+
+def _two_offer_decisions(client, tagid: str, n: int) -> list[list[dict]]:
+    """The offers of ``n`` decisions of ``tagid`` with at least two networks to call."""
+    imps = client.post("/v1/openrtb/floors", json=bid_request(*[tagid] * 40)).json()["imp"]
+    offers = [imp["ext"]["adbandit"]["bidders" if tagid == "au" else "tiers"] for imp in imps]
+    offers = [o for o in offers if len(o) >= 2]
+    assert len(offers) >= n, [len(o) for o in offers]
+    return offers[:n]
+
+
+def _requests_and_revenue(client, tagid: str) -> tuple[int, float]:
+    row = client.get(f"/v1/placements/{tagid}/experiment").json()["variants"]["champion"]
+    return row["requests"], (row["revenue_per_request"] or 0.0) * row["requests"]
+
+
+@pytest.mark.parametrize("tagid", ["au", "wf"])
+def test_the_notices_of_one_decision_are_one_request_also_after_a_crash(make_client, tmp_path, tagid):
+    """A loss of one network and a win of another of the same plan decision are one request of
+    the report earning the winning price, whichever comes first; a notice after a crash
+    (kill -9: the log is replayed) joins the request its decision's first notice started
+    before it, and a clean restart keeps the same counts (docs/service.md, OpenRTB)."""
+    from tests.serving.test_store import crash_copy
+
+    first = make_client(state_dir=tmp_path / "live", history_every_s=3600.0)
+    for name, body in (("au", AUCTION), ("wf", WATERFALL)):
+        assert first.put(f"/v1/placements/{name}", json=body).status_code == 201
+    first.app.state.store.snapshot()  # the next one is an hour away: a crash replays every notice
+    one, two, three = _two_offer_decisions(first, tagid, 3)
+    assert _requests_and_revenue(first, tagid) == (0, 0.0)
+
+    def loss(client, offer):
+        reply = client.get(notice_path(offer["lurl"], AUCTION_LOSS="102"))
+        assert reply.json() == {"accepted": 1, "duplicates": 0}, reply.text
+
+    def win(client, offer, price: float, kind: str = "nurl", accepted: int = 1):
+        reply = client.get(notice_path(offer[kind], AUCTION_PRICE=f"{price:.4f}"))
+        assert reply.json() == {"accepted": accepted, "duplicates": 1 - accepted}, reply.text
+
+    p1, p2, p3 = (round(o[1]["floor_cpm"] + k, 4) for o, k in ((one, 1.25), (two, 0.75), (three, 2.5)))
+    loss(first, one[0])
+    win(first, one[1], p1)
+    settle(first)
+    requests, revenue = _requests_and_revenue(first, tagid)
+    assert requests == 1 and revenue == pytest.approx(p1)
+    win(first, three[1], p3)  # the win first, the loss after it: still one request
+    loss(first, three[0])
+    win(first, three[1], p3, "burl", accepted=0)  # a billing after the win: a duplicate
+    loss(first, two[0])  # the decision's other notice comes after the crash
+    settle(first)
+    requests, revenue = _requests_and_revenue(first, tagid)
+    assert requests == 3 and revenue == pytest.approx(p1 + p3)
+    first.app.state.store.record_history()  # the console's history counts them alike
+    point = first.get(f"/v1/placements/{tagid}/history").json()["points"][-1]
+    assert point["requests"] == 3 and point["revenue_per_request"] == pytest.approx((p1 + p3) / 3)
+
+    crash_copy(tmp_path / "live", tmp_path / "crashed")
+    again = make_client(state_dir=tmp_path / "crashed")
+    assert again.app.state.store.metrics()["events_replayed_total"] > 0  # the notices, from the log
+    assert _requests_and_revenue(again, tagid) == (3, pytest.approx(p1 + p3))
+    win(again, two[1], p2)
+    settle(again)
+    requests, revenue = _requests_and_revenue(again, tagid)
+    assert requests == 3 and revenue == pytest.approx(p1 + p2 + p3)
+    again.__exit__(None, None, None)
+    reopened = make_client(state_dir=tmp_path / "crashed")
+    assert _requests_and_revenue(reopened, tagid) == (3, pytest.approx(p1 + p2 + p3))
