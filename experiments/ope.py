@@ -108,6 +108,9 @@ ESS_MIN = 100.0
 ESS_MIN_SHARE = 0.01
 ESTIMATORS = ("ips", "snips", "dr", "kernel_ips", "kernel_snips", "kernel_dr")
 _PROPENSITIES = ("propensity", "floor_propensity")
+#: Per row, the revenue of the request it starts (NaN: it starts none; null or absent: the row
+#: is a request of its own), as the service's outcome archive writes it.
+REQUEST_COLUMN = "request_revenue_cpm"
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +208,15 @@ class LoggedDecisions:
         too, as for any outcome log). Rows of other placements, and rows without
         propensities, are skipped. The service's outcome archive (``state/outcomes/*.parquet``)
         has exactly these columns.
+
+        A logged row is a request unless ``request_revenue_cpm`` says otherwise (the archive's
+        column, :mod:`serving.archive`): a row with a value there is one request earning it (a
+        waterfall or auction outcome: what the publisher was paid, not the sum of its bids);
+        a row with NaN starts no request (the further responses of that outcome, a later
+        OpenRTB notice of the same decision) and is dropped; null (a part written before the
+        column) is a request of its own, as before. The price a later notice added to its
+        decision's request (``joined_revenue_cpm``) cannot be joined back without a decision
+        id, which the archive does not keep: such a request earns what its first notice paid.
         """
         import polars as pl
 
@@ -214,6 +226,9 @@ class LoggedDecisions:
             frame = frame.collect()
         if "placement" in frame.columns:
             frame = frame.filter(pl.col("placement") == placement.id)
+        if REQUEST_COLUMN in frame.columns:
+            request = pl.col(REQUEST_COLUMN).cast(pl.Float64)
+            frame = frame.filter(request.is_null() | request.is_not_nan())  # NaN: starts no request
         missing = [c for c in ("network", "floor_cpm", *_PROPENSITIES) if c not in frame.columns]
         if "reward" not in frame.columns and "revenue_cpm" not in frame.columns:
             missing.append("reward (or revenue_cpm)")
@@ -240,6 +255,9 @@ class LoggedDecisions:
             reward = frame["revenue_cpm"].cast(pl.Float64).fill_null(0.0).to_numpy()
             if "filled" in frame.columns:
                 reward = np.where(frame["filled"].fill_null(False).to_numpy(), reward, 0.0)
+        if REQUEST_COLUMN in frame.columns:
+            request = frame[REQUEST_COLUMN].cast(pl.Float64).fill_null(math.nan).to_numpy()
+            reward = np.where(np.isnan(request), reward, request)
         density = None
         if "floor_density" in frame.columns:
             density = frame["floor_density"].cast(pl.Float64).fill_null(math.nan).to_numpy()

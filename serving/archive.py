@@ -8,6 +8,14 @@ the lasting outcome history
 (``adbandit ope --logs state/outcomes/*.parquet``). Parts are named by the log positions
 they cover and written atomically, so replaying the log after a crash never archives an
 event twice.
+
+A waterfall or auction outcome is one request however many networks answered it: per row,
+``request_revenue_cpm`` is the revenue of the request the row starts (its own revenue when
+filled, else 0, for an ordinary event), NaN on a row that starts none (the further responses
+of an outcome with ``responses``, a later OpenRTB notice of the same plan decision), and
+``joined_revenue_cpm`` what a later notice added to the request its decision's first notice
+started (NaN elsewhere; the archive keeps no decision ids, so it cannot be joined back to that
+row). Parts written before these columns lack them: every row there is a request of its own.
 """
 
 from __future__ import annotations
@@ -88,6 +96,15 @@ def _frame(records: list[EventRecord]):  # -> polars.DataFrame
         return np.concatenate([np.asarray(getattr(rec, name)) for rec in records])
 
     density = [np.full(len(r), np.nan) if r.floor_density is None else np.asarray(r.floor_density) for r in records]
+    # Records without the request column (single-network events, written before it): every row
+    # is a request earning its revenue when filled.
+    request = [
+        np.where(r.filled, r.revenue_cpm, 0.0) if r.request_revenue_cpm is None else np.asarray(r.request_revenue_cpm)
+        for r in records
+    ]
+    joined = [
+        np.full(len(r), np.nan) if r.joined_revenue_cpm is None else np.asarray(r.joined_revenue_cpm) for r in records
+    ]
     return pl.DataFrame(
         {
             "event_hash": column("event_hash"),
@@ -102,5 +119,7 @@ def _frame(records: list[EventRecord]):  # -> polars.DataFrame
             "propensity": column("propensity"),
             "floor_propensity": column("floor_propensity"),
             "floor_density": np.concatenate(density),
+            "request_revenue_cpm": np.concatenate(request),
+            "joined_revenue_cpm": np.concatenate(joined),
         }
     )

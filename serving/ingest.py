@@ -13,11 +13,16 @@ instead of the context; each becomes an outcome event with the id
 :func:`~serving.dedupe.archived_event_id` (which de-duplicates as the original event) and
 the context read back from the segment key by the placement's ``segment_by`` fields. The
 archive does not keep decision ids, so these events are learned by the champion, without
-propensities.
+propensities. Into a state directory, an archived row keeps its ``request_revenue_cpm`` and
+``joined_revenue_cpm`` (:mod:`serving.archive`), so a waterfall or auction outcome (or the
+notices of one decision) is one request of the new store's report, as it was in the old one;
+posted to a service (``--url``), where the outcome contract has no such fields, and from parts
+written before the columns, every row is a request of its own.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -29,6 +34,8 @@ from serving.limits import Limits
 from serving.store import IngestResult, PolicyStore
 from serving.validation import OUTCOME_FIELDS
 
+#: Columns of the outcome archive that say which rows are requests (:mod:`serving.archive`).
+REQUEST, JOINED = "request_revenue_cpm", "joined_revenue_cpm"
 #: Events per ``ingest`` call or POST.
 BATCH_SIZE = 5000
 #: Attempts per POST on connection errors, timeouts and 429/502/503/504/507 answers
@@ -78,6 +85,17 @@ def archived_event(row: Mapping[str, Any], segment_by: Sequence[str] | None) -> 
     if segment_by and len(values) == len(segment_by):
         event["context"] = dict(zip(segment_by, values, strict=True))
     return event
+
+
+def archived_requests(rows: list[dict]) -> list[tuple[float, float] | None] | None:
+    """Per row, the (request revenue, joined revenue) an archive row carries (NaN where it has
+    none), ``None`` for other rows and for archive parts written before the columns; ``None``
+    when no row has them."""
+    out = [
+        (float(r[REQUEST]), float(r.get(JOINED, math.nan))) if is_archived(r) and r.get(REQUEST) is not None else None
+        for r in rows
+    ]
+    return out if any(x is not None for x in out) else None
 
 
 def contract_events(rows: list[dict], segment_by: Callable[[str], Sequence[str] | None]) -> list[dict]:
@@ -144,7 +162,8 @@ def ingest_files(
 
             segment_by = _cached(store_segment_by)
             for batch in event_batches(frame, batch_size):
-                total = _merge(total, store.ingest(contract_events(batch, segment_by)), offset)
+                events = contract_events(batch, segment_by)
+                total = _merge(total, store.ingest(events, requests=archived_requests(batch)), offset)
                 offset += len(batch)
         return total
     import orjson

@@ -104,6 +104,9 @@ class PreparedEvents:
     #: Sent OpenRTB notices of a plan decision, by index: the event ids of the notices of the
     #: decision's other networks (``rtb:<decision_id>/<network>``), which :meth:`joins` looks up.
     notices: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: Request revenue and joined revenue given with single events, by index (rows of the
+    #: service's outcome archive ingested again, :func:`prepare_events`'s ``requests``).
+    given: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     def counts(self, keep: NDArray[np.bool_]) -> tuple[int, int]:
         """(accepted, duplicates) counted per sent event: one with responses is accepted if
@@ -185,27 +188,32 @@ class PreparedEvents:
         joins an earlier one's request) and, when some row joins (``joined`` [n], from
         :meth:`joins`), what each row adds to an earlier request (NaN on the others). Each is
         ``None`` when not needed: the request revenue when every row is an event of its own
-        (one row, one request, as in records written before)."""
-        if not self.paid:
+        (one row, one request, as in records written before). Values given with an event
+        (:attr:`given`) are taken as they are."""
+        if not self.paid and not self.given:
             return None, None
         out, added, seen = [], [], set()
         joined_rows = joined.tolist() if joined is not None else [False] * len(self.rows)
         for row, origin, k, j in zip(self.rows, self.origins, keep.tolist(), joined_rows, strict=True):
             if not k:
                 continue
-            if j:
+            if origin in self.given:
+                out.append(self.given[origin][0])
+                added.append(self.given[origin][1])
+            elif j:
                 out.append(math.nan)
                 added.append(row[7] if row[8] else 0.0)
-                continue
-            added.append(math.nan)
-            if origin not in self.paid:
+            elif origin not in self.paid:
                 out.append(row[7] if row[8] else 0.0)
+                added.append(math.nan)
             elif origin in seen:
                 out.append(math.nan)
+                added.append(math.nan)
             else:
                 seen.add(origin)
                 out.append(self.paid[origin])
-        return out, (added if joined is not None and any(joined_rows) else None)
+                added.append(math.nan)
+        return out, (added if any(not math.isnan(a) for a in added) else None)
 
     def record(
         self,
@@ -249,10 +257,14 @@ def prepare_events(
     limits: Limits | None = None,
     floors_max_age_s: float = FLOORS_ID_MAX_AGE_S,
     page: bool = False,
+    requests: Sequence[tuple[float, float] | None] | None = None,
 ) -> PreparedEvents:
     """Validate each event on its own, verify its decision id and name the variant that
     learns it (module docstring); ``now`` is the server's clock in seconds since the epoch.
-    ``page``: posted by a page without the write key (only events with a valid floors id)."""
+    ``page``: posted by a page without the write key (only events with a valid floors id).
+    ``requests``: per event, ``None`` or the (request revenue, joined revenue) it carried in
+    the outcome archive (:mod:`serving.archive`; NaN where none), so an archived waterfall or
+    auction outcome ingested again is one request as it was (single events only)."""
     prep = PreparedEvents()
     rows, rejected = prep.rows, prep.rejected
     nan = math.nan
@@ -310,6 +322,8 @@ def prepare_events(
             continue
         origins.append(i)
         rows.append(_row(ev, variant, segment, props))
+        if requests is not None and requests[i] is not None:
+            prep.given[i] = requests[i]  # type: ignore[assignment]
     return prep
 
 

@@ -552,10 +552,17 @@ class PolicyStore:
             return list(slot.learner.segments)
 
     # -------------------------------------------------------------------- ingest
-    def ingest(self, events: Sequence[object], *, page: bool = False) -> IngestResult:
+    def ingest(
+        self,
+        events: Sequence[object],
+        *,
+        page: bool = False,
+        requests: Sequence[tuple[float, float] | None] | None = None,
+    ) -> IngestResult:
         """Validate, de-duplicate and durably log outcome events (raw JSON objects).
         ``page``: posted by a page without the write key, so each event needs a floors id
-        that verifies (:mod:`serving.intake`).
+        that verifies (:mod:`serving.intake`). ``requests``: per event, the request and
+        joined revenue it had in the outcome archive, or ``None`` (:func:`serving.intake.prepare_events`).
 
         Each event is checked on its own: invalid ones are returned in ``rejected`` as
         (index, reason) and change no state. A repeated ``event_id`` (within the window,
@@ -577,6 +584,7 @@ class PolicyStore:
                 limits=self.limits,
                 floors_max_age_s=self.floors_id_max_age_s,
                 page=page,
+                requests=requests,
             )
             lsn = 0
             with self._state_lock:

@@ -221,3 +221,77 @@ def test_decide_answers_floors_in_cents_over_http(p1):
         p1.post("/v1/decide", json={"placement": "p2", "request_id": f"q{i}"}).json()["floor_cpm"] for i in range(30)
     }
     assert all(round(f * 20) == f * 20 for f in floors), floors
+
+
+def test_a_plan_outcome_is_one_archived_request_and_parts_without_the_column_still_read(tmp_path):
+    """An auction outcome with three responses is three archived rows (each network's evidence)
+    and one request earning the winner's price: ``request_revenue_cpm`` on its first row, NaN on
+    the others, and off-policy evaluation reads one logged request with that reward. A later
+    OpenRTB notice of a decision is archived with what it added (``joined_revenue_cpm``). A part
+    written before the columns still reads, every row a request of its own."""
+    from bandit.io import read_events
+    from serving.openrtb import notice_event
+    from tests.serving.test_store import T0
+
+    store = open_store(tmp_path / "state", default_policy="ts_gmm")
+    au = placement("au", mode="auction", max_calls=3)
+    store.put_placement(au)
+    kr = {"country": "KR", "os": "ios"}
+    decisions = store.decide_batch("au", [(f"r{i}", kr) for i in range(40)])
+    three = next(d for d in decisions if len(d.offers) == 3)
+    (n0, f0), (n1, f1), (n2, f2) = three.offers
+    responses = [
+        {"network": n0, "floor_cpm": f0, "status": "bid", "price_cpm": round(f0 + 1.0, 4)},
+        {"network": n1, "floor_cpm": f1, "status": "bid", "price_cpm": round(f1 + 2.5, 4), "won": True},
+        {"network": n2, "floor_cpm": f2, "status": "no_bid"},
+    ]
+    plan = {"event_id": "m0", "decision_id": three.decision_id, "ts": T0, "placement": "au", "context": kr,
+            "responses": responses}  # fmt: skip
+    single = {"event_id": "s0", "ts": T0, "placement": "au", "network": n0, "floor_cpm": 1.0, "filled": True,
+              "revenue_cpm": 2.0, "context": kr}  # fmt: skip
+    assert store.ingest([plan, single]).accepted == 2
+    store.snapshot()
+    first_part = sorted((tmp_path / "state" / "outcomes").glob("*.parquet"))
+    frame = pl.read_parquet(first_part)
+    paid = round(f1 + 2.5, 4)
+    np.testing.assert_array_equal(frame["request_revenue_cpm"].to_numpy(), [paid, np.nan, np.nan, 2.0])
+    assert frame["joined_revenue_cpm"].is_nan().all()
+    logged = LoggedDecisions.from_frame(au, frame)  # the single event has no propensities: skipped
+    assert len(logged) == 1 and logged.reward.tolist() == [paid]
+    assert logged.network.tolist() == [au.network_index(n0)]
+
+    # Notices of another decision: a loss, then the win of another network.
+    two = next(d for d in decisions if len(d.offers) >= 2 and d is not three)
+    (m0, g0), (m1, g1) = two.offers[:2]
+    notices = [
+        notice_event(kind, decision_id=two.decision_id, placement=au, network=n, floor_cpm=f, segment="KR|ios",
+                     price=price, now=T0)
+        for kind, n, f, price in (("loss", m0, g0, 0.0), ("win", m1, g1, round(g1 + 1.5, 4)))
+    ]  # fmt: skip
+    for notice in notices:
+        assert store.ingest([notice]).accepted == 1
+    store.snapshot()
+    store.close()
+    second = pl.read_parquet(sorted(set((tmp_path / "state" / "outcomes").glob("*.parquet")) - set(first_part)))
+    assert second["request_revenue_cpm"].to_list()[0] == 0.0 and math.isnan(second["request_revenue_cpm"][1])
+    assert math.isnan(second["joined_revenue_cpm"][0]) and second["joined_revenue_cpm"][1] == round(g1 + 1.5, 4)
+
+    # A part written before the columns: each of its rows is a request, as it always was.
+    old = tmp_path / "old.parquet"
+    frame.drop("request_revenue_cpm", "joined_revenue_cpm").write_parquet(old)
+    legacy = LoggedDecisions.from_frame(au, read_events([old]))
+    assert len(legacy) == 3 and legacy.reward.tolist() == [round(f0 + 1.0, 4), paid, 0.0]
+    both = LoggedDecisions.from_frame(au, read_events([old, *first_part]))
+    assert len(both) == 4 and both.reward.tolist() == [round(f0 + 1.0, 4), paid, 0.0, paid]
+
+    # Ingested into a new state dir, the archive's requests are the same three requests.
+    fresh = open_store(tmp_path / "fresh", default_policy="ts_gmm")
+    fresh.put_placement(au)
+    fresh.close()
+    parts = sorted((tmp_path / "state" / "outcomes").glob("*.parquet"))
+    assert ingest_files(parts, state_dir=tmp_path / "fresh", batch_size=2).accepted == 6
+    again = open_store(tmp_path / "fresh", default_policy="ts_gmm")
+    row = again.experiment_report("au")["variants"]["champion"]
+    again.close()
+    assert row["requests"] == 3
+    assert row["revenue_per_request"] == pytest.approx((paid + 2.0 + round(g1 + 1.5, 4)) / 3)
