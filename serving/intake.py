@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit import OutcomeEvent
+from bandit import MAX_CPM, OutcomeEvent
 from bandit.errors import AdbanditError, InvalidOutcome
 from serving.decision_ids import DecisionSigner, is_floors_id
 from serving.dedupe import event_hashes
@@ -322,9 +322,17 @@ def prepare_events(
             continue
         origins.append(i)
         rows.append(_row(ev, variant, segment, props))
-        if requests is not None and requests[i] is not None:
+        if requests is not None and requests[i] is not None and _request_values(requests[i]):
             prep.given[i] = requests[i]  # type: ignore[assignment]
     return prep
+
+
+def _request_values(values: tuple[float, float]) -> bool:
+    """Whether (request revenue, joined revenue) given with an event can be taken: each NaN
+    (none) or a price in [0, MAX_CPM], at most one of them a price (else the row counts as
+    the event it is)."""
+    ok = [math.isnan(v) or 0.0 <= v <= MAX_CPM for v in values]
+    return all(ok) and sum(not math.isnan(v) for v in values) <= 1
 
 
 def page_refusal(raw: object, signer: DecisionSigner, now: float, max_age_s: float) -> str | None:

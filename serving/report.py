@@ -5,7 +5,9 @@
   per request with its 95% CI and p-value (Welch / Fieller,
   :func:`bandit.abstats.unpaired_lift`; ``None`` until both have >= 2 events) and an
   always-valid p-value (mixture SPRT, :func:`bandit.abstats.unpaired_msprt_p_value`). A
-  variant's counters are its sums n, Σr and Σr² of per-request revenue r (0 when unfilled).
+  variant's counters are its sums n, Σr and Σr² of per-request revenue r (0 when unfilled):
+  a waterfall or auction decision is one request, whether its outcome came as one event with
+  ``responses`` or as OpenRTB notices one per network (:mod:`serving.intake`).
 * :func:`allocation_metrics` — each placement's champion weights and floors per network.
 * :func:`metrics_snapshot` — the store's counters and gauges: event counts, event log,
   snapshots, storage damage, de-duplication window, per placement / variant traffic, and

@@ -295,3 +295,20 @@ def test_a_plan_outcome_is_one_archived_request_and_parts_without_the_column_sti
     again.close()
     assert row["requests"] == 3
     assert row["revenue_per_request"] == pytest.approx((paid + 2.0 + round(g1 + 1.5, 4)) / 3)
+
+
+def test_request_values_given_with_ingested_rows_are_taken_only_when_they_are_prices(tmp_path):
+    """``PolicyStore.ingest(..., requests=)`` (what ``adbandit ingest`` passes for archive rows):
+    NaN starts no request, a price starts one earning it, anything else is ignored (the row is
+    the request it would be without)."""
+    store = open_store(tmp_path)
+    store.put_placement(placement())
+    sent = events(np.random.default_rng(5), 5, 0)
+    given = [(math.nan, math.nan), (7.5, math.nan), (-5.0, math.nan), (math.inf, math.nan), (1.0, 2.0)]
+    assert store.ingest(sent, requests=given).accepted == 5
+    store.flush()
+    row = store.experiment_report("p1")["variants"]["champion"]
+    own = [e["revenue_cpm"] if e["filled"] else 0.0 for e in sent[2:]]
+    store.close()
+    assert row["requests"] == 4
+    assert row["revenue_per_request"] == pytest.approx((7.5 + sum(own)) / 4)
