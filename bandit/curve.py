@@ -182,31 +182,60 @@ TIE_RTOL = 1e-9
 def best_on_grid(grid: NDArray[np.float64], curves: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
     """Each curve's [M, G] maximising log floor and its value ([M] each), refined between grid
     points by the vertex of the parabola through the best point and its neighbours."""
-    m, g = curves.shape
-    # Ties within float noise (a flat curve: floors below every bid earn the same) go to the
-    # highest floor, so statistics equal up to float error give the same best floor.
-    top = curves.max(axis=1, keepdims=True)
-    near = curves >= top - TIE_RTOL * np.maximum(np.abs(top), 1e-12)
-    j = g - 1 - np.argmax(near[:, ::-1], axis=1)
-    rows = np.arange(m)
+    j = _best_index(curves)
+    rows = np.arange(curves.shape[0])
     best_x, best_v = grid[j].copy(), curves[rows, j].copy()
-    if g < 3:
+    if len(grid) < 3:
         return best_x, best_v
-    inner = (j > 0) & (j < g - 1)
-    jj = np.clip(j, 1, g - 2)
-    x0, x1, x2 = grid[jj - 1], grid[jj], grid[jj + 1]
-    y0, y1, y2 = curves[rows, jj - 1], curves[rows, jj], curves[rows, jj + 1]
-    # Vertex of the parabola through three points (non-uniform spacing near the bounds).
-    d0, d2 = x0 - x1, x2 - x1
-    denom = d0 * d2 * (d0 - d2)
-    a = ((y0 - y1) * d2 - (y2 - y1) * d0) / np.where(denom != 0, denom, 1.0)
-    b = ((y2 - y1) * d0**2 - (y0 - y1) * d2**2) / np.where(denom != 0, denom, 1.0)
-    ok = inner & (a < 0) & (denom != 0)
-    shift = np.where(ok, -b / (2 * np.where(a < 0, a, -1.0)), 0.0)
-    shift = np.clip(shift, d0, d2)
+    x1, y1, a, b, lo, hi = _parabola(grid, curves, j)
+    ok = (j > 0) & (j < len(grid) - 1) & (a < 0)
+    shift = np.clip(np.where(ok, -b / (2 * np.where(ok, a, -1.0)), 0.0), lo, hi)
     best_x = np.where(ok, x1 + shift, best_x)
     best_v = np.where(ok, y1 + b * shift + a * shift**2, best_v)
     return best_x, best_v
+
+
+def affordable_jitter(grid: NDArray[np.float64], curve: NDArray[np.float64], cap: float, loss: float) -> float:
+    """The sd of a log-normal floor jitter, at most ``cap``, that costs at most ``loss`` (a share
+    of the best revenue) on the posterior mean ``curve`` [G]: around its best floor, on the
+    parabola ``y* + a (x - x*)²`` through its best grid point and its neighbours, a jitter of
+    sd σ costs ``|a| σ²`` in expectation, so ``σ = sqrt(loss · y* / |a|)``. A sharp peak (a
+    floor-responsive first-price network: revenue falls steeply on both sides of its best
+    floor) gets a narrower jitter than a flat one; a best floor on a bound (the bound
+    truncates the jitter there) or a curve without a peak keeps ``cap``."""
+    j = _best_index(curve[None, :])
+    if len(grid) < 3 or not 0 < j[0] < len(grid) - 1:
+        return cap
+    _, y1, a, b, _, _ = _parabola(grid, curve[None, :], j)
+    if not a[0] < 0:
+        return cap
+    peak = float(y1[0] - b[0] ** 2 / (4 * a[0]))  # the vertex's value
+    return min(cap, math.sqrt(loss * max(peak, 0.0) / -float(a[0])))
+
+
+def _best_index(curves: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Each curve's [M, G] best grid index. Ties within float noise (a flat curve: floors below
+    every bid earn the same) go to the highest floor, so statistics equal up to float error
+    give the same best floor."""
+    top = curves.max(axis=1, keepdims=True)
+    near = curves >= top - TIE_RTOL * np.maximum(np.abs(top), 1e-12)
+    return curves.shape[1] - 1 - np.argmax(near[:, ::-1], axis=1)
+
+
+def _parabola(grid: NDArray[np.float64], curves: NDArray[np.float64], j: NDArray[np.int64]) -> tuple[NDArray, ...]:
+    """The parabola ``y1 + b s + a s²`` (``s = x - x1``) through each curve's grid point ``j``
+    (moved inside) and its neighbours (non-uniform spacing near the bounds): ``x1, y1, a, b``
+    and the offsets of the neighbours ``s`` ∈ [lo, hi]; ``a = 0`` where the points coincide."""
+    rows = np.arange(curves.shape[0])
+    jj = np.clip(j, 1, len(grid) - 2)
+    x0, x1, x2 = grid[jj - 1], grid[jj], grid[jj + 1]
+    y0, y1, y2 = curves[rows, jj - 1], curves[rows, jj], curves[rows, jj + 1]
+    d0, d2 = x0 - x1, x2 - x1
+    denom = d0 * d2 * (d0 - d2)
+    safe = np.where(denom != 0, denom, 1.0)
+    a = np.where(denom != 0, ((y0 - y1) * d2 - (y2 - y1) * d0) / safe, 0.0)
+    b = np.where(denom != 0, ((y2 - y1) * d0**2 - (y0 - y1) * d2**2) / safe, 0.0)
+    return x1, y1, a, b, d0, d2
 
 
 def prob_best_draws(values: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -119,8 +119,9 @@ POLICY_PARAMS: dict[str, tuple[Param, ...]] = {
             "float",
             0.0,
             1.0,
-            "sd of the log-normal jitter around each chosen floor (exploration both ways; floor density for OPE).",
-            0.05,
+            "Largest sd of the log-normal jitter around each chosen floor (exploration both ways; floor density "
+            "for OPE); narrower where a network's revenue peaks sharply (at most 0.05% of its best revenue lost).",
+            0.15,
         ),
         Param("explore_floor", "float", 0.0, 0.5, "Base probability of a lower floor (rises when fills stop).", 0.0),
         Param("explore_network", "float", 0.0, 0.5, "Share of traffic spread evenly over all networks.", 0.003),

@@ -20,7 +20,8 @@ Exposure weights are P(network's draw is best), Rao–Blackwellised over the dra
 the contract-constrained optimum (:func:`bandit.allocation.matched_shares`). A small share
 (``explore_network``) is spread over all networks so every network keeps producing fresh
 data. A decision picks a network by its weight, a floor from the draws' best floors and a
-log-normal jitter around it (``floor_jitter``), or, with a probability rising when a network
+log-normal jitter around it (at most ``floor_jitter``, narrower where the revenue curve
+peaks sharply), or, with a probability rising when a network
 stops filling, a lower floor, so censored data can never trap a floor above all bids.
 Statistics are learned in base-market units under hour-of-day value levels
 (:mod:`bandit.season`), each network's served (and learned) at its own level shrunk toward
@@ -53,6 +54,7 @@ from bandit.allocation import (
 )
 from bandit.curve import (
     BinnedEvidence,
+    affordable_jitter,
     best_on_grid,
     choose_doubt,
     curve_posterior,
@@ -130,6 +132,12 @@ DOUBT_STEPS = np.array([0.0, 0.25, 0.5, 1.0, 2.0])
 #: Share of the curve's peak below which the misfit's scale does not fall (the mixture may
 #: wrongly say "nothing fills" at some floors).
 CURVE_FLOOR = 0.1
+#: Expected share of a network's best revenue its floor jitter may cost (the jitter narrows
+#: around a sharp revenue peak, and widens up to ``floor_jitter`` on a flat one, where the
+#: data must show a slope), and the share of ``floor_jitter`` it keeps at least (floors on
+#: both sides of the chosen one keep being tried, and logged with a density).
+JITTER_LOSS = 0.0005
+JITTER_MIN_SHARE = 0.15
 #: Seed of the fixed standard normals behind the curve draws.
 NORMALS_SEED = 20261202
 
@@ -144,6 +152,8 @@ class NetworkDraws:
     model: RevenueCurve | ResponsiveCurve
     second_price: bool
     auction_confidence: float
+    #: sd of the log-normal jitter around the chosen floors (:func:`bandit.curve.affordable_jitter`).
+    floor_log_sd: float
     #: The bootstrap refits [BOOTSTRAP_DRAWS]: their parameters, and the first-price shadings
     #: drawn for them (None for second price). Waterfall and auction plans use them.
     boot: GmmParams | None = None
@@ -242,8 +252,10 @@ class ThompsonGmmPolicy(Policy):
       prior sd is chosen per cell by marginal likelihood among 0.1–2 × this value
       (how far the binned evidence may pull the curve away from the mixture);
     - ``curve_length``: correlation length of that correction in log floor;
-    - ``floor_jitter``: sd of the log-normal jitter around each chosen floor (exploration
-      in both directions, and a floor density for off-policy evaluation);
+    - ``floor_jitter``: largest sd of the log-normal jitter around each chosen floor
+      (exploration in both directions, and a floor density for off-policy evaluation); a
+      network whose revenue peaks sharply gets less, so the jitter costs at most
+      ``JITTER_LOSS`` of its best revenue;
     - ``explore_floor``: base probability of a lower floor (rises when a network stops filling);
     - ``explore_network``: share of traffic spread evenly over all networks;
     - ``typical_cpm``: prior centre of bid values (default: geometric middle of the bounds);
@@ -273,7 +285,7 @@ class ThompsonGmmPolicy(Policy):
         prior_strength: float = 2.0,
         model_doubt: float = 0.2,
         curve_length: float = 0.4,
-        floor_jitter: float = 0.05,
+        floor_jitter: float = 0.15,
         explore_floor: float = 0.0,
         explore_network: float = 0.003,
         typical_cpm: float | None = None,
@@ -678,6 +690,8 @@ class ThompsonGmmPolicy(Policy):
         means = posterior.mean(boot_grid, boot_at)  # [BOOTSTRAP_DRAWS, G]
         curves = means[pick] + self._normals(network, len(grid)) @ posterior.chol.T
         best_x, best_value = best_on_grid(grid, curves)
+        jitter = affordable_jitter(grid, means.mean(axis=0), self.floor_jitter, JITTER_LOSS)
+        jitter = max(jitter, JITTER_MIN_SHARE * self.floor_jitter)
         # Never surer of the best revenue than the revenue observed around the best floor
         # allows (a model that fits its data can still be wrong there): widen the draws to
         # that standard error, keeping their mean.
@@ -686,7 +700,7 @@ class ThompsonGmmPolicy(Policy):
         if se > spread:
             z = self._normals(network, len(grid))[:, 0]
             best_value = best_value + math.sqrt(se**2 - spread**2) * (z - z.mean()) / max(z.std(), 1e-12)
-        return NetworkDraws(best_x, best_value, model, second, confidence, draws, boot_shading)
+        return NetworkDraws(best_x, best_value, model, second, confidence, jitter, draws, boot_shading)
 
     def _cell_rng(self, segment: str, network: int) -> np.random.Generator:
         """The generator of one cell's bootstrap refit: seeded by the policy seed, the segment,
@@ -736,14 +750,17 @@ class ThompsonGmmPolicy(Policy):
         width = MAX_FLOORS + len(EXPLORE_FACTORS)  # fixed: tables of all segments stack
         if old is not None and len(networks) < n_net:
             floors, probs, summary = old.floors.copy(), old.floor_probs.copy(), old.summary.copy()
+            jitter = old.floor_log_sd.copy()
         else:
             floors, probs = np.zeros((n_net, width)), np.zeros((n_net, width))
             summary = np.zeros((n_net, len(SUMMARY_FIELDS)))
+            jitter = np.full(n_net, self.floor_jitter)
         for j in networks:
             cfg, d = self.placement.networks[j], self._network_draws(segment, j, stats[j])
             if multi:
                 self._boots[(segment, j)] = (d.boot, d.second_price, d.boot_shading)
             values[:, j] = d.value
+            jitter[j] = d.floor_log_sd
             best_j = d.value * level[j]
             log_floor = d.log_floor + math.log(level[j])
             grid_floors, grid_probs = floor_histogram(
@@ -790,7 +807,7 @@ class ThompsonGmmPolicy(Policy):
             probs,
             floor_bin_propensity(floors, probs, bins),
             summary,
-            floor_log_sd=np.full(n_net, self.floor_jitter),
+            floor_log_sd=jitter,
             floor_bounds=self._log_bounds,
             **plans,
         )
