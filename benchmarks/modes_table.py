@@ -16,7 +16,6 @@ seeds take about an hour on 2 cores.
 from __future__ import annotations
 
 import argparse
-import functools
 import multiprocessing
 import sys
 import time
@@ -24,8 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from simulator.market import Market
-from simulator.modes import Oracle, ecpm_waterfall, last_share_capture, run_plans, unified_floor_auction
+from simulator.modes import last_share_capture, run_plans, scenario_setup
 from simulator.runner import build_policy
 
 #: The README table's scenarios, their requests per run and their description.
@@ -40,18 +38,9 @@ SCENARIOS: dict[str, tuple[int, str]] = {
 }
 
 
-@functools.cache
-def _setup(scenario: str) -> tuple[Market, Oracle, object]:
-    """The market, its oracle and baseline, once per scenario and worker process."""
-    market = Market(scenario)
-    oracle = Oracle(market)
-    baseline = ecpm_waterfall(market) if market.placement.mode == "waterfall" else unified_floor_auction(market)
-    return market, oracle, baseline
-
-
 def one_run(scenario: str, seed: int) -> tuple[float, float, float, float]:
     """(capture over the run, last fifth, baseline over the run, baseline last fifth)."""
-    market, oracle, baseline = _setup(scenario)
+    market, oracle, baseline = scenario_setup(scenario)
     n = SCENARIOS[scenario][0]
     base = run_plans(baseline, market, n, seed=seed, oracle=oracle)
     learned = run_plans(build_policy("ts_gmm", market, seed=seed), market, n, seed=seed, oracle=oracle)

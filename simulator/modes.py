@@ -47,6 +47,7 @@ all bidders (the best such floor, knowing the market).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -387,6 +388,16 @@ def unified_floor_auction(market: Market, regime: int = 0) -> FixedPlans:
         tiers = np.where(called, 0, -1).astype(np.int64)
         plans[s] = Plan(tiers, np.where(called, np.clip(best_floor, lo, hi), 0.0), best)
     return FixedPlans(market, plans, "unified_floor")
+
+
+@functools.cache
+def scenario_setup(scenario: str) -> tuple[Market, Oracle, FixedPlans]:
+    """A waterfall or auction scenario's market, its oracle and the ad-ops baseline (an eCPM
+    waterfall, or an auction with one unified floor), once per scenario and process."""
+    market = Market(scenario)
+    oracle = Oracle(market)
+    baseline = ecpm_waterfall(market) if market.placement.mode == "waterfall" else unified_floor_auction(market)
+    return market, oracle, baseline
 
 
 # ------------------------------------------------------------------------------ runner

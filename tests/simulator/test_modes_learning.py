@@ -10,7 +10,6 @@ in two spawned processes.
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
@@ -18,24 +17,15 @@ import numpy as np
 import pytest
 
 from simulator.market import Market
-from simulator.modes import Oracle, ecpm_waterfall, last_share_capture, run_plans, unified_floor_auction
+from simulator.modes import last_share_capture, run_plans, scenario_setup
 from simulator.runner import build_policy
 
 SEEDS = (0, 1, 2, 3, 4)
 REQUESTS = {"waterfall_4": 100_000, "waterfall_8": 100_000, "auction_5": 100_000, "auction_20": 150_000}
 
 
-@functools.cache
-def _setup(scenario: str) -> tuple[Market, Oracle, object]:
-    """The market, its oracle and baseline, once per scenario and worker process."""
-    market = Market(scenario)
-    oracle = Oracle(market)
-    baseline = ecpm_waterfall(market) if market.placement.mode == "waterfall" else unified_floor_auction(market)
-    return market, oracle, baseline
-
-
 def _one(scenario: str, seed: int) -> tuple[float, float, float]:
-    market, oracle, baseline = _setup(scenario)
+    market, oracle, baseline = scenario_setup(scenario)
     n = REQUESTS[scenario]
     base = run_plans(baseline, market, n, seed=seed, oracle=oracle)
     learned = run_plans(build_policy("ts_gmm", market, seed=seed), market, n, seed=seed, oracle=oracle)
