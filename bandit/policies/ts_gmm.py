@@ -86,14 +86,12 @@ from bandit.season import (
     HOURS_PER_DAY,
     LEVEL_EVENTS,
     count_level_events,
-    cycle_levels,
     deflated_bin,
-    deviation_strength,
     expected_at,
     hour_of_day,
     level_at,
     level_sd,
-    shrunk_levels,
+    segment_levels,
     update_cell_levels,
 )
 from bandit.stats import (
@@ -171,6 +169,30 @@ class BatchCells:
 
     def __len__(self) -> int:
         return len(self.key)
+
+
+@dataclass(slots=True)
+class BatchLevels:
+    """The served hour-of-day levels of a batch's segments while the batch is learned: per
+    statistics row of ``rows`` [R] (distinct, sorted; -1 for segments not seen yet, served at
+    level 0) the served log levels ``served`` [R, N, 24] and the strength [R] of the segment's
+    common level in them (:func:`bandit.season.segment_levels`); each batch cell's place among
+    the rows ``cell_row`` [C]. Kept across the steps of one update, a row recomputed only when
+    its cells' own levels or events move."""
+
+    rows: NDArray[np.int64]
+    cell_row: NDArray[np.int64]
+    served: NDArray[np.float64]
+    strength: NDArray[np.float64]
+
+    def of_events(self, cells: BatchCells, hours: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Each event's served log level [n], at its cell and hour of day ``hours`` [n]."""
+        at = (self.cell_row * self.served.shape[1] + cells.network) * HOURS_PER_DAY  # [C]
+        return self.served.reshape(-1)[at[cells.index] + hours]
+
+    def of_cells(self, cells: BatchCells, which: NDArray[np.bool_]) -> NDArray[np.float64]:
+        """Served log levels [k, 24] of the batch cells ``which`` [C] (k of them)."""
+        return self.served[self.cell_row[which], cells.network[which]]
 
 
 class CellArrays:
@@ -386,14 +408,17 @@ class ThompsonGmmPolicy(Policy):
             return super().update(batch, refresh=refresh)
         cells = self._cells(batch)
         hours = hour_of_day(batch.ts)
-        # Each event's hour-of-day level before this batch is learned (1 without levels).
-        scale = self._level_scale(cells, hours) if self.level_events > 0 else None
+        # The batch's segments' served hour-of-day levels, and each event's level before this
+        # batch is learned (1 without levels).
+        levels = self._batch_levels(cells) if self.level_events > 0 else None
+        scale = None if levels is None else np.exp(levels.of_events(cells, hours))
         alarmed = np.zeros(len(cells), dtype=bool)
         if self.change_threshold > 0:
             alarmed = self._detect_changes(batch, cells, scale)
             self._recent.add(batch)
-        if scale is not None:
-            batch = self._deflate(batch, cells, hours, scale, alarmed)
+        if levels is not None:
+            self._relevel(levels, alarmed)  # the levels of cells where a change was detected start over
+            batch = self._deflate(batch, cells, hours, levels, scale, alarmed)
             self._batch_span = float(batch.ts.max() - batch.ts.min())
         self._mark_pending(batch, cells, alarmed)
         return super().update(batch, refresh=refresh)
@@ -427,41 +452,50 @@ class ThompsonGmmPolicy(Policy):
         batch: EventBatch,
         cells: BatchCells,
         hours: NDArray[np.int64],
+        levels: BatchLevels,
         before: NDArray[np.float64],
         alarmed: NDArray[np.bool_],
     ) -> EventBatch:
-        """Learn each cell's hour-of-day value levels from the batch (``before`` [n]: each
-        event's level so far), and return the batch in base-market units (floors and revenues
-        divided by their hour's new level; see :mod:`bandit.season`). Cells in ``alarmed`` [C] (a
-        change was just detected) keep their levels: the break is the base market's to learn."""
+        """Learn each cell's hour-of-day value levels from the batch (``levels``: the served
+        levels of its segments, brought forward; ``before`` [n]: each event's level so far),
+        and return the batch in base-market units (floors and revenues divided by their hour's
+        new level; see :mod:`bandit.season`). Cells in ``alarmed`` [C] (a change was just
+        detected) keep their levels: the break is the base market's to learn."""
         learn = (cells.key >= 0) & ~alarmed  # [C]; a segment not seen yet has nothing to compare with
         events = learn[cells.index]
         if events.any():
-            keys = cells.key[learn]
-            local = (np.cumsum(learn) - 1)[cells.index[events]]  # each event's place among the learning cells
+            cell = cells.index[events]
             before_e = before[events]
             base = self.stats.values_at(
-                cells.key[cells.index[events]], deflated_bin(batch.floor_cpm[events], before_e), (REQUESTS, REVENUE)
+                cells.key[cell], deflated_bin(batch.floor_cpm[events], before_e), (REQUESTS, REVENUE)
             )
             expected = expected_at(base[:, 0], base[:, 1], before_e)
-            levels = update_cell_levels(
-                self._levels.get(keys),
-                local,
-                hours[events],
-                batch.revenue_cpm[events],
-                expected,
-                self.level_events,
-                served=self._cell_levels(keys)[0],
-                # A plan scales every tier's floor by its level: levels there move at the memory
-                # rate from the start (running means of a first day's events, learned against a
-                # base still moving, cost waterfall_8 1.5% of the oracle).
-                seen=None if self.placement.mode != "single" else self._level_events.get(keys),
-            )
-            self._levels.set(keys, levels)
+            # Only cells with an event the statistics have an expectation for learn (the others
+            # keep their levels and counts as they are): read and written are those cells alone.
             known = np.isfinite(expected)
-            counts = count_level_events(self._level_events.get(keys), local[known], hours[events][known])
-            self._level_events.set(keys, counts)
-        scale = self._level_scale(cells, hours)
+            compared = np.zeros(len(cells), dtype=bool)
+            compared[cell[known]] = True
+            if compared.any():
+                keys = cells.key[compared]
+                local = (np.cumsum(compared) - 1)[cell[known]]  # each known event's place among them
+                known_hours = hours[events][known]
+                learned = update_cell_levels(
+                    self._levels.get(keys),
+                    local,
+                    known_hours,
+                    batch.revenue_cpm[events][known],
+                    expected[known],
+                    self.level_events,
+                    served=levels.of_cells(cells, compared),
+                    # A plan scales every tier's floor by its level: levels there move at the memory
+                    # rate from the start (running means of a first day's events, learned against a
+                    # base still moving, cost waterfall_8 1.5% of the oracle).
+                    seen=None if self.placement.mode != "single" else self._level_events.get(keys),
+                )
+                self._levels.set(keys, learned)
+                self._level_events.set(keys, count_level_events(self._level_events.get(keys), local, known_hours))
+                self._relevel(levels, compared)
+        scale = np.exp(levels.of_events(cells, hours))
         return replace(batch, floor_cpm=batch.floor_cpm / scale, revenue_cpm=batch.revenue_cpm / scale)
 
     def _served_log_levels(self, row: int | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -488,19 +522,32 @@ class ThompsonGmmPolicy(Policy):
         keys < 0."""
         n_net = len(self.placement.networks)
         rows, inverse = np.unique(np.where(keys >= 0, keys // n_net, -1), return_inverse=True)
-        segment_keys = (rows[:, None] * n_net + np.arange(n_net)).reshape(-1)
-        segment_keys[np.repeat(rows < 0, n_net)] = -1
-        own = self._levels.get(segment_keys).reshape(len(rows), n_net, HOURS_PER_DAY)
-        events = self._level_events.get(segment_keys).reshape(len(rows), n_net, HOURS_PER_DAY)
-        strength = deviation_strength(own, events)
-        served = shrunk_levels(own, events, strength[:, None, None], axis=1, common=cycle_levels(own, events))
+        served, strength = self._row_levels(rows)
         inverse = inverse.reshape(-1)
         return served[inverse, np.maximum(keys, 0) % n_net], strength[inverse]
 
-    def _level_scale(self, cells: BatchCells, hours: NDArray[np.int64]) -> NDArray[np.float64]:
-        """Each event's current hour-of-day level [n] (1 for cells without levels)."""
-        served = self._cell_levels(cells.key)[0]
-        return np.exp(served[cells.index, hours])
+    def _row_levels(self, rows: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Served log levels [R, N, 24] of the networks of statistics rows ``rows`` [R] (zeros for
+        rows < 0) and their segments' strengths [R] (:func:`bandit.season.segment_levels`)."""
+        n_net = len(self.placement.networks)
+        keys = (rows[:, None] * n_net + np.arange(n_net)).reshape(-1)
+        keys[np.repeat(rows < 0, n_net)] = -1
+        shape = (len(rows), n_net, HOURS_PER_DAY)
+        return segment_levels(self._levels.get(keys).reshape(shape), self._level_events.get(keys).reshape(shape))
+
+    def _batch_levels(self, cells: BatchCells) -> BatchLevels:
+        """The served levels of the segments of a batch's cells (:class:`BatchLevels`)."""
+        n_net = len(self.placement.networks)
+        shifted, cell_row = distinct(np.where(cells.key >= 0, cells.key // n_net + 1, 0), len(self.stats.segments) + 1)
+        rows = shifted - 1
+        return BatchLevels(rows, cell_row, *self._row_levels(rows))
+
+    def _relevel(self, levels: BatchLevels, moved: NDArray[np.bool_]) -> None:
+        """Recompute ``levels`` of the segments of the batch cells ``moved`` [C] (their own levels
+        or events changed; a segment's served levels depend on all its networks')."""
+        stale = np.flatnonzero(np.bincount(levels.cell_row[moved], minlength=len(levels.rows)))
+        if len(stale):
+            levels.served[stale], levels.strength[stale] = self._row_levels(levels.rows[stale])
 
     def _detect_changes(
         self, batch: EventBatch, cells: BatchCells, scale: NDArray[np.float64] | None
