@@ -413,12 +413,16 @@ class ThompsonGmmPolicy(Policy):
         levels = self._batch_levels(cells) if self.level_events > 0 else None
         scale = None if levels is None else np.exp(levels.of_events(cells, hours))
         alarmed = np.zeros(len(cells), dtype=bool)
+        # The statistics' (requests, revenue) [n, 2] at each event's floor bin in base-market
+        # units: read by the change detector where it compares with them (NaN elsewhere), and
+        # by the hour levels for the rest of the events they learn from.
+        base = None if levels is None else np.full((len(batch), 2), np.nan)
         if self.change_threshold > 0:
-            alarmed = self._detect_changes(batch, cells, scale)
+            alarmed = self._detect_changes(batch, cells, scale, base)
             self._recent.add(batch)
         if levels is not None:
             self._relevel(levels, alarmed)  # the levels of cells where a change was detected start over
-            batch = self._deflate(batch, cells, hours, levels, scale, alarmed)
+            batch = self._deflate(batch, cells, hours, levels, scale, base, alarmed)
             self._batch_span = float(batch.ts.max() - batch.ts.min())
         self._mark_pending(batch, cells, alarmed)
         return super().update(batch, refresh=refresh)
@@ -454,22 +458,30 @@ class ThompsonGmmPolicy(Policy):
         hours: NDArray[np.int64],
         levels: BatchLevels,
         before: NDArray[np.float64],
+        base: NDArray[np.float64],
         alarmed: NDArray[np.bool_],
     ) -> EventBatch:
         """Learn each cell's hour-of-day value levels from the batch (``levels``: the served
-        levels of its segments, brought forward; ``before`` [n]: each event's level so far),
-        and return the batch in base-market units (floors and revenues divided by their hour's
-        new level; see :mod:`bandit.season`). Cells in ``alarmed`` [C] (a change was just
-        detected) keep their levels: the break is the base market's to learn."""
+        levels of its segments, brought forward; ``before`` [n]: each event's level so far;
+        ``base`` [n, 2]: the statistics' requests and revenue at the event's floor bin in
+        base-market units, NaN where not read yet), and return the batch in base-market units
+        (floors and revenues divided by their hour's new level; see :mod:`bandit.season`).
+        Cells in ``alarmed`` [C] (a change was just detected) keep their levels: the break is
+        the base market's to learn."""
         learn = (cells.key >= 0) & ~alarmed  # [C]; a segment not seen yet has nothing to compare with
         events = learn[cells.index]
         if events.any():
+            unread = events & np.isnan(base[:, 0])
+            if unread.any():
+                base[unread] = self.stats.values_at(
+                    cells.key[cells.index[unread]],
+                    deflated_bin(batch.floor_cpm[unread], before[unread]),
+                    (REQUESTS, REVENUE),
+                )
             cell = cells.index[events]
             before_e = before[events]
-            base = self.stats.values_at(
-                cells.key[cell], deflated_bin(batch.floor_cpm[events], before_e), (REQUESTS, REVENUE)
-            )
-            expected = expected_at(base[:, 0], base[:, 1], before_e)
+            base_e = base[events]
+            expected = expected_at(base_e[:, 0], base_e[:, 1], before_e)
             # Only cells with an event the statistics have an expectation for learn (the others
             # keep their levels and counts as they are): read and written are those cells alone.
             known = np.isfinite(expected)
@@ -550,7 +562,11 @@ class ThompsonGmmPolicy(Policy):
             levels.served[stale], levels.strength[stale] = self._row_levels(levels.rows[stale])
 
     def _detect_changes(
-        self, batch: EventBatch, cells: BatchCells, scale: NDArray[np.float64] | None
+        self,
+        batch: EventBatch,
+        cells: BatchCells,
+        scale: NDArray[np.float64] | None,
+        base: NDArray[np.float64] | None = None,
     ) -> NDArray[np.bool_]:
         """Compare each cell's batch with its own history at the same floor bins (model-free,
         so a model still learning about new floors is never mistaken for a change); returns
@@ -560,7 +576,9 @@ class ThompsonGmmPolicy(Policy):
         like with like under a daily cycle, which moves prices a few percent an hour, while a
         break moves them at once. A cell without enough recent data at those floors falls
         back to its whole (discounted) history, compared in base-market units (the batch
-        divided by its hour-of-day levels ``scale`` [n], as the statistics hold it).
+        divided by its hour-of-day levels ``scale`` [n], as the statistics hold it); the
+        requests and revenue read there are written into the rows of those events of ``base``
+        [n, 2] (when given), for the hour levels.
         """
         n_net, n_cells = len(self.placement.networks), len(cells)
         alarmed = np.zeros(n_cells, dtype=bool)
@@ -588,6 +606,8 @@ class ThompsonGmmPolicy(Policy):
             if scale is not None:
                 floor, revenue = floor / scale[events], revenue / scale[events]
             history = FloorHistory.of_stats(self.stats, cells.key, cells.index[events], price_bin(log_price(floor)))
+            if base is not None:
+                base[events] = np.stack([history.requests, history.revenue], axis=1)
             z_all, rel_all = batch_deviations(cells.index[events], n_cells, history, batch.filled[events], revenue)
             z[fallback], rel[fallback] = z_all[fallback], rel_all[fallback]
         seen = np.flatnonzero(~np.isnan(z))
