@@ -206,9 +206,9 @@ class CellArrays:
         """Values ``[k, *shape]`` of ``keys`` [k] (a copy; zeros for keys never set or < 0)."""
         inside = (keys >= 0) & (keys < len(self.values))
         if inside.all():
-            return self.values[keys]  # one gather (the common case)
+            return np.take(self.values, keys, axis=0)  # one gather (the common case)
         out = np.zeros((len(keys), *self.values.shape[1:]))
-        out[inside] = self.values[keys[inside]]
+        out[inside] = np.take(self.values, keys[inside], axis=0)
         return out
 
     def at(self, keys: NDArray[np.int64], column: NDArray[np.int64]) -> NDArray[np.float64]:
