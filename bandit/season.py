@@ -183,7 +183,13 @@ def cycle_levels(log_level: NDArray[np.float64], events: NDArray[np.float64]) ->
     level 0, while its levels keep learning what the events show: the base is then the market
     itself."""
     common = common_levels(log_level, events, axis=1)
-    return common * shows_cycle(common, events.sum(axis=1))[:, None]
+    return cycle_of(common, events.sum(axis=1))
+
+
+def cycle_of(common: NDArray[np.float64], total: NDArray[np.float64]) -> NDArray[np.float64]:
+    """:func:`cycle_levels` from S segments' common levels ``common`` [S, 24] and the ``total``
+    [S, 24] events of their networks."""
+    return common * shows_cycle(common, total)[:, None]
 
 
 def shows_cycle(common: NDArray[np.float64], total: NDArray[np.float64]) -> NDArray[np.bool_]:
@@ -204,10 +210,28 @@ def deviation_strength(log_level: NDArray[np.float64], events: NDArray[np.float6
     [``DEVIATION_EVENTS_MIN``, ``DEVIATION_EVENTS_MAX``]. A flat market keeps every network at
     the common level and is sure of it; a strong cycle lets networks' own shapes show after a
     few hundred events, and leaves a seldom-served network's doubtful."""
-    common = common_levels(log_level, events, axis=1)
-    tau2 = DEVIATION_SHARE**2 * cycle_variance(common, events.sum(axis=1))
+    return strength_of(common_levels(log_level, events, axis=1), events.sum(axis=1))
+
+
+def strength_of(common: NDArray[np.float64], total: NDArray[np.float64]) -> NDArray[np.float64]:
+    """:func:`deviation_strength` from S segments' common levels ``common`` [S, 24] and the
+    ``total`` [S, 24] events of their networks."""
+    tau2 = DEVIATION_SHARE**2 * cycle_variance(common, total)
     strength = np.divide(LEVEL_NOISE**2, tau2, out=np.full_like(tau2, DEVIATION_EVENTS_MAX), where=tau2 > 0)
     return np.clip(strength, DEVIATION_EVENTS_MIN, DEVIATION_EVENTS_MAX)
+
+
+def segment_levels(
+    log_level: NDArray[np.float64], events: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Served log levels ``[S, N, 24]`` of S segments' networks from their own levels and events
+    (same shape), and the strength [S] of each segment's common level in them: each network's
+    level shrunk (:func:`shrunk_levels`) toward its segment's :func:`cycle_levels` with
+    :func:`deviation_strength`, the common levels and event totals computed once for both."""
+    common = common_levels(log_level, events, axis=1)
+    total = events.sum(axis=1)
+    strength = strength_of(common, total)
+    return shrunk_levels(log_level, events, strength[:, None, None], axis=1, common=cycle_of(common, total)), strength
 
 
 def level_sd(events: NDArray[np.float64], strength: float | NDArray[np.float64]) -> NDArray[np.float64]:

@@ -252,7 +252,7 @@ class BinSlab:
         pairs consecutive; sorted by cell then bin, for instance)."""
         if len(cells) == 0:
             return
-        mask = self.mask[cells]
+        mask = np.take(self.mask, cells, axis=0)  # (rows gathered by np.take: several times faster than indexing)
         if not mask.any() and _sorted_pairs(cells, bins):
             self._append(cells, bins, values)  # cells holding nothing (a state loaded): blocks as given
             return
@@ -261,8 +261,13 @@ class BinSlab:
             new_cells, new_bins = cells[~held], bins[~held]  # grouped by cell too
             first = np.flatnonzero(np.r_[True, new_cells[1:] != new_cells[:-1]])
             self._move(new_cells[first], first, new_bins)
-            rank = _rank(self.mask[cells], bins)
-        self.values[self.offset[cells] + rank] += values
+            rank = _rank(np.take(self.mask, cells, axis=0), bins)
+        # ``values[rows] += values`` for distinct rows, with the rows gathered by ``np.take``
+        # (a third faster than indexing at ~10^6 rows).
+        rows = self.offset[cells] + rank
+        summed = np.take(self.values, rows, axis=0)
+        summed += values
+        self.values[rows] = summed
 
     def _append(self, cells: NDArray[np.int64], bins: NDArray[np.int64], values: NDArray[np.float64]) -> None:
         """New blocks at the slab's end for cells holding nothing, from their pairs sorted by cell
@@ -285,7 +290,7 @@ class BinSlab:
         places that are not new bins, in order: no bin needs to be unpacked from the masks.
         """
         low, high = _bit_masks(bins)
-        old = self.mask[cells]
+        old = np.take(self.mask, cells, axis=0)
         new = old | np.stack([np.bitwise_or.reduceat(low, first), np.bitwise_or.reduceat(high, first)], axis=1)
         old_sizes, sizes = _count(old), _count(new)
         rows = int(sizes.sum())
@@ -293,10 +298,10 @@ class BinSlab:
         start = np.cumsum(sizes) - sizes  # of each new block, from the slab's end
         owner = np.repeat(np.arange(len(cells)), np.diff(np.r_[first, len(bins)]))
         fresh = np.zeros(rows, dtype=bool)
-        fresh[start[owner] + _rank(new[owner], bins)] = True
+        fresh[start[owner] + _rank(np.take(new, owner, axis=0), bins)] = True
         kept = int(old_sizes.sum())
         src = np.repeat(self.offset[cells] - (np.cumsum(old_sizes) - old_sizes), old_sizes) + np.arange(kept)
-        self.values[self.used + np.flatnonzero(~fresh)] = self.values[src]  # rows past ``used`` are zero
+        self.values[self.used + np.flatnonzero(~fresh)] = np.take(self.values, src, axis=0)  # rows past ``used`` are 0
         self.offset[cells] = self.used + start
         self.mask[cells] = new
         self.used += rows
@@ -347,8 +352,7 @@ class BinSlab:
     ) -> NDArray[np.float64]:
         """Values of ``columns`` times ``factors`` (in turn) [n, k] at (cell, bin) pairs ([n] each); 0
         where the cell lacks the bin."""
-        mask = self.mask[cells]
-        rank, held = _locate(mask, bins)
+        rank, held = _locate(np.take(self.mask, cells, axis=0), bins)
         place = np.where(held, self.offset[cells] + rank, 0)
         out = self._take(place, columns)
         for factor in factors:
@@ -375,7 +379,7 @@ class BinSlab:
         the entries of those cells only.
         """
         touched, inverse = distinct(cells, len(self.offset))
-        counts = _count(self.mask[touched])
+        counts = _count(np.take(self.mask, touched, axis=0))
         order = np.argsort(counts.astype(np.uint8), kind="stable")  # counts <= 128: a radix sort
         ordered = counts[order]
         # Each touched cell's running sums are a block of ``run``, blocks grouped by count.
@@ -395,9 +399,9 @@ class BinSlab:
                 part *= factor
             at = int(block[order[lo]])
             np.cumsum(part, axis=1, out=run[at : at + (hi - lo) * c].reshape(hi - lo, c, len(columns)))
-        rank, held = _locate(self.mask[cells], bins)
+        rank, held = _locate(np.take(self.mask, cells, axis=0), bins)
         below = rank + held  # entries at or below each pair's bin
-        return run[np.where(below > 0, block[inverse] + below - 1, 0)]
+        return np.take(run, np.where(below > 0, block[inverse] + below - 1, 0), axis=0)
 
     def scale(self, factor: float) -> None:
         self.values[: self.used] *= factor

@@ -88,14 +88,12 @@ from bandit.season import (
     HOURS_PER_DAY,
     LEVEL_EVENTS,
     count_level_events,
-    cycle_levels,
     deflated_bin,
-    deviation_strength,
     expected_at,
     hour_of_day,
     level_at,
     level_sd,
-    shrunk_levels,
+    segment_levels,
     update_cell_levels,
 )
 from bandit.stats import (
@@ -183,6 +181,30 @@ class BatchCells:
         return len(self.key)
 
 
+@dataclass(slots=True)
+class BatchLevels:
+    """The served hour-of-day levels of a batch's segments while the batch is learned: per
+    statistics row of ``rows`` [R] (distinct, sorted; -1 for segments not seen yet, served at
+    level 0) the served log levels ``served`` [R, N, 24] and the strength [R] of the segment's
+    common level in them (:func:`bandit.season.segment_levels`); each batch cell's place among
+    the rows ``cell_row`` [C]. Kept across the steps of one update, a row recomputed only when
+    its cells' own levels or events move."""
+
+    rows: NDArray[np.int64]
+    cell_row: NDArray[np.int64]
+    served: NDArray[np.float64]
+    strength: NDArray[np.float64]
+
+    def of_events(self, cells: BatchCells, hours: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Each event's served log level [n], at its cell and hour of day ``hours`` [n]."""
+        at = (self.cell_row * self.served.shape[1] + cells.network) * HOURS_PER_DAY  # [C]
+        return self.served.reshape(-1)[at[cells.index] + hours]
+
+    def of_cells(self, cells: BatchCells, which: NDArray[np.bool_]) -> NDArray[np.float64]:
+        """Served log levels [k, 24] of the batch cells ``which`` [C] (k of them)."""
+        return self.served[self.cell_row[which], cells.network[which]]
+
+
 class CellArrays:
     """Per-cell learned values ``[cells, *shape]`` indexed by the statistics' cell key
     (``row * n_networks + network``): zero until set, growing by doubling as cells appear."""
@@ -194,9 +216,9 @@ class CellArrays:
         """Values ``[k, *shape]`` of ``keys`` [k] (a copy; zeros for keys never set or < 0)."""
         inside = (keys >= 0) & (keys < len(self.values))
         if inside.all():
-            return self.values[keys]  # one gather (the common case)
+            return np.take(self.values, keys, axis=0)  # one gather (the common case)
         out = np.zeros((len(keys), *self.values.shape[1:]))
-        out[inside] = self.values[keys[inside]]
+        out[inside] = np.take(self.values, keys[inside], axis=0)
         return out
 
     def at(self, keys: NDArray[np.int64], column: NDArray[np.int64]) -> NDArray[np.float64]:
@@ -398,14 +420,21 @@ class ThompsonGmmPolicy(Policy):
             return super().update(batch, refresh=refresh)
         cells = self._cells(batch)
         hours = hour_of_day(batch.ts)
-        # Each event's hour-of-day level before this batch is learned (1 without levels).
-        scale = self._level_scale(cells, hours) if self.level_events > 0 else None
+        # The batch's segments' served hour-of-day levels, and each event's level before this
+        # batch is learned (1 without levels).
+        levels = self._batch_levels(cells) if self.level_events > 0 else None
+        scale = None if levels is None else np.exp(levels.of_events(cells, hours))
         alarmed = np.zeros(len(cells), dtype=bool)
+        # The statistics' (requests, revenue) [n, 2] at each event's floor bin in base-market
+        # units: read by the change detector where it compares with them (NaN elsewhere), and
+        # by the hour levels for the rest of the events they learn from.
+        base = None if levels is None else np.full((len(batch), 2), np.nan)
         if self.change_threshold > 0:
-            alarmed = self._detect_changes(batch, cells, scale)
+            alarmed = self._detect_changes(batch, cells, scale, base)
             self._recent.add(batch)
-        if scale is not None:
-            batch = self._deflate(batch, cells, hours, scale, alarmed)
+        if levels is not None:
+            self._relevel(levels, alarmed)  # the levels of cells where a change was detected start over
+            batch = self._deflate(batch, cells, hours, levels, scale, base, alarmed)
             self._batch_span = float(batch.ts.max() - batch.ts.min())
         self._mark_pending(batch, cells, alarmed)
         return super().update(batch, refresh=refresh)
@@ -439,41 +468,58 @@ class ThompsonGmmPolicy(Policy):
         batch: EventBatch,
         cells: BatchCells,
         hours: NDArray[np.int64],
+        levels: BatchLevels,
         before: NDArray[np.float64],
+        base: NDArray[np.float64],
         alarmed: NDArray[np.bool_],
     ) -> EventBatch:
-        """Learn each cell's hour-of-day value levels from the batch (``before`` [n]: each
-        event's level so far), and return the batch in base-market units (floors and revenues
-        divided by their hour's new level; see :mod:`bandit.season`). Cells in ``alarmed`` [C] (a
-        change was just detected) keep their levels: the break is the base market's to learn."""
+        """Learn each cell's hour-of-day value levels from the batch (``levels``: the served
+        levels of its segments, brought forward; ``before`` [n]: each event's level so far;
+        ``base`` [n, 2]: the statistics' requests and revenue at the event's floor bin in
+        base-market units, NaN where not read yet), and return the batch in base-market units
+        (floors and revenues divided by their hour's new level; see :mod:`bandit.season`).
+        Cells in ``alarmed`` [C] (a change was just detected) keep their levels: the break is
+        the base market's to learn."""
         learn = (cells.key >= 0) & ~alarmed  # [C]; a segment not seen yet has nothing to compare with
         events = learn[cells.index]
         if events.any():
-            keys = cells.key[learn]
-            local = (np.cumsum(learn) - 1)[cells.index[events]]  # each event's place among the learning cells
+            unread = events & np.isnan(base[:, 0])
+            if unread.any():
+                base[unread] = self.stats.values_at(
+                    cells.key[cells.index[unread]],
+                    deflated_bin(batch.floor_cpm[unread], before[unread]),
+                    (REQUESTS, REVENUE),
+                )
+            cell = cells.index[events]
             before_e = before[events]
-            base = self.stats.values_at(
-                cells.key[cells.index[events]], deflated_bin(batch.floor_cpm[events], before_e), (REQUESTS, REVENUE)
-            )
-            expected = expected_at(base[:, 0], base[:, 1], before_e)
-            levels = update_cell_levels(
-                self._levels.get(keys),
-                local,
-                hours[events],
-                batch.revenue_cpm[events],
-                expected,
-                self.level_events,
-                served=self._cell_levels(keys)[0],
-                # A plan scales every tier's floor by its level: levels there move at the memory
-                # rate from the start (running means of a first day's events, learned against a
-                # base still moving, cost waterfall_8 1.5% of the oracle).
-                seen=None if self.placement.mode != "single" else self._level_events.get(keys),
-            )
-            self._levels.set(keys, levels)
+            base_e = base[events]
+            expected = expected_at(base_e[:, 0], base_e[:, 1], before_e)
+            # Only cells with an event the statistics have an expectation for learn (the others
+            # keep their levels and counts as they are): read and written are those cells alone.
             known = np.isfinite(expected)
-            counts = count_level_events(self._level_events.get(keys), local[known], hours[events][known])
-            self._level_events.set(keys, counts)
-        scale = self._level_scale(cells, hours)
+            compared = np.zeros(len(cells), dtype=bool)
+            compared[cell[known]] = True
+            if compared.any():
+                keys = cells.key[compared]
+                local = (np.cumsum(compared) - 1)[cell[known]]  # each known event's place among them
+                known_hours = hours[events][known]
+                learned = update_cell_levels(
+                    self._levels.get(keys),
+                    local,
+                    known_hours,
+                    batch.revenue_cpm[events][known],
+                    expected[known],
+                    self.level_events,
+                    served=levels.of_cells(cells, compared),
+                    # A plan scales every tier's floor by its level: levels there move at the memory
+                    # rate from the start (running means of a first day's events, learned against a
+                    # base still moving, cost waterfall_8 1.5% of the oracle).
+                    seen=None if self.placement.mode != "single" else self._level_events.get(keys),
+                )
+                self._levels.set(keys, learned)
+                self._level_events.set(keys, count_level_events(self._level_events.get(keys), local, known_hours))
+                self._relevel(levels, compared)
+        scale = np.exp(levels.of_events(cells, hours))
         return replace(batch, floor_cpm=batch.floor_cpm / scale, revenue_cpm=batch.revenue_cpm / scale)
 
     def _served_log_levels(self, row: int | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -500,22 +546,39 @@ class ThompsonGmmPolicy(Policy):
         keys < 0."""
         n_net = len(self.placement.networks)
         rows, inverse = np.unique(np.where(keys >= 0, keys // n_net, -1), return_inverse=True)
-        segment_keys = (rows[:, None] * n_net + np.arange(n_net)).reshape(-1)
-        segment_keys[np.repeat(rows < 0, n_net)] = -1
-        own = self._levels.get(segment_keys).reshape(len(rows), n_net, HOURS_PER_DAY)
-        events = self._level_events.get(segment_keys).reshape(len(rows), n_net, HOURS_PER_DAY)
-        strength = deviation_strength(own, events)
-        served = shrunk_levels(own, events, strength[:, None, None], axis=1, common=cycle_levels(own, events))
+        served, strength = self._row_levels(rows)
         inverse = inverse.reshape(-1)
         return served[inverse, np.maximum(keys, 0) % n_net], strength[inverse]
 
-    def _level_scale(self, cells: BatchCells, hours: NDArray[np.int64]) -> NDArray[np.float64]:
-        """Each event's current hour-of-day level [n] (1 for cells without levels)."""
-        served = self._cell_levels(cells.key)[0]
-        return np.exp(served[cells.index, hours])
+    def _row_levels(self, rows: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Served log levels [R, N, 24] of the networks of statistics rows ``rows`` [R] (zeros for
+        rows < 0) and their segments' strengths [R] (:func:`bandit.season.segment_levels`)."""
+        n_net = len(self.placement.networks)
+        keys = (rows[:, None] * n_net + np.arange(n_net)).reshape(-1)
+        keys[np.repeat(rows < 0, n_net)] = -1
+        shape = (len(rows), n_net, HOURS_PER_DAY)
+        return segment_levels(self._levels.get(keys).reshape(shape), self._level_events.get(keys).reshape(shape))
+
+    def _batch_levels(self, cells: BatchCells) -> BatchLevels:
+        """The served levels of the segments of a batch's cells (:class:`BatchLevels`)."""
+        n_net = len(self.placement.networks)
+        shifted, cell_row = distinct(np.where(cells.key >= 0, cells.key // n_net + 1, 0), len(self.stats.segments) + 1)
+        rows = shifted - 1
+        return BatchLevels(rows, cell_row, *self._row_levels(rows))
+
+    def _relevel(self, levels: BatchLevels, moved: NDArray[np.bool_]) -> None:
+        """Recompute ``levels`` of the segments of the batch cells ``moved`` [C] (their own levels
+        or events changed; a segment's served levels depend on all its networks')."""
+        stale = np.flatnonzero(np.bincount(levels.cell_row[moved], minlength=len(levels.rows)))
+        if len(stale):
+            levels.served[stale], levels.strength[stale] = self._row_levels(levels.rows[stale])
 
     def _detect_changes(
-        self, batch: EventBatch, cells: BatchCells, scale: NDArray[np.float64] | None
+        self,
+        batch: EventBatch,
+        cells: BatchCells,
+        scale: NDArray[np.float64] | None,
+        base: NDArray[np.float64] | None = None,
     ) -> NDArray[np.bool_]:
         """Compare each cell's batch with its own history at the same floor bins (model-free,
         so a model still learning about new floors is never mistaken for a change); returns
@@ -525,7 +588,9 @@ class ThompsonGmmPolicy(Policy):
         like with like under a daily cycle, which moves prices a few percent an hour, while a
         break moves them at once. A cell without enough recent data at those floors falls
         back to its whole (discounted) history, compared in base-market units (the batch
-        divided by its hour-of-day levels ``scale`` [n], as the statistics hold it).
+        divided by its hour-of-day levels ``scale`` [n], as the statistics hold it); the
+        requests and revenue read there are written into the rows of those events of ``base``
+        [n, 2] (when given), for the hour levels.
         """
         n_net, n_cells = len(self.placement.networks), len(cells)
         alarmed = np.zeros(n_cells, dtype=bool)
@@ -553,6 +618,8 @@ class ThompsonGmmPolicy(Policy):
             if scale is not None:
                 floor, revenue = floor / scale[events], revenue / scale[events]
             history = FloorHistory.of_stats(self.stats, cells.key, cells.index[events], price_bin(log_price(floor)))
+            if base is not None:
+                base[events] = np.stack([history.requests, history.revenue], axis=1)
             z_all, rel_all = batch_deviations(cells.index[events], n_cells, history, batch.filled[events], revenue)
             z[fallback], rel[fallback] = z_all[fallback], rel_all[fallback]
         seen = np.flatnonzero(~np.isnan(z))

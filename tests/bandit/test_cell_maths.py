@@ -32,6 +32,7 @@ from bandit.season import (
     deviation_strength,
     expected_at,
     level_sd,
+    segment_levels,
     shows_cycle,
     shrunk_levels,
     update_cell_levels,
@@ -284,6 +285,24 @@ def test_events_compared_at_the_served_level_move_the_own_level_to_what_they_sho
     )
     assert new[0, 7] == pytest.approx(0.3)
     assert np.count_nonzero(new) == 1
+
+
+def test_segment_levels_equal_the_levels_shrunk_toward_the_cycle_with_the_deviation_strength() -> None:
+    # Served levels as the policy learns and serves them, each segment's common level computed
+    # once: the very numbers of the separate steps, and a segment's the same alone as among others.
+    rng = np.random.default_rng(6)
+    own = rng.normal(0.0, 0.3, (5, 4, HOURS_PER_DAY)) + 0.3 * np.cos(2 * np.pi * np.arange(HOURS_PER_DAY) / 24)
+    events = (rng.integers(0, 3000, own.shape) * (rng.random(own.shape) < 0.7)).astype(float)
+    events[0] = 0.0  # a segment without events
+    served, strength = segment_levels(own, events)
+    expected = deviation_strength(own, events)
+    np.testing.assert_array_equal(strength, expected)
+    np.testing.assert_array_equal(
+        served, shrunk_levels(own, events, expected[:, None, None], axis=1, common=cycle_levels(own, events))
+    )
+    alone = segment_levels(own[3:4], events[3:4])
+    np.testing.assert_array_equal(alone[0], served[3:4])
+    np.testing.assert_array_equal(alone[1], strength[3:4])
 
 
 def test_shrunk_levels_of_many_segments_and_hours_equal_the_one_segment_computation() -> None:
