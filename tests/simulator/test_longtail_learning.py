@@ -111,7 +111,10 @@ def test_small_segments_do_better_with_a_prior_from_their_fields(longtail):
 
     # What their traffic earned over the run, paired on common random numbers.
     gain = per_seed("fields", "run_capture") - per_seed("flat", "run_capture")
-    assert np.all(gain > 0.01) and gain.mean() >= 0.02, gain
+    # +0.031 to +0.054 per seed with a fixed floor jitter of sd 0.05; +0.009 to +0.045 (mean
+    # +0.020) since the jitter widens up to 0.15 where a curve looks flat, as a small
+    # segment's does to both arms: better on every seed, by 2% on average.
+    assert np.all(gain > 0.005) and gain.mean() >= 0.02, gain
     # Their final tables: better on average, and never clearly worse. The final tables of 16
     # segments of 30-270 requests vary by about ±0.03 between seeds: with hour levels served
     # only where a day shows a cycle, one seed of four is at -0.013 (+0.014 to +0.052 before;
