@@ -295,19 +295,18 @@ def request_rewards(parts: Sequence[Part]) -> tuple[NDArray[np.float64] | None, 
     later notice, :mod:`serving.intake`; NaN on the others). Each is ``None`` when no record
     has the column: the first then means every row is a request, its own reward."""
 
-    def column(name: str, default: Callable[[EventRecord], NDArray[np.float64]]) -> NDArray[np.float64] | None:
+    def column(name: str, values: Callable[[EventRecord], NDArray[np.float64]]) -> NDArray[np.float64] | None:
         if all(getattr(rec, name) is None for rec, _ in parts):
             return None
         out = []
         for rec, rows in parts:
-            col = getattr(rec, name)
-            col = default(rec) if col is None else col
+            col = values(rec)
             out.append(col if rows is None else col[rows])
         return np.concatenate(out)
 
     return (
-        column("request_revenue_cpm", lambda rec: np.where(rec.filled, rec.revenue_cpm, 0.0)),
-        column("joined_revenue_cpm", lambda rec: np.full(len(rec), np.nan)),
+        column("request_revenue_cpm", EventRecord.request_revenues),
+        column("joined_revenue_cpm", EventRecord.joined_revenues),
     )
 
 

@@ -96,15 +96,6 @@ def _frame(records: list[EventRecord]):  # -> polars.DataFrame
         return np.concatenate([np.asarray(getattr(rec, name)) for rec in records])
 
     density = [np.full(len(r), np.nan) if r.floor_density is None else np.asarray(r.floor_density) for r in records]
-    # Records without the request column (single-network events, written before it): every row
-    # is a request earning its revenue when filled.
-    request = [
-        np.where(r.filled, r.revenue_cpm, 0.0) if r.request_revenue_cpm is None else np.asarray(r.request_revenue_cpm)
-        for r in records
-    ]
-    joined = [
-        np.full(len(r), np.nan) if r.joined_revenue_cpm is None else np.asarray(r.joined_revenue_cpm) for r in records
-    ]
     return pl.DataFrame(
         {
             "event_hash": column("event_hash"),
@@ -119,7 +110,7 @@ def _frame(records: list[EventRecord]):  # -> polars.DataFrame
             "propensity": column("propensity"),
             "floor_propensity": column("floor_propensity"),
             "floor_density": np.concatenate(density),
-            "request_revenue_cpm": np.concatenate(request),
-            "joined_revenue_cpm": np.concatenate(joined),
+            "request_revenue_cpm": np.concatenate([r.request_revenues() for r in records]),
+            "joined_revenue_cpm": np.concatenate([r.joined_revenues() for r in records]),
         }
     )

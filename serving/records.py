@@ -114,6 +114,18 @@ class EventRecord:
     def __len__(self) -> int:
         return len(self.event_hash)
 
+    def request_revenues(self) -> NDArray[np.float64]:
+        """Per row, the revenue of the request it starts (:attr:`request_revenue_cpm`; without
+        it every row is a request, earning its revenue when filled)."""
+        if self.request_revenue_cpm is None:
+            return np.where(self.filled, self.revenue_cpm, 0.0)
+        return np.asarray(self.request_revenue_cpm)
+
+    def joined_revenues(self) -> NDArray[np.float64]:
+        """Per row, what it adds to an earlier row's request (:attr:`joined_revenue_cpm`; NaN
+        without it)."""
+        return np.full(len(self), np.nan) if self.joined_revenue_cpm is None else np.asarray(self.joined_revenue_cpm)
+
     @classmethod
     def from_columns(
         cls,
