@@ -178,6 +178,7 @@ class SegmentTable:
         if self.floor_bounds is None:
             self.floor_bounds = np.tile([-np.inf, np.inf], (n, 1))
         self.jittered = bool(np.any(self.floor_log_sd > 0))
+        self._jitter_terms()
         self._steps = precision_steps(self.floor_precision)
         if self._steps:  # per network the multiples k/steps a floor may be rounded to: [N, 2] of k
             bounds = np.exp(self.floor_bounds)
@@ -187,6 +188,18 @@ class SegmentTable:
         self._floors_list = self.floors.ravel().tolist()
         self._weights_list = self.weights.tolist()
         self._fprop_list = self.floor_propensity.ravel().tolist()
+
+    def _jitter_terms(self) -> None:
+        """Per candidate [N, M], what every jittered-floor probability needs and only the table
+        decides: whether it is jittered, its log floor, its sd (1 where not jittered) and the
+        standard normal CDF at its bounds, so a batch of requests costs one ``ndtr`` per row."""
+        sd = self.floor_log_sd[:, None]
+        self._jit = (sd > 0) & (self.floors > 0)
+        self._jit_mu = np.log(np.maximum(self.floors, 1e-300))
+        self._jit_sd = np.where(self._jit, sd, 1.0)
+        self._jit_z_lo = ndtr((self.floor_bounds[:, :1] - self._jit_mu) / self._jit_sd)
+        self._jit_z_hi = ndtr((self.floor_bounds[:, 1:] - self._jit_mu) / self._jit_sd)
+        self._jit_mass = np.maximum(self._jit_z_hi - self._jit_z_lo, 1e-300)
 
     def sample(
         self, u: NDArray[np.float64], v: NDArray[np.float64] | None = None
@@ -201,10 +214,9 @@ class SegmentTable:
         sd = self.floor_log_sd[net]
         jit = sd > 0
         lo, hi = self.floor_bounds[net, 0], self.floor_bounds[net, 1]
-        mu = np.log(np.maximum(floor, 1e-300))
-        safe = np.where(jit, sd, 1.0)
-        z_lo = np.where(jit, ndtr((lo - mu) / safe), 0.0)
-        z_hi = np.where(jit, ndtr((hi - mu) / safe), 1.0)
+        mu = self._jit_mu.ravel()[flat]
+        z_lo = np.where(jit, self._jit_z_lo.ravel()[flat], 0.0)
+        z_hi = np.where(jit, self._jit_z_hi.ravel()[flat], 1.0)
         z = ndtri(np.clip(z_lo + v * (z_hi - z_lo), 1e-300, 1.0 - 1e-16))
         log_f = np.clip(mu + sd * z, lo, hi)
         floor = np.where(jit & (floor > 0), np.exp(log_f), floor)
@@ -302,14 +314,9 @@ class SegmentTable:
         """P(log f < log_floor | network) [k] under the jittered floor distribution
         (a step at each candidate floor that is not jittered: other networks, and floors of 0);
         ``per_candidate``: its terms ``p_m · P_m(log f < log_floor)`` [k, M]."""
-        sd = self.floor_log_sd[net][:, None]
-        jit = (sd > 0) & (self.floors[net] > 0)  # [k, M]
-        safe = np.where(jit, sd, 1.0)
-        mu = np.log(np.maximum(self.floors[net], 1e-300))  # [k, M]
-        lo, hi = self.floor_bounds[net, :1], self.floor_bounds[net, 1:]
-        z_lo, z_hi = ndtr((lo - mu) / safe), ndtr((hi - mu) / safe)
-        at = np.clip(log_floor[:, None], lo, hi)
-        mass = np.clip((ndtr((at - mu) / safe) - z_lo) / np.maximum(z_hi - z_lo, 1e-300), 0.0, 1.0)
+        jit, mu = self._jit[net], self._jit_mu[net]  # [k, M]
+        at = np.clip(log_floor[:, None], self.floor_bounds[net, :1], self.floor_bounds[net, 1:])
+        mass = np.clip((ndtr((at - mu) / self._jit_sd[net]) - self._jit_z_lo[net]) / self._jit_mass[net], 0.0, 1.0)
         # P(log f < x) for point masses: bins are [edge_b, edge_b+1), like price_bin.
         step = np.where(self.floors[net] > 0, mu, -np.inf) < log_floor[:, None]
         mass = np.where(jit, mass, step.astype(float))
@@ -348,8 +355,9 @@ class SegmentTable:
         lower, _ = self.floor_cell(net, np.where(some, first, grid[:, 0]) / self._steps)
         _, upper = self.floor_cell(net, np.where(some, last, grid[:, 0]) / self._steps)
         run = np.where(some, self._jitter_cdf(net, upper) - self._jitter_cdf(net, lower), 0.0)
-        apart = (b == 0) & (grid[:, 0] > 0)
-        return run + np.where(apart, self.floor_cell_probability(net, np.zeros(len(b))), 0.0)
+        apart = np.flatnonzero((b == 0) & (grid[:, 0] > 0))
+        run[apart] += self.floor_cell_probability(net[apart], np.zeros(len(apart)))
+        return run
 
     def _first_step_in_bin(self, b: NDArray[np.int64]) -> NDArray[np.float64]:
         """Smallest k with ``price_bin(k / n) >= b`` [k] (0 for the first bin), checked with
