@@ -60,8 +60,12 @@ $(PREBID_BUNDLE): $(PREBID_DIR)/package.json $(PREBID_DIR)/package-lock.json $(P
 	@echo "==> bundling Prebid.js from npm for the browser test (npm ci + esbuild)"
 	cd $(PREBID_DIR) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent bundle
 
+# Two workers (the CI machine's 2 cores); a test file stays on one worker, so its module
+# fixtures (the simulation grids) are built once.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) browser prebid-bundle
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -46,7 +46,14 @@ def set_path(body: dict, path: tuple, value: object) -> dict:
     return body
 
 
-DELETE = object()
+class _Delete:
+    """Marks a field to delete (its repr names it, so test ids are the same in every process)."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = _Delete()
 
 BAD = [
     (("networks", 2, "auction"), "third", r"^networks\[2\]\.auction: must be 'first' or 'second'"),
