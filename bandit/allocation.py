@@ -121,6 +121,22 @@ def matched_shares(
     return project_shares(w / w.sum(), lo, hi)
 
 
+#: From this many rows on, jittered-floor probabilities are evaluated per distinct row.
+DISTINCT_EDGES_MIN = 64
+
+
+def distinct_rows(net: NDArray[np.int64], x: NDArray[np.float64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The rows of the distinct (net, x) pairs (one each) and every row's place among them:
+    ``pairs[first][inverse] == pairs`` ([u] and [k])."""
+    order = np.lexsort((x, net))
+    sn, sx = net[order], x[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (sn[1:] != sn[:-1]) | (sx[1:] != sx[:-1])
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return order[new], inverse
+
+
 @dataclass
 class SegmentTable:
     """How one segment's requests are decided: P(network) and a floor sampler per network.
@@ -313,15 +329,27 @@ class SegmentTable:
     ) -> NDArray:
         """P(log f < log_floor | network) [k] under the jittered floor distribution
         (a step at each candidate floor that is not jittered: other networks, and floors of 0);
-        ``per_candidate``: its terms ``p_m · P_m(log f < log_floor)`` [k, M]."""
+        ``per_candidate``: its terms ``p_m · P_m(log f < log_floor)`` [k, M].
+
+        A batch of decisions repeats few (network, edge) pairs (rounded floors' cells, bin
+        edges): each distinct pair is evaluated once."""
+        if len(net) >= DISTINCT_EDGES_MIN:
+            first, inverse = distinct_rows(net, log_floor)
+            if 2 * len(first) <= len(net):
+                terms = self._jitter_terms_at(net[first], log_floor[first])[inverse]
+                return terms if per_candidate else terms.sum(axis=1)
+        terms = self._jitter_terms_at(net, log_floor)
+        return terms if per_candidate else terms.sum(axis=1)
+
+    def _jitter_terms_at(self, net: NDArray[np.int64], log_floor: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``p_m · P_m(log f < log_floor)`` [k, M] (see :meth:`_jitter_cdf`)."""
         jit, mu = self._jit[net], self._jit_mu[net]  # [k, M]
         at = np.clip(log_floor[:, None], self.floor_bounds[net, :1], self.floor_bounds[net, 1:])
         mass = np.clip((ndtr((at - mu) / self._jit_sd[net]) - self._jit_z_lo[net]) / self._jit_mass[net], 0.0, 1.0)
         # P(log f < x) for point masses: bins are [edge_b, edge_b+1), like price_bin.
         step = np.where(self.floors[net] > 0, mu, -np.inf) < log_floor[:, None]
         mass = np.where(jit, mass, step.astype(float))
-        terms = self.floor_probs[net] * mass
-        return terms if per_candidate else terms.sum(axis=1)
+        return self.floor_probs[net] * mass
 
     def cell_probability_terms(
         self, network: NDArray[np.int64], lower: NDArray[np.float64], upper: NDArray[np.float64]

@@ -256,3 +256,31 @@ def test_ts_gmm_logs_the_probability_of_a_served_floor_of_0s_bin() -> None:
     assert (db.floor_cpm == 0.0).mean() > 0.1
     assert first.mean() == pytest.approx(db.floor_propensity[first][0], abs=0.01)
     assert np.all(db.floor_propensity > 0)
+
+
+@pytest.mark.parametrize("precision", [0.0, 0.01])
+def test_a_batch_of_decisions_gets_the_same_floor_probabilities_as_each_decision_alone(precision) -> None:
+    """A large batch evaluates each distinct (network, floor) pair once
+    (``DISTINCT_EDGES_MIN``): its propensities and densities are exactly those of the
+    same decisions taken one at a time, with repeats, zero floors and both bounds."""
+    table = SegmentTable(
+        weights=np.array([0.5, 0.3, 0.2]),
+        floors=np.array([[0.0, 1.0, 1.3], [0.2, 0.25, 0.3], [2.0, 2.0, 2.0]]),
+        floor_probs=np.array([[0.1, 0.6, 0.3], [0.3, 0.3, 0.4], [1.0, 0.0, 0.0]]),
+        floor_propensity=np.ones((3, 3)),
+        summary=np.zeros((3, 8)),
+        floor_log_sd=np.array([0.1, 0.15, 0.0]),
+        floor_bounds=np.log([[0.01, 50.0], [0.05, 5.0], [0.5, 20.0]]),
+    )
+    if precision:
+        table = round_table(table, precision, table.floor_bounds)
+    rng = np.random.default_rng(3)
+    net, floor, _, fprop = table.sample(rng.random(2_000), rng.random(2_000))
+    if precision:  # rounded floors repeat (unrounded ones share their bins' edges)
+        assert len(set(zip(net.tolist(), floor.tolist(), strict=True))) < 500
+    density = table.logged_floor_density(net, floor)
+    u, v = np.random.default_rng(3).random((2, 2_000))
+    alone = [table.sample(u[i : i + 1], v[i : i + 1]) for i in range(2_000)]
+    np.testing.assert_array_equal(fprop, [a[3][0] for a in alone])
+    one_by_one = [table.logged_floor_density(net[i : i + 1], floor[i : i + 1])[0] for i in range(2_000)]
+    np.testing.assert_array_equal(density, one_by_one)
