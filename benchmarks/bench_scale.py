@@ -49,7 +49,7 @@ from bandit.pooling import SegmentPool
 from bandit.stats import N_BINS, SufficientStats
 from serving.eventlog import EventLog
 from serving.records import APPLIED, EVENTS, EventRecord, encode_applied
-from serving.store import PolicyStore
+from serving.store import REPLAY_GROUP_EVENTS, PolicyStore
 
 
 def rss_mb() -> float:
@@ -339,7 +339,8 @@ def part_restart(table: Table, args: argparse.Namespace, state: dict, keys: tupl
     table.add(f"log of {args.restart_events:,} events written [s] / size [MiB]", f"{gen_s:.0f} / {size:,.0f}")
     ready, stale, closing = restart(state_dir, args.restart_events, open_refit_budget_s=0.0)
     table.add(
-        f"restart, {args.restart_events:,} events behind the base, replay groups of 1,000,000: ready [s] / [events/s]",
+        f"restart, {args.restart_events:,} events behind the base, replay groups of {REPLAY_GROUP_EVENTS:,}: "
+        "ready [s] / [events/s]",
         f"{ready:.1f} / {args.restart_events / max(ready - loading, 1e-9):,.0f}",
         "<= 30",
         ready <= 30,

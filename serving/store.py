@@ -124,7 +124,7 @@ log = logging.getLogger(__name__)
 SNAPSHOTS_KEPT = 2
 #: On open, live groups are replayed merged into groups of up to this many events (the default
 #: of ``replay_group_events``), and events after the last APPLIED marker learned in groups of it.
-REPLAY_GROUP_EVENTS = 1_000_000
+REPLAY_GROUP_EVENTS = 2_500_000
 
 
 @dataclass
