@@ -384,7 +384,8 @@ class SegmentTable:
         _, upper = self.floor_cell(net, np.where(some, last, grid[:, 0]) / self._steps)
         run = np.where(some, self._jitter_cdf(net, upper) - self._jitter_cdf(net, lower), 0.0)
         apart = np.flatnonzero((b == 0) & (grid[:, 0] > 0))
-        run[apart] += self.floor_cell_probability(net[apart], np.zeros(len(apart)))
+        if len(apart):
+            run[apart] += self.floor_cell_probability(net[apart], np.zeros(len(apart)))
         return run
 
     def _first_step_in_bin(self, b: NDArray[np.int64]) -> NDArray[np.float64]:
