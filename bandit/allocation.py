@@ -297,7 +297,12 @@ class SegmentTable:
         turns a cell probability into a density (:meth:`logged_floor_density`); off-policy
         evaluation averages the candidate's density over the same span."""
         net = np.asarray(network, dtype=np.int64)
-        lower, upper = self.floor_cell(net, floor_cpm)
+        return self._reachable(net, *self.floor_cell(net, floor_cpm))
+
+    def _reachable(
+        self, net: NDArray[np.int64], lower: NDArray[np.float64], upper: NDArray[np.float64]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Log CPM edges [k] clamped to the network's bounds and the binned price range."""
         bounds = np.clip(self.floor_bounds[net], LOG_EDGES[0], LOG_EDGES[-1])
         return np.maximum(lower, bounds[:, 0]), np.minimum(upper, bounds[:, 1])
 
@@ -305,8 +310,7 @@ class SegmentTable:
         """P(the served floor is ``floor_cpm`` | network) [k] for rounded floors of a jittered
         table: the jitter mixture's probability of the floor's cell (:meth:`floor_cell`)."""
         net = np.asarray(network, dtype=np.int64)
-        lower, upper = self.floor_cell(net, floor_cpm)
-        return self._jitter_cdf(net, upper) - self._jitter_cdf(net, lower)
+        return self._mass_between(net, *self.floor_cell(net, floor_cpm))
 
     def logged_floor_density(self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]) -> NDArray:
         """The density of log floor a decision logs [k] (per unit log CPM; NaN without one):
@@ -318,11 +322,21 @@ class SegmentTable:
         f = np.asarray(floor_cpm, dtype=np.float64)
         if not self._steps:
             return self.log_floor_density(net, f)
-        lower, upper = self.floor_cell_span(net, f)
+        cell = self.floor_cell(net, f)
+        prob = self._mass_between(net, *cell)
+        lower, upper = self._reachable(net, *cell)
         width = upper - lower
-        prob = self.floor_cell_probability(net, f)
         has = (self.floor_log_sd[net] > 0) & (f > 0) & np.isfinite(width) & (width > 0) & (prob > 0)
         return np.where(has, prob / np.where(has, width, 1.0), np.nan)
+
+    def _mass_between(
+        self, net: NDArray[np.int64], lower: NDArray[np.float64], upper: NDArray[np.float64], per_candidate=False
+    ) -> NDArray:
+        """P(lower <= log f < upper | network) [k] (``per_candidate``: its terms [k, M]), both
+        edges in one :meth:`_jitter_cdf` call."""
+        k = len(net)
+        cdf = self._jitter_cdf(np.concatenate([net, net]), np.concatenate([upper, lower]), per_candidate=per_candidate)
+        return cdf[:k] - cdf[k:]
 
     def _jitter_cdf(
         self, net: NDArray[np.int64], log_floor: NDArray[np.float64], *, per_candidate: bool = False
@@ -355,8 +369,7 @@ class SegmentTable:
         self, network: NDArray[np.int64], lower: NDArray[np.float64], upper: NDArray[np.float64]
     ) -> NDArray[np.float64]:
         """Per candidate, ``p_m · P_m(lower <= log f < upper | network)`` [k, M] (log CPM edges [k])."""
-        net = np.asarray(network, dtype=np.int64)
-        return self._jitter_cdf(net, upper, per_candidate=True) - self._jitter_cdf(net, lower, per_candidate=True)
+        return self._mass_between(np.asarray(network, dtype=np.int64), lower, upper, per_candidate=True)
 
     def floor_bin_probability(self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]) -> NDArray:
         """P(the floor's statistics bin | network) [k] for floors drawn from this table.
@@ -369,7 +382,7 @@ class SegmentTable:
             return self._rounded_bin_probability(net, b)
         upper = np.where(b == len(LOG_EDGES) - 2, np.inf, LOG_EDGES[b + 1])
         lower = np.where(b == 0, -np.inf, LOG_EDGES[b])
-        return self._jitter_cdf(net, upper) - self._jitter_cdf(net, lower)
+        return self._mass_between(net, lower, upper)
 
     def _rounded_bin_probability(self, net: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray:
         """P(the rounded floor lies in bin ``b`` | network) [k]: the cells of the grid floors
@@ -382,7 +395,7 @@ class SegmentTable:
         some = first <= last
         lower, _ = self.floor_cell(net, np.where(some, first, grid[:, 0]) / self._steps)
         _, upper = self.floor_cell(net, np.where(some, last, grid[:, 0]) / self._steps)
-        run = np.where(some, self._jitter_cdf(net, upper) - self._jitter_cdf(net, lower), 0.0)
+        run = np.where(some, self._mass_between(net, lower, upper), 0.0)
         apart = np.flatnonzero((b == 0) & (grid[:, 0] > 0))
         if len(apart):
             run[apart] += self.floor_cell_probability(net[apart], np.zeros(len(apart)))
