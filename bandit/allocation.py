@@ -389,13 +389,15 @@ class SegmentTable:
         ``k / n`` of that bin (a run ``k_first … k_last``; none in a bin narrower than a step)
         and, in the first bin, a floor of 0 (``price_bin`` clamps it there): when the grid
         starts above 0 its point mass is a cell apart from the run's."""
+        k = len(b)
         grid = self._grid[net]
-        first = np.maximum(self._first_step_in_bin(b), grid[:, 0])
-        last = np.minimum(np.where(b == N_BINS - 1, np.inf, self._first_step_in_bin(b + 1) - 1), grid[:, 1])
+        steps = self._first_step_in_bin(np.concatenate([b, b + 1]))  # both ends of each bin at once
+        first = np.maximum(steps[:k], grid[:, 0])
+        last = np.minimum(np.where(b == N_BINS - 1, np.inf, steps[k:] - 1), grid[:, 1])
         some = first <= last
-        lower, _ = self.floor_cell(net, np.where(some, first, grid[:, 0]) / self._steps)
-        _, upper = self.floor_cell(net, np.where(some, last, grid[:, 0]) / self._steps)
-        run = np.where(some, self._mass_between(net, lower, upper), 0.0)
+        ends = np.concatenate([np.where(some, first, grid[:, 0]), np.where(some, last, grid[:, 0])])
+        lower, upper = self.floor_cell(np.concatenate([net, net]), ends / self._steps)
+        run = np.where(some, self._mass_between(net, lower[:k], upper[k:]), 0.0)
         apart = np.flatnonzero((b == 0) & (grid[:, 0] > 0))
         if len(apart):
             run[apart] += self.floor_cell_probability(net[apart], np.zeros(len(apart)))
