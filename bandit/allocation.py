@@ -208,7 +208,7 @@ class SegmentTable:
     def _jitter_terms(self) -> None:
         """Per candidate [N, M], what every jittered-floor probability needs and only the table
         decides: whether it is jittered, its log floor, its sd (1 where not jittered) and the
-        standard normal CDF at its bounds, so a batch of requests costs one ``ndtr`` per row."""
+        standard normal CDF at its bounds, so a probability costs one ``ndtr`` per candidate."""
         sd = self.floor_log_sd[:, None]
         self._jit = (sd > 0) & (self.floors > 0)
         self._jit_mu = np.log(np.maximum(self.floors, 1e-300))
@@ -330,7 +330,11 @@ class SegmentTable:
         return np.where(has, prob / np.where(has, width, 1.0), np.nan)
 
     def _mass_between(
-        self, net: NDArray[np.int64], lower: NDArray[np.float64], upper: NDArray[np.float64], per_candidate=False
+        self,
+        net: NDArray[np.int64],
+        lower: NDArray[np.float64],
+        upper: NDArray[np.float64],
+        per_candidate: bool = False,
     ) -> NDArray:
         """P(lower <= log f < upper | network) [k] (``per_candidate``: its terms [k, M]), both
         edges in one :meth:`_jitter_cdf` call."""
@@ -347,12 +351,13 @@ class SegmentTable:
 
         A batch of decisions repeats few (network, edge) pairs (rounded floors' cells, bin
         edges): each distinct pair is evaluated once."""
+        terms = None
         if len(net) >= DISTINCT_EDGES_MIN:
             first, inverse = distinct_rows(net, log_floor)
             if 2 * len(first) <= len(net):
                 terms = self._jitter_terms_at(net[first], log_floor[first])[inverse]
-                return terms if per_candidate else terms.sum(axis=1)
-        terms = self._jitter_terms_at(net, log_floor)
+        if terms is None:
+            terms = self._jitter_terms_at(net, log_floor)
         return terms if per_candidate else terms.sum(axis=1)
 
     def _jitter_terms_at(self, net: NDArray[np.int64], log_floor: NDArray[np.float64]) -> NDArray[np.float64]:
