@@ -5,6 +5,7 @@ decision table that turns an allocation into sampled decisions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -137,6 +138,20 @@ def distinct_rows(net: NDArray[np.int64], x: NDArray[np.float64]) -> tuple[NDArr
     return order[new], inverse
 
 
+@dataclass(frozen=True, slots=True)
+class JitterTerms:
+    """Per candidate [N, M] of a table, what every jittered-floor probability needs and only
+    the table decides: whether it is jittered, its log floor, its sd (1 where not jittered)
+    and the standard normal CDF at its bounds (``mass``: their difference, at least 1e-300)."""
+
+    jittered: NDArray[np.bool_]
+    mu: NDArray[np.float64]
+    sd: NDArray[np.float64]
+    z_lo: NDArray[np.float64]
+    z_hi: NDArray[np.float64]
+    mass: NDArray[np.float64]
+
+
 @dataclass
 class SegmentTable:
     """How one segment's requests are decided: P(network) and a floor sampler per network.
@@ -194,7 +209,6 @@ class SegmentTable:
         if self.floor_bounds is None:
             self.floor_bounds = np.tile([-np.inf, np.inf], (n, 1))
         self.jittered = bool(np.any(self.floor_log_sd > 0))
-        self._jitter_terms()
         self._steps = precision_steps(self.floor_precision)
         if self._steps:  # per network the multiples k/steps a floor may be rounded to: [N, 2] of k
             bounds = np.exp(self.floor_bounds)
@@ -205,17 +219,17 @@ class SegmentTable:
         self._weights_list = self.weights.tolist()
         self._fprop_list = self.floor_propensity.ravel().tolist()
 
-    def _jitter_terms(self) -> None:
-        """Per candidate [N, M], what every jittered-floor probability needs and only the table
-        decides: whether it is jittered, its log floor, its sd (1 where not jittered) and the
-        standard normal CDF at its bounds, so a probability costs one ``ndtr`` per candidate."""
+    @cached_property
+    def _jitter(self) -> JitterTerms:
+        """The table's :class:`JitterTerms`, on first use (most tables a refresh builds are
+        replaced before they are sampled), so a probability costs one ``ndtr`` per candidate."""
         sd = self.floor_log_sd[:, None]
-        self._jit = (sd > 0) & (self.floors > 0)
-        self._jit_mu = np.log(np.maximum(self.floors, 1e-300))
-        self._jit_sd = np.where(self._jit, sd, 1.0)
-        self._jit_z_lo = ndtr((self.floor_bounds[:, :1] - self._jit_mu) / self._jit_sd)
-        self._jit_z_hi = ndtr((self.floor_bounds[:, 1:] - self._jit_mu) / self._jit_sd)
-        self._jit_mass = np.maximum(self._jit_z_hi - self._jit_z_lo, 1e-300)
+        jittered = (sd > 0) & (self.floors > 0)
+        mu = np.log(np.maximum(self.floors, 1e-300))
+        sd = np.where(jittered, sd, 1.0)
+        z_lo = ndtr((self.floor_bounds[:, :1] - mu) / sd)
+        z_hi = ndtr((self.floor_bounds[:, 1:] - mu) / sd)
+        return JitterTerms(jittered, mu, sd, z_lo, z_hi, np.maximum(z_hi - z_lo, 1e-300))
 
     def sample(
         self, u: NDArray[np.float64], v: NDArray[np.float64] | None = None
@@ -230,9 +244,10 @@ class SegmentTable:
         sd = self.floor_log_sd[net]
         jit = sd > 0
         lo, hi = self.floor_bounds[net, 0], self.floor_bounds[net, 1]
-        mu = self._jit_mu.ravel()[flat]
-        z_lo = np.where(jit, self._jit_z_lo.ravel()[flat], 0.0)
-        z_hi = np.where(jit, self._jit_z_hi.ravel()[flat], 1.0)
+        terms = self._jitter
+        mu = terms.mu.ravel()[flat]
+        z_lo = np.where(jit, terms.z_lo.ravel()[flat], 0.0)
+        z_hi = np.where(jit, terms.z_hi.ravel()[flat], 1.0)
         z = ndtri(np.clip(z_lo + v * (z_hi - z_lo), 1e-300, 1.0 - 1e-16))
         log_f = np.clip(mu + sd * z, lo, hi)
         floor = np.where(jit & (floor > 0), np.exp(log_f), floor)
@@ -362,9 +377,10 @@ class SegmentTable:
 
     def _jitter_terms_at(self, net: NDArray[np.int64], log_floor: NDArray[np.float64]) -> NDArray[np.float64]:
         """``p_m · P_m(log f < log_floor)`` [k, M] (see :meth:`_jitter_cdf`)."""
-        jit, mu = self._jit[net], self._jit_mu[net]  # [k, M]
+        terms = self._jitter
+        jit, mu = terms.jittered[net], terms.mu[net]  # [k, M]
         at = np.clip(log_floor[:, None], self.floor_bounds[net, :1], self.floor_bounds[net, 1:])
-        mass = np.clip((ndtr((at - mu) / self._jit_sd[net]) - self._jit_z_lo[net]) / self._jit_mass[net], 0.0, 1.0)
+        mass = np.clip((ndtr((at - mu) / terms.sd[net]) - terms.z_lo[net]) / terms.mass[net], 0.0, 1.0)
         # P(log f < x) for point masses: bins are [edge_b, edge_b+1), like price_bin.
         step = np.where(self.floors[net] > 0, mu, -np.inf) < log_floor[:, None]
         mass = np.where(jit, mass, step.astype(float))
