@@ -4,6 +4,8 @@ decision table that turns an allocation into sampled decisions.
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -11,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import log_ndtr, ndtr, ndtri
 
-from bandit.stats import LOG_EDGES, N_BINS, log_price, price_bin
+from bandit.stats import BIN_WIDTH, LOG_EDGES, LOG_PRICE_MIN, MAX_CPM, N_BINS, PRICE_MIN, log_price, price_bin
 
 #: Columns of ``SegmentTable.summary`` (per network).
 SUMMARY_FIELDS = (
@@ -213,11 +215,13 @@ class SegmentTable:
         if self._steps:  # per network the multiples k/steps a floor may be rounded to: [N, 2] of k
             bounds = np.exp(self.floor_bounds)
             self._grid = np.stack(step_range(bounds[:, 0], bounds[:, 1], self._steps), axis=1)
+            self._grid_list = self._grid.tolist()
         # Plain lists make the one-request path fast (no numpy scalar overhead).
         self._cum_list = self.cum.tolist()
         self._floors_list = self.floors.ravel().tolist()
         self._weights_list = self.weights.tolist()
         self._fprop_list = self.floor_propensity.ravel().tolist()
+        self._sd_list = self.floor_log_sd.tolist()
 
     @cached_property
     def _jitter(self) -> JitterTerms:
@@ -263,15 +267,85 @@ class SegmentTable:
         cum = np.cumsum(self.plan_probs)
         return np.minimum(np.searchsorted(cum / cum[-1], u, side="right"), len(cum) - 1)
 
-    def sample_one(self, u: float, v: float | None = None) -> tuple[int, float, float, float]:
-        if self.jittered and v is not None:
-            net, floor, prop, fprop = self.sample(np.array([u]), np.array([v]))
-            return int(net[0]), float(floor[0]), float(prop[0]), float(fprop[0])
-        from bisect import bisect_right
-
+    def decide_one(self, u: float, v: float | None = None) -> tuple[int, float, float, float, float]:
+        """One decision for the uniforms ``u`` (and ``v`` for the floor jitter): (network,
+        floor_cpm, propensity, floor_propensity, logged floor density), exactly as
+        :meth:`sample` and :meth:`logged_floor_density` give them for one request, in scalar
+        arithmetic: the array path costs a single request ~100 tiny numpy operations. All the
+        jitter probabilities a decision logs (its bin's cells, its own cell) come from one
+        :meth:`_jitter_terms_at` call."""
         flat = min(bisect_right(self._cum_list, u), len(self._cum_list) - 1)
         net = flat // self._n_candidates
-        return net, self._floors_list[flat], self._weights_list[net], self._fprop_list[flat]
+        floor, prop = self._floors_list[flat], self._weights_list[net]
+        if not self.jittered or v is None:
+            return net, floor, prop, self._fprop_list[flat], math.nan
+        sd = self._sd_list[net]
+        if sd > 0 and floor > 0:
+            terms = self._jitter
+            m = flat % self._n_candidates
+            z_lo, z_hi, mu = float(terms.z_lo[net, m]), float(terms.z_hi[net, m]), float(terms.mu[net, m])
+            z = float(ndtri(min(max(z_lo + v * (z_hi - z_lo), 1e-300), 1.0 - 1e-16)))
+            lo, hi = self.floor_bounds[net].tolist()
+            floor = float(np.exp(min(max(mu + sd * z, lo), hi)))
+        if self._steps:
+            floor = self._round_one(net, floor)
+        if not sd > 0:
+            return net, floor, prop, self._fprop_list[flat], math.nan
+        b = _price_bin_one(floor)
+        if not self._steps:
+            upper = math.inf if b == N_BINS - 1 else float(LOG_EDGES[b + 1])
+            lower = -math.inf if b == 0 else float(LOG_EDGES[b])
+            (fprop,) = self._masses_one(net, [(lower, upper)])
+            density = float(self.log_floor_density(np.array([net]), np.array([floor]))[0])
+            return net, floor, prop, fprop, density
+        cell = self._cell_one(net, floor)
+        k_lo, k_hi = self._grid_list[net]
+        first = max(self._first_step_in_bin_one(b), k_lo)
+        last = min(math.inf if b == N_BINS - 1 else self._first_step_in_bin_one(b + 1) - 1, k_hi)
+        spans = [cell]
+        if first <= last:
+            spans.append((self._cell_one(net, first / self._steps)[0], self._cell_one(net, last / self._steps)[1]))
+        if b == 0 and k_lo > 0:
+            spans.append(self._cell_one(net, 0.0))
+        masses = self._masses_one(net, spans)
+        fprop = sum(masses[1:], 0.0)  # the bin's run of cells, and a floor of 0's apart
+        bounds = np.clip(self.floor_bounds[net], LOG_EDGES[0], LOG_EDGES[-1]).tolist()
+        width = min(cell[1], bounds[1]) - max(cell[0], bounds[0])
+        has = floor > 0 and math.isfinite(width) and width > 0 and masses[0] > 0
+        return net, floor, prop, fprop, masses[0] / width if has else math.nan
+
+    def _round_one(self, net: int, floor: float) -> float:
+        """:meth:`round_floors` of one floor."""
+        k_lo, k_hi = self._grid_list[net]
+        k = min(max(float(math.floor(floor * self._steps + 0.5)), k_lo), k_hi)
+        return k / self._steps if floor > 0 else 0.0
+
+    def _cell_one(self, net: int, floor: float) -> tuple[float, float]:
+        """:meth:`floor_cell` of one rounded floor."""
+        k_lo, k_hi = self._grid_list[net]
+        k = float(round(floor * self._steps))
+        lower = float(np.log(max(k - 0.5, 0.0) / self._steps)) if k > 0.5 else -math.inf
+        upper = math.inf if k >= k_hi else float(np.log((k + 0.5) / self._steps))
+        if 0 < k <= k_lo:
+            lower = _LOG_ABOVE_ZERO
+        if k == 0 and k_lo > 0:
+            upper = _LOG_ABOVE_ZERO
+        return lower, upper
+
+    def _first_step_in_bin_one(self, b: int) -> float:
+        """:meth:`_first_step_in_bin` of one bin."""
+        if b <= 0:
+            return 0.0
+        start = math.floor(float(np.exp(LOG_EDGES[min(b, N_BINS)])) * self._steps) - 1.0
+        cands = [max(start + i, 0.0) for i in range(4)]
+        return next((c for c in cands if _price_bin_one(c / self._steps) >= b), cands[0])
+
+    def _masses_one(self, net: int, spans: list[tuple[float, float]]) -> list[float]:
+        """P(lower <= log f < upper | network) of each (lower, upper) in ``spans``, as
+        :meth:`_mass_between` computes it, in one :meth:`_jitter_terms_at` call."""
+        edges = [upper for _, upper in spans] + [lower for lower, _ in spans]
+        cdf = self._jitter_terms_at(np.full(len(edges), net), np.array(edges)).sum(axis=1).tolist()
+        return [cdf[i] - cdf[i + len(spans)] for i in range(len(spans))]
 
     def round_floors(self, network: NDArray[np.int64], floor_cpm: NDArray[np.float64]) -> NDArray[np.float64]:
         """Floors [k] rounded (half up) to the nearest multiple of ``floor_precision`` within
@@ -492,6 +566,12 @@ def floor_bin_propensity(
         same = bins[i][:, None] == bins[i][None, :]
         out[i] = same.astype(float) @ probs[i]
     return out
+
+
+def _price_bin_one(floor_cpm: float) -> int:
+    """:func:`bandit.stats.price_bin` of one floor's :func:`bandit.stats.log_price`."""
+    b = int((float(np.log(min(max(floor_cpm, PRICE_MIN), MAX_CPM))) - LOG_PRICE_MIN) * (1.0 / BIN_WIDTH))
+    return min(max(b, 0), N_BINS - 1)
 
 
 def precision_steps(precision: float) -> int:

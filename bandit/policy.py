@@ -217,13 +217,7 @@ class Policy:
         """One decision for a request with this context (or this segment key)."""
         seg = segment if segment is not None else self.placement.segment_of(context)
         table = self.table(seg)
-        if table.jittered:
-            u, v = (rng or self._rng).random(2)
-            net, floor, prop, fprop = table.sample_one(u, v)
-            density = float(table.logged_floor_density(np.array([net]), np.array([floor]))[0])
-        else:
-            net, floor, prop, fprop = table.sample_one((rng or self._rng).random())
-            density = math.nan
+        net, floor, prop, fprop, density = table.decide_one(*(rng or self._rng).random(2 if table.jittered else 1).tolist())
         return Decision(self.placement.networks[net].id, floor, prop, fprop, seg, self.model_version, density)
 
     def decide_batch(

@@ -262,15 +262,17 @@ def test_ts_gmm_logs_the_probability_of_a_served_floor_of_0s_bin() -> None:
 def test_a_batch_of_decisions_gets_the_same_floor_probabilities_as_each_decision_alone(precision) -> None:
     """A large batch evaluates each distinct (network, floor) pair once
     (``DISTINCT_EDGES_MIN``): its propensities and densities are exactly those of the
-    same decisions taken one at a time, with repeats, zero floors and both bounds."""
+    same decisions taken one at a time, with repeats, zero floors and both bounds; so are the
+    decisions of the one-request path (:meth:`SegmentTable.decide_one`, scalar arithmetic),
+    including floors of a few cents, whose statistics bins hold no multiple of a cent."""
     table = SegmentTable(
-        weights=np.array([0.5, 0.3, 0.2]),
-        floors=np.array([[0.0, 1.0, 1.3], [0.2, 0.25, 0.3], [2.0, 2.0, 2.0]]),
-        floor_probs=np.array([[0.1, 0.6, 0.3], [0.3, 0.3, 0.4], [1.0, 0.0, 0.0]]),
-        floor_propensity=np.ones((3, 3)),
-        summary=np.zeros((3, 8)),
-        floor_log_sd=np.array([0.1, 0.15, 0.0]),
-        floor_bounds=np.log([[0.01, 50.0], [0.05, 5.0], [0.5, 20.0]]),
+        weights=np.array([0.4, 0.3, 0.2, 0.1]),
+        floors=np.array([[0.0, 1.0, 1.3], [0.2, 0.25, 0.3], [2.0, 2.0, 2.0], [0.02, 0.03, 0.0]]),
+        floor_probs=np.array([[0.1, 0.6, 0.3], [0.3, 0.3, 0.4], [1.0, 0.0, 0.0], [0.5, 0.3, 0.2]]),
+        floor_propensity=np.ones((4, 3)),
+        summary=np.zeros((4, 8)),
+        floor_log_sd=np.array([0.1, 0.15, 0.0, 0.6]),
+        floor_bounds=np.log([[0.01, 50.0], [0.05, 5.0], [0.5, 20.0], [0.005, 1.0]]),
     )
     if precision:
         table = round_table(table, precision, table.floor_bounds)
@@ -284,3 +286,6 @@ def test_a_batch_of_decisions_gets_the_same_floor_probabilities_as_each_decision
     np.testing.assert_array_equal(fprop, [a[3][0] for a in alone])
     one_by_one = [table.logged_floor_density(net[i : i + 1], floor[i : i + 1])[0] for i in range(2_000)]
     np.testing.assert_array_equal(density, one_by_one)
+    scalar = np.array([table.decide_one(u[i].item(), v[i].item()) for i in range(2_000)])
+    np.testing.assert_array_equal(scalar, np.stack([net, floor, table.weights[net], fprop, density], axis=1))
+    assert np.isnan(density).any() and (net == 3).sum() > 100
