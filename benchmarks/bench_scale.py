@@ -33,7 +33,10 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +60,28 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+@contextmanager
+def peak_rss(interval_s: float = 0.01) -> Iterator[list[float]]:
+    """The process RSS [MB] before the block and its peak during it (polled every
+    ``interval_s``), as ``[before, peak]``: what a phase adds transiently, which ``ru_maxrss``
+    (the peak of the whole process so far) cannot show once an earlier phase peaked higher."""
+    figures = [rss_mb()] * 2
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(interval_s):
+            figures[1] = max(figures[1], rss_mb())
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield figures
+    finally:
+        done.set()
+        thread.join()
+        figures[1] = max(figures[1], rss_mb())
 
 
 def full_cell_bytes() -> float:
@@ -304,13 +329,15 @@ def part_restart(table: Table, args: argparse.Namespace, state: dict, keys: tupl
         store = PolicyStore(copy, **options, **kw)
         before = resource.getrusage(resource.RUSAGE_SELF)
         t = time.perf_counter()
-        store.open()
+        with peak_rss() as rss:
+            store.open()
         ready = time.perf_counter() - t
         after = resource.getrusage(resource.RUSAGE_SELF)
         user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
         print(
             f"    (open: {ready:.1f} s wall clock, {user + system:.1f} s CPU (user {user:.1f}, system {system:.1f}), "
-            f"{after.ru_minflt - before.ru_minflt:,} page faults, 1-minute load {os.getloadavg()[0]:.1f})"
+            f"{after.ru_minflt - before.ru_minflt:,} page faults, 1-minute load {os.getloadavg()[0]:.1f}; "
+            f"RSS {rss[0]:,.0f} MB before, peak {rss[1]:,.0f} MB during it, {rss_mb():,.0f} MB after)"
         )
         assert store.metrics()["events_replayed_total"] == n_events
         # Segments whose tables still lag their statistics (the applier refits them).

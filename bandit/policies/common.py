@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.stats import chi2
 
 from bandit.allocation import AUCTION_CODES, SUMMARY_FIELDS, SegmentTable
 from bandit.stats import ATFLOOR, FILLS, PRICE, REQUESTS, REVENUE, REVENUE_SQ
@@ -27,9 +28,18 @@ def detect_auction(
     floor; a fill within max(1 cent, 0.5%) of the floor counts, see
     :func:`bandit.stats.is_at_floor`); first-price networks almost never do. Without enough
     fills, assume second price (the commoner ad-network mechanism) unless configured.
+
+    Second price when the at-floor share of all fills reaches ``share``, or when some floor
+    bins show more than ``share`` beyond chance (:func:`at_floor_excess`): at floors far
+    below its bids a second-price network seldom fills at the floor (its two best bids both
+    clear it), so fills at low floors tried for exploration must not dilute what the binding
+    floors show (a network taken for first price is then given floors at its lower bound,
+    and keeps showing no at-floor fills there).
+
     The confidence is the posterior probability of the detected type under two binomial
     hypotheses for the at-floor share (``FIRST_PRICE_AT_FLOOR`` vs ``SECOND_PRICE_AT_FLOOR``),
-    equal prior odds; 1 when configured, 0.5 without enough fills.
+    equal prior odds, or the excess's odds when only the floor bins show second price; 1 when
+    configured, 0.5 without enough fills.
     """
     if configured != "auto":
         return configured, 1.0
@@ -37,12 +47,43 @@ def detect_auction(
     fills = at + float(stats[PRICE].sum())
     if fills < min_fills:
         return "second", 0.5
-    kind = "second" if at >= share * fills else "first"
     p1, p2 = FIRST_PRICE_AT_FLOOR, SECOND_PRICE_AT_FLOOR
     log_lr = at * math.log(p2 / p1) + (fills - at) * math.log((1 - p2) / (1 - p1))  # second vs first
-    log_lr = max(min(log_lr, 700.0), -700.0)
-    p_second = 1.0 / (1.0 + math.exp(-log_lr))
-    return kind, p_second if kind == "second" else 1.0 - p_second
+    p_second = _odds_probability(log_lr)
+    if at >= share * fills:
+        return "second", p_second
+    excess = at_floor_excess(stats[ATFLOOR], stats[FILLS], share)
+    if excess > 0:
+        return "second", _odds_probability(excess)
+    return "first", 1.0 - p_second
+
+
+def _odds_probability(log_odds: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(log_odds, 700.0), -700.0)))
+
+
+#: False-alarm probability of :func:`at_floor_excess` for a network whose at-floor share is
+#: ``share`` in every floor bin.
+EXCESS_ALPHA = 1e-4
+
+
+def at_floor_excess(at: NDArray[np.float64], fills: NDArray[np.float64], share: float) -> float:
+    """Log odds that some floor bins' at-floor shares exceed ``share`` (``at`` and ``fills``
+    [B] per floor bin): the generalized likelihood ratio of a free share per bin, at least
+    ``share``, against ``share`` in all, ``Λ = Σ_b fills_b · KL(at_b / fills_b ‖ share)`` over
+    the bins above it, less its ``1 − EXCESS_ALPHA`` quantile without excess (half a χ² with a
+    degree of freedom per bin with fills), so positive only beyond chance."""
+    used = fills > 0
+    k = int(used.sum())
+    if k == 0:
+        return -math.inf
+    n, a = fills[used], np.minimum(at[used], fills[used])
+    q = a / n
+    above = q > share
+    q, n = q[above], n[above]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = q * np.log(q / share) + np.where(q < 1, (1 - q) * np.log((1 - q) / (1 - share)), 0.0)
+    return float((n * kl).sum()) - 0.5 * float(chi2.isf(EXCESS_ALPHA, k))
 
 
 def empirical_summary(stats: NDArray[np.float64], placement: PlacementConfig, floors: NDArray[np.float64]) -> NDArray:
