@@ -217,7 +217,8 @@ class Policy:
         """One decision for a request with this context (or this segment key)."""
         seg = segment if segment is not None else self.placement.segment_of(context)
         table = self.table(seg)
-        net, floor, prop, fprop, density = table.decide_one(*(rng or self._rng).random(2 if table.jittered else 1).tolist())
+        uniforms = (rng or self._rng).random(2 if table.jittered else 1).tolist()  # the jitter's too
+        net, floor, prop, fprop, density = table.decide_one(*uniforms)
         return Decision(self.placement.networks[net].id, floor, prop, fprop, seg, self.model_version, density)
 
     def decide_batch(
