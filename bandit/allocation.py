@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import log_ndtr, ndtr, ndtri
 
-from bandit.stats import BIN_WIDTH, LOG_EDGES, LOG_PRICE_MIN, MAX_CPM, N_BINS, PRICE_MIN, log_price, price_bin
+from bandit.stats import LOG_EDGES, N_BINS, log_price, price_bin, price_bin_one
 
 #: Columns of ``SegmentTable.summary`` (per network).
 SUMMARY_FIELDS = (
@@ -272,8 +272,8 @@ class SegmentTable:
         floor_cpm, propensity, floor_propensity, logged floor density), exactly as
         :meth:`sample` and :meth:`logged_floor_density` give them for one request, in scalar
         arithmetic: the array path costs a single request ~100 tiny numpy operations. All the
-        jitter probabilities a decision logs (its bin's cells, its own cell) come from one
-        :meth:`_jitter_terms_at` call."""
+        jitter probabilities a rounded floor logs (its bin's cells, its own cell) come from one
+        :meth:`_jitter_terms_at` call; unrounded floors take the array path."""
         flat = min(bisect_right(self._cum_list, u), len(self._cum_list) - 1)
         net = flat // self._n_candidates
         floor, prop = self._floors_list[flat], self._weights_list[net]
@@ -291,13 +291,11 @@ class SegmentTable:
             floor = self._round_one(net, floor)
         if not sd > 0:
             return net, floor, prop, self._fprop_list[flat], math.nan
-        b = _price_bin_one(floor)
-        if not self._steps:
-            upper = math.inf if b == N_BINS - 1 else float(LOG_EDGES[b + 1])
-            lower = -math.inf if b == 0 else float(LOG_EDGES[b])
-            (fprop,) = self._masses_one(net, [(lower, upper)])
-            density = float(self.log_floor_density(np.array([net]), np.array([floor]))[0])
-            return net, floor, prop, fprop, density
+        if not self._steps:  # unrounded floors: the array path (the service rounds by default)
+            nets, f = np.array([net]), np.array([floor])
+            fprop, density = self.floor_bin_probability(nets, f), self.log_floor_density(nets, f)
+            return net, floor, prop, float(fprop[0]), float(density[0])
+        b = price_bin_one(floor)
         cell = self._cell_one(net, floor)
         k_lo, k_hi = self._grid_list[net]
         first = max(self._first_step_in_bin_one(b), k_lo)
@@ -338,7 +336,7 @@ class SegmentTable:
             return 0.0
         start = math.floor(float(np.exp(LOG_EDGES[min(b, N_BINS)])) * self._steps) - 1.0
         cands = [max(start + i, 0.0) for i in range(4)]
-        return next((c for c in cands if _price_bin_one(c / self._steps) >= b), cands[0])
+        return next((c for c in cands if price_bin_one(c / self._steps) >= b), cands[0])
 
     def _masses_one(self, net: int, spans: list[tuple[float, float]]) -> list[float]:
         """P(lower <= log f < upper | network) of each (lower, upper) in ``spans``, as
@@ -566,12 +564,6 @@ def floor_bin_propensity(
         same = bins[i][:, None] == bins[i][None, :]
         out[i] = same.astype(float) @ probs[i]
     return out
-
-
-def _price_bin_one(floor_cpm: float) -> int:
-    """:func:`bandit.stats.price_bin` of one floor's :func:`bandit.stats.log_price`."""
-    b = int((float(np.log(min(max(floor_cpm, PRICE_MIN), MAX_CPM))) - LOG_PRICE_MIN) * (1.0 / BIN_WIDTH))
-    return min(max(b, 0), N_BINS - 1)
 
 
 def precision_steps(precision: float) -> int:

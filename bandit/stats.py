@@ -79,6 +79,13 @@ def price_bin(log_cpm: NDArray[np.float64]) -> NDArray[np.int64]:
     return np.clip(b, 0, N_BINS - 1)
 
 
+def price_bin_one(cpm: float) -> int:
+    """``price_bin(log_price(cpm))`` of one price, in scalar arithmetic (the one-request decision
+    path; the same operations, so the same bin)."""
+    b = int((float(np.log(min(max(cpm, PRICE_MIN), MAX_CPM))) - LOG_PRICE_MIN) * (1.0 / BIN_WIDTH))
+    return min(max(b, 0), N_BINS - 1)
+
+
 def is_at_floor(floor_cpm: NDArray, revenue_cpm: NDArray, filled: NDArray) -> NDArray[np.bool_]:
     """Fills whose price is at the floor within the tolerance (or, misreported, below it)."""
     return filled & (revenue_cpm <= floor_cpm + np.maximum(AT_FLOOR_RTOL * floor_cpm, AT_FLOOR_ATOL) + 1e-12)
