@@ -413,7 +413,7 @@ class Policy:
         there), and checkpoint. Raises :class:`InvalidState` when they are of another policy
         or do not follow this state (checked before anything changes)."""
         meta = json.loads(str(changes["meta"]))
-        if meta.get("policy") != self.name or meta.get("placement") != self.placement.to_dict():
+        if meta.get("policy") != self.name or not _same_placement(meta.get("placement"), self.placement):
             raise InvalidState(f"changes of policy {meta.get('policy')!r} on another placement do not apply here")
         try:
             self.stats.apply_changed_state(changes)
@@ -456,6 +456,16 @@ class Policy:
         policy._load_extra_state(state)
         policy._tables = {seg: policy._finish(t) for seg, t in _tables_of(state).items()}
         return policy
+
+
+def _same_placement(body: Any, placement: PlacementConfig) -> bool:
+    """Whether a state's placement dict is ``placement`` as policies see it: only the core
+    :class:`PlacementConfig` counts (a service's placement adds settings of its own, e.g.
+    bidder codes, which its policies' states carry but a policy rebuilt from them drops)."""
+    try:
+        return PlacementConfig.from_dict(placement.id, body).to_dict() == PlacementConfig.to_dict(placement)
+    except (TypeError, ValueError):  # InvalidConfig is a ValueError
+        return False
 
 
 def _table_arrays(segments: Sequence[str], tables: Sequence[SegmentTable]) -> dict[str, np.ndarray]:

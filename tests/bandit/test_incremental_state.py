@@ -97,12 +97,17 @@ def test_changes_that_skip_one_are_refused_and_change_nothing():
     assert_same_state(saved, restored.state())
 
 
-def test_changes_of_another_policy_are_refused():
+def test_changes_of_another_policy_or_placement_are_refused():
     a = make_policy("ts_gmm", CFG, seed=3)
     a.checkpoint()
     a.update(synthetic_batch(np.random.default_rng(3), 100, T0))
+    changes = a.take_changes()
     with pytest.raises(InvalidState, match="another placement"):
-        make_policy("static", CFG).apply_changes(a.take_changes())
+        make_policy("static", CFG).apply_changes(changes)
+    other = replace(CFG, networks=(replace(CFG.networks[0], floor_max_cpm=7.0), *CFG.networks[1:]))
+    with pytest.raises(InvalidState, match="another placement"):
+        make_policy("ts_gmm", other, seed=3).apply_changes(changes)
+    make_policy("ts_gmm", CFG, seed=3).apply_changes(changes)
 
 
 def test_a_policy_without_checkpoint_has_no_changes_to_give():

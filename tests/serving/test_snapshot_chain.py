@@ -13,6 +13,7 @@ import pytest
 from bandit import load_state, save_state
 from bandit.errors import StorageFailure
 from serving import snapshots
+from serving.placement_config import ServicePlacement
 from serving.store import ExperimentConfig, PolicyStore
 from tests.serving.test_store import assert_same_stats, crash_copy, events, placement, stats
 
@@ -74,6 +75,32 @@ def test_a_base_plus_deltas_restores_exactly_the_state_of_the_store_that_wrote_t
     # The de-duplication window came back from the deltas too.
     again = events(np.random.default_rng(11), 150, 0, t0=1_790_000_000.0)
     assert restored.ingest(again).duplicates == 150
+    restored.close()
+    live.close()
+
+
+def test_deltas_of_a_placement_with_service_settings_apply_on_restart(tmp_path):
+    """Bidder codes, net revenue and limits live in the service's placement, not in the
+    policy's: the deltas of such a placement restore it too (none is refused as damage)."""
+    body = {"networks": [{"id": "alpha", "floor_max_cpm": 20.0, "bidder": "appnexus"},
+                         {"id": "beta", "floor_max_cpm": 20.0, "revenue": "net"},
+                         {"id": "house", "floor_max_cpm": 20.0}],
+            "segment_by": ["country", "os"], "limits": {"max_segments": 1000}}  # fmt: skip
+    config = ServicePlacement.from_dict("p1", body)
+    assert config.bidders and config.net_revenue and config.limits
+    live = open_store(tmp_path / "live")
+    live.put_placement(config, ExperimentConfig.single("ts_gmm"))
+    rng = np.random.default_rng(5)
+    drive(live, rng, range(2))
+    live.snapshot()
+    drive(live, rng, range(2, 4))
+    live.snapshot()
+    assert kinds(tmp_path / "live") == ["base", "delta"]
+    crash_copy(tmp_path / "live", tmp_path / "crashed")
+    restored = open_store(tmp_path / "crashed")
+    assert restored.damage() == []
+    assert restored.metrics()["events_replayed_total"] == 0
+    assert_same_state(whole_state(live), whole_state(restored))
     restored.close()
     live.close()
 
