@@ -33,13 +33,18 @@ def detect_auction(
     bins show more than ``share`` beyond chance (:func:`at_floor_excess`): at floors far
     below its bids a second-price network seldom fills at the floor (its two best bids both
     clear it), so fills at low floors tried for exploration must not dilute what the binding
-    floors show (a network taken for first price is then given floors at its lower bound,
-    and keeps showing no at-floor fills there).
+    floors show.
 
-    The confidence is the posterior probability of the detected type under two binomial
-    hypotheses for the at-floor share (``FIRST_PRICE_AT_FLOOR`` vs ``SECOND_PRICE_AT_FLOOR``),
-    equal prior odds, or the excess's odds when only the floor bins show second price; 1 when
-    configured, 0.5 without enough fills.
+    First price only on strong evidence where floors bind (:func:`first_price_log_odds`
+    beyond ``FIRST_PRICE_ODDS``): a network taken for first price is given floors at its
+    lower bound, where neither type fills at the floor, so a wrong verdict would never be
+    corrected; a few binding fills that happen to miss the floor must not give it. Until
+    then second price, whose floors explore the binding region that settles it.
+
+    The confidence is the posterior probability of the detected type, equal prior odds: of
+    two binomial hypotheses for the at-floor share of all fills (``FIRST_PRICE_AT_FLOOR`` vs
+    ``SECOND_PRICE_AT_FLOOR``) when that share decides, of the excess when the floor bins do,
+    of the binding fills otherwise; 1 when configured, 0.5 without enough fills.
     """
     if configured != "auto":
         return configured, 1.0
@@ -47,15 +52,16 @@ def detect_auction(
     fills = at + float(stats[PRICE].sum())
     if fills < min_fills:
         return "second", 0.5
-    p1, p2 = FIRST_PRICE_AT_FLOOR, SECOND_PRICE_AT_FLOOR
-    log_lr = at * math.log(p2 / p1) + (fills - at) * math.log((1 - p2) / (1 - p1))  # second vs first
-    p_second = _odds_probability(log_lr)
     if at >= share * fills:
-        return "second", p_second
+        p1, p2 = FIRST_PRICE_AT_FLOOR, SECOND_PRICE_AT_FLOOR
+        return "second", _odds_probability(at * math.log(p2 / p1) + (fills - at) * math.log((1 - p2) / (1 - p1)))
     excess = at_floor_excess(stats[ATFLOOR], stats[FILLS], share)
     if excess > 0:
         return "second", _odds_probability(excess)
-    return "first", 1.0 - p_second
+    first = first_price_log_odds(stats)
+    if first >= math.log(FIRST_PRICE_ODDS):
+        return "first", _odds_probability(first)
+    return "second", _odds_probability(-first)
 
 
 def _odds_probability(log_odds: float) -> float:
@@ -84,6 +90,39 @@ def at_floor_excess(at: NDArray[np.float64], fills: NDArray[np.float64], share: 
     with np.errstate(divide="ignore", invalid="ignore"):
         kl = q * np.log(q / share) + np.where(q < 1, (1 - q) * np.log((1 - q) / (1 - share)), 0.0)
     return float((n * kl).sum()) - 0.5 * float(chi2.isf(EXCESS_ALPHA, k))
+
+
+#: Odds of first price from the binding fills before a network is taken for first price: a
+#: second-price network's odds reach it with probability at most 1 / ``FIRST_PRICE_ODDS``
+#: (Ville's inequality; the odds are a martingale under the second-price hypothesis and a
+#: supermartingale under any larger at-floor share).
+FIRST_PRICE_ODDS = 1e4
+#: Under second price, the at-floor share of fills at a floor that the clearing prices seen
+#: at lower floors fall below a share π of the time, per unit of π (1 for two independent
+#: bidders and small π; less when the bidders' values move together).
+SECOND_PRICE_AT_FLOOR_PER_CUT = 0.5
+#: Fills at lower floors before their prices say how much a floor binds (fewer shrink it to 0).
+BINDING_MIN_FILLS = 20.0
+
+
+def first_price_log_odds(stats: NDArray[np.float64]) -> float:
+    """Log odds of first against second price from the at-floor fills of each floor bin [F, B].
+
+    A floor bin tells the types apart as far as the floor binds: π_b, the share of the fills at
+    lower floors priced below it (clearing prices under second price, bids under first), says
+    how often. Second price then fills at the floor with probability
+    ``SECOND_PRICE_AT_FLOOR_PER_CUT · π_b``, first price with ``FIRST_PRICE_AT_FLOOR`` (the
+    tolerance window only); fills at floors that do not bind (π_b ≈ 0) count for neither."""
+    at, fills = stats[ATFLOOR], stats[FILLS]
+    # Fills at floor bins below b, and those of them priced below bin b (above-floor prices in
+    # bins below b come only from floors below b).
+    below = np.concatenate([[0.0], np.cumsum(fills)[:-1]])
+    priced_below = np.concatenate([[0.0], np.cumsum(stats[PRICE] + at)[:-1]])
+    cut = priced_below / np.maximum(below, BINDING_MIN_FILLS)
+    p1 = FIRST_PRICE_AT_FLOOR
+    p2 = np.maximum(SECOND_PRICE_AT_FLOOR_PER_CUT * cut, p1)
+    a = np.minimum(at, fills)
+    return float((a * np.log(p1 / p2) + (fills - a) * np.log((1 - p1) / (1 - p2))).sum())
 
 
 def empirical_summary(stats: NDArray[np.float64], placement: PlacementConfig, floors: NDArray[np.float64]) -> NDArray:
