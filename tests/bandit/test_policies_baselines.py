@@ -306,7 +306,8 @@ def test_grid_ts_posterior_summary_tracks_the_truth() -> None:
     assert a.fill_rate == pytest.approx(filled.mean(), abs=0.005)
     assert a.expected_revenue_cpm == pytest.approx(truth, rel=0.03)
     assert 0.0 < a.revenue_sd_cpm < 0.05
-    assert a.auction == "first"  # fills above the floor, none at it
+    # Fills above a floor of 0, none at it: a floor that never binds cannot tell the types apart.
+    assert (a.auction, a.auction_confidence) == ("second", 0.5)
 
 
 BAD_PARAMS = [
