@@ -12,6 +12,12 @@ Bidders then form a Poisson process on the log-price axis with intensity ``lam·
 
 so a no-fill is used as the censored observation it is, never dropped.
 
+Single bidder. A second-price network whose fills are all at the floor while it fills often
+has one buyer, not a Poisson crowd (a Poisson count that fills half the time would bring two
+bids above the floor in a third of its fills). Then ``lam`` ≤ 1 is the chance that the buyer
+bids, and at floor ``f``: no fill with P = 1 − lam·S(a), a fill (at the floor) with
+P = lam·S(a), revenue f·lam·S(a) (:func:`is_single_bidder` decides; ``single_bid`` below).
+
 EM. The complete data are all bidders' values. Given an observation, the Poisson points
 below the revealed threshold are still a Poisson process of mean ``lam·G(t)`` with the
 mixture truncated below ``t``; a revealed price is one point; "one bid above t" is one point
@@ -109,6 +115,8 @@ class CensoredData:
     price_at: NDArray[np.float64]
     price_w: NDArray[np.float64]
     requests: NDArray[np.float64]
+    #: One buyer at most (second price): every fill is that buyer above the floor.
+    single_bid: bool = False
 
     def reweighted(self, rng: np.random.Generator, n_draws: int) -> CensoredData:
         """Bayesian-bootstrap copies: every bin weight w becomes Gamma(w, 1) (mean w, var w)."""
@@ -121,15 +129,18 @@ class CensoredData:
         total_obs = self.nofill_w[0].sum() + self.atfloor_w[0].sum() + self.price_w[0].sum()
         scale = self.requests[0] / total_obs if total_obs > 0 else 1.0
         requests = (nf.sum(axis=1) + af.sum(axis=1) + pw.sum(axis=1)) * scale
-        return CensoredData(self.second_price, self.nofill_at, nf, self.atfloor_at, af, self.price_at, pw, requests)
+        return CensoredData(
+            self.second_price, self.nofill_at, nf, self.atfloor_at, af, self.price_at, pw, requests, self.single_bid
+        )
 
 
 def _mean_position(weight: NDArray, log_sum: NDArray) -> NDArray:
     return np.where(weight > 0, log_sum / np.where(weight > 0, weight, 1.0), LOG_CENTERS)
 
 
-def censored_data(stats: NDArray[np.float64], second_price: bool) -> CensoredData:
-    """Binned statistics of one network [F, B] → observations for EM (D = 1)."""
+def censored_data(stats: NDArray[np.float64], second_price: bool, single_bid: bool = False) -> CensoredData:
+    """Binned statistics of one network [F, B] → observations for EM (D = 1). A single
+    bidder's rare fills above the floor count as the bidder above their price."""
     nofill_w = np.maximum(stats[REQUESTS] - stats[FILLS], 0.0)
     nofill_at = _mean_position(nofill_w, stats[NOFILL_LOGF])
     atfloor_w = stats[ATFLOOR]
@@ -141,12 +152,35 @@ def censored_data(stats: NDArray[np.float64], second_price: bool) -> CensoredDat
         price_at = np.concatenate([price_at, atfloor_at])
         price_w = np.concatenate([price_w, atfloor_w])
         atfloor_at, atfloor_w = atfloor_at[:0], atfloor_w[:0]
+    elif single_bid:
+        atfloor_at = np.concatenate([atfloor_at, price_at])
+        atfloor_w = np.concatenate([atfloor_w, price_w])
+        price_at, price_w = price_at[:0], price_w[:0]
     keep = lambda at, w: (at[w > 0], w[w > 0][None, :])  # noqa: E731 - drop empty bins
     nf = keep(nofill_at, nofill_w)
     af = keep(atfloor_at, atfloor_w)
     pr = keep(price_at, price_w)
     requests = np.array([nf[1].sum() + af[1].sum() + pr[1].sum()])
-    return CensoredData(second_price, nf[0], nf[1], af[0], af[1], pr[0], pr[1], requests)
+    return CensoredData(second_price, nf[0], nf[1], af[0], af[1], pr[0], pr[1], requests, second_price and single_bid)
+
+
+#: A second-price network is a single bidder when at most this share of its fills pay above
+#: the floor although it fills at least ``SINGLE_BID_MIN_FILL_RATE`` of its requests (where a
+#: Poisson crowd would pay above the floor in over a tenth of its fills), over enough fills.
+SINGLE_BID_ABOVE_SHARE = 0.01
+SINGLE_BID_MIN_FILL_RATE = 0.2
+SINGLE_BID_MIN_FILLS = 30.0
+
+
+def is_single_bidder(stats: NDArray[np.float64]) -> bool:
+    """Whether a second-price network's statistics [F, B] show a single bidder (see the module)."""
+    fills = float(stats[FILLS].sum())
+    requests = float(stats[REQUESTS].sum())
+    return (
+        fills >= SINGLE_BID_MIN_FILLS
+        and fills >= SINGLE_BID_MIN_FILL_RATE * requests
+        and float(stats[PRICE].sum()) <= SINGLE_BID_ABOVE_SHARE * fills
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +192,9 @@ class ObservationSets:
     - above: exactly one point lies above t (second-price prices and at-floor fills) —
       contributes ``log lam + log S(t)``;
     - points: one point at x (revealed prices) — contributes ``log lam + log g(x)``.
+
+    A single bidder (``single_bid``): below are the no-fills only, where the buyer is absent
+    or bids below t (``log(1 - lam·S(t))``); above are its fills (``log lam + log S(t)``).
     """
 
     below_at: NDArray[np.float64]
@@ -167,10 +204,14 @@ class ObservationSets:
     point_at: NDArray[np.float64]
     point_w: NDArray[np.float64]
     requests: NDArray[np.float64]
+    single_bid: bool = False
 
     @classmethod
     def of(cls, data: CensoredData) -> ObservationSets:
         cat = np.concatenate
+        if data.single_bid:  # no prices: censored_data counted them as fills above their price
+            nf, af = (data.nofill_at, data.nofill_w), (data.atfloor_at, data.atfloor_w)
+            return cls(*nf, *af, data.price_at, data.price_w, data.requests, single_bid=True)
         if data.second_price:
             above_at, above_w = cat([data.price_at, data.atfloor_at]), cat([data.price_w, data.atfloor_w], axis=1)
         else:
@@ -246,7 +287,10 @@ def em_step(obs: ObservationSets, p: GmmParams, prior: Prior) -> GmmParams:
 
     if obs.below_at.size:
         mass, ex, ex2 = _tail_moments(_z(obs.below_at, p), p, upper=False)
-        add(obs.below_w[:, :, None] * (p.lam[:, None] * p.pi)[:, None, :] * mass, ex, ex2)
+        expected = obs.below_w[:, :, None] * (p.lam[:, None] * p.pi)[:, None, :] * mass
+        if obs.single_bid:  # the buyer bid below t, given no fill: lam·pi_k·Φ_k(t) / (1 − lam·S(t))
+            expected /= np.maximum(1.0 - p.lam[:, None] * _survival(obs.below_at, p), 1e-12)[:, :, None]
+        add(expected, ex, ex2)
     if obs.above_at.size:
         mass, ex, ex2 = _tail_moments(_z(obs.above_at, p), p, upper=True)
         share = p.pi[:, None, :] * mass
@@ -266,6 +310,8 @@ def em_step(obs: ObservationSets, p: GmmParams, prior: Prior) -> GmmParams:
     kappa = prior.strength / k
     total = n.sum(axis=1)
     lam = (total + prior.strength * prior.lam0) / (obs.requests + prior.strength)
+    if obs.single_bid:
+        lam = np.minimum(lam, 1.0 - 1e-9)
     pi = (n + kappa) / (total[:, None] + prior.strength)
     mu = (s1 + kappa * prior.center) / (n + kappa)
     resid = s2 - 2 * mu * s1 + n * mu * mu
@@ -278,7 +324,10 @@ def log_likelihood(data: CensoredData, p: GmmParams) -> NDArray[np.float64]:
     """Observed-data log-likelihood per draw [D] (log-price densities for revealed prices)."""
     obs = ObservationSets.of(data)
     lam = p.lam[:, None]
-    ll = (obs.below_w * -lam * _survival(obs.below_at, p)).sum(axis=1)
+    if obs.single_bid:
+        ll = (obs.below_w * np.log(np.maximum(1.0 - lam * _survival(obs.below_at, p), 1e-300))).sum(axis=1)
+    else:
+        ll = (obs.below_w * -lam * _survival(obs.below_at, p)).sum(axis=1)
     if obs.above_at.size:
         s = np.maximum(_survival(obs.above_at, p), 1e-300)
         ll += (obs.above_w * (np.log(lam) + np.log(s))).sum(axis=1)
@@ -294,6 +343,8 @@ def fit(data: CensoredData, start: GmmParams, prior: Prior, *, max_iter: int = 2
     """Run EM from ``start`` until parameters move less than ``tol`` (or ``max_iter``)."""
     obs = ObservationSets.of(data)
     p = start
+    if obs.single_bid:  # a chance to bid (a start fitted as a Poisson crowd may exceed 1)
+        p = GmmParams(np.minimum(p.lam, 0.99), p.pi, p.mu, p.sd)
     for _ in range(max_iter):
         q = em_step(obs, p, prior)
         delta = max(
@@ -332,9 +383,11 @@ class RevenueCurve:
     lam: NDArray[np.float64]
     survival: NDArray[np.float64]
     tail: NDArray[np.float64]
+    #: A single bidder: fills with probability lam·S(f) and pays the floor.
+    single_bid: bool = False
 
     @classmethod
-    def of(cls, p: GmmParams, second_price: bool) -> RevenueCurve:
+    def of(cls, p: GmmParams, second_price: bool, single_bid: bool = False) -> RevenueCurve:
         x = X_GRID
         z = (x[None, :, None] - p.mu[:, None, :]) / p.sd[:, None, :]
         comp = p.pi[:, None, :] * np.exp(-0.5 * z * z - _LOG_SQRT_2PI) / p.sd[:, None, :]
@@ -347,7 +400,8 @@ class RevenueCurve:
         integrand = np.exp(x)[None, :] * lam * g * top * (lam * s if second_price else 1.0)
         step = np.diff(x)[None, :] * 0.5 * (integrand[:, 1:] + integrand[:, :-1])
         tail = np.concatenate([np.cumsum(step[:, ::-1], axis=1)[:, ::-1], np.zeros((len(lam), 1))], axis=1)
-        return cls(second_price, p.lam, s, tail)
+        single = second_price and single_bid
+        return cls(second_price, p.lam, s, np.zeros_like(tail) if single else tail, single)
 
     def _interp(self, table: NDArray, log_floor: NDArray) -> NDArray:
         """Row-wise linear interpolation of ``table`` [D, X] at ``log_floor`` [D, G]."""
@@ -359,7 +413,8 @@ class RevenueCurve:
 
     def fill_rate(self, log_floor: NDArray) -> NDArray:
         """P(fill | floor) [D, G]."""
-        return 1.0 - np.exp(-self.lam[:, None] * self._interp(self.survival, log_floor))
+        ls = self.lam[:, None] * self._interp(self.survival, log_floor)
+        return ls if self.single_bid else 1.0 - np.exp(-ls)
 
     @property
     def n_draws(self) -> int:
@@ -367,7 +422,10 @@ class RevenueCurve:
 
     def pay_cdf(self, log_price: NDArray) -> NDArray:
         """P(pay ≤ x) [D, G] at log prices x at or above the floor: the top bid's CDF when the
-        network pays its bid, P(at most one bid above x) when it pays the second bid."""
+        network pays its bid, P(at most one bid above x) when it pays the second bid (always,
+        for a single bidder: it pays the floor)."""
+        if self.single_bid:
+            return np.ones(np.broadcast_shapes((len(self.lam), 1), np.shape(log_price)))
         ls = self.lam[:, None] * self._interp(self.survival, log_price)
         return np.exp(-ls) * (1.0 + ls) if self.second_price else np.exp(-ls)
 
@@ -376,7 +434,7 @@ class RevenueCurve:
         r = self._interp(self.tail, log_floor)
         if self.second_price:
             ls = self.lam[:, None] * self._interp(self.survival, log_floor)
-            r = r + np.exp(log_floor) * ls * np.exp(-ls)
+            r = r + np.exp(log_floor) * (ls if self.single_bid else ls * np.exp(-ls))
         return r
 
 

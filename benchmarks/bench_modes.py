@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         lo = np.array([c.floor_min_cpm for c in cfgs])
         hi = np.array([c.floor_max_cpm for c in cfgs])
         draws = [policy._network_draws("*", j, policy.stats.placement_level()[j]) for j in range(len(cfgs))]
-        boots = [bid_curves(d.boot, d.second_price, d.boot_shading) for d in draws]
+        boots = [bid_curves(d.boot, d.second_price, d.boot_shading, d.single_bid) for d in draws]
         curves = pay_curves(boots, [0.0] * len(cfgs), allowed_floors(lo, hi), BOOTSTRAP_DRAWS)
         start = time.perf_counter()
         plan_table(curves, market.placement.mode, market.placement.depth, lo, hi)

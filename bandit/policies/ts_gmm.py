@@ -77,6 +77,7 @@ from bandit.gmm import (
     censored_data,
     fit,
     initial_params,
+    is_single_bidder,
     shading_posterior,
 )
 from bandit.modes import allowed_floors, pay_curves, plan_summary, plan_table
@@ -156,11 +157,15 @@ class NetworkDraws:
     #: drawn for them (None for second price). Waterfall and auction plans use them.
     boot: GmmParams | None = None
     boot_shading: NDArray[np.float64] | None = None
+    #: A second-price network with a single bidder (:func:`bandit.gmm.is_single_bidder`).
+    single_bid: bool = False
 
 
-def bid_curves(draws: GmmParams, second: bool, shading: NDArray[np.float64] | None) -> RevenueCurve | ResponsiveCurve:
+def bid_curves(
+    draws: GmmParams, second: bool, shading: NDArray[np.float64] | None, single_bid: bool = False
+) -> RevenueCurve | ResponsiveCurve:
     """The curves of bootstrap draws: floor-responsive first price with ``shading`` [D]."""
-    curves = RevenueCurve.of(draws, second)
+    curves = RevenueCurve.of(draws, second, single_bid)
     return curves if shading is None else ResponsiveCurve(curves, shading)
 
 
@@ -364,7 +369,7 @@ class ThompsonGmmPolicy(Policy):
         #: Waterfall/auction placements: each cell's bootstrap draws as last refit (params, second
         #: price, shadings), so a refresh refits only the cells due and plans over all networks.
         #: Derived, not persisted: a cell missing here is refit at the next refresh.
-        self._boots: dict[tuple[str, int], tuple[GmmParams, bool, NDArray[np.float64] | None]] = {}
+        self._boots: dict[tuple[str, int], tuple[GmmParams, bool, NDArray[np.float64] | None, bool]] = {}
         self._cusum = CellArrays(2)  # (upper, lower) CUSUM per statistics cell
         self._recent = SufficientStats(len(placement.networks), RECENT_HALF_LIFE_HOURS * 3600.0, floor_only=True)
         self._levels = CellArrays(HOURS_PER_DAY)  # log hour-of-day levels per statistics cell
@@ -709,7 +714,8 @@ class ThompsonGmmPolicy(Policy):
         cfg = self.placement.networks[network]
         auction, confidence = detect_auction(stats, cfg.auction)
         second = auction == "second"
-        data = censored_data(stats, second)
+        single = second and is_single_bidder(stats)
+        data = censored_data(stats, second, single)
         prior = self._prior(network)
         # Warm start: this cell's last fit, else the placement level's (a segment is a
         # perturbation of it), else the prior. Later updates keep refining from here.
@@ -731,7 +737,7 @@ class ThompsonGmmPolicy(Policy):
         grid = self._grids[network]
         lo, hi = log_bounds(cfg.floor_min_cpm, cfg.floor_max_cpm)
         evidence = BinnedEvidence.of(stats, lo, hi)
-        model = RevenueCurve.of(mle, second)
+        model = RevenueCurve.of(mle, second, single)
         boot_shading = None
         if not second:
             # First price: bidders may respond to the floor (bid at least it when their value
@@ -739,7 +745,7 @@ class ThompsonGmmPolicy(Policy):
             response = shading_posterior(stats, model)
             model = ResponsiveCurve(model, RESPONSE_SHADINGS[[int(np.argmax(response))]])
             boot_shading = rng.choice(RESPONSE_SHADINGS, BOOTSTRAP_DRAWS, p=response)
-        boot_curves = bid_curves(draws, second, boot_shading)
+        boot_curves = bid_curves(draws, second, boot_shading, single)
         prior_grid = model.revenue(grid[None, :])[0]
         prior_at = model.revenue(evidence.log_floor[None, :])[0]
         requests = float(stats[REQUESTS].sum())
@@ -767,7 +773,7 @@ class ThompsonGmmPolicy(Policy):
         if se > spread:
             z = self._normals(network, len(grid))[:, 0]
             best_value = best_value + math.sqrt(se**2 - spread**2) * (z - z.mean()) / max(z.std(), 1e-12)
-        return NetworkDraws(best_x, best_value, model, second, confidence, jitter, draws, boot_shading)
+        return NetworkDraws(best_x, best_value, model, second, confidence, jitter, draws, boot_shading, single)
 
     def _cell_rng(self, segment: str, network: int) -> np.random.Generator:
         """The generator of one cell's bootstrap refit: seeded by the policy seed, the segment,
@@ -825,7 +831,7 @@ class ThompsonGmmPolicy(Policy):
         for j in networks:
             cfg, d = self.placement.networks[j], self._network_draws(segment, j, stats[j])
             if multi:
-                self._boots[(segment, j)] = (d.boot, d.second_price, d.boot_shading)
+                self._boots[(segment, j)] = (d.boot, d.second_price, d.boot_shading, d.single_bid)
             values[:, j] = d.value
             jitter[j] = d.floor_log_sd
             best_j = d.value * level[j]

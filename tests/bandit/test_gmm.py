@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.special import ndtr
 
 from bandit.gmm import (
     GmmParams,
@@ -17,6 +18,7 @@ from bandit.gmm import (
     em_step,
     fit,
     initial_params,
+    is_single_bidder,
     log_likelihood,
 )
 from bandit.stats import FILLS, REQUESTS, accumulate
@@ -128,3 +130,78 @@ def test_bootstrap_draws_spread_shrinks_with_data():
         _, revenue = best_floor(RevenueCurve.of(draws, True), 0.0, 20.0)
         spreads.append(revenue.std())
     assert spreads[1] < 0.5 * spreads[0]
+
+
+# --------------------------------------------------------------------------- a single bidder
+#: One buyer who bids 80% of the time, value log-normal (median 8 CPM, log-sd 0.3); second
+#: price, so every fill pays the floor (the Prebid browser test's bidder "gamma").
+SINGLE = dict(bids=0.8, median=8.0, sd=0.3)
+
+
+def _single_stats(rng, floors):
+    value = SINGLE["median"] * np.exp(SINGLE["sd"] * rng.standard_normal(len(floors)))
+    filled = (rng.random(len(floors)) < SINGLE["bids"]) & (value >= floors)
+    n = len(floors)
+    return accumulate(np.zeros(n, np.int64), 1, floors, filled, np.where(filled, floors, 0.0), np.ones(n))[0]
+
+
+def _single_revenue(floors):
+    z = np.log(floors / SINGLE["median"]) / SINGLE["sd"]
+    return floors * SINGLE["bids"] * ndtr(-z)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_single_bidder_is_fitted_as_one(seed):
+    """Fills only at the floor while filling often: no Poisson crowd does that (one filling half
+    the time pays above the floor in a third of its fills). Fitted as a crowd, the curve stays
+    wrong by a fifth of the best revenue whatever the data; as a single bidder it converges,
+    and from 600 requests its best floor earns within 1.5% of the best."""
+    rng = np.random.default_rng(seed)
+    prior = _prior()
+    grid = np.linspace(3.0, 10.0, 200)
+    truth = _single_revenue(grid)
+    floors = np.exp(rng.uniform(math.log(3.0), math.log(10.0), 5_000))
+    stats = _single_stats(rng, floors)
+    assert is_single_bidder(stats)
+    single = fit(censored_data(stats, True, single_bid=True), initial_params(prior), prior, max_iter=2000, tol=1e-8)
+    crowd = fit(censored_data(stats, True), initial_params(prior), prior, max_iter=2000, tol=1e-8)
+    single_error = np.abs(RevenueCurve.of(single, True, single_bid=True).revenue(np.log(grid)[None, :])[0] - truth)
+    crowd_error = np.abs(RevenueCurve.of(crowd, True).revenue(np.log(grid)[None, :])[0] - truth)
+    assert single_error.max() < 0.12 * truth.max() and crowd_error.max() > 0.15 * truth.max()
+    assert single_error.mean() < 0.5 * crowd_error.mean()
+    few = _single_stats(rng, floors[:600])
+    single = fit(censored_data(few, True, single_bid=True), initial_params(prior), prior, max_iter=2000, tol=1e-8)
+    floor, _ = best_floor(RevenueCurve.of(single, True, single_bid=True), 0.1, 20.0)
+    assert _single_revenue(floor)[0] >= 0.985 * truth.max(), floor
+
+
+def test_a_single_bidders_curve_matches_brute_force_and_em_never_decreases_its_likelihood():
+    lam, mu, sd = 0.8, math.log(8.0), 0.3
+    truth = GmmParams(np.array([lam]), np.array([[1.0]]), np.array([[mu]]), np.array([[sd]]))
+    curve = RevenueCurve.of(truth, True, single_bid=True)
+    floors = np.array([2.0, 6.0, 9.0])
+    at = np.log(floors)[None, :]
+    np.testing.assert_allclose(curve.revenue(at)[0], _single_revenue(floors), rtol=1e-3)
+    np.testing.assert_allclose(curve.fill_rate(at)[0], _single_revenue(floors) / floors, rtol=1e-3)
+    assert np.all(curve.pay_cdf(at) == 1.0)  # pays the floor: never more
+    rng = np.random.default_rng(3)
+    data = censored_data(_single_stats(rng, np.exp(rng.uniform(math.log(1.0), math.log(15.0), 5_000))), True, True)
+    prior = _prior()
+    p = initial_params(prior)
+    obs = ObservationSets.of(data)
+    last = -np.inf
+    for _ in range(40):
+        p = em_step(obs, p, prior)
+        ll = log_likelihood(data, p)[0]
+        assert ll >= last - 1e-6
+        last = ll
+    assert p.lam[0] < 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_poisson_crowd_and_a_first_price_network_are_no_single_bidder(seed):
+    rng = np.random.default_rng(seed)
+    assert not is_single_bidder(_stats(rng, 5_000, True, **TRUE))
+    # Few fills at high floors (a crowd's fills there are mostly at the floor too): too few to tell.
+    high = _stats(rng, 5_000, True, floors=np.full(5_000, 15.0), **TRUE)
+    assert high[FILLS].sum() < 0.2 * high[REQUESTS].sum() and not is_single_bidder(high)
