@@ -367,7 +367,8 @@ class ThompsonGmmPolicy(Policy):
         self._values: dict[str, NDArray[np.float32]] = {}  # best-revenue draws [M, N] per table
         self._fits: dict[tuple[str, int], GmmParams] = {}
         #: Waterfall/auction placements: each cell's bootstrap draws as last refit (params, second
-        #: price, shadings), so a refresh refits only the cells due and plans over all networks.
+        #: price, shadings, single bidder), so a refresh refits only the cells due and plans over
+        #: all networks.
         #: Derived, not persisted: a cell missing here is refit at the next refresh.
         self._boots: dict[tuple[str, int], tuple[GmmParams, bool, NDArray[np.float64] | None, bool]] = {}
         self._cusum = CellArrays(2)  # (upper, lower) CUSUM per statistics cell
