@@ -334,7 +334,9 @@ class NetworkAllocationOut(_Out):
     fill_rate: float
     auction: str
     auction_confidence: float | None = Field(
-        default=None, description="Probability that the auction type is right (1 when configured)."
+        default=None,
+        description="Probability that the auction type is right (1 when configured; below 0.5 while second price "
+        "is used until the evidence for first price is strong).",
     )
 
 
