@@ -6,7 +6,8 @@ log-normal mixture, optionally with a Pareto component (bid = shading × value, 
 the segment's value multiplier, the hour's value multiplier and by an optional
 per-request common shock). Write ``S(x)`` for a bid's survival function and ``N(x)`` for
 the number of bids above ``x``: ``N(x) ~ Poisson(λ S(x))`` (or the negative binomial with
-that mean and dispersion ``d``, variance ``m + d·m²``).
+that mean and dispersion ``d``, variance ``m + d·m²``; ``d = −1``: a single bidder, present
+with probability m ≤ 1).
 
 * The network fills at floor ``f`` iff ``N(f) >= 1``.
 * First price pays the top bid; second price pays ``max(second bid, f)``. With prices
@@ -231,9 +232,16 @@ def bid_log_quantile(
 
 
 # --------------------------------------------------------------- bidder counts / tails
+#: ``dispersion`` of a single bidder: N is 0 or 1 (Bernoulli, variance m − m²), mean m ≤ 1.
+SINGLE_BIDDER = -1.0
+
+
 def tail_count_prob(m: int, mean: NDArray[np.float64], dispersion: float) -> NDArray[np.float64]:
-    """P(N >= m) for N Poisson (``dispersion`` 0) or negative binomial with this mean."""
+    """P(N >= m) for N Poisson (``dispersion`` 0), negative binomial (> 0) or a single bidder
+    (``SINGLE_BIDDER``) with this mean."""
     mean = np.asarray(mean, dtype=np.float64)
+    if dispersion == SINGLE_BIDDER:
+        return np.minimum(mean, 1.0) if m == 1 else np.zeros_like(mean)
     if dispersion <= 0.0:
         return -np.expm1(-mean) if m == 1 else gammainc(m, mean)
     theta_m = dispersion * mean
@@ -254,6 +262,8 @@ def joint_count_prob(
     """
     a = np.asarray(mean_x, dtype=np.float64)
     b = np.maximum(np.asarray(mean_gap, dtype=np.float64), 0.0)
+    if dispersion == SINGLE_BIDDER:  # never a second bid
+        return np.zeros(np.broadcast_shapes(a.shape, b.shape))
     two = tail_count_prob(2, a, dispersion)
     if dispersion <= 0.0:
         return two + a * np.exp(-a) * -np.expm1(-b)
@@ -279,15 +289,17 @@ def top_survival(
 
     Poisson: ``S1 = e1/λ``. Gamma-mixed (negative binomial) with ``k = 1/d``:
     ``P(no bid above s) = (1 + dλs)^(-k)`` inverts to ``S1 = (e^{d·e1} − 1)/(dλ)``.
-    ``S1 >= 1`` means no bid at all. λ = 0 gives ``inf``.
+    A single bidder (``SINGLE_BIDDER``): ``P(no bid above s) = 1 − λs`` inverts to
+    ``S1 = (1 − e^{−e1})/λ``. ``S1 >= 1`` means no bid at all. λ = 0 gives ``inf``.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         poisson = e1 / lam
-        if not np.any(dispersion > 0):
+        if not np.any(dispersion != 0):
             return poisson
         d = np.where(dispersion > 0, dispersion, 1.0)
         nb = np.expm1(d * e1) / (d * lam)
-    return np.where(dispersion > 0, nb, poisson)
+        single = -np.expm1(-e1) / lam
+    return np.where(dispersion == SINGLE_BIDDER, single, np.where(dispersion > 0, nb, poisson))
 
 
 def next_survival(
@@ -304,11 +316,11 @@ def next_survival(
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         poisson = s1 + e2 / lam
-        if not np.any(dispersion > 0):
+        if not np.any(dispersion != 0):
             return poisson
         d = np.where(dispersion > 0, dispersion, 1.0)
         nb = s1 + (1.0 / (d * lam) + s1) * np.expm1(e2 * d / (1.0 + d))
-    return np.where(dispersion > 0, nb, poisson)
+    return np.where(dispersion == SINGLE_BIDDER, np.inf, np.where(dispersion > 0, nb, poisson))
 
 
 # ------------------------------------------------------------------- random numbers

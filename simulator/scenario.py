@@ -33,7 +33,7 @@ File layout (TOML; defaults in brackets)::
     requests_per_hour [10000], default_requests [200000], shock_sd [0]  # common value shock
     segment_by = ["country", "os"]                                       # [] = one segment "*"
     mode ["single"|"waterfall"|"auction"], max_tiers [0 = all], max_calls [0 = all]
-    [[networks]]  id, auction ("first"|"second"), bidders (mean λ), dispersion [0 = Poisson],
+    [[networks]]  id, auction ("first"|"second"), bidders (mean λ), dispersion [0 = Poisson; -1 = one bidder],
                   value_dist ["lognormal"|"pareto"|"lognormal_pareto"],
                   value_weights [equal], value_log_means, value_log_sds (log CPM mixture;
                   not with "pareto"), pareto_alpha, pareto_scale_cpm (x_m),
@@ -74,6 +74,7 @@ import numpy as np
 
 from bandit.errors import AdbanditError, InvalidConfig
 from bandit.types import MAX_CPM, NetworkConfig, PlacementConfig
+from simulator.auction import SINGLE_BIDDER
 
 #: Directory of the bundled scenario files (``load_scenario("stationary")`` looks here).
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -90,7 +91,8 @@ class NetworkSpec:
     """One network's true market and its placement settings.
 
     Bids arrive as a Poisson process (``dispersion`` 0) or a negative binomial one
-    (``dispersion`` d > 0: variance of the bidder count = λ + d·λ²) with mean ``bidders``
+    (``dispersion`` d > 0: variance of the bidder count = λ + d·λ²), or come from a single
+    bidder (``dispersion`` −1: one bid with probability ``bidders`` ≤ 1), with mean ``bidders``
     (λ) per request; each bidder's value is drawn from a log-normal mixture in log CPM.
     A first-price network pays its top bid, ``shading`` × the top value; a second-price
     network pays max(second value, floor). Both fill iff the top bid clears the floor.
@@ -140,6 +142,8 @@ class NetworkSpec:
         out = []
         if self.dispersion > 0:
             out.append(f"nb(d={self.dispersion:g})")
+        elif self.dispersion == SINGLE_BIDDER:
+            out.append("single")
         if self.value_dist != "lognormal":
             out.append(f"{self.value_dist}(alpha={self.pareto_alpha:g})")
         if self.floor_responsive:
@@ -404,6 +408,17 @@ def _only_for(f: _Fields, keys: Sequence[str], allowed: bool, why: str) -> None:
             raise f.fail(key, why)
 
 
+def _dispersion(f: _Fields) -> float:
+    """A network's bidder-count dispersion: 0 (Poisson), > 0 (negative binomial) or −1 (a
+    single bidder, present on a request with probability ``bidders`` ≤ 1)."""
+    d = f.number("dispersion", 0.0, lo=SINGLE_BIDDER, hi=100.0)
+    if SINGLE_BIDDER < d < 0:
+        raise f.fail("dispersion", f"must be -1 (a single bidder) or >= 0, got {d:g}")
+    if d == SINGLE_BIDDER and f.number("bidders", lo=0.0, lo_open=True) > 1.0:
+        raise f.fail("bidders", "is the chance that the single bidder bids (dispersion -1): at most 1")
+    return d
+
+
 def _parse_network(f: _Fields) -> NetworkSpec:
     net_id = f.string("id")
     auction = f.string("auction", choices=("first", "second"))
@@ -454,7 +469,7 @@ def _parse_network(f: _Fields) -> NetworkSpec:
         value_weights=weights,
         value_log_means=means,
         value_log_sds=sds,
-        dispersion=f.number("dispersion", 0.0, lo=0.0, hi=100.0),
+        dispersion=_dispersion(f),
         shading=shading,
         floor_min_cpm=f.number("floor_min_cpm", 0.0, lo=0.0, hi=MAX_CPM),
         floor_max_cpm=f.number("floor_max_cpm", 50.0, lo=0.0, hi=MAX_CPM),

@@ -11,6 +11,7 @@ from scipy.optimize import linprog
 
 from bandit.types import PlacementConfig
 from simulator import Market, Scenario, list_scenarios, load_scenario
+from simulator.auction import SINGLE_BIDDER
 from simulator.oracle import share_allocation
 
 WEIGHTS, MEANS, SDS = [0.7, 0.3], [0.2, 1.1], [0.5, 0.4]
@@ -43,7 +44,7 @@ def brute_force(
     """Independent Monte Carlo: draw the bidder count, every bidder's value, sort."""
     rng = np.random.default_rng(seed)
     lam = rng.gamma(1 / dispersion, dispersion * bidders, n) if dispersion > 0 else np.full(n, bidders)
-    k = rng.poisson(lam)
+    k = rng.binomial(1, bidders, n) if dispersion == SINGLE_BIDDER else rng.poisson(lam)
     kmax = max(int(k.max()), 2)
     comp = rng.random((n, kmax)) < WEIGHTS[0]
     z = rng.standard_normal((n, kmax))
@@ -66,13 +67,21 @@ CASES = [
     ("second", 0.6, 0.0, 2.5),
     ("first", 0.0, 0.3, 2.0),
     ("second", 0.4, 0.3, 1.8),
+    ("second", SINGLE_BIDDER, 0.0, 2.0),
+    ("second", SINGLE_BIDDER, 0.3, 1.5),
+    ("first", SINGLE_BIDDER, 0.0, 1.5),
 ]
+
+
+def bidders_of(dispersion: float) -> float:
+    """Mean bidders of the test network: a single bidder bids 80% of the time."""
+    return 0.8 if dispersion == SINGLE_BIDDER else 3.0
 
 
 @pytest.mark.parametrize(("auction", "dispersion", "shock_sd", "floor"), CASES)
 def test_truth_matches_independent_monte_carlo(auction, dispersion, shock_sd, floor):
-    market = one_network(auction, dispersion=dispersion, shock_sd=shock_sd)
-    rev_mc, fill_mc = brute_force(auction, floor, dispersion, shock_sd, 3.0, 200_000, seed=11)
+    market = one_network(auction, dispersion=dispersion, shock_sd=shock_sd, bidders=bidders_of(dispersion))
+    rev_mc, fill_mc = brute_force(auction, floor, dispersion, shock_sd, bidders_of(dispersion), 200_000, seed=11)
     rev, fill = market.expected(np.array([market.scenario.start_ts]), 0, 0, np.array([floor]))
     se = rev_mc.std() / np.sqrt(len(rev_mc))
     assert abs(rev_mc.mean() - rev[0]) < 4.5 * se
@@ -81,7 +90,7 @@ def test_truth_matches_independent_monte_carlo(auction, dispersion, shock_sd, fl
 
 @pytest.mark.parametrize(("auction", "dispersion", "shock_sd", "floor"), CASES)
 def test_market_sampler_matches_truth(auction, dispersion, shock_sd, floor):
-    market = one_network(auction, dispersion=dispersion, shock_sd=shock_sd)
+    market = one_network(auction, dispersion=dispersion, shock_sd=shock_sd, bidders=bidders_of(dispersion))
     n = 400_000
     req = market.requests(n, np.random.default_rng(5))
     filled, revenue = market.outcomes(req, np.zeros(n, dtype=np.int64), np.full(n, floor))
@@ -90,8 +99,8 @@ def test_market_sampler_matches_truth(auction, dispersion, shock_sd, floor):
     assert abs(filled.mean() - fill[0]) < 4.5 * np.sqrt(fill[0] * (1 - fill[0]) / n) + 1e-9
     assert np.all(revenue[filled] >= floor) and np.all(revenue[~filled] == 0)
     if auction == "second":
-        # One bid above the floor pays exactly the floor: mass at the floor.
-        assert np.mean(revenue[filled] == floor) > 0.005
+        # One bid above the floor pays exactly the floor: mass at the floor (all of it for a single bidder).
+        assert np.mean(revenue[filled] == floor) > (0.999 if dispersion == SINGLE_BIDDER else 0.005)
 
 
 def test_truth_is_accurate_on_its_own_grid():

@@ -72,7 +72,9 @@ BAD = [
         r"^networks\[3\]\.value_log_means: log CPM means",
     ),
     (("networks", 0, "floor_max_cpm"), 2000.0, r"^networks\[0\]\.floor_max_cpm: must lie in"),
-    (("networks", 0, "dispersion"), -0.5, r"^networks\[0\]\.dispersion: must lie in"),
+    (("networks", 0, "dispersion"), -1.5, r"^networks\[0\]\.dispersion: must lie in"),
+    (("networks", 0, "dispersion"), -0.5, r"^networks\[0\]\.dispersion: must be -1 \(a single bidder\) or >= 0"),
+    (("networks", 0, "dispersion"), -1.0, r"^networks\[0\]\.bidders: is the chance that the single bidder bids"),
     (
         ("networks", 0, "shading"),
         0.8,
