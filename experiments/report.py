@@ -45,6 +45,7 @@ SCENARIOS = (
     # Markets outside the price model's family (see docs/design.md, "The simulator's markets").
     "ood_shock",
     "ood_dispersion",
+    "ood_single",
     "ood_cents",
     "ood_responsive",
     "ood_pareto",

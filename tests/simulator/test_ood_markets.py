@@ -273,6 +273,8 @@ def test_ood_scenarios_use_their_mechanism():
     sc = {n: load_scenario(n) for n in OOD}
     assert sc["ood_shock"].shock_sd == 0.5
     assert all(n.dispersion >= 0.8 for n in sc["ood_dispersion"].networks)
+    single = [n for n in sc["ood_single"].networks if n.dispersion == -1.0]
+    assert len(single) == 2 and all(n.auction == "second" and n.bidders <= 1 for n in single)
     assert sum(n.price_increment_cpm == 0.01 for n in sc["ood_cents"].networks) >= 2
     assert sum(n.floor_responsive for n in sc["ood_responsive"].networks) >= 1
     assert all(n.value_dist != "lognormal" and n.pareto_alpha == 2.5 for n in sc["ood_pareto"].networks)
