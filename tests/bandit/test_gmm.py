@@ -145,7 +145,7 @@ def _single_stats(rng, floors):
     return accumulate(np.zeros(n, np.int64), 1, floors, filled, np.where(filled, floors, 0.0), np.ones(n))[0]
 
 
-def _single_revenue(floors):
+def single_revenue(floors):
     z = np.log(floors / SINGLE["median"]) / SINGLE["sd"]
     return floors * SINGLE["bids"] * ndtr(-z)
 
@@ -159,7 +159,7 @@ def test_a_single_bidder_is_fitted_as_one(seed):
     rng = np.random.default_rng(seed)
     prior = _prior()
     grid = np.linspace(3.0, 10.0, 200)
-    truth = _single_revenue(grid)
+    truth = single_revenue(grid)
     floors = np.exp(rng.uniform(math.log(3.0), math.log(10.0), 5_000))
     stats = _single_stats(rng, floors)
     assert is_single_bidder(stats)
@@ -172,7 +172,7 @@ def test_a_single_bidder_is_fitted_as_one(seed):
     few = _single_stats(rng, floors[:600])
     single = fit(censored_data(few, True, single_bid=True), initial_params(prior), prior, max_iter=2000, tol=1e-8)
     floor, _ = best_floor(RevenueCurve.of(single, True, single_bid=True), 0.1, 20.0)
-    assert _single_revenue(floor)[0] >= 0.985 * truth.max(), floor
+    assert single_revenue(floor)[0] >= 0.985 * truth.max(), floor
 
 
 def test_a_single_bidders_curve_matches_brute_force_and_em_never_decreases_its_likelihood():
@@ -181,8 +181,8 @@ def test_a_single_bidders_curve_matches_brute_force_and_em_never_decreases_its_l
     curve = RevenueCurve.of(truth, True, single_bid=True)
     floors = np.array([2.0, 6.0, 9.0])
     at = np.log(floors)[None, :]
-    np.testing.assert_allclose(curve.revenue(at)[0], _single_revenue(floors), rtol=1e-3)
-    np.testing.assert_allclose(curve.fill_rate(at)[0], _single_revenue(floors) / floors, rtol=1e-3)
+    np.testing.assert_allclose(curve.revenue(at)[0], single_revenue(floors), rtol=1e-3)
+    np.testing.assert_allclose(curve.fill_rate(at)[0], single_revenue(floors) / floors, rtol=1e-3)
     assert np.all(curve.pay_cdf(at) == 1.0)  # pays the floor: never more
     rng = np.random.default_rng(3)
     data = censored_data(_single_stats(rng, np.exp(rng.uniform(math.log(1.0), math.log(15.0), 5_000))), True, True)
