@@ -64,6 +64,7 @@ from bandit.curve import (
     log_bounds,
     prob_best_draws,
     se_kernel,
+    sharpened,
 )
 from bandit.drift import MAX_ALARMS, MIN_EVENTS, ChangeAlarm, FloorHistory, batch_deviations, cusum_step
 from bandit.errors import InvalidState
@@ -137,6 +138,12 @@ CURVE_FLOOR = 0.1
 #: both sides of the chosen one keep being tried, and logged with a density).
 JITTER_LOSS = 0.0005
 JITTER_MIN_SHARE = 0.15
+#: A cell with this many (discounted) requests draws each floor from a sharpened posterior:
+#: the best floor of the mean of ``SHARPEN_DRAWS`` curve draws (variance / ``SHARPEN_DRAWS``).
+#: Matching probabilities on a flat-topped curve keeps serving floors on its flatter side
+#: while the data cannot yet tell them apart; earlier, the full posterior explores.
+SHARPEN_AFTER_REQUESTS = 20_000.0
+SHARPEN_DRAWS = 2
 #: Seed of the fixed standard normals behind the curve draws.
 NORMALS_SEED = 20261202
 
@@ -764,6 +771,8 @@ class ThompsonGmmPolicy(Policy):
         means = posterior.mean(boot_grid, boot_at)  # [BOOTSTRAP_DRAWS, G]
         curves = means[pick] + self._normals(network, len(grid)) @ posterior.chol.T
         best_x, best_value = best_on_grid(grid, curves)
+        if requests >= SHARPEN_AFTER_REQUESTS:
+            best_x = best_on_grid(grid, sharpened(curves, SHARPEN_DRAWS))[0]
         jitter = affordable_jitter(grid, means.mean(axis=0), self.floor_jitter, JITTER_LOSS)
         jitter = max(jitter, JITTER_MIN_SHARE * self.floor_jitter)
         # Never surer of the best revenue than the revenue observed around the best floor
