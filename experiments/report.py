@@ -10,6 +10,8 @@ file with
   scenario (the other policy with the highest mean capture), with its paired 95% CI and
   p-value (:func:`bandit.abstats.paired_lift`);
 * requests until ts_gmm's rolling capture first reaches 99% (median over seeds);
+* capture over the last fifth of each run;
+* where ts_gmm's regret goes: network choice vs floors, first tenth vs the rest;
 
 and (with ``--plots``) one PNG per scenario comparing the policies' capture over time.
 """
@@ -157,7 +159,28 @@ def markdown(tables: dict[str, tuple[pl.DataFrame, dict]], seeds: int, policies:
                 tails = [last_fifth(t) for t in trajectories[p]]
                 cells.append(f"{statistics.fmean(tails):.3f} ± {statistics.stdev(tails):.3f}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            f"Where {MAIN_POLICY}'s regret goes (share of the oracle's revenue, mean over seeds): traffic "
+            "sent to networks worse than the oracle's allocation, and floors below or above each chosen "
+            "network's best, over the first tenth of each run and over the rest.",
+            "",
+            "| scenario | first tenth: network | first tenth: floor | rest: network | rest: floor |",
+            "|---|---|---|---|---|",
+        ]
+        for name, (_, trajectories) in tables.items():
+            runs = [[*early, *rest] for early, rest in map(split_tenth, trajectories[MAIN_POLICY])]
+            parts = [statistics.fmean(x) for x in zip(*runs, strict=True)]
+            lines.append(f"| {name} | " + " | ".join(f"{100 * x:.2f}%" for x in parts) + " |")
     return "\n".join(lines) + "\n"
+
+
+def split_tenth(trajectory: pl.DataFrame) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(network, floor) shares of the regret over the first tenth of a run and over the rest."""
+    from simulator.runner import regret_split
+
+    tenth = int(trajectory["requests_total"].max()) // 10
+    return regret_split(trajectory, stop=tenth), regret_split(trajectory, start=tenth)
 
 
 def last_fifth(trajectory: pl.DataFrame) -> float:

@@ -511,6 +511,22 @@ class Market:
             revenue[rows], fill[rows] = self.curve(regime, seg, net)(floor_cpm[rows])
         return revenue, fill
 
+    def network_best(self, ts: NDArray, segment_index: NDArray, network: NDArray) -> NDArray[np.float64]:
+        """Revenue per request [n] of each request's network at that network's best floor: what
+        the decision would have earned with a perfect floor (the oracle's revenue minus it is the
+        cost of the network choice, it minus the decision's the cost of the floor)."""
+        ts = np.atleast_1d(np.asarray(ts, dtype=np.float64))
+        n = len(ts)
+        segment_index = np.broadcast_to(np.asarray(segment_index, dtype=np.int64), (n,))
+        network = np.broadcast_to(np.asarray(network, dtype=np.int64), (n,))
+        cells = self._cells(self.regime_of(ts), segment_index, network)
+        unique, inverse = np.unique(cells, return_inverse=True)
+        best = np.empty(len(unique))
+        for u, cell in enumerate(unique.tolist()):
+            regime, rest = divmod(cell, self.n_segments * self.n_networks)
+            best[u] = self.best_floor(regime, *divmod(rest, self.n_networks))[1]
+        return best[inverse.ravel()]
+
     # -------------------------------------------------------------------- oracle
     def best_floor(self, regime: int, segment: int, network: int) -> tuple[float, float, float]:
         """(best floor, its revenue per request, its fill rate) within the network's bounds."""

@@ -116,6 +116,8 @@ class BatchRecord:
     outcome: Outcome
     expected_revenue: NDArray[np.float64]
     oracle_revenue: NDArray[np.float64]
+    #: Each request's network at its best floor (:meth:`Market.network_best`).
+    network_best_revenue: NDArray[np.float64]
 
 
 class _Recorder:
@@ -141,6 +143,7 @@ class _Recorder:
             "revenue": 0.0,
             "expected_revenue": 0.0,
             "oracle_revenue": 0.0,
+            "network_best_revenue": 0.0,
             "count": np.zeros(n_net),
             "floor_sum": np.zeros(n_net),
         }
@@ -149,6 +152,7 @@ class _Recorder:
         row["revenue"] += float(rec.outcome.revenue.sum())
         row["expected_revenue"] += float(rec.expected_revenue.sum())
         row["oracle_revenue"] += float(rec.oracle_revenue.sum())
+        row["network_best_revenue"] += float(rec.network_best_revenue.sum())
         row["count"] += np.bincount(net, minlength=n_net)
         row["floor_sum"] += np.bincount(net, weights=rec.decisions.floor_cpm, minlength=n_net)
         row["ts"] = float(rec.requests.ts[-1])
@@ -177,6 +181,7 @@ class _Recorder:
             "revenue": row["revenue"],
             "expected_revenue": row["expected_revenue"],
             "oracle_revenue": row["oracle_revenue"],
+            "network_best_revenue": row["network_best_revenue"],
             "capture": _ratio(row["expected_revenue"], row["oracle_revenue"]),
             "cumulative_capture": _ratio(self.cum_expected, self.cum_oracle),
             "model_version": row["model_version"],
@@ -219,10 +224,11 @@ def run(
     is given, all requests of that much simulated time. The trajectory has one row per
     batch (or per ``record_every`` requests): ``ts``, ``hour``, ``requests``,
     ``requests_total``, ``fills``, ``revenue`` (realised), ``expected_revenue`` (exact
-    expectation of the decisions), ``oracle_revenue`` (sums in CPM over the row's
-    requests), ``capture``, ``cumulative_capture``, ``model_version``, ``change_alarms`` (changes
-    the policy's detector has declared so far, 0 without one), ``share_<network>``
-    and ``floor_<network>`` (mean floor given, NaN without traffic).
+    expectation of the decisions), ``oracle_revenue``, ``network_best_revenue`` (the
+    decisions' networks at their best floors; sums in CPM over the row's requests),
+    ``capture``, ``cumulative_capture``, ``model_version``, ``change_alarms`` (changes the
+    policy's detector has declared so far, 0 without one), ``share_<network>`` and
+    ``floor_<network>`` (mean floor given, NaN without traffic).
 
     ``refresh_segments`` (default: all) limits the tables rebuilt after a batch to these
     segments (the placement's table is always rebuilt); other segments keep being served
@@ -253,6 +259,7 @@ def run(
         expected, _ = market.expected(req.ts, req.segment_index, db.network, db.floor_cpm)
         expected = expected * out.available
         oracle = market.oracle(req.ts, req.segment_index).revenue
+        network_best = market.network_best(req.ts, req.segment_index, db.network) * out.available
         events = EventBatch.from_arrays(
             placement,
             segments=req.segments,
@@ -268,7 +275,7 @@ def run(
         else:
             touched = policy.update(events, refresh=False)
             policy.refresh([seg for seg in touched if seg in refresh_segments])
-        record = BatchRecord(req, db, out, expected, oracle)
+        record = BatchRecord(req, db, out, expected, oracle, network_best)
         recorder.add(record, db.model_version, int(getattr(policy, "changes_detected", 0)))
         if on_batch is not None:
             on_batch(record)
@@ -376,12 +383,32 @@ def capture(
     range ``[start, stop)``. Rows are whole batches: a row counts when it lies inside the
     range, so the range is rounded inward to row boundaries.
     """
+    rows = _window(trajectory, last=last, start=start, stop=stop)
+    return _ratio(float(rows["expected_revenue"].sum()), float(rows["oracle_revenue"].sum()))
+
+
+def _window(
+    trajectory: pl.DataFrame, *, last: int | None = None, start: int | None = None, stop: int | None = None
+) -> pl.DataFrame:
+    """The rows of a trajectory inside a range of requests (whole rows, rounded inward)."""
     total = int(trajectory["requests_total"].max()) if trajectory.height else 0
     lo = total - last if last is not None else (start or 0)
     hi = stop if stop is not None else total
     first = pl.col("requests_total") - pl.col("requests")
-    rows = trajectory.filter((first >= lo) & (pl.col("requests_total") <= hi))
-    return _ratio(float(rows["expected_revenue"].sum()), float(rows["oracle_revenue"].sum()))
+    return trajectory.filter((first >= lo) & (pl.col("requests_total") <= hi))
+
+
+def regret_split(
+    trajectory: pl.DataFrame, *, last: int | None = None, start: int | None = None, stop: int | None = None
+) -> tuple[float, float]:
+    """Where the oracle revenue a trajectory missed went, as shares of the oracle's over a
+    range of requests (``last`` / ``start`` / ``stop`` as in :func:`capture`): (network, floor)
+    — traffic sent to networks worse than the oracle's allocation, and floors worse than each
+    chosen network's best. The two add up to 1 − capture."""
+    rows = _window(trajectory, last=last, start=start, stop=stop)
+    oracle = float(rows["oracle_revenue"].sum())
+    best = float(rows["network_best_revenue"].sum())
+    return _ratio(oracle - best, oracle), _ratio(best - float(rows["expected_revenue"].sum()), oracle)
 
 
 def summarize(trajectory: pl.DataFrame) -> dict[str, float]:

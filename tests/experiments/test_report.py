@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from experiments.report import markdown, versus_best_baseline
 from tests.experiments.trajectories import synthetic
@@ -43,3 +44,10 @@ def test_markdown_has_a_capture_row_per_scenario_and_the_lift_table() -> None:
     # The last-fifth table: one row per scenario, every policy's capture over its last fifth.
     tail = lines[lines.index(next(line for line in lines if line.startswith("Capture over the last fifth"))) :]
     assert next(line for line in tail if line.startswith("| drift |")).count("±") == len(POLICIES)
+    # Where the main policy's regret goes: a quarter network choice, the rest floors (synthetic).
+    split = next(line for line in lines if line.startswith("| stationary |") and line.count("%") == 4)
+    network, floor = (float(x.strip(" %")) for x in split.split("|")[1 + 3 : 1 + 5])  # the rest of the run
+    rest = [t.filter(t["requests_total"] > 2000) for t in stationary["ts_gmm"]]  # rows wholly after the tenth
+    regret = 100 * (1 - np.mean([t["expected_revenue"].sum() / t["oracle_revenue"].sum() for t in rest]))
+    assert network + floor == pytest.approx(regret, abs=0.01)
+    assert floor == pytest.approx(3 * network, abs=0.02)

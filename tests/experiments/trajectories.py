@@ -6,8 +6,11 @@ import numpy as np
 import polars as pl
 
 
-def synthetic(capture: np.ndarray, *, batch: int = 1000, oracle_rpr: float = 2.0, seed: int = 0) -> pl.DataFrame:
-    """A trajectory whose row k has capture ``capture[k]`` (batch of ``batch`` requests)."""
+def synthetic(
+    capture: np.ndarray, *, batch: int = 1000, oracle_rpr: float = 2.0, seed: int = 0, network_share: float = 0.25
+) -> pl.DataFrame:
+    """A trajectory whose row k has capture ``capture[k]`` (batch of ``batch`` requests), a
+    ``network_share`` of its regret from the network choice and the rest from the floors."""
     rng = np.random.default_rng(seed)
     capture = np.asarray(capture, dtype=float)
     n = len(capture)
@@ -23,6 +26,7 @@ def synthetic(capture: np.ndarray, *, batch: int = 1000, oracle_rpr: float = 2.0
             "revenue": expected * (1 + 0.01 * rng.standard_normal(n)),
             "expected_revenue": expected,
             "oracle_revenue": oracle,
+            "network_best_revenue": oracle - network_share * (oracle - expected),
             "capture": capture,
             "cumulative_capture": np.cumsum(expected) / np.cumsum(oracle),
             "share_alpha": np.full(n, 0.4),

@@ -11,7 +11,7 @@ import pytest
 from bandit import make_policy
 from bandit.policy import DecisionBatch
 from simulator import Market, capture, run, summarize
-from simulator.runner import SegmentCapture, table_report
+from simulator.runner import SegmentCapture, regret_split, table_report
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,34 @@ def test_capture_over_a_request_range(core):
     assert capture(traj, start=4000, stop=8000) == pytest.approx(
         mid["expected_revenue"].sum() / mid["oracle_revenue"].sum()
     )
+
+
+def test_regret_split_separates_the_network_choice_from_the_floor(core):
+    alloc = core.oracle_at(core.scenario.start_ts)
+    # The worst network whose best floor is inside its bounds (a floor that matters).
+    inside = [j for j, n in enumerate(core.placement.networks) if core.best_floor(0, 0, j)[0] > 2 * n.floor_min_cpm]
+    worst = min(inside, key=lambda j: core.best_floor(0, 0, j)[1])
+    assert worst != int(np.argmax(alloc.weights))
+    nid = core.placement.network_ids[worst]
+    best_floor, best_revenue, _ = core.best_floor(0, 0, worst)
+    placement = dataclasses.replace(core.placement, floor_precision_cpm=0.0)
+    # The worst network at its best floor: every lost cent is the network choice.
+    at_best = run(
+        make_policy("static", placement, weights=only(core, nid), floors={nid: best_floor}), core, 6000, seed=4
+    )
+    network, floor = regret_split(at_best)
+    assert floor == pytest.approx(0.0, abs=1e-12)
+    assert network == pytest.approx(1 - best_revenue / alloc.revenue_per_request, rel=1e-9)
+    # The same network at twice its best floor: the network part stays, the floor adds its own.
+    too_high = run(
+        make_policy("static", placement, weights=only(core, nid), floors={nid: 2 * best_floor}), core, 6000, seed=4
+    )
+    network2, floor2 = regret_split(too_high, start=2000)
+    assert network2 == pytest.approx(network, rel=1e-9)
+    assert floor2 > 0.01
+    assert network2 + floor2 == pytest.approx(1 - capture(too_high, start=2000), rel=1e-9)
+    # The oracle's own allocation loses nothing on either account.
+    assert regret_split(run(oracle_static(core), core, 4000, seed=5)) == pytest.approx((0.0, 0.0), abs=1e-9)
 
 
 def test_record_every_and_batch_seconds(core):
