@@ -316,6 +316,11 @@ class Market:
     ) -> NDArray[np.int64]:
         return (regime * self.n_segments + segment_index) * self.n_networks + network
 
+    def _cell_key(self, cell: int) -> tuple[int, int, int]:
+        """(regime, segment, network) of a cell code of :meth:`_cells`."""
+        regime, rest = divmod(cell, self.n_segments * self.n_networks)
+        return (regime, *divmod(rest, self.n_networks))
+
     def _check(self, n: int, network: NDArray, floor_cpm: NDArray) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         network = np.asarray(network)
         floor_cpm = np.asarray(floor_cpm, dtype=np.float64)
@@ -506,9 +511,7 @@ class Market:
         bounds = np.searchsorted(inverse[order], np.arange(len(unique) + 1))
         for u, cell in enumerate(unique.tolist()):
             rows = order[bounds[u] : bounds[u + 1]]
-            regime, rest = divmod(cell, self.n_segments * self.n_networks)
-            seg, net = divmod(rest, self.n_networks)
-            revenue[rows], fill[rows] = self.curve(regime, seg, net)(floor_cpm[rows])
+            revenue[rows], fill[rows] = self.curve(*self._cell_key(cell))(floor_cpm[rows])
         return revenue, fill
 
     def network_best(self, ts: NDArray, segment_index: NDArray, network: NDArray) -> NDArray[np.float64]:
@@ -521,10 +524,7 @@ class Market:
         network = np.broadcast_to(np.asarray(network, dtype=np.int64), (n,))
         cells = self._cells(self.regime_of(ts), segment_index, network)
         unique, inverse = np.unique(cells, return_inverse=True)
-        best = np.empty(len(unique))
-        for u, cell in enumerate(unique.tolist()):
-            regime, rest = divmod(cell, self.n_segments * self.n_networks)
-            best[u] = self.best_floor(regime, *divmod(rest, self.n_networks))[1]
+        best = np.array([self.best_floor(*self._cell_key(cell))[1] for cell in unique.tolist()])
         return best[inverse.ravel()]
 
     # -------------------------------------------------------------------- oracle

@@ -46,7 +46,8 @@ def test_markdown_has_a_capture_row_per_scenario_and_the_lift_table() -> None:
     assert next(line for line in tail if line.startswith("| drift |")).count("±") == len(POLICIES)
     # Where the main policy's regret goes: a quarter network choice, the rest floors (synthetic).
     split = next(line for line in lines if line.startswith("| stationary |") and line.count("%") == 4)
-    network, floor = (float(x.strip(" %")) for x in split.split("|")[1 + 3 : 1 + 5])  # the rest of the run
+    cells = [cell.strip(" %") for cell in split.strip("|").split("|")]  # scenario, first tenth ×2, rest ×2
+    network, floor = float(cells[3]), float(cells[4])
     rest = [t.filter(t["requests_total"] > 2000) for t in stationary["ts_gmm"]]  # rows wholly after the tenth
     regret = 100 * (1 - np.mean([t["expected_revenue"].sum() / t["oracle_revenue"].sum() for t in rest]))
     assert network + floor == pytest.approx(regret, abs=0.01)
