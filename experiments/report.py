@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds must be >= 2 for confidence intervals")
     scenarios = [s for s in args.scenarios.split(",") if s]
     policies = [p for p in args.policies.split(",") if p]
+    if MAIN_POLICY not in policies or len(policies) < 2:
+        parser.error(f"--policies must name {MAIN_POLICY} and at least one baseline to compare it with")
     start = time.perf_counter()
     tables = scenario_tables(
         scenarios,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments.report import markdown, versus_best_baseline
+from experiments.report import main, markdown, versus_best_baseline
 from tests.experiments.trajectories import synthetic
 
 POLICIES = ["static", "ucb1", "ts_gmm"]
@@ -52,3 +52,11 @@ def test_markdown_has_a_capture_row_per_scenario_and_the_lift_table() -> None:
     regret = 100 * (1 - np.mean([t["expected_revenue"].sum() / t["oracle_revenue"].sum() for t in rest]))
     assert network + floor == pytest.approx(regret, abs=0.01)
     assert floor == pytest.approx(3 * network, abs=0.02)
+
+
+@pytest.mark.parametrize("policies", ["ts_gmm", "grid_ts,ucb1"])
+def test_report_needs_ts_gmm_and_a_baseline_before_running(policies: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--seeds", "2", "--policies", policies, "--scenarios", "stationary"])
+    assert exit_info.value.code == 2
+    assert "at least one baseline" in capsys.readouterr().err
