@@ -630,7 +630,7 @@ def round_table(table: SegmentTable, precision: float, log_bounds: NDArray[np.fl
         called = table.plan_tiers >= 0
         pk = np.clip(np.floor(table.plan_floors * steps + 0.5), grid_lo, grid_hi)
         pk = np.where(called & (table.plan_floors > 0), pk, 0.0)
-        tiers, plan_k, plan_probs = _merge_plans(table.plan_tiers, pk, table.plan_probs)
+        tiers, plan_k, plan_probs = merge_plans(table.plan_tiers, pk, table.plan_probs)
         plans = {"plan_tiers": tiers, "plan_floors": plan_k / steps, "plan_probs": plan_probs}
     return SegmentTable(
         table.weights,
@@ -645,7 +645,7 @@ def round_table(table: SegmentTable, precision: float, log_bounds: NDArray[np.fl
     )
 
 
-def _merge_plans(
+def merge_plans(
     tiers: NDArray[np.int64], floor_steps: NDArray[np.float64], probs: NDArray[np.float64]
 ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
     """Identical plans (tiers and floors [P, N]) merged into their first occurrence, in order of

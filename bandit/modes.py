@@ -43,7 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linprog
 
-from bandit.allocation import matched_shares
+from bandit.allocation import matched_shares, merge_plans
 
 #: Candidate floors and price grid (CPM): 5% steps from 0.01 to 1,000.
 PRICE_POINTS = np.exp(np.arange(math.log(0.01), math.log(1000.0) + 1e-9, 0.05))
@@ -53,6 +53,8 @@ CELL_WIDTHS = np.diff(np.concatenate([[0.0], PRICE_POINTS]))
 EXHAUSTIVE_NETWORKS = 6
 #: Local-search passes (waterfall moves, auction swaps) and coordinate-ascent sweeps.
 MAX_PASSES = 8
+#: Floor exploration (:func:`explored_plans`): the most probable plans that give variants.
+EXPLORED_PLANS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -644,6 +646,46 @@ def _merged(
     probs = np.zeros(p)
     out_t[: len(first)], out_f[: len(first)], probs[: len(first)] = tiers[first], cpm[first], mass
     return out_t, out_f, probs
+
+
+def explored_plans(
+    tiers: NDArray[np.int64],
+    floors: NDArray[np.float64],
+    probs: NDArray[np.float64],
+    share: float,
+    factors: Sequence[float],
+    floor_min: NDArray[np.float64],
+    floor_max: NDArray[np.float64],
+    rows: int = EXPLORED_PLANS,
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+    """Plans [P, N] (floors in CPM) with floor exploration: each of the ``rows`` most probable
+    plans gives ``share`` of its probability, in equal parts, to its variants with one called
+    network's floor times one of ``factors`` (clipped to the bounds). A variant keeps its
+    plan's networks and order, so call and first-tier shares are unchanged; identical plans
+    merge, so each probability is exactly its plan's. Returns P + rows·N·len(factors) rows.
+
+    Why: a network's bids below its floor are never seen, so its model extrapolates there;
+    when the extrapolation is wrong, Thompson draws agree on it and nothing corrects it."""
+    p, n = tiers.shape
+    out_t, out_f, out_p = [tiers], [floors], [probs.copy()]
+    for i in np.argsort(-probs, kind="stable")[:rows]:
+        called = np.flatnonzero(tiers[i] >= 0)
+        if share <= 0 or probs[i] <= 0 or not len(called):
+            continue
+        out_p[0][i] *= 1.0 - share
+        variants = np.repeat(floors[i][None], len(called) * len(factors), axis=0)
+        net = np.repeat(called, len(factors))
+        lowered = floors[i, net] * np.tile(np.asarray(factors, dtype=np.float64), len(called))
+        variants[np.arange(len(net)), net] = np.clip(lowered, floor_min[net], floor_max[net])
+        out_t.append(np.repeat(tiers[i][None], len(net), axis=0))
+        out_f.append(variants)
+        out_p.append(np.full(len(net), probs[i] * share / len(net)))
+    pad = p + rows * n * len(factors) - sum(len(t) for t in out_t)
+    return merge_plans(
+        np.concatenate([*out_t, np.full((pad, n), -1, dtype=np.int64)]),
+        np.concatenate([*out_f, np.zeros((pad, n))]),
+        np.concatenate([*out_p, np.zeros(pad)]),
+    )
 
 
 def plan_summary(

@@ -474,6 +474,12 @@ def _table_arrays(segments: Sequence[str], tables: Sequence[SegmentTable]) -> di
     def stack(values: list[NDArray]) -> NDArray:
         return np.stack(values) if values else np.zeros((0, 0))
 
+    def padded(plans: list[NDArray], fill: float) -> list[NDArray]:
+        # Plan tables of one placement can differ in length across versions (a state written
+        # before auctions explored floors): pad with plans of probability 0.
+        rows = max(len(p) for p in plans)
+        return [np.pad(p, [(0, rows - len(p))] + [(0, 0)] * (p.ndim - 1), constant_values=fill) for p in plans]
+
     return {
         "table_segments": np.array(list(segments), dtype=np.str_),
         "table_weights": stack([t.weights for t in tables]),
@@ -485,9 +491,9 @@ def _table_arrays(segments: Sequence[str], tables: Sequence[SegmentTable]) -> di
         "table_floor_bounds": stack([t.floor_bounds for t in tables]),
         **(
             {
-                "table_plan_tiers": stack([t.plan_tiers for t in tables]),
-                "table_plan_floors": stack([t.plan_floors for t in tables]),
-                "table_plan_probs": stack([t.plan_probs for t in tables]),
+                "table_plan_tiers": stack(padded([t.plan_tiers for t in tables], -1)),
+                "table_plan_floors": stack(padded([t.plan_floors for t in tables], 0.0)),
+                "table_plan_probs": stack(padded([t.plan_probs for t in tables], 0.0)),
             }
             if tables and tables[0].plan_probs is not None
             else {}

@@ -17,6 +17,7 @@ from bandit.modes import (
     auction_value,
     best_auction,
     best_waterfall,
+    explored_plans,
     pay_curves,
     plan_table,
     tier_floors,
@@ -192,9 +193,7 @@ def test_waterfalls_led_by_each_network_match_exhaustive_search():
         best = np.full(6, -np.inf)
         for perm in itertools.permutations([i for i in range(5) if i != j], 2):
             order = np.broadcast_to(np.array([j, *perm]), (6, 3))
-            _, v = tier_floors(
-                fill[:, list(order[0])], rev[:, list(order[0])], curves.allowed[None][:, list(order[0])]
-            )
+            _, v = tier_floors(fill[:, list(order[0])], rev[:, list(order[0])], curves.allowed[None][:, list(order[0])])
             best = np.maximum(best, v)
         np.testing.assert_allclose(values[:, j], best, rtol=1e-9)
         assert (orders[:, j, 0] == j).all()
@@ -311,3 +310,56 @@ def test_an_auction_contract_costs_no_more_than_needed():
     reference = 0.5 * free_value + 0.5 * np.maximum(forced, 0)
     assert (got >= reference - 1e-6 * np.abs(reference)).all()
     assert ((weights * called[:, :, weak]).sum(axis=1) >= 0.5 - 1e-7).all()
+
+
+def test_explored_plans_lower_one_floor_and_keep_call_shares_and_exact_probabilities():
+    """Each of the most probable plans gives 5% of its probability, in equal parts, to
+    variants with one called network's floor times 0.5 or 0.75 (clipped to the bounds); the
+    networks called, and so the call shares, do not change; variants that equal another plan
+    (a clipped floor) merge with it, so every distinct plan has exactly its probability, here
+    checked against a dictionary built plan by plan, and by sampling the table."""
+    rng = np.random.default_rng(21)
+    n, cap, share, factors = 4, 2, 0.05, (0.5, 0.75)
+    curves = curves_of(rng, 16, n)
+    lo, hi = np.full(n, 0.05), np.full(n, 20.0)
+    tiers, floors, probs = plan_table(curves, "auction", cap, lo, hi)
+    top = np.argsort(-probs, kind="stable")[:4]
+    floors[top[0], tiers[top[0]] >= 0] = 0.06  # both factors clip to the bound: the variants merge
+    expected: dict[tuple, float] = {}
+    for i in range(len(probs)):
+        if probs[i] <= 0:
+            continue
+        explored = i in top
+        key = tuple(tiers[i]) + tuple(floors[i])
+        expected[key] = expected.get(key, 0.0) + probs[i] * (1 - share if explored else 1.0)
+        called = np.flatnonzero(tiers[i] >= 0)
+        for j in called if explored else []:
+            for factor in factors:
+                variant = floors[i].copy()
+                variant[j] = np.clip(floors[i, j] * factor, lo[j], hi[j])
+                key = tuple(tiers[i]) + tuple(variant)
+                expected[key] = expected.get(key, 0.0) + probs[i] * share / (len(called) * len(factors))
+    out_t, out_f, out_p = explored_plans(tiers, floors, probs, share, factors, lo, hi, rows=4)
+    assert len(out_p) == len(probs) + 4 * n * len(factors) and out_p.sum() == pytest.approx(1.0)
+    got = {tuple(t) + tuple(f): p for t, f, p in zip(out_t, out_f, out_p, strict=True) if p > 0}
+    assert got.keys() == expected.keys()
+    for key, p in expected.items():
+        assert got[key] == pytest.approx(p, rel=1e-12)
+    assert len(got) < sum(1 for i in top for _ in factors for _ in np.flatnonzero(tiers[i] >= 0)) + (probs > 0).sum()
+    np.testing.assert_allclose(call_shares(out_t, out_p), call_shares(tiers, probs), atol=1e-12)
+    # Sampling the table: each distinct plan's frequency is its probability.
+    cum = np.cumsum(out_p)
+    draws = np.minimum(np.searchsorted(cum / cum[-1], rng.random(400_000), side="right"), len(cum) - 1)
+    freq = np.bincount(draws, minlength=len(out_p)) / 400_000
+    assert (np.abs(freq - out_p) <= 4 * np.sqrt(out_p * (1 - out_p) / 400_000) + 1e-9).all()
+
+
+def test_no_exploration_share_leaves_the_plans_as_they_are():
+    rng = np.random.default_rng(22)
+    curves = curves_of(rng, 16, 3)
+    lo, hi = np.zeros(3), np.full(3, 20.0)
+    tiers, floors, probs = plan_table(curves, "auction", 2, lo, hi)
+    _, _, out_p = explored_plans(tiers, floors, probs, 0.0, (0.5, 0.75), lo, hi, rows=4)
+    used = out_p > 0
+    assert used.sum() == (probs > 0).sum()
+    np.testing.assert_allclose(np.sort(out_p[used]), np.sort(probs[probs > 0]))
