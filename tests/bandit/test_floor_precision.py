@@ -5,6 +5,7 @@ density are those of the rounded floor (checked against Monte Carlo frequencies)
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from bandit import NetworkConfig, PlacementConfig, make_policy
 from bandit.allocation import SegmentTable, round_table
 from bandit.errors import InvalidConfig
+from bandit.modes import EXPLORED_PLANS
+from bandit.policies.ts_gmm import AUCTION_EXPLORE, EXPLORE_FACTORS
 from bandit.registry import policy_from_state
 from bandit.stats import log_price, price_bin
 from experiments.jitter import JitteredPolicy
@@ -289,3 +292,47 @@ def test_a_batch_of_decisions_gets_the_same_floor_probabilities_as_each_decision
     scalar = np.array([table.decide_one(u[i].item(), v[i].item()) for i in range(2_000)])
     np.testing.assert_array_equal(scalar, np.stack([net, floor, table.weights[net], fprop, density], axis=1))
     assert np.isnan(density).any() and (net == 3).sum() > 100
+
+
+def test_auction_plans_explore_lower_floors_and_a_shorter_older_table_still_stacks() -> None:
+    """An auction's table carries, next to its plans, variants of the most probable one with
+    one network's floor lowered (served in cents like the rest); a state whose tables have
+    plans of another length (written before auctions explored) stacks and loads alike."""
+    policy = make_policy("ts_gmm", placement(mode="auction"), seed=2)
+    table = policy.table("*")
+    live = table.plan_probs > 0
+    calls = len(NETWORKS)  # placement(mode="auction") calls every network
+
+    def variants(source: int) -> list[int]:
+        found = []
+        for j in range(calls):
+            others = np.delete(np.arange(calls), j)
+            for factor in EXPLORE_FACTORS:
+                want = max(table.plan_floors[source, j] * factor, NETWORKS[j].floor_min_cpm)
+                rows = np.flatnonzero(
+                    live
+                    & (table.plan_floors[:, others] == table.plan_floors[source, others]).all(axis=1)
+                    & (np.abs(table.plan_floors[:, j] - want) <= 0.0101)  # both floors in cents
+                )
+                found.extend(rows.tolist())
+        return found
+
+    sources = {i: v for i in np.flatnonzero(live) if len(v := variants(i)) == calls * len(EXPLORE_FACTORS)}
+    assert len(sources) == EXPLORED_PLANS, sorted(sources)
+    for source, rows in sources.items():
+        each = table.plan_probs[source] / (1 - AUCTION_EXPLORE) * AUCTION_EXPLORE / len(rows)
+        np.testing.assert_allclose(table.plan_probs[rows], each, rtol=1e-9)
+    assert on_grid(table.plan_floors[table.plan_tiers >= 0], 100)
+    keep = len(table.plan_probs) // 2  # an older, shorter table
+    policy._tables["x|y"] = replace(
+        table,
+        plan_tiers=table.plan_tiers[:keep],
+        plan_floors=table.plan_floors[:keep],
+        plan_probs=table.plan_probs[:keep],
+    )
+    again = policy_from_state(policy.state())
+    for seg in ("*", "x|y"):
+        a, b = policy.table(seg), again.table(seg)
+        assert len(b.plan_probs) == len(table.plan_probs)
+        np.testing.assert_array_equal(b.plan_probs[: len(a.plan_probs)], a.plan_probs)
+        np.testing.assert_array_equal(b.plan_floors[: len(a.plan_floors)], a.plan_floors)
