@@ -53,8 +53,9 @@ CELL_WIDTHS = np.diff(np.concatenate([[0.0], PRICE_POINTS]))
 EXHAUSTIVE_NETWORKS = 6
 #: Local-search passes (waterfall moves, auction swaps) and coordinate-ascent sweeps.
 MAX_PASSES = 8
-#: Floor exploration (:func:`explored_plans`): the most probable plans that give variants.
-EXPLORED_PLANS = 4
+#: Floor exploration (:func:`explored_plans`): the most probable plans that give variants
+#: (as many as a table has draws, so every plan of an uncontracted auction explores).
+EXPLORED_PLANS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -656,13 +657,15 @@ def explored_plans(
     factors: Sequence[float],
     floor_min: NDArray[np.float64],
     floor_max: NDArray[np.float64],
+    max_calls: int,
     rows: int = EXPLORED_PLANS,
 ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
     """Plans [P, N] (floors in CPM) with floor exploration: each of the ``rows`` most probable
     plans gives ``share`` of its probability, in equal parts, to its variants with one called
     network's floor times one of ``factors`` (clipped to the bounds). A variant keeps its
     plan's networks and order, so call and first-tier shares are unchanged; identical plans
-    merge, so each probability is exactly its plan's. Returns P + rows·N·len(factors) rows.
+    merge, so each probability is exactly its plan's. Returns P + rows·max_calls·len(factors)
+    rows (a plan calls at most ``max_calls`` networks).
 
     Why: a network's bids below its floor are never seen, so its model extrapolates there;
     when the extrapolation is wrong, Thompson draws agree on it and nothing corrects it."""
@@ -680,7 +683,7 @@ def explored_plans(
         out_t.append(np.repeat(tiers[i][None], len(net), axis=0))
         out_f.append(variants)
         out_p.append(np.full(len(net), probs[i] * share / len(net)))
-    pad = p + rows * n * len(factors) - sum(len(t) for t in out_t)
+    pad = p + rows * min(max_calls, n) * len(factors) - sum(len(t) for t in out_t)
     return merge_plans(
         np.concatenate([*out_t, np.full((pad, n), -1, dtype=np.int64)]),
         np.concatenate([*out_f, np.zeros((pad, n))]),

@@ -339,8 +339,8 @@ def test_explored_plans_lower_one_floor_and_keep_call_shares_and_exact_probabili
                 variant[j] = np.clip(floors[i, j] * factor, lo[j], hi[j])
                 key = tuple(tiers[i]) + tuple(variant)
                 expected[key] = expected.get(key, 0.0) + probs[i] * share / (len(called) * len(factors))
-    out_t, out_f, out_p = explored_plans(tiers, floors, probs, share, factors, lo, hi, rows=4)
-    assert len(out_p) == len(probs) + 4 * n * len(factors) and out_p.sum() == pytest.approx(1.0)
+    out_t, out_f, out_p = explored_plans(tiers, floors, probs, share, factors, lo, hi, cap, rows=4)
+    assert len(out_p) == len(probs) + 4 * cap * len(factors) and out_p.sum() == pytest.approx(1.0)
     got = {tuple(t) + tuple(f): p for t, f, p in zip(out_t, out_f, out_p, strict=True) if p > 0}
     assert got.keys() == expected.keys()
     for key, p in expected.items():
@@ -359,7 +359,7 @@ def test_no_exploration_share_leaves_the_plans_as_they_are():
     curves = curves_of(rng, 16, 3)
     lo, hi = np.zeros(3), np.full(3, 20.0)
     tiers, floors, probs = plan_table(curves, "auction", 2, lo, hi)
-    _, _, out_p = explored_plans(tiers, floors, probs, 0.0, (0.5, 0.75), lo, hi, rows=4)
+    _, _, out_p = explored_plans(tiers, floors, probs, 0.0, (0.5, 0.75), lo, hi, 2, rows=4)
     used = out_p > 0
     assert used.sum() == (probs > 0).sum()
     np.testing.assert_allclose(np.sort(out_p[used]), np.sort(probs[probs > 0]))
