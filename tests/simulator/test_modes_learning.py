@@ -21,7 +21,14 @@ from simulator.modes import last_share_capture, run_plans, scenario_setup
 from simulator.runner import build_policy
 
 SEEDS = (0, 1, 2, 3, 4)
-REQUESTS = {"waterfall_4": 100_000, "waterfall_8": 100_000, "auction_5": 100_000, "auction_20": 150_000}
+REQUESTS = {
+    "waterfall_4": 100_000,
+    "waterfall_8": 100_000,
+    "auction_5": 100_000,
+    "auction_20": 150_000,
+    # a common value shock outside the model: reached since auctions explore lower floors
+    "auction_segments": 150_000,
+}
 
 
 def _one(scenario: str, seed: int) -> tuple[float, float, float]:
