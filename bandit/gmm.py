@@ -138,13 +138,21 @@ def _mean_position(weight: NDArray, log_sum: NDArray) -> NDArray:
     return np.where(weight > 0, log_sum / np.where(weight > 0, weight, 1.0), LOG_CENTERS)
 
 
-def censored_data(stats: NDArray[np.float64], second_price: bool, single_bid: bool = False) -> CensoredData:
+def censored_data(
+    stats: NDArray[np.float64], second_price: bool, single_bid: bool = False, shading: float = 1.0
+) -> CensoredData:
     """Binned statistics of one network [F, B] → observations for EM (D = 1). A single
-    bidder's rare fills above the floor count as the bidder above their price."""
+    bidder's rare fills above the floor count as the bidder above their price.
+
+    ``shading`` s < 1: a first-price network whose bidders respond to the floor
+    (:class:`ResponsiveCurve`), described by its top bid B before the response. A no-fill at
+    floor f then says B < s·f, and a fill at the floor that B lies in [s·f, f), taken at its
+    log-midpoint f·√s (s = 1: a no-fill says B < f, a fill at the floor is a bid of f)."""
+    log_s = math.log(shading) if not second_price else 0.0
     nofill_w = np.maximum(stats[REQUESTS] - stats[FILLS], 0.0)
-    nofill_at = _mean_position(nofill_w, stats[NOFILL_LOGF])
+    nofill_at = _mean_position(nofill_w, stats[NOFILL_LOGF]) + log_s
     atfloor_w = stats[ATFLOOR]
-    atfloor_at = _mean_position(atfloor_w, stats[ATFLOOR_LOGF])
+    atfloor_at = _mean_position(atfloor_w, stats[ATFLOOR_LOGF]) + 0.5 * log_s
     price_w = stats[PRICE]
     price_at = _mean_position(price_w, stats[PRICE_LOGP])
     if not second_price:
