@@ -802,9 +802,10 @@ class ThompsonGmmPolicy(Policy):
         probable shading under the cell's last fit (1 before it has one). Read as plain bids,
         a responsive network's at-floor fills and no-fills put its bids too high: on
         ``waterfall_responsive`` its revenue at 3 CPM came out twice the truth, so it was
-        tiered too early and floored too high (5 seeds, last fifth 0.991 → 0.998). Single
-        placements read them as bids: the binned evidence corrects their revenue curve, and
-        this reading cost there (4 seeds, ``ood_responsive`` 0.991 → 0.984 over the run)."""
+        tiered too early and floored too high (10 seeds: 0.984 → 0.991 over the run, last
+        fifth 0.990 → 0.998). Single placements read them as bids: the binned evidence
+        corrects their revenue curve, and this reading cost there (4 seeds,
+        ``ood_responsive`` 0.991 → 0.984 over the run)."""
         start = self._fits.get((segment, network))
         if second or self.placement.mode == "single" or start is None:
             return 1.0

@@ -24,6 +24,8 @@ SEEDS = (0, 1, 2, 3, 4)
 REQUESTS = {
     "waterfall_4": 100_000,
     "waterfall_8": 100_000,
+    # a floor-responsive first-price tier: reached since plans read its observations under its shading
+    "waterfall_responsive": 100_000,
     "auction_5": 100_000,
     "auction_20": 150_000,
     # a common value shock outside the model: reached since auctions explore lower floors
