@@ -9,8 +9,8 @@ single floor; both fixed plans of the first regime) through
 :func:`simulator.modes.run_plans`, each against the scenario's oracle on the same requests.
 Prints one Markdown row per scenario: capture over the run and over the last fifth as
 mean ± sd over seeds (sample sd, ddof = 1) with the minimum, and the baseline's mean ± sd.
-Seeds run in ``--workers`` spawned processes (spawn, as the test does); 7 scenarios × 10
-seeds take about an hour on 2 cores.
+Seeds run in ``--workers`` spawned processes (spawn, as the test does); 8 scenarios × 10
+seeds take about 10 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ SCENARIOS: dict[str, tuple[int, str]] = {
     "auction_5": (100_000, "5 networks"),
     "auction_20": (150_000, "20 networks, ≤ 8 calls, time-outs, one floor-responsive network"),
     "auction_segments": (150_000, "4 segments, ≤ 3 calls, value shock"),
+    "auction_qps": (100_000, "`auction_5` with ≤ 3 calls, admob capped at 1 call a second"),
     "waterfall_drift": (300_000, "price drop at 12 h, fill collapse at 24 h"),
 }
 
