@@ -111,6 +111,13 @@ def shares_bind(lo: NDArray[np.float64], hi: NDArray[np.float64]) -> bool:
     return bool(np.any(lo > 0.0) or np.any(hi < 1.0))
 
 
+def discrete_quantile(values: NDArray[np.float64], probs: NDArray[np.float64], q: float) -> float:
+    """q-quantile of a discrete distribution on ascending ``values`` with ``probs``."""
+    cdf = np.cumsum(probs)
+    k = int(np.searchsorted(cdf, q * cdf[-1] - 1e-12, side="left"))
+    return float(values[min(k, len(values) - 1)])
+
+
 def matched_shares(
     samples: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[np.float64]
 ) -> NDArray[np.float64]:

@@ -43,7 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linprog
 
-from bandit.allocation import matched_shares, merge_plans
+from bandit.allocation import discrete_quantile, matched_shares, merge_plans
 
 #: Candidate floors and price grid (CPM): 5% steps from 0.01 to 1,000.
 PRICE_POINTS = np.exp(np.arange(math.log(0.01), math.log(1000.0) + 1e-9, 0.05))
@@ -697,14 +697,18 @@ def plan_summary(
     """Per-network weights [N] and summary [N, F] of a plan table for the single-network
     view of an allocation: a network's weight is its share of first calls (the first tier of
     a waterfall; for an auction its call probability, normalised), its ``floor_cpm`` (summary
-    column 0) the probability-weighted mean floor of the plans calling it."""
+    column 0) the probability-weighted mean floor of the plans calling it, and its p10 / p90
+    (columns 1, 2) the weighted 10th and 90th percentiles of those floors. A network no plan
+    calls keeps its own summary."""
     first = (tiers == 0) * probs[:, None]
     weights = first.sum(axis=0)
     weights = weights / weights.sum() if weights.sum() > 0 else np.full(tiers.shape[1], 1.0 / tiers.shape[1])
-    called = (tiers >= 0) * probs[:, None]
-    mass = called.sum(axis=0)
     summary = summary.copy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_floor = (called * floors).sum(axis=0) / mass
-    summary[:, 0] = np.where(mass > 0, mean_floor, summary[:, 0])
+    for j in range(tiers.shape[1]):
+        rows = np.flatnonzero((tiers[:, j] >= 0) & (probs > 0))
+        if len(rows):
+            summary[j, 0] = float(np.average(floors[rows, j], weights=probs[rows]))
+            order = rows[np.argsort(floors[rows, j], kind="stable")]
+            summary[j, 1] = discrete_quantile(floors[order, j], probs[order], 0.1)
+            summary[j, 2] = discrete_quantile(floors[order, j], probs[order], 0.9)
     return weights, summary

@@ -24,6 +24,7 @@ from bandit.allocation import (
     AUCTION_CODES,
     SUMMARY_FIELDS,
     SegmentTable,
+    discrete_quantile,
     floor_bin_propensity,
     precision_steps,
     round_to_steps,
@@ -188,13 +189,6 @@ def joint_to_choice(
     network = joint.sum(axis=1)
     level = np.where(network[:, None] > 0, joint / np.where(network > 0, network, 1.0)[:, None], fallback)
     return network / network.sum(), level
-
-
-def discrete_quantile(values: NDArray[np.float64], probs: NDArray[np.float64], q: float) -> float:
-    """q-quantile of a discrete distribution on ascending ``values`` with ``probs``."""
-    cdf = np.cumsum(probs)
-    k = int(np.searchsorted(cdf, q * cdf[-1] - 1e-12, side="left"))
-    return float(values[min(k, len(values) - 1)])
 
 
 def fill_price_quantile(stats: NDArray[np.float64], q: float, default: float = 1.0) -> float:

@@ -19,6 +19,7 @@ from bandit.modes import (
     best_waterfall,
     explored_plans,
     pay_curves,
+    plan_summary,
     plan_table,
     tier_floors,
     waterfall_value,
@@ -363,3 +364,34 @@ def test_no_exploration_share_leaves_the_plans_as_they_are():
     used = out_p > 0
     assert used.sum() == (probs > 0).sum()
     np.testing.assert_allclose(np.sort(out_p[used]), np.sort(probs[probs > 0]))
+
+
+def test_plan_summary_describes_each_network_by_the_floors_its_plans_give_it():
+    """Weights are first-call shares; floor, p10 and p90 are the probability-weighted mean and
+    percentiles of the floors of the plans that call the network (a dictionary reference);
+    a network no plan calls keeps its own summary row."""
+    tiers = np.array([[0, 1, -1], [1, 0, -1], [0, -1, -1], [0, 1, -1]])
+    floors = np.array([[2.0, 1.0, 0.0], [4.0, 3.0, 0.0], [8.0, 0.0, 0.0], [1.0, 5.0, 0.0]])
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    own = np.arange(24, dtype=np.float64).reshape(3, 8)
+    weights, summary = plan_summary(tiers, floors, probs, own)
+
+    np.testing.assert_allclose(weights, [0.7, 0.3, 0.0])
+    for j in range(2):
+        given: dict[float, float] = {}
+        for t, f, p in zip(tiers[:, j], floors[:, j], probs):
+            if t >= 0:
+                given[f] = given.get(f, 0.0) + p
+        mass = sum(given.values())
+        cum, pct = 0.0, {}
+        for f in sorted(given):
+            cum += given[f] / mass
+            for q in (0.1, 0.9):
+                if q not in pct and cum >= q - 1e-12:
+                    pct[q] = f
+        assert summary[j, 0] == pytest.approx(sum(f * p for f, p in given.items()) / mass)
+        assert (summary[j, 1], summary[j, 2]) == (pct[0.1], pct[0.9])
+        assert summary[j, 1] <= summary[j, 0] <= summary[j, 2]
+        np.testing.assert_array_equal(summary[j, 3:], own[j, 3:])
+    np.testing.assert_array_equal(summary[2], own[2])
+    np.testing.assert_array_equal(own, np.arange(24).reshape(3, 8))  # not modified in place
