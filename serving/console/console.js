@@ -1,6 +1,7 @@
 // adbandit console: a static page over the read API (no library, no CDN).
 //
 // Reads GET /v1/placements, /v1/placements/{p}/history?segment=&since=, /v1/placements/{p}/experiment
+// (and, for a waterfall or auction placement, /v1/placements/{p}/allocation?segment= for its plans)
 // and draws SVG line charts. When the service has a read key, the page asks for it once, keeps it in
 // sessionStorage (this tab only) and sends it as "Authorization: Bearer <key>".
 //
@@ -244,6 +245,29 @@ function drawExperiment(report) {
   $("experiment").tBodies[0].replaceChildren(...rows);
 }
 
+// A waterfall's or an auction's most probable plans now (GET allocation): each its probability and
+// its offers in calling order; hidden for a single-network placement.
+function drawPlans(allocation) {
+  const panel = $("plans-panel");
+  panel.hidden = allocation == null;
+  if (allocation == null) return;
+  const waterfall = allocation.mode === "waterfall";
+  $("plans-title").textContent = waterfall ? "Waterfall plans (tiers in calling order)" : "Auction plans (networks called at once)";
+  const rows = allocation.plans.map((plan) => el("tr", { "data-probability": plan.probability },
+    el("td", {}, pct(plan.probability)),
+    el("td", { class: "offers" }, ...plan.offers.flatMap((o, i) => [
+      ...(i ? [waterfall ? " → " : " · "] : []),
+      el("span", { "data-network": o.network, "data-floor": o.floor_cpm },
+        `${o.network} ${o.floor_cpm.toFixed(2)}`),
+    ]))));
+  $("plans").tBodies[0].replaceChildren(...rows);
+  const shown = allocation.plans.reduce((sum, plan) => sum + plan.probability, 0);
+  $("plans-note").textContent = `${allocation.model_version} · segment ${allocation.segment} · the ${rows.length} most `
+    + `probable plans, ${pct(shown)} of requests`;
+  panel.dataset.placement = allocation.placement;
+  panel.dataset.segment = state.segment;
+}
+
 // ------------------------------------------------------------------ pickers and refresh
 function setOptions(select, values, selected, label = (v) => v) {
   const current = [...select.options].map((o) => o.value).join("\n");
@@ -268,15 +292,18 @@ async function refresh() {
     const ids = placements.map((p) => p.placement);
     if (!ids.includes(state.placement)) state.placement = ids[0];
     setOptions($("placement"), ids, state.placement);
-    state.networks = placements.find((p) => p.placement === state.placement).networks.map((n) => n.id);
+    const config = placements.find((p) => p.placement === state.placement);
+    state.networks = config.networks.map((n) => n.id);
+    const planned = (config.mode || "single") !== "single";
     const p = encodeURIComponent(state.placement);
     const range = Number($("range").value);
     const sinceArg = range ? `&since=${(Date.now() / 1000 + state.serverOffset - range).toFixed(0)}` : "";
-    const [history, report, whole] = await Promise.all([
+    const [history, report, whole, allocation] = await Promise.all([
       api(`/v1/placements/${p}/history?segment=${encodeURIComponent(state.segment)}${sinceArg}`),
       api(`/v1/placements/${p}/experiment`),
       // The experiment's history is the placement's (segment *): fetched apart when a segment is shown.
       state.segment === "*" ? null : api(`/v1/placements/${p}/history?segment=*${sinceArg}`),
+      planned ? api(`/v1/placements/${p}/allocation?segment=${encodeURIComponent(state.segment)}`) : null,
     ]);
     if (history.placement !== state.placement || history.segment !== state.segment) return; // switched meanwhile
     setOptions($("segment"), history.segments.includes(state.segment) ? history.segments
@@ -286,6 +313,7 @@ async function refresh() {
     drawHealth(history);
     drawAlarms(history);
     drawExperiment(report);
+    drawPlans(allocation);
     drawLift(whole || history, report, history);
     state.everyS = history.every_s || 30;
     state.serverOffset = history.health.now - Date.now() / 1000;

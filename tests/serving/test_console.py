@@ -5,7 +5,8 @@ a second placement and a champion/challenger experiment, both fed through the HT
 the demo market's answers to the service's own decisions. The page must ask for the read key,
 then draw exactly the points ``GET /v1/placements/{p}/history`` reports, follow the placement
 and segment pickers, show the experiment with its always-valid p-value, its lift over time with
-the CI band (from the history's experiment figures) and the data health.
+the CI band (from the history's experiment figures) and the data health, and, for a waterfall
+placement fed with tier responses, its most probable plans as its allocation reports them.
 Screenshots go to ``test-artifacts/`` (printed; kept after the run for a person to look at).
 """
 
@@ -27,6 +28,7 @@ READ_KEY, WRITE_KEY = "console-read-key", "console-write-key"
 WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
 READ = {"Authorization": f"Bearer {READ_KEY}"}
 SECOND = "demo-b"
+WATERFALL = "demo-wf"
 ROUNDS, PER_ROUND = 6, 400
 CHARTS = ("weights", "floors", "revenue", "fill")
 
@@ -47,6 +49,8 @@ def live(tmp_path_factory):
             body = api.get(f"/v1/placements/{DEMO_PLACEMENT}").json()
             body = {k: v for k, v in body.items() if k not in ("id", "placement")}
             assert api.put(f"/v1/placements/{SECOND}", json=body).status_code == 201, body
+            waterfall = {**body, "mode": "waterfall", "max_tiers": 2}
+            assert api.put(f"/v1/placements/{WATERFALL}", json=waterfall).status_code == 201, waterfall
             experiment = {"variants": [{"name": "champion", "traffic": 50}, {"name": "challenger", "traffic": 50,
                           "policy": "ts_gmm", "params": {"half_life_hours": 6}}]}  # fmt: skip
             assert api.put(f"/v1/placements/{DEMO_PLACEMENT}/experiment", json=experiment).status_code == 200
@@ -57,6 +61,7 @@ def live(tmp_path_factory):
             bad = {**first[0], "event_id": "bad-1", "revenu_cpm": 1.0}
             result = api.post("/v1/outcomes", json=[first[0], bad]).json()
             assert result["duplicates"] == 1 and len(result["rejected"]) == 1
+            feed_waterfall(api)
             time.sleep(2.5)  # learned, and a history point taken after it
         yield base
     finally:
@@ -85,6 +90,24 @@ def feed(api: httpx.Client, rounds: int) -> None:
             result = api.post("/v1/outcomes", json=events).json()
             assert result["accepted"] == PER_ROUND and not result["rejected"], result
         time.sleep(1.1)  # a history point per round
+
+
+def feed_waterfall(api: httpx.Client) -> None:
+    """The waterfall placement's decisions answered: its first tier never fills, a second tier
+    fills 0.5 CPM above its floor (learned per network from the responses)."""
+    contexts = [e["context"] for e in demo_events(PER_ROUND, seed=5)]
+    requests = [{"request_id": f"wf-{i}", "context": c} for i, c in enumerate(contexts)]
+    body = {"placement": WATERFALL, "requests": requests}
+    decisions = api.post("/v1/decide/batch", json=body).json()["decisions"]
+    events = []
+    for i, (d, context) in enumerate(zip(decisions, contexts, strict=True)):
+        responses = [{"network": t["network"], "floor_cpm": t["floor_cpm"], "status": "no_bid"} for t in d["tiers"]]
+        if len(responses) > 1:
+            responses[1] |= {"status": "bid", "price_cpm": round(d["tiers"][1]["floor_cpm"] + 0.5, 4), "won": True}
+        events.append({"event_id": f"wf-{i}", "decision_id": d["decision_id"], "ts": time.time(),
+                       "placement": WATERFALL, "context": context, "responses": responses})  # fmt: skip
+    result = api.post("/v1/outcomes", json=events).json()
+    assert result["accepted"] == PER_ROUND and not result["rejected"], result
 
 
 def page_data(page) -> dict:
@@ -249,6 +272,26 @@ def test_console_draws_what_the_api_reports_and_follows_the_pickers(live, capsys
         assert shown == [[a["ts"], a["segment"], a["network"]] for a in reversed(alarms)]
         assert all(a["relative"] > 0.5 for a in alarms)
         shot = ARTIFACTS / "console-demo-b.png"
+        page.screenshot(path=str(shot), full_page=True)
+        announce(capsys, f"console screenshot: {shot}")
+
+        assert page.is_hidden("#plans-panel")  # single-network placements have no plans
+
+        # A waterfall placement: its most probable plans, as its allocation reports them.
+        page.select_option("#placement", WATERFALL)
+        wait_for(page, WATERFALL, "*")
+        page.wait_for_function(f"() => document.querySelector('#plans-panel').dataset.placement === '{WATERFALL}'")
+        allocation = httpx.get(f"{live}/v1/placements/{WATERFALL}/allocation", headers=READ).json()
+        shown = page.eval_on_selector_all(
+            "#plans tr[data-probability]",
+            """rs => rs.map((r) => [Number(r.dataset.probability), [...r.querySelectorAll('span[data-network]')].map(
+                 (o) => [o.dataset.network, Number(o.dataset.floor)])])""",
+        )
+        plans = [[p["probability"], [[o["network"], o["floor_cpm"]] for o in p["offers"]]] for p in allocation["plans"]]
+        assert shown == plans
+        assert len(shown) >= 2 and all(len(offers) == 2 for _, offers in shown)  # max_tiers 2, several plans
+        assert "calling order" in page.inner_text("#plans-title") and "→" in page.inner_text("#plans tbody")
+        shot = ARTIFACTS / "console-waterfall.png"
         page.screenshot(path=str(shot), full_page=True)
         announce(capsys, f"console screenshot: {shot}")
 
