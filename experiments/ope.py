@@ -222,7 +222,6 @@ class LoggedDecisions:
 
         from bandit.io import batch_from_frame
 
-        single_mode(placement)
         if isinstance(frame, pl.LazyFrame):
             frame = frame.collect()
         if "placement" in frame.columns:
@@ -272,20 +271,6 @@ class LoggedDecisions:
             reward,
             density,
         )
-
-
-def single_mode(placement: PlacementConfig) -> PlacementConfig:
-    """``placement`` if its decisions are single offers, else an :class:`InvalidOutcome`: the
-    estimators here weigh one network and floor per request. A waterfall or auction request is
-    a plan (its networks, order and floors, with one propensity for the whole plan), and its
-    outcome log keeps only the tiers that were called up to the one that filled."""
-    if placement.mode != "single":
-        raise InvalidOutcome(
-            f"placement {placement.id!r} is a {placement.mode} placement: off-policy evaluation here weighs "
-            "one network and floor per request, not a plan of several; compare its plans on live traffic "
-            "with an experiment (PUT /v1/placements/{p}/experiment), or in the simulator with `adbandit ab`"
-        )
-    return placement
 
 
 def _network_codes(placement: PlacementConfig, column: Any) -> NDArray[np.int64]:
@@ -931,7 +916,15 @@ def evaluate(
     unknown = [e for e in estimators if e not in ESTIMATOR_CLASSES]
     if unknown:
         raise InvalidOutcome(f"unknown estimators {unknown}; known: {list(ESTIMATOR_CLASSES)}")
-    single_mode(policy.placement)
+    placement = policy.placement
+    if placement.mode != "single":
+        # A waterfall or auction request is a plan (networks, order, floors) with one propensity,
+        # and its log keeps only the tiers called up to the one that filled.
+        raise InvalidOutcome(
+            f"placement {placement.id!r} is a {placement.mode} placement: off-policy evaluation here weighs "
+            "one network and floor per request, not a plan of several; compare its plans on live traffic "
+            "with an experiment (PUT /v1/placements/{p}/experiment), or in the simulator with `adbandit ab`"
+        )
     data = OPEData(logs, policy, bandwidth=bandwidth, folds=folds, seed=seed)
     out = {name: ESTIMATOR_CLASSES[name]().estimate(data) for name in estimators}
     if warn:

@@ -182,15 +182,14 @@ def test_from_frame_names_missing_columns() -> None:
 @pytest.mark.parametrize("mode", ["waterfall", "auction"])
 def test_plan_placements_are_refused_with_the_reason(mode: str) -> None:
     """A waterfall or auction request is a plan of several offers with one propensity: the
-    single-offer estimators would misread its rows, so logs and candidates of such a
-    placement are refused, naming the mode and what to use instead."""
+    single-offer estimators would misweigh it, so a candidate of such a placement is refused,
+    naming the mode and what to use instead (its logs still read: one request per plan)."""
     planned = PlacementConfig.from_dict("p1", {**PLACEMENT.to_dict(), "mode": mode})
     body = {"network": ["alpha"], "floor_cpm": [1.0], "propensity": [0.5], "floor_propensity": [1.0],
             "revenue_cpm": [1.0], "segment": ["ios"]}  # fmt: skip
+    logs = LoggedDecisions.from_frame(planned, pl.DataFrame(body))
+    assert len(logs) == 1
     with pytest.raises(InvalidOutcome, match=f"'p1' is a {mode} placement.*adbandit ab"):
-        LoggedDecisions.from_frame(planned, pl.DataFrame(body))
-    logs = LoggedDecisions.from_frame(PLACEMENT, pl.DataFrame(body))  # the same rows, single mode
-    with pytest.raises(InvalidOutcome, match=f"is a {mode} placement"):
         evaluate(logs, make_policy("ts_gmm", planned, seed=0))
 
 
