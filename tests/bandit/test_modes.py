@@ -379,7 +379,7 @@ def test_plan_summary_describes_each_network_by_the_floors_its_plans_give_it():
     np.testing.assert_allclose(weights, [0.7, 0.3, 0.0])
     for j in range(2):
         given: dict[float, float] = {}
-        for t, f, p in zip(tiers[:, j], floors[:, j], probs):
+        for t, f, p in zip(tiers[:, j], floors[:, j], probs, strict=True):
             if t >= 0:
                 given[f] = given.get(f, 0.0) + p
         mass = sum(given.values())
