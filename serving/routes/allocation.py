@@ -44,7 +44,7 @@ async def get_allocation(
     A waterfall or auction placement adds ``mode`` and its most probable ``plans`` (each a
     probability and its offers in calling order); a network's weight is then its share of
     first-tier calls (waterfall) or its normalised call probability (auction), its floor the
-    mean floor of the plans calling it.
+    mean floor of the plans calling it and its p10 / p90 the percentiles of those floors.
 
     A ``segment`` must have one value per ``segment_by`` field of the placement (``*`` for
     any value, or ``*`` alone for the whole placement); anything else is a 422 naming the fields."""
