@@ -22,7 +22,13 @@ records, each its own live group, as a loaded applier leaves them): ready time w
 live groups merged into replay groups (the default) and, measured on ``--exact-events``
 and extrapolated, group by group.
 
-Usage: ``python benchmarks/bench_scale.py [--fitted-segments 1000] [--only statistics|learner|snapshots]``.
+Part 4, the live service's memory (``--only service``): ``adbandit serve`` in its own
+process over a state dir holding the fitted placement (``--fitted-segments``; 10,000 for the
+issue's target, fitted once into the cache by ``scale_fixture.py --segments 10000``), its
+resident memory after start-up, after a decision from every segment (a table computes its
+jitter terms on first use) and after outcome events for every segment were learned.
+
+Usage: ``python benchmarks/bench_scale.py [--fitted-segments 1000] [--only statistics|learner|snapshots|service]``.
 """
 
 from __future__ import annotations
@@ -51,13 +57,15 @@ from bandit import EventBatch, save_state
 from bandit.pooling import SegmentPool
 from bandit.stats import N_BINS, SufficientStats
 from serving.eventlog import EventLog
+from serving.process import HOST, free_port, start_server, stop_server
 from serving.records import APPLIED, EVENTS, EventRecord, encode_applied
 from serving.store import REPLAY_GROUP_EVENTS, PolicyStore
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+def rss_mb(pid: int | str = "self", field: str = "VmRSS") -> float:
+    """A process's resident memory (or another ``/proc/<pid>/status`` figure) [MB]."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -207,6 +215,82 @@ def scale_policy(n_fitted: int, n_segments: int, events_per_cell: int):
         n = min(chunk, total - lo)
         policy.update(market_batch(rng, others, n, t0 + lo / total * 60.0, 60.0 * n / total), refresh=False)
     return policy, keys, rng
+
+
+def part_service(table: Table, args: argparse.Namespace) -> None:
+    import httpx
+
+    policy, _, _ = fixture(args.fitted_segments, args.events_per_cell)
+    keys = segment_keys(args.fitted_segments)
+    state = policy.state()
+    del policy
+    work = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    try:
+        store = PolicyStore(work / "state", default_policy="ts_gmm")
+        store.open()
+        store.put_placement(placement())
+        store.swap_model("scale", "champion", state)
+        store.close()  # its final snapshot holds the model
+        del state, store
+        port = free_port()
+        t = time.perf_counter()
+        server = start_server(work / "state", port, timeout_s=900.0, stderr_path=work / "server.log")
+        started = time.perf_counter() - t
+        url = f"http://{HOST}:{port}"
+        try:
+            table.add(
+                f"service started over the state ({args.fitted_segments:,} fitted segments × {N_NETWORKS}) [s]",
+                f"{started:.1f}",
+            )
+            table.add("  service RSS when ready [MB]", f"{rss_mb(server.pid):,.0f}")
+            contexts = [dict(zip(("country", "os", "app"), key.split("|"), strict=True)) for key in keys]
+            decisions = []
+            for lo in range(0, len(contexts), 1000):
+                body = {
+                    "placement": "scale",
+                    "requests": [{"request_id": f"m{i}", "context": c} for i, c in enumerate(contexts[lo : lo + 1000])],
+                }
+                answer = httpx.post(f"{url}/v1/decide/batch", json=body, timeout=120)
+                answer.raise_for_status()
+                decisions.extend(answer.json()["decisions"])
+            rss = rss_mb(server.pid)
+            table.add(f"  … after a decision from each of the {len(contexts):,} segments [MB]", f"{rss:,.0f}")
+            rng = np.random.default_rng(4)
+            events = []
+            for i, (d, c) in enumerate(zip(decisions, contexts, strict=True)):
+                filled = bool(rng.random() < 0.6)
+                revenue = d["floor_cpm"] * float(rng.uniform(1.0, 2.0)) if filled else 0.0
+                events.append({"event_id": f"m{i}", "decision_id": d["decision_id"], "placement": "scale",
+                               "network": d["network"], "floor_cpm": d["floor_cpm"], "filled": filled,
+                               "revenue_cpm": revenue, "context": c, "ts": time.time()})  # fmt: skip
+            for lo in range(0, len(events), 2000):
+                httpx.post(f"{url}/v1/outcomes", json=events[lo : lo + 2000], timeout=120).raise_for_status()
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and store_figure(url, "log_lag_events") > 0:
+                time.sleep(1.0)
+            time.sleep(10.0)  # the applier refits what the events touched
+            rss = rss_mb(server.pid)
+            table.add(
+                f"  … after {len(events):,} outcome events over every segment were learned [MB]",
+                f"{rss:,.0f}",
+                "<= 1,536",
+                rss <= 1536,
+            )
+            table.add("  peak RSS of the service process (VmHWM) [MB]", f"{rss_mb(server.pid, 'VmHWM'):,.0f}")
+        finally:
+            stop_server(server)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def store_figure(url: str, name: str) -> float:
+    """One ``adbandit_store_<name>`` figure from the service's ``/metrics``."""
+    import httpx
+
+    for line in httpx.get(f"{url}/metrics", timeout=60).text.splitlines():
+        if line.startswith(f"adbandit_store_{name} "):
+            return float(line.split()[1])
+    raise KeyError(name)
 
 
 def file_size(path: Path) -> float:
@@ -390,9 +474,9 @@ def main() -> None:
     parser.add_argument("--interval-batches", type=int, default=30, help="batches between two snapshots")
     parser.add_argument("--restart-events", type=int, default=10_000_000)
     parser.add_argument("--exact-events", type=int, default=1_000_000)
-    parser.add_argument("--only", choices=("statistics", "learner", "snapshots"), action="append")
+    parser.add_argument("--only", choices=("statistics", "learner", "snapshots", "service"), action="append")
     args = parser.parse_args()
-    parts = args.only or ["statistics", "learner", "snapshots"]
+    parts = args.only or ["statistics", "learner", "snapshots", "service"]
     table = Table()
     print("\n".join(machine_facts()))
     if "statistics" in parts:
@@ -401,6 +485,8 @@ def main() -> None:
         part_learner(table, args.fitted_segments, args.events_per_cell)
     if "snapshots" in parts:
         part_snapshots(table, args)
+    if "service" in parts:
+        part_service(table, args)
 
 
 if __name__ == "__main__":
