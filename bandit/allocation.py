@@ -150,15 +150,15 @@ def distinct_rows(net: NDArray[np.int64], x: NDArray[np.float64]) -> tuple[NDArr
 @dataclass(frozen=True, slots=True)
 class JitterTerms:
     """Per candidate [N, M] of a table, what every jittered-floor probability needs and only
-    the table decides: whether it is jittered, its log floor, its sd (1 where not jittered)
-    and the standard normal CDF at its bounds (``mass``: their difference, at least 1e-300)."""
+    the table decides: whether it is jittered, its log floor and the standard normal CDF at
+    its bounds; per network [N, 1] the jitter's sd (1 where the network is not jittered; a
+    candidate that is not jittered, a floor of 0, is a point mass whatever it says)."""
 
     jittered: NDArray[np.bool_]
     mu: NDArray[np.float64]
     sd: NDArray[np.float64]
     z_lo: NDArray[np.float64]
     z_hi: NDArray[np.float64]
-    mass: NDArray[np.float64]
 
 
 @dataclass
@@ -236,13 +236,13 @@ class SegmentTable:
     def _jitter(self) -> JitterTerms:
         """The table's :class:`JitterTerms`, on first use (most tables a refresh builds are
         replaced before they are sampled), so a probability costs one ``ndtr`` per candidate."""
-        sd = self.floor_log_sd[:, None]
-        jittered = (sd > 0) & (self.floors > 0)
+        network_sd = self.floor_log_sd[:, None]
+        jittered = (network_sd > 0) & (self.floors > 0)
         mu = np.log(np.maximum(self.floors, 1e-300))
-        sd = np.where(jittered, sd, 1.0)
+        sd = np.where(jittered, network_sd, 1.0)
         z_lo = ndtr((self.floor_bounds[:, :1] - mu) / sd)
         z_hi = ndtr((self.floor_bounds[:, 1:] - mu) / sd)
-        return JitterTerms(jittered, mu, sd, z_lo, z_hi, np.maximum(z_hi - z_lo, 1e-300))
+        return JitterTerms(jittered, mu, np.where(network_sd > 0, network_sd, 1.0), z_lo, z_hi)
 
     def sample(
         self, u: NDArray[np.float64], v: NDArray[np.float64] | None = None
@@ -461,7 +461,9 @@ class SegmentTable:
         terms = self._jitter
         jit, mu = terms.jittered[net], terms.mu[net]  # [k, M]
         at = np.clip(log_floor[:, None], self.floor_bounds[net, :1], self.floor_bounds[net, 1:])
-        mass = np.clip((ndtr((at - mu) / terms.sd[net]) - terms.z_lo[net]) / terms.mass[net], 0.0, 1.0)
+        z_lo = terms.z_lo[net]
+        within = np.maximum(terms.z_hi[net] - z_lo, 1e-300)
+        mass = np.clip((ndtr((at - mu) / terms.sd[net]) - z_lo) / within, 0.0, 1.0)
         # P(log f < x) for point masses: bins are [edge_b, edge_b+1), like price_bin.
         step = np.where(self.floors[net] > 0, mu, -np.inf) < log_floor[:, None]
         mass = np.where(jit, mass, step.astype(float))
