@@ -10,7 +10,7 @@ import json
 import os
 import zipfile
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,11 +152,17 @@ def save_state(path: str | os.PathLike, state: Mapping[str, np.ndarray]) -> None
     os.replace(tmp, path)
 
 
-def load_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a state written by :func:`save_state` (pickle disabled)."""
+def load_state(path: str | os.PathLike, keep: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """Read a state written by :func:`save_state` (pickle disabled). With ``keep``, every
+    array is still read (and its checksum checked) but only those named are returned: a
+    file checked without holding all of it in memory at once."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            state = {k: npz[k] for k in npz.files}
+            state = {}
+            for k in npz.files:
+                value = npz[k]  # read whole: zipfile checks the member's CRC
+                if keep is None or k in keep:
+                    state[k] = value
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise InvalidState(f"cannot read policy state {str(path)!r}: {exc}") from None
     if "meta" not in state:

@@ -45,6 +45,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -166,7 +167,8 @@ def part_learner(table: Table, n_fitted: int, events_per_cell: int) -> None:
     table.add(f"learner RSS growth, {n_fitted:,} segments × {N_NETWORKS} networks [MB]", f"{held:,.0f}")
     table.add("  per segment [KB]", f"{held * 1024 / n_fitted:,.0f}")
     at_target = held / n_fitted * 10_000
-    table.add("  → 10,000 segments, extrapolated [MB]", f"{at_target:,.0f}", "<= 1,536", at_target <= 1536)
+    label = "  (10,000 segments: the target)" if n_fitted == 10_000 else "  → 10,000 segments, extrapolated"
+    table.add(f"{label} [MB]", f"{at_target:,.0f}", "<= 1,536", at_target <= 1536)
     keys = segment_keys(n_fitted)
     rng = np.random.default_rng(2)
     touched_keys = keys[: min(1800, n_fitted)]
@@ -218,8 +220,6 @@ def scale_policy(n_fitted: int, n_segments: int, events_per_cell: int):
 
 
 def part_service(table: Table, args: argparse.Namespace) -> None:
-    import httpx
-
     policy, _, _ = fixture(args.fitted_segments, args.events_per_cell)
     keys = segment_keys(args.fitted_segments)
     state = policy.state()
@@ -244,38 +244,20 @@ def part_service(table: Table, args: argparse.Namespace) -> None:
             )
             table.add("  service RSS when ready [MB]", f"{rss_mb(server.pid):,.0f}")
             contexts = [dict(zip(("country", "os", "app"), key.split("|"), strict=True)) for key in keys]
-            decisions = []
-            for lo in range(0, len(contexts), 1000):
-                body = {
-                    "placement": "scale",
-                    "requests": [{"request_id": f"m{i}", "context": c} for i, c in enumerate(contexts[lo : lo + 1000])],
-                }
-                answer = httpx.post(f"{url}/v1/decide/batch", json=body, timeout=120)
-                answer.raise_for_status()
-                decisions.extend(answer.json()["decisions"])
-            rss = rss_mb(server.pid)
-            table.add(f"  … after a decision from each of the {len(contexts):,} segments [MB]", f"{rss:,.0f}")
             rng = np.random.default_rng(4)
-            events = []
-            for i, (d, c) in enumerate(zip(decisions, contexts, strict=True)):
-                filled = bool(rng.random() < 0.6)
-                revenue = d["floor_cpm"] * float(rng.uniform(1.0, 2.0)) if filled else 0.0
-                events.append({"event_id": f"m{i}", "decision_id": d["decision_id"], "placement": "scale",
-                               "network": d["network"], "floor_cpm": d["floor_cpm"], "filled": filled,
-                               "revenue_cpm": revenue, "context": c, "ts": time.time()})  # fmt: skip
-            for lo in range(0, len(events), 2000):
-                httpx.post(f"{url}/v1/outcomes", json=events[lo : lo + 2000], timeout=120).raise_for_status()
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline and store_figure(url, "log_lag_events") > 0:
-                time.sleep(1.0)
-            time.sleep(10.0)  # the applier refits what the events touched
-            rss = rss_mb(server.pid)
-            table.add(
-                f"  … after {len(events):,} outcome events over every segment were learned [MB]",
-                f"{rss:,.0f}",
-                "<= 1,536",
-                rss <= 1536,
-            )
+            for round_ in range(1, args.service_rounds + 1):
+                decisions = decide_every_segment(url, contexts)
+                if round_ == 1:
+                    rss = rss_mb(server.pid)
+                    table.add(f"  … after a decision from each of the {len(contexts):,} segments [MB]", f"{rss:,.0f}")
+                learn_outcomes(url, decisions, contexts, rng, prefix=f"r{round_}-")
+                rss = rss_mb(server.pid)
+                table.add(
+                    f"  … after round {round_}: {len(contexts):,} decisions and their outcomes learned [MB]",
+                    f"{rss:,.0f}",
+                    "<= 1,536",
+                    rss <= 1536,
+                )
             table.add("  peak RSS of the service process (VmHWM) [MB]", f"{rss_mb(server.pid, 'VmHWM'):,.0f}")
         finally:
             stop_server(server)
@@ -283,10 +265,39 @@ def part_service(table: Table, args: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def decide_every_segment(url: str, contexts: list[dict]) -> list[dict]:
+    """One decision for each context, by ``POST /v1/decide/batch`` in calls of 1,000."""
+    decisions = []
+    for lo in range(0, len(contexts), 1000):
+        requests = [{"request_id": f"m{lo + i}", "context": c} for i, c in enumerate(contexts[lo : lo + 1000])]
+        answer = httpx.post(f"{url}/v1/decide/batch", json={"placement": "scale", "requests": requests}, timeout=120)
+        answer.raise_for_status()
+        decisions.extend(answer.json()["decisions"])
+    return decisions
+
+
+def learn_outcomes(
+    url: str, decisions: list[dict], contexts: list[dict], rng: np.random.Generator, prefix: str
+) -> None:
+    """An outcome for each decision (60% filled) in 2,000-event calls; returns once the
+    service's log lag is 0 and its applier had 10 s to refit what they touched."""
+    events = []
+    for i, (d, c) in enumerate(zip(decisions, contexts, strict=True)):
+        filled = bool(rng.random() < 0.6)
+        revenue = d["floor_cpm"] * float(rng.uniform(1.0, 2.0)) if filled else 0.0
+        events.append({"event_id": f"{prefix}{i}", "decision_id": d["decision_id"], "placement": "scale",
+                       "network": d["network"], "floor_cpm": d["floor_cpm"], "filled": filled,
+                       "revenue_cpm": revenue, "context": c, "ts": time.time()})  # fmt: skip
+    for lo in range(0, len(events), 2000):
+        httpx.post(f"{url}/v1/outcomes", json=events[lo : lo + 2000], timeout=120).raise_for_status()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and store_figure(url, "log_lag_events") > 0:
+        time.sleep(1.0)
+    time.sleep(10.0)
+
+
 def store_figure(url: str, name: str) -> float:
     """One ``adbandit_store_<name>`` figure from the service's ``/metrics``."""
-    import httpx
-
     for line in httpx.get(f"{url}/metrics", timeout=60).text.splitlines():
         if line.startswith(f"adbandit_store_{name} "):
             return float(line.split()[1])
@@ -474,6 +485,7 @@ def main() -> None:
     parser.add_argument("--interval-batches", type=int, default=30, help="batches between two snapshots")
     parser.add_argument("--restart-events", type=int, default=10_000_000)
     parser.add_argument("--exact-events", type=int, default=1_000_000)
+    parser.add_argument("--service-rounds", type=int, default=3, help="service part: rounds of decisions + outcomes")
     parser.add_argument("--only", choices=("statistics", "learner", "snapshots", "service"), action="append")
     args = parser.parse_args()
     parts = args.only or ["statistics", "learner", "snapshots", "service"]

@@ -26,6 +26,7 @@ import ctypes.util
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
 try:  # numpy's switch for asking huge pages (NUMPY_MADVISE_HUGEPAGE at import)
     from numpy._core.multiarray import _set_madvise_hugepage
@@ -41,6 +42,7 @@ HEAP_THRESHOLD = 1 << 30
 LIVE_MMAP_THRESHOLD, LIVE_TRIM_THRESHOLD = 32 << 20, 64 << 20
 
 
+@cache
 def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -69,3 +71,15 @@ def fewer_page_faults() -> Iterator[None]:
             libc.mallopt(M_TRIM_THRESHOLD, LIVE_TRIM_THRESHOLD)
             gc.collect()  # arrays held only by reference cycles, so their heap memory is free too
             libc.malloc_trim(0)
+
+
+def return_free_memory() -> None:
+    """Give the free heap back to the system (glibc ``malloc_trim``; nothing elsewhere).
+
+    A snapshot copies what it writes (a base: the whole policy, ~0.65 GB at 10,000 segments
+    × 20 networks) in arrays below the mmap threshold, from the heap of the thread that
+    captures it; freed, that memory used to stay with the process (a service at that scale
+    went from 1.36 to 1.66 GB resident after its first base snapshot)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -80,7 +80,7 @@ from bandit import ALL_SEGMENTS, Allocation, PlacementConfig
 from bandit.drift import ChangeAlarm
 from bandit.errors import InvalidConfig, StorageFailure
 from serving import decisions, recovery, report, snapshots
-from serving.allocator import fewer_page_faults
+from serving.allocator import fewer_page_faults, return_free_memory
 from serving.applier import Applier
 from serving.archive import OutcomeArchive
 from serving.decision_ids import DecisionSigner, Verdict, load_or_create_key
@@ -862,6 +862,9 @@ class PolicyStore:
             except BaseException:
                 self._chain = None  # the learners' changes since the last file are lost: start a new chain
                 raise
+            finally:
+                capture = None
+                return_free_memory()
 
     def _capture(self, *, only_if_changed: bool, full: bool) -> SnapshotCapture | None:
         """What the next snapshot holds. Ingest waits while pending events are applied and the
@@ -927,7 +930,7 @@ class PolicyStore:
         except OSError as exc:  # nothing older was touched; the log still holds everything
             raise storage_failure(exc, "writing a snapshot") from None
         try:
-            snapshots.read_snapshot(path)  # only a file that reads back joins the chain
+            snapshots.read_snapshot(path, arrays=False)  # only a file that reads back joins the chain
         except recovery.READ_ERRORS as exc:
             path.unlink(missing_ok=True)
             raise StorageFailure(f"snapshot {path.name} did not read back ({exc}); the log keeps everything") from None

@@ -175,6 +175,20 @@ def test_corrupt_file_is_refused(corruption: str, tmp_path) -> None:
         policy_from_state(load_state(path))
 
 
+def test_a_damaged_array_is_found_even_when_not_kept(tmp_path) -> None:
+    """``load_state(keep=...)`` reads every array (the check a written snapshot gets) and
+    returns only those named."""
+    path = tmp_path / "state.npz"
+    pattern = np.arange(1000, dtype=np.float64) * 1.5
+    save_state(path, {"meta": np.array("{}"), "big": pattern})
+    assert set(load_state(path, keep=("meta",))) == {"meta"}
+    raw = path.read_bytes()
+    at = raw.index(pattern[500:510].tobytes())
+    path.write_bytes(raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1 :])
+    with pytest.raises(InvalidState, match="cannot read"):
+        load_state(path, keep=("meta",))
+
+
 def test_npz_without_meta_is_refused(tmp_path) -> None:
     path = tmp_path / "other.npz"
     np.savez(path, x=np.arange(3))
