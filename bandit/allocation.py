@@ -628,13 +628,12 @@ def round_table(table: SegmentTable, precision: float, log_bounds: NDArray[np.fl
     k = np.where(table.floors > 0, k, 0.0)  # a floor of 0 stays 0
     floors = np.where(fixed, k / steps, table.floors)
     probs = table.floor_probs.copy()
-    for i in range(n):
+    for i in np.flatnonzero(fixed.sum(axis=1) > 1).tolist():  # rows with candidates to merge
         cols = np.flatnonzero(fixed[i])
-        if len(cols) > 1:
-            _, first, inverse = np.unique(k[i, cols], return_index=True, return_inverse=True)
-            mass = np.bincount(inverse.ravel(), weights=probs[i, cols], minlength=len(first))
-            probs[i, cols] = 0.0
-            probs[i, cols[first]] = mass
+        _, first, inverse = np.unique(k[i, cols], return_index=True, return_inverse=True)
+        mass = np.bincount(inverse.ravel(), weights=probs[i, cols], minlength=len(first))
+        probs[i, cols] = 0.0
+        probs[i, cols[first]] = mass
     bins = price_bin(log_price(floors))
     plans = {}
     if table.plan_floors is not None and table.plan_tiers is not None and table.plan_probs is not None:
