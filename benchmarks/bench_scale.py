@@ -6,8 +6,8 @@ refresh makes (totals, the segment pooling model), the size of the state and of 
 a 2,000-event batch changes (what an incremental snapshot would write).
 
 Part 2, the ``ts_gmm`` learner on a fitted placement (``--fitted-segments`` × 20
-networks; fitting every cell costs ~10–30 ms, so the fitted placement is smaller than
-10,000 segments and is cached in ``benchmarks/.cache``): a 2,000-event batch spread over
+networks, default 1,000; fitting a cell costs ~10–30 ms, so all 10,000 segments take half
+an hour, once: the fitted state is cached in ``benchmarks/.cache``): a 2,000-event batch spread over
 up to 1,800 segments learned and its tables live (``update`` + ``refresh`` of the touched
 segments, which refits only the cells that are due), the refit backlog that batch leaves,
 replay throughput in 2,000-event groups (restart), process RSS and bytes per segment.
