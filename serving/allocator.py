@@ -17,6 +17,9 @@ its own adaptation ends (mmap above 32 MiB, trim above 64 MiB), gives numpy's se
 collects garbage and returns the free heap to the system (``malloc_trim``): the live process
 keeps its memory behaviour, and its resident memory after a restart is what it was. Without
 glibc or that numpy hook the matching half does nothing. Only speed changes, never a result.
+
+The live store calls :func:`return_free_memory` after each snapshot and every 10 s in the
+applier: what snapshots copy and refits replace is given back instead of kept.
 """
 
 from __future__ import annotations

@@ -383,8 +383,8 @@ class ThompsonGmmPolicy(Policy):
         self._pending: dict[tuple[str, int], float] = {}  # events learned since the cell's last fit
         self._fitted: dict[tuple[str, int], tuple[float, float]] = {}  # (t_ref, requests) at the last fit
         self._values: dict[str, NDArray[np.float32]] = {}  # best-revenue draws [M, N] per table
-        # Each cell's last fit, packed (GmmParams.pack: one small array, not four, at
-        # 10,000 segments × 20 networks ~90 MB less); read with :meth:`_fit_of`.
+        # Each cell's last fit, packed (GmmParams.pack: one small array, not four, ~450 B
+        # less per cell); read with :meth:`_fit_of`.
         self._fits: dict[tuple[str, int], NDArray[np.float64]] = {}
         #: Waterfall/auction placements: each cell's bootstrap draws as last refit (params, second
         #: price, shadings, single bidder), so a refresh refits only the cells due and plans over
