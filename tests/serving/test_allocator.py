@@ -38,3 +38,35 @@ def test_the_block_gives_settings_back_when_it_raises():
         raise RuntimeError("replay failed")
     if set_hugepage is not None:
         assert set_hugepage(previous) is True
+
+
+def test_the_store_gives_the_free_heap_back_after_snapshots_and_from_its_applier(tmp_path, monkeypatch):
+    """What snapshots copy and refits replace goes back to the system: after every snapshot,
+    and from the applier every ``TRIM_EVERY_S``."""
+    import time
+
+    from serving import store as store_module
+
+    calls = []
+    monkeypatch.setattr(store_module, "return_free_memory", lambda: calls.append(time.monotonic()))
+    monkeypatch.setattr(store_module, "TRIM_EVERY_S", 0.05)
+    store = store_module.PolicyStore(tmp_path / "state", apply_every_s=0.01, snapshot_every_s=1e9)
+    store.open()
+    try:
+        deadline = time.monotonic() + 10.0
+        while len(calls) < 3 and time.monotonic() < deadline:  # the applier's
+            time.sleep(0.02)
+        assert len(calls) >= 3
+        before = len(calls)
+        monkeypatch.setattr(store_module, "TRIM_EVERY_S", 1e9)  # only snapshots from here
+        time.sleep(0.1)
+        settled = len(calls)
+        assert settled - before <= 1  # at most one pass that had begun before
+        store.snapshot(full=True)
+        assert len(calls) == settled + 1
+    finally:
+        store.close()
+
+
+def test_free_heap_is_given_back_without_error():
+    allocator.return_free_memory()  # glibc: malloc_trim; elsewhere nothing
