@@ -73,7 +73,7 @@ def fewer_page_faults() -> Iterator[None]:
             libc.mallopt(M_MMAP_THRESHOLD, LIVE_MMAP_THRESHOLD)
             libc.mallopt(M_TRIM_THRESHOLD, LIVE_TRIM_THRESHOLD)
             gc.collect()  # arrays held only by reference cycles, so their heap memory is free too
-            libc.malloc_trim(0)
+            return_free_memory()
 
 
 def return_free_memory() -> None:

@@ -871,7 +871,7 @@ class PolicyStore:
                 self._chain = None  # the learners' changes since the last file are lost: start a new chain
                 raise
             finally:
-                capture = None
+                capture = None  # its arrays (a base: the whole policy) are freed before the trim
                 return_free_memory()
 
     def _capture(self, *, only_if_changed: bool, full: bool) -> SnapshotCapture | None:
