@@ -32,11 +32,15 @@ class EventBatch:
     filled: NDArray[np.bool_]
     revenue_cpm: NDArray[np.float64]
     ts: NDArray[np.float64]
+    #: The CPM one unit of each event's floor and revenue stands for, when they were rescaled
+    #: (the hour-of-day levels learn in base-market units): a fill "at the floor" is judged
+    #: on the CPM it paid, whose tolerance is in cents. ``None``: the prices are CPM.
+    cpm_per_unit: NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.network)
-        for name in ("segment_index", "floor_cpm", "filled", "revenue_cpm", "ts"):
-            if len(getattr(self, name)) != n:
+        for name in ("segment_index", "floor_cpm", "filled", "revenue_cpm", "ts", "cpm_per_unit"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != n:
                 raise InvalidOutcome(f"column {name} has {len(getattr(self, name))} rows, expected {n}")
 
     def __len__(self) -> int:
@@ -106,6 +110,9 @@ class EventBatch:
             filled=cat("filled"),
             revenue_cpm=cat("revenue_cpm"),
             ts=cat("ts"),
+            cpm_per_unit=None
+            if all(b.cpm_per_unit is None for b in batches)
+            else np.concatenate([np.ones(len(b)) if b.cpm_per_unit is None else b.cpm_per_unit for b in batches]),
         )
 
     def take(self, rows: NDArray) -> EventBatch:
@@ -118,6 +125,7 @@ class EventBatch:
             self.filled[rows],
             self.revenue_cpm[rows],
             self.ts[rows],
+            None if self.cpm_per_unit is None else self.cpm_per_unit[rows],
         )
 
 

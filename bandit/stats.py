@@ -86,9 +86,13 @@ def price_bin_one(cpm: float) -> int:
     return min(max(b, 0), N_BINS - 1)
 
 
-def is_at_floor(floor_cpm: NDArray, revenue_cpm: NDArray, filled: NDArray) -> NDArray[np.bool_]:
-    """Fills whose price is at the floor within the tolerance (or, misreported, below it)."""
-    return filled & (revenue_cpm <= floor_cpm + np.maximum(AT_FLOOR_RTOL * floor_cpm, AT_FLOOR_ATOL) + 1e-12)
+def is_at_floor(
+    floor_cpm: NDArray, revenue_cpm: NDArray, filled: NDArray, cpm_per_unit: NDArray | float = 1.0
+) -> NDArray[np.bool_]:
+    """Fills whose price is at the floor within the tolerance (or, misreported, below it).
+    Prices rescaled to other units (``cpm_per_unit`` CPM each) keep the tolerance in CPM."""
+    atol = AT_FLOOR_ATOL / np.asarray(cpm_per_unit)
+    return filled & (revenue_cpm <= floor_cpm + np.maximum(AT_FLOOR_RTOL * floor_cpm, atol) + 1e-12)
 
 
 def decay_factor(dt_seconds: float, half_life_seconds: float) -> float:
@@ -608,11 +612,12 @@ class SufficientStats:
             return np.ones(len(ts))
         return np.exp2((ts - self.t_origin) / self.half_life_seconds)
 
-    def _add_entries(self, cell: NDArray[np.int64], floor_cpm, filled, revenue_cpm, weight) -> None:
-        """Add events: cell keys, floors, fills, revenues and weights (stored units), each [n]."""
+    def _add_entries(self, cell: NDArray[np.int64], floor_cpm, filled, revenue_cpm, weight, cpm_per_unit=1.0) -> None:
+        """Add events: cell keys, floors, fills, revenues and weights (stored units), each [n]
+        (``cpm_per_unit``: see :func:`is_at_floor`)."""
         logf = log_price(floor_cpm)
         fbin = price_bin(logf)
-        at_floor = is_at_floor(floor_cpm, revenue_cpm, filled)
+        at_floor = is_at_floor(floor_cpm, revenue_cpm, filled, cpm_per_unit)
         above = filled & ~at_floor
         w_fill = weight * filled
         w_at = weight * at_floor
@@ -661,7 +666,8 @@ class SufficientStats:
         rows = self._rows_for(batch.segments)
         self._advance(float(batch.ts.max()))
         cell = rows[batch.segment_index] * self.n_networks + batch.network
-        self._add_entries(cell, batch.floor_cpm, batch.filled, batch.revenue_cpm, self._units(batch.ts))
+        unit = 1.0 if batch.cpm_per_unit is None else batch.cpm_per_unit
+        self._add_entries(cell, batch.floor_cpm, batch.filled, batch.revenue_cpm, self._units(batch.ts), unit)
         return distinct(rows[batch.segment_index], len(self.segments))[0]
 
     def scale_cell(self, row: int, network: int, factor: float) -> None:

@@ -546,7 +546,9 @@ class ThompsonGmmPolicy(Policy):
                 self._level_events.set(keys, count_level_events(self._level_events.get(keys), local, known_hours))
                 self._relevel(levels, compared)
         scale = np.exp(levels.of_events(cells, hours))
-        return replace(batch, floor_cpm=batch.floor_cpm / scale, revenue_cpm=batch.revenue_cpm / scale)
+        return replace(
+            batch, floor_cpm=batch.floor_cpm / scale, revenue_cpm=batch.revenue_cpm / scale, cpm_per_unit=scale
+        )
 
     def _served_log_levels(self, row: int | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """The log value levels [N] of a statistics row's networks for the decisions its table

@@ -4,6 +4,7 @@ mergeable by addition, and discounted by half-lives."""
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 
 import numpy as np
@@ -309,3 +310,24 @@ def test_forgetting_a_cell_leaves_the_others_and_the_placement_level_consistent(
     np.testing.assert_allclose(stats.to_dense(), expected, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(stats.placement_level(), expected.sum(axis=0), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(stats.totals(), expected.sum(axis=3), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("level", [0.8, 0.95, 1.0, 1.25])
+def test_a_fill_a_cent_above_the_floor_stays_at_the_floor_in_rescaled_units(level: float) -> None:
+    """Floors and prices divided by an hour level keep the at-floor tolerance in CPM: a
+    second-price network that pays the floor plus one cent fills at the floor at any level,
+    and two cents above the floor is a price above it."""
+    floor = np.array([1.23, 1.23, 0.5])
+    paid = np.array([1.24, 1.25, 0.51])
+    stats = SufficientStats(3, 5 * HOUR)
+    rescaled = to_batch([("KR", 0, f / level, True, p / level, T0) for f, p in zip(floor, paid, strict=True)])
+    stats.add(dataclasses.replace(rescaled, cpm_per_unit=np.full(3, level)))
+    cell = as_dict(stats)["KR"][0]
+    f = {name: i for i, name in enumerate(FIELDS)}
+    assert cell[f["atfloor"]].sum() == 2 and cell[f["price"]].sum() == 1
+    # Without the unit the cent is judged in rescaled prices: below level 1 it reads as a
+    # price above the floor.
+    plain = SufficientStats(3, 5 * HOUR)
+    plain.add(rescaled)
+    expected_at = 2 if level >= 1 else 0
+    assert as_dict(plain)["KR"][0][f["atfloor"]].sum() == expected_at

@@ -204,3 +204,34 @@ def test_a_single_bidders_served_floor_converges_from_a_few_hundred_requests():
             )
         captures.append(single_revenue(policy.allocation().networks[0].floor_cpm) / best)
     assert np.mean(captures) >= 0.93, captures
+
+
+def test_fills_a_cent_above_the_floor_stay_at_the_floor_whatever_the_hour_level():
+    """A second-price network paying the floor plus one cent, filling less often in odd hours:
+    the hour levels learned there fall below 1, and the statistics (in base-market units)
+    still count every fill at the floor (the cent is judged in CPM, not in rescaled units)."""
+    low = {"floor_max_cpm": 1.5}  # floors where the cent, not the 0.5%, sets the tolerance
+    policy = make_policy("ts_gmm", _placement(n0=low, n1=low, n2=low), seed=3, level_events=50.0, change_threshold=0.0)
+    rng = np.random.default_rng(3)
+    hour = 3600.0
+    for h in range(72):
+        n = 400
+        db = policy.decide_batch(["*"] * n, rng=rng)
+        filled = rng.random(n) < (0.9 if h % 2 == 0 else 0.45)
+        policy.update(
+            EventBatch.from_arrays(
+                policy.placement,
+                segments=("*",),
+                segment_index=np.zeros(n, np.int64),
+                network=db.network,
+                floor_cpm=db.floor_cpm,
+                filled=filled,
+                revenue_cpm=np.where(filled, db.floor_cpm + 0.01, 0.0),
+                ts=1.8e9 + h * hour + np.arange(n),
+            )
+        )
+    levels = policy._levels.state()[1]
+    assert levels.min() < math.log(0.9)  # the odd hours' levels fell: prices were rescaled
+    stats = policy.stats.placement_level()
+    fills = stats[:, 1].sum()  # FILLS
+    assert fills > 100 and stats[:, 5].sum() == pytest.approx(fills, rel=1e-9)  # ATFLOOR: every fill
