@@ -32,7 +32,18 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit.stats import LOG_CENTERS, LOG_PRICE_MIN, REQUESTS, REVENUE, REVENUE_SQ, log_price, price_bin
+from bandit.stats import (
+    ATFLOOR,
+    ATFLOOR_LOGF,
+    FILLS,
+    LOG_CENTERS,
+    LOG_PRICE_MIN,
+    REQUESTS,
+    REVENUE,
+    REVENUE_SQ,
+    log_price,
+    price_bin,
+)
 
 #: Pseudo-requests of the cell-level revenue variance mixed into each bin's variance.
 VARIANCE_PRIOR = 10.0
@@ -59,22 +70,68 @@ class BinnedEvidence:
     requests: NDArray[np.float64]
 
     @classmethod
-    def of(cls, stats: NDArray[np.float64], lo: float, hi: float, min_requests: float = 1.0) -> BinnedEvidence:
-        """Evidence from statistics [F, B] for floor bins within log bounds ``[lo, hi]``."""
+    def of(
+        cls,
+        stats: NDArray[np.float64],
+        lo: float,
+        hi: float,
+        min_requests: float = 1.0,
+        price_above: NDArray[np.float64] | None = None,
+    ) -> BinnedEvidence:
+        """Evidence from statistics [F, B] for floor bins within log bounds ``[lo, hi]``: each
+        bin's mean revenue per request, or, given ``price_above`` (a model's mean price of a
+        fill above the floor at every bin centre [B]), its revenue read through its fills
+        (:func:`revenue_through_fills`)."""
         n = stats[REQUESTS]
         total = float(n.sum())
         lo_bin, hi_bin = price_bin(np.array([lo, hi]))
         used = (n >= min_requests) & (np.arange(len(n)) >= lo_bin) & (np.arange(len(n)) <= hi_bin)
         if total <= 0 or not used.any():
             return cls(*(np.zeros(0) for _ in range(4)))
-        cell_mean = float(stats[REVENUE].sum()) / total
-        cell_var = max(float(stats[REVENUE_SQ].sum()) / total - cell_mean**2, 1e-12)
         nb = n[used]
-        mean = stats[REVENUE, used] / nb
-        own_var = np.maximum(stats[REVENUE_SQ, used] / nb - mean**2, 0.0)
+        if price_above is None:
+            cell_mean = float(stats[REVENUE].sum()) / total
+            cell_var = max(float(stats[REVENUE_SQ].sum()) / total - cell_mean**2, 1e-12)
+            mean = stats[REVENUE, used] / nb
+            own_var = np.maximum(stats[REVENUE_SQ, used] / nb - mean**2, 0.0)
+        else:
+            mean, own_var, cell_var = revenue_through_fills(stats, used, price_above[used])
         var = (nb * own_var + VARIANCE_PRIOR * cell_var) / (nb + VARIANCE_PRIOR)
         x = np.clip(LOG_CENTERS[used], lo, hi)
         return cls(x, mean, var / nb, nb)
+
+
+def revenue_through_fills(
+    stats: NDArray[np.float64], used: NDArray[np.bool_], price_above: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+    """Revenue per request of the floor bins ``used`` read through their fills,
+
+        R(f) = f·P(fill at the floor | f) + P(fill above the floor | f)·E[price | price > f],
+
+    exact for any auction whose price above the floor does not depend on the floor (the
+    second bid of a second-price auction, with a shared value shock, over-dispersed
+    bidders, a cent increment or a throttle alike). Both shares are counted in the bin; the
+    mean price above the floor is the model's (``price_above`` [B'], a shape the mixture
+    fits to the prices themselves), times the one factor that makes the cell's revenue above
+    the floor the observed one. A bin's noise is then which of no fill, a fill at the floor
+    or one above it a request gave, no longer the spread of the prices above the floor: under
+    a shared value shock 2/5 of the binned revenue's variance. Returns the bins' means and
+    per-request variances [B'] and the cell's per-request variance."""
+    n = stats[REQUESTS, used]
+    at = stats[ATFLOOR, used]
+    above = np.maximum(stats[FILLS, used] - at, 0.0)
+    log_at = np.where(at > 0, stats[ATFLOOR_LOGF, used] / np.where(at > 0, at, 1.0), LOG_CENTERS[used])
+    at_floor = np.exp(log_at)
+    above_revenue = float(np.maximum(stats[REVENUE, used] - at * at_floor, 0.0).sum())
+    expected = float((above * price_above).sum())
+    price = price_above * (above_revenue / expected if expected > 0 else 1.0)
+    p_above, p_at = above / n, at / n
+    mean = p_above * price + p_at * at_floor
+    own_var = np.maximum(p_above * price**2 + p_at * at_floor**2 - mean**2, 0.0)
+    share_above, share_at = float(above.sum() / n.sum()), float(at.sum() / n.sum())
+    cell_mean = share_above * price + share_at * at_floor
+    cell_var = float(np.mean(share_above * price**2 + share_at * at_floor**2 - cell_mean**2))
+    return mean, own_var, max(cell_var, 1e-12)
 
 
 def se_kernel(a: NDArray[np.float64], b: NDArray[np.float64], length: float) -> NDArray:

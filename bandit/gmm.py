@@ -437,6 +437,13 @@ class RevenueCurve:
         ls = self.lam[:, None] * self._interp(self.survival, log_price)
         return np.exp(-ls) * (1.0 + ls) if self.second_price else np.exp(-ls)
 
+    def price_above(self, log_floor: NDArray) -> NDArray:
+        """Mean price of a fill above the floor, E[price | price > f], at log floors [D, G]:
+        the top bid (first price) or the second bid (second price) given it clears f."""
+        above = 1.0 - self.pay_cdf(log_floor)
+        mean = self._interp(self.tail, log_floor) / np.maximum(above, 1e-300)
+        return np.where(above > 1e-12, np.maximum(mean, np.exp(log_floor)), np.exp(log_floor))
+
     def revenue(self, log_floor: NDArray) -> NDArray:
         """Expected revenue per request (CPM) at log floors [D, G]."""
         r = self._interp(self.tail, log_floor)

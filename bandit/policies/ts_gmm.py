@@ -101,6 +101,7 @@ from bandit.season import (
 )
 from bandit.stats import (
     FILLS,
+    LOG_CENTERS,
     REQUESTS,
     REVENUE,
     SufficientStats,
@@ -759,8 +760,13 @@ class ThompsonGmmPolicy(Policy):
         # Misfit: the mixture curves are the prior means of a GP correction from binned revenue.
         grid = self._grids[network]
         lo, hi = log_bounds(cfg.floor_min_cpm, cfg.floor_max_cpm)
-        evidence = BinnedEvidence.of(stats, lo, hi)
         model = RevenueCurve.of(mle, second, single)
+        # The misfit is judged on the revenue as observed; the correction follows the revenue
+        # read through the fills where that is exact (second price, a crowd of bidders).
+        observed_evidence = BinnedEvidence.of(stats, lo, hi)
+        evidence = observed_evidence
+        if second and not single:
+            evidence = BinnedEvidence.of(stats, lo, hi, price_above=model.price_above(LOG_CENTERS[None, :])[0])
         boot_shading = None
         if not second:
             # First price: bidders may respond to the floor (bid at least it when their value
@@ -777,7 +783,7 @@ class ThompsonGmmPolicy(Policy):
         base = CURVE_FLOOR * max(float(prior_grid.max()), observed, 1e-3)
         scale_grid, scale_at = prior_grid + base, prior_at + base
         corr = se_kernel(evidence.log_floor, evidence.log_floor, self.curve_length) * np.outer(scale_at, scale_at)
-        doubt = choose_doubt(evidence.mean - prior_at, corr, evidence.variance, self._doubts)
+        doubt = choose_doubt(observed_evidence.mean - prior_at, corr, observed_evidence.variance, self._doubts)
         posterior = curve_posterior(grid, evidence, scale_grid, scale_at, doubt, self.curve_length)
         m = self.n_draws
         pick = np.arange(m) % BOOTSTRAP_DRAWS

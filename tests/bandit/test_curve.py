@@ -93,3 +93,74 @@ def test_on_a_flat_topped_curve_sharpened_draws_serve_floors_nearer_its_best() -
     assert np.median(plain) < x_best  # the flat side
     loss = lambda x: float(np.mean(peak - np.interp(x, GRID, truth))) / peak  # noqa: E731
     assert loss(sharp) < 0.75 * loss(plain), (loss(sharp), loss(plain))
+
+
+# --------------------------------------------------------------------------- revenue read through fills
+def _auctions(rng: np.random.Generator, n: int, shock_sd: float) -> tuple[np.ndarray, ...]:
+    """Top and second bids [n] of Poisson(3) bidders whose log-normal-mixture values share a
+    per-request shock (outside the mixture's family), and a uniform [n] for a throttle."""
+    k = rng.poisson(3.0, n)
+    width = max(int(k.max()), 2)
+    comp = rng.random((n, width)) < 0.7
+    values = np.exp(np.where(comp, rng.normal(0.4, 0.5, (n, width)), rng.normal(1.3, 0.45, (n, width))))
+    values *= np.exp(rng.normal(-0.5 * shock_sd**2, shock_sd, n))[:, None]
+    values[np.arange(width)[None, :] >= k[:, None]] = 0.0
+    values.sort(axis=1)
+    return values[:, -1], values[:, -2], rng.random(n)
+
+
+def _second_price(top, second, coin, floors, throttle_cpm=math.inf, increment=0.0, **_):
+    """(filled, paid): a throttle answers with probability 1 / (1 + (f / throttle_cpm)^6); a
+    price increment δ pays min(top, max(second, f) + δ)."""
+    filled = (top >= floors) & (coin < 1.0 / (1.0 + (floors / throttle_cpm) ** 6))
+    return filled, np.where(filled, np.minimum(np.maximum(second, floors) + increment, top), 0.0)
+
+
+@pytest.mark.parametrize(
+    "market",
+    [{"shock_sd": 0.5}, {"shock_sd": 0.3, "throttle_cpm": 2.0}, {"shock_sd": 0.0, "increment": 0.01}],
+    ids=["value-shock", "throttle", "cent-increment"],
+)
+def test_revenue_read_through_fills_is_unbiased_and_less_noisy_than_binned_revenue(market: dict) -> None:
+    """Outside the mixture's family the fills-based evidence (at-floor share × floor + above
+    share × the fitted mixture's mean price above the floor, calibrated to the cell's revenue)
+    agrees with the true revenue curve bin by bin within its standard errors, over 4 seeds,
+    while its variance is below the binned revenue's."""
+    from bandit import EventBatch, NetworkConfig, PlacementConfig
+    from bandit.curve import BinnedEvidence
+    from bandit.gmm import Prior, RevenueCurve, censored_data, fit, initial_params
+    from bandit.stats import LOG_CENTERS, LOG_EDGES, SufficientStats
+
+    cfg = PlacementConfig("p", (NetworkConfig("a"),), ())
+    grid = np.linspace(math.log(0.6), math.log(2.6), 40)
+    sample = _auctions(np.random.default_rng(99), 1_000_000, market["shock_sd"])  # the same requests at every floor
+    truth = np.array([_second_price(*sample, np.full(len(sample[0]), math.exp(x)), **market)[1].mean() for x in grid])
+    z, ratios = [], []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        floors = 1.2 * np.exp(rng.normal(0.0, 0.15, 60_000))
+        filled, paid = _second_price(*_auctions(rng, len(floors), market["shock_sd"]), floors, **market)
+        stats = SufficientStats(1, math.inf)
+        n = len(floors)
+        stats.add(
+            EventBatch.from_arrays(
+                cfg, segments=("*",), segment_index=np.zeros(n, np.int64), network=np.zeros(n, np.int64),
+                floor_cpm=floors, filled=filled, revenue_cpm=paid, ts=np.full(n, 1.8e9),
+            )
+        )
+        cell = stats.segment_data(0)[0]
+        prior = Prior(lam0=2.0, center=np.array([[-1.0, 1.0]]), spread=1.0, strength=2.0)
+        model = RevenueCurve.of(fit(censored_data(cell, True), initial_params(prior), prior, max_iter=300), True)
+        lo, hi = math.log(0.05), math.log(20.0)
+        binned = BinnedEvidence.of(cell, lo, hi, min_requests=3_000)
+        through = BinnedEvidence.of(cell, lo, hi, 3_000, model.price_above(LOG_CENTERS[None, :])[0])
+        bins = np.searchsorted(LOG_EDGES, np.log(floors)) - 1
+        for i, x in enumerate(through.log_floor):
+            b = int(np.argmin(np.abs(LOG_CENTERS - x)))
+            true_b = float(np.interp(np.log(floors[bins == b]), grid, truth).mean())  # over the bin's floors
+            z.append([(e.mean[i] - true_b) / math.sqrt(e.variance[i]) for e in (through, binned)])
+        ratios.append(float(np.median(through.variance / binned.variance)))
+    z = np.array(z)
+    assert len(z) >= 16
+    assert abs(z[:, 0].mean()) < 0.75 and math.sqrt(np.mean(z[:, 0] ** 2)) < 1.6, z[:, 0]
+    assert max(ratios) < 0.9, ratios
