@@ -108,9 +108,9 @@ def revenue_through_fills(
 
         R(f) = f·P(fill at the floor | f) + P(fill above the floor | f)·E[price | price > f],
 
-    exact for any auction whose price above the floor does not depend on the floor (the
-    second bid of a second-price auction, with a shared value shock, over-dispersed
-    bidders, a cent increment or a throttle alike). Both shares are counted in the bin; the
+    exact (to the at-floor tolerance) for any auction whose price above the floor does not
+    depend on the floor (the second bid of a second-price auction, with a shared value
+    shock, over-dispersed bidders, a cent increment or a throttle alike). Both shares are counted in the bin; the
     mean price above the floor is the model's (``price_above`` [B'], a shape the mixture
     fits to the prices themselves), times the one factor that makes the cell's revenue above
     the floor the observed one. A bin's noise is then which of no fill, a fill at the floor

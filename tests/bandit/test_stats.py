@@ -331,3 +331,16 @@ def test_a_fill_a_cent_above_the_floor_stays_at_the_floor_in_rescaled_units(leve
     plain.add(rescaled)
     expected_at = 2 if level >= 1 else 0
     assert as_dict(plain)["KR"][0][f["atfloor"]].sum() == expected_at
+
+
+def test_taking_and_joining_batches_keeps_their_cpm_per_unit() -> None:
+    """Rows taken from a rescaled batch keep their units; joined with a batch in CPM, those
+    rows stand for 1 CPM a unit."""
+    rescaled = dataclasses.replace(
+        to_batch([("KR", 0, 1.0, True, 1.0, T0), ("US", 1, 2.0, False, 0.0, T0)]), cpm_per_unit=np.array([0.9, 1.1])
+    )
+    plain = to_batch([("JP", 2, 1.0, True, 1.5, T0)])
+    np.testing.assert_array_equal(rescaled.take(np.array([1])).cpm_per_unit, [1.1])
+    assert plain.take(np.array([0])).cpm_per_unit is None
+    np.testing.assert_array_equal(EventBatch.concat([rescaled, plain]).cpm_per_unit, [0.9, 1.1, 1.0])
+    assert EventBatch.concat([plain, plain]).cpm_per_unit is None
