@@ -42,6 +42,7 @@ from bandit.stats import (
     REVENUE,
     REVENUE_SQ,
     log_price,
+    mean_position,
     price_bin,
 )
 
@@ -120,8 +121,7 @@ def revenue_through_fills(
     n = stats[REQUESTS, used]
     at = stats[ATFLOOR, used]
     above = np.maximum(stats[FILLS, used] - at, 0.0)
-    log_at = np.where(at > 0, stats[ATFLOOR_LOGF, used] / np.where(at > 0, at, 1.0), LOG_CENTERS[used])
-    at_floor = np.exp(log_at)
+    at_floor = np.exp(mean_position(stats[ATFLOOR], stats[ATFLOOR_LOGF])[used])
     above_revenue = float(np.maximum(stats[REVENUE, used] - at * at_floor, 0.0).sum())
     expected = float((above * price_above).sum())
     price = price_above * (above_revenue / expected if expected > 0 else 1.0)

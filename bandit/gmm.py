@@ -50,6 +50,7 @@ from bandit.stats import (
     PRICE,
     PRICE_LOGP,
     REQUESTS,
+    mean_position,
 )
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -134,10 +135,6 @@ class CensoredData:
         )
 
 
-def _mean_position(weight: NDArray, log_sum: NDArray) -> NDArray:
-    return np.where(weight > 0, log_sum / np.where(weight > 0, weight, 1.0), LOG_CENTERS)
-
-
 def censored_data(
     stats: NDArray[np.float64], second_price: bool, single_bid: bool = False, shading: float = 1.0
 ) -> CensoredData:
@@ -150,11 +147,11 @@ def censored_data(
     log-midpoint f·√s (s = 1: a no-fill says B < f, a fill at the floor is a bid of f)."""
     log_s = math.log(shading) if not second_price else 0.0
     nofill_w = np.maximum(stats[REQUESTS] - stats[FILLS], 0.0)
-    nofill_at = _mean_position(nofill_w, stats[NOFILL_LOGF]) + log_s
+    nofill_at = mean_position(nofill_w, stats[NOFILL_LOGF]) + log_s
     atfloor_w = stats[ATFLOOR]
-    atfloor_at = _mean_position(atfloor_w, stats[ATFLOOR_LOGF]) + 0.5 * log_s
+    atfloor_at = mean_position(atfloor_w, stats[ATFLOOR_LOGF]) + 0.5 * log_s
     price_w = stats[PRICE]
-    price_at = _mean_position(price_w, stats[PRICE_LOGP])
+    price_at = mean_position(price_w, stats[PRICE_LOGP])
     if not second_price:
         # A first-price "fill at the floor" is a top bid equal to the floor: a revealed price.
         price_at = np.concatenate([price_at, atfloor_at])

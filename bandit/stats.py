@@ -73,6 +73,12 @@ def log_price(cpm: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.log(np.clip(cpm, PRICE_MIN, MAX_CPM))
 
 
+def mean_position(weight: NDArray, log_sum: NDArray) -> NDArray:
+    """Mean log price of each bin's events from their weight and weighted log sum (fields
+    [..., B]); the bin centre where the bin has none."""
+    return np.where(weight > 0, log_sum / np.where(weight > 0, weight, 1.0), LOG_CENTERS)
+
+
 def price_bin(log_cpm: NDArray[np.float64]) -> NDArray[np.int64]:
     """Bin index in [0, B) of log prices."""
     b = ((log_cpm - LOG_PRICE_MIN) * (1.0 / BIN_WIDTH)).astype(np.int64)
