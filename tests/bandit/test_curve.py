@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from scipy.special import ndtr
 
-from bandit.curve import affordable_jitter, best_on_grid, floor_grid, se_kernel, sharpened
+from bandit import EventBatch, NetworkConfig, PlacementConfig
+from bandit.curve import BinnedEvidence, affordable_jitter, best_on_grid, floor_grid, se_kernel, sharpened
+from bandit.gmm import Prior, RevenueCurve, censored_data, fit, initial_params
+from bandit.stats import LOG_CENTERS, LOG_EDGES, SufficientStats
 
 GRID = floor_grid(0.05, 20.0)  # bin centres inside the bounds, plus both bounds
 
@@ -126,11 +129,6 @@ def test_revenue_read_through_fills_is_unbiased_and_less_noisy_than_binned_reven
     share × the fitted mixture's mean price above the floor, calibrated to the cell's revenue)
     agrees with the true revenue curve bin by bin within its standard errors, over 4 seeds,
     while its variance is below the binned revenue's."""
-    from bandit import EventBatch, NetworkConfig, PlacementConfig
-    from bandit.curve import BinnedEvidence
-    from bandit.gmm import Prior, RevenueCurve, censored_data, fit, initial_params
-    from bandit.stats import LOG_CENTERS, LOG_EDGES, SufficientStats
-
     cfg = PlacementConfig("p", (NetworkConfig("a"),), ())
     grid = np.linspace(math.log(0.6), math.log(2.6), 40)
     sample = _auctions(np.random.default_rng(99), 1_000_000, market["shock_sd"])  # the same requests at every floor
