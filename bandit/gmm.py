@@ -135,6 +135,12 @@ class CensoredData:
         )
 
 
+#: Bids a floor-responsive first-price fill at the floor is read as (:func:`censored_data`):
+#: spread over [s·f, f), not one bid at its log-midpoint, whose spike in the top-bid mixture
+#: put a cliff into the revenue curve at f/√s.
+AT_FLOOR_POINTS = 4
+
+
 def censored_data(
     stats: NDArray[np.float64], second_price: bool, single_bid: bool = False, shading: float = 1.0
 ) -> CensoredData:
@@ -143,13 +149,18 @@ def censored_data(
 
     ``shading`` s < 1: a first-price network whose bidders respond to the floor
     (:class:`ResponsiveCurve`), described by its top bid B before the response. A no-fill at
-    floor f then says B < s·f, and a fill at the floor that B lies in [s·f, f), taken at its
-    log-midpoint f·√s (s = 1: a no-fill says B < f, a fill at the floor is a bid of f)."""
+    floor f then says B < s·f, and a fill at the floor that B lies in [s·f, f), read as
+    ``AT_FLOOR_POINTS`` bids spread evenly over that interval in log price (s = 1: a no-fill
+    says B < f, a fill at the floor is a bid of f)."""
     log_s = math.log(shading) if not second_price else 0.0
     nofill_w = np.maximum(stats[REQUESTS] - stats[FILLS], 0.0)
     nofill_at = mean_position(nofill_w, stats[NOFILL_LOGF]) + log_s
     atfloor_w = stats[ATFLOOR]
-    atfloor_at = mean_position(atfloor_w, stats[ATFLOOR_LOGF]) + 0.5 * log_s
+    atfloor_at = mean_position(atfloor_w, stats[ATFLOOR_LOGF])
+    if log_s < 0.0:
+        spread = log_s * (np.arange(AT_FLOOR_POINTS) + 0.5) / AT_FLOOR_POINTS  # [P], in (log s, 0)
+        atfloor_at = (atfloor_at[None, :] + spread[:, None]).ravel()
+        atfloor_w = np.tile(atfloor_w / AT_FLOOR_POINTS, AT_FLOOR_POINTS)
     price_w = stats[PRICE]
     price_at = mean_position(price_w, stats[PRICE_LOGP])
     if not second_price:
