@@ -10,8 +10,8 @@ After each update, for every touched segment and network:
 2. the mixture of bidder values is fitted by censored EM (:mod:`bandit.gmm`), warm-started
    from the previous fit, and refitted on ``BOOTSTRAP_DRAWS`` Bayesian-bootstrap copies of
    the binned data; a first-price network also gets a posterior over floor-responsive
-   shading (:func:`bandit.gmm.shading_posterior`), under which a waterfall or auction
-   placement reads its next observations (:meth:`ThompsonGmmPolicy._data_shading`);
+   shading (:func:`bandit.gmm.shading_posterior`), under which its next observations are
+   read (:meth:`ThompsonGmmPolicy._data_shading`);
 3. the mixture curves are the prior means of a Gaussian-process correction from the binned
    revenue of the floors actually tried (:mod:`bandit.curve`); ``n_draws`` curve draws each
    give a best floor anywhere in the network's bounds and the revenue there.
@@ -814,8 +814,8 @@ class ThompsonGmmPolicy(Policy):
         came out twice the truth, so it was tiered too early and floored too high (10 seeds:
         0.984 → 0.991 over the run, last fifth 0.990 → 0.998); on ``ood_responsive`` its
         revenue 30% above the truth wherever the binned evidence did not reach, so floors
-        were drawn into the gaps between the floors tried (10 seeds, with the at-floor fills
-        spread over [s·f, f): 0.9890 → 0.9904 over the run, the first tenth's floor regret
+        were drawn into the gaps between the floors tried (10 seeds, the at-floor fills read
+        spread over [s·f, f): 0.989 → 0.990 over the run, the first tenth's floor regret
         3.9% → 2.4%)."""
         start = self._fit_of(segment, network)
         if second or start is None:
