@@ -4,7 +4,8 @@ Logically an array ``[S, N, F, B]`` — S segments, N networks, F fields (``FIEL
 B log-price bins over ``[PRICE_MIN, MAX_CPM]`` — stored sparsely: a (segment, network)
 cell holds only the bins it has seen (a typical cell ~1 KB, a full one ~9 KB). Fields indexed by the *floor* bin of
 the request: requests, fills, revenue, revenue², no-fills and their summed log floor,
-at-floor fills (second-price mass at the floor) and their summed log floor. Fields
+at-floor fills (second-price mass at the floor) and their summed log price paid (the
+floor, or up to the at-floor tolerance above it: :func:`at_floor_log_price`). Fields
 indexed by the *price* bin: fills above the floor and their summed log price.
 
 Everything is a weighted count, so aggregates from several workers merge by
@@ -101,6 +102,15 @@ def is_at_floor(
     return filled & (revenue_cpm <= floor_cpm + np.maximum(AT_FLOOR_RTOL * floor_cpm, atol) + 1e-12)
 
 
+def at_floor_log_price(floor_cpm: NDArray[np.float64], revenue_cpm: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Log price [n] a fill at the floor is recorded at: what it paid, never below its floor.
+    A network paying the floor plus a cent is read at floor + 1 cent: at the floor, the
+    cent is 1–2% of a low floor's revenue, and the revenue read through the fills
+    (:func:`bandit.curve.revenue_through_fills`) would otherwise give it to the fills above
+    the floor, in every floor bin alike."""
+    return log_price(np.maximum(revenue_cpm, floor_cpm))
+
+
 def decay_factor(dt_seconds: float, half_life_seconds: float) -> float:
     """Weight of an aggregate ``dt`` seconds old: ``2^(-dt / half_life)`` (1 when no discounting)."""
     if not math.isfinite(half_life_seconds) or dt_seconds <= 0:
@@ -138,7 +148,7 @@ def accumulate(
         (by_floor, rev_w * revenue_cpm),
         (by_floor, w_nofill * logf),
         (by_floor, w_at),
-        (by_floor, w_at * logf),
+        (by_floor, w_at * at_floor_log_price(floor_cpm, revenue_cpm)),
         (by_price, w_above),
         (by_price, w_above * logp),
     )
@@ -633,7 +643,8 @@ class SufficientStats:
         logp = log_price(revenue_cpm[above])
         pbin = price_bin(logp)
         w_above = weight[above]
-        by_floor = (weight, w_fill, rev_w, rev_w * revenue_cpm, (weight - w_fill) * logf, w_at, w_at * logf)
+        at_logp = at_floor_log_price(floor_cpm, revenue_cpm)
+        by_floor = (weight, w_fill, rev_w, rev_w * revenue_cpm, (weight - w_fill) * logf, w_at, w_at * at_logp)
         by_price = (w_above, w_above * logp)
         # Each (cell, bin) pair's sums, then the cells' totals and the placement level from those
         # sums (a large batch has fewer pairs than events).

@@ -65,6 +65,7 @@ from bandit.stats import (
     REVENUE,
     REVENUE_SQ,
     SufficientStats,
+    at_floor_log_price,
     is_at_floor,
     log_price,
     price_bin,
@@ -153,12 +154,13 @@ def partition_stats(batch: EventBatch, n_networks: int, half_life_seconds: float
     floor, revenue, filled = batch.floor_cpm, batch.revenue_cpm, batch.filled
     logf = log_price(floor)
     at_floor = is_at_floor(floor, revenue, filled)
+    at_logp = at_floor_log_price(floor, revenue)
     w_fill = weight * filled
     w_at = weight * at_floor
     rev_w = weight * revenue
     floor_keys, floor_values = sum_by_key(
         cell * N_BINS + price_bin(logf),
-        (weight, w_fill, rev_w, rev_w * revenue, (weight - w_fill) * logf, w_at, w_at * logf),
+        (weight, w_fill, rev_w, rev_w * revenue, (weight - w_fill) * logf, w_at, w_at * at_logp),
     )
     # Price-binned fields: only fills above the floor carry weight there.
     above = np.flatnonzero(filled & ~at_floor)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from bandit import POLICIES, EventBatch, PlacementConfig, make_policy
 from bandit.stats import (
+    AT_FLOOR_ATOL,
     AT_FLOOR_RTOL,
     FIELDS,
     LOG_EDGES,
@@ -38,10 +39,12 @@ def random_events(rng: np.random.Generator, n: int, t_span_hours: float = 0.0) -
     out = []
     for _ in range(n):
         floor = float(rng.choice([0.0, rng.uniform(0.005, 0.02), rng.lognormal(0, 1.5), MAX_CPM]))
-        kind = rng.integers(3)
+        kind = rng.integers(4)
         filled = kind > 0
         if kind == 1:
             revenue = floor  # second price with a single bidder: pays the floor
+        elif kind == 3:
+            revenue = min(floor + 0.01, MAX_CPM)  # ... or the floor plus a cent
         elif kind == 2:
             revenue = float(min(floor + rng.lognormal(0, 1), MAX_CPM))
         else:
@@ -87,9 +90,9 @@ def brute_force(events: list[tuple], half_life_hours: float = math.inf) -> dict[
         cell[f["fills"], fb] += w
         cell[f["revenue"], fb] += w * revenue
         cell[f["revenue_sq"], fb] += w * revenue * revenue
-        if revenue <= floor * (1 + AT_FLOOR_RTOL) + 1e-12:
+        if revenue <= floor + max(AT_FLOOR_RTOL * floor, AT_FLOOR_ATOL) + 1e-12:
             cell[f["atfloor"], fb] += w
-            cell[f["atfloor_logf"], fb] += w * logf
+            cell[f["atfloor_logf"], fb] += w * brute_bin(max(revenue, floor))[1]  # the price paid
         else:
             pb, logp = brute_bin(revenue)
             cell[f["price"], pb] += w
