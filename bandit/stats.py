@@ -111,6 +111,25 @@ def at_floor_log_price(floor_cpm: NDArray[np.float64], revenue_cpm: NDArray[np.f
     return log_price(np.maximum(revenue_cpm, floor_cpm))
 
 
+def floor_terms(
+    floor_cpm: NDArray[np.float64],
+    filled: NDArray[np.bool_],
+    revenue_cpm: NDArray[np.float64],
+    weight: NDArray[np.float64],
+    at_floor: NDArray[np.bool_],
+) -> tuple[NDArray[np.float64], tuple[NDArray[np.float64], ...]]:
+    """Each event's log floor [n] and its terms [n] of the floor-binned fields, in ``FIELDS``
+    order (requests, fills, revenue, revenue², no-fill log floor, at-floor fills, their log
+    price): the one arithmetic of the learner, :func:`accumulate` and the offline relearn, so
+    their sums agree bit for bit."""
+    logf = log_price(floor_cpm)
+    w_fill = weight * filled
+    w_at = weight * at_floor
+    rev_w = weight * revenue_cpm
+    at_logp = at_floor_log_price(floor_cpm, revenue_cpm)
+    return logf, (weight, w_fill, rev_w, rev_w * revenue_cpm, (weight - w_fill) * logf, w_at, w_at * at_logp)
+
+
 def decay_factor(dt_seconds: float, half_life_seconds: float) -> float:
     """Weight of an aggregate ``dt`` seconds old: ``2^(-dt / half_life)`` (1 when no discounting)."""
     if not math.isfinite(half_life_seconds) or dt_seconds <= 0:
@@ -127,31 +146,15 @@ def accumulate(
     weight: NDArray[np.float64],
 ) -> NDArray[np.float64]:
     """Weighted statistics ``[n_cells, F, B]`` of events falling in cells ``cell`` ([n])."""
-    logf = log_price(floor_cpm)
-    fbin = price_bin(logf)
     at_floor = is_at_floor(floor_cpm, revenue_cpm, filled)
+    logf, by_floor_terms = floor_terms(floor_cpm, filled, revenue_cpm, weight, at_floor)
     above = filled & ~at_floor
     logp = log_price(np.where(above, revenue_cpm, PRICE_MIN))
-    pbin = price_bin(logp)
-    by_floor = cell * N_BINS + fbin
-    by_price = cell * N_BINS + pbin
+    by_floor = cell * N_BINS + price_bin(logf)
+    by_price = cell * N_BINS + price_bin(logp)
     size = n_cells * N_BINS
-    w_fill = weight * filled
-    w_nofill = weight - w_fill
-    w_at = weight * at_floor
     w_above = weight * above
-    rev_w = weight * revenue_cpm
-    columns = (
-        (by_floor, weight),
-        (by_floor, w_fill),
-        (by_floor, rev_w),
-        (by_floor, rev_w * revenue_cpm),
-        (by_floor, w_nofill * logf),
-        (by_floor, w_at),
-        (by_floor, w_at * at_floor_log_price(floor_cpm, revenue_cpm)),
-        (by_price, w_above),
-        (by_price, w_above * logp),
-    )
+    columns = [(by_floor, w) for w in by_floor_terms] + [(by_price, w_above), (by_price, w_above * logp)]
     out = np.empty((n_cells, N_FIELDS, N_BINS))
     for f, (index, w) in enumerate(columns):
         out[:, f, :] = np.bincount(index, weights=w, minlength=size).reshape(n_cells, N_BINS)
@@ -631,20 +634,15 @@ class SufficientStats:
     def _add_entries(self, cell: NDArray[np.int64], floor_cpm, filled, revenue_cpm, weight, cpm_per_unit=1.0) -> None:
         """Add events: cell keys, floors, fills, revenues and weights (stored units), each [n]
         (``cpm_per_unit``: see :func:`is_at_floor`)."""
-        logf = log_price(floor_cpm)
-        fbin = price_bin(logf)
         at_floor = is_at_floor(floor_cpm, revenue_cpm, filled, cpm_per_unit)
+        logf, by_floor = floor_terms(floor_cpm, filled, revenue_cpm, weight, at_floor)
+        fbin = price_bin(logf)
         above = filled & ~at_floor
-        w_fill = weight * filled
-        w_at = weight * at_floor
-        rev_w = weight * revenue_cpm
         if self.floor_only:
             above = np.zeros(len(cell), dtype=bool)
         logp = log_price(revenue_cpm[above])
         pbin = price_bin(logp)
         w_above = weight[above]
-        at_logp = at_floor_log_price(floor_cpm, revenue_cpm)
-        by_floor = (weight, w_fill, rev_w, rev_w * revenue_cpm, (weight - w_fill) * logf, w_at, w_at * at_logp)
         by_price = (w_above, w_above * logp)
         # Each (cell, bin) pair's sums, then the cells' totals and the placement level from those
         # sums (a large batch has fewer pairs than events).

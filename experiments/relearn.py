@@ -27,8 +27,8 @@ partition's own segment keys, with the seven floor-binned fields ``[K_f, 7]`` an
 price-binned fields ``[K_p, 2]`` (:data:`FLOOR_FIELDS`, :data:`PRICE_FIELDS`). Their size
 follows the data (at most one row per event), not ``segments × networks × 9 × 128``.
 
-The kernel is :func:`bandit.stats.accumulate`'s arithmetic on the same per-event terms
-(so it sums the very same numbers), with the price fields computed over the fills above
+The kernel sums the learner's own per-event terms (:func:`bandit.stats.floor_terms`, as
+:func:`bandit.stats.accumulate` does: the very same numbers), with the price fields computed over the fills above
 the floor only and each field summed into the occupied keys only (numbered by a count over
 the key range when it is at most :data:`DENSE_RANGE` × the events, by a sort otherwise), so
 its bincounts write small arrays that stay in cache.
@@ -65,7 +65,7 @@ from bandit.stats import (
     REVENUE,
     REVENUE_SQ,
     SufficientStats,
-    at_floor_log_price,
+    floor_terms,
     is_at_floor,
     log_price,
     price_bin,
@@ -152,16 +152,9 @@ def partition_stats(batch: EventBatch, n_networks: int, half_life_seconds: float
     weight = event_weights(batch.ts, t_ref, half_life_seconds)
     cell = batch.segment_index * n_networks + batch.network
     floor, revenue, filled = batch.floor_cpm, batch.revenue_cpm, batch.filled
-    logf = log_price(floor)
     at_floor = is_at_floor(floor, revenue, filled)
-    at_logp = at_floor_log_price(floor, revenue)
-    w_fill = weight * filled
-    w_at = weight * at_floor
-    rev_w = weight * revenue
-    floor_keys, floor_values = sum_by_key(
-        cell * N_BINS + price_bin(logf),
-        (weight, w_fill, rev_w, rev_w * revenue, (weight - w_fill) * logf, w_at, w_at * at_logp),
-    )
+    logf, by_floor = floor_terms(floor, filled, revenue, weight, at_floor)
+    floor_keys, floor_values = sum_by_key(cell * N_BINS + price_bin(logf), by_floor)
     # Price-binned fields: only fills above the floor carry weight there.
     above = np.flatnonzero(filled & ~at_floor)
     logp = log_price(revenue[above])
