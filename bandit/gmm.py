@@ -25,6 +25,16 @@ of the mixture truncated above ``t``. The E-step therefore needs only truncated-
 moments; the M-step is weighted Gaussian-mixture algebra plus ``lam = E[points] / requests``,
 with conjugate-style priors (MAP) so empty data still give a proper model.
 
+Per-request effects (second-price crowds). Real bidders share a request: its value shock moves
+all their values together, and the number of bidders varies more than a Poisson count. Both
+are random effects of the request: values W·e^z with z ~ N(0, ``shock_sd``²), and the bidder
+rate lam·u with u ~ Gamma(mean 1, variance ``dispersion``), so counts are negative binomial.
+Given (z, u) the bidders are again a Poisson process, so every formula above holds at each
+quadrature node (:func:`effect_nodes`) and the model mixes over them: an observation's
+likelihood is the node-weighted mean of its node likelihoods, EM spreads each observation over
+the nodes by their posterior weights (:func:`node_observations`), and
+R(f) = Σ_n w_n·e^{z_n}·R_n(f·e^{−z_n}) with R_n the curve at rate lam·u_n.
+
 Everything is vectorised over a leading "draw" axis D, so the maximum-likelihood fit (D = 1)
 and the bootstrap posterior draws used for Thompson sampling (D = M) share one code path.
 Data arrive binned (see :mod:`bandit.stats`): each bin contributes its weight at the mean
@@ -34,11 +44,12 @@ log floor / log price of the events in it, so the cost is O(bins), not O(events)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import log_ndtr, ndtr
+from scipy.special import log_ndtr, logsumexp, ndtr, roots_genlaguerre
 
 from bandit.stats import (
     ATFLOOR,
@@ -61,31 +72,50 @@ X_GRID = np.linspace(math.log(0.002), math.log(5000.0), 600)
 
 @dataclass(frozen=True, slots=True)
 class GmmParams:
-    """Mixture parameters, each with a leading draw axis: lam [D], pi/mu/sd [D, K]."""
+    """Mixture parameters, each with a leading draw axis: lam [D], pi/mu/sd [D, K]; the
+    per-request effects (module docstring) are shared by the draws, 0 and 0 without them."""
 
     lam: NDArray[np.float64]
     pi: NDArray[np.float64]
     mu: NDArray[np.float64]
     sd: NDArray[np.float64]
+    #: sd of the log-value shock a request's bidders share.
+    shock_sd: float = 0.0
+    #: Variance of the mean-1 Gamma factor on a request's bidder rate (negative-binomial counts).
+    dispersion: float = 0.0
 
     @property
     def n_draws(self) -> int:
         return len(self.lam)
 
+    @property
+    def has_effects(self) -> bool:
+        return self.shock_sd > 0.0 or self.dispersion > 0.0
+
     def pack(self) -> NDArray[np.float64]:
-        """[D, 1 + 3K] rows of (lam, pi..., mu..., sd...)."""
-        return np.concatenate([self.lam[:, None], self.pi, self.mu, self.sd], axis=1)
+        """[D, 3 + 3K] rows of (lam, pi..., mu..., sd..., shock_sd, dispersion)."""
+        effects = np.tile([self.shock_sd, self.dispersion], (len(self.lam), 1))
+        return np.concatenate([self.lam[:, None], self.pi, self.mu, self.sd, effects], axis=1)
 
     @classmethod
     def unpack(cls, rows: NDArray[np.float64]) -> GmmParams:
+        """Inverse of :meth:`pack`; rows of 1 + 3K (states written before the effects) have none."""
         rows = np.atleast_2d(rows)
         k = (rows.shape[1] - 1) // 3
+        effects = [float(v) for v in rows[0, 1 + 3 * k :]]
         return cls(
-            rows[:, 0].copy(), rows[:, 1 : 1 + k].copy(), rows[:, 1 + k : 1 + 2 * k].copy(), rows[:, 1 + 2 * k :].copy()
+            rows[:, 0].copy(),
+            rows[:, 1 : 1 + k].copy(),
+            rows[:, 1 + k : 1 + 2 * k].copy(),
+            rows[:, 1 + 2 * k : 1 + 3 * k].copy(),
+            *effects,
         )
 
     def repeat(self, d: int) -> GmmParams:
         return GmmParams.unpack(np.repeat(self.pack()[:1], d, axis=0))
+
+    def with_effects(self, shock_sd: float, dispersion: float) -> GmmParams:
+        return replace(self, shock_sd=shock_sd, dispersion=dispersion)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,11 +363,97 @@ def em_step(obs: ObservationSets, p: GmmParams, prior: Prior) -> GmmParams:
     resid = s2 - 2 * mu * s1 + n * mu * mu
     var = (resid + kappa * ((mu - prior.center) ** 2 + prior.spread**2)) / (n + kappa)
     sd = np.sqrt(np.maximum(var, MIN_SD**2))
-    return GmmParams(lam, pi, mu, sd)
+    return GmmParams(lam, pi, mu, sd, p.shock_sd, p.dispersion)
+
+
+# --------------------------------------------------------------------------- per-request effects
+#: Quadrature nodes per effect: Gauss–Hermite for the shock, generalised Gauss–Laguerre for the
+#: rate factor (5 × 5 nodes with both).
+EFFECT_NODES = 5
+
+
+@lru_cache(maxsize=256)
+def effect_nodes(shock_sd: float, dispersion: float) -> tuple[NDArray, NDArray, NDArray]:
+    """Quadrature of the per-request effects (module docstring): log-value shifts z [N], rate
+    factors u [N] and weights w [N] summing to 1; the one node (0, 1, 1) without effects.
+    Cached: callers must not modify the arrays."""
+    if shock_sd > 0.0:
+        h, wh = np.polynomial.hermite_e.hermegauss(EFFECT_NODES)
+        z, wz = shock_sd * h, wh / wh.sum()
+    else:
+        z, wz = np.zeros(1), np.ones(1)
+    if dispersion > 0.0:
+        shape = 1.0 / dispersion  # Gamma(shape, scale 1 / shape): mean 1, variance dispersion
+        t, wt = roots_genlaguerre(EFFECT_NODES, shape - 1.0)
+        u, wu = t / shape, wt / wt.sum()
+    else:
+        u, wu = np.ones(1), np.ones(1)
+    return np.repeat(z, len(u)), np.tile(u, len(z)), np.outer(wz, wu).ravel()
+
+
+def _shifted(at: NDArray, z: NDArray) -> NDArray:
+    """Positions [N·L] of observations ``at`` [L] in each node's unshocked values (x − z_n)."""
+    return (at[None, :] - z[:, None]).ravel()
+
+
+def _node_log_likelihoods(data: CensoredData, p: GmmParams) -> list[NDArray]:
+    """log(w_n · P(observation | node n)) [D, N, L] of a second-price crowd's no-fills, fills
+    at the floor and prices above it: the module's formulas at rate lam·u_n, values shifted."""
+    z, u, w = effect_nodes(p.shock_sd, p.dispersion)
+    d, n = len(p.lam), len(z)
+    rate = p.lam[:, None, None] * u[None, :, None]  # [D, N, 1]
+    log_w = np.log(w)[None, :, None]
+
+    def survival(at: NDArray) -> NDArray:
+        return np.maximum(_survival(_shifted(at, z), p).reshape(d, n, len(at)), 1e-300)
+
+    nofill = -rate * survival(data.nofill_at)
+    s = survival(data.atfloor_at)
+    atfloor = np.log(rate * s) - rate * s
+    s = survival(data.price_at)
+    log_g = logsumexp(_log_components(_shifted(data.price_at, z), p), axis=2).reshape(d, n, len(data.price_at))
+    price = 2 * np.log(rate) + np.log(s) + log_g - rate * s
+    return [nofill + log_w, atfloor + log_w, price + log_w]
+
+
+def _with_effects(data: CensoredData, p: GmmParams) -> bool:
+    """Whether ``p``'s effects apply to ``data``: a second-price crowd (a single buyer and a
+    first-price top bid are read without them)."""
+    return p.has_effects and data.second_price and not data.single_bid
+
+
+def node_observations(data: CensoredData, p: GmmParams) -> ObservationSets:
+    """The E-step's observations under the effects: each observation becomes one per node, at
+    its position in that node's unshocked values (x − z_n), weighted by its weight times
+    P(node | observation), and times u_n where it counts Poisson points below (they arrive at
+    rate lam·u_n); the requests become Σ E[u | observation], the exposure ``lam`` is learned over."""
+    z, u, _ = effect_nodes(p.shock_sd, p.dispersion)
+    d = len(p.lam)
+    nofill, atfloor, price = (
+        w[:, None, :] * np.exp(ll - logsumexp(ll, axis=1, keepdims=True))
+        for w, ll in zip((data.nofill_w, data.atfloor_w, data.price_w), _node_log_likelihoods(data, p), strict=True)
+    )
+    rate = u[None, :, None]
+    nofill_at, atfloor_at, price_at = (_shifted(at, z) for at in (data.nofill_at, data.atfloor_at, data.price_at))
+    flat = lambda w: w.reshape(d, -1)  # noqa: E731 - [D, N, L] → [D, N·L], as the positions
+    cat = np.concatenate
+    return ObservationSets(
+        cat([nofill_at, price_at, atfloor_at]),
+        cat([flat(nofill * rate), flat(price * rate), flat(atfloor * rate)], axis=1),
+        cat([price_at, atfloor_at]),
+        cat([flat(price), flat(atfloor)], axis=1),
+        price_at,
+        flat(price),
+        sum((w * rate).sum(axis=(1, 2)) for w in (nofill, atfloor, price)),
+    )
 
 
 def log_likelihood(data: CensoredData, p: GmmParams) -> NDArray[np.float64]:
     """Observed-data log-likelihood per draw [D] (log-price densities for revealed prices)."""
+    if _with_effects(data, p):
+        weights = (data.nofill_w, data.atfloor_w, data.price_w)
+        node_lls = _node_log_likelihoods(data, p)
+        return sum((w * logsumexp(ll, axis=1)).sum(axis=1) for w, ll in zip(weights, node_lls, strict=True))
     obs = ObservationSets.of(data)
     lam = p.lam[:, None]
     if obs.single_bid:
@@ -360,9 +476,10 @@ def fit(data: CensoredData, start: GmmParams, prior: Prior, *, max_iter: int = 2
     obs = ObservationSets.of(data)
     p = start
     if obs.single_bid:  # a chance to bid (a start fitted as a Poisson crowd may exceed 1)
-        p = GmmParams(np.minimum(p.lam, 0.99), p.pi, p.mu, p.sd)
+        p = GmmParams(np.minimum(p.lam, 0.99), p.pi, p.mu, p.sd, p.shock_sd, p.dispersion)
+    effects = _with_effects(data, p)
     for _ in range(max_iter):
-        q = em_step(obs, p, prior)
+        q = em_step(node_observations(data, p) if effects else obs, p, prior)
         delta = max(
             float(np.max(np.abs(q.mu - p.mu))),
             float(np.max(np.abs(q.sd - p.sd))),
@@ -373,6 +490,29 @@ def fit(data: CensoredData, start: GmmParams, prior: Prior, *, max_iter: int = 2
         if delta < tol:
             break
     return p
+
+
+def fit_effects(
+    data: CensoredData,
+    start: GmmParams,
+    prior: Prior,
+    candidates: list[tuple[float, float]],
+    *,
+    em_steps: int,
+    margin: float,
+) -> GmmParams:
+    """The most likely per-request effects among ``start``'s and ``candidates`` (shock_sd,
+    dispersion): ``start`` refitted ``em_steps`` EM steps under its own effects, then under each
+    candidate's from there. A candidate replaces the best so far only when its log-likelihood
+    is ``margin`` higher, so noise alone neither adds an effect nor moves one."""
+    current = best = fit(data, start, prior, max_iter=em_steps, tol=1e-5)
+    best_ll = float(log_likelihood(data, best)[0])
+    for shock_sd, dispersion in candidates:
+        tried = fit(data, current.with_effects(shock_sd, dispersion), prior, max_iter=em_steps, tol=1e-5)
+        ll = float(log_likelihood(data, tried)[0])
+        if ll > best_ll + margin:
+            best, best_ll = tried, ll
+    return best
 
 
 def initial_params(prior: Prior) -> GmmParams:
@@ -387,6 +527,36 @@ def initial_params(prior: Prior) -> GmmParams:
 
 
 # --------------------------------------------------------------------------- revenue
+def _upper_integral(x: NDArray, integrand: NDArray) -> NDArray:
+    """∫_x^∞ of ``integrand`` [D, X] on the grid ``x`` (trapezoids), [D, X]."""
+    step = np.diff(x)[None, :] * 0.5 * (integrand[:, 1:] + integrand[:, :-1])
+    return np.concatenate([np.cumsum(step[:, ::-1], axis=1)[:, ::-1], np.zeros((len(integrand), 1))], axis=1)
+
+
+def _shift_table(table: NDArray, z: float) -> NDArray:
+    """``table`` [D, X] on ``X_GRID`` read at x − z (clamped to the grid)."""
+    pos = np.clip((X_GRID - z - X_GRID[0]) / (X_GRID[1] - X_GRID[0]), 0, len(X_GRID) - 1 - 1e-9)
+    i = pos.astype(np.int64)
+    frac = pos - i
+    return table[:, i] * (1 - frac) + table[:, i + 1] * frac
+
+
+def _effect_tables(p: GmmParams, g: NDArray, s: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+    """A second-price crowd under the effects, on ``X_GRID`` [D, X]: P(no bid ≥ f),
+    P(exactly one bid ≥ f) and E[second bid; second bid ≥ f], mixed over the nodes (at node n
+    the bidders are a Poisson crowd of rate lam·u_n whose values are the unshocked ones × e^{z_n})."""
+    x = X_GRID
+    lam = p.lam[:, None]
+    none, one, tail = np.zeros_like(s), np.zeros_like(s), np.zeros_like(s)
+    for z, u, w in zip(*effect_nodes(p.shock_sd, p.dispersion), strict=True):
+        ls = lam * u * s
+        e = np.exp(-ls)
+        none += w * _shift_table(e, z)
+        one += w * _shift_table(ls * e, z)
+        tail += w * math.exp(z) * _shift_table(_upper_integral(x, np.exp(x)[None, :] * lam * u * g * e * ls), z)
+    return none, one, tail
+
+
 @dataclass(frozen=True, slots=True)
 class RevenueCurve:
     """Expected revenue per request R(f) and fill rate as continuous functions of the floor.
@@ -401,6 +571,9 @@ class RevenueCurve:
     tail: NDArray[np.float64]
     #: A single bidder: fills with probability lam·S(f) and pays the floor.
     single_bid: bool = False
+    #: Under per-request effects (a second-price crowd): P(no bid ≥ f) and P(exactly one bid ≥ f).
+    none: NDArray[np.float64] | None = None
+    one: NDArray[np.float64] | None = None
 
     @classmethod
     def of(cls, p: GmmParams, second_price: bool, single_bid: bool = False) -> RevenueCurve:
@@ -409,14 +582,16 @@ class RevenueCurve:
         comp = p.pi[:, None, :] * np.exp(-0.5 * z * z - _LOG_SQRT_2PI) / p.sd[:, None, :]
         g = comp.sum(axis=2)
         s = np.einsum("dxk,dk->dx", ndtr(-z), p.pi)
+        single = second_price and single_bid
+        if p.has_effects and second_price and not single:
+            none, one, tail = _effect_tables(p, g, s)
+            return cls(second_price, p.lam, s, tail, False, none, one)
         lam = p.lam[:, None]
         top = np.exp(-lam * s)
         # Price density (in log price) times price: first price pays the top bid, second
         # price the second bid (when above the floor).
         integrand = np.exp(x)[None, :] * lam * g * top * (lam * s if second_price else 1.0)
-        step = np.diff(x)[None, :] * 0.5 * (integrand[:, 1:] + integrand[:, :-1])
-        tail = np.concatenate([np.cumsum(step[:, ::-1], axis=1)[:, ::-1], np.zeros((len(lam), 1))], axis=1)
-        single = second_price and single_bid
+        tail = _upper_integral(x, integrand)
         return cls(second_price, p.lam, s, np.zeros_like(tail) if single else tail, single)
 
     def _interp(self, table: NDArray, log_floor: NDArray) -> NDArray:
@@ -429,6 +604,8 @@ class RevenueCurve:
 
     def fill_rate(self, log_floor: NDArray) -> NDArray:
         """P(fill | floor) [D, G]."""
+        if self.none is not None:
+            return 1.0 - self._interp(self.none, log_floor)
         ls = self.lam[:, None] * self._interp(self.survival, log_floor)
         return ls if self.single_bid else 1.0 - np.exp(-ls)
 
@@ -442,6 +619,8 @@ class RevenueCurve:
         for a single bidder: it pays the floor)."""
         if self.single_bid:
             return np.ones(np.broadcast_shapes((len(self.lam), 1), np.shape(log_price)))
+        if self.none is not None:
+            return self._interp(self.none, log_price) + self._interp(self.one, log_price)
         ls = self.lam[:, None] * self._interp(self.survival, log_price)
         return np.exp(-ls) * (1.0 + ls) if self.second_price else np.exp(-ls)
 
@@ -455,6 +634,8 @@ class RevenueCurve:
     def revenue(self, log_floor: NDArray) -> NDArray:
         """Expected revenue per request (CPM) at log floors [D, G]."""
         r = self._interp(self.tail, log_floor)
+        if self.one is not None:
+            return r + np.exp(log_floor) * self._interp(self.one, log_floor)
         if self.second_price:
             ls = self.lam[:, None] * self._interp(self.survival, log_floor)
             r = r + np.exp(log_floor) * (ls if self.single_bid else ls * np.exp(-ls))

@@ -78,6 +78,7 @@ from bandit.gmm import (
     RevenueCurve,
     censored_data,
     fit,
+    fit_effects,
     initial_params,
     is_single_bidder,
     shading_posterior,
@@ -156,8 +157,40 @@ JITTER_MIN_SHARE = 0.15
 #: while the data cannot yet tell them apart; earlier, the full posterior explores.
 SHARPEN_AFTER_REQUESTS = 20_000.0
 SHARPEN_DRAWS = 2
+#: Per-request effects of a second-price crowd (a value shock its bidders share, over-dispersed
+#: bidder counts; :mod:`bandit.gmm`) are searched once a cell has ``EFFECT_FROM_REQUESTS``
+#: requests of its own, and again each time they grow by ``EFFECT_SEARCH_GROWTH``: the whole
+#: ``EFFECT_GRID`` when they pass one of ``EFFECT_GRID_AT``, else ``EFFECT_STEPS`` around the
+#: current effects; each candidate refitted ``EFFECT_EM_STEPS`` EM steps, the most likely
+#: winning by ``EFFECT_MARGIN`` log-likelihood units. Other refits keep the cell's effects.
+EFFECT_FROM_REQUESTS = 20_000.0
+EFFECT_SEARCH_GROWTH = 1.5
+EFFECT_GRID_AT = (20_000.0, 30_000.0, 100_000.0)
+EFFECT_GRID = tuple((s, d) for s in (0.0, 0.2, 0.4, 0.6) for d in (0.0, 0.4, 0.8, 1.2))
+EFFECT_STEPS = ((0.1, 0.0), (-0.1, 0.0), (0.0, 0.25), (0.0, -0.25))
+EFFECT_LIMITS = (0.8, 2.0)
+EFFECT_EM_STEPS = 20
+EFFECT_MARGIN = 2.0
 #: Seed of the fixed standard normals behind the curve draws.
 NORMALS_SEED = 20261202
+
+
+def effect_candidates(
+    shock_sd: float, dispersion: float, previous: float, requests: float
+) -> list[tuple[float, float]] | None:
+    """Per-request effects to try against the current (``shock_sd``, ``dispersion``) at a
+    refit of a cell whose own requests went from ``previous`` (at its last fit) to
+    ``requests``: None when no search is due (module constants), the whole ``EFFECT_GRID``
+    at one of ``EFFECT_GRID_AT``, else ``EFFECT_STEPS`` around them within ``EFFECT_LIMITS``."""
+    if requests < EFFECT_FROM_REQUESTS:
+        return None
+    if any(previous < m <= requests for m in EFFECT_GRID_AT):
+        return [c for c in EFFECT_GRID if c != (shock_sd, dispersion)]
+    step = lambda n: math.floor(math.log(n / EFFECT_FROM_REQUESTS) / math.log(EFFECT_SEARCH_GROWTH))  # noqa: E731
+    if previous >= EFFECT_FROM_REQUESTS and step(requests) <= step(previous):
+        return None
+    steps = [(round(shock_sd + a, 3), round(dispersion + b, 3)) for a, b in EFFECT_STEPS]
+    return [(a, b) for a, b in steps if 0.0 <= a <= EFFECT_LIMITS[0] and 0.0 <= b <= EFFECT_LIMITS[1]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -733,8 +766,12 @@ class ThompsonGmmPolicy(Policy):
             self._pending[(ALL_SEGMENTS, j)] = math.inf
         super().merge(other)
 
-    def _network_draws(self, segment: str, network: int, stats: NDArray[np.float64]) -> NetworkDraws:
-        """Posterior draws of one network's revenue curve and their best floors."""
+    def _network_draws(
+        self, segment: str, network: int, stats: NDArray[np.float64], own_requests: float
+    ) -> NetworkDraws:
+        """Posterior draws of one network's revenue curve and their best floors, from its
+        statistics ``stats`` [F, B] (a segment's with the pooled prior) and the cell's own
+        requests."""
         cfg = self.placement.networks[network]
         auction, confidence = detect_auction(stats, cfg.auction)
         second = auction == "second"
@@ -746,10 +783,17 @@ class ThompsonGmmPolicy(Policy):
         start = self._fit_of(segment, network)
         if start is None:
             start = self._fit_of(ALL_SEGMENTS, network)
+        crowd = second and not single
         if start is not None:
+            if not crowd:  # the effects describe a second-price crowd only
+                start = start.with_effects(0.0, 0.0)
             mle = fit(data, start, prior, max_iter=WARM_EM_STEPS, tol=1e-5)
         else:
             mle = fit(data, initial_params(prior), prior, max_iter=200, tol=1e-5)
+        fitted = self._fitted.get((segment, network))
+        candidates = effect_candidates(mle.shock_sd, mle.dispersion, 0.0 if fitted is None else fitted[1], own_requests)
+        if crowd and candidates is not None:
+            mle = fit_effects(data, mle, prior, candidates, em_steps=EFFECT_EM_STEPS, margin=EFFECT_MARGIN)
         self._fits[(segment, network)] = mle.pack()[0]
         # Parametric uncertainty: Bayesian-bootstrap refits of the mixture (a randomised prior
         # keeps them apart while data are few).
@@ -864,6 +908,7 @@ class ThompsonGmmPolicy(Policy):
             networks = list(range(n_net))
         if multi:  # a plan is optimised over all networks at once: refit those without draws
             networks = sorted(set(networks) | {j for j in range(n_net) if (segment, j) not in self._boots})
+        own_requests = stats[:, REQUESTS].sum(axis=1)
         if segment != ALL_SEGMENTS:
             stats = stats + self._pool.prior(segment, stats, pooled)
         # Statistics hold the base market; the table serves the current hour's value level,
@@ -882,7 +927,7 @@ class ThompsonGmmPolicy(Policy):
             summary = np.zeros((n_net, len(SUMMARY_FIELDS)))
             jitter = np.full(n_net, self.floor_jitter)
         for j in networks:
-            cfg, d = self.placement.networks[j], self._network_draws(segment, j, stats[j])
+            cfg, d = self.placement.networks[j], self._network_draws(segment, j, stats[j], float(own_requests[j]))
             if multi:
                 self._boots[(segment, j)] = (d.boot, d.second_price, d.boot_shading, d.single_bid)
             values[:, j] = d.value
@@ -975,7 +1020,7 @@ class ThompsonGmmPolicy(Policy):
         and fitted bookkeeping of the ``pending`` and ``fitted`` cells, the cached best-revenue
         draws of ``value_segments``, and the scalars."""
         n_net, m = len(self.placement.networks), self.n_draws
-        packed = np.full((len(fit_segments), n_net, 1 + 3 * self.n_components), np.nan)
+        packed = np.full((len(fit_segments), n_net, 3 + 3 * self.n_components), np.nan)
         for i, seg in enumerate(fit_segments):
             for j in range(n_net):
                 p = self._fits.get((seg, j))
@@ -1063,6 +1108,22 @@ class ThompsonGmmPolicy(Policy):
         self._batch_span = float(changes["level_batch_span"])
         self._fit_base = int(changes["gmm_fit_base"])
 
+    def _checked_fits(self, params: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Stored mixture fits [S, N, 3 + 3K] whose effects lie within ``EFFECT_LIMITS``; fits
+        of 1 + 3K columns (written before the per-request effects) get effects 0."""
+        k = self.n_components
+        if params.ndim != 3 or params.shape[2] not in (1 + 3 * k, 3 + 3 * k):
+            raise InvalidState(f"gmm_params must be [segments, networks, {3 + 3 * k}], not {list(params.shape)}")
+        if params.shape[2] == 1 + 3 * k:
+            return np.concatenate([params, np.zeros((*params.shape[:2], 2))], axis=2)
+        effects = params[~np.isnan(params[:, :, 0])][:, 1 + 3 * k :]
+        if not (np.isfinite(effects).all() and (effects >= 0).all() and (effects <= EFFECT_LIMITS).all()):
+            raise InvalidState(
+                f"gmm_params: the per-request effects (last two columns) must lie in [0, {EFFECT_LIMITS[0]}] "
+                f"(shock sd) and [0, {EFFECT_LIMITS[1]}] (count dispersion)"
+            )
+        return params
+
     def _load_extra_state(self, state: Mapping[str, np.ndarray]) -> None:
         if "refit_values" in state:
             keys = zip(state["refit_pending_keys"], state["refit_pending_networks"], strict=True)
@@ -1074,11 +1135,12 @@ class ThompsonGmmPolicy(Policy):
                 str(seg): np.array(v, dtype=np.float32)
                 for seg, v in zip(state["refit_value_segments"], state["refit_values"], strict=True)
             }
+        params = self._checked_fits(np.asarray(state["gmm_params"], dtype=np.float64))
         self._fits = {
-            (str(seg), j): state["gmm_params"][i, j].copy()
+            (str(seg), j): params[i, j].copy()
             for i, seg in enumerate(state["gmm_segments"])
-            for j in range(state["gmm_params"].shape[1])
-            if not np.isnan(state["gmm_params"][i, j, 0])
+            for j in range(params.shape[1])
+            if not np.isnan(params[i, j, 0])
         }
         self._cusum = CellArrays(2)
         self._levels = CellArrays(HOURS_PER_DAY)

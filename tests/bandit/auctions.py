@@ -14,13 +14,19 @@ def sample_auctions(
     mu: list[float],
     sd: list[float],
     second_price: bool,
+    shock_sd: float = 0.0,
+    dispersion: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(filled [n], revenue_cpm [n]) for Poisson(lam) bidders with log-normal-mixture values."""
+    """(filled [n], revenue_cpm [n]) for Poisson(lam) bidders with log-normal-mixture values;
+    per request, optionally, all values × e^z with z ~ N(0, ``shock_sd``²) and the bidder
+    rate lam × a Gamma factor of mean 1 and variance ``dispersion`` (negative-binomial counts)."""
     n = len(floors)
-    k = rng.poisson(lam, n)
+    rate = lam * rng.gamma(1.0 / dispersion, dispersion, n) if dispersion > 0 else lam
+    k = rng.poisson(rate, n)
     width = max(int(k.max(initial=0)), 2)
     comp = rng.choice(len(pi), size=(n, width), p=pi)
     values = np.exp(rng.normal(np.asarray(mu)[comp], np.asarray(sd)[comp]))
+    values *= np.exp(shock_sd * rng.standard_normal(n))[:, None]
     values[np.arange(width)[None, :] >= k[:, None]] = 0.0
     values.sort(axis=1)
     top, second = values[:, -1], values[:, -2]

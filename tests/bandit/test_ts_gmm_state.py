@@ -57,3 +57,28 @@ def test_hour_level_counts_without_their_cells_are_refused_by_name() -> None:
     del state["level_event_cells"]
     with pytest.raises(InvalidState, match="level_events needs level_event_cells"):
         policy_from_state(state)
+
+
+def test_fits_stored_before_the_per_request_effects_load_without_them() -> None:
+    """States written before the effects hold fits of 1 + 3K columns: they load as fits with
+    no effects and the policy's state is the same as it was."""
+    policy = make_policy("ts_gmm", CFG, seed=5)
+    policy.update(synthetic_batch(np.random.default_rng(3), 3000, 1.8e9))
+    state = policy.state()
+    params = state["gmm_params"]
+    assert params.shape[2] == 3 + 3 * policy.n_components and not np.nan_to_num(params[:, :, -2:]).any()
+    old = {**state, "gmm_params": params[:, :, :-2]}
+    restored = policy_from_state(old).state()
+    for key, value in state.items():
+        np.testing.assert_array_equal(restored[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize(("column", "value"), [(-2, -0.1), (-2, 5.0), (-1, np.inf), (-1, -1.0)])
+def test_fits_with_impossible_effects_are_refused_by_name(column, value) -> None:
+    policy = make_policy("ts_gmm", CFG, seed=5)
+    policy.update(synthetic_batch(np.random.default_rng(4), 3000, 1.8e9))
+    state = policy.state()
+    params = state["gmm_params"].copy()
+    params[0, 0, column] = value
+    with pytest.raises(InvalidState, match="per-request effects"):
+        policy_from_state({**state, "gmm_params": params})
