@@ -55,6 +55,7 @@ SCENARIOS = (
     "ood_daily",
     "ood_segments",
     "ood_all",
+    "ood_together",
 )
 
 

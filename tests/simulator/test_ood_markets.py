@@ -290,6 +290,9 @@ def test_ood_scenarios_use_their_mechanism():
     assert sum(n.value_dist != "lognormal" for n in nets) == 1
     assert sum(math.isfinite(n.throttle_floor_cpm) for n in nets) == 1
     assert 1.0 < max(every.seasonality.value) <= 1.15
+    together = sc["ood_together"]  # the same market without the cycle
+    assert together.networks == nets and together.shock_sd == every.shock_sd
+    assert set(together.seasonality.value) == {1.0}
 
 
 def test_segments_have_different_best_networks():
