@@ -416,10 +416,10 @@ def _node_log_likelihoods(data: CensoredData, p: GmmParams) -> list[NDArray]:
     return [nofill + log_w, atfloor + log_w, price + log_w]
 
 
-def _with_effects(data: CensoredData, p: GmmParams) -> bool:
-    """Whether ``p``'s effects apply to ``data``: a second-price crowd (a single buyer and a
-    first-price top bid are read without them)."""
-    return p.has_effects and data.second_price and not data.single_bid
+def _with_effects(p: GmmParams, second_price: bool, single_bid: bool) -> bool:
+    """Whether ``p``'s effects apply: to a second-price crowd (a single buyer and a first-price
+    top bid are read without them)."""
+    return p.has_effects and second_price and not single_bid
 
 
 def node_observations(data: CensoredData, p: GmmParams) -> ObservationSets:
@@ -450,7 +450,7 @@ def node_observations(data: CensoredData, p: GmmParams) -> ObservationSets:
 
 def log_likelihood(data: CensoredData, p: GmmParams) -> NDArray[np.float64]:
     """Observed-data log-likelihood per draw [D] (log-price densities for revealed prices)."""
-    if _with_effects(data, p):
+    if _with_effects(p, data.second_price, data.single_bid):
         weights = (data.nofill_w, data.atfloor_w, data.price_w)
         node_lls = _node_log_likelihoods(data, p)
         return sum((w * logsumexp(ll, axis=1)).sum(axis=1) for w, ll in zip(weights, node_lls, strict=True))
@@ -477,7 +477,7 @@ def fit(data: CensoredData, start: GmmParams, prior: Prior, *, max_iter: int = 2
     p = start
     if obs.single_bid:  # a chance to bid (a start fitted as a Poisson crowd may exceed 1)
         p = GmmParams(np.minimum(p.lam, 0.99), p.pi, p.mu, p.sd, p.shock_sd, p.dispersion)
-    effects = _with_effects(data, p)
+    effects = _with_effects(p, data.second_price, data.single_bid)
     for _ in range(max_iter):
         q = em_step(node_observations(data, p) if effects else obs, p, prior)
         delta = max(
@@ -533,12 +533,14 @@ def _upper_integral(x: NDArray, integrand: NDArray) -> NDArray:
     return np.concatenate([np.cumsum(step[:, ::-1], axis=1)[:, ::-1], np.zeros((len(integrand), 1))], axis=1)
 
 
-def _shift_table(table: NDArray, z: float) -> NDArray:
-    """``table`` [D, X] on ``X_GRID`` read at x − z (clamped to the grid)."""
-    pos = np.clip((X_GRID - z - X_GRID[0]) / (X_GRID[1] - X_GRID[0]), 0, len(X_GRID) - 1 - 1e-9)
+def _interp(table: NDArray, log_floor: NDArray) -> NDArray:
+    """Row-wise linear interpolation of ``table`` [D, X] on ``X_GRID`` at ``log_floor`` [D, G]
+    (or [1, G], the same for every row), clamped to the grid."""
+    pos = np.clip((log_floor - X_GRID[0]) / (X_GRID[1] - X_GRID[0]), 0, len(X_GRID) - 1 - 1e-9)
     i = pos.astype(np.int64)
     frac = pos - i
-    return table[:, i] * (1 - frac) + table[:, i + 1] * frac
+    rows = np.arange(table.shape[0])[:, None]
+    return table[rows, i] * (1 - frac) + table[rows, i + 1] * frac
 
 
 def _effect_tables(p: GmmParams, g: NDArray, s: NDArray) -> tuple[NDArray, NDArray, NDArray]:
@@ -551,9 +553,10 @@ def _effect_tables(p: GmmParams, g: NDArray, s: NDArray) -> tuple[NDArray, NDArr
     for z, u, w in zip(*effect_nodes(p.shock_sd, p.dispersion), strict=True):
         ls = lam * u * s
         e = np.exp(-ls)
-        none += w * _shift_table(e, z)
-        one += w * _shift_table(ls * e, z)
-        tail += w * math.exp(z) * _shift_table(_upper_integral(x, np.exp(x)[None, :] * lam * u * g * e * ls), z)
+        unshocked = (x - z)[None, :]  # a floor f is f·e^{−z} in the node's unshocked values
+        none += w * _interp(e, unshocked)
+        one += w * _interp(ls * e, unshocked)
+        tail += w * math.exp(z) * _interp(_upper_integral(x, np.exp(x)[None, :] * lam * u * g * e * ls), unshocked)
     return none, one, tail
 
 
@@ -583,7 +586,7 @@ class RevenueCurve:
         g = comp.sum(axis=2)
         s = np.einsum("dxk,dk->dx", ndtr(-z), p.pi)
         single = second_price and single_bid
-        if p.has_effects and second_price and not single:
+        if _with_effects(p, second_price, single):
             none, one, tail = _effect_tables(p, g, s)
             return cls(second_price, p.lam, s, tail, False, none, one)
         lam = p.lam[:, None]
@@ -594,19 +597,11 @@ class RevenueCurve:
         tail = _upper_integral(x, integrand)
         return cls(second_price, p.lam, s, np.zeros_like(tail) if single else tail, single)
 
-    def _interp(self, table: NDArray, log_floor: NDArray) -> NDArray:
-        """Row-wise linear interpolation of ``table`` [D, X] at ``log_floor`` [D, G]."""
-        pos = np.clip((log_floor - X_GRID[0]) / (X_GRID[1] - X_GRID[0]), 0, len(X_GRID) - 1 - 1e-9)
-        i = pos.astype(np.int64)
-        frac = pos - i
-        rows = np.arange(table.shape[0])[:, None]
-        return table[rows, i] * (1 - frac) + table[rows, i + 1] * frac
-
     def fill_rate(self, log_floor: NDArray) -> NDArray:
         """P(fill | floor) [D, G]."""
         if self.none is not None:
-            return 1.0 - self._interp(self.none, log_floor)
-        ls = self.lam[:, None] * self._interp(self.survival, log_floor)
+            return 1.0 - _interp(self.none, log_floor)
+        ls = self.lam[:, None] * _interp(self.survival, log_floor)
         return ls if self.single_bid else 1.0 - np.exp(-ls)
 
     @property
@@ -620,24 +615,24 @@ class RevenueCurve:
         if self.single_bid:
             return np.ones(np.broadcast_shapes((len(self.lam), 1), np.shape(log_price)))
         if self.none is not None:
-            return self._interp(self.none, log_price) + self._interp(self.one, log_price)
-        ls = self.lam[:, None] * self._interp(self.survival, log_price)
+            return _interp(self.none, log_price) + _interp(self.one, log_price)
+        ls = self.lam[:, None] * _interp(self.survival, log_price)
         return np.exp(-ls) * (1.0 + ls) if self.second_price else np.exp(-ls)
 
     def price_above(self, log_floor: NDArray) -> NDArray:
         """Mean price of a fill above the floor, E[price | price > f], at log floors [D, G]:
         the top bid (first price) or the second bid (second price) given it clears f."""
         above = 1.0 - self.pay_cdf(log_floor)
-        mean = self._interp(self.tail, log_floor) / np.maximum(above, 1e-300)
+        mean = _interp(self.tail, log_floor) / np.maximum(above, 1e-300)
         return np.where(above > 1e-12, np.maximum(mean, np.exp(log_floor)), np.exp(log_floor))
 
     def revenue(self, log_floor: NDArray) -> NDArray:
         """Expected revenue per request (CPM) at log floors [D, G]."""
-        r = self._interp(self.tail, log_floor)
+        r = _interp(self.tail, log_floor)
         if self.one is not None:
-            return r + np.exp(log_floor) * self._interp(self.one, log_floor)
+            return r + np.exp(log_floor) * _interp(self.one, log_floor)
         if self.second_price:
-            ls = self.lam[:, None] * self._interp(self.survival, log_floor)
+            ls = self.lam[:, None] * _interp(self.survival, log_floor)
             r = r + np.exp(log_floor) * (ls if self.single_bid else ls * np.exp(-ls))
         return r
 

@@ -790,10 +790,12 @@ class ThompsonGmmPolicy(Policy):
             mle = fit(data, start, prior, max_iter=WARM_EM_STEPS, tol=1e-5)
         else:
             mle = fit(data, initial_params(prior), prior, max_iter=200, tol=1e-5)
-        fitted = self._fitted.get((segment, network))
-        candidates = effect_candidates(mle.shock_sd, mle.dispersion, 0.0 if fitted is None else fitted[1], own_requests)
-        if crowd and candidates is not None:
-            mle = fit_effects(data, mle, prior, candidates, em_steps=EFFECT_EM_STEPS, margin=EFFECT_MARGIN)
+        if crowd:
+            fitted = self._fitted.get((segment, network))
+            previous = 0.0 if fitted is None else fitted[1]
+            candidates = effect_candidates(mle.shock_sd, mle.dispersion, previous, own_requests)
+            if candidates is not None:
+                mle = fit_effects(data, mle, prior, candidates, em_steps=EFFECT_EM_STEPS, margin=EFFECT_MARGIN)
         self._fits[(segment, network)] = mle.pack()[0]
         # Parametric uncertainty: Bayesian-bootstrap refits of the mixture (a randomised prior
         # keeps them apart while data are few).
