@@ -32,7 +32,7 @@ rate lam·u with u ~ Gamma(mean 1, variance ``dispersion``), so counts are negat
 Given (z, u) the bidders are again a Poisson process, so every formula above holds at each
 quadrature node (:func:`effect_nodes`) and the model mixes over them: an observation's
 likelihood is the node-weighted mean of its node likelihoods, EM spreads each observation over
-the nodes by their posterior weights (:func:`node_observations`), and
+the nodes by their posterior weights (:func:`node_em_step`), and
 R(f) = Σ_n w_n·e^{z_n}·R_n(f·e^{−z_n}) with R_n the curve at rate lam·u_n.
 
 Everything is vectorised over a leading "draw" axis D, so the maximum-likelihood fit (D = 1)
@@ -49,7 +49,7 @@ from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import log_ndtr, logsumexp, ndtr, roots_genlaguerre
+from scipy.special import ndtr
 
 from bandit.stats import (
     ATFLOOR,
@@ -279,37 +279,79 @@ def _z(at: NDArray, p: GmmParams) -> NDArray:
     return (at[None, :, None] - p.mu[:, None, :]) / p.sd[:, None, :]
 
 
-def _tail_moments(z: NDArray, p: GmmParams, upper: bool) -> tuple[NDArray, NDArray, NDArray]:
-    """Mass Φ (or 1-Φ) and E[X], E[X²] of each component truncated below (or above) a threshold.
+def _weighted_sum(w: NDArray, x: NDArray) -> NDArray:
+    """Σ over every axis but the first and last of ``w`` [D, ...] times ``x`` [D, ..., K]: [D, K]."""
+    axes = "abc"[: w.ndim - 1]
+    return np.einsum(f"d{axes},d{axes}k->dk", w, x)
 
-    For Y ~ N(0,1) truncated to Y < z: E[Y] = -φ/Φ, E[Y²] = 1 - zφ/Φ; above z the mirror
-    image. Ratios are computed in log space so far tails stay finite.
+
+def _tail_sums(z: NDArray, mass: NDArray, w: NDArray, upper: bool) -> tuple[NDArray, NDArray, NDArray]:
+    """Σ_l w_l·P·E[Y^j] for j = 0, 1, 2 [D, K]: each component's standard normal Y truncated
+    below z (or above it), ``mass`` P its mass there [D, ..., K], weights ``w`` [D, ...].
+
+    Below z: P = Φ(z), P·E[Y] = -φ(z), P·E[Y²] = P - zφ(z); above z the mirror image. The
+    products never divide by P, so far tails (P → 0) contribute 0 rather than 0·∞.
     """
-    log_phi = -0.5 * z * z - _LOG_SQRT_2PI
-    if upper:
-        log_mass = log_ndtr(-z)
-        ratio = np.exp(log_phi - log_mass)
-        ey, ey2 = ratio, 1.0 + z * ratio
-    else:
-        log_mass = log_ndtr(z)
-        ratio = np.exp(log_phi - log_mass)
-        ey, ey2 = -ratio, 1.0 - z * ratio
-    mu = p.mu[:, None, :]
-    sd = p.sd[:, None, :]
-    ex = mu + sd * ey
-    ex2 = mu * mu + 2 * mu * sd * ey + sd * sd * ey2
-    return np.exp(log_mass), ex, ex2
+    phi = np.exp(-0.5 * z * z - _LOG_SQRT_2PI)
+    sign = 1.0 if upper else -1.0
+    m0 = _weighted_sum(w, mass)
+    m1 = sign * _weighted_sum(w, phi)
+    m2 = m0 + sign * _weighted_sum(w, z * phi)
+    return m0, m1, m2
 
 
-def _log_components(x: NDArray, p: GmmParams) -> NDArray:
-    """log(pi_k φ_k(x)) [D, L, K]."""
-    z = _z(x, p)
-    return np.log(p.pi[:, None, :]) - 0.5 * z * z - _LOG_SQRT_2PI - np.log(p.sd[:, None, :])
+def _log_components(z: NDArray, p: GmmParams) -> NDArray:
+    """log(pi_k φ_k(x)) at standardised positions ``z`` [D, ..., K] of log prices x."""
+    shape = (z.shape[0],) + (1,) * (z.ndim - 2) + (z.shape[-1],)
+    return (np.log(p.pi) - np.log(p.sd)).reshape(shape) - 0.5 * z * z - _LOG_SQRT_2PI
+
+
+def _logsumexp(x: NDArray, axis: int, keepdims: bool = False) -> NDArray:
+    """log Σ exp(x) along ``axis`` of finite ``x`` (the lean form of scipy's, called per EM step)."""
+    m = x.max(axis=axis, keepdims=True)
+    out = m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+    return out if keepdims else out.squeeze(axis)
 
 
 def _survival(at: NDArray, p: GmmParams) -> NDArray:
     """S(at) = 1 - G(at), [D, L]."""
     return np.einsum("dlk,dk->dl", ndtr(-_z(at, p)), p.pi)
+
+
+def _value_sums(scale: NDArray, m0: NDArray, m1: NDArray, m2: NDArray, p: GmmParams) -> NDArray:
+    """Truncated-normal sums in standard units (:func:`_tail_sums`) times ``scale`` [D, K], as
+    the expected count, Σx and Σx² of each component's points in log price [3, D, K]."""
+    mu, sd = p.mu, p.sd
+    return scale * np.stack([m0, mu * m0 + sd * m1, mu * mu * m0 + 2 * mu * sd * m1 + sd * sd * m2])
+
+
+def _point_sums(w: NDArray, x: NDArray, resp: NDArray) -> NDArray:
+    """Count, Σx and Σx² per component [3, D, K] of revealed prices ``x`` [..., L] with
+    weights ``w`` [D, ..., L] and responsibilities ``resp`` [D, ..., L, K]."""
+    return np.stack([_weighted_sum(w * x**j, resp) for j in range(3)])
+
+
+def _m_step(sums: NDArray, requests: NDArray, p: GmmParams, prior: Prior, single_bid: bool) -> GmmParams:
+    """MAP update from the expected count, Σx and Σx² per component [3, D, K], with the
+    prior's pseudo-observations (strength split over components)."""
+    n, s1, s2 = sums
+    kappa = prior.strength / p.pi.shape[1]
+    total = n.sum(axis=1)
+    lam = (total + prior.strength * prior.lam0) / (requests + prior.strength)
+    if single_bid:
+        lam = np.minimum(lam, 1.0 - 1e-9)
+    pi = (n + kappa) / (total[:, None] + prior.strength)
+    mu = (s1 + kappa * prior.center) / (n + kappa)
+    resid = s2 - 2 * mu * s1 + n * mu * mu
+    var = (resid + kappa * ((mu - prior.center) ** 2 + prior.spread**2)) / (n + kappa)
+    sd = np.sqrt(np.maximum(var, MIN_SD**2))
+    return GmmParams(lam, pi, mu, sd, p.shock_sd, p.dispersion)
+
+
+def _responsibilities(log_components: NDArray) -> NDArray:
+    """Each revealed price's component shares, from its log(pi_k φ_k) [..., K]."""
+    resp = np.exp(log_components - log_components.max(axis=-1, keepdims=True))
+    return resp / resp.sum(axis=-1, keepdims=True)
 
 
 def em_step(obs: ObservationSets, p: GmmParams, prior: Prior) -> GmmParams:
@@ -320,56 +362,40 @@ def em_step(obs: ObservationSets, p: GmmParams, prior: Prior) -> GmmParams:
     above each "one bid above" threshold (component share ∝ ``pi_k·(1-Φ_k(t))``, truncated
     above t) and one point at each revealed price (responsibilities). M-step: MAP update.
     """
-    k = p.pi.shape[1]
-    n = np.zeros_like(p.pi)
-    s1 = np.zeros_like(p.pi)
-    s2 = np.zeros_like(p.pi)
-
-    def add(mass: NDArray, ex: NDArray, ex2: NDArray) -> None:
-        nonlocal n, s1, s2
-        n = n + mass.sum(axis=1)
-        s1 = s1 + (mass * ex).sum(axis=1)
-        s2 = s2 + (mass * ex2).sum(axis=1)
-
+    sums = np.zeros((3, *p.pi.shape))
     if obs.below_at.size:
-        mass, ex, ex2 = _tail_moments(_z(obs.below_at, p), p, upper=False)
-        expected = obs.below_w[:, :, None] * (p.lam[:, None] * p.pi)[:, None, :] * mass
+        w = obs.below_w
         if obs.single_bid:  # the buyer bid below t, given no fill: lam·pi_k·Φ_k(t) / (1 − lam·S(t))
-            expected /= np.maximum(1.0 - p.lam[:, None] * _survival(obs.below_at, p), 1e-12)[:, :, None]
-        add(expected, ex, ex2)
+            w = w / np.maximum(1.0 - p.lam[:, None] * _survival(obs.below_at, p), 1e-12)
+        z = _z(obs.below_at, p)
+        sums += _value_sums(p.lam[:, None] * p.pi, *_tail_sums(z, ndtr(z), w, upper=False), p)
     if obs.above_at.size:
-        mass, ex, ex2 = _tail_moments(_z(obs.above_at, p), p, upper=True)
-        share = p.pi[:, None, :] * mass
-        share /= np.maximum(share.sum(axis=2, keepdims=True), 1e-300)
-        add(obs.above_w[:, :, None] * share, ex, ex2)
+        z = _z(obs.above_at, p)
+        mass = ndtr(-z)
+        share = np.einsum("dlk,dk->dl", mass, p.pi)
+        sums += _value_sums(p.pi, *_tail_sums(z, mass, obs.above_w / np.maximum(share, 1e-300), upper=True), p)
     if obs.point_at.size:
-        logc = _log_components(obs.point_at, p)
-        resp = np.exp(logc - logc.max(axis=2, keepdims=True))
-        resp /= resp.sum(axis=2, keepdims=True)
-        mass = obs.point_w[:, :, None] * resp
-        x = obs.point_at[None, :, None]
-        n = n + mass.sum(axis=1)
-        s1 = s1 + (mass * x).sum(axis=1)
-        s2 = s2 + (mass * x * x).sum(axis=1)
-
-    # M-step with the prior's pseudo-observations (strength split over components).
-    kappa = prior.strength / k
-    total = n.sum(axis=1)
-    lam = (total + prior.strength * prior.lam0) / (obs.requests + prior.strength)
-    if obs.single_bid:
-        lam = np.minimum(lam, 1.0 - 1e-9)
-    pi = (n + kappa) / (total[:, None] + prior.strength)
-    mu = (s1 + kappa * prior.center) / (n + kappa)
-    resid = s2 - 2 * mu * s1 + n * mu * mu
-    var = (resid + kappa * ((mu - prior.center) ** 2 + prior.spread**2)) / (n + kappa)
-    sd = np.sqrt(np.maximum(var, MIN_SD**2))
-    return GmmParams(lam, pi, mu, sd, p.shock_sd, p.dispersion)
+        sums += _point_sums(obs.point_w, obs.point_at, _responsibilities(_log_components(_z(obs.point_at, p), p)))
+    return _m_step(sums, obs.requests, p, prior, obs.single_bid)
 
 
 # --------------------------------------------------------------------------- per-request effects
 #: Quadrature nodes per effect: Gauss–Hermite for the shock, generalised Gauss–Laguerre for the
 #: rate factor (5 × 5 nodes with both).
 EFFECT_NODES = 5
+
+
+def _gamma_nodes(n: int, dispersion: float) -> tuple[NDArray, NDArray]:
+    """Gauss quadrature of Gamma(mean 1, variance ``dispersion``): ``n`` nodes and weights
+    summing to 1, by Golub–Welsch on the generalised Laguerre recurrence (shape 1 / dispersion)
+    scaled by the dispersion, which stays finite for any dispersion (the weights of the
+    unscaled rule overflow once the shape passes a few hundred)."""
+    i = np.arange(1, n)
+    diagonal = 1.0 + 2.0 * dispersion * np.arange(n)  # (2i + shape) / shape, i = 0 … n − 1
+    off = dispersion * np.sqrt(i * (i + 1.0 / dispersion - 1.0))  # √(i (i + shape − 1)) / shape
+    u, vectors = np.linalg.eigh(np.diag(diagonal) + np.diag(off, 1) + np.diag(off, -1))
+    w = vectors[0] ** 2
+    return u, w / w.sum()
 
 
 @lru_cache(maxsize=256)
@@ -383,9 +409,7 @@ def effect_nodes(shock_sd: float, dispersion: float) -> tuple[NDArray, NDArray, 
     else:
         z, wz = np.zeros(1), np.ones(1)
     if dispersion > 0.0:
-        shape = 1.0 / dispersion  # Gamma(shape, scale 1 / shape): mean 1, variance dispersion
-        t, wt = roots_genlaguerre(EFFECT_NODES, shape - 1.0)
-        u, wu = t / shape, wt / wt.sum()
+        u, wu = _gamma_nodes(EFFECT_NODES, dispersion)
     else:
         u, wu = np.ones(1), np.ones(1)
     return np.repeat(z, len(u)), np.tile(u, len(z)), np.outer(wz, wu).ravel()
@@ -396,24 +420,47 @@ def _shifted(at: NDArray, z: NDArray) -> NDArray:
     return (at[None, :] - z[:, None]).ravel()
 
 
-def _node_log_likelihoods(data: CensoredData, p: GmmParams) -> list[NDArray]:
-    """log(w_n · P(observation | node n)) [D, N, L] of a second-price crowd's no-fills, fills
-    at the floor and prices above it: the module's formulas at rate lam·u_n, values shifted."""
-    z, u, w = effect_nodes(p.shock_sd, p.dispersion)
-    d, n = len(p.lam), len(z)
+def _node_terms(data: CensoredData, p: GmmParams) -> tuple[NDArray, NDArray, NDArray, NDArray, NDArray]:
+    """Every observation of a second-price crowd at its position in each node's unshocked
+    values (x − z_n), L running over no-fills, prices, fills at the floor (:func:`_node_weights`
+    order): standardised positions [D, N, L, K], their upper masses 1 − Φ, survivals S
+    [D, N, L], log(w_n·P(observation | node n)) [D, N, L] (the module's formulas at rate
+    lam·u_n), and the prices' log(pi_k φ_k) [D, N, L_price, K]."""
+    shift, u, w = effect_nodes(p.shock_sd, p.dispersion)
+    at = np.concatenate([data.nofill_at, data.price_at, data.atfloor_at])
+    z = _z(_shifted(at, shift), p).reshape(len(p.lam), len(shift), len(at), -1)
+    upper = ndtr(-z)
+    s = np.maximum(np.einsum("dnlk,dk->dnl", upper, p.pi), 1e-300)
     rate = p.lam[:, None, None] * u[None, :, None]  # [D, N, 1]
-    log_w = np.log(w)[None, :, None]
+    a, c = len(data.nofill_at), len(data.price_at)
+    ll = np.log(w)[None, :, None] - rate * s  # Poisson points below every threshold
+    ll[:, :, a:] += np.log(rate * s[:, :, a:])  # one bid above a price or an at-floor fill
+    log_components = _log_components(z[:, :, a : a + c], p)
+    ll[:, :, a : a + c] += np.log(rate) + _logsumexp(log_components, axis=3)  # and one bid at the price
+    return z, upper, s, ll, log_components
 
-    def survival(at: NDArray) -> NDArray:
-        return np.maximum(_survival(_shifted(at, z), p).reshape(d, n, len(at)), 1e-300)
 
-    nofill = -rate * survival(data.nofill_at)
-    s = survival(data.atfloor_at)
-    atfloor = np.log(rate * s) - rate * s
-    s = survival(data.price_at)
-    log_g = logsumexp(_log_components(_shifted(data.price_at, z), p), axis=2).reshape(d, n, len(data.price_at))
-    price = 2 * np.log(rate) + np.log(s) + log_g - rate * s
-    return [nofill + log_w, atfloor + log_w, price + log_w]
+def _node_weights(data: CensoredData) -> NDArray:
+    """The observations' weights [D, L] in :func:`_node_terms`' order."""
+    return np.concatenate([data.nofill_w, data.price_w, data.atfloor_w], axis=1)
+
+
+def node_em_step(data: CensoredData, p: GmmParams, prior: Prior) -> GmmParams:
+    """One EM step under the effects: each observation spreads over the nodes by its posterior
+    weight P(node | observation), at its position in that node's unshocked values; its Poisson
+    points below count times u_n (they arrive at rate lam·u_n), and the requests become
+    Σ E[u | observation], the exposure ``lam`` is learned over."""
+    z, upper, s, ll, log_components = _node_terms(data, p)
+    shift, u, _ = effect_nodes(p.shock_sd, p.dispersion)
+    post = _node_weights(data)[:, None, :] * np.exp(ll - _logsumexp(ll, axis=1, keepdims=True))
+    below = post * u[None, :, None]
+    sums = _value_sums(p.lam[:, None] * p.pi, *_tail_sums(z, 1.0 - upper, below, upper=False), p)
+    a, c = len(data.nofill_at), len(data.price_at)
+    above = post[:, :, a:] / s[:, :, a:]  # the bid above: of component k with share pi_k·(1 − Φ_k) / S
+    sums += _value_sums(p.pi, *_tail_sums(z[:, :, a:], upper[:, :, a:], above, upper=True), p)
+    prices = data.price_at[None, :] - shift[:, None]  # [N, L_price]
+    sums += _point_sums(post[:, :, a : a + c], prices, _responsibilities(log_components))
+    return _m_step(sums, below.sum(axis=(1, 2)), p, prior, single_bid=False)
 
 
 def _with_effects(p: GmmParams, second_price: bool, single_bid: bool) -> bool:
@@ -422,38 +469,10 @@ def _with_effects(p: GmmParams, second_price: bool, single_bid: bool) -> bool:
     return p.has_effects and second_price and not single_bid
 
 
-def node_observations(data: CensoredData, p: GmmParams) -> ObservationSets:
-    """The E-step's observations under the effects: each observation becomes one per node, at
-    its position in that node's unshocked values (x − z_n), weighted by its weight times
-    P(node | observation), and times u_n where it counts Poisson points below (they arrive at
-    rate lam·u_n); the requests become Σ E[u | observation], the exposure ``lam`` is learned over."""
-    z, u, _ = effect_nodes(p.shock_sd, p.dispersion)
-    d = len(p.lam)
-    nofill, atfloor, price = (
-        w[:, None, :] * np.exp(ll - logsumexp(ll, axis=1, keepdims=True))
-        for w, ll in zip((data.nofill_w, data.atfloor_w, data.price_w), _node_log_likelihoods(data, p), strict=True)
-    )
-    rate = u[None, :, None]
-    nofill_at, atfloor_at, price_at = (_shifted(at, z) for at in (data.nofill_at, data.atfloor_at, data.price_at))
-    flat = lambda w: w.reshape(d, -1)  # noqa: E731 - [D, N, L] → [D, N·L], as the positions
-    cat = np.concatenate
-    return ObservationSets(
-        cat([nofill_at, price_at, atfloor_at]),
-        cat([flat(nofill * rate), flat(price * rate), flat(atfloor * rate)], axis=1),
-        cat([price_at, atfloor_at]),
-        cat([flat(price), flat(atfloor)], axis=1),
-        price_at,
-        flat(price),
-        sum((w * rate).sum(axis=(1, 2)) for w in (nofill, atfloor, price)),
-    )
-
-
 def log_likelihood(data: CensoredData, p: GmmParams) -> NDArray[np.float64]:
     """Observed-data log-likelihood per draw [D] (log-price densities for revealed prices)."""
     if _with_effects(p, data.second_price, data.single_bid):
-        weights = (data.nofill_w, data.atfloor_w, data.price_w)
-        node_lls = _node_log_likelihoods(data, p)
-        return sum((w * logsumexp(ll, axis=1)).sum(axis=1) for w, ll in zip(weights, node_lls, strict=True))
+        return (_node_weights(data) * _logsumexp(_node_terms(data, p)[3], axis=1)).sum(axis=1)
     obs = ObservationSets.of(data)
     lam = p.lam[:, None]
     if obs.single_bid:
@@ -464,9 +483,7 @@ def log_likelihood(data: CensoredData, p: GmmParams) -> NDArray[np.float64]:
         s = np.maximum(_survival(obs.above_at, p), 1e-300)
         ll += (obs.above_w * (np.log(lam) + np.log(s))).sum(axis=1)
     if obs.point_at.size:
-        logc = _log_components(obs.point_at, p)
-        m = logc.max(axis=2)
-        log_g = m + np.log(np.exp(logc - m[:, :, None]).sum(axis=2))
+        log_g = _logsumexp(_log_components(_z(obs.point_at, p), p), axis=2)
         ll += (obs.point_w * (np.log(lam) + log_g)).sum(axis=1)
     return ll
 
@@ -479,7 +496,7 @@ def fit(data: CensoredData, start: GmmParams, prior: Prior, *, max_iter: int = 2
         p = GmmParams(np.minimum(p.lam, 0.99), p.pi, p.mu, p.sd, p.shock_sd, p.dispersion)
     effects = _with_effects(p, data.second_price, data.single_bid)
     for _ in range(max_iter):
-        q = em_step(node_observations(data, p) if effects else obs, p, prior)
+        q = node_em_step(data, p, prior) if effects else em_step(obs, p, prior)
         delta = max(
             float(np.max(np.abs(q.mu - p.mu))),
             float(np.max(np.abs(q.sd - p.sd))),

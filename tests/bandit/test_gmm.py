@@ -322,6 +322,31 @@ def test_log_likelihood_with_vanishing_effects_is_the_plain_one():
     assert float(log_likelihood(data, p.with_effects(1e-9, 0.0))[0]) == pytest.approx(float(log_likelihood(data, p)[0]))
 
 
+@pytest.mark.parametrize("dispersion", [1e-9, 1e-4, 0.05, 0.8, 2.0])
+def test_effect_nodes_integrate_the_effects_moments_for_any_dispersion(dispersion):
+    """Finite nodes whose weights sum to 1 and reproduce the shock's and the rate factor's
+    moments (Gamma: mean 1, variance d, third central moment 2d²), also for a dispersion so
+    small that a textbook Gauss–Laguerre rule's weights overflow."""
+    z, u, w = gmm.effect_nodes(0.3, dispersion)
+    assert np.isfinite(z).all() and np.isfinite(u).all() and np.isfinite(w).all() and (w > 0).all()
+    moments = [(w * z).sum(), (w * z**2).sum(), (w * u).sum(), (w * (u - 1) ** 2).sum(), (w * (u - 1) ** 3).sum()]
+    np.testing.assert_allclose(moments, [0.0, 0.09, 1.0, dispersion, 2 * dispersion**2], rtol=1e-9, atol=1e-15)
+    assert w.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_an_em_step_under_vanishing_effects_is_the_plain_one():
+    """The node E-step with (almost) no effects spreads each observation over nodes that all
+    sit where it is: the step equals the plain E-step, draw for draw (bootstrap draws too)."""
+    data = censored_data(_effect_stats(2, 20_000, 0.0, 0.0), True).reweighted(np.random.default_rng(2), 3)
+    prior = _prior()
+    p = _truth().repeat(3)
+    plain = em_step(ObservationSets.of(data), p, prior)
+    nodes = gmm.node_em_step(data, p.with_effects(1e-9, 1e-9), prior)
+    assert len(gmm.effect_nodes(1e-9, 1e-9)[0]) == 25
+    for name in ("lam", "pi", "mu", "sd"):
+        np.testing.assert_allclose(getattr(nodes, name), getattr(plain, name), rtol=1e-6, err_msg=name)
+
+
 def test_em_under_effects_climbs_the_likelihood():
     """Each EM step under fixed effects raises the observed-data log-likelihood (a vanishing
     prior: EM's ascent property holds for the likelihood itself)."""
