@@ -334,6 +334,15 @@ def test_effect_nodes_integrate_the_effects_moments_for_any_dispersion(dispersio
     assert w.sum() == pytest.approx(1.0, abs=1e-12)
 
 
+def test_a_curve_with_a_tiny_dispersion_is_finite_and_the_plain_one():
+    """A stored fit may carry any dispersion in its allowed range (an uploaded model, say):
+    one of 1e-4 reads as the curve without effects, not as NaN."""
+    floors = np.log(np.array([[0.5, 2.0, 6.0]]))
+    plain = RevenueCurve.of(_truth(), True).revenue(floors)
+    tiny = RevenueCurve.of(_truth(0.0, 1e-4), True).revenue(floors)
+    np.testing.assert_allclose(tiny, plain, rtol=1e-3)
+
+
 def test_an_em_step_under_vanishing_effects_is_the_plain_one():
     """The node E-step with (almost) no effects spreads each observation over nodes that all
     sit where it is: the step equals the plain E-step, draw for draw (bootstrap draws too)."""
