@@ -380,7 +380,7 @@ def em_step(obs: ObservationSets, p: GmmParams, prior: Prior) -> GmmParams:
 
 
 # --------------------------------------------------------------------------- per-request effects
-#: Quadrature nodes per effect: Gauss–Hermite for the shock, generalised Gauss–Laguerre for the
+#: Quadrature nodes per effect: Gauss–Hermite for the shock, the Gamma law's Gauss rule for the
 #: rate factor (5 × 5 nodes with both).
 EFFECT_NODES = 5
 
