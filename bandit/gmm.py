@@ -313,9 +313,14 @@ def _logsumexp(x: NDArray, axis: int, keepdims: bool = False) -> NDArray:
     return out if keepdims else out.squeeze(axis)
 
 
+def _mixture_survival(upper: NDArray, p: GmmParams) -> NDArray:
+    """S = Σ_k pi_k·(1 − Φ_k) [D, ...] from the components' upper masses ``upper`` [D, ..., K]."""
+    return np.einsum("d...k,dk->d...", upper, p.pi)
+
+
 def _survival(at: NDArray, p: GmmParams) -> NDArray:
     """S(at) = 1 - G(at), [D, L]."""
-    return np.einsum("dlk,dk->dl", ndtr(-_z(at, p)), p.pi)
+    return _mixture_survival(ndtr(-_z(at, p)), p)
 
 
 def _value_sums(scale: NDArray, m0: NDArray, m1: NDArray, m2: NDArray, p: GmmParams) -> NDArray:
@@ -364,15 +369,15 @@ def em_step(obs: ObservationSets, p: GmmParams, prior: Prior) -> GmmParams:
     """
     sums = np.zeros((3, *p.pi.shape))
     if obs.below_at.size:
+        z = _z(obs.below_at, p)
         w = obs.below_w
         if obs.single_bid:  # the buyer bid below t, given no fill: lam·pi_k·Φ_k(t) / (1 − lam·S(t))
-            w = w / np.maximum(1.0 - p.lam[:, None] * _survival(obs.below_at, p), 1e-12)
-        z = _z(obs.below_at, p)
+            w = w / np.maximum(1.0 - p.lam[:, None] * _mixture_survival(ndtr(-z), p), 1e-12)
         sums += _value_sums(p.lam[:, None] * p.pi, *_tail_sums(z, ndtr(z), w, upper=False), p)
     if obs.above_at.size:
         z = _z(obs.above_at, p)
         mass = ndtr(-z)
-        share = np.einsum("dlk,dk->dl", mass, p.pi)
+        share = _mixture_survival(mass, p)
         sums += _value_sums(p.pi, *_tail_sums(z, mass, obs.above_w / np.maximum(share, 1e-300), upper=True), p)
     if obs.point_at.size:
         sums += _point_sums(obs.point_w, obs.point_at, _responsibilities(_log_components(_z(obs.point_at, p), p)))
@@ -430,7 +435,7 @@ def _node_terms(data: CensoredData, p: GmmParams) -> tuple[NDArray, NDArray, NDA
     at = np.concatenate([data.nofill_at, data.price_at, data.atfloor_at])
     z = _z(_shifted(at, shift), p).reshape(len(p.lam), len(shift), len(at), -1)
     upper = ndtr(-z)
-    s = np.maximum(np.einsum("dnlk,dk->dnl", upper, p.pi), 1e-300)
+    s = np.maximum(_mixture_survival(upper, p), 1e-300)
     rate = p.lam[:, None, None] * u[None, :, None]  # [D, N, 1]
     a, c = len(data.nofill_at), len(data.price_at)
     ll = np.log(w)[None, :, None] - rate * s  # Poisson points below every threshold
