@@ -238,12 +238,42 @@ SINGLE_BIDDER = -1.0
 
 def tail_count_prob(m: int, mean: NDArray[np.float64], dispersion: float) -> NDArray[np.float64]:
     """P(N >= m) for N Poisson (``dispersion`` 0), negative binomial (> 0) or a single bidder
-    (``SINGLE_BIDDER``) with this mean."""
+    (``SINGLE_BIDDER``) with this mean.
+
+    For m = 1 and 2 in closed form (the special functions cost most of a simulated run):
+    with log P(N = 0) = -μ (Poisson) or -log(1 + dμ)/d (negative binomial),
+    P(N >= 1) = -expm1(log P0), and P(N >= 2) = P(N >= 1) - P(N = 1) with
+    P(N = 1) = P0·μ (Poisson) or P0·μ / (1 + dμ); that difference loses digits where
+    μ is tiny (relative error ~1e-16/μ), so below ``SMALL_MEAN`` the special function
+    gives it."""
     mean = np.asarray(mean, dtype=np.float64)
     if dispersion == SINGLE_BIDDER:
         return np.minimum(mean, 1.0) if m == 1 else np.zeros_like(mean)
+    if m > 2:
+        return _tail_count_special(m, mean, dispersion)
     if dispersion <= 0.0:
-        return -np.expm1(-mean) if m == 1 else gammainc(m, mean)
+        log_p0, one = -mean, mean
+    else:
+        d_mean = dispersion * mean
+        log_p0, one = -np.log1p(d_mean) / dispersion, mean / (1.0 + d_mean)
+    at_least_one = -np.expm1(log_p0)
+    if m == 1:
+        return at_least_one
+    out = np.asarray(np.maximum(at_least_one - np.exp(log_p0) * one, 0.0))
+    small = mean < SMALL_MEAN
+    if np.any(small):
+        out[small] = _tail_count_special(2, mean[small], dispersion)
+    return out
+
+
+#: Mean count below which P(N >= 2) comes from the special function (see tail_count_prob).
+SMALL_MEAN = 1e-3
+
+
+def _tail_count_special(m: int, mean: NDArray[np.float64], dispersion: float) -> NDArray[np.float64]:
+    """P(N >= m) from the regularised incomplete gamma (Poisson) or beta (negative binomial)."""
+    if dispersion <= 0.0:
+        return gammainc(m, mean)
     theta_m = dispersion * mean
     return betainc(m, 1.0 / dispersion, theta_m / (1.0 + theta_m))
 

@@ -11,7 +11,7 @@ from scipy.optimize import linprog
 
 from bandit.types import PlacementConfig
 from simulator import Market, Scenario, list_scenarios, load_scenario
-from simulator.auction import SINGLE_BIDDER
+from simulator.auction import SINGLE_BIDDER, tail_count_prob
 from simulator.oracle import share_allocation
 
 WEIGHTS, MEANS, SDS = [0.7, 0.3], [0.2, 1.1], [0.5, 0.4]
@@ -122,6 +122,25 @@ def test_truth_is_accurate_on_its_own_grid():
         direct = f * fill + tail
         rev, _ = market.expected(np.array([market.scenario.start_ts]), 0, 0, np.array([f]))
         assert rev[0] == pytest.approx(direct, rel=1e-6)
+
+
+@pytest.mark.parametrize("dispersion", [0.0, 1e-4, 0.3, 1.0, 5.0])
+def test_count_tails_in_closed_form_match_the_special_functions(dispersion):
+    """P(N >= 1) and P(N >= 2) in closed form agree with the regularised incomplete gamma
+    (Poisson) and beta (negative binomial) to 1e-11 relative, tiny means included."""
+    from scipy.special import betainc, gammainc
+
+    mean = np.concatenate([[0.0], np.geomspace(1e-12, 1e3, 4001)])
+    for m in (1, 2, 3):
+        if dispersion == 0.0:
+            exact = gammainc(m, mean)
+        else:
+            exact = betainc(m, 1.0 / dispersion, dispersion * mean / (1.0 + dispersion * mean))
+        got = tail_count_prob(m, mean, dispersion)
+        assert got.shape == mean.shape
+        np.testing.assert_allclose(got, exact, rtol=1e-11, atol=0.0)
+    scalar, array = tail_count_prob(2, 2.0, dispersion), tail_count_prob(2, np.array([2.0]), dispersion)
+    assert float(scalar) == pytest.approx(float(array[0]))
 
 
 def test_no_bidders_means_no_fill_and_zero_truth():
