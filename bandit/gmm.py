@@ -433,7 +433,7 @@ def _node_terms(data: CensoredData, p: GmmParams) -> tuple[NDArray, NDArray, NDA
     lam·u_n), and the prices' log(pi_k φ_k) [D, N, L_price, K]."""
     shift, u, w = effect_nodes(p.shock_sd, p.dispersion)
     at = np.concatenate([data.nofill_at, data.price_at, data.atfloor_at])
-    z = _z(_shifted(at, shift), p).reshape(len(p.lam), len(shift), len(at), -1)
+    z = _z(_shifted(at, shift), p).reshape(len(p.lam), len(shift), len(at), p.mu.shape[1])
     upper = ndtr(-z)
     s = np.maximum(_mixture_survival(upper, p), 1e-300)
     rate = p.lam[:, None, None] * u[None, :, None]  # [D, N, 1]

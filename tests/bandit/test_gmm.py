@@ -356,6 +356,18 @@ def test_an_em_step_under_vanishing_effects_is_the_plain_one():
         np.testing.assert_allclose(getattr(nodes, name), getattr(plain, name), rtol=1e-6, err_msg=name)
 
 
+def test_a_fit_under_effects_with_no_observations_is_the_plain_fit():
+    """A cell with no data left (a stored fit with effects, a network not served yet) keeps to
+    the prior under the effects as it does without them, instead of failing."""
+    data = censored_data(np.zeros_like(_effect_stats(1, 1_000, 0.0, 0.0)), True)
+    prior = _prior()
+    plain = fit(data, _truth(), prior, max_iter=5)
+    effects = fit(data, _truth(0.3, 0.5), prior, max_iter=5)
+    for name in ("lam", "pi", "mu", "sd"):
+        np.testing.assert_allclose(getattr(effects, name), getattr(plain, name), rtol=1e-12, err_msg=name)
+    assert log_likelihood(data, _truth(0.3, 0.5))[0] == 0.0
+
+
 def test_em_under_effects_climbs_the_likelihood():
     """Each EM step under fixed effects raises the observed-data log-likelihood (a vanishing
     prior: EM's ascent property holds for the likelihood itself)."""
