@@ -109,7 +109,8 @@ def main() -> None:
     args = parser.parse_args()
     batches = 4 if args.quick else 20
     print(f"market only, one core, batches of {BATCH:,} requests (requests + outcomes):")
-    for name in ("core_stationary", "segments", "many_networks"):
+    # ood_dispersion / ood_together: negative-binomial bidder counts (and a shock, cents, ...)
+    for name in ("core_stationary", "segments", "many_networks", "ood_dispersion", "ood_together"):
         rate, truth = market_throughput(name, batches)
         flag = "  (target >= 3,000,000)" if name == "core_stationary" else ""
         print(f"  {name:16s} {rate:13,.0f} requests/s{flag}   exact truth {truth:11,.0f} decisions/s")

@@ -235,6 +235,9 @@ def bid_log_quantile(
 #: ``dispersion`` of a single bidder: N is 0 or 1 (Bernoulli, variance m − m²), mean m ≤ 1.
 SINGLE_BIDDER = -1.0
 
+#: Mean count below which P(N >= 2) comes from the special function (see tail_count_prob).
+SMALL_MEAN = 1e-3
+
 
 def tail_count_prob(m: int, mean: NDArray[np.float64], dispersion: float) -> NDArray[np.float64]:
     """P(N >= m) for N Poisson (``dispersion`` 0), negative binomial (> 0) or a single bidder
@@ -264,10 +267,6 @@ def tail_count_prob(m: int, mean: NDArray[np.float64], dispersion: float) -> NDA
     if np.any(small):
         out[small] = _tail_count_special(2, mean[small], dispersion)
     return out
-
-
-#: Mean count below which P(N >= 2) comes from the special function (see tail_count_prob).
-SMALL_MEAN = 1e-3
 
 
 def _tail_count_special(m: int, mean: NDArray[np.float64], dispersion: float) -> NDArray[np.float64]:
