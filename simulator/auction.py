@@ -255,14 +255,14 @@ def tail_count_prob(m: int, mean: NDArray[np.float64], dispersion: float) -> NDA
     if m > 2:
         return _tail_count_special(m, mean, dispersion)
     if dispersion <= 0.0:
-        log_p0, one = -mean, mean
+        log_p0, one_per_p0 = -mean, mean
     else:
         d_mean = dispersion * mean
-        log_p0, one = -np.log1p(d_mean) / dispersion, mean / (1.0 + d_mean)
+        log_p0, one_per_p0 = -np.log1p(d_mean) / dispersion, mean / (1.0 + d_mean)
     at_least_one = -np.expm1(log_p0)
     if m == 1:
         return at_least_one
-    out = np.asarray(np.maximum(at_least_one - np.exp(log_p0) * one, 0.0))
+    out = np.asarray(np.maximum(at_least_one - np.exp(log_p0) * one_per_p0, 0.0))
     small = mean < SMALL_MEAN
     if np.any(small):
         out[small] = _tail_count_special(2, mean[small], dispersion)
