@@ -274,35 +274,40 @@ class ObservationSets:
 
 
 # --------------------------------------------------------------------------- E-step pieces
+# Arrays over observations carry the mixture components on axis 1 ([D, K, ...]): elementwise
+# work then runs along the long observation axes, and sums over observations are matrix products.
 def _z(at: NDArray, p: GmmParams) -> NDArray:
-    """Standardised thresholds [D, L, K]."""
-    return (at[None, :, None] - p.mu[:, None, :]) / p.sd[:, None, :]
+    """Standardised positions [D, K, L] of log prices ``at`` [L]."""
+    return (at[None, None, :] - p.mu[:, :, None]) / p.sd[:, :, None]
+
+
+def _phi(z: NDArray) -> NDArray:
+    """The standard normal density at ``z``."""
+    return np.exp(-0.5 * z * z - _LOG_SQRT_2PI)
 
 
 def _weighted_sum(w: NDArray, x: NDArray) -> NDArray:
-    """Σ over every axis but the first and last of ``w`` [D, ...] times ``x`` [D, ..., K]: [D, K]."""
-    axes = "abc"[: w.ndim - 1]
-    return np.einsum(f"d{axes},d{axes}k->dk", w, x)
+    """Σ over the observations of ``w`` [D, ...] times ``x`` [D, K, ...]: [D, K]."""
+    d, k = x.shape[:2]
+    return (x.reshape(d, k, -1) @ w.reshape(len(w), -1, 1))[:, :, 0]
 
 
-def _tail_sums(z: NDArray, mass: NDArray, w: NDArray, upper: bool) -> tuple[NDArray, NDArray, NDArray]:
+def _tail_sums(z: NDArray, phi: NDArray, mass: NDArray, w: NDArray, upper: bool) -> tuple[NDArray, NDArray, NDArray]:
     """Σ_l w_l·P·E[Y^j] for j = 0, 1, 2 [D, K]: each component's standard normal Y truncated
-    below z (or above it), ``mass`` P its mass there [D, ..., K], weights ``w`` [D, ...].
+    below z (or above it), with φ(z) (:func:`_phi`) and ``mass`` P its mass there [D, K, ...],
+    weights ``w`` [D, ...].
 
     Below z: P = Φ(z), P·E[Y] = -φ(z), P·E[Y²] = P - zφ(z); above z the mirror image. The
     products never divide by P, so far tails (P → 0) contribute 0 rather than 0·∞.
     """
-    phi = np.exp(-0.5 * z * z - _LOG_SQRT_2PI)
     sign = 1.0 if upper else -1.0
     m0 = _weighted_sum(w, mass)
-    m1 = sign * _weighted_sum(w, phi)
-    m2 = m0 + sign * _weighted_sum(w, z * phi)
-    return m0, m1, m2
+    return m0, sign * _weighted_sum(w, phi), m0 + sign * _weighted_sum(w, z * phi)
 
 
 def _log_components(z: NDArray, p: GmmParams) -> NDArray:
-    """log(pi_k φ_k(x)) at standardised positions ``z`` [D, ..., K] of log prices x."""
-    shape = (z.shape[0],) + (1,) * (z.ndim - 2) + (z.shape[-1],)
+    """log(pi_k φ_k(x)) at standardised positions ``z`` [D, K, ...] of log prices x."""
+    shape = p.pi.shape + (1,) * (z.ndim - 2)
     return (np.log(p.pi) - np.log(p.sd)).reshape(shape) - 0.5 * z * z - _LOG_SQRT_2PI
 
 
@@ -313,9 +318,17 @@ def _logsumexp(x: NDArray, axis: int, keepdims: bool = False) -> NDArray:
     return out if keepdims else out.squeeze(axis)
 
 
+def _shares(log_components: NDArray) -> tuple[NDArray, NDArray]:
+    """The mixture's log density log Σ_k pi_k φ_k [D, ...] at revealed prices, from their
+    ``log_components`` [D, K, ...], and each component's share of it [D, K, ...]."""
+    log_g = _logsumexp(log_components, axis=1)
+    return log_g, np.exp(log_components - log_g[:, None])
+
+
 def _mixture_survival(upper: NDArray, p: GmmParams) -> NDArray:
-    """S = Σ_k pi_k·(1 − Φ_k) [D, ...] from the components' upper masses ``upper`` [D, ..., K]."""
-    return np.einsum("d...k,dk->d...", upper, p.pi)
+    """S = Σ_k pi_k·(1 − Φ_k) [D, ...] from the components' upper masses ``upper`` [D, K, ...]."""
+    d, k = upper.shape[:2]
+    return (p.pi[:, None, :] @ upper.reshape(d, k, -1)).reshape(d, *upper.shape[2:])
 
 
 def _survival(at: NDArray, p: GmmParams) -> NDArray:
@@ -330,10 +343,10 @@ def _value_sums(scale: NDArray, m0: NDArray, m1: NDArray, m2: NDArray, p: GmmPar
     return scale * np.stack([m0, mu * m0 + sd * m1, mu * mu * m0 + 2 * mu * sd * m1 + sd * sd * m2])
 
 
-def _point_sums(w: NDArray, x: NDArray, resp: NDArray) -> NDArray:
+def _point_sums(w: NDArray, x: NDArray, shares: NDArray) -> NDArray:
     """Count, Σx and Σx² per component [3, D, K] of revealed prices ``x`` [..., L] with
-    weights ``w`` [D, ..., L] and responsibilities ``resp`` [D, ..., L, K]."""
-    return np.stack([_weighted_sum(w * x**j, resp) for j in range(3)])
+    weights ``w`` [D, ..., L] and component shares ``shares`` [D, K, ..., L]."""
+    return np.stack([_weighted_sum(w * x**j, shares) for j in range(3)])
 
 
 def _m_step(sums: NDArray, requests: NDArray, p: GmmParams, prior: Prior, single_bid: bool) -> GmmParams:
@@ -353,12 +366,6 @@ def _m_step(sums: NDArray, requests: NDArray, p: GmmParams, prior: Prior, single
     return GmmParams(lam, pi, mu, sd, p.shock_sd, p.dispersion)
 
 
-def _responsibilities(log_components: NDArray) -> NDArray:
-    """Each revealed price's component shares, from its log(pi_k φ_k) [..., K]."""
-    resp = np.exp(log_components - log_components.max(axis=-1, keepdims=True))
-    return resp / resp.sum(axis=-1, keepdims=True)
-
-
 def em_step(obs: ObservationSets, p: GmmParams, prior: Prior) -> GmmParams:
     """One EM (MAP) iteration for every draw at once.
 
@@ -373,14 +380,15 @@ def em_step(obs: ObservationSets, p: GmmParams, prior: Prior) -> GmmParams:
         w = obs.below_w
         if obs.single_bid:  # the buyer bid below t, given no fill: lam·pi_k·Φ_k(t) / (1 − lam·S(t))
             w = w / np.maximum(1.0 - p.lam[:, None] * _mixture_survival(ndtr(-z), p), 1e-12)
-        sums += _value_sums(p.lam[:, None] * p.pi, *_tail_sums(z, ndtr(z), w, upper=False), p)
+        sums += _value_sums(p.lam[:, None] * p.pi, *_tail_sums(z, _phi(z), ndtr(z), w, upper=False), p)
     if obs.above_at.size:
         z = _z(obs.above_at, p)
         mass = ndtr(-z)
         share = _mixture_survival(mass, p)
-        sums += _value_sums(p.pi, *_tail_sums(z, mass, obs.above_w / np.maximum(share, 1e-300), upper=True), p)
+        above = obs.above_w / np.maximum(share, 1e-300)
+        sums += _value_sums(p.pi, *_tail_sums(z, _phi(z), mass, above, upper=True), p)
     if obs.point_at.size:
-        sums += _point_sums(obs.point_w, obs.point_at, _responsibilities(_log_components(_z(obs.point_at, p), p)))
+        sums += _point_sums(obs.point_w, obs.point_at, _shares(_log_components(_z(obs.point_at, p), p))[1])
     return _m_step(sums, obs.requests, p, prior, obs.single_bid)
 
 
@@ -428,21 +436,21 @@ def _shifted(at: NDArray, z: NDArray) -> NDArray:
 def _node_terms(data: CensoredData, p: GmmParams) -> tuple[NDArray, NDArray, NDArray, NDArray, NDArray]:
     """Every observation of a second-price crowd at its position in each node's unshocked
     values (x − z_n), L running over no-fills, prices, fills at the floor (:func:`_node_weights`
-    order): standardised positions [D, N, L, K], their upper masses 1 − Φ, survivals S
+    order): standardised positions [D, K, N, L], their upper masses 1 − Φ, survivals S
     [D, N, L], log(w_n·P(observation | node n)) [D, N, L] (the module's formulas at rate
-    lam·u_n), and the prices' log(pi_k φ_k) [D, N, L_price, K]."""
+    lam·u_n), and the prices' component shares [D, K, N, L_price]."""
     shift, u, w = effect_nodes(p.shock_sd, p.dispersion)
     at = np.concatenate([data.nofill_at, data.price_at, data.atfloor_at])
-    z = _z(_shifted(at, shift), p).reshape(len(p.lam), len(shift), len(at), p.mu.shape[1])
+    z = _z(_shifted(at, shift), p).reshape(*p.pi.shape, len(shift), len(at))
     upper = ndtr(-z)
     s = np.maximum(_mixture_survival(upper, p), 1e-300)
     rate = p.lam[:, None, None] * u[None, :, None]  # [D, N, 1]
     a, c = len(data.nofill_at), len(data.price_at)
     ll = np.log(w)[None, :, None] - rate * s  # Poisson points below every threshold
     ll[:, :, a:] += np.log(rate * s[:, :, a:])  # one bid above a price or an at-floor fill
-    log_components = _log_components(z[:, :, a : a + c], p)
-    ll[:, :, a : a + c] += np.log(rate) + _logsumexp(log_components, axis=3)  # and one bid at the price
-    return z, upper, s, ll, log_components
+    log_g, shares = _shares(_log_components(z[..., a : a + c], p))
+    ll[:, :, a : a + c] += np.log(rate) + log_g  # and one bid at the price
+    return z, upper, s, ll, shares
 
 
 def _node_weights(data: CensoredData) -> NDArray:
@@ -455,16 +463,20 @@ def node_em_step(data: CensoredData, p: GmmParams, prior: Prior) -> GmmParams:
     weight P(node | observation), at its position in that node's unshocked values; its Poisson
     points below count times u_n (they arrive at rate lam·u_n), and the requests become
     Σ E[u | observation], the exposure ``lam`` is learned over."""
-    z, upper, s, ll, log_components = _node_terms(data, p)
+    z, upper, s, ll, shares = _node_terms(data, p)
     shift, u, _ = effect_nodes(p.shock_sd, p.dispersion)
     post = _node_weights(data)[:, None, :] * np.exp(ll - _logsumexp(ll, axis=1, keepdims=True))
     below = post * u[None, :, None]
-    sums = _value_sums(p.lam[:, None] * p.pi, *_tail_sums(z, 1.0 - upper, below, upper=False), p)
+    phi = _phi(z)
+    sums = _value_sums(p.lam[:, None] * p.pi, *_tail_sums(z, phi, 1.0 - upper, below, upper=False), p)
     a, c = len(data.nofill_at), len(data.price_at)
-    above = post[:, :, a:] / s[:, :, a:]  # the bid above: of component k with share pi_k·(1 − Φ_k) / S
-    sums += _value_sums(p.pi, *_tail_sums(z[:, :, a:], upper[:, :, a:], above, upper=True), p)
+    # The bid above a price or an at-floor fill (none above a no-fill): of component k with
+    # share pi_k·(1 − Φ_k) / S; summed over every position, so no array is sliced.
+    above = np.zeros_like(post)
+    above[:, :, a:] = post[:, :, a:] / s[:, :, a:]
+    sums += _value_sums(p.pi, *_tail_sums(z, phi, upper, above, upper=True), p)
     prices = data.price_at[None, :] - shift[:, None]  # [N, L_price]
-    sums += _point_sums(post[:, :, a : a + c], prices, _responsibilities(log_components))
+    sums += _point_sums(post[:, :, a : a + c], prices, shares)
     return _m_step(sums, below.sum(axis=(1, 2)), p, prior, single_bid=False)
 
 
@@ -488,7 +500,7 @@ def log_likelihood(data: CensoredData, p: GmmParams) -> NDArray[np.float64]:
         s = np.maximum(_survival(obs.above_at, p), 1e-300)
         ll += (obs.above_w * (np.log(lam) + np.log(s))).sum(axis=1)
     if obs.point_at.size:
-        log_g = _logsumexp(_log_components(_z(obs.point_at, p), p), axis=2)
+        log_g = _logsumexp(_log_components(_z(obs.point_at, p), p), axis=1)
         ll += (obs.point_w * (np.log(lam) + log_g)).sum(axis=1)
     return ll
 
@@ -603,10 +615,9 @@ class RevenueCurve:
     @classmethod
     def of(cls, p: GmmParams, second_price: bool, single_bid: bool = False) -> RevenueCurve:
         x = X_GRID
-        z = (x[None, :, None] - p.mu[:, None, :]) / p.sd[:, None, :]
-        comp = p.pi[:, None, :] * np.exp(-0.5 * z * z - _LOG_SQRT_2PI) / p.sd[:, None, :]
-        g = comp.sum(axis=2)
-        s = np.einsum("dxk,dk->dx", ndtr(-z), p.pi)
+        z = _z(x, p)
+        g = ((p.pi / p.sd)[:, None, :] @ _phi(z))[:, 0]
+        s = _mixture_survival(ndtr(-z), p)
         single = second_price and single_bid
         if _with_effects(p, second_price, single):
             none, one, tail = _effect_tables(p, g, s)
