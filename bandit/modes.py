@@ -249,17 +249,30 @@ def auction_value(curves: PayCurves, called: NDArray[np.bool_], floors: NDArray[
     return ((1.0 - lose) * CELL_WIDTHS).sum(axis=1)
 
 
+def _responses(
+    nofill: NDArray[np.float64], cdf: NDArray[np.float64], allowed: NDArray[np.bool_], others: NDArray[np.float64]
+) -> tuple[NDArray, NDArray]:
+    """Best floor indices and the auction's values of networks with ``nofill`` and ``cdf``
+    [D, ..., X] (floors ``allowed`` [..., X]) given the others' P(highest bid ≤ x) ``others``
+    (broadcast to them): value(k) = Σ w − nofill[k]·Σ_{c≤k} w Q − Σ_{c>k} w Q cdf."""
+    wq = CELL_WIDTHS * others
+    below = np.cumsum(wq, axis=-1)
+    above = np.cumsum((wq * cdf)[..., ::-1], axis=-1)[..., ::-1]
+    above = np.concatenate([above[..., 1:], np.zeros((*above.shape[:-1], 1))], axis=-1)
+    value = np.where(allowed, CELL_WIDTHS.sum() - nofill * below - above, -np.inf)
+    k = np.argmax(value, axis=-1)
+    return k, np.take_along_axis(value, k[..., None], axis=-1)[..., 0]
+
+
 def _response(curves: PayCurves, network: int, others: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
     """The network's best floor index [D] and the auction's value [D] given the others'
-    P(highest bid ≤ x) ``others`` [D, X]: value(k) = Σ w − nofill[k]·Σ_{c≤k} w Q − Σ_{c>k} w Q cdf."""
-    wq = CELL_WIDTHS * others
-    below = np.cumsum(wq, axis=1)
-    above = np.cumsum((wq * curves.cdf[:, network])[:, ::-1], axis=1)[:, ::-1]
-    above = np.concatenate([above[:, 1:], np.zeros((len(above), 1))], axis=1)
-    value = CELL_WIDTHS.sum() - curves.nofill[:, network] * below - above
-    value = np.where(curves.allowed[network][None], value, -np.inf)
-    k = np.argmax(value, axis=1)
-    return k, np.take_along_axis(value, k[:, None], axis=1)[:, 0]
+    P(highest bid ≤ x) ``others`` [D, X]."""
+    return _responses(curves.nofill[:, network], curves.cdf[:, network], curves.allowed[network], others)
+
+
+def _response_of_each(curves: PayCurves, others: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
+    """:func:`_response` of every network [D, N] to the same ``others`` [D, X]."""
+    return _responses(curves.nofill, curves.cdf, curves.allowed, others[:, None, :])
 
 
 def auction_floors(
@@ -308,14 +321,9 @@ def best_auction(curves: PayCurves, max_calls: int) -> tuple[NDArray[np.bool_], 
         called = np.zeros((d, n), dtype=bool)
         floors = solo.copy()
         for _ in range(max_calls):
-            gains = np.full((d, n), -np.inf)
-            picks = np.zeros((d, n), dtype=np.int64)
             lose = np.exp(_log_cdfs(curves, called, floors).sum(axis=1))  # the called networks
-            for j in range(n):
-                k, value = _response(curves, j, lose)  # j is not called where it counts
-                gains[:, j] = np.where(called[:, j], -np.inf, value)
-                picks[:, j] = k
-            j = np.argmax(gains, axis=1)
+            picks, value = _response_of_each(curves, lose)  # j is not called where it counts
+            j = np.argmax(np.where(called, -np.inf, value), axis=1)
             called[rows, j] = True
             floors[rows, j] = picks[rows, j]
     best_floors, best_value = auction_floors(curves, called, solo)
@@ -328,6 +336,7 @@ def best_auction(curves: PayCurves, max_calls: int) -> tuple[NDArray[np.bool_], 
             for i in range(n):
                 logs = _log_cdfs(curves, called, best_floors)
                 without_i = np.exp(logs.sum(axis=1) - logs[:, i])
+                responses = _response_of_each(curves, without_i)
                 for j in range(n):
                     move = called[:, i] & ~called[:, j]
                     if not move.any():
@@ -335,7 +344,7 @@ def best_auction(curves: PayCurves, max_calls: int) -> tuple[NDArray[np.bool_], 
                     # j at its best response to the others without i; re-ascend only where it gains.
                     trial = called.copy()
                     trial[move, i] = False
-                    k, v = _response(curves, j, without_i)
+                    k, v = responses[0][:, j], responses[1][:, j]
                     gain = move & (v > best_value + 1e-12)
                     if not gain.any():
                         continue
@@ -349,6 +358,7 @@ def best_auction(curves: PayCurves, max_calls: int) -> tuple[NDArray[np.bool_], 
                         called[better], best_floors[better], best_value[better] = trial[better], f[better], v[better]
                         logs = _log_cdfs(curves, called, best_floors)
                         without_i = np.exp(logs.sum(axis=1) - logs[:, i])
+                        responses = _response_of_each(curves, without_i)
                         improved = True
             if not improved:
                 break
@@ -379,12 +389,8 @@ def best_priced_auction(
     value = np.zeros(d)
     for r in range(cap):
         lose = np.exp(_log_cdfs(curves, called, floors).sum(axis=1))
-        gains = np.full((d, n), -np.inf)
-        picks = np.zeros((d, n), dtype=np.int64)
-        for j in range(n):
-            k, v = _response(curves, j, lose)
-            gains[:, j] = np.where(called[:, j], -np.inf, v - value + bonus[:, j])
-            picks[:, j] = k
+        picks, v = _response_of_each(curves, lose)
+        gains = np.where(called, -np.inf, v - value[:, None] + bonus)
         j = np.argmax(gains, axis=1)
         add = (gains[rows, j] > 1e-12) | (r == 0)
         called[rows[add], j[add]] = True
