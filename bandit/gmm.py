@@ -458,11 +458,40 @@ def _node_weights(data: CensoredData) -> NDArray:
     return np.concatenate([data.nofill_w, data.price_w, data.atfloor_w], axis=1)
 
 
+#: Draws per pass of :func:`node_em_step`: its [D, K, N, L] arrays then stay in the cache (a
+#: bootstrap step of 16 draws × 25 nodes × 150 positions: 12.1 ms at once, 7.3 ms 4 at a time).
+NODE_STEP_DRAWS = 4
+
+
+def _draw_rows(data: CensoredData, p: GmmParams, prior: Prior, rows: slice) -> tuple[CensoredData, GmmParams, Prior]:
+    """The draws ``rows`` of an EM step's data, parameters and prior (an array of one row
+    serves every draw)."""
+    pick = lambda x: x if len(x) == 1 else x[rows]  # noqa: E731
+    data = replace(
+        data,
+        nofill_w=pick(data.nofill_w),
+        price_w=pick(data.price_w),
+        atfloor_w=pick(data.atfloor_w),
+        requests=pick(data.requests),
+    )
+    return (
+        data,
+        GmmParams(p.lam[rows], p.pi[rows], p.mu[rows], p.sd[rows], p.shock_sd, p.dispersion),
+        replace(prior, center=pick(prior.center)),
+    )
+
+
 def node_em_step(data: CensoredData, p: GmmParams, prior: Prior) -> GmmParams:
     """One EM step under the effects: each observation spreads over the nodes by its posterior
     weight P(node | observation), at its position in that node's unshocked values; its Poisson
     points below count times u_n (they arrive at rate lam·u_n), and the requests become
-    Σ E[u | observation], the exposure ``lam`` is learned over."""
+    Σ E[u | observation], the exposure ``lam`` is learned over. Draws go
+    :data:`NODE_STEP_DRAWS` at a time (each draw's step is its own)."""
+    if p.n_draws > NODE_STEP_DRAWS:
+        chunks = range(0, p.n_draws, NODE_STEP_DRAWS)
+        steps = [node_em_step(*_draw_rows(data, p, prior, slice(a, a + NODE_STEP_DRAWS))) for a in chunks]
+        lam, pi, mu, sd = (np.concatenate([getattr(q, f) for q in steps]) for f in ("lam", "pi", "mu", "sd"))
+        return GmmParams(lam, pi, mu, sd, p.shock_sd, p.dispersion)
     z, upper, s, ll, shares = _node_terms(data, p)
     shift, u, _ = effect_nodes(p.shock_sd, p.dispersion)
     post = _node_weights(data)[:, None, :] * np.exp(ll - _logsumexp(ll, axis=1, keepdims=True))
