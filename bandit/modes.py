@@ -336,11 +336,13 @@ def best_auction(curves: PayCurves, max_calls: int) -> tuple[NDArray[np.bool_], 
             for i in range(n):
                 logs = _log_cdfs(curves, called, best_floors)
                 without_i = np.exp(logs.sum(axis=1) - logs[:, i])
-                responses = _response_of_each(curves, without_i)
+                responses = None  # every j's best response to the others without i, once asked
                 for j in range(n):
                     move = called[:, i] & ~called[:, j]
                     if not move.any():
                         continue
+                    if responses is None:
+                        responses = _response_of_each(curves, without_i)
                     # j at its best response to the others without i; re-ascend only where it gains.
                     trial = called.copy()
                     trial[move, i] = False
@@ -358,7 +360,7 @@ def best_auction(curves: PayCurves, max_calls: int) -> tuple[NDArray[np.bool_], 
                         called[better], best_floors[better], best_value[better] = trial[better], f[better], v[better]
                         logs = _log_cdfs(curves, called, best_floors)
                         without_i = np.exp(logs.sum(axis=1) - logs[:, i])
-                        responses = _response_of_each(curves, without_i)
+                        responses = None
                         improved = True
             if not improved:
                 break
