@@ -498,7 +498,9 @@ class Market:
         """Exact expected revenue per request R(f) and fill rate P(fill | f), arrays [n].
 
         Demand caps are not part of it (they depend on the history of the run; see
-        :attr:`Outcome.available`).
+        :attr:`Outcome.available`). Each cell's curve is evaluated once per distinct floor:
+        a batch of decisions holds few (a policy's table rows), and the curve's cost is per
+        floor.
         """
         ts = np.atleast_1d(np.asarray(ts, dtype=np.float64))
         n = len(ts)
@@ -511,7 +513,9 @@ class Market:
         bounds = np.searchsorted(inverse[order], np.arange(len(unique) + 1))
         for u, cell in enumerate(unique.tolist()):
             rows = order[bounds[u] : bounds[u + 1]]
-            revenue[rows], fill[rows] = self.curve(*self._cell_key(cell))(floor_cpm[rows])
+            floors, at = np.unique(floor_cpm[rows], return_inverse=True)
+            cell_revenue, cell_fill = self.curve(*self._cell_key(cell))(floors)
+            revenue[rows], fill[rows] = cell_revenue[at], cell_fill[at]
         return revenue, fill
 
     def network_best(self, ts: NDArray, segment_index: NDArray, network: NDArray) -> NDArray[np.float64]:
