@@ -287,10 +287,14 @@ def auction_floors(
     for _ in range(MAX_PASSES):
         moved = False
         for j in range(n):
-            k, _ = _response(curves, j, np.exp(total - logs[:, j]))
-            change = called[:, j] & (k != floors[:, j])
+            rows = np.flatnonzero(called[:, j])  # the draws that call j: elsewhere its floor is idle
+            if not len(rows):
+                continue
+            others = np.exp(total[rows] - logs[rows, j])
+            k, _ = _responses(curves.nofill[rows, j], curves.cdf[rows, j], curves.allowed[j], others)
+            change = k != floors[rows, j]
             if change.any():
-                floors[change, j] = k[change]
+                floors[rows[change], j] = k[change]
                 new = _log_cdf(curves, j, called[:, j], floors[:, j])
                 total += new - logs[:, j]
                 logs[:, j] = new
