@@ -596,14 +596,27 @@ def _upper_integral(x: NDArray, integrand: NDArray) -> NDArray:
     return np.concatenate([np.cumsum(step[:, ::-1], axis=1)[:, ::-1], np.zeros((len(integrand), 1))], axis=1)
 
 
+def _grid_positions(log_floor: NDArray) -> tuple[NDArray, NDArray]:
+    """The ``X_GRID`` cell [D, G] (or [1, G]) of each log floor and its fraction of the way
+    to the next node, clamped to the grid."""
+    pos = np.clip((log_floor - X_GRID[0]) / (X_GRID[1] - X_GRID[0]), 0, len(X_GRID) - 1 - 1e-9)
+    i = pos.astype(np.int64)
+    return i, pos - i
+
+
+def _interp_at(table: NDArray, i: NDArray, frac: NDArray) -> NDArray:
+    """Row-wise linear interpolation of ``table`` [D, X] at grid positions (:func:`_grid_positions`)."""
+    if i.shape[0] == 1:  # the same floors for every row: a gather of columns
+        lo, hi = table[:, i[0]], table[:, i[0] + 1]
+    else:
+        lo, hi = np.take_along_axis(table, i, axis=1), np.take_along_axis(table, i + 1, axis=1)
+    return lo * (1 - frac) + hi * frac
+
+
 def _interp(table: NDArray, log_floor: NDArray) -> NDArray:
     """Row-wise linear interpolation of ``table`` [D, X] on ``X_GRID`` at ``log_floor`` [D, G]
     (or [1, G], the same for every row), clamped to the grid."""
-    pos = np.clip((log_floor - X_GRID[0]) / (X_GRID[1] - X_GRID[0]), 0, len(X_GRID) - 1 - 1e-9)
-    i = pos.astype(np.int64)
-    frac = pos - i
-    rows = np.arange(table.shape[0])[:, None]
-    return table[rows, i] * (1 - frac) + table[rows, i + 1] * frac
+    return _interp_at(table, *_grid_positions(log_floor))
 
 
 def _effect_tables(p: GmmParams, g: NDArray, s: NDArray) -> tuple[NDArray, NDArray, NDArray]:
@@ -616,10 +629,10 @@ def _effect_tables(p: GmmParams, g: NDArray, s: NDArray) -> tuple[NDArray, NDArr
     for z, u, w in zip(*effect_nodes(p.shock_sd, p.dispersion), strict=True):
         ls = lam * u * s
         e = np.exp(-ls)
-        unshocked = (x - z)[None, :]  # a floor f is f·e^{−z} in the node's unshocked values
-        none += w * _interp(e, unshocked)
-        one += w * _interp(ls * e, unshocked)
-        tail += w * math.exp(z) * _interp(_upper_integral(x, np.exp(x)[None, :] * lam * u * g * e * ls), unshocked)
+        at = _grid_positions((x - z)[None, :])  # a floor f is f·e^{−z} in the node's unshocked values
+        none += w * _interp_at(e, *at)
+        one += w * _interp_at(ls * e, *at)
+        tail += w * math.exp(z) * _interp_at(_upper_integral(x, np.exp(x)[None, :] * lam * u * g * e * ls), *at)
     return none, one, tail
 
 
