@@ -14,9 +14,13 @@ the restart's CPU time (``clear_page`` in a profile), more under load. :func:`fe
 changes both for the duration of a block: allocations up to 1 GiB come from and go back to
 the heap, and numpy does not ask for huge pages. Afterwards it sets glibc's thresholds where
 its own adaptation ends (mmap above 32 MiB, trim above 64 MiB), gives numpy's setting back,
-collects garbage and returns the free heap to the system (``malloc_trim``): the live process
-keeps its memory behaviour, and its resident memory after a restart is what it was. Without
-glibc or that numpy hook the matching half does nothing. Only speed changes, never a result.
+and, when the block grew the heap by at least the trim threshold, collects garbage and
+returns the free heap to the system (``malloc_trim``): the live process keeps its memory
+behaviour, and its resident memory after a restart is what it was. A smaller block leaves
+nothing worth a full collection, which costs ~0.2 s in a process holding many objects
+(a store opened again and again in one process paid that on every open). Without glibc or
+that numpy hook the matching half does nothing (without glibc's ``mallinfo2`` the heap's
+growth is unknown and garbage is always collected). Only speed changes, never a result.
 
 The live store calls :func:`return_free_memory` after each snapshot and every 10 s in the
 applier: what snapshots copy and refits replace is given back instead of kept.
@@ -45,6 +49,15 @@ HEAP_THRESHOLD = 1 << 30
 LIVE_MMAP_THRESHOLD, LIVE_TRIM_THRESHOLD = 32 << 20, 64 << 20
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (``<malloc.h>``, glibc 2.33 on)."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
 @cache
 def _libc() -> ctypes.CDLL | None:
     try:
@@ -55,11 +68,24 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
+def heap_bytes() -> int | None:
+    """Bytes the heap holds from the system (its arenas and its mmapped chunks), or None
+    without glibc's ``mallinfo2``."""
+    libc = _libc()
+    mallinfo2 = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if mallinfo2 is None:
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return int(info.arena + info.hblkhd)
+
+
 @contextmanager
 def fewer_page_faults() -> Iterator[None]:
     """Within the block, large arrays reuse freed heap memory and numpy asks for no huge
     pages (see module docstring)."""
     libc = _libc()
+    heap_before = heap_bytes()
     if libc is not None:
         for param in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD):
             libc.mallopt(param, HEAP_THRESHOLD)
@@ -72,6 +98,8 @@ def fewer_page_faults() -> Iterator[None]:
         if libc is not None:
             libc.mallopt(M_MMAP_THRESHOLD, LIVE_MMAP_THRESHOLD)
             libc.mallopt(M_TRIM_THRESHOLD, LIVE_TRIM_THRESHOLD)
+        heap_after = heap_bytes()
+        if heap_before is None or heap_after is None or heap_after - heap_before >= LIVE_TRIM_THRESHOLD:
             gc.collect()  # arrays held only by reference cycles, so their heap memory is free too
             return_free_memory()
 

@@ -70,3 +70,29 @@ def test_the_store_gives_the_free_heap_back_after_snapshots_and_from_its_applier
 
 def test_free_heap_is_given_back_without_error():
     allocator.return_free_memory()  # glibc: malloc_trim; elsewhere nothing
+
+
+@pytest.mark.skipif(allocator.heap_bytes() is None, reason="no glibc mallinfo2: garbage is always collected")
+@pytest.mark.parametrize(("mib", "collected"), [(128, True), (1, False)])
+def test_garbage_is_collected_after_a_block_that_grew_the_heap(mib, collected):
+    """After a block that grew the heap by the trim threshold or more, an array held only by a
+    reference cycle is freed at once; after a small block the cycle waits for Python's own
+    collector (a full collection costs more than it could give back)."""
+    import gc
+    import weakref
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        gc.collect()
+        with allocator.fewer_page_faults():
+            array = np.ones(mib << 17)  # mib MiB of float64, from the heap inside the block
+            cycle: list = [array]
+            cycle.append(cycle)
+            alive = weakref.ref(array)
+            del array, cycle
+        assert (alive() is None) is collected
+    finally:
+        gc.collect()
+        if enabled:
+            gc.enable()
