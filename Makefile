@@ -61,11 +61,13 @@ $(PREBID_BUNDLE): $(PREBID_DIR)/package.json $(PREBID_DIR)/package-lock.json $(P
 	cd $(PREBID_DIR) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent bundle
 
 # Two workers (the CI machine's 2 cores); a test file stays on one worker, so its module
-# fixtures (the simulation grids) are built once.
+# fixtures (the simulation grids) are built once. One BLAS thread per process: a worker's
+# second OpenBLAS thread only spins against the other worker (a ts_gmm learning test used
+# 53 s of CPU for 31 s of wall with two, 31 s with one; Ray's workers already run one).
 TEST_WORKERS ?= 2
 
 test: $(STAMP) browser prebid-bundle
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
