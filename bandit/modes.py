@@ -264,10 +264,12 @@ def _responses(
     return k, np.take_along_axis(value, k[..., None], axis=-1)[..., 0]
 
 
-def _response(curves: PayCurves, network: int, others: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
-    """The network's best floor index [D] and the auction's value [D] given the others'
-    P(highest bid ≤ x) ``others`` [D, X]."""
-    return _responses(curves.nofill[:, network], curves.cdf[:, network], curves.allowed[network], others)
+def _response(
+    curves: PayCurves, network: int, others: NDArray[np.float64], draws: NDArray[np.int64] | slice = slice(None)
+) -> tuple[NDArray, NDArray]:
+    """The network's best floor index and the auction's value in the ``draws`` (default all:
+    [D]) given the others' P(highest bid ≤ x) ``others`` [len(draws), X] there."""
+    return _responses(curves.nofill[draws, network], curves.cdf[draws, network], curves.allowed[network], others)
 
 
 def _response_of_each(curves: PayCurves, others: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
@@ -290,8 +292,7 @@ def auction_floors(
             rows = np.flatnonzero(called[:, j])  # the draws that call j: elsewhere its floor is idle
             if not len(rows):
                 continue
-            others = np.exp(total[rows] - logs[rows, j])
-            k, _ = _responses(curves.nofill[rows, j], curves.cdf[rows, j], curves.allowed[j], others)
+            k, _ = _response(curves, j, np.exp(total[rows] - logs[rows, j]), rows)
             change = k != floors[rows, j]
             if change.any():
                 floors[rows[change], j] = k[change]
