@@ -163,9 +163,12 @@ SHARPEN_DRAWS = 2
 #: ``EFFECT_GRID`` when they pass one of ``EFFECT_GRID_AT``, else ``EFFECT_STEPS`` around the
 #: current effects; each candidate refitted ``EFFECT_EM_STEPS`` EM steps, the most likely
 #: winning by ``EFFECT_MARGIN`` log-likelihood units. Other refits keep the cell's effects.
-EFFECT_FROM_REQUESTS = 20_000.0
+#: From 15,000 requests rather than 20,000 every crowd market gained a little (docs/design.md);
+#: from 10,000 the likelihood itself can favour the wrong side of the (σ, d) ridge, where the
+#: cell then stays.
+EFFECT_FROM_REQUESTS = 15_000.0
 EFFECT_SEARCH_GROWTH = 1.5
-EFFECT_GRID_AT = (20_000.0, 30_000.0, 100_000.0)
+EFFECT_GRID_AT = (15_000.0, 20_000.0, 30_000.0, 100_000.0)
 EFFECT_GRID = tuple((s, d) for s in (0.0, 0.2, 0.4, 0.6) for d in (0.0, 0.4, 0.8, 1.2))
 EFFECT_STEPS = ((0.1, 0.0), (-0.1, 0.0), (0.0, 0.25), (0.0, -0.25))
 EFFECT_LIMITS = (0.8, 2.0)
