@@ -163,7 +163,8 @@ SHARPEN_DRAWS = 2
 #: ``EFFECT_GRID`` when they pass one of ``EFFECT_GRID_AT``, else ``EFFECT_STEPS`` around the
 #: current effects; each candidate refitted ``EFFECT_EM_STEPS`` EM steps, the most likely
 #: winning by ``EFFECT_MARGIN`` log-likelihood units. Other refits keep the cell's effects.
-#: From 15,000 requests rather than 20,000 every crowd market gained a little (docs/design.md);
+#: From 15,000 requests rather than 20,000 most crowd markets gained a little, none lost more
+#: than 0.001 of the oracle (docs/design.md);
 #: from 10,000 the likelihood itself can favour the wrong side of the (σ, d) ridge, where the
 #: cell then stays.
 EFFECT_FROM_REQUESTS = 15_000.0
