@@ -169,7 +169,7 @@ SHARPEN_DRAWS = 2
 #: cell then stays.
 EFFECT_FROM_REQUESTS = 15_000.0
 EFFECT_SEARCH_GROWTH = 1.5
-EFFECT_GRID_AT = (15_000.0, 20_000.0, 30_000.0, 100_000.0)
+EFFECT_GRID_AT = (15_000.0, 30_000.0, 100_000.0)
 EFFECT_GRID = tuple((s, d) for s in (0.0, 0.2, 0.4, 0.6) for d in (0.0, 0.4, 0.8, 1.2))
 EFFECT_STEPS = ((0.1, 0.0), (-0.1, 0.0), (0.0, 0.25), (0.0, -0.25))
 EFFECT_LIMITS = (0.8, 2.0)
