@@ -164,9 +164,8 @@ SHARPEN_DRAWS = 2
 #: current effects; each candidate refitted ``EFFECT_EM_STEPS`` EM steps, the most likely
 #: winning by ``EFFECT_MARGIN`` log-likelihood units. Other refits keep the cell's effects.
 #: From 15,000 requests rather than 20,000 most crowd markets gained a little, none lost more
-#: than 0.001 of the oracle (docs/design.md);
-#: from 10,000 the likelihood itself can favour the wrong side of the (σ, d) ridge, where the
-#: cell then stays.
+#: than 0.001 of the oracle; from 10,000 the likelihood itself can favour the wrong side of
+#: the (σ, d) ridge, where the cell then stays (docs/design.md, "Per-request effects").
 EFFECT_FROM_REQUESTS = 15_000.0
 EFFECT_SEARCH_GROWTH = 1.5
 EFFECT_GRID_AT = (15_000.0, 30_000.0, 100_000.0)
